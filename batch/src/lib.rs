@@ -1,0 +1,469 @@
+//! sellable-batch: the batch layer. The lake is a directory of Lance datasets (`events`, `skus`,
+//! `nodes`, and the computed `batch_view` and `batch_deltas`); DataFusion computes the batch view
+//! from the events known at a cutoff.
+//!
+//! The batch view holds, per sku×node, exactly the [`NodeState`] that `core`'s fold gives for the
+//! same events: the sums, the latest absolute reading (anchor) and the on-hand deltas after it,
+//! so that serving can merge it with the speed view exactly. The SQL's arithmetic is generated
+//! from [`sellable_core::fold::effect`], so there is one definition of what an event does.
+//!
+//! Tests: `tests/it/` (import, batch view == core fold).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, RecordBatchIterator, RecordBatchReader, StringArray};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::TryStreamExt;
+use lance::dataset::{Dataset, WriteMode, WriteParams};
+use sellable_core::catalog::{node_schema, nodes_from_batch, nodes_to_batch, sku_schema, skus_from_batch, skus_to_batch};
+use sellable_core::event::{event_schema, events_from_batch, events_to_batch, DecodeError, InputError};
+use sellable_core::fold::{effect, Anchor, EventKey};
+use sellable_core::{BatchView, Event, EventKind, FoldConfig, Millis, NodeInfo, NodeState, SkuInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("lance dataset {dataset}: {source}")]
+    Lance { dataset: String, source: lance::Error },
+    #[error("query: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+    #[error("input: {0}")]
+    Input(#[from] InputError),
+    #[error("{dataset}: {message}")]
+    Corrupt { dataset: String, message: String },
+    #[error("the lake at {0} has no {1} yet: {2}")]
+    Missing(String, &'static str, &'static str),
+}
+
+const EVENTS: &str = "events";
+const SKUS: &str = "skus";
+const NODES: &str = "nodes";
+const BATCH_VIEW: &str = "batch_view";
+const BATCH_DELTAS: &str = "batch_deltas";
+
+/// Rows per batch written to Lance.
+const WRITE_BATCH: usize = 65_536;
+
+/// What an import did.
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    pub accepted: u64,
+    /// Every rejected event, with its line or row and field.
+    pub rejected: Vec<DecodeError>,
+    /// The `events` dataset version the import created.
+    pub version: u64,
+}
+
+/// What a batch run computed.
+#[derive(Debug, Clone)]
+pub struct BatchSummary {
+    pub asof: Millis,
+    pub sku_nodes: u64,
+    pub deltas: u64,
+    pub version: u64,
+}
+
+/// A lake: a directory of Lance datasets.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    root: PathBuf,
+}
+
+impl Lake {
+    pub fn open(root: &Path) -> Result<Lake, BatchError> {
+        std::fs::create_dir_all(root).map_err(|source| BatchError::Input(InputError::Io {
+            path: root.display().to_string(),
+            source,
+        }))?;
+        let root = root.canonicalize().map_err(|source| BatchError::Input(InputError::Io {
+            path: root.display().to_string(),
+            source,
+        }))?;
+        Ok(Lake { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn uri(&self, dataset: &str) -> String {
+        self.root.join(format!("{dataset}.lance")).display().to_string()
+    }
+
+    fn lance_error(&self, dataset: &str) -> impl Fn(lance::Error) -> BatchError + '_ {
+        let dataset = dataset.to_string();
+        move |source| BatchError::Lance { dataset: dataset.clone(), source }
+    }
+
+    async fn dataset(&self, name: &'static str, hint: &'static str) -> Result<Dataset, BatchError> {
+        let uri = self.uri(name);
+        if !Path::new(&uri).exists() {
+            return Err(BatchError::Missing(self.root.display().to_string(), name, hint));
+        }
+        Dataset::open(&uri).await.map_err(self.lance_error(name))
+    }
+
+    async fn write(
+        &self,
+        name: &str,
+        reader: impl RecordBatchReader + Send + 'static,
+        mode: WriteMode,
+    ) -> Result<u64, BatchError> {
+        let params = WriteParams { mode, ..WriteParams::default() };
+        let dataset = Dataset::write(reader, self.uri(name).as_str(), Some(params)).await.map_err(self.lance_error(name))?;
+        Ok(dataset.version_id())
+    }
+
+    /// Appends events as one new version of `events`. Bad events are skipped and reported;
+    /// if the input fails as a whole, nothing is written and the lake keeps its version.
+    pub async fn import_events(
+        &self,
+        events: impl Iterator<Item = Result<Event, DecodeError>> + Send + 'static,
+    ) -> Result<ImportReport, BatchError> {
+        let tally = Arc::new(Mutex::new((0u64, Vec::new())));
+        let reader = EventBatches { events: Box::new(events), tally: tally.clone() };
+        let version = self.write(EVENTS, reader, WriteMode::Append).await?;
+        let (accepted, rejected) = std::mem::take(&mut *tally.lock().expect("import tally lock poisoned; this is a bug"));
+        Ok(ImportReport { accepted, rejected, version })
+    }
+
+    /// Replaces the catalog with a new version of `skus` and `nodes`.
+    pub async fn import_catalog(&self, skus: &[SkuInfo], nodes: &[NodeInfo]) -> Result<(), BatchError> {
+        let sku_batch = skus_to_batch(skus);
+        self.write(SKUS, RecordBatchIterator::new([Ok(sku_batch)], sku_schema()), WriteMode::Overwrite).await?;
+        let node_batch = nodes_to_batch(nodes);
+        self.write(NODES, RecordBatchIterator::new([Ok(node_batch)], node_schema()), WriteMode::Overwrite).await?;
+        Ok(())
+    }
+
+    pub async fn load_catalog(&self) -> Result<(Vec<SkuInfo>, Vec<NodeInfo>), BatchError> {
+        let hint = "import a catalog first (sellable import)";
+        let mut skus = Vec::new();
+        for batch in scan(&self.dataset(SKUS, hint).await?, SKUS).await? {
+            skus.extend(skus_from_batch(&batch)?);
+        }
+        let mut nodes = Vec::new();
+        for batch in scan(&self.dataset(NODES, hint).await?, NODES).await? {
+            nodes.extend(nodes_from_batch(&batch)?);
+        }
+        Ok((skus, nodes))
+    }
+
+    /// A DataFusion session over the lake's events. CPU-heavy: callers run it off the request
+    /// runtime.
+    async fn session(&self) -> Result<SessionContext, BatchError> {
+        let events = self.dataset(EVENTS, "import events first (sellable import)").await?;
+        let context = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        let table = lance::datafusion::LanceTableProvider::new(Arc::new(events), false, false);
+        context.register_table(EVENTS, Arc::new(table))?;
+        Ok(context)
+    }
+
+    /// Events that arrived after `cutoff`, in arrival order: what the speed layer folds.
+    pub async fn events_after(&self, cutoff: Millis) -> Result<Vec<Result<Event, DecodeError>>, BatchError> {
+        let context = self.session().await?;
+        let sql = format!(
+            "SELECT * FROM {EVENTS} WHERE CAST(COALESCE(arrived, ts) AS BIGINT) > {cutoff} \
+             ORDER BY COALESCE(arrived, ts), event_id"
+        );
+        let batches = context.sql(&sql).await?.collect().await?;
+        let mut events = Vec::new();
+        for batch in batches {
+            events.extend(events_from_batch(&batch, 0)?);
+        }
+        Ok(events)
+    }
+
+    /// The latest event arrival in the lake, if any: a natural default cutoff.
+    pub async fn last_arrival(&self) -> Result<Option<Millis>, BatchError> {
+        let context = self.session().await?;
+        let batches = context
+            .sql(&format!("SELECT MAX(CAST(COALESCE(arrived, ts) AS BIGINT)) AS last FROM {EVENTS}"))
+            .await?
+            .collect()
+            .await?;
+        Ok(batches
+            .first()
+            .and_then(|batch| batch.column(0).as_any().downcast_ref::<Int64Array>())
+            .filter(|column| !column.is_empty() && !column.is_null(0))
+            .map(|column| column.value(0)))
+    }
+
+    /// Computes the batch view as of `asof` with DataFusion and writes it as new versions of
+    /// `batch_view` and `batch_deltas`.
+    pub async fn compute_batch_view(&self, asof: Millis, config: FoldConfig) -> Result<BatchSummary, BatchError> {
+        let context = self.session().await?;
+        let timely = context.sql(&timely_events_sql(asof, config)).await?;
+        context.register_table("timely", timely.into_view())?;
+        let anchors = context.sql(ANCHORS_SQL).await?;
+        context.register_table("anchors", anchors.into_view())?;
+
+        let deltas = context.sql(DELTAS_SQL).await?.collect().await?;
+        let delta_count: usize = deltas.iter().map(RecordBatch::num_rows).sum();
+        let view = context.sql(&view_sql(asof)).await?.collect().await?;
+        let sku_nodes: usize = view.iter().map(RecordBatch::num_rows).sum();
+
+        let view_schema = view.first().map(RecordBatch::schema).unwrap_or_else(view_schema);
+        let version = self
+            .write(BATCH_VIEW, RecordBatchIterator::new(view.into_iter().map(Ok), view_schema), WriteMode::Overwrite)
+            .await?;
+        let deltas_schema = deltas.first().map(RecordBatch::schema).unwrap_or_else(deltas_schema);
+        self.write(BATCH_DELTAS, RecordBatchIterator::new(deltas.into_iter().map(Ok), deltas_schema), WriteMode::Overwrite)
+            .await?;
+        Ok(BatchSummary { asof, sku_nodes: sku_nodes as u64, deltas: delta_count as u64, version })
+    }
+
+    /// Loads the latest batch view into memory, for serving.
+    pub async fn load_batch_view(&self) -> Result<BatchView, BatchError> {
+        let hint = "compute one first (sellable batch)";
+        let dataset = self.dataset(BATCH_VIEW, hint).await?;
+        let version = dataset.version_id();
+        let mut states: BTreeMap<(String, String), NodeState> = BTreeMap::new();
+        let mut asof = None;
+        for batch in scan(&dataset, BATCH_VIEW).await? {
+            let rows = ViewColumns::of(&batch)?;
+            for row in 0..batch.num_rows() {
+                asof = Some(rows.asof.value(row));
+                states.insert((rows.sku.value(row).to_string(), rows.node.value(row).to_string()), rows.state(row)?);
+            }
+        }
+        for batch in scan(&self.dataset(BATCH_DELTAS, hint).await?, BATCH_DELTAS).await? {
+            let corrupt = |message: &str| BatchError::Corrupt { dataset: BATCH_DELTAS.into(), message: message.into() };
+            let sku = string_column(&batch, "sku", BATCH_DELTAS)?;
+            let node = string_column(&batch, "node", BATCH_DELTAS)?;
+            let event_id = string_column(&batch, "event_id", BATCH_DELTAS)?;
+            let ts = int_column(&batch, "ts", BATCH_DELTAS)?;
+            let delta = int_column(&batch, "delta", BATCH_DELTAS)?;
+            for row in 0..batch.num_rows() {
+                let key = (sku.value(row).to_string(), node.value(row).to_string());
+                let state = states.get_mut(&key).ok_or_else(|| corrupt("delta for a sku×node missing from batch_view"))?;
+                state.deltas.insert(EventKey { ts: ts.value(row), event_id: event_id.value(row).to_string() }, delta.value(row));
+            }
+        }
+        // An empty view (no events before the cutoff) still has a cutoff: read it from the name.
+        let asof = asof.unwrap_or_default();
+        Ok(BatchView { version: format!("batch_view v{version} asof {}", sellable_core::event::format_millis(asof)), asof, states })
+    }
+}
+
+async fn scan(dataset: &Dataset, name: &str) -> Result<Vec<RecordBatch>, BatchError> {
+    let lance_error = |source| BatchError::Lance { dataset: name.to_string(), source };
+    dataset.scan().try_into_stream().await.map_err(lance_error)?.try_collect().await.map_err(lance_error)
+}
+
+/// `CASE kind WHEN 'receipt' THEN 1 ... ELSE 0 END * qty`, from `core`'s [`effect`].
+fn effect_sql(part: fn(&sellable_core::fold::Effect) -> i64) -> String {
+    let cases: String = EventKind::ALL
+        .into_iter()
+        .map(|kind| (kind, part(&effect(kind, 1))))
+        .filter(|(_, coefficient)| *coefficient != 0)
+        .map(|(kind, coefficient)| format!(" WHEN '{kind}' THEN {coefficient}"))
+        .collect();
+    format!("(CASE kind{cases} ELSE 0 END) * qty")
+}
+
+/// The events known at `asof` that were not too late, deduplicated by `event_id` (the first
+/// arrival wins), with times as integer milliseconds.
+fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
+    let absolute: Vec<String> =
+        EventKind::ALL.into_iter().filter(|kind| kind.is_absolute()).map(|kind| format!("'{kind}'")).collect();
+    format!(
+        "SELECT event_id, ts, sku, node, kind, qty, arrival, kind IN ({absolute}) AS absolute,
+                {on_hand} AS d_on_hand, {reserved} AS d_reserved, {held} AS d_held
+         FROM (
+           SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY arrival, ts) AS copy
+           FROM (SELECT event_id, CAST(ts AS BIGINT) AS ts, sku, node, kind, qty,
+                        CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
+                 FROM {EVENTS}) AS known
+           WHERE arrival <= {asof} AND arrival - ts <= {lateness}
+         ) AS ranked
+         WHERE copy = 1",
+        absolute = absolute.join(", "),
+        on_hand = effect_sql(|e| e.on_hand),
+        reserved = effect_sql(|e| e.reserved),
+        held = effect_sql(|e| e.held),
+        lateness = config.lateness_ms,
+    )
+}
+
+/// The latest absolute reading per sku×node, by `(ts, event_id)`.
+const ANCHORS_SQL: &str = "
+    SELECT sku, node, ts AS anchor_ts, event_id AS anchor_id, qty AS anchor_qty, kind AS anchor_kind
+    FROM (SELECT *, row_number() OVER (PARTITION BY sku, node ORDER BY ts DESC, event_id DESC) AS rank
+          FROM timely WHERE absolute) AS ranked
+    WHERE rank = 1";
+
+/// On-hand changes ordered after the anchor of their sku×node.
+const DELTAS_SQL: &str = "
+    SELECT t.sku, t.node, t.ts, t.event_id, t.d_on_hand AS delta
+    FROM timely t LEFT JOIN anchors a ON t.sku = a.sku AND t.node = a.node
+    WHERE NOT t.absolute AND t.d_on_hand <> 0
+      AND (a.anchor_ts IS NULL OR t.ts > a.anchor_ts OR (t.ts = a.anchor_ts AND t.event_id > a.anchor_id))";
+
+fn view_sql(asof: Millis) -> String {
+    format!(
+        "WITH sums AS (
+           SELECT sku, node, SUM(d_reserved) AS reserved, SUM(d_held) AS held,
+                  MAX(ts) AS last_ts, MAX(arrival) AS last_arrived
+           FROM timely GROUP BY sku, node),
+         delta_sums AS (SELECT sku, node, SUM(delta) AS delta FROM ({DELTAS_SQL}) AS d GROUP BY sku, node)
+         SELECT s.sku, s.node, s.reserved, s.held, s.last_ts, s.last_arrived,
+                a.anchor_ts, a.anchor_id, a.anchor_qty, a.anchor_kind,
+                COALESCE(a.anchor_qty, 0) + COALESCE(d.delta, 0) AS on_hand,
+                CAST({asof} AS BIGINT) AS asof
+         FROM sums s
+         LEFT JOIN anchors a ON s.sku = a.sku AND s.node = a.node
+         LEFT JOIN delta_sums d ON s.sku = d.sku AND s.node = d.node
+         ORDER BY s.sku, s.node"
+    )
+}
+
+fn view_schema() -> SchemaRef {
+    let int = |name: &str, nullable| Field::new(name, DataType::Int64, nullable);
+    let text = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
+    Arc::new(Schema::new(vec![
+        text("sku", false),
+        text("node", false),
+        int("reserved", true),
+        int("held", true),
+        int("last_ts", true),
+        int("last_arrived", true),
+        int("anchor_ts", true),
+        text("anchor_id", true),
+        int("anchor_qty", true),
+        text("anchor_kind", true),
+        int("on_hand", true),
+        int("asof", false),
+    ]))
+}
+
+fn deltas_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("sku", DataType::Utf8, false),
+        Field::new("node", DataType::Utf8, false),
+        Field::new("ts", DataType::Int64, false),
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("delta", DataType::Int64, false),
+    ]))
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str, dataset: &str) -> Result<&'a ArrayRef, BatchError> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| BatchError::Corrupt { dataset: dataset.into(), message: format!("column {name} missing") })
+}
+
+fn string_column(batch: &RecordBatch, name: &str, dataset: &str) -> Result<StringArray, BatchError> {
+    let array = arrow_cast::cast(column(batch, name, dataset)?, &DataType::Utf8).map_err(|e| BatchError::Corrupt {
+        dataset: dataset.into(),
+        message: format!("column {name}: {e}"),
+    })?;
+    Ok(array.as_any().downcast_ref::<StringArray>().expect("cast to Utf8").clone())
+}
+
+fn int_column(batch: &RecordBatch, name: &str, dataset: &str) -> Result<Int64Array, BatchError> {
+    let array = arrow_cast::cast(column(batch, name, dataset)?, &DataType::Int64).map_err(|e| BatchError::Corrupt {
+        dataset: dataset.into(),
+        message: format!("column {name}: {e}"),
+    })?;
+    Ok(array.as_any().downcast_ref::<Int64Array>().expect("cast to Int64").clone())
+}
+
+struct ViewColumns {
+    sku: StringArray,
+    node: StringArray,
+    reserved: Int64Array,
+    held: Int64Array,
+    last_ts: Int64Array,
+    last_arrived: Int64Array,
+    anchor_ts: Int64Array,
+    anchor_id: StringArray,
+    anchor_qty: Int64Array,
+    anchor_kind: StringArray,
+    asof: Int64Array,
+}
+
+impl ViewColumns {
+    fn of(batch: &RecordBatch) -> Result<ViewColumns, BatchError> {
+        let text = |name| string_column(batch, name, BATCH_VIEW);
+        let int = |name| int_column(batch, name, BATCH_VIEW);
+        Ok(ViewColumns {
+            sku: text("sku")?,
+            node: text("node")?,
+            reserved: int("reserved")?,
+            held: int("held")?,
+            last_ts: int("last_ts")?,
+            last_arrived: int("last_arrived")?,
+            anchor_ts: int("anchor_ts")?,
+            anchor_id: text("anchor_id")?,
+            anchor_qty: int("anchor_qty")?,
+            anchor_kind: text("anchor_kind")?,
+            asof: int("asof")?,
+        })
+    }
+
+    fn state(&self, row: usize) -> Result<NodeState, BatchError> {
+        let optional = |array: &Int64Array| (!array.is_null(row)).then(|| array.value(row));
+        let anchor = match optional(&self.anchor_ts) {
+            None => None,
+            Some(ts) => {
+                let kind_text = self.anchor_kind.value(row);
+                let kind = EventKind::parse(kind_text).ok_or_else(|| BatchError::Corrupt {
+                    dataset: BATCH_VIEW.into(),
+                    message: format!("row {row}: anchor kind '{kind_text}'"),
+                })?;
+                Some(Anchor {
+                    key: EventKey { ts, event_id: self.anchor_id.value(row).to_string() },
+                    qty: self.anchor_qty.value(row),
+                    kind,
+                })
+            }
+        };
+        Ok(NodeState {
+            anchor,
+            deltas: BTreeMap::new(),
+            reserved: optional(&self.reserved).unwrap_or(0),
+            held: optional(&self.held).unwrap_or(0),
+            last_event_ts: optional(&self.last_ts),
+            last_arrived: optional(&self.last_arrived),
+        })
+    }
+}
+
+/// Turns decoded events into Arrow batches for Lance, keeping count of what was accepted and
+/// what was rejected. A fatal input error fails the whole write.
+struct EventBatches {
+    events: Box<dyn Iterator<Item = Result<Event, DecodeError>> + Send>,
+    tally: Arc<Mutex<(u64, Vec<DecodeError>)>>,
+}
+
+impl Iterator for EventBatches {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let mut tally = self.tally.lock().expect("import tally lock poisoned; this is a bug");
+        for decoded in self.events.by_ref() {
+            match decoded {
+                Ok(event) => batch.push(event),
+                Err(error) => tally.1.push(error),
+            }
+            if batch.len() == WRITE_BATCH {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            return None;
+        }
+        tally.0 += batch.len() as u64;
+        Some(Ok(events_to_batch(&batch)))
+    }
+}
+
+impl RecordBatchReader for EventBatches {
+    fn schema(&self) -> SchemaRef {
+        event_schema()
+    }
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks to build and run sellable; does nothing that is already done.
+#   - system packages (apt-get, only when missing): protoc for lance, libclang for bindgen, redis
+#   - XGBoost 3.4.1 as a shared library from the xgboost-cpu wheel on PyPI, into .deps/xgboost
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v cc >/dev/null || missing+=(build-essential)
+command -v unzip >/dev/null || command -v python3 >/dev/null || missing+=(unzip)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+XGB_DIR=.deps/xgboost
+XGB_LIB=$XGB_DIR/xgboost/lib
+if [ ! -e "$XGB_LIB/libxgboost.so.3" ]; then
+  echo "setup: fetching XGBoost 3.4.1 (xgboost-cpu wheel)"
+  command -v pip3 >/dev/null || command -v pip >/dev/null || {
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip >/dev/null
+  }
+  PIP=$(command -v pip3 || command -v pip)
+  tmp=$(mktemp -d)
+  "$PIP" download -q xgboost-cpu==3.4.1 --no-deps --only-binary=:all: \
+    --python-version 3.12 --platform manylinux_2_28_x86_64 -d "$tmp"
+  rm -rf "$XGB_DIR" && mkdir -p "$XGB_DIR"
+  python3 -m zipfile -e "$tmp"/xgboost_cpu-3.4.1-*.whl "$tmp/wheel"
+  cp -r "$tmp/wheel/xgboost/lib" "$XGB_DIR/xgboost-lib-tmp"
+  mkdir -p "$XGB_DIR/xgboost"
+  mv "$XGB_DIR/xgboost-lib-tmp" "$XGB_LIB"
+  cp -r "$tmp/wheel/xgboost_cpu.libs" "$XGB_DIR/"
+  # the library's SONAME is libxgboost.so.3: the loader looks for that name
+  ln -sf libxgboost.so "$XGB_LIB/libxgboost.so.3"
+  rm -rf "$tmp"
+fi

@@ -1,0 +1,407 @@
+//! sellable-speed: the speed layer. It folds the events that arrived after the batch cutoff into
+//! a [`SpeedView`]: Redis in production, or the embedded in-memory store that `sellable demo`
+//! uses when no Redis URL is configured. Both give exactly the state of `core`'s fold.
+//!
+//! Redis layout (every key of one SKU shares the hash tag `{sku}`, so a Redis Cluster keeps them
+//! in one slot and the fold script never crosses slots):
+//! - `<ns>:{<sku>}:seen`    set of folded `event_id`s (idempotency)
+//! - `<ns>:{<sku>}:nodes`   set of nodes with state for the SKU
+//! - `<ns>:{<sku>}:n:<node>` hash: `reserved`, `held`, `last_ts`, `last_arrived` and the anchor
+//!   (`anchor_ts`, `anchor_id`, `anchor_qty`, `anchor_kind`)
+//! - `<ns>:{<sku>}:d:<node>` sorted set of on-hand deltas after the anchor, score = event time,
+//!   member = `<event_id>|<delta>`
+//!
+//! Tests: unit tests below; the Redis integration tests are in `tests/it/` (need a real Redis).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use redis::aio::ConnectionManager;
+use sellable_core::fold::{effect, Anchor, EventKey};
+use sellable_core::event::DecodeError;
+use sellable_core::{known_at, Event, EventKind, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeedError {
+    #[error("redis at {url}: {source}")]
+    Redis { url: String, source: redis::RedisError },
+    #[error("redis state of {key} is corrupt: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// The speed view: events since the batch cutoff, folded.
+pub enum SpeedView {
+    Memory(MemoryStore),
+    Redis(RedisStore),
+}
+
+impl SpeedView {
+    pub fn memory(config: FoldConfig) -> SpeedView {
+        SpeedView::Memory(MemoryStore::new(config))
+    }
+
+    /// Connects to Redis; keys live under `namespace` so several views can share one server.
+    pub async fn redis(url: &str, namespace: &str, config: FoldConfig) -> Result<SpeedView, SpeedError> {
+        Ok(SpeedView::Redis(RedisStore::connect(url, namespace, config).await?))
+    }
+
+    /// Where the view lives, for logs and answers.
+    pub fn describe(&self) -> String {
+        match self {
+            SpeedView::Memory(_) => "embedded".to_string(),
+            SpeedView::Redis(store) => format!("redis {}", store.url),
+        }
+    }
+
+    /// Folds events atomically and idempotently; the result counts what each event did.
+    pub async fn fold(&self, events: &[Event]) -> Result<FoldStats, SpeedError> {
+        match self {
+            SpeedView::Memory(store) => Ok(store.fold(events)),
+            SpeedView::Redis(store) => store.fold(events).await,
+        }
+    }
+
+    /// Folds decoded events (a file, a lake scan) in chunks, skipping those known at `cutoff`
+    /// (they are in the batch view already). Malformed events are collected, not fatal.
+    pub async fn fold_decoded(
+        &self,
+        decoded: impl IntoIterator<Item = Result<Event, DecodeError>>,
+        cutoff: Option<Millis>,
+    ) -> Result<FoldReport, SpeedError> {
+        let mut report = FoldReport::default();
+        let mut chunk = Vec::with_capacity(FOLD_CHUNK);
+        let mut decoded = decoded.into_iter().peekable();
+        while decoded.peek().is_some() {
+            chunk.clear();
+            for event in decoded.by_ref() {
+                match event {
+                    Ok(event) if cutoff.is_some_and(|cutoff| known_at(&event, cutoff)) => report.before_cutoff += 1,
+                    Ok(event) => chunk.push(event),
+                    Err(error) => report.rejected.push(error),
+                }
+                if chunk.len() == FOLD_CHUNK {
+                    break;
+                }
+            }
+            let stats = self.fold(&chunk).await?;
+            report.stats.applied += stats.applied;
+            report.stats.duplicates += stats.duplicates;
+            report.stats.too_late += stats.too_late;
+        }
+        Ok(report)
+    }
+
+    /// The state of every node that has one for `sku`, ordered by node.
+    pub async fn sku_states(&self, sku: &str) -> Result<Vec<(String, NodeState)>, SpeedError> {
+        match self {
+            SpeedView::Memory(store) => Ok(store.sku_states(sku)),
+            SpeedView::Redis(store) => store.sku_states(sku).await,
+        }
+    }
+
+    /// Forgets everything (a new batch cutoff starts a new speed view).
+    pub async fn clear(&self) -> Result<(), SpeedError> {
+        match self {
+            SpeedView::Memory(store) => {
+                let mut fold = store.fold.lock().expect("speed view lock poisoned; this is a bug");
+                *fold = Fold::new(fold.config);
+                Ok(())
+            }
+            SpeedView::Redis(store) => store.clear().await,
+        }
+    }
+}
+
+impl sellable_core::SpeedSource for SpeedView {
+    fn sku_states<'a>(
+        &'a self,
+        sku: &'a str,
+    ) -> sellable_core::view::BoxFuture<'a, Result<Vec<(String, NodeState)>, String>> {
+        Box::pin(async move { SpeedView::sku_states(self, sku).await.map_err(|error| error.to_string()) })
+    }
+
+    fn describe(&self) -> String {
+        SpeedView::describe(self)
+    }
+}
+
+/// Events folded per call when folding a stream.
+const FOLD_CHUNK: usize = 10_000;
+
+/// What folding a stream did.
+#[derive(Debug, Default)]
+pub struct FoldReport {
+    pub stats: FoldStats,
+    /// Events already in the batch view (arrived at or before the cutoff), skipped.
+    pub before_cutoff: u64,
+    /// Malformed events, with their line or row and field.
+    pub rejected: Vec<DecodeError>,
+}
+
+/// The embedded speed view: `core`'s reference fold behind a lock.
+pub struct MemoryStore {
+    fold: Mutex<Fold>,
+}
+
+impl MemoryStore {
+    pub fn new(config: FoldConfig) -> MemoryStore {
+        MemoryStore { fold: Mutex::new(Fold::new(config)) }
+    }
+
+    fn fold(&self, events: &[Event]) -> FoldStats {
+        let mut fold = self.fold.lock().expect("speed view lock poisoned; this is a bug");
+        let mut stats = FoldStats::default();
+        for event in events {
+            stats.count(fold.apply(event));
+        }
+        stats
+    }
+
+    fn sku_states(&self, sku: &str) -> Vec<(String, NodeState)> {
+        let fold = self.fold.lock().expect("speed view lock poisoned; this is a bug");
+        let start = (sku.to_string(), String::new());
+        fold.states
+            .range(start..)
+            .take_while(|((state_sku, _), _)| state_sku == sku)
+            .map(|((_, node), state)| (node.clone(), state.clone()))
+            .collect()
+    }
+}
+
+/// Folds one event into the keys of its sku×node, atomically. Returns 1 if applied, 0 if the
+/// `event_id` was folded before. String order is compared byte by byte, as Rust does, because
+/// Lua's `<` follows the server's locale.
+const FOLD_SCRIPT: &str = r#"
+local function after(ts, id, anchor_ts, anchor_id)
+  if not anchor_ts then return true end
+  anchor_ts = tonumber(anchor_ts)
+  if ts ~= anchor_ts then return ts > anchor_ts end
+  local n = math.min(#id, #anchor_id)
+  for i = 1, n do
+    local a, b = string.byte(id, i), string.byte(anchor_id, i)
+    if a ~= b then return a > b end
+  end
+  return #id > #anchor_id
+end
+
+local seen, nodes, state, deltas = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, ts, node, kind = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local absolute, qty, d_on_hand = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local d_reserved, d_held, arrived = ARGV[8], ARGV[9], tonumber(ARGV[10])
+
+if redis.call('SADD', seen, id) == 0 then return 0 end
+redis.call('SADD', nodes, node)
+redis.call('HINCRBY', state, 'reserved', d_reserved)
+redis.call('HINCRBY', state, 'held', d_held)
+local last_ts = redis.call('HGET', state, 'last_ts')
+if not last_ts or ts > tonumber(last_ts) then redis.call('HSET', state, 'last_ts', ARGV[2]) end
+local last_arrived = redis.call('HGET', state, 'last_arrived')
+if not last_arrived or arrived > tonumber(last_arrived) then
+  redis.call('HSET', state, 'last_arrived', ARGV[10])
+end
+
+local anchor = redis.call('HMGET', state, 'anchor_ts', 'anchor_id')
+if not after(ts, id, anchor[1], anchor[2]) then return 1 end
+if absolute == '1' then
+  redis.call('HSET', state, 'anchor_ts', ARGV[2], 'anchor_id', id, 'anchor_qty', qty, 'anchor_kind', kind)
+  redis.call('ZREMRANGEBYSCORE', deltas, '-inf', '(' .. ARGV[2])
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', deltas, ARGV[2], ARGV[2])) do
+    local member_id = string.match(member, '^(.*)|')
+    if not after(ts, member_id, ARGV[2], id) then redis.call('ZREM', deltas, member) end
+  end
+elseif d_on_hand ~= 0 then
+  redis.call('ZADD', deltas, ARGV[2], id .. '|' .. ARGV[7])
+end
+return 1
+"#;
+
+/// The speed view in Redis (a single server or, through hash tags, a cluster).
+pub struct RedisStore {
+    url: String,
+    namespace: String,
+    config: FoldConfig,
+    connection: ConnectionManager,
+    script: redis::Script,
+}
+
+/// Events per pipeline: large enough to hide round trips, small enough to bound memory.
+const PIPELINE: usize = 512;
+
+impl RedisStore {
+    pub async fn connect(url: &str, namespace: &str, config: FoldConfig) -> Result<RedisStore, SpeedError> {
+        let error = |source| SpeedError::Redis { url: url.to_string(), source };
+        let client = redis::Client::open(url).map_err(error)?;
+        let connection = ConnectionManager::new(client).await.map_err(error)?;
+        let store = RedisStore {
+            url: url.to_string(),
+            namespace: namespace.to_string(),
+            config,
+            connection,
+            script: redis::Script::new(FOLD_SCRIPT),
+        };
+        store.load_script().await?;
+        Ok(store)
+    }
+
+    fn error(&self, source: redis::RedisError) -> SpeedError {
+        SpeedError::Redis { url: self.url.clone(), source }
+    }
+
+    async fn load_script(&self) -> Result<(), SpeedError> {
+        let mut connection = self.connection.clone();
+        let _: String = self.script.prepare_invoke().load_async(&mut connection).await.map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    fn sku_key(&self, sku: &str, suffix: &str) -> String {
+        format!("{}:{{{sku}}}:{suffix}", self.namespace)
+    }
+
+    fn keys(&self, sku: &str, node: &str) -> [String; 4] {
+        [
+            self.sku_key(sku, "seen"),
+            self.sku_key(sku, "nodes"),
+            self.sku_key(sku, &format!("n:{node}")),
+            self.sku_key(sku, &format!("d:{node}")),
+        ]
+    }
+
+    async fn fold(&self, events: &[Event]) -> Result<FoldStats, SpeedError> {
+        let mut stats = FoldStats::default();
+        let timely: Vec<&Event> = events
+            .iter()
+            .filter(|event| {
+                let late = self.config.is_too_late(event);
+                if late {
+                    stats.count(Outcome::TooLate);
+                }
+                !late
+            })
+            .collect();
+        for chunk in timely.chunks(PIPELINE) {
+            let mut pipe = redis::pipe();
+            for event in chunk {
+                let change = effect(event.kind, event.qty);
+                pipe.cmd("EVALSHA").arg(self.script.get_hash()).arg(4);
+                for key in self.keys(&event.sku, &event.node) {
+                    pipe.arg(key);
+                }
+                pipe.arg(&event.event_id)
+                    .arg(event.ts)
+                    .arg(&event.node)
+                    .arg(event.kind.as_str())
+                    .arg(if change.absolute.is_some() { "1" } else { "0" })
+                    .arg(event.qty)
+                    .arg(change.on_hand)
+                    .arg(change.reserved)
+                    .arg(change.held)
+                    .arg(event.arrival());
+            }
+            let mut connection = self.connection.clone();
+            let applied: Vec<i64> = match pipe.query_async(&mut connection).await {
+                Ok(applied) => applied,
+                // A restarted server forgot the script: load it and send the chunk again.
+                // Events already folded by the first attempt are deduplicated by the script.
+                Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    self.load_script().await?;
+                    pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?
+                }
+                Err(error) => return Err(self.error(error)),
+            };
+            for flag in applied {
+                stats.count(if flag == 1 { Outcome::Applied } else { Outcome::Duplicate });
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn sku_states(&self, sku: &str) -> Result<Vec<(String, NodeState)>, SpeedError> {
+        let mut connection = self.connection.clone();
+        let mut nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.sku_key(sku, "nodes"))
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        nodes.sort();
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            let [_, _, state, deltas] = self.keys(sku, node);
+            pipe.cmd("HGETALL").arg(state).cmd("ZRANGE").arg(deltas).arg(0).arg(-1).arg("WITHSCORES");
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?;
+        let mut states = Vec::with_capacity(nodes.len());
+        for (node, pair) in nodes.into_iter().zip(replies.chunks(2)) {
+            let key = self.sku_key(sku, &format!("n:{node}"));
+            let corrupt = |message: String| SpeedError::Corrupt { key: key.clone(), message };
+            let hash: BTreeMap<String, String> =
+                redis::from_redis_value(pair[0].clone()).map_err(|e| corrupt(e.to_string()))?;
+            let deltas: Vec<(String, f64)> =
+                redis::from_redis_value(pair[1].clone()).map_err(|e| corrupt(e.to_string()))?;
+            states.push((node, decode_state(&hash, &deltas).map_err(corrupt)?));
+        }
+        Ok(states)
+    }
+
+    async fn clear(&self) -> Result<(), SpeedError> {
+        let mut connection = self.connection.clone();
+        let pattern = format!("{}:*", self.namespace);
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
+            for key in keys {
+                let _: i64 = redis::cmd("UNLINK").arg(key).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+fn decode_state(hash: &BTreeMap<String, String>, deltas: &[(String, f64)]) -> Result<NodeState, String> {
+    fn number(hash: &BTreeMap<String, String>, field: &str) -> Result<Option<i64>, String> {
+        hash.get(field)
+            .map(|text| text.parse::<i64>().map_err(|_| format!("field {field}: not an integer: '{text}'")))
+            .transpose()
+    }
+    let anchor = match number(hash, "anchor_ts")? {
+        None => None,
+        Some(ts) => {
+            let kind_text = hash.get("anchor_kind").map(String::as_str).unwrap_or("");
+            Some(Anchor {
+                key: EventKey {
+                    ts,
+                    event_id: hash.get("anchor_id").cloned().ok_or("field anchor_id: missing")?,
+                },
+                qty: number(hash, "anchor_qty")?.ok_or("field anchor_qty: missing")?,
+                kind: EventKind::parse(kind_text).ok_or_else(|| format!("field anchor_kind: '{kind_text}'"))?,
+            })
+        }
+    };
+    let mut state = NodeState {
+        anchor,
+        deltas: BTreeMap::new(),
+        reserved: number(hash, "reserved")?.unwrap_or(0),
+        held: number(hash, "held")?.unwrap_or(0),
+        last_event_ts: number(hash, "last_ts")?,
+        last_arrived: number(hash, "last_arrived")?,
+    };
+    for (member, ts) in deltas {
+        let (event_id, delta) = member.rsplit_once('|').ok_or_else(|| format!("delta member '{member}'"))?;
+        let delta = delta.parse::<i64>().map_err(|_| format!("delta member '{member}'"))?;
+        state.deltas.insert(EventKey { ts: *ts as i64, event_id: event_id.to_string() }, delta);
+    }
+    Ok(state)
+}

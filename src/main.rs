@@ -1,0 +1,417 @@
+//! `sellable`: the command-line binary. Argument parsing and glue only; the work is done by the
+//! library crates (`core`, `batch`, `speed`, `serving`, `models`, `benchmarks`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sellable_batch::Lake;
+use sellable_bench::{generate, SimConfig};
+use sellable_core::event::{format_millis, parse_rfc3339, read_event_file};
+use sellable_core::{FoldConfig, Millis};
+use sellable_serving::Serving;
+use sellable_speed::SpeedView;
+
+/// sellable: a real-time available-to-promise engine.
+///
+/// Batch computes a view of every sku×node from a lake of events (Lance + DataFusion), speed folds
+/// the events that arrived since into Redis (or memory), and serving merges both to answer
+/// "can we promise qty units of this SKU in this region now?" over REST.
+///
+/// Start with `sellable demo`: it generates a marketplace, runs every layer and serves it.
+#[derive(Parser)]
+#[command(name = "sellable", version, about, long_about)]
+struct Cli {
+    /// Log as JSON lines instead of text (filter with RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole system locally: generate a marketplace, compute the batch view, fold the
+    /// last day of events into the speed view, and serve REST until Ctrl-C.
+    Demo(DemoArgs),
+    /// Generate a deterministic synthetic marketplace (catalog, events, ground truth) as Parquet.
+    Gen(GenArgs),
+    /// Import a catalog and events (a `gen` output directory, or one Parquet/JSON Lines events
+    /// file) into the lake as new Lance dataset versions. Bad events are reported and skipped.
+    Import(ImportArgs),
+    /// Compute the batch view as of a cutoff with DataFusion and write it to the lake.
+    Batch(BatchArgs),
+    /// Fold the events that arrived after the batch cutoff into the speed view in Redis.
+    Fold(FoldArgs),
+    /// Serve the REST API over the lake's batch view and the speed view.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// Seed: the same seed and sizes give the same files.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 1_000)]
+    skus: usize,
+    #[arg(long, default_value_t = 40)]
+    nodes: usize,
+    #[arg(long, default_value_t = 7.0)]
+    days: f64,
+    /// Mean orders per SKU per day (before popularity, daily cycle and bursts).
+    #[arg(long, default_value_t = 6.0)]
+    orders_per_sku_day: f64,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    sim: SimArgs,
+    /// Simulated start, RFC 3339 or milliseconds since the epoch [default: 2026-01-01T00:00:00Z].
+    #[arg(long, value_parser = parse_time)]
+    start: Option<Millis>,
+}
+
+#[derive(Args)]
+struct LakeArgs {
+    /// The lake: a directory of Lance datasets.
+    #[arg(long, env = "SELLABLE_LAKE", default_value = "lake")]
+    lake: PathBuf,
+    /// Events arriving more than this many milliseconds after they happened are rejected.
+    #[arg(long, env = "SELLABLE_LATENESS_MS", default_value_t = FoldConfig::default().lateness_ms)]
+    lateness_ms: Millis,
+}
+
+impl LakeArgs {
+    fn fold_config(&self) -> FoldConfig {
+        FoldConfig { lateness_ms: self.lateness_ms }
+    }
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    lake: LakeArgs,
+    /// A `sellable gen` directory, or a Parquet / JSON Lines file of events.
+    #[arg(long)]
+    from: PathBuf,
+}
+
+#[derive(Args)]
+struct BatchArgs {
+    #[command(flatten)]
+    lake: LakeArgs,
+    /// Cutoff, RFC 3339 or milliseconds: the view holds the events that arrived at or before it
+    /// [default: the latest arrival in the lake].
+    #[arg(long, value_parser = parse_time)]
+    asof: Option<Millis>,
+}
+
+#[derive(Args)]
+struct RedisArgs {
+    /// Redis URL for the speed view; without it, the speed view is embedded in memory.
+    #[arg(long, env = "REDIS_URL")]
+    redis: Option<String>,
+    /// Key namespace in Redis.
+    #[arg(long, default_value = "sellable")]
+    namespace: String,
+}
+
+#[derive(Args)]
+struct FoldArgs {
+    #[command(flatten)]
+    lake: LakeArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Fold this Parquet / JSON Lines file instead of the lake's events after the cutoff.
+    #[arg(long)]
+    from: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    lake: LakeArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[arg(long, env = "SELLABLE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Use this Redis for the speed view instead of the embedded store.
+    #[arg(long)]
+    redis: Option<String>,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the generated files and the lake go (replaced on every run).
+    #[arg(long, default_value = "demo-data")]
+    dir: PathBuf,
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+fn parse_time(text: &str) -> Result<Millis, String> {
+    text.parse::<Millis>()
+        .ok()
+        .or_else(|| parse_rfc3339(text))
+        .ok_or_else(|| format!("expected RFC 3339 (2026-01-07T00:00:00Z) or milliseconds, got '{text}'"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    if let Err(error) = runtime.block_on(run(cli.command)) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lance=warn,datafusion=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Gen(args) => {
+            let config = sim_config(&args.sim, args.start.unwrap_or(sellable_bench::simulator::DEFAULT_START));
+            gen(&config, &args.out)?;
+            Ok(())
+        }
+        Command::Import(args) => import(&Lake::open(&args.lake.lake)?, &args.from).await,
+        Command::Batch(args) => {
+            let lake = Lake::open(&args.lake.lake)?;
+            let asof = match args.asof {
+                Some(asof) => asof,
+                None => lake.last_arrival().await?.context("the lake has no events: nothing to compute")?,
+            };
+            batch(&lake, asof, args.lake.fold_config()).await
+        }
+        Command::Fold(args) => {
+            let Some(url) = &args.redis.redis else {
+                bail!("fold needs --redis URL (or REDIS_URL): an embedded speed view lives only inside `sellable serve`")
+            };
+            let lake = Lake::open(&args.lake.lake)?;
+            let speed = SpeedView::redis(url, &args.redis.namespace, args.lake.fold_config()).await?;
+            let cutoff = lake.load_batch_view().await?.asof;
+            fold(&lake, &speed, cutoff, args.from.as_deref()).await
+        }
+        Command::Serve(args) => {
+            let lake = Lake::open(&args.lake.lake)?;
+            let serving = match &args.redis.redis {
+                Some(url) => {
+                    let speed = SpeedView::redis(url, &args.redis.namespace, args.lake.fold_config()).await?;
+                    load_serving(&lake, speed).await?
+                }
+                None => {
+                    // The embedded view starts empty: fold what arrived after the cutoff.
+                    let speed = SpeedView::memory(args.lake.fold_config());
+                    let cutoff = lake.load_batch_view().await?.asof;
+                    fold(&lake, &speed, cutoff, None).await?;
+                    load_serving(&lake, speed).await?
+                }
+            };
+            serve(serving, args.listen, None).await
+        }
+        Command::Demo(args) => demo(args).await,
+    }
+}
+
+fn sim_config(args: &SimArgs, start: Millis) -> SimConfig {
+    SimConfig {
+        seed: args.seed,
+        skus: args.skus,
+        nodes: args.nodes,
+        days: args.days,
+        start,
+        orders_per_sku_day: args.orders_per_sku_day,
+        show_progress: true,
+    }
+}
+
+fn gen(config: &SimConfig, out: &Path) -> Result<sellable_bench::SimSummary> {
+    let started = std::time::Instant::now();
+    let summary = generate(config, out).with_context(|| format!("generating a marketplace into {}", out.display()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "gen: {} events ({} orders, {} shorts, {} stuck past any lateness) in {seconds:.1} s ({:.0} events/s) -> {}",
+        summary.events,
+        summary.orders,
+        summary.shorts,
+        summary.late_events,
+        summary.events as f64 / seconds.max(1e-9),
+        out.display()
+    );
+    Ok(summary)
+}
+
+async fn import(lake: &Lake, from: &Path) -> Result<()> {
+    let events_file = if from.is_dir() {
+        let paths = sellable_bench::SimPaths::in_dir(from);
+        let skus = read_parquet_catalog(&paths.skus, sellable_core::catalog::skus_from_batch)?;
+        let nodes = read_parquet_catalog(&paths.nodes, sellable_core::catalog::nodes_from_batch)?;
+        lake.import_catalog(&skus, &nodes).await.context("importing the catalog")?;
+        eprintln!("import: catalog of {} skus and {} nodes", skus.len(), nodes.len());
+        paths.events
+    } else {
+        from.to_path_buf()
+    };
+    let events = read_event_file(&events_file).with_context(|| format!("reading {}", events_file.display()))?;
+    let report = lake.import_events(events).await.with_context(|| format!("importing {}", events_file.display()))?;
+    for error in report.rejected.iter().take(20) {
+        eprintln!("import: rejected {}: {error}", events_file.display());
+    }
+    if report.rejected.len() > 20 {
+        eprintln!("import: ... and {} more rejected", report.rejected.len() - 20);
+    }
+    eprintln!(
+        "import: {} events accepted, {} rejected -> events version {}",
+        report.accepted,
+        report.rejected.len(),
+        report.version
+    );
+    Ok(())
+}
+
+fn read_parquet_catalog<T>(
+    path: &Path,
+    decode: fn(&arrow_array::RecordBatch) -> Result<Vec<T>, sellable_core::event::InputError>,
+) -> Result<Vec<T>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        rows.extend(decode(&batch?).with_context(|| format!("reading {}", path.display()))?);
+    }
+    Ok(rows)
+}
+
+async fn batch(lake: &Lake, asof: Millis, config: FoldConfig) -> Result<()> {
+    let started = std::time::Instant::now();
+    let summary = lake
+        .compute_batch_view(asof, config)
+        .await
+        .with_context(|| format!("computing the batch view as of {}", format_millis(asof)))?;
+    eprintln!(
+        "batch: view as of {} of {} sku×nodes ({} on-hand deltas after their last count) in {:.1} s -> batch_view version {}",
+        format_millis(summary.asof),
+        summary.sku_nodes,
+        summary.deltas,
+        started.elapsed().as_secs_f64(),
+        summary.version
+    );
+    Ok(())
+}
+
+/// Folds the events after `cutoff` (from the lake, or from a file) into the speed view.
+async fn fold(lake: &Lake, speed: &SpeedView, cutoff: Millis, from: Option<&Path>) -> Result<()> {
+    let started = std::time::Instant::now();
+    let (source, decoded): (String, Vec<_>) = match from {
+        Some(path) => (
+            path.display().to_string(),
+            read_event_file(path).with_context(|| format!("reading {}", path.display()))?.collect(),
+        ),
+        None => ("the lake".to_string(), lake.events_after(cutoff).await.context("reading events after the cutoff")?),
+    };
+    let total = decoded.len();
+    let report = speed.fold_decoded(decoded, Some(cutoff)).await.context("folding into the speed view")?;
+    for error in report.rejected.iter().take(20) {
+        eprintln!("fold: rejected {source}: {error}");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let stats = report.stats;
+    eprintln!(
+        "fold: {total} events from {source} after {} into the {} speed view: {} applied, {} duplicates, {} too late, \
+         {} before the cutoff, {} malformed in {seconds:.1} s ({:.0} events/s)",
+        format_millis(cutoff),
+        speed.describe(),
+        stats.applied,
+        stats.duplicates,
+        stats.too_late,
+        report.before_cutoff,
+        report.rejected.len(),
+        total as f64 / seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+async fn load_serving(lake: &Lake, speed: SpeedView) -> Result<Arc<Serving>> {
+    let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
+    let batch = lake.load_batch_view().await.context("loading the batch view")?;
+    Ok(Arc::new(Serving::new(skus, nodes, batch, Arc::new(speed))))
+}
+
+async fn serve(serving: Arc<Serving>, listen: SocketAddr, example: Option<String>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let address = listener.local_addr()?;
+    eprintln!("serve: listening on http://{address} ({})", serving.batch.version);
+    if let Some(path) = example {
+        eprintln!("\n  curl -s 'http://{address}{path}'\n\nCtrl-C stops.");
+    }
+    axum::serve(listener, serving.router())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("serve: stopping");
+        })
+        .await
+        .context("serving")
+}
+
+async fn demo(args: DemoArgs) -> Result<()> {
+    // Events end about now, so freshness figures in answers mean something.
+    let now = chrono::Utc::now().timestamp_millis();
+    let days_ms = (args.sim.days * 86_400_000.0) as Millis;
+    let start = (now - days_ms) / 60_000 * 60_000;
+    let config = sim_config(&args.sim, start);
+    if args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir).with_context(|| format!("clearing {}", args.dir.display()))?;
+    }
+    let generated = args.dir.join("generated");
+    let summary = gen(&config, &generated)?;
+    let lake = Lake::open(&args.dir.join("lake"))?;
+    import(&lake, &generated).await?;
+    // The batch view stops a day before the end; the speed view holds the last day.
+    let fold_config = FoldConfig::default();
+    let cutoff = summary.end - 86_400_000.min(days_ms / 2);
+    batch(&lake, cutoff, fold_config).await?;
+    let speed = match &args.redis {
+        Some(url) => {
+            let speed = SpeedView::redis(url, "sellable-demo", fold_config).await?;
+            speed.clear().await.context("clearing the demo namespace in Redis")?;
+            speed
+        }
+        None => SpeedView::memory(fold_config),
+    };
+    fold(&lake, &speed, cutoff, None).await?;
+    let serving = load_serving(&lake, speed).await?;
+    let example = example_request(&serving);
+    serve(serving, args.listen, example).await
+}
+
+/// A request worth pasting: the most popular SKU, in a region one of its nodes serves.
+fn example_request(serving: &Serving) -> Option<String> {
+    let mut skus: Vec<&String> = serving.skus.keys().collect();
+    skus.sort();
+    for sku in skus {
+        for (node, _) in serving.batch.sku_states(sku) {
+            if let Some(info) = serving.nodes.get(node) {
+                return Some(format!("/v1/availability/{sku}?region={}&qty=1", info.country));
+            }
+        }
+    }
+    None
+}
