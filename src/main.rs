@@ -402,16 +402,14 @@ async fn demo(args: DemoArgs) -> Result<()> {
     serve(serving, args.listen, example).await
 }
 
-/// A request worth pasting: the most popular SKU, in a region one of its nodes serves.
+/// A request worth pasting: the most popular SKU that had stock at the cutoff, in the country
+/// of that node.
 fn example_request(serving: &Serving) -> Option<String> {
     let mut skus: Vec<&String> = serving.skus.keys().collect();
     skus.sort();
-    for sku in skus {
-        for (node, _) in serving.batch.sku_states(sku) {
-            if let Some(info) = serving.nodes.get(node) {
-                return Some(format!("/v1/availability/{sku}?region={}&qty=1", info.country));
-            }
-        }
-    }
-    None
+    skus.into_iter().find_map(|sku| {
+        let (node, _) = serving.batch.sku_states(sku).find(|(_, state)| state.atp() > 0)?;
+        let country = &serving.nodes.get(node)?.country;
+        Some(format!("/v1/availability/{sku}?region={country}&qty=1"))
+    })
 }

@@ -111,6 +111,9 @@ impl Lake {
         reader: impl RecordBatchReader + Send + 'static,
         mode: WriteMode,
     ) -> Result<u64, BatchError> {
+        // Append and overwrite create a missing dataset anyway; say so instead of being warned.
+        let exists = Path::new(&self.uri(name)).exists();
+        let mode = if exists { mode } else { WriteMode::Create };
         let params = WriteParams { mode, ..WriteParams::default() };
         let dataset = Dataset::write(reader, self.uri(name).as_str(), Some(params)).await.map_err(self.lance_error(name))?;
         Ok(dataset.version_id())
