@@ -126,8 +126,19 @@ impl Lake {
         events: impl Iterator<Item = Result<Event, DecodeError>> + Send + 'static,
     ) -> Result<ImportReport, BatchError> {
         let tally = Arc::new(Mutex::new((0u64, Vec::new())));
-        let reader = EventBatches { events: Box::new(events), tally: tally.clone() };
-        let version = self.write(EVENTS, reader, WriteMode::Append).await?;
+        let mut reader = EventBatches { events: Box::new(events), tally: tally.clone(), first: None };
+        // Nothing valid to import: no new version.
+        let version = match reader.next() {
+            None => match self.dataset(EVENTS, "").await {
+                Ok(dataset) => dataset.version_id(),
+                Err(BatchError::Missing(..)) => 0,
+                Err(error) => return Err(error),
+            },
+            Some(first) => {
+                reader.first = Some(first);
+                self.write(EVENTS, reader, WriteMode::Append).await?
+            }
+        };
         let (accepted, rejected) = std::mem::take(&mut *tally.lock().expect("import tally lock poisoned; this is a bug"));
         Ok(ImportReport { accepted, rejected, version })
     }
@@ -440,12 +451,17 @@ impl ViewColumns {
 struct EventBatches {
     events: Box<dyn Iterator<Item = Result<Event, DecodeError>> + Send>,
     tally: Arc<Mutex<(u64, Vec<DecodeError>)>>,
+    /// A batch read ahead (to see whether there is anything to write at all).
+    first: Option<Result<RecordBatch, ArrowError>>,
 }
 
 impl Iterator for EventBatches {
     type Item = Result<RecordBatch, ArrowError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         let mut tally = self.tally.lock().expect("import tally lock poisoned; this is a bug");
         for decoded in self.events.by_ref() {

@@ -336,6 +336,37 @@ pub fn events_to_batch(events: &[Event]) -> RecordBatch {
     RecordBatch::try_new(event_schema(), columns).expect("event columns match event_schema; this is a bug")
 }
 
+/// Fails an input whose columns can never hold events, before any row is read.
+pub fn check_event_columns(schema: &Schema) -> Result<(), InputError> {
+    for wanted in event_schema().fields() {
+        let name = event_column_name(wanted.name());
+        match schema.field_with_name(name) {
+            Err(_) if !wanted.is_nullable() => {
+                return Err(InputError::Schema { column: name, message: "missing".into() });
+            }
+            Err(_) => {}
+            Ok(found) => {
+                let readable = arrow_cast::can_cast_types(found.data_type(), wanted.data_type())
+                    || matches!(found.data_type(), DataType::Int64 | DataType::Timestamp(_, _))
+                        && matches!(wanted.data_type(), DataType::Timestamp(_, _));
+                if !readable {
+                    let message = format!("cannot read {} as {}", found.data_type(), wanted.data_type());
+                    return Err(InputError::Schema { column: name, message });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `'static` name of an event column.
+fn event_column_name(name: &str) -> &'static str {
+    ["event_id", "ts", "sku", "node", "kind", "qty", "order_id", "arrived"]
+        .into_iter()
+        .find(|column| *column == name)
+        .expect("event_schema names only these columns; this is a bug")
+}
+
 /// The event columns of a record batch, cast to the canonical types.
 struct EventColumns {
     event_id: StringArray,
@@ -455,9 +486,9 @@ pub struct ParquetEvents {
 
 impl ParquetEvents {
     pub fn open<R: parquet::file::reader::ChunkReader + 'static>(input: R) -> Result<ParquetEvents, InputError> {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(input)?
-            .with_batch_size(8192)
-            .build()?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(input)?;
+        check_event_columns(builder.schema())?;
+        let reader = builder.with_batch_size(8192).build()?;
         Ok(ParquetEvents { reader, next_row: 0, pending: Default::default() })
     }
 }
