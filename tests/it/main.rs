@@ -1,0 +1,143 @@
+//! End-to-end: gen → lake import → batch view → fold (real Redis, and the embedded store) →
+//! REST. For every sku×node of a generated marketplace, the naive ATP served over HTTP must equal
+//! the ATP of folding the whole event stream with `core` alone.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use sellable_batch::Lake;
+use sellable_bench::{generate, SimConfig};
+use sellable_core::event::{encode_json, read_event_file};
+use sellable_core::{fold, Event, Fold, FoldConfig, Millis, NodeInfo};
+use sellable_serving::{Availability, Serving};
+use sellable_speed::SpeedView;
+
+const DAY: Millis = 86_400_000;
+
+struct Marketplace {
+    _dir: tempfile::TempDir,
+    lake: Lake,
+    cutoff: Millis,
+    all_events: Vec<Event>,
+    /// The events after the cutoff as JSON Lines, with one malformed line at line 3.
+    after_cutoff_jsonl: std::path::PathBuf,
+    after_cutoff: Vec<Event>,
+}
+
+async fn marketplace() -> Marketplace {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig { seed: 7, skus: 120, nodes: 12, days: 3.0, ..SimConfig::default() };
+    let summary = generate(&config, &dir.path().join("gen")).unwrap();
+    let lake = Lake::open(&dir.path().join("lake")).unwrap();
+    let skus = read_catalog(&summary.paths.skus, sellable_core::catalog::skus_from_batch);
+    let nodes = read_catalog(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch);
+    lake.import_catalog(&skus, &nodes).await.unwrap();
+    let all_events: Vec<Event> = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect();
+    lake.import_events(read_event_file(&summary.paths.events).unwrap()).await.unwrap();
+    let cutoff = summary.end - DAY;
+    lake.compute_batch_view(cutoff, FoldConfig::default()).await.unwrap();
+
+    let after_cutoff: Vec<Event> = lake.events_after(cutoff).await.unwrap().into_iter().map(Result::unwrap).collect();
+    assert!(after_cutoff.len() > 500, "the speed view should have real work: {}", after_cutoff.len());
+    let mut lines: Vec<String> = after_cutoff.iter().map(encode_json).collect();
+    lines.insert(2, r#"{"event_id":"broken","ts":"2026-01-01T00:00:00Z","sku":"SKU-000001","node":"WH-0001","kind":"count"}"#.into());
+    let after_cutoff_jsonl = dir.path().join("after_cutoff.jsonl");
+    std::fs::write(&after_cutoff_jsonl, lines.join("\n")).unwrap();
+    Marketplace { _dir: dir, lake, cutoff, all_events, after_cutoff_jsonl, after_cutoff }
+}
+
+fn read_catalog<T>(
+    path: &Path,
+    decode: fn(&arrow_array::RecordBatch) -> Result<Vec<T>, sellable_core::event::InputError>,
+) -> Vec<T> {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    reader.flat_map(|batch| decode(&batch.unwrap()).unwrap()).collect()
+}
+
+/// Serves on a free loopback port; returns the base URL.
+async fn serve(lake: &Lake, speed: Arc<SpeedView>) -> String {
+    let (skus, nodes) = lake.load_catalog().await.unwrap();
+    let batch = lake.load_batch_view().await.unwrap();
+    let serving = Arc::new(Serving::new(skus, nodes, batch, speed));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, serving.router()).await.unwrap() });
+    format!("http://{address}")
+}
+
+/// Asks for every SKU in every country and compares each node's units with the oracle.
+/// Returns how many sku×nodes had units, so callers can check the comparison was not vacuous.
+async fn check_every_answer(base: &str, oracle: &Fold, nodes: &[NodeInfo]) -> usize {
+    let client = reqwest::Client::new();
+    let mut countries: Vec<&str> = nodes.iter().map(|node| node.country.as_str()).collect();
+    countries.sort();
+    countries.dedup();
+    let mut skus: Vec<&str> = oracle.states.keys().map(|(sku, _)| sku.as_str()).collect();
+    skus.dedup();
+    let mut with_units = 0;
+    for sku in skus {
+        for country in &countries {
+            let url = format!("{base}/v1/availability/{sku}?region={country}&qty=1");
+            let answer: Availability = client.get(&url).send().await.unwrap().json().await.unwrap();
+            let served: BTreeMap<String, i64> = answer.options.iter().map(|o| (o.node.clone(), o.units)).collect();
+            let expected: BTreeMap<String, i64> = nodes
+                .iter()
+                .filter(|node| node.country == *country)
+                .filter_map(|node| Some((node.node.clone(), oracle.state(sku, &node.node)?.atp())))
+                .filter(|(_, atp)| *atp > 0)
+                .collect();
+            assert_eq!(served, expected, "{url}");
+            assert_eq!(answer.available, expected.values().sum::<i64>(), "{url}");
+            with_units += served.len();
+        }
+    }
+    with_units
+}
+
+async fn end_to_end(speed: SpeedView) {
+    let market = marketplace().await;
+    let oracle = fold(&market.all_events, FoldConfig::default());
+    let (_, nodes) = market.lake.load_catalog().await.unwrap();
+
+    // The malformed line is reported with its line number; every other event is folded.
+    let report = speed.fold_decoded(read_event_file(&market.after_cutoff_jsonl).unwrap(), Some(market.cutoff)).await.unwrap();
+    let rejected: Vec<String> = report.rejected.iter().map(ToString::to_string).collect();
+    assert_eq!(rejected, [r#"line 3: field "qty": missing"#]);
+    assert!(report.stats.applied > 500, "{:?}", report.stats);
+
+    let describe = speed.describe();
+    let speed = Arc::new(speed);
+    let base = serve(&market.lake, speed.clone()).await;
+    let with_units = check_every_answer(&base, &oracle, &nodes).await;
+    assert!(with_units > 100, "too few sku×nodes with stock to be a real check: {with_units} ({describe})");
+
+    // Replaying the post-cutoff events twice, shuffled, changes no answer.
+    let mut shuffled = market.after_cutoff.clone();
+    shuffled.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
+    for _ in 0..2 {
+        let replay = speed.fold(&shuffled).await.unwrap();
+        assert_eq!(replay.applied, 0, "{replay:?}");
+    }
+    assert_eq!(check_every_answer(&base, &oracle, &nodes).await, with_units);
+    speed.clear().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_atp_equals_core_fold_with_the_embedded_store() {
+    end_to_end(SpeedView::memory(FoldConfig::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_atp_equals_core_fold_with_redis() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let namespace = format!("sellable-test-e2e-{}", std::process::id());
+    let speed = SpeedView::redis(&url, &namespace, FoldConfig::default()).await.unwrap_or_else(|error| {
+        panic!("this test needs a Redis server at {url} ({error}); start one with `redis-server --daemonize yes` or set REDIS_URL")
+    });
+    speed.clear().await.unwrap();
+    end_to_end(speed).await;
+}
