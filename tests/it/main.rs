@@ -98,6 +98,23 @@ async fn check_every_answer(base: &str, oracle: &Fold, nodes: &[NodeInfo]) -> us
     with_units
 }
 
+/// Bad requests get a JSON error with the right status, naming what is wrong.
+async fn check_errors(base: &str) {
+    let cases = [
+        ("/v1/availability/NO-SUCH-SKU?region=DE&qty=1", 404, "unknown_sku", "unknown sku 'NO-SUCH-SKU'"),
+        ("/v1/availability/SKU-000001?region=DE&qty=two", 400, "bad_request", "qty must be an integer from 1 to 1000000, got 'two'"),
+        ("/v1/availability/SKU-000001?region=DE&qty=0", 400, "bad_request", "qty must be an integer from 1 to 1000000, got '0'"),
+        ("/v1/availability/SKU-000001?qty=1", 400, "bad_request", "region is required, e.g. ?region=DE"),
+        ("/v1/availability/SKU-000001?region=ATLANTIS", 400, "bad_request", "unknown region 'ATLANTIS': no node serves it"),
+    ];
+    for (path, status, error, message) in cases {
+        let response = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body, serde_json::json!({ "error": error, "message": message }), "{path}");
+    }
+}
+
 async fn end_to_end(speed: SpeedView) {
     let market = marketplace().await;
     let oracle = fold(&market.all_events, FoldConfig::default());
@@ -112,6 +129,7 @@ async fn end_to_end(speed: SpeedView) {
     let describe = speed.describe();
     let speed = Arc::new(speed);
     let base = serve(&market.lake, speed.clone()).await;
+    check_errors(&base).await;
     let with_units = check_every_answer(&base, &oracle, &nodes).await;
     assert!(with_units > 100, "too few sku×nodes with stock to be a real check: {with_units} ({describe})");
 
