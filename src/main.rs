@@ -208,21 +208,22 @@ async fn run(command: Command) -> Result<()> {
             let lake = Lake::open(&args.lake.lake)?;
             let speed = SpeedView::redis(url, &args.redis.namespace, args.lake.fold_config()).await?;
             let cutoff = lake.load_batch_view().await?.asof;
-            fold(&lake, &speed, cutoff, args.from.as_deref()).await
+            fold(&lake, &speed, cutoff, args.from.as_deref(), None).await?;
+            Ok(())
         }
         Command::Serve(args) => {
             let lake = Lake::open(&args.lake.lake)?;
             let serving = match &args.redis.redis {
                 Some(url) => {
                     let speed = SpeedView::redis(url, &args.redis.namespace, args.lake.fold_config()).await?;
-                    load_serving(&lake, speed).await?
+                    load_serving(&lake, Arc::new(speed)).await?
                 }
                 None => {
                     // The embedded view starts empty: fold what arrived after the cutoff.
                     let speed = SpeedView::memory(args.lake.fold_config());
                     let cutoff = lake.load_batch_view().await?.asof;
-                    fold(&lake, &speed, cutoff, None).await?;
-                    load_serving(&lake, speed).await?
+                    fold(&lake, &speed, cutoff, None, None).await?;
+                    load_serving(&lake, Arc::new(speed)).await?
                 }
             };
             serve(serving, args.listen, None).await
@@ -300,12 +301,21 @@ fn read_parquet_catalog<T>(
     Ok(rows)
 }
 
+/// A spinner on stderr for work without a known length (hidden when stderr is not a terminal).
+fn spinner(message: String) -> indicatif::ProgressBar {
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(message);
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    spinner
+}
+
 async fn batch(lake: &Lake, asof: Millis, config: FoldConfig) -> Result<()> {
     let started = std::time::Instant::now();
+    let spinner = spinner(format!("batch: computing the view as of {} with DataFusion", format_millis(asof)));
     let summary = lake
         .compute_batch_view(asof, config)
         .await
         .with_context(|| format!("computing the batch view as of {}", format_millis(asof)))?;
+    spinner.finish_and_clear();
     eprintln!(
         "batch: view as of {} of {} sku×nodes ({} on-hand deltas after their last count) in {:.1} s -> batch_view version {}",
         format_millis(summary.asof),
@@ -317,16 +327,33 @@ async fn batch(lake: &Lake, asof: Millis, config: FoldConfig) -> Result<()> {
     Ok(())
 }
 
-/// Folds the events after `cutoff` (from the lake, or from a file) into the speed view.
-async fn fold(lake: &Lake, speed: &SpeedView, cutoff: Millis, from: Option<&Path>) -> Result<()> {
+/// Folds the events after `cutoff` (from the lake, or from a file) into the speed view; those
+/// arriving after `until`, if given, are returned instead: they have not arrived yet.
+async fn fold(
+    lake: &Lake,
+    speed: &SpeedView,
+    cutoff: Millis,
+    from: Option<&Path>,
+    until: Option<Millis>,
+) -> Result<Vec<sellable_core::Event>> {
     let started = std::time::Instant::now();
-    let (source, decoded): (String, Vec<_>) = match from {
+    let (source, mut decoded): (String, Vec<_>) = match from {
         Some(path) => (
             path.display().to_string(),
             read_event_file(path).with_context(|| format!("reading {}", path.display()))?.collect(),
         ),
         None => ("the lake".to_string(), lake.events_after(cutoff).await.context("reading events after the cutoff")?),
     };
+    let mut later = Vec::new();
+    if let Some(until) = until {
+        decoded.retain(|event| match event {
+            Ok(event) if event.arrival() > until => {
+                later.push(event.clone());
+                false
+            }
+            _ => true,
+        });
+    }
     let total = decoded.len();
     let report = speed.fold_decoded(decoded, Some(cutoff)).await.context("folding into the speed view")?;
     for error in report.rejected.iter().take(20) {
@@ -346,13 +373,30 @@ async fn fold(lake: &Lake, speed: &SpeedView, cutoff: Millis, from: Option<&Path
         report.rejected.len(),
         total as f64 / seconds.max(1e-9)
     );
-    Ok(())
+    Ok(later)
 }
 
-async fn load_serving(lake: &Lake, speed: SpeedView) -> Result<Arc<Serving>> {
+/// Folds events as their arrival time comes, like a live stream: the demo's last events are
+/// still in flight when it starts (seller feeds lag, some scans are stuck for days).
+fn spawn_live_feed(speed: Arc<SpeedView>, events: Vec<sellable_core::Event>) {
+    tokio::spawn(async move {
+        for event in events {
+            let wait = event.arrival() - chrono::Utc::now().timestamp_millis();
+            if wait > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
+            }
+            match speed.fold(std::slice::from_ref(&event)).await {
+                Ok(_) => tracing::debug!(sku = %event.sku, node = %event.node, kind = %event.kind, "folded live"),
+                Err(error) => tracing::warn!(sku = %event.sku, node = %event.node, %error, "live fold failed"),
+            }
+        }
+    });
+}
+
+async fn load_serving(lake: &Lake, speed: Arc<SpeedView>) -> Result<Arc<Serving>> {
     let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
     let batch = lake.load_batch_view().await.context("loading the batch view")?;
-    Ok(Arc::new(Serving::new(skus, nodes, batch, Arc::new(speed))))
+    Ok(Arc::new(Serving::new(skus, nodes, batch, speed)))
 }
 
 async fn serve(serving: Arc<Serving>, listen: SocketAddr, example: Option<String>) -> Result<()> {
@@ -396,20 +440,32 @@ async fn demo(args: DemoArgs) -> Result<()> {
         }
         None => SpeedView::memory(fold_config),
     };
-    fold(&lake, &speed, cutoff, None).await?;
+    let in_flight = fold(&lake, &speed, cutoff, None, Some(now)).await?;
+    let speed = Arc::new(speed);
+    if !in_flight.is_empty() {
+        eprintln!("demo: {} events are still in flight; each is folded when its arrival time comes", in_flight.len());
+        spawn_live_feed(speed.clone(), in_flight);
+    }
     let serving = load_serving(&lake, speed).await?;
-    let example = example_request(&serving);
+    let example = example_request(&serving).await;
     serve(serving, args.listen, example).await
 }
 
-/// A request worth pasting: the most popular SKU that had stock at the cutoff, in the country
-/// of that node.
-fn example_request(serving: &Serving) -> Option<String> {
+/// A request worth pasting: the most popular SKU that can be promised now, in the country of
+/// one of its nodes.
+async fn example_request(serving: &Serving) -> Option<String> {
+    let now = chrono::Utc::now().timestamp_millis();
     let mut skus: Vec<&String> = serving.skus.keys().collect();
     skus.sort();
-    skus.into_iter().find_map(|sku| {
-        let (node, _) = serving.batch.sku_states(sku).find(|(_, state)| state.atp() > 0)?;
-        let country = &serving.nodes.get(node)?.country;
-        Some(format!("/v1/availability/{sku}?region={country}&qty=1"))
-    })
+    for sku in skus.into_iter().take(500) {
+        let countries: Vec<&str> =
+            serving.batch.sku_states(sku).filter_map(|(node, _)| Some(serving.nodes.get(node)?.country.as_str())).collect();
+        for country in countries {
+            let answer = serving.availability(sku, country, 1, now).await.ok()?;
+            if answer.units > 0 {
+                return Some(format!("/v1/availability/{sku}?region={country}&qty=1"));
+            }
+        }
+    }
+    None
 }
