@@ -337,6 +337,11 @@ async fn fold(
     until: Option<Millis>,
 ) -> Result<Vec<sellable_core::Event>> {
     let started = std::time::Instant::now();
+    // Events in the batch view that a redelivery could still bring within the allowed lateness:
+    // remembered, so the copy is a duplicate. Anything older would be rejected as too late.
+    let lateness = speed.config().lateness_ms;
+    let ids = lake.event_ids_arrived(cutoff - lateness, cutoff).await.context("reading recent event ids")?;
+    speed.remember(&ids).await.context("remembering the batch view's recent event ids")?;
     let (source, mut decoded): (String, Vec<_>) = match from {
         Some(path) => (
             path.display().to_string(),

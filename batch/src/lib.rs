@@ -190,6 +190,23 @@ impl Lake {
         Ok(events)
     }
 
+    /// `(sku, event_id)` of the events that arrived in `(from, to]`: what the speed view must
+    /// recognise as already folded when it starts at cutoff `to`.
+    pub async fn event_ids_arrived(&self, from: Millis, to: Millis) -> Result<Vec<(String, String)>, BatchError> {
+        let context = self.session().await?;
+        let sql = format!(
+            "SELECT sku, event_id FROM {EVENTS} \
+             WHERE CAST(COALESCE(arrived, ts) AS BIGINT) > {from} AND CAST(COALESCE(arrived, ts) AS BIGINT) <= {to}"
+        );
+        let mut ids = Vec::new();
+        for batch in context.sql(&sql).await?.collect().await? {
+            let sku = string_column(&batch, "sku", EVENTS)?;
+            let event_id = string_column(&batch, "event_id", EVENTS)?;
+            ids.extend((0..batch.num_rows()).map(|row| (sku.value(row).to_string(), event_id.value(row).to_string())));
+        }
+        Ok(ids)
+    }
+
     /// The latest event arrival in the lake, if any: a natural default cutoff.
     pub async fn last_arrival(&self) -> Result<Option<Millis>, BatchError> {
         let context = self.session().await?;

@@ -81,6 +81,13 @@ impl fmt::Display for EventKind {
     }
 }
 
+/// Largest quantity one event may carry: far above any real stock movement, far below where
+/// sums could overflow.
+pub const MAX_QTY: i64 = 1_000_000_000;
+
+/// Latest time an event may carry: 9999-12-31T23:59:59.999Z.
+pub const MAX_TIME: Millis = 253_402_300_799_999;
+
 /// One inventory mutation, as decoded and validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -109,6 +116,20 @@ impl Event {
             if value.is_empty() {
                 return Err(FieldError::new(field, "must not be empty"));
             }
+        }
+        for (field, value) in [("sku", &self.sku), ("node", &self.node)] {
+            // Redis keys tag a SKU as `{sku}`: braces would let two ids share one key.
+            if value.contains(['{', '}']) || value.chars().any(char::is_control) {
+                return Err(FieldError::new(field, format!("must not contain braces or control characters: '{value}'")));
+            }
+        }
+        for (field, time) in [("ts", Some(self.ts)), ("arrived", self.arrived)] {
+            if time.is_some_and(|time| !(0..=MAX_TIME).contains(&time)) {
+                return Err(FieldError::new(field, format!("must be between 1970 and 9999, got {} ms", time.unwrap_or(0))));
+            }
+        }
+        if self.qty.abs() > MAX_QTY {
+            return Err(FieldError::new("qty", format!("must be within ±{MAX_QTY}, got {}", self.qty)));
         }
         if self.qty < 0 && self.kind != EventKind::Adjust {
             return Err(FieldError::new(
@@ -551,6 +572,18 @@ mod tests {
         check_error(
             r#"{"event_id":"e1","ts":"yesterday","sku":"S","node":"N","kind":"count","qty":1}"#,
             r#"line 1: field "ts": expected RFC 3339 timestamp, got 'yesterday'"#,
+        );
+        check_error(
+            r#"{"event_id":"e1","ts":1,"sku":"S}","node":"N","kind":"count","qty":1}"#,
+            r#"line 1: field "sku": must not contain braces or control characters: 'S}'"#,
+        );
+        check_error(
+            r#"{"event_id":"e1","ts":1,"sku":"S","node":"N","kind":"receipt","qty":9223372036854775807}"#,
+            r#"line 1: field "qty": must be within ±1000000000, got 9223372036854775807"#,
+        );
+        check_error(
+            r#"{"event_id":"e1","ts":-5,"sku":"S","node":"N","kind":"count","qty":1}"#,
+            r#"line 1: field "ts": must be between 1970 and 9999, got -5 ms"#,
         );
         check_error("{not json", "line 1: invalid JSON: key must be a string at line 1 column 2");
     }

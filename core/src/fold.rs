@@ -223,6 +223,12 @@ impl Fold {
         outcome
     }
 
+    /// Marks an `event_id` as folded elsewhere (in the batch view), so a redelivered copy is a
+    /// duplicate here too.
+    pub fn remember(&mut self, event_id: &str) {
+        self.seen.insert(event_id.to_string());
+    }
+
     pub fn state(&self, sku: &str, node: &str) -> Option<&NodeState> {
         self.states.get(&(sku.to_string(), node.to_string()))
     }

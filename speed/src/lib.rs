@@ -45,6 +45,13 @@ impl SpeedView {
         Ok(SpeedView::Redis(RedisStore::connect(url, namespace, config).await?))
     }
 
+    pub fn config(&self) -> FoldConfig {
+        match self {
+            SpeedView::Memory(store) => store.fold.lock().expect("speed view lock poisoned; this is a bug").config,
+            SpeedView::Redis(store) => store.config,
+        }
+    }
+
     /// Where the view lives, for logs and answers.
     pub fn describe(&self) -> String {
         match self {
@@ -89,6 +96,19 @@ impl SpeedView {
             report.stats.too_late += stats.too_late;
         }
         Ok(report)
+    }
+
+    /// Records `(sku, event_id)`s folded into the batch view, so that a copy redelivered after
+    /// the cutoff counts as a duplicate instead of twice.
+    pub async fn remember(&self, ids: &[(String, String)]) -> Result<(), SpeedError> {
+        match self {
+            SpeedView::Memory(store) => {
+                let mut fold = store.fold.lock().expect("speed view lock poisoned; this is a bug");
+                ids.iter().for_each(|(_, event_id)| fold.remember(event_id));
+                Ok(())
+            }
+            SpeedView::Redis(store) => store.remember(ids).await,
+        }
     }
 
     /// The state of every node that has one for `sku`, ordered by node.
@@ -313,6 +333,18 @@ impl RedisStore {
             }
         }
         Ok(stats)
+    }
+
+    async fn remember(&self, ids: &[(String, String)]) -> Result<(), SpeedError> {
+        for chunk in ids.chunks(PIPELINE) {
+            let mut pipe = redis::pipe();
+            for (sku, event_id) in chunk {
+                pipe.cmd("SADD").arg(self.sku_key(sku, "seen")).arg(event_id).ignore();
+            }
+            let mut connection = self.connection.clone();
+            let () = pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?;
+        }
+        Ok(())
     }
 
     async fn sku_states(&self, sku: &str) -> Result<Vec<(String, NodeState)>, SpeedError> {

@@ -120,6 +120,11 @@ async fn end_to_end(speed: SpeedView) {
     let oracle = fold(&market.all_events, FoldConfig::default());
     let (_, nodes) = market.lake.load_catalog().await.unwrap();
 
+    // The speed view starts at the cutoff knowing the batch view's recent event ids.
+    let ids = market.lake.event_ids_arrived(market.cutoff - speed.config().lateness_ms, market.cutoff).await.unwrap();
+    assert!(!ids.is_empty());
+    speed.remember(&ids).await.unwrap();
+
     // The malformed line is reported with its line number; every other event is folded.
     let report = speed.fold_decoded(read_event_file(&market.after_cutoff_jsonl).unwrap(), Some(market.cutoff)).await.unwrap();
     let rejected: Vec<String> = report.rejected.iter().map(ToString::to_string).collect();
@@ -133,8 +138,18 @@ async fn end_to_end(speed: SpeedView) {
     let with_units = check_every_answer(&base, &oracle, &nodes).await;
     assert!(with_units > 100, "too few sku×nodes with stock to be a real check: {with_units} ({describe})");
 
-    // Replaying the post-cutoff events twice, shuffled, changes no answer.
+    // Replaying the post-cutoff events twice, shuffled, and redelivering events of the batch
+    // view after the cutoff, changes no answer.
     let mut shuffled = market.after_cutoff.clone();
+    // (restamped on redelivery, and still within the lateness: only the remembered ids stop them)
+    let redelivered: Vec<Event> = market
+        .all_events
+        .iter()
+        .filter(|e| e.arrival() <= market.cutoff && e.ts > market.cutoff - 3_600_000)
+        .map(|e| Event { arrived: Some(market.cutoff + 1_000), ..e.clone() })
+        .collect();
+    assert!(redelivered.len() > 10, "{}", redelivered.len());
+    shuffled.extend(redelivered);
     shuffled.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
     for _ in 0..2 {
         let replay = speed.fold(&shuffled).await.unwrap();
