@@ -1,0 +1,786 @@
+//! Checking and compiling: syntax tree + field schema → a [`RuleSet`] whose conditions refer to
+//! field *slots*, so evaluating a request does no string lookups. Every mistake a merchandiser
+//! can make is found here, at load time, with a diagnostic pointing at it.
+
+use std::collections::HashMap;
+
+use crate::diagnostic::{suggest, Diagnostic, Span};
+use crate::syntax::{self, Action, Comparator, Expr, FieldRef, Literal, Operand, Outcome, RuleFile};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    Number,
+    Text,
+    Bool,
+}
+
+impl Type {
+    fn article(self) -> &'static str {
+        match self {
+            Type::Number => "a number",
+            Type::Text => "a text",
+            Type::Bool => "true/false",
+        }
+    }
+}
+
+/// A value a field holds for one decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl Value {
+    fn of(literal: &Literal) -> Value {
+        match literal {
+            Literal::Number(number) => Value::Number(*number),
+            Literal::Text(text) => Value::Text(text.clone()),
+            Literal::Bool(value) => Value::Bool(*value),
+        }
+    }
+
+    fn type_of(&self) -> Type {
+        match self {
+            Value::Number(_) => Type::Number,
+            Value::Text(_) => Type::Text,
+            Value::Bool(_) => Type::Bool,
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Number(number) => write!(f, "{number}"),
+            Value::Text(text) => write!(f, "{text:?}"),
+            Value::Bool(value) => write!(f, "{value}"),
+        }
+    }
+}
+
+/// The fields rules may use, each with a type and a slot.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    fields: Vec<(String, Type)>,
+    slots: HashMap<String, usize>,
+}
+
+/// The built-in fields: catalog, request, merged view and model score. Documented in
+/// `docs/rules.md`; serving fills them.
+pub const STANDARD_FIELDS: [(&str, Type); 20] = [
+    ("sku.id", Type::Text),
+    ("sku.category", Type::Text),
+    ("sku.seller", Type::Text),
+    ("sku.hazmat", Type::Bool),
+    ("sku.price", Type::Number),
+    ("node.id", Type::Text),
+    ("node.kind", Type::Text),
+    ("node.region", Type::Text),
+    ("node.country", Type::Text),
+    ("node.seller", Type::Text),
+    ("node.feed_lag_s", Type::Number),
+    ("region", Type::Text),
+    ("qty", Type::Number),
+    ("atp", Type::Number),
+    ("on_hand", Type::Number),
+    ("reserved", Type::Number),
+    ("held", Type::Number),
+    ("p_fulfill", Type::Number),
+    ("velocity_5m", Type::Number),
+    ("velocity_1h", Type::Number),
+];
+
+impl Default for Schema {
+    fn default() -> Schema {
+        Schema::standard()
+    }
+}
+
+impl Schema {
+    pub fn standard() -> Schema {
+        let mut schema = Schema { fields: Vec::new(), slots: HashMap::new() };
+        for (name, ty) in STANDARD_FIELDS {
+            schema.add(name, ty);
+        }
+        schema
+    }
+
+    /// Declares a free-form catalog attribute, usable as `sku.<name>`.
+    pub fn with_attribute(mut self, name: &str, ty: Type) -> Schema {
+        self.add(&format!("sku.{name}"), ty);
+        self
+    }
+
+    fn add(&mut self, name: &str, ty: Type) {
+        if !self.slots.contains_key(name) {
+            self.slots.insert(name.to_string(), self.fields.len());
+            self.fields.push((name.to_string(), ty));
+        }
+    }
+
+    pub fn slot(&self, name: &str) -> Option<usize> {
+        self.slots.get(name).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    pub fn name(&self, slot: usize) -> &str {
+        &self.fields[slot].0
+    }
+
+    fn ty(&self, slot: usize) -> Type {
+        self.fields[slot].1
+    }
+}
+
+/// The facts of one decision, by slot. Unknown facts are `None`: a comparison with an unknown
+/// fact is unknown, and a rule fires only when its condition is known to be true.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    values: Vec<Option<Value>>,
+}
+
+impl Facts {
+    pub fn new(schema: &Schema) -> Facts {
+        Facts { values: vec![None; schema.len()] }
+    }
+
+    pub fn set(&mut self, slot: usize, value: Value) {
+        self.values[slot] = Some(value);
+    }
+
+    pub fn get(&self, slot: usize) -> Option<&Value> {
+        self.values.get(slot).and_then(Option::as_ref)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Cond {
+    Or(Vec<Cond>),
+    And(Vec<Cond>),
+    Not(Box<Cond>),
+    Compare { left: Term, op: Comparator, right: Term },
+    In { slot: usize, list: Vec<Value>, negated: bool },
+    StartsWith { slot: usize, prefix: String },
+    Field(usize),
+    Const(bool),
+}
+
+#[derive(Debug, Clone)]
+enum Term {
+    Slot(usize),
+    Const(Value),
+}
+
+#[derive(Debug, Clone)]
+enum Effect {
+    Deny(String),
+    Hold(i64),
+    Cap(i64),
+    Require { slot: usize, op: Comparator, threshold: f64 },
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    name: String,
+    priority: i64,
+    text: String,
+    condition: Cond,
+    effect: Effect,
+    /// Slots the rule reads, for explanations.
+    reads: Vec<usize>,
+}
+
+/// A `test` block, checked and ready to run.
+#[derive(Debug, Clone)]
+pub struct RuleTest {
+    pub name: String,
+    pub file: String,
+    pub line: usize,
+    facts: Facts,
+    expect: Vec<Outcome>,
+}
+
+/// A checked, compiled set of rules from one or more files.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    pub name: String,
+    /// Changes whenever any source text changes.
+    pub version: String,
+    schema: Schema,
+    rules: Vec<CompiledRule>,
+    pub tests: Vec<RuleTest>,
+}
+
+/// One rule file to load.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+/// Loading always yields every diagnostic; a rule set only when there is no error.
+#[derive(Debug)]
+pub struct Loaded {
+    pub ruleset: Option<RuleSet>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.severity == crate::diagnostic::Severity::Error)
+    }
+}
+
+/// Parses, checks and compiles rule files together.
+pub fn load(sources: &[Source], schema: &Schema) -> Loaded {
+    let mut diagnostics = Vec::new();
+    let mut rules = Vec::new();
+    let mut tests = Vec::new();
+    let mut names = Vec::new();
+    let mut seen_rules: HashMap<String, (String, usize)> = HashMap::new();
+    for source in sources {
+        let (tree, syntax_diagnostics) = syntax::parse(&source.name, &source.text);
+        diagnostics.extend(syntax_diagnostics);
+        let mut checker = Checker { file: &source.name, source: &source.text, schema, diagnostics: &mut diagnostics };
+        names.extend(tree.name.clone());
+        for rule in &tree.rules {
+            let line = line_of(&source.text, rule.span.start);
+            if let Some((file, first)) = seen_rules.get(&rule.name) {
+                let message = format!("another rule is named \"{}\" ({file}:{first}); explanations would be ambiguous", rule.name);
+                checker.warn(rule.span, message);
+            } else {
+                seen_rules.insert(rule.name.clone(), (source.name.clone(), line));
+            }
+            if let Some(compiled) = checker.rule(rule) {
+                rules.push(compiled);
+            }
+        }
+        for test in &tree.tests {
+            if let Some(compiled) = checker.test(test) {
+                tests.push(compiled);
+            }
+        }
+        warn_unreachable(&tree, &mut checker);
+    }
+    let failed = diagnostics.iter().any(|d| d.severity == crate::diagnostic::Severity::Error);
+    // Highest priority first; ties keep file order, so the trace reads like the files.
+    rules.sort_by_key(|rule: &CompiledRule| std::cmp::Reverse(rule.priority));
+    let ruleset = (!failed).then(|| RuleSet {
+        name: if names.is_empty() { "rules".to_string() } else { names.join(" + ") },
+        version: version_of(sources),
+        schema: schema.clone(),
+        rules,
+        tests,
+    });
+    Loaded { ruleset, diagnostics }
+}
+
+fn line_of(source: &str, offset: usize) -> usize {
+    source[..offset.min(source.len())].matches('\n').count() + 1
+}
+
+/// FNV-1a of every file name and text: stable across builds and platforms.
+fn version_of(sources: &[Source]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for source in sources {
+        for byte in source.name.bytes().chain([0]).chain(source.text.bytes()).chain([0]) {
+            hash ^= byte as u64;
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{:012x}", hash >> 16)
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    source: &'a str,
+    schema: &'a Schema,
+    diagnostics: &'a mut Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Span, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::error(self.file, self.source, span, message));
+    }
+
+    fn warn(&mut self, span: Span, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::warning(self.file, self.source, span, message));
+    }
+
+    fn field(&mut self, field: &FieldRef) -> Option<(usize, Type)> {
+        match self.schema.slot(&field.name) {
+            Some(slot) => Some((slot, self.schema.ty(slot))),
+            None => {
+                let names = self.schema.fields.iter().map(|(name, _)| name.as_str());
+                let diagnostic = Diagnostic::error(self.file, self.source, field.span, format!("unknown field `{}`", field.name));
+                let diagnostic = match suggest(&field.name, names) {
+                    Some(known) => diagnostic.with_hint(format!("did you mean `{known}`?")),
+                    None => diagnostic.with_hint("see the list of fields in docs/rules.md"),
+                };
+                self.diagnostics.push(diagnostic);
+                None
+            }
+        }
+    }
+
+    fn rule(&mut self, rule: &syntax::Rule) -> Option<CompiledRule> {
+        let mut reads = Vec::new();
+        let condition = self.condition(&rule.condition, rule.span, &mut reads);
+        let effect = match &rule.action {
+            Action::Deny(reason) => Some(Effect::Deny(reason.clone())),
+            Action::Hold(units) | Action::Cap(units) if *units < 0 => {
+                self.error(rule.span, format!("`{}` needs a number of units of 0 or more, not {units}", rule.action));
+                None
+            }
+            Action::Hold(units) => Some(Effect::Hold(*units)),
+            Action::Cap(units) => Some(Effect::Cap(*units)),
+            Action::Require { field, op, threshold } => match self.field(field) {
+                Some((slot, Type::Number)) => {
+                    reads.push(slot);
+                    Some(Effect::Require { slot, op: *op, threshold: *threshold })
+                }
+                Some((_, ty)) => {
+                    self.error(field.span, format!("`require` needs a number field; `{}` is {}", field.name, ty.article()));
+                    None
+                }
+                None => None,
+            },
+        };
+        reads.sort();
+        reads.dedup();
+        Some(CompiledRule {
+            name: rule.name.clone(),
+            priority: rule.priority,
+            text: format!("{}", rule.action),
+            condition: condition?,
+            effect: effect?,
+            reads,
+        })
+    }
+
+    fn condition(&mut self, expr: &Expr, rule_span: Span, reads: &mut Vec<usize>) -> Option<Cond> {
+        match expr {
+            Expr::Or(parts) | Expr::And(parts) => {
+                let compiled: Vec<Option<Cond>> = parts.iter().map(|p| self.condition(p, rule_span, reads)).collect();
+                let compiled: Option<Vec<Cond>> = compiled.into_iter().collect();
+                Some(if matches!(expr, Expr::Or(_)) { Cond::Or(compiled?) } else { Cond::And(compiled?) })
+            }
+            Expr::Not(inner) => Some(Cond::Not(Box::new(self.condition(inner, rule_span, reads)?))),
+            Expr::Bool(value) => Some(Cond::Const(*value)),
+            Expr::Field(field) => {
+                let (slot, ty) = self.field(field)?;
+                reads.push(slot);
+                if ty != Type::Bool {
+                    let message = format!("`{}` is {}, not true/false: compare it, e.g. `{} == …`", field.name, ty.article(), field.name);
+                    self.error(field.span, message);
+                    return None;
+                }
+                Some(Cond::Field(slot))
+            }
+            Expr::StartsWith { field, prefix } => {
+                let (slot, ty) = self.field(field)?;
+                reads.push(slot);
+                if ty != Type::Text {
+                    self.error(field.span, format!("`starts with` needs a text field; `{}` is {}", field.name, ty.article()));
+                    return None;
+                }
+                Some(Cond::StartsWith { slot, prefix: prefix.clone() })
+            }
+            Expr::In { field, list, negated } => {
+                let (slot, ty) = self.field(field)?;
+                reads.push(slot);
+                let mut ok = true;
+                for literal in list {
+                    let value = Value::of(literal);
+                    if value.type_of() != ty {
+                        let message = format!("`{}` is {}, but the list holds {value}, which is {}", field.name, ty.article(), value.type_of().article());
+                        self.error(field.span, message);
+                        ok = false;
+                        break;
+                    }
+                }
+                if list.is_empty() {
+                    self.warn(field.span, format!("`{} in []` is never true", field.name));
+                }
+                ok.then(|| Cond::In { slot, list: list.iter().map(Value::of).collect(), negated: *negated })
+            }
+            Expr::Compare { left, op, right } => {
+                let left_term = self.term(left, reads);
+                let right_term = self.term(right, reads);
+                let ((left_term, left_ty), (right_term, right_ty)) = (left_term?, right_term?);
+                let span = match (left, right) {
+                    (Operand::Field(field), _) | (_, Operand::Field(field)) => field.span,
+                    _ => rule_span,
+                };
+                if matches!((&left_term, &right_term), (Term::Const(_), Term::Const(_))) {
+                    self.error(span, format!("`{left} {op} {right}` compares two constants: use a field"));
+                    return None;
+                }
+                if left_ty != right_ty {
+                    let message = format!("`{left} {op} {right}` compares {} with {}", left_ty.article(), right_ty.article());
+                    self.error(span, message);
+                    return None;
+                }
+                if left_ty != Type::Number && !matches!(op, Comparator::Eq | Comparator::Ne) {
+                    self.error(span, format!("{} can only be compared with == or !=, not {op}", left_ty.article()));
+                    return None;
+                }
+                Some(Cond::Compare { left: left_term, op: *op, right: right_term })
+            }
+        }
+    }
+
+    fn term(&mut self, operand: &Operand, reads: &mut Vec<usize>) -> Option<(Term, Type)> {
+        match operand {
+            Operand::Literal(literal) => {
+                let value = Value::of(literal);
+                let ty = value.type_of();
+                Some((Term::Const(value), ty))
+            }
+            Operand::Field(field) => {
+                let (slot, ty) = self.field(field)?;
+                reads.push(slot);
+                Some((Term::Slot(slot), ty))
+            }
+        }
+    }
+
+    fn test(&mut self, test: &syntax::Test) -> Option<RuleTest> {
+        let mut facts = Facts::new(self.schema);
+        let mut ok = true;
+        for (field, literal) in &test.given {
+            let Some((slot, ty)) = self.field(field) else {
+                ok = false;
+                continue;
+            };
+            let value = Value::of(literal);
+            if value.type_of() != ty {
+                self.error(field.span, format!("`{}` is {}, but the test gives it {value}", field.name, ty.article()));
+                ok = false;
+            }
+            facts.set(slot, value);
+        }
+        // A test states what it needs; the request quantity defaults to one unit.
+        if let Some(slot) = self.schema.slot("qty") {
+            if facts.get(slot).is_none() {
+                facts.set(slot, Value::Number(1.0));
+            }
+        }
+        ok.then(|| RuleTest {
+            name: test.name.clone(),
+            file: self.file.to_string(),
+            line: line_of(self.source, test.span.start),
+            facts,
+            expect: test.expect.clone(),
+        })
+    }
+}
+
+/// Warns about rules that can never fire (their condition contradicts itself) or never change an
+/// answer (an earlier deny fires whenever they do).
+fn warn_unreachable(tree: &RuleFile, checker: &mut Checker) {
+    let mut always_denied: Vec<(String, String)> = Vec::new();
+    for rule in &tree.rules {
+        if let Some(reason) = contradiction(&rule.condition) {
+            checker.warn(rule.span, format!("rule \"{}\" can never fire: {reason}", rule.name));
+            continue;
+        }
+        let condition = rule.condition.to_string();
+        if let Some((denier, _)) = always_denied.iter().find(|(_, c)| c == "true" || *c == condition) {
+            let message = format!("rule \"{}\" never changes an answer: rule \"{denier}\" denies whenever it fires", rule.name);
+            checker.warn(rule.span, message);
+        }
+        if matches!(rule.action, Action::Deny(_)) {
+            always_denied.push((rule.name.clone(), condition));
+        }
+    }
+}
+
+/// Why a conjunction can never hold, if it cannot: two bounds on one number field that leave no
+/// value, or one text field required to equal two different texts.
+fn contradiction(expr: &Expr) -> Option<String> {
+    let parts: Vec<&Expr> = match expr {
+        Expr::And(parts) => parts.iter().collect(),
+        Expr::Bool(false) => return Some("its condition is `false`".to_string()),
+        other => vec![other],
+    };
+    let mut bounds: HashMap<&str, (f64, bool, f64, bool)> = HashMap::new(); // low, inclusive, high, inclusive
+    let mut equal_texts: HashMap<&str, &str> = HashMap::new();
+    for part in &parts {
+        let Expr::Compare { left: Operand::Field(field), op, right: Operand::Literal(literal) } = part else { continue };
+        match literal {
+            Literal::Number(value) => {
+                let bound = bounds.entry(field.name.as_str()).or_insert((f64::NEG_INFINITY, false, f64::INFINITY, false));
+                let value = *value;
+                match op {
+                    Comparator::Gt if value >= bound.0 => (bound.0, bound.1) = (value, false),
+                    Comparator::Ge if value > bound.0 => (bound.0, bound.1) = (value, true),
+                    Comparator::Lt if value <= bound.2 => (bound.2, bound.3) = (value, false),
+                    Comparator::Le if value < bound.2 => (bound.2, bound.3) = (value, true),
+                    Comparator::Eq => {
+                        if value > bound.0 || (value == bound.0 && bound.1) {
+                            (bound.0, bound.1) = (value, true);
+                        }
+                        if value < bound.2 || (value == bound.2 && bound.3) {
+                            (bound.2, bound.3) = (value, true);
+                        }
+                        if value < bound.0 || value > bound.2 {
+                            (bound.0, bound.2) = (f64::INFINITY, f64::NEG_INFINITY);
+                        }
+                    }
+                    _ => {}
+                }
+                let (low, low_inclusive, high, high_inclusive) = *bound;
+                if low > high || (low == high && !(low_inclusive && high_inclusive)) {
+                    return Some(format!("no value of `{}` satisfies all its comparisons", field.name));
+                }
+            }
+            Literal::Text(text) if *op == Comparator::Eq => {
+                if let Some(previous) = equal_texts.insert(field.name.as_str(), text.as_str()) {
+                    if previous != text {
+                        return Some(format!("`{}` cannot be both {previous:?} and {text:?}", field.name));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation
+
+/// A rule that fired, and the facts it saw.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Fired {
+    pub rule: String,
+    pub priority: i64,
+    pub action: String,
+    /// `field = value` for every fact the rule read (`unknown` when missing).
+    pub saw: Vec<String>,
+}
+
+/// What the rules decided for one request at one node.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Evaluation {
+    /// The reason of the first deny, by priority.
+    pub denied: Option<String>,
+    /// Units held back: every hold adds up.
+    pub hold: i64,
+    /// Most units that may be promised: the smallest cap.
+    pub cap: Option<i64>,
+    /// Rules that fired, by priority.
+    pub fired: Vec<Fired>,
+}
+
+impl Evaluation {
+    /// Units that may be promised out of `atp`.
+    pub fn units(&self, atp: i64) -> i64 {
+        if self.denied.is_some() {
+            return 0;
+        }
+        let units = (atp - self.hold).max(0);
+        self.cap.map_or(units, |cap| units.min(cap))
+    }
+}
+
+impl RuleSet {
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn facts(&self) -> Facts {
+        Facts::new(&self.schema)
+    }
+
+    /// Applies every rule: any deny wins, holds add up, caps take the minimum.
+    pub fn evaluate(&self, facts: &Facts) -> Evaluation {
+        let mut evaluation = Evaluation::default();
+        for rule in &self.rules {
+            let fires = match &rule.effect {
+                Effect::Require { slot, op, threshold } => {
+                    rule.condition.eval(facts) == Some(true)
+                        && compare_numbers(facts.get(*slot), *op, *threshold) != Some(true)
+                }
+                _ => rule.condition.eval(facts) == Some(true),
+            };
+            if !fires {
+                continue;
+            }
+            match &rule.effect {
+                Effect::Deny(reason) => {
+                    evaluation.denied.get_or_insert_with(|| reason.clone());
+                }
+                Effect::Require { slot, op, threshold } => {
+                    let reason = format!("{} {op} {threshold} is required", self.schema.name(*slot));
+                    evaluation.denied.get_or_insert(reason);
+                }
+                Effect::Hold(units) => evaluation.hold = evaluation.hold.saturating_add(*units),
+                Effect::Cap(units) => evaluation.cap = Some(evaluation.cap.map_or(*units, |cap| cap.min(*units))),
+            }
+            evaluation.fired.push(Fired {
+                rule: rule.name.clone(),
+                priority: rule.priority,
+                action: rule.text.clone(),
+                saw: rule
+                    .reads
+                    .iter()
+                    .map(|slot| match facts.get(*slot) {
+                        Some(value) => format!("{} = {value}", self.schema.name(*slot)),
+                        None => format!("{} = unknown", self.schema.name(*slot)),
+                    })
+                    .collect(),
+            });
+        }
+        evaluation
+    }
+
+    /// Runs the `test` blocks of the files.
+    pub fn run_tests(&self) -> Vec<TestResult> {
+        self.tests
+            .iter()
+            .map(|test| {
+                let evaluation = self.evaluate(&test.facts);
+                let atp = self.schema.slot("atp").and_then(|slot| match test.facts.get(slot) {
+                    Some(Value::Number(atp)) => Some(*atp as i64),
+                    _ => None,
+                });
+                let failures = test
+                    .expect
+                    .iter()
+                    .filter_map(|outcome| {
+                        let (holds, got) = match outcome {
+                            Outcome::Deny => (evaluation.denied.is_some(), "allowed".to_string()),
+                            Outcome::Allow => (evaluation.denied.is_none(), format!("denied: {}", evaluation.denied.clone().unwrap_or_default())),
+                            Outcome::Hold(units) => (evaluation.hold == *units, format!("hold {}", evaluation.hold)),
+                            Outcome::Cap(units) => (
+                                evaluation.cap == Some(*units),
+                                evaluation.cap.map_or("no cap".to_string(), |cap| format!("cap {cap}")),
+                            ),
+                            Outcome::Units(units) => {
+                                let got = evaluation.units(atp.unwrap_or(0));
+                                (got == *units, format!("units {got}"))
+                            }
+                        };
+                        (!holds).then(|| format!("expected {outcome}, got {got}"))
+                    })
+                    .collect();
+                TestResult { name: test.name.clone(), file: test.file.clone(), line: test.line, failures, fired: evaluation.fired }
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TestResult {
+    pub name: String,
+    pub file: String,
+    pub line: usize,
+    pub failures: Vec<String>,
+    pub fired: Vec<Fired>,
+}
+
+impl TestResult {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+fn compare_numbers(value: Option<&Value>, op: Comparator, threshold: f64) -> Option<bool> {
+    match value {
+        Some(Value::Number(number)) => Some(apply(op, number.partial_cmp(&threshold)?)),
+        _ => None,
+    }
+}
+
+fn apply(op: Comparator, ordering: std::cmp::Ordering) -> bool {
+    use std::cmp::Ordering::*;
+    match op {
+        Comparator::Eq => ordering == Equal,
+        Comparator::Ne => ordering != Equal,
+        Comparator::Lt => ordering == Less,
+        Comparator::Le => ordering != Greater,
+        Comparator::Gt => ordering == Greater,
+        Comparator::Ge => ordering != Less,
+    }
+}
+
+impl Term {
+    fn value<'a>(&'a self, facts: &'a Facts) -> Option<&'a Value> {
+        match self {
+            Term::Slot(slot) => facts.get(*slot),
+            Term::Const(value) => Some(value),
+        }
+    }
+}
+
+impl Cond {
+    /// Three-valued: `None` when a fact it needs is unknown.
+    fn eval(&self, facts: &Facts) -> Option<bool> {
+        match self {
+            Cond::Const(value) => Some(*value),
+            Cond::Field(slot) => match facts.get(*slot) {
+                Some(Value::Bool(value)) => Some(*value),
+                _ => None,
+            },
+            Cond::Not(inner) => inner.eval(facts).map(|value| !value),
+            Cond::And(parts) => {
+                let mut result = Some(true);
+                for part in parts {
+                    match part.eval(facts) {
+                        Some(false) => return Some(false),
+                        None => result = None,
+                        Some(true) => {}
+                    }
+                }
+                result
+            }
+            Cond::Or(parts) => {
+                let mut result = Some(false);
+                for part in parts {
+                    match part.eval(facts) {
+                        Some(true) => return Some(true),
+                        None => result = None,
+                        Some(false) => {}
+                    }
+                }
+                result
+            }
+            Cond::Compare { left, op, right } => {
+                let ordering = match (left.value(facts)?, right.value(facts)?) {
+                    (Value::Number(a), Value::Number(b)) => a.partial_cmp(b)?,
+                    (Value::Text(a), Value::Text(b)) => a.cmp(b),
+                    (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+                    _ => return None,
+                };
+                Some(apply(*op, ordering))
+            }
+            Cond::In { slot, list, negated } => {
+                let value = facts.get(*slot)?;
+                Some(list.contains(value) != *negated)
+            }
+            Cond::StartsWith { slot, prefix } => match facts.get(*slot)? {
+                Value::Text(text) => Some(text.starts_with(prefix.as_str())),
+                _ => None,
+            },
+        }
+    }
+}
