@@ -11,7 +11,7 @@ use sellable_batch::Lake;
 use sellable_bench::{generate, SimConfig};
 use sellable_core::event::{format_millis, parse_rfc3339, read_event_file};
 use sellable_core::{FoldConfig, Millis};
-use sellable_serving::Serving;
+use sellable_serving::{RuleBook, Serving};
 use sellable_speed::SpeedView;
 
 /// sellable: a real-time available-to-promise engine.
@@ -47,6 +47,71 @@ enum Command {
     Fold(FoldArgs),
     /// Serve the REST API over the lake's batch view and the speed view.
     Serve(ServeArgs),
+    /// Check, test and explain merchandising rule files.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Report every error and warning of rule files; exit code 1 if there is an error.
+    Check(RuleFilesArgs),
+    /// Run the `test` blocks of rule files; exit code 1 if one fails.
+    Test(RuleFilesArgs),
+    /// Show what the rules decide for one request against the lake's views.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct RuleFilesArgs {
+    /// Rule files (or directories of `*.rules` files).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    schema: SchemaArgs,
+}
+
+#[derive(Args)]
+struct SchemaArgs {
+    /// A free-form catalog attribute rules may use as `sku.NAME`: NAME:bool, NAME:number or
+    /// NAME:text. Repeatable.
+    #[arg(long = "attribute", value_parser = parse_attribute, default_value = "fragile:bool")]
+    attributes: Vec<(String, sellable_dsl::Type)>,
+}
+
+impl SchemaArgs {
+    fn schema(&self) -> sellable_dsl::Schema {
+        self.attributes
+            .iter()
+            .fold(sellable_dsl::Schema::standard(), |schema, (name, ty)| schema.with_attribute(name, *ty))
+    }
+}
+
+fn parse_attribute(text: &str) -> Result<(String, sellable_dsl::Type), String> {
+    let (name, ty) = text.split_once(':').ok_or_else(|| format!("expected NAME:TYPE, got '{text}'"))?;
+    let ty = match ty {
+        "bool" => sellable_dsl::Type::Bool,
+        "number" => sellable_dsl::Type::Number,
+        "text" => sellable_dsl::Type::Text,
+        other => return Err(format!("unknown type '{other}': use bool, number or text")),
+    };
+    Ok((name.to_string(), ty))
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    files: RuleFilesArgs,
+    #[command(flatten)]
+    lake: LakeArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[arg(long)]
+    sku: String,
+    #[arg(long)]
+    region: String,
+    #[arg(long, default_value_t = 1)]
+    qty: i64,
 }
 
 #[derive(Args)]
@@ -134,11 +199,31 @@ struct FoldArgs {
 }
 
 #[derive(Args)]
+struct RulesDirArgs {
+    /// A directory of `*.rules` files, applied to every answer and reloaded when it changes.
+    #[arg(long, env = "SELLABLE_RULES")]
+    rules: Option<PathBuf>,
+    #[command(flatten)]
+    schema: SchemaArgs,
+}
+
+impl RulesDirArgs {
+    fn book(&self) -> Result<Arc<RuleBook>> {
+        Ok(Arc::new(match &self.rules {
+            Some(dir) => RuleBook::from_dir(dir, self.schema.schema())?,
+            None => RuleBook::empty(self.schema.schema()),
+        }))
+    }
+}
+
+#[derive(Args)]
 struct ServeArgs {
     #[command(flatten)]
     lake: LakeArgs,
     #[command(flatten)]
     redis: RedisArgs,
+    #[command(flatten)]
+    rules: RulesDirArgs,
     #[arg(long, env = "SELLABLE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 }
@@ -153,6 +238,8 @@ struct DemoArgs {
     /// Where the generated files and the lake go (replaced on every run).
     #[arg(long, default_value = "demo-data")]
     dir: PathBuf,
+    #[command(flatten)]
+    rules: RulesDirArgs,
     #[command(flatten)]
     sim: SimArgs,
 }
@@ -213,21 +300,11 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Serve(args) => {
             let lake = Lake::open(&args.lake.lake)?;
-            let serving = match &args.redis.redis {
-                Some(url) => {
-                    let speed = SpeedView::redis(url, &args.redis.namespace, args.lake.fold_config()).await?;
-                    load_serving(&lake, Arc::new(speed)).await?
-                }
-                None => {
-                    // The embedded view starts empty: fold what arrived after the cutoff.
-                    let speed = SpeedView::memory(args.lake.fold_config());
-                    let cutoff = lake.load_batch_view().await?.asof;
-                    fold(&lake, &speed, cutoff, None, None).await?;
-                    load_serving(&lake, Arc::new(speed)).await?
-                }
-            };
+            let speed = open_speed(&lake, &args.redis, args.lake.fold_config()).await?;
+            let serving = load_serving(&lake, speed, args.rules.book()?).await?;
             serve(serving, args.listen, None).await
         }
+        Command::Rules(command) => rules(command).await,
         Command::Demo(args) => demo(args).await,
     }
 }
@@ -398,10 +475,100 @@ fn spawn_live_feed(speed: Arc<SpeedView>, events: Vec<sellable_core::Event>) {
     });
 }
 
-async fn load_serving(lake: &Lake, speed: Arc<SpeedView>) -> Result<Arc<Serving>> {
+/// The speed view to serve from: Redis as it is, or an embedded one that starts empty and
+/// folds what arrived after the cutoff.
+async fn open_speed(lake: &Lake, redis: &RedisArgs, config: FoldConfig) -> Result<Arc<SpeedView>> {
+    match &redis.redis {
+        Some(url) => Ok(Arc::new(SpeedView::redis(url, &redis.namespace, config).await?)),
+        None => {
+            let speed = SpeedView::memory(config);
+            let cutoff = lake.load_batch_view().await?.asof;
+            fold(lake, &speed, cutoff, None, None).await?;
+            Ok(Arc::new(speed))
+        }
+    }
+}
+
+async fn load_serving(lake: &Lake, speed: Arc<SpeedView>, rules: Arc<RuleBook>) -> Result<Arc<Serving>> {
     let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
     let batch = lake.load_batch_view().await.context("loading the batch view")?;
-    Ok(Arc::new(Serving::new(skus, nodes, batch, speed)))
+    if rules.dir().is_some() {
+        rules.clone().watch(std::time::Duration::from_secs(1));
+    }
+    Ok(Arc::new(Serving::new(skus, nodes, batch, speed, rules)))
+}
+
+/// Reads rule files, expanding directories into their `*.rules` files.
+fn rule_sources(paths: &[PathBuf]) -> Result<Vec<sellable_dsl::Source>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "rules"))
+                .collect();
+            inside.sort();
+            files.extend(inside);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(sellable_dsl::Source { name: path.display().to_string(), text })
+        })
+        .collect()
+}
+
+async fn rules(command: RulesCommand) -> Result<()> {
+    let (files, schema) = match &command {
+        RulesCommand::Check(args) | RulesCommand::Test(args) => (&args.files, args.schema.schema()),
+        RulesCommand::Explain(args) => (&args.files.files, args.files.schema.schema()),
+    };
+    let sources = rule_sources(files)?;
+    let loaded = sellable_dsl::load(&sources, &schema);
+    for diagnostic in &loaded.diagnostics {
+        eprintln!("{diagnostic}\n");
+    }
+    let errors = loaded.errors().count();
+    let warnings = loaded.diagnostics.len() - errors;
+    let Some(ruleset) = loaded.ruleset else {
+        bail!("{errors} error(s), {warnings} warning(s) in {} file(s): nothing loaded", sources.len());
+    };
+    match command {
+        RulesCommand::Check(_) => {
+            println!("ok: {} rule(s), {} test(s) in {} file(s), {warnings} warning(s)", ruleset.len(), ruleset.tests.len(), sources.len());
+            Ok(())
+        }
+        RulesCommand::Test(_) => {
+            let results = ruleset.run_tests();
+            let failed = results.iter().filter(|r| !r.passed()).count();
+            for result in &results {
+                if result.passed() {
+                    println!("PASS {}:{} {}", result.file, result.line, result.name);
+                } else {
+                    println!("FAIL {}:{} {}: {}", result.file, result.line, result.name, result.failures.join("; "));
+                }
+            }
+            println!("{} passed, {failed} failed", results.len() - failed);
+            if failed > 0 {
+                bail!("{failed} rule test(s) failed");
+            }
+            Ok(())
+        }
+        RulesCommand::Explain(args) => {
+            let lake = Lake::open(&args.lake.lake)?;
+            let speed = open_speed(&lake, &args.redis, args.lake.fold_config()).await?;
+            let serving = load_serving(&lake, speed, Arc::new(RuleBook::with(ruleset, schema))).await?;
+            let now = chrono::Utc::now().timestamp_millis();
+            let answer = serving.availability(&args.sku, &args.region, args.qty, now).await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
+    }
 }
 
 async fn serve(serving: Arc<Serving>, listen: SocketAddr, example: Option<String>) -> Result<()> {
@@ -451,7 +618,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         eprintln!("demo: {} events are still in flight; each is folded when its arrival time comes", in_flight.len());
         spawn_live_feed(speed.clone(), in_flight);
     }
-    let serving = load_serving(&lake, speed).await?;
+    let serving = load_serving(&lake, speed, args.rules.book()?).await?;
     let example = example_request(&serving).await;
     serve(serving, args.listen, example).await
 }

@@ -190,6 +190,8 @@ enum Effect {
 
 #[derive(Debug, Clone)]
 struct CompiledRule {
+    /// The file it came from: a file's `test` blocks run against that file's rules.
+    file: String,
     name: String,
     priority: i64,
     text: String,
@@ -358,6 +360,7 @@ impl Checker<'_> {
         reads.sort();
         reads.dedup();
         Some(CompiledRule {
+            file: self.file.to_string(),
             name: rule.name.clone(),
             priority: rule.priority,
             text: format!("{}", rule.action),
@@ -613,8 +616,12 @@ impl RuleSet {
 
     /// Applies every rule: any deny wins, holds add up, caps take the minimum.
     pub fn evaluate(&self, facts: &Facts) -> Evaluation {
+        self.evaluate_rules(facts, self.rules.iter())
+    }
+
+    fn evaluate_rules<'a>(&'a self, facts: &Facts, rules: impl Iterator<Item = &'a CompiledRule>) -> Evaluation {
         let mut evaluation = Evaluation::default();
-        for rule in &self.rules {
+        for rule in rules {
             let fires = match &rule.effect {
                 Effect::Require { slot, op, threshold } => {
                     rule.condition.eval(facts) == Some(true)
@@ -653,12 +660,13 @@ impl RuleSet {
         evaluation
     }
 
-    /// Runs the `test` blocks of the files.
+    /// Runs the `test` blocks, each against the rules of its own file (so a file's tests say
+    /// what that file does, whatever else is loaded beside it).
     pub fn run_tests(&self) -> Vec<TestResult> {
         self.tests
             .iter()
             .map(|test| {
-                let evaluation = self.evaluate(&test.facts);
+                let evaluation = self.evaluate_rules(&test.facts, self.rules.iter().filter(|rule| rule.file == test.file));
                 let atp = self.schema.slot("atp").and_then(|slot| match test.facts.get(slot) {
                     Some(Value::Number(atp)) => Some(*atp as i64),
                     _ => None,

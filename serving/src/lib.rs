@@ -5,33 +5,50 @@
 //! Tests: `tests/it/` (the end-to-end test gen → batch → fold → REST, with real Redis and with
 //! the embedded store).
 
+pub mod rules;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use sellable_core::{decide, merge_views, BatchView, Decision, Millis, NodeInfo, SkuInfo, SpeedSource, Verdict};
+use sellable_core::{decide, merge_views, BatchView, Millis, NodeInfo, NodeState, SkuInfo, SpeedSource, Verdict};
+use sellable_dsl::{Facts, RuleSet, Schema, Value};
+
+pub use rules::{RuleBook, RulesError};
 
 /// Everything an answer is computed from. Immutable except for the speed view, which changes
-/// underneath as events are folded.
+/// underneath as events are folded, and the rules, which reload atomically.
 pub struct Serving {
     pub skus: HashMap<String, SkuInfo>,
     pub nodes: HashMap<String, NodeInfo>,
     pub batch: BatchView,
     pub speed: Arc<dyn SpeedSource>,
+    pub rules: Arc<RuleBook>,
+    /// Declared free-form attributes of each SKU, already resolved to rule slots.
+    attributes: HashMap<String, Vec<(usize, Value)>>,
 }
 
 impl Serving {
-    pub fn new(skus: Vec<SkuInfo>, nodes: Vec<NodeInfo>, batch: BatchView, speed: Arc<dyn SpeedSource>) -> Serving {
+    pub fn new(
+        skus: Vec<SkuInfo>,
+        nodes: Vec<NodeInfo>,
+        batch: BatchView,
+        speed: Arc<dyn SpeedSource>,
+        rules: Arc<RuleBook>,
+    ) -> Serving {
+        let attributes = skus.iter().map(|sku| (sku.sku.clone(), attribute_facts(sku, rules.schema()))).collect();
         Serving {
             skus: skus.into_iter().map(|sku| (sku.sku.clone(), sku)).collect(),
             nodes: nodes.into_iter().map(|node| (node.node.clone(), node)).collect(),
             batch,
             speed,
+            rules,
+            attributes,
         }
     }
 
@@ -53,19 +70,126 @@ impl Serving {
             }
         };
         let merged = merge_views(self.batch.sku_states(sku), &speed);
-        let in_region: Vec<(&str, &sellable_core::NodeState)> = merged
+        let in_region: Vec<(&NodeInfo, &NodeState)> = merged
             .iter()
-            .filter(|(node, _)| self.nodes.get(**node).is_some_and(|info| info.serves(region)))
-            .map(|(node, state)| (*node, state))
+            .filter_map(|(node, state)| Some((self.nodes.get(*node)?, state)))
+            .filter(|(info, _)| info.serves(region))
             .collect();
         let newest = in_region.iter().filter_map(|(_, state)| state.last_arrived).max();
-        let decision = decide(qty, in_region.iter().map(|(node, state)| (node.to_string(), state.atp())));
-        Ok(Availability::new(sku, region, qty, decision, degraded, newest.map(|t| now - t), self))
+
+        // The rules run last, per node, on top of the merged view.
+        let ruleset = self.rules.current();
+        let mut rules_fired = Vec::new();
+        let mut rule_reasons = Vec::new();
+        let mut units = Vec::with_capacity(in_region.len());
+        for (info, state) in &in_region {
+            let atp = state.atp();
+            let node_units = match &ruleset {
+                None => atp,
+                Some(ruleset) => {
+                    let facts = self.facts(ruleset, sku, region, qty, info, state, now);
+                    let evaluation = ruleset.evaluate(&facts);
+                    if let Some(reason) = &evaluation.denied {
+                        rule_reasons.push(format!("{}: {reason}", info.node));
+                    }
+                    let node_units = evaluation.units(atp);
+                    rules_fired.extend(evaluation.fired.into_iter().map(|fired| RuleFired {
+                        node: info.node.clone(),
+                        rule: fired.rule,
+                        action: fired.action,
+                        saw: fired.saw,
+                    }));
+                    node_units
+                }
+            };
+            units.push((info.node.clone(), node_units));
+        }
+        let mut decision = decide(qty, units);
+        decision.reasons.extend(rule_reasons);
+        let ruleset_version = ruleset.map(|r| format!("{}@{}", r.name, r.version));
+        Ok(Availability {
+            sku: sku.to_string(),
+            region: region.to_string(),
+            qty,
+            decision: decision.verdict,
+            units: decision.units,
+            available: decision.available,
+            options: decision
+                .options
+                .into_iter()
+                .map(|option| OptionJson { node: option.node, units: option.units, p_fulfill: option.p_fulfill })
+                .collect(),
+            reasons: decision.reasons,
+            rules_fired,
+            degraded: !degraded.is_empty(),
+            degraded_reasons: degraded,
+            freshness_ms: newest.map(|t| now - t),
+            versions: Versions {
+                batch_view: self.batch.version.clone(),
+                speed_view: self.speed.describe(),
+                model: None,
+                ruleset: ruleset_version,
+            },
+        })
+    }
+
+    /// The facts rules see for one node. Unknown facts (no model score yet, no demand
+    /// features yet) stay unset: rules that need them do not fire, and `require` denies.
+    #[allow(clippy::too_many_arguments)]
+    fn facts(
+        &self,
+        ruleset: &RuleSet,
+        sku: &str,
+        region: &str,
+        qty: i64,
+        node: &NodeInfo,
+        state: &NodeState,
+        now: Millis,
+    ) -> Facts {
+        let schema = ruleset.schema();
+        let mut facts = ruleset.facts();
+        let mut set = |name: &str, value: Value| {
+            if let Some(slot) = schema.slot(name) {
+                facts.set(slot, value);
+            }
+        };
+        if let Some(info) = self.skus.get(sku) {
+            set("sku.id", Value::Text(info.sku.clone()));
+            set("sku.category", Value::Text(info.category.clone()));
+            if let Some(seller) = &info.seller {
+                set("sku.seller", Value::Text(seller.clone()));
+            }
+            set("sku.hazmat", Value::Bool(info.hazmat));
+            set("sku.price", Value::Number(info.price));
+        }
+        set("node.id", Value::Text(node.node.clone()));
+        set("node.kind", Value::Text(node.kind.as_str().to_string()));
+        set("node.region", Value::Text(node.region.clone()));
+        set("node.country", Value::Text(node.country.clone()));
+        if let Some(seller) = &node.seller {
+            set("node.seller", Value::Text(seller.clone()));
+        }
+        if let Some(arrived) = state.last_arrived {
+            set("node.feed_lag_s", Value::Number((now - arrived) as f64 / 1000.0));
+        }
+        set("region", Value::Text(region.to_string()));
+        set("qty", Value::Number(qty as f64));
+        set("atp", Value::Number(state.atp() as f64));
+        set("on_hand", Value::Number(state.on_hand() as f64));
+        set("reserved", Value::Number(state.reserved as f64));
+        set("held", Value::Number(state.held as f64));
+        for (slot, value) in self.attributes.get(sku).into_iter().flatten() {
+            facts.set(*slot, value.clone());
+        }
+        facts
     }
 
     pub fn router(self: Arc<Serving>) -> Router {
         Router::new()
             .route("/v1/availability/{sku}", get(availability))
+            .route("/v1/rules", get(rules_status))
+            .route("/v1/rules:reload", post(rules_reload))
+            .route("/v1/rules:check", post(rules_check))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self)
     }
@@ -85,12 +209,21 @@ pub struct Availability {
     pub available: i64,
     pub options: Vec<OptionJson>,
     pub reasons: Vec<String>,
-    pub rules_fired: Vec<String>,
+    pub rules_fired: Vec<RuleFired>,
     pub degraded: bool,
     pub degraded_reasons: Vec<String>,
     /// Age of the newest event behind this answer, by arrival; null if no event at all.
     pub freshness_ms: Option<i64>,
     pub versions: Versions,
+}
+
+/// A rule that fired for one node, with the facts it saw.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RuleFired {
+    pub node: String,
+    pub rule: String,
+    pub action: String,
+    pub saw: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -108,43 +241,6 @@ pub struct Versions {
     pub ruleset: Option<String>,
 }
 
-impl Availability {
-    fn new(
-        sku: &str,
-        region: &str,
-        qty: i64,
-        decision: Decision,
-        degraded_reasons: Vec<String>,
-        freshness_ms: Option<i64>,
-        serving: &Serving,
-    ) -> Availability {
-        Availability {
-            sku: sku.to_string(),
-            region: region.to_string(),
-            qty,
-            decision: decision.verdict,
-            units: decision.units,
-            available: decision.available,
-            options: decision
-                .options
-                .into_iter()
-                .map(|option| OptionJson { node: option.node, units: option.units, p_fulfill: option.p_fulfill })
-                .collect(),
-            reasons: decision.reasons,
-            rules_fired: Vec::new(),
-            degraded: !degraded_reasons.is_empty(),
-            degraded_reasons,
-            freshness_ms,
-            versions: Versions {
-                batch_view: serving.batch.version.clone(),
-                speed_view: serving.speed.describe(),
-                model: None,
-                ruleset: None,
-            },
-        }
-    }
-}
-
 /// Every failure a client can see, answered as `{"error": "...", "message": "..."}`.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -152,6 +248,8 @@ pub enum ApiError {
     UnknownSku(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    InvalidRules(String),
 }
 
 impl IntoResponse for ApiError {
@@ -159,6 +257,7 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::UnknownSku(_) => (StatusCode::NOT_FOUND, "unknown_sku"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::InvalidRules(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules"),
         };
         let body = serde_json::json!({ "error": code, "message": self.to_string() });
         (status, Json(body)).into_response()
@@ -193,4 +292,81 @@ async fn availability(
         Err(error) => tracing::info!(sku, region, qty, %error, "rejected"),
     }
     answer.map(Json)
+}
+
+/// Reads the free-form attributes (a JSON object) the schema declares, as rule facts.
+fn attribute_facts(sku: &SkuInfo, schema: &Schema) -> Vec<(usize, Value)> {
+    let Ok(serde_json::Value::Object(attributes)) = serde_json::from_str::<serde_json::Value>(&sku.attributes) else {
+        return Vec::new();
+    };
+    attributes
+        .iter()
+        .filter_map(|(name, value)| {
+            let slot = schema.slot(&format!("sku.{name}"))?;
+            let value = match value {
+                serde_json::Value::Bool(b) => Value::Bool(*b),
+                serde_json::Value::Number(n) => Value::Number(n.as_f64()?),
+                serde_json::Value::String(s) => Value::Text(s.clone()),
+                _ => return None,
+            };
+            Some((slot, value))
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize)]
+struct RulesStatus {
+    live: Option<String>,
+    rules: usize,
+    directory: Option<String>,
+    last_reload: Option<rules::ReloadStatus>,
+}
+
+async fn rules_status(State(serving): State<Arc<Serving>>) -> Json<RulesStatus> {
+    let live = serving.rules.current();
+    Json(RulesStatus {
+        live: live.as_ref().map(|r| format!("{}@{}", r.name, r.version)),
+        rules: live.map_or(0, |r| r.len()),
+        directory: serving.rules.dir().map(|d| d.display().to_string()),
+        last_reload: serving.rules.status(),
+    })
+}
+
+async fn rules_reload(State(serving): State<Arc<Serving>>) -> Result<Json<RulesStatus>, ApiError> {
+    let book = serving.rules.clone();
+    let reloaded = tokio::task::spawn_blocking(move || book.reload())
+        .await
+        .map_err(|error| ApiError::BadRequest(format!("reload interrupted: {error}")))?;
+    match reloaded {
+        Ok(_) => Ok(rules_status(State(serving)).await),
+        Err(error) => Err(ApiError::InvalidRules(error.to_string())),
+    }
+}
+
+/// Checks a rule file sent as the body (plain text); `?name=` names it in diagnostics.
+async fn rules_check(
+    State(serving): State<Arc<Serving>>,
+    Query(params): Query<HashMap<String, String>>,
+    body: String,
+) -> Json<serde_json::Value> {
+    let name = params.get("name").cloned().unwrap_or_else(|| "request.rules".to_string());
+    let loaded = sellable_dsl::load(&[sellable_dsl::Source { name, text: body }], serving.rules.schema());
+    let diagnostics: Vec<serde_json::Value> = loaded
+        .diagnostics
+        .iter()
+        .map(|d| {
+            let mut json = serde_json::to_value(d).unwrap_or_default();
+            json["rendered"] = serde_json::Value::String(d.to_string());
+            json
+        })
+        .collect();
+    let tests: Vec<serde_json::Value> = loaded
+        .ruleset
+        .as_ref()
+        .map(|ruleset| ruleset.run_tests())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| serde_json::json!({ "name": t.name, "line": t.line, "passed": t.passed(), "failures": t.failures }))
+        .collect();
+    Json(serde_json::json!({ "ok": loaded.ruleset.is_some(), "diagnostics": diagnostics, "tests": tests }))
 }

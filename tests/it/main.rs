@@ -62,7 +62,8 @@ fn read_catalog<T>(
 async fn serve(lake: &Lake, speed: Arc<SpeedView>) -> String {
     let (skus, nodes) = lake.load_catalog().await.unwrap();
     let batch = lake.load_batch_view().await.unwrap();
-    let serving = Arc::new(Serving::new(skus, nodes, batch, speed));
+    let rules = Arc::new(sellable_serving::RuleBook::empty(sellable_dsl::Schema::standard()));
+    let serving = Arc::new(Serving::new(skus, nodes, batch, speed, rules));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, serving.router()).await.unwrap() });

@@ -1,0 +1,163 @@
+//! The live rule set: loaded from a directory of `*.rules` files, swapped atomically when a
+//! reload succeeds, kept as it is when a reload fails (the errors are reported instead).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use sellable_dsl::{load, Diagnostic, RuleSet, Schema, Source};
+
+/// What the last reload did, for `GET /v1/rules`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    /// The version that went live, or that stayed live after a failure.
+    pub version: Option<String>,
+    /// Rendered diagnostics of the failed files (errors and warnings), empty on success.
+    pub diagnostics: Vec<String>,
+}
+
+pub struct RuleBook {
+    dir: Option<PathBuf>,
+    schema: Schema,
+    live: RwLock<Option<Arc<RuleSet>>>,
+    status: RwLock<Option<ReloadStatus>>,
+    fingerprint: RwLock<Vec<(PathBuf, SystemTime, u64)>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("reading rules from {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{} error(s) in the rules:\n{}", .0.len(), render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render(diagnostics: &[Diagnostic]) -> String {
+    diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n\n")
+}
+
+fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl RuleBook {
+    /// No rules at all: every answer is the merged view's.
+    pub fn empty(schema: Schema) -> RuleBook {
+        RuleBook {
+            dir: None,
+            schema,
+            live: RwLock::new(None),
+            status: RwLock::new(None),
+            fingerprint: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// A fixed rule set (no directory behind it), e.g. for `sellable rules explain`.
+    pub fn with(ruleset: RuleSet, schema: Schema) -> RuleBook {
+        let book = RuleBook::empty(schema);
+        *book.live.write().expect("rules lock poisoned; this is a bug") = Some(Arc::new(ruleset));
+        book
+    }
+
+    /// Loads every `*.rules` file of `dir`; fails if any has an error (nothing goes live).
+    pub fn from_dir(dir: &Path, schema: Schema) -> Result<RuleBook, RulesError> {
+        let book = RuleBook { dir: Some(dir.to_path_buf()), ..RuleBook::empty(schema) };
+        book.reload()?;
+        Ok(book)
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The rule set serving now.
+    pub fn current(&self) -> Option<Arc<RuleSet>> {
+        self.live.read().expect("rules lock poisoned; this is a bug").clone()
+    }
+
+    pub fn status(&self) -> Option<ReloadStatus> {
+        self.status.read().expect("rules lock poisoned; this is a bug").clone()
+    }
+
+    fn files(dir: &Path) -> Result<Vec<(PathBuf, SystemTime, u64)>, RulesError> {
+        let io = |source| RulesError::Io { path: dir.display().to_string(), source };
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_some_and(|e| e == "rules") {
+                let metadata = std::fs::metadata(&path).map_err(io)?;
+                files.push((path, metadata.modified().map_err(io)?, metadata.len()));
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Reads the directory again. A valid rule set goes live atomically; an invalid one is
+    /// rejected, reported in [`RuleBook::status`], and the last good one keeps serving.
+    pub fn reload(&self) -> Result<String, RulesError> {
+        let Some(dir) = &self.dir else { return Ok("none".to_string()) };
+        let files = RuleBook::files(dir)?;
+        let mut sources = Vec::with_capacity(files.len());
+        for (path, _, _) in &files {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| RulesError::Io { path: path.display().to_string(), source })?;
+            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            sources.push(Source { name, text });
+        }
+        *self.fingerprint.write().expect("rules lock poisoned; this is a bug") = files;
+        let loaded = load(&sources, &self.schema);
+        match loaded.ruleset {
+            Some(ruleset) => {
+                let version = format!("{}@{}", ruleset.name, ruleset.version);
+                *self.live.write().expect("rules lock poisoned; this is a bug") = Some(Arc::new(ruleset));
+                let diagnostics = loaded.diagnostics.iter().map(ToString::to_string).collect();
+                self.set_status(ReloadStatus { ok: true, at: now_millis(), version: Some(version.clone()), diagnostics });
+                tracing::info!(version, files = sources.len(), "rules live");
+                Ok(version)
+            }
+            None => {
+                let diagnostics: Vec<Diagnostic> = loaded.diagnostics;
+                let kept = self.current().map(|r| format!("{}@{}", r.name, r.version));
+                let rendered = diagnostics.iter().map(ToString::to_string).collect();
+                self.set_status(ReloadStatus { ok: false, at: now_millis(), version: kept.clone(), diagnostics: rendered });
+                tracing::warn!(kept = ?kept, errors = diagnostics.len(), "rules rejected; the last good rules keep serving");
+                Err(RulesError::Invalid(diagnostics))
+            }
+        }
+    }
+
+    fn set_status(&self, status: ReloadStatus) {
+        *self.status.write().expect("rules lock poisoned; this is a bug") = Some(status);
+    }
+
+    /// Whether the files of the directory changed since the last reload.
+    fn changed(&self) -> bool {
+        let Some(dir) = &self.dir else { return false };
+        match RuleBook::files(dir) {
+            Ok(files) => *self.fingerprint.read().expect("rules lock poisoned; this is a bug") != files,
+            Err(_) => false,
+        }
+    }
+
+    /// Polls the directory and reloads when a file appears, changes or goes.
+    pub fn watch(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                if self.changed() {
+                    // Errors are reported through the status; nothing else to do here.
+                    let _ = self.reload();
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,168 @@
+//! Serving with live rules: hot reload under load, the rule endpoints, and rules in answers.
+//! The views are built with `core` (a batch view of a few events; an empty speed view), so these
+//! tests need no Redis; the end-to-end test of every layer is `tests/it` at the workspace root.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sellable_core::view::BoxFuture;
+use sellable_core::{fold, BatchView, Event, EventKind, FoldConfig, NodeInfo, NodeKind, NodeState, SkuInfo, SpeedSource};
+use sellable_dsl::Schema;
+use sellable_serving::{Availability, RuleBook, Serving};
+
+/// A speed view with no event since the cutoff.
+struct NothingSinceCutoff;
+
+impl SpeedSource for NothingSinceCutoff {
+    fn sku_states<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn describe(&self) -> String {
+        "empty".into()
+    }
+}
+
+fn event(id: &str, node: &str, kind: EventKind, qty: i64) -> Event {
+    Event { event_id: id.into(), ts: 1_000, sku: "SKU-1".into(), node: node.into(), kind, qty, order_id: None, arrived: None }
+}
+
+async fn serve(rules: Arc<RuleBook>) -> String {
+    let events = [event("e1", "WH-1", EventKind::Count, 10), event("e2", "SL-1", EventKind::Feed, 6)];
+    let batch = BatchView { version: "test".into(), asof: 2_000, states: fold(&events, FoldConfig::default()).states };
+    let skus = vec![SkuInfo {
+        sku: "SKU-1".into(),
+        category: "toys".into(),
+        seller: None,
+        hazmat: false,
+        price: 10.0,
+        attributes: r#"{"fragile":true}"#.into(),
+    }];
+    let node = |id: &str, kind, seller: Option<&str>| NodeInfo {
+        node: id.into(),
+        kind,
+        region: "EU".into(),
+        country: "DE".into(),
+        seller: seller.map(Into::into),
+        feed_sla_ms: 60_000,
+    };
+    let nodes = vec![node("WH-1", NodeKind::Warehouse, None), node("SL-1", NodeKind::Seller, Some("S-1042"))];
+    let serving = Arc::new(Serving::new(skus, nodes, batch, Arc::new(NothingSinceCutoff), rules));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, serving.router()).await.unwrap() });
+    format!("http://{address}")
+}
+
+async fn ask(client: &reqwest::Client, base: &str) -> Availability {
+    let response = client.get(format!("{base}/v1/availability/SKU-1?region=DE&qty=1")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn units_by_node(answer: &Availability) -> BTreeMap<String, i64> {
+    answer.options.iter().map(|o| (o.node.clone(), o.units)).collect()
+}
+
+async fn rules_status(client: &reqwest::Client, base: &str) -> serde_json::Value {
+    client.get(format!("{base}/v1/rules")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Waits (bounded) until the rules status satisfies `done`.
+async fn wait_for(client: &reqwest::Client, base: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    for _ in 0..200 {
+        let status = rules_status(client, base).await;
+        if done(&status) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("rules status never changed: {}", rules_status(client, base).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_rules_keep_the_last_good_ones_and_fixed_rules_go_live_without_dropping_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffers = dir.path().join("buffers.rules");
+    std::fs::write(&buffers, "rule \"seller buffer\" when node.seller == \"S-1042\" then hold 3\n").unwrap();
+    let book = Arc::new(RuleBook::from_dir(dir.path(), Schema::standard().with_attribute("fragile", sellable_dsl::Type::Bool)).unwrap());
+    book.clone().watch(Duration::from_millis(20));
+    let base = serve(book).await;
+    let client = reqwest::Client::new();
+
+    let before = ask(&client, &base).await;
+    assert_eq!(units_by_node(&before), BTreeMap::from([("WH-1".into(), 10), ("SL-1".into(), 3)]));
+    assert_eq!(before.rules_fired[0].saw, ["node.seller = \"S-1042\""]);
+    let live = before.versions.ruleset.clone().unwrap();
+
+    // Load runs all along; not one request may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, served, failed, base, client) = (stop.clone(), served.clone(), failed.clone(), base.clone(), client.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(format!("{base}/v1/availability/SKU-1?region=DE&qty=1")).send().await {
+                    Ok(response) if response.status() == 200 => served.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+
+    // A broken file dropped into the live directory: rejected, reported, answers unchanged.
+    let broken = dir.path().join("fragile.rules");
+    std::fs::write(&broken, "rule \"fragile\" when sku.fragil then cap 1\n").unwrap();
+    let status = wait_for(&client, &base, |s| s["last_reload"]["ok"] == false).await;
+    let reported = status["last_reload"]["diagnostics"][0].as_str().unwrap();
+    assert!(reported.contains("unknown field `sku.fragil`") && reported.contains("did you mean `sku.fragile`?"), "{reported}");
+    assert_eq!(status["live"], live.as_str());
+    let during = ask(&client, &base).await;
+    assert_eq!(units_by_node(&during), units_by_node(&before));
+    assert_eq!(during.versions.ruleset.as_deref(), Some(live.as_str()));
+    let reload = client.post(format!("{base}/v1/rules:reload")).send().await.unwrap();
+    assert_eq!(reload.status(), 422);
+
+    // The fixed file goes live, with a new version in every answer.
+    std::fs::write(&broken, "rule \"fragile\" when sku.fragile then cap 1\n").unwrap();
+    let status = wait_for(&client, &base, |s| s["last_reload"]["ok"] == true && s["live"] != live.as_str()).await;
+    let after = ask(&client, &base).await;
+    assert_eq!(units_by_node(&after), BTreeMap::from([("WH-1".into(), 1), ("SL-1".into(), 1)]));
+    assert_eq!(after.versions.ruleset.as_ref(), status["live"].as_str().map(String::from).as_ref());
+
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    assert!(served.load(Ordering::Relaxed) > 20, "the load should have run: {}", served.load(Ordering::Relaxed));
+}
+
+#[tokio::test]
+async fn rules_check_endpoint_reports_diagnostics_and_tests() {
+    let base = serve(Arc::new(RuleBook::empty(Schema::standard()))).await;
+    let client = reqwest::Client::new();
+    let text = "rule \"hazmat\" when sku.hazmatt then deny \"no\"\n";
+    let body: serde_json::Value = client
+        .post(format!("{base}/v1/rules:check?name=mine.rules"))
+        .body(text)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["ok"], false);
+    assert_eq!(body["diagnostics"][0]["line"], 1);
+    assert_eq!(body["diagnostics"][0]["column"], 20);
+    assert_eq!(body["diagnostics"][0]["hint"], "did you mean `sku.hazmat`?");
+    assert!(body["diagnostics"][0]["rendered"].as_str().unwrap().contains("--> mine.rules:1:20"));
+
+    let good = "rule \"cap\" when qty > 1 then cap 2\ntest \"t\" given qty = 3, atp = 5 expect units 2\n";
+    let body: serde_json::Value =
+        client.post(format!("{base}/v1/rules:check")).body(good).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["ok"], true);
+    assert_eq!(body["tests"][0]["passed"], true);
+}
