@@ -23,6 +23,32 @@ impl PartialEq for Span {
     }
 }
 
+/// A rule file with an index of its line starts, so locating a diagnostic costs a binary search
+/// rather than a scan (checking stays linear however many diagnostics a file has).
+pub struct SourceText<'a> {
+    pub name: &'a str,
+    pub text: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> SourceText<'a> {
+    pub fn new(name: &'a str, text: &'a str) -> SourceText<'a> {
+        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        SourceText { name, text, line_starts }
+    }
+
+    /// 1-based line of a byte offset.
+    pub fn line_of(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|&start| start <= offset)
+    }
+
+    fn line_bounds(&self, line: usize) -> (usize, usize) {
+        let start = self.line_starts[line - 1];
+        let end = self.line_starts.get(line).map_or(self.text.len(), |next| next - 1);
+        (start, end)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -48,12 +74,12 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn error(file: &str, source: &str, span: Span, message: impl Into<String>) -> Diagnostic {
-        Diagnostic::new(Severity::Error, file, source, span, message.into())
+    pub fn error(source: &SourceText, span: Span, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::new(Severity::Error, source, span, message.into())
     }
 
-    pub fn warning(file: &str, source: &str, span: Span, message: impl Into<String>) -> Diagnostic {
-        Diagnostic::new(Severity::Warning, file, source, span, message.into())
+    pub fn warning(source: &SourceText, span: Span, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::new(Severity::Warning, source, span, message.into())
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Diagnostic {
@@ -61,11 +87,11 @@ impl Diagnostic {
         self
     }
 
-    fn new(severity: Severity, file: &str, source: &str, span: Span, message: String) -> Diagnostic {
+    fn new(severity: Severity, text: &SourceText, span: Span, message: String) -> Diagnostic {
+        let (file, source) = (text.name, text.text);
         let start = floor_char_boundary(source, span.start.min(source.len()));
-        let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = source[start..].find('\n').map_or(source.len(), |i| start + i);
-        let line = source[..start].matches('\n').count() + 1;
+        let line = text.line_of(start);
+        let (line_start, line_end) = text.line_bounds(line);
         let source_line = source[line_start..line_end].trim_end_matches('\r').to_string();
         let column = source[line_start..start].chars().count() + 1;
         let end = floor_char_boundary(source, span.end.clamp(start, line_end));

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::diagnostic::{suggest, Diagnostic, Span};
+use crate::diagnostic::{suggest, Diagnostic, SourceText, Span};
 use crate::syntax::{self, Action, Comparator, Expr, FieldRef, Literal, Operand, Outcome, RuleFile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,10 +252,11 @@ pub fn load(sources: &[Source], schema: &Schema) -> Loaded {
     for source in sources {
         let (tree, syntax_diagnostics) = syntax::parse(&source.name, &source.text);
         diagnostics.extend(syntax_diagnostics);
-        let mut checker = Checker { file: &source.name, source: &source.text, schema, diagnostics: &mut diagnostics };
+        let text = SourceText::new(&source.name, &source.text);
+        let mut checker = Checker { file: &source.name, source: &text, schema, diagnostics: &mut diagnostics };
         names.extend(tree.name.clone());
         for rule in &tree.rules {
-            let line = line_of(&source.text, rule.span.start);
+            let line = text.line_of(rule.span.start);
             if let Some((file, first)) = seen_rules.get(&rule.name) {
                 let message = format!("another rule is named \"{}\" ({file}:{first}); explanations would be ambiguous", rule.name);
                 checker.warn(rule.span, message);
@@ -286,10 +287,6 @@ pub fn load(sources: &[Source], schema: &Schema) -> Loaded {
     Loaded { ruleset, diagnostics }
 }
 
-fn line_of(source: &str, offset: usize) -> usize {
-    source[..offset.min(source.len())].matches('\n').count() + 1
-}
-
 /// FNV-1a of every file name and text: stable across builds and platforms.
 fn version_of(sources: &[Source]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -304,18 +301,18 @@ fn version_of(sources: &[Source]) -> String {
 
 struct Checker<'a> {
     file: &'a str,
-    source: &'a str,
+    source: &'a SourceText<'a>,
     schema: &'a Schema,
     diagnostics: &'a mut Vec<Diagnostic>,
 }
 
 impl Checker<'_> {
     fn error(&mut self, span: Span, message: impl Into<String>) {
-        self.diagnostics.push(Diagnostic::error(self.file, self.source, span, message));
+        self.diagnostics.push(Diagnostic::error(self.source, span, message));
     }
 
     fn warn(&mut self, span: Span, message: impl Into<String>) {
-        self.diagnostics.push(Diagnostic::warning(self.file, self.source, span, message));
+        self.diagnostics.push(Diagnostic::warning(self.source, span, message));
     }
 
     fn field(&mut self, field: &FieldRef) -> Option<(usize, Type)> {
@@ -323,7 +320,7 @@ impl Checker<'_> {
             Some(slot) => Some((slot, self.schema.ty(slot))),
             None => {
                 let names = self.schema.fields.iter().map(|(name, _)| name.as_str());
-                let diagnostic = Diagnostic::error(self.file, self.source, field.span, format!("unknown field `{}`", field.name));
+                let diagnostic = Diagnostic::error(self.source, field.span, format!("unknown field `{}`", field.name));
                 let diagnostic = match suggest(&field.name, names) {
                     Some(known) => diagnostic.with_hint(format!("did you mean `{known}`?")),
                     None => diagnostic.with_hint("see the list of fields in docs/rules.md"),
@@ -481,7 +478,7 @@ impl Checker<'_> {
         ok.then(|| RuleTest {
             name: test.name.clone(),
             file: self.file.to_string(),
-            line: line_of(self.source, test.span.start),
+            line: self.source.line_of(test.span.start),
             facts,
             expect: test.expect.clone(),
         })
@@ -491,19 +488,20 @@ impl Checker<'_> {
 /// Warns about rules that can never fire (their condition contradicts itself) or never change an
 /// answer (an earlier deny fires whenever they do).
 fn warn_unreachable(tree: &RuleFile, checker: &mut Checker) {
-    let mut always_denied: Vec<(String, String)> = Vec::new();
+    // condition text → the first rule that denies whenever it holds
+    let mut denied_when: HashMap<String, String> = HashMap::new();
     for rule in &tree.rules {
         if let Some(reason) = contradiction(&rule.condition) {
             checker.warn(rule.span, format!("rule \"{}\" can never fire: {reason}", rule.name));
             continue;
         }
         let condition = rule.condition.to_string();
-        if let Some((denier, _)) = always_denied.iter().find(|(_, c)| c == "true" || *c == condition) {
+        if let Some(denier) = denied_when.get("true").or_else(|| denied_when.get(&condition)) {
             let message = format!("rule \"{}\" never changes an answer: rule \"{denier}\" denies whenever it fires", rule.name);
             checker.warn(rule.span, message);
         }
         if matches!(rule.action, Action::Deny(_)) {
-            always_denied.push((rule.name.clone(), condition));
+            denied_when.entry(condition).or_insert_with(|| rule.name.clone());
         }
     }
 }

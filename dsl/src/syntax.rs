@@ -6,7 +6,7 @@ use std::fmt;
 
 use pest::Parser as _;
 
-use crate::diagnostic::{Diagnostic, Span};
+use crate::diagnostic::{Diagnostic, SourceText, Span};
 
 mod grammar {
     #[derive(pest_derive::Parser)]
@@ -19,6 +19,27 @@ use grammar::{Grammar, Rule as G};
 /// Deepest nesting of parentheses and `not`s a condition may have: deeper input is rejected with
 /// a diagnostic before the parser (which recurses) sees it.
 pub const MAX_NESTING: usize = 32;
+
+/// Parser steps allowed per byte of an item. The grammar needs far fewer (see the property
+/// test `token_soups_parse_in_linear_steps`); the bound turns any super-linear blow-up into a
+/// diagnostic instead of a hung server.
+pub const STEPS_PER_BYTE: usize = 400;
+
+/// pest's step limit is process-wide: parses take turns so each runs under its own bound.
+static PARSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn parse_item(text: &str) -> Result<pest::iterators::Pairs<'_, G>, pest::error::Error<G>> {
+    parse_item_within(text, STEPS_PER_BYTE)
+}
+
+/// Parses one item in at most `steps_per_byte` parser steps per byte (plus a small constant).
+pub(crate) fn parse_item_within(text: &str, steps_per_byte: usize) -> Result<pest::iterators::Pairs<'_, G>, pest::error::Error<G>> {
+    let _turn = PARSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pest::set_call_limit(std::num::NonZeroUsize::new(steps_per_byte * (text.len() + 16)));
+    let parsed = Grammar::parse(G::item, text);
+    pest::set_call_limit(None);
+    parsed
+}
 
 /// Longest rule file accepted, in bytes.
 pub const MAX_FILE_BYTES: usize = 4 << 20;
@@ -107,12 +128,13 @@ pub enum Outcome {
 
 /// Parses a whole file. `file` names it in diagnostics.
 pub fn parse(file: &str, source: &str) -> (RuleFile, Vec<Diagnostic>) {
+    let text_index = SourceText::new(file, source);
     let mut tree = RuleFile::default();
     let mut diagnostics = Vec::new();
     if source.len() > MAX_FILE_BYTES {
         let span = Span::new(0, 0);
         let message = format!("the file is {} bytes; rule files may have at most {MAX_FILE_BYTES}", source.len());
-        diagnostics.push(Diagnostic::error(file, source, span, message));
+        diagnostics.push(Diagnostic::error(&text_index, span, message));
         return (tree, diagnostics);
     }
     for (start, end) in items(source) {
@@ -120,10 +142,10 @@ pub fn parse(file: &str, source: &str) -> (RuleFile, Vec<Diagnostic>) {
         if let Some(offset) = too_deep(text) {
             let span = Span::new(start + offset, start + offset + 1);
             let message = format!("conditions may nest at most {MAX_NESTING} levels deep; split this rule");
-            diagnostics.push(Diagnostic::error(file, source, span, message));
+            diagnostics.push(Diagnostic::error(&text_index, span, message));
             continue;
         }
-        match Grammar::parse(G::item, text) {
+        match parse_item(text) {
             Ok(mut pairs) => {
                 let item = pairs.next().expect("item").into_inner().next().expect("item content");
                 match item.as_rule() {
@@ -131,7 +153,7 @@ pub fn parse(file: &str, source: &str) -> (RuleFile, Vec<Diagnostic>) {
                         let name = unquote(item.into_inner().nth(1).expect("header name"));
                         if tree.name.replace(name).is_some() {
                             let span = Span::new(start, start + "ruleset".len());
-                            diagnostics.push(Diagnostic::error(file, source, span, "a file has at most one `ruleset` header"));
+                            diagnostics.push(Diagnostic::error(&text_index, span, "a file has at most one `ruleset` header"));
                         }
                     }
                     G::rule => tree.rules.push(build_rule(item, start)),
@@ -139,7 +161,7 @@ pub fn parse(file: &str, source: &str) -> (RuleFile, Vec<Diagnostic>) {
                     other => unreachable!("item content {other:?}; this is a bug"),
                 }
             }
-            Err(error) => diagnostics.push(syntax_error(file, source, start, text, error)),
+            Err(error) => diagnostics.push(syntax_error(&text_index, start, text, error)),
         }
     }
     (tree, diagnostics)
@@ -399,7 +421,7 @@ fn describe(expected: &G) -> Option<&'static str> {
     })
 }
 
-fn syntax_error(file: &str, source: &str, offset: usize, text: &str, error: pest::error::Error<G>) -> Diagnostic {
+fn syntax_error(source: &SourceText, offset: usize, text: &str, error: pest::error::Error<G>) -> Diagnostic {
     let position = match error.location {
         pest::error::InputLocation::Pos(position) => position,
         pest::error::InputLocation::Span((start, _)) => start,
@@ -425,13 +447,16 @@ fn syntax_error(file: &str, source: &str, offset: usize, text: &str, error: pest
                 }
             }
         }
+        pest::error::ErrorVariant::CustomError { message } if message.contains("call limit") => {
+            format!("this rule is too complicated to read (over {STEPS_PER_BYTE} parser steps per character); split it")
+        }
         pest::error::ErrorVariant::CustomError { message } => message.clone(),
     };
     // underline the word that was not understood
     let skipped = text[position.min(text.len())..].len() - text[position.min(text.len())..].trim_start().len();
     let start = position + skipped;
     let word = text[start.min(text.len())..].find(char::is_whitespace).unwrap_or(text.len() - start.min(text.len()));
-    Diagnostic::error(file, source, Span::new(offset + start, offset + start + word.max(1)), message)
+    Diagnostic::error(source, Span::new(offset + start, offset + start + word.max(1)), message)
 }
 
 fn found_at(text: &str, position: usize) -> String {
