@@ -1,0 +1,96 @@
+//! Rule evaluation time per node decision for rule sets of 10, 100 and 1,000 rules, next to
+//! XGBoost's own predict call (through the binding) for one row of a 300-tree, depth-6 model:
+//! the model scoring the same request must pay. One command, one run:
+//!
+//!     cargo bench -p sellable-dsl --bench eval
+//!
+//! Each figure is the median of 7 timed batches after a warm-up; `black_box` keeps the work.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use sellable_dsl::{load, Facts, RuleSet, Schema, Source, Value};
+
+/// A realistic mix: seller buffers, category embargoes, hot-item caps, price caps, guards.
+fn ruleset(rules: usize) -> RuleSet {
+    let mut text = String::from("ruleset \"bench\"\n");
+    for i in 0..rules {
+        let rule = match i % 5 {
+            0 => format!("rule \"buffer {i}\" when node.seller == \"S-{i}\" then hold 1\n"),
+            1 => format!("rule \"embargo {i}\" when sku.category == \"cat{i}\" and region in [\"DE\", \"FR\", \"IT\"] then deny \"embargo {i}\"\n"),
+            2 => format!("rule \"hot {i}\" when p_fulfill < 0.{} and velocity_5m >= {i} then cap 1\n", 50 + i % 50),
+            3 => format!("rule \"price {i}\" priority {} when sku.price > {i} and qty >= 2 and not sku.hazmat then cap 3\n", i % 7),
+            _ => format!("rule \"guard {i}\" when node.kind == \"seller\" and sku.category starts with \"c{i}\" then require p_fulfill >= 0.8\n"),
+        };
+        text.push_str(&rule);
+    }
+    let loaded = load(&[Source { name: "bench.rules".into(), text }], &Schema::standard());
+    loaded.ruleset.expect("the generated rules are valid")
+}
+
+fn facts(ruleset: &RuleSet) -> Facts {
+    let schema = ruleset.schema();
+    let mut facts = ruleset.facts();
+    let mut set = |name: &str, value: Value| facts.set(schema.slot(name).unwrap(), value);
+    set("sku.id", Value::Text("SKU-000042".into()));
+    set("sku.category", Value::Text("cat3".into()));
+    set("sku.hazmat", Value::Bool(false));
+    set("sku.price", Value::Number(40.0));
+    set("node.id", Value::Text("SL-0007".into()));
+    set("node.kind", Value::Text("seller".into()));
+    set("node.seller", Value::Text("S-12".into()));
+    set("region", Value::Text("DE".into()));
+    set("qty", Value::Number(2.0));
+    set("atp", Value::Number(12.0));
+    set("p_fulfill", Value::Number(0.83));
+    set("velocity_5m", Value::Number(25.0));
+    facts
+}
+
+/// Median nanoseconds per call of `work`, over 7 batches of `calls`.
+fn time(calls: u32, mut work: impl FnMut()) -> f64 {
+    for _ in 0..calls / 10 + 1 {
+        work();
+    }
+    let mut batches: Vec<f64> = (0..7)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..calls {
+                work();
+            }
+            started.elapsed().as_nanos() as f64 / calls as f64
+        })
+        .collect();
+    batches.sort_by(f64::total_cmp);
+    batches[3]
+}
+
+fn main() {
+    // Baseline: XGBoost predicting one row of 20 features with 300 trees of depth 6.
+    let rows = 2_000;
+    let features = 20;
+    let data: Vec<f32> = (0..rows * features).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let labels: Vec<f32> = (0..rows).map(|r| if data[r * features] + data[r * features + 1] > 1.0 { 1.0 } else { 0.0 }).collect();
+    let config = sellable_models::TrainConfig { rounds: 300, max_depth: 6, eta: 0.1 };
+    let model = sellable_models::train_binary(&data, rows, &labels, &config).expect("training the baseline model");
+    let row: Vec<f32> = data[..features].to_vec();
+    let xgboost = time(2_000, || {
+        black_box(model.predict(black_box(&row), 1).expect("predict"));
+    });
+    println!("{:<44} {:>12.0} ns", "xgboost predict, 1 row, 300 trees (baseline)", xgboost);
+    for rules in [10, 100, 1_000] {
+        let ruleset = ruleset(rules);
+        let facts = facts(&ruleset);
+        let fired = ruleset.evaluate(&facts).fired.len();
+        let calls = 200_000 / rules as u32 + 100;
+        let ns = time(calls, || {
+            black_box(ruleset.evaluate(black_box(&facts)));
+        });
+        println!(
+            "{:<44} {:>12.0} ns   {:>6.3}x baseline   ({fired} fired)",
+            format!("rules evaluate, {rules} rules"),
+            ns,
+            ns / xgboost
+        );
+    }
+}
