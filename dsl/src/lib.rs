@@ -16,7 +16,7 @@ pub mod ruleset;
 pub mod syntax;
 
 pub use diagnostic::{Diagnostic, Severity};
-pub use ruleset::{load, Evaluation, Facts, Fired, Loaded, RuleSet, Schema, Source, TestResult, Type, Value};
+pub use ruleset::{load, Evaluation, Facts, Fired, Loaded, RuleSet, Schema, Seen, Source, TestResult, Type, Value};
 pub use syntax::parse;
 
 #[cfg(test)]

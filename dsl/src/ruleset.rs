@@ -3,6 +3,7 @@
 //! can make is found here, at load time, with a diagnostic pointing at it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::diagnostic::{suggest, Diagnostic, SourceText, Span};
 use crate::syntax::{self, Action, Comparator, Expr, FieldRef, Literal, Operand, Outcome, RuleFile};
@@ -63,7 +64,7 @@ impl std::fmt::Display for Value {
 /// The fields rules may use, each with a type and a slot.
 #[derive(Debug, Clone)]
 pub struct Schema {
-    fields: Vec<(String, Type)>,
+    fields: Vec<(Arc<str>, Type)>,
     slots: HashMap<String, usize>,
 }
 
@@ -116,7 +117,7 @@ impl Schema {
     fn add(&mut self, name: &str, ty: Type) {
         if !self.slots.contains_key(name) {
             self.slots.insert(name.to_string(), self.fields.len());
-            self.fields.push((name.to_string(), ty));
+            self.fields.push((name.into(), ty));
         }
     }
 
@@ -168,6 +169,10 @@ enum Cond {
     And(Vec<Cond>),
     Not(Box<Cond>),
     Compare { left: Term, op: Comparator, right: Term },
+    /// The common shapes, compiled flat: a number field against a constant, and a text field
+    /// equal (or not) to a constant.
+    NumberConst { slot: usize, op: Comparator, value: f64 },
+    TextEquals { slot: usize, value: String, equal: bool },
     In { slot: usize, list: Vec<Value>, negated: bool },
     StartsWith { slot: usize, prefix: String },
     Field(usize),
@@ -192,9 +197,9 @@ enum Effect {
 struct CompiledRule {
     /// The file it came from: a file's `test` blocks run against that file's rules.
     file: String,
-    name: String,
+    name: Arc<str>,
     priority: i64,
-    text: String,
+    text: Arc<str>,
     condition: Cond,
     effect: Effect,
     /// Slots the rule reads, for explanations.
@@ -218,8 +223,41 @@ pub struct RuleSet {
     /// Changes whenever any source text changes.
     pub version: String,
     schema: Schema,
+    /// Highest priority first.
     rules: Vec<CompiledRule>,
+    index: RuleIndex,
     pub tests: Vec<RuleTest>,
+}
+
+/// Which rules a request can fire, by the text facts their conditions require.
+#[derive(Debug, Clone, Default)]
+struct RuleIndex {
+    /// slot → required text → rules (positions in `rules`).
+    keyed: Vec<(usize, HashMap<String, Vec<usize>>)>,
+    /// Rules that cannot be filed, as a bit set over positions.
+    unkeyed: Vec<u64>,
+}
+
+impl RuleIndex {
+    fn build(rules: &[CompiledRule]) -> RuleIndex {
+        let mut index = RuleIndex { keyed: Vec::new(), unkeyed: vec![0; rules.len().div_ceil(64)] };
+        for (position, rule) in rules.iter().enumerate() {
+            match rule.condition.required_text() {
+                Some((slot, text)) => {
+                    let by_text = match index.keyed.iter().position(|(s, _)| *s == slot) {
+                        Some(existing) => &mut index.keyed[existing].1,
+                        None => {
+                            index.keyed.push((slot, HashMap::new()));
+                            &mut index.keyed.last_mut().expect("just pushed").1
+                        }
+                    };
+                    by_text.entry(text.to_string()).or_default().push(position);
+                }
+                None => index.unkeyed[position / 64] |= 1 << (position % 64),
+            }
+        }
+        index
+    }
 }
 
 /// One rule file to load.
@@ -281,6 +319,7 @@ pub fn load(sources: &[Source], schema: &Schema) -> Loaded {
         name: if names.is_empty() { "rules".to_string() } else { names.join(" + ") },
         version: version_of(sources),
         schema: schema.clone(),
+        index: RuleIndex::build(&rules),
         rules,
         tests,
     });
@@ -319,7 +358,7 @@ impl Checker<'_> {
         match self.schema.slot(&field.name) {
             Some(slot) => Some((slot, self.schema.ty(slot))),
             None => {
-                let names = self.schema.fields.iter().map(|(name, _)| name.as_str());
+                let names = self.schema.fields.iter().map(|(name, _)| name.as_ref());
                 let diagnostic = Diagnostic::error(self.source, field.span, format!("unknown field `{}`", field.name));
                 let diagnostic = match suggest(&field.name, names) {
                     Some(known) => diagnostic.with_hint(format!("did you mean `{known}`?")),
@@ -358,9 +397,9 @@ impl Checker<'_> {
         reads.dedup();
         Some(CompiledRule {
             file: self.file.to_string(),
-            name: rule.name.clone(),
+            name: rule.name.as_str().into(),
             priority: rule.priority,
-            text: format!("{}", rule.action),
+            text: rule.action.to_string().into(),
             condition: condition?,
             effect: effect?,
             reads,
@@ -434,7 +473,13 @@ impl Checker<'_> {
                     self.error(span, format!("{} can only be compared with == or !=, not {op}", left_ty.article()));
                     return None;
                 }
-                Some(Cond::Compare { left: left_term, op: *op, right: right_term })
+                Some(match (left_term, *op, right_term) {
+                    (Term::Slot(slot), op, Term::Const(Value::Number(value))) => Cond::NumberConst { slot, op, value },
+                    (Term::Slot(slot), Comparator::Eq | Comparator::Ne, Term::Const(Value::Text(value))) => {
+                        Cond::TextEquals { slot, value, equal: *op == Comparator::Eq }
+                    }
+                    (left, op, right) => Cond::Compare { left, op, right },
+                })
             }
         }
     }
@@ -564,11 +609,34 @@ fn contradiction(expr: &Expr) -> Option<String> {
 /// A rule that fired, and the facts it saw.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Fired {
-    pub rule: String,
+    pub rule: Arc<str>,
     pub priority: i64,
-    pub action: String,
+    pub action: Arc<str>,
     /// `field = value` for every fact the rule read (`unknown` when missing).
-    pub saw: Vec<String>,
+    pub saw: Vec<Seen>,
+}
+
+/// A fact a rule read, shown as `field = value` (`unknown` when missing). Kept as data and
+/// formatted only when an answer is rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    pub field: Arc<str>,
+    pub value: Option<Value>,
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.value {
+            Some(value) => write!(f, "{} = {value}", self.field),
+            None => write!(f, "{} = unknown", self.field),
+        }
+    }
+}
+
+impl serde::Serialize for Seen {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// What the rules decided for one request at one node.
@@ -613,13 +681,46 @@ impl RuleSet {
     }
 
     /// Applies every rule: any deny wins, holds add up, caps take the minimum.
+    ///
+    /// Only rules that can fire are looked at: a rule whose condition requires a text field to
+    /// equal a constant is filed under that constant, so a request visits just the rules filed
+    /// under its own facts (plus the rules that cannot be filed), in priority order.
     pub fn evaluate(&self, facts: &Facts) -> Evaluation {
+        let mut candidates = self.index.unkeyed.clone();
+        for (slot, by_text) in &self.index.keyed {
+            if let Some(Value::Text(text)) = facts.get(*slot) {
+                for &rule in by_text.get(text.as_str()).into_iter().flatten() {
+                    candidates[rule / 64] |= 1 << (rule % 64);
+                }
+            }
+        }
+        let mut evaluation = Evaluation::default();
+        for (word_index, mut word) in candidates.into_iter().enumerate() {
+            while word != 0 {
+                let rule = word_index * 64 + word.trailing_zeros() as usize;
+                word &= word - 1;
+                self.apply(&self.rules[rule], facts, &mut evaluation);
+            }
+        }
+        evaluation
+    }
+
+    /// Every rule, without the index: what [`RuleSet::evaluate`] must agree with.
+    #[cfg(test)]
+    pub(crate) fn evaluate_every_rule(&self, facts: &Facts) -> Evaluation {
         self.evaluate_rules(facts, self.rules.iter())
     }
 
     fn evaluate_rules<'a>(&'a self, facts: &Facts, rules: impl Iterator<Item = &'a CompiledRule>) -> Evaluation {
         let mut evaluation = Evaluation::default();
         for rule in rules {
+            self.apply(rule, facts, &mut evaluation);
+        }
+        evaluation
+    }
+
+    fn apply(&self, rule: &CompiledRule, facts: &Facts, evaluation: &mut Evaluation) {
+        {
             let fires = match &rule.effect {
                 Effect::Require { slot, op, threshold } => {
                     rule.condition.eval(facts) == Some(true)
@@ -628,7 +729,7 @@ impl RuleSet {
                 _ => rule.condition.eval(facts) == Some(true),
             };
             if !fires {
-                continue;
+                return;
             }
             match &rule.effect {
                 Effect::Deny(reason) => {
@@ -648,14 +749,10 @@ impl RuleSet {
                 saw: rule
                     .reads
                     .iter()
-                    .map(|slot| match facts.get(*slot) {
-                        Some(value) => format!("{} = {value}", self.schema.name(*slot)),
-                        None => format!("{} = unknown", self.schema.name(*slot)),
-                    })
+                    .map(|slot| Seen { field: self.schema.fields[*slot].0.clone(), value: facts.get(*slot).cloned() })
                     .collect(),
             });
         }
-        evaluation
     }
 
     /// Runs the `test` blocks, each against the rules of its own file (so a file's tests say
@@ -739,6 +836,19 @@ impl Term {
 }
 
 impl Cond {
+    /// A text field the condition requires to equal a constant, if any: the condition can only
+    /// be true when that fact is that text.
+    fn required_text(&self) -> Option<(usize, &str)> {
+        match self {
+            Cond::TextEquals { slot, value, equal: true } => Some((*slot, value.as_str())),
+            Cond::Compare { left: Term::Const(Value::Text(text)), op: Comparator::Eq, right: Term::Slot(slot) } => {
+                Some((*slot, text.as_str()))
+            }
+            Cond::And(parts) => parts.iter().find_map(Cond::required_text),
+            _ => None,
+        }
+    }
+
     /// Three-valued: `None` when a fact it needs is unknown.
     fn eval(&self, facts: &Facts) -> Option<bool> {
         match self {
@@ -770,6 +880,14 @@ impl Cond {
                 }
                 result
             }
+            Cond::NumberConst { slot, op, value } => match facts.get(*slot)? {
+                Value::Number(number) => Some(apply(*op, number.partial_cmp(value)?)),
+                _ => None,
+            },
+            Cond::TextEquals { slot, value, equal } => match facts.get(*slot)? {
+                Value::Text(text) => Some((text == value) == *equal),
+                _ => None,
+            },
             Cond::Compare { left, op, right } => {
                 let ordering = match (left.value(facts)?, right.value(facts)?) {
                     (Value::Number(a), Value::Number(b)) => a.partial_cmp(b)?,

@@ -19,7 +19,7 @@ fn check(rules: &str, facts: &[(&str, Value)], expect: (Option<&str>, i64, Optio
         input.set(ruleset.schema().slot(field).unwrap(), value.clone());
     }
     let Evaluation { denied, hold, cap, fired } = ruleset.evaluate(&input);
-    let fired: Vec<&str> = fired.iter().map(|f| f.rule.as_str()).collect();
+    let fired: Vec<&str> = fired.iter().map(|f| f.rule.as_ref()).collect();
     assert_eq!((denied.as_deref(), hold, cap, fired.as_slice()), expect, "{rules}");
 }
 
@@ -67,7 +67,8 @@ fn explanations_show_the_facts_a_rule_saw() {
     facts.set(ruleset.schema().slot("p_fulfill").unwrap(), Value::Number(0.5));
     facts.set(ruleset.schema().slot("velocity_5m").unwrap(), Value::Number(30.0));
     let evaluation = ruleset.evaluate(&facts);
-    assert_eq!(evaluation.fired[0].saw, ["p_fulfill = 0.5", "velocity_5m = 30"]);
+    let saw: Vec<String> = evaluation.fired[0].saw.iter().map(ToString::to_string).collect();
+    assert_eq!(saw, ["p_fulfill = 0.5", "velocity_5m = 30"]);
     assert_eq!(evaluation.units(10), 1);
 }
 
@@ -169,6 +170,35 @@ proptest! {
         let (parsed, diagnostics) = parse("p.rules", &text);
         prop_assert!(diagnostics.is_empty(), "{}\n{:?}", text, diagnostics);
         prop_assert_eq!(parsed, file);
+    }
+
+    /// The rule index only skips rules that cannot fire.
+    #[test]
+    fn indexed_evaluation_equals_evaluating_every_rule(
+        kind in prop::sample::select(vec!["seller", "store", "warehouse"]),
+        seller in prop::sample::select(vec!["S-1", "S-2", "S-3"]),
+        region in prop::option::of(prop::sample::select(vec!["DE", "FR", "US"])),
+        qty in 0i32..5,
+        hazmat in prop::option::of(any::<bool>()),
+    ) {
+        let rules = format!("{RULES}\n{}", r#"
+rule "de sellers" when region == "DE" and node.kind == "seller" then hold 1
+rule "S-2 or FR" when node.seller == "S-2" or region == "FR" then cap 1
+rule "not S-3" priority 7 when not (node.seller == "S-3") then hold 1
+"#);
+        let ruleset = ruleset(&rules);
+        let schema = ruleset.schema();
+        let mut facts = ruleset.facts();
+        facts.set(schema.slot("node.kind").unwrap(), Value::Text(kind.into()));
+        facts.set(schema.slot("node.seller").unwrap(), Value::Text(seller.into()));
+        facts.set(schema.slot("qty").unwrap(), Value::Number(qty as f64));
+        if let Some(region) = region {
+            facts.set(schema.slot("region").unwrap(), Value::Text(region.into()));
+        }
+        if let Some(hazmat) = hazmat {
+            facts.set(schema.slot("sku.hazmat").unwrap(), Value::Bool(hazmat));
+        }
+        prop_assert_eq!(ruleset.evaluate(&facts), ruleset.evaluate_every_rule(&facts));
     }
 
     #[test]

@@ -95,9 +95,9 @@ impl Serving {
                     let node_units = evaluation.units(atp);
                     rules_fired.extend(evaluation.fired.into_iter().map(|fired| RuleFired {
                         node: info.node.clone(),
-                        rule: fired.rule,
-                        action: fired.action,
-                        saw: fired.saw,
+                        rule: fired.rule.to_string(),
+                        action: fired.action.to_string(),
+                        saw: fired.saw.iter().map(ToString::to_string).collect(),
                     }));
                     node_units
                 }
