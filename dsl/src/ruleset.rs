@@ -225,8 +225,58 @@ pub struct RuleSet {
     schema: Schema,
     /// Highest priority first.
     rules: Vec<CompiledRule>,
+    /// One cheap necessary test per rule, in a flat array beside `rules`: most rules that
+    /// cannot fire are dismissed without walking their condition.
+    prefilters: Vec<Prefilter>,
     index: RuleIndex,
     pub tests: Vec<RuleTest>,
+}
+
+/// A leaf test a rule's condition cannot be true without: a conjunct of its top-level `and`
+/// (not the index key, which the index has already checked), or the condition itself.
+#[derive(Debug, Clone)]
+enum Prefilter {
+    Always,
+    Number { slot: usize, op: Comparator, value: f64 },
+    Text { slot: usize, value: Box<str>, equal: bool },
+    Prefix { slot: usize, prefix: Box<str> },
+}
+
+impl Prefilter {
+    fn of(condition: &Cond) -> Prefilter {
+        let key = condition.required_text();
+        let conjuncts = match condition {
+            Cond::And(parts) => parts.as_slice(),
+            single => std::slice::from_ref(single),
+        };
+        conjuncts
+            .iter()
+            .find_map(|part| match part {
+                Cond::NumberConst { slot, op, value } => Some(Prefilter::Number { slot: *slot, op: *op, value: *value }),
+                Cond::TextEquals { slot, value, equal } if key != Some((*slot, value.as_str())) || !*equal => {
+                    Some(Prefilter::Text { slot: *slot, value: value.as_str().into(), equal: *equal })
+                }
+                Cond::StartsWith { slot, prefix } => Some(Prefilter::Prefix { slot: *slot, prefix: prefix.as_str().into() }),
+                _ => None,
+            })
+            .unwrap_or(Prefilter::Always)
+    }
+
+    /// False only when the condition cannot be known true.
+    fn may_hold(&self, facts: &Facts) -> bool {
+        match self {
+            Prefilter::Always => true,
+            Prefilter::Number { slot, op, value } => {
+                matches!(facts.get(*slot), Some(Value::Number(number)) if number.partial_cmp(value).is_some_and(|o| apply(*op, o)))
+            }
+            Prefilter::Text { slot, value, equal } => {
+                matches!(facts.get(*slot), Some(Value::Text(text)) if (text.as_str() == &**value) == *equal)
+            }
+            Prefilter::Prefix { slot, prefix } => {
+                matches!(facts.get(*slot), Some(Value::Text(text)) if text.starts_with(&**prefix))
+            }
+        }
+    }
 }
 
 /// Which rules a request can fire, by the text facts their conditions require.
@@ -320,6 +370,7 @@ pub fn load(sources: &[Source], schema: &Schema) -> Loaded {
         version: version_of(sources),
         schema: schema.clone(),
         index: RuleIndex::build(&rules),
+        prefilters: rules.iter().map(|rule| Prefilter::of(&rule.condition)).collect(),
         rules,
         tests,
     });
@@ -699,7 +750,9 @@ impl RuleSet {
             while word != 0 {
                 let rule = word_index * 64 + word.trailing_zeros() as usize;
                 word &= word - 1;
-                self.apply(&self.rules[rule], facts, &mut evaluation);
+                if self.prefilters[rule].may_hold(facts) {
+                    self.apply(&self.rules[rule], facts, &mut evaluation);
+                }
             }
         }
         evaluation

@@ -185,6 +185,8 @@ proptest! {
 rule "de sellers" when region == "DE" and node.kind == "seller" then hold 1
 rule "S-2 or FR" when node.seller == "S-2" or region == "FR" then cap 1
 rule "not S-3" priority 7 when not (node.seller == "S-3") then hold 1
+rule "prefix" when node.kind == "seller" and node.seller starts with "S-1" then cap 2
+rule "mixed" when qty >= 2 and node.seller != "S-2" and region in ["DE"] then hold 2
 "#);
         let ruleset = ruleset(&rules);
         let schema = ruleset.schema();
