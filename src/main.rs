@@ -43,8 +43,13 @@ enum Command {
     Import(ImportArgs),
     /// Compute the batch view as of a cutoff with DataFusion and write it to the lake.
     Batch(BatchArgs),
-    /// Fold the events that arrived after the batch cutoff into the speed view in Redis.
+    /// Fold events into the speed view in Redis: those that arrived after the batch cutoff (from
+    /// the lake or a file), or, with --stream, a Redis Stream as a consumer group, until Ctrl-C.
     Fold(FoldArgs),
+    /// Append the events of a Parquet / JSON Lines file to a Redis Stream, one entry each.
+    Publish(PublishArgs),
+    /// List the newest dead letters of a stream: malformed or too-late events, with the reason.
+    Deadletters(DeadlettersArgs),
     /// Serve the REST API over the lake's batch view and the speed view.
     Serve(ServeArgs),
     /// Check, test and explain merchandising rule files.
@@ -194,8 +199,45 @@ struct FoldArgs {
     #[command(flatten)]
     redis: RedisArgs,
     /// Fold this Parquet / JSON Lines file instead of the lake's events after the cutoff.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "stream")]
     from: Option<PathBuf>,
+    /// Consume this Redis Stream (entries written by `sellable publish`) instead.
+    #[arg(long)]
+    stream: Option<String>,
+    /// Consumer group of the stream.
+    #[arg(long, default_value = "sellable-fold")]
+    group: String,
+    /// Consumer name; a restarted worker with the same name resumes its unacknowledged entries.
+    #[arg(long, default_value = "worker")]
+    consumer: String,
+    /// Concurrent consumers in this process (named CONSUMER-1 … CONSUMER-N).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Stop after the stream has had nothing new for this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    until_idle: Option<f64>,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    #[arg(long)]
+    stream: String,
+    /// A Parquet / JSON Lines events file.
+    #[arg(long)]
+    from: PathBuf,
+}
+
+#[derive(Args)]
+struct DeadlettersArgs {
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// The stream whose dead letters to list (they are in STREAM:dead).
+    #[arg(long)]
+    stream: String,
+    #[arg(long, default_value_t = 20)]
+    count: usize,
 }
 
 #[derive(Args)]
@@ -292,8 +334,11 @@ async fn run(command: Command) -> Result<()> {
             let Some(url) = &args.redis.redis else {
                 bail!("fold needs --redis URL (or REDIS_URL): an embedded speed view lives only inside `sellable serve`")
             };
-            let lake = Lake::open(&args.lake.lake)?;
             let speed = SpeedView::redis(url, &args.redis.namespace, args.lake.fold_config()).await?;
+            if let Some(stream) = &args.stream {
+                return fold_stream(url, speed, stream, &args).await;
+            }
+            let lake = Lake::open(&args.lake.lake)?;
             let cutoff = lake.load_batch_view().await?.asof;
             fold(&lake, &speed, cutoff, args.from.as_deref(), None).await?;
             Ok(())
@@ -305,6 +350,33 @@ async fn run(command: Command) -> Result<()> {
             serve(serving, args.listen, None).await
         }
         Command::Rules(command) => rules(command).await,
+        Command::Publish(args) => {
+            let events = read_event_file(&args.from).with_context(|| format!("reading {}", args.from.display()))?;
+            let mut malformed = 0u64;
+            let lines = events.filter_map(|event| match event {
+                Ok(event) => Some(sellable_core::event::encode_json(&event)),
+                Err(error) => {
+                    malformed += 1;
+                    eprintln!("publish: skipped {}: {error}", args.from.display());
+                    None
+                }
+            });
+            let lines: Vec<String> = lines.collect();
+            let published = sellable_speed::stream::publish(&args.redis, &args.stream, lines).await?;
+            eprintln!("publish: {published} events appended to {}, {malformed} malformed skipped", args.stream);
+            Ok(())
+        }
+        Command::Deadletters(args) => {
+            let dead = format!("{}:dead", args.stream);
+            let letters = sellable_speed::stream::dead_letters(&args.redis, &dead, args.count).await?;
+            if letters.is_empty() {
+                println!("no dead letters in {dead}");
+            }
+            for letter in letters {
+                println!("{}  entry {}: {}\n    {}", letter.id, letter.entry, letter.error, letter.raw);
+            }
+            Ok(())
+        }
         Command::Demo(args) => demo(args).await,
     }
 }
@@ -456,6 +528,60 @@ async fn fold(
         total as f64 / seconds.max(1e-9)
     );
     Ok(later)
+}
+
+/// Runs `--workers` consumers of the stream's group until Ctrl-C or `--until-idle`.
+async fn fold_stream(url: &str, speed: SpeedView, stream: &str, args: &FoldArgs) -> Result<()> {
+    let speed = Arc::new(speed);
+    let started = std::time::Instant::now();
+    let idle_limit = args.until_idle.map(std::time::Duration::from_secs_f64);
+    let mut workers = Vec::new();
+    for index in 1..=args.workers.max(1) {
+        let consumer = if args.workers > 1 { format!("{}-{index}", args.consumer) } else { args.consumer.clone() };
+        let config = sellable_speed::stream::StreamConfig::new(stream, &args.group, &consumer);
+        let (speed, url) = (speed.clone(), url.to_string());
+        workers.push(tokio::spawn(async move {
+            let mut worker = sellable_speed::stream::StreamWorker::connect(&url, config, &speed).await?;
+            let mut idle_since = std::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    handled = worker.step() => match handled {
+                        Ok(0) => {
+                            if idle_limit.is_some_and(|limit| idle_since.elapsed() >= limit) {
+                                break;
+                            }
+                        }
+                        Ok(_) => idle_since = std::time::Instant::now(),
+                        // Redis away (restarting, failing over): say so, wait, go on.
+                        Err(error) => {
+                            tracing::warn!(%error, "stream read failed; retrying");
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+            }
+            Ok::<_, sellable_speed::SpeedError>(worker.stats)
+        }));
+    }
+    let mut total = sellable_speed::stream::StreamStats::default();
+    for worker in workers {
+        let stats = worker.await.context("a fold worker panicked; this is a bug")??;
+        total.entries += stats.entries;
+        total.fold.applied += stats.fold.applied;
+        total.fold.duplicates += stats.fold.duplicates;
+        total.dead_lettered += stats.dead_lettered;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "fold: {} entries from {stream}: {} applied, {} duplicates, {} dead-lettered in {seconds:.1} s ({:.0} entries/s)",
+        total.entries,
+        total.fold.applied,
+        total.fold.duplicates,
+        total.dead_lettered,
+        total.entries as f64 / seconds.max(1e-9)
+    );
+    Ok(())
 }
 
 /// Folds events as their arrival time comes, like a live stream: the demo's last events are

@@ -148,6 +148,15 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.field {
+            Some(field) => write!(f, "field \"{field}\": {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
 impl FieldError {
     fn new(field: &'static str, message: impl Into<String>) -> FieldError {
         FieldError { field: Some(field), message: message.into() }

@@ -13,6 +13,8 @@
 //!
 //! Tests: unit tests below; the Redis integration tests are in `tests/it/` (need a real Redis).
 
+pub mod stream;
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 

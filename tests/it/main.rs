@@ -175,3 +175,69 @@ async fn served_atp_equals_core_fold_with_redis() {
     speed.clear().await.unwrap();
     end_to_end(speed).await;
 }
+
+/// Crash test: `sellable fold --stream` is killed with SIGKILL at random points while folding a
+/// stream of a million events (override with SELLABLE_CRASH_EVENTS for a quick run), restarted
+/// each time; at the end the Redis state equals the `core` fold of the stream exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_fold_workers_neither_lose_nor_double_count_events() {
+    use rand::Rng;
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let target: usize = std::env::var("SELLABLE_CRASH_EVENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    // about 89 events per SKU over a week with the default demand
+    let config = SimConfig { seed: 99, skus: (target / 85).max(50), nodes: 200, days: 7.0, ..SimConfig::default() };
+    let summary = generate(&config, dir.path()).unwrap();
+    let events: Vec<Event> = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect();
+    assert!(events.len() as f64 >= target as f64 * 0.95, "{} events for a target of {target}", events.len());
+
+    let id = std::process::id();
+    let (stream, namespace) = (format!("sellable-test-crash-{id}"), format!("sellable-test-crash-{id}"));
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&stream).arg(format!("{stream}:dead")).query_async(&mut connection).await.unwrap();
+    let published = sellable_speed::stream::publish(&url, &stream, events.iter().map(encode_json)).await.unwrap();
+    assert_eq!(published, events.len() as u64);
+    let speed = SpeedView::redis(&url, &namespace, FoldConfig::default()).await.unwrap();
+    speed.clear().await.unwrap();
+
+    let fold = |until_idle: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"));
+        command.args(["fold", "--redis", &url, "--namespace", &namespace, "--stream", &stream, "--consumer", "crashy"]);
+        if until_idle {
+            command.args(["--until-idle", "1"]);
+        }
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        command.spawn().unwrap()
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    for _ in 0..5 {
+        let mut worker = fold(false);
+        tokio::time::sleep(std::time::Duration::from_millis(rng.gen_range(500..3_000))).await;
+        worker.kill().unwrap(); // SIGKILL
+        worker.wait().unwrap();
+    }
+    let status = fold(true).wait().unwrap();
+    assert!(status.success());
+
+    let oracle = fold_all(&events);
+    let mut skus: Vec<&str> = oracle.states.keys().map(|(sku, _)| sku.as_str()).collect();
+    skus.dedup();
+    for sku in skus {
+        let expected: Vec<(String, sellable_core::NodeState)> = oracle
+            .states
+            .range((sku.to_string(), String::new())..)
+            .take_while(|((s, _), _)| s == sku)
+            .map(|((_, node), state)| (node.clone(), state.clone()))
+            .collect();
+        assert_eq!(speed.sku_states(sku).await.unwrap(), expected, "sku {sku}");
+    }
+    let pending: redis::Value = redis::cmd("XPENDING").arg(&stream).arg("sellable-fold").query_async(&mut connection).await.unwrap();
+    assert!(matches!(&pending, redis::Value::Array(v) if v.first() == Some(&redis::Value::Int(0))), "nothing left pending: {pending:?}");
+    speed.clear().await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&stream).arg(format!("{stream}:dead")).query_async(&mut connection).await.unwrap();
+}
+
+fn fold_all(events: &[Event]) -> Fold {
+    fold(events, FoldConfig::default())
+}

@@ -102,3 +102,99 @@ async fn malformed_events_are_reported_with_their_line_and_the_rest_folded() {
         view.clear().await.unwrap();
     }
 }
+
+mod stream {
+    use super::*;
+    use sellable_speed::stream::{dead_letters, publish, StreamConfig, StreamWorker};
+
+    fn names(test: &str) -> (String, String) {
+        let stream = format!("sellable-test-stream-{test}-{}", std::process::id());
+        (stream.clone(), format!("{stream}:dead"))
+    }
+
+    async fn delete(keys: &[&str]) {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut connection).await.unwrap();
+    }
+
+    /// Runs one consumer until the stream has nothing more for it.
+    async fn drain(view: &SpeedView, stream: &str, consumer: &str) -> sellable_speed::stream::StreamStats {
+        let mut worker = StreamWorker::connect(&redis_url(), StreamConfig::new(stream, "fold", consumer), view).await.unwrap();
+        while worker.step().await.unwrap() > 0 {}
+        worker.stats
+    }
+
+    #[tokio::test]
+    async fn malformed_and_late_entries_are_dead_lettered_and_the_rest_folded() {
+        let (stream, dead) = names("malformed");
+        delete(&[&stream, &dead]).await;
+        let events = simulated_events(13);
+        let mut late = events[0].clone();
+        late.event_id = "late-one".into();
+        late.arrived = Some(late.ts + FoldConfig::default().lateness_ms + 5);
+        let mut lines: Vec<String> = events.iter().map(sellable_core::event::encode_json).collect();
+        lines.insert(10, r#"{"event_id":"x","ts":1,"sku":"S","node":"N","kind":"count","qty":"lots"}"#.into());
+        lines.insert(20, "not json at all".into());
+        lines.push(sellable_core::event::encode_json(&late));
+        publish(&redis_url(), &stream, lines).await.unwrap();
+
+        let view = redis_view("stream-malformed").await;
+        let stats = drain(&view, &stream, "only").await;
+        // the simulator's own stuck events are too late as well
+        let stuck = events.iter().filter(|e| FoldConfig::default().is_too_late(e)).count() as u64;
+        assert_eq!(stats.dead_lettered, 3 + stuck, "{stats:?}");
+        assert_matches_core_fold(&view, &events).await;
+        let letters = dead_letters(&redis_url(), &dead, 100).await.unwrap();
+        let reason_of = |raw: &str| letters.iter().find(|l| l.raw.contains(raw)).map(|l| l.error.clone()).unwrap();
+        assert_eq!(reason_of(r#""qty":"lots""#), r#"field "qty": expected integer"#);
+        assert!(reason_of("not json at all").starts_with("invalid JSON"));
+        let lateness = FoldConfig::default().lateness_ms;
+        assert_eq!(reason_of("late-one"), format!("too late: arrived {} ms after it happened (allowed {lateness})", lateness + 5));
+        view.clear().await.unwrap();
+        delete(&[&stream, &dead]).await;
+    }
+
+    #[tokio::test]
+    async fn duplicated_and_shuffled_delivery_through_two_consumers_changes_nothing() {
+        let (stream, dead) = names("dupes");
+        delete(&[&stream, &dead]).await;
+        let events = simulated_events(17);
+        let mut delivered = events.clone();
+        delivered.extend(events.iter().step_by(3).cloned());
+        delivered.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(9));
+        publish(&redis_url(), &stream, delivered.iter().map(sellable_core::event::encode_json)).await.unwrap();
+
+        let view = redis_view("stream-dupes").await;
+        let (first, second) = tokio::join!(drain(&view, &stream, "a"), drain(&view, &stream, "b"));
+        assert_eq!(first.entries + second.entries, delivered.len() as u64);
+        assert_eq!(first.fold.applied + second.fold.applied, events.len() as u64);
+        assert_matches_core_fold(&view, &events).await;
+        view.clear().await.unwrap();
+        delete(&[&stream, &dead]).await;
+    }
+
+    #[tokio::test]
+    async fn a_dead_consumers_pending_entries_are_claimed_by_another() {
+        let (stream, dead) = names("claim");
+        delete(&[&stream, &dead]).await;
+        let events = simulated_events(19);
+        publish(&redis_url(), &stream, events.iter().map(sellable_core::event::encode_json)).await.unwrap();
+        let view = redis_view("stream-claim").await;
+        // "ghost" reads a batch and dies before acknowledging it
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("XGROUP").arg("CREATE").arg(&stream).arg("fold").arg("0").query_async(&mut connection).await.unwrap();
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP").arg("fold").arg("ghost").arg("COUNT").arg(100).arg("STREAMS").arg(&stream).arg(">")
+            .query_async(&mut connection).await.unwrap();
+        let mut config = StreamConfig::new(&stream, "fold", "survivor");
+        config.claim_after = std::time::Duration::from_millis(0);
+        let mut worker = StreamWorker::connect(&redis_url(), config, &view).await.unwrap();
+        while worker.step().await.unwrap() > 0 {}
+        assert_eq!(worker.stats.entries, events.len() as u64);
+        assert_matches_core_fold(&view, &events).await;
+        view.clear().await.unwrap();
+        delete(&[&stream, &dead]).await;
+    }
+}

@@ -1,0 +1,258 @@
+//! Ingestion from a Redis Stream with a consumer group: at-least-once delivery (an entry is
+//! acknowledged only after its event is folded or dead-lettered) plus the idempotent fold gives an
+//! exactly-once effect, whatever crashes or redeliveries happen.
+//!
+//! Entry format: one event per entry, its JSON in the field `event` (what `sellable publish`
+//! writes). Malformed and too-late events go to the dead-letter stream with the raw payload and
+//! the reason, then are acknowledged: they never block the stream.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use sellable_core::event::decode_json;
+use sellable_core::{Event, FoldStats};
+
+use crate::{SpeedError, SpeedView};
+
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub stream: String,
+    pub group: String,
+    pub consumer: String,
+    /// Where malformed and too-late events go.
+    pub dead_letters: String,
+    /// Entries read per call.
+    pub batch: usize,
+    /// How long one read waits for new entries.
+    pub block: Duration,
+    /// Entries pending this long with another consumer are taken over (it is presumed dead).
+    pub claim_after: Duration,
+}
+
+impl StreamConfig {
+    pub fn new(stream: &str, group: &str, consumer: &str) -> StreamConfig {
+        StreamConfig {
+            stream: stream.to_string(),
+            group: group.to_string(),
+            consumer: consumer.to_string(),
+            dead_letters: format!("{stream}:dead"),
+            batch: 1_000,
+            block: Duration::from_millis(200),
+            claim_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a worker did so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub entries: u64,
+    pub fold: FoldStats,
+    pub dead_lettered: u64,
+}
+
+/// One consumer of the group.
+pub struct StreamWorker<'a> {
+    url: String,
+    config: StreamConfig,
+    connection: ConnectionManager,
+    view: &'a SpeedView,
+    pub stats: StreamStats,
+}
+
+impl<'a> StreamWorker<'a> {
+    pub async fn connect(url: &str, config: StreamConfig, view: &'a SpeedView) -> Result<StreamWorker<'a>, SpeedError> {
+        let error = |source| SpeedError::Redis { url: url.to_string(), source };
+        let client = redis::Client::open(url).map_err(error)?;
+        let connection = ConnectionManager::new(client).await.map_err(error)?;
+        let mut worker = StreamWorker { url: url.to_string(), config, connection, view, stats: StreamStats::default() };
+        worker.create_group().await?;
+        Ok(worker)
+    }
+
+    fn error(&self, source: redis::RedisError) -> SpeedError {
+        SpeedError::Redis { url: self.url.clone(), source }
+    }
+
+    /// Creates the group at the start of the stream, unless it exists.
+    async fn create_group(&mut self) -> Result<(), SpeedError> {
+        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.config.stream)
+            .arg(&self.config.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.connection)
+            .await;
+        match created {
+            Err(error) if error.to_string().contains("BUSYGROUP") => Ok(()),
+            other => other.map_err(|e| self.error(e)),
+        }
+    }
+
+    /// Processes one round: this consumer's own unacknowledged entries first (after a restart),
+    /// then entries idle too long with a dead consumer, then new ones. Returns how many entries
+    /// it handled (0 when the stream had nothing for it within the block time).
+    pub async fn step(&mut self) -> Result<usize, SpeedError> {
+        let own = self.read(">", false).await?;
+        let own = if own.is_empty() { self.read("0", true).await? } else { own };
+        if !own.is_empty() {
+            return self.handle(own).await;
+        }
+        let claimed = self.claim().await?;
+        self.handle(claimed).await
+    }
+
+    async fn read(&mut self, from: &str, pending: bool) -> Result<Vec<StreamId>, SpeedError> {
+        let mut options = StreamReadOptions::default().group(&self.config.group, &self.config.consumer).count(self.config.batch);
+        if !pending {
+            options = options.block(self.config.block.as_millis() as usize);
+        }
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg(&options)
+            .arg("STREAMS")
+            .arg(&self.config.stream)
+            .arg(from)
+            .query_async(&mut self.connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(reply.map(|reply| reply.keys.into_iter().flat_map(|key| key.ids).collect()).unwrap_or_default())
+    }
+
+    async fn claim(&mut self) -> Result<Vec<StreamId>, SpeedError> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.config.stream)
+            .arg(&self.config.group)
+            .arg(&self.config.consumer)
+            .arg(self.config.claim_after.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(self.config.batch)
+            .query_async(&mut self.connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(reply.claimed)
+    }
+
+    async fn handle(&mut self, entries: Vec<StreamId>) -> Result<usize, SpeedError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut events: Vec<Event> = Vec::with_capacity(entries.len());
+        let mut dead = redis::pipe();
+        let mut dead_count = 0;
+        for entry in &entries {
+            let raw: Option<String> = entry.get("event");
+            let reason = match raw.as_deref().map(decode_json) {
+                None => Some("entry has no `event` field".to_string()),
+                Some(Err(error)) => Some(error.to_string()),
+                Some(Ok(event)) if self.view.config().is_too_late(&event) => {
+                    let lateness = self.view.config().lateness_ms;
+                    Some(format!("too late: arrived {} ms after it happened (allowed {lateness})", event.arrival() - event.ts))
+                }
+                Some(Ok(event)) => {
+                    events.push(event);
+                    None
+                }
+            };
+            if let Some(reason) = reason {
+                dead.cmd("XADD")
+                    .arg(&self.config.dead_letters)
+                    .arg("*")
+                    .arg("entry")
+                    .arg(&entry.id)
+                    .arg("raw")
+                    .arg(raw.unwrap_or_default())
+                    .arg("error")
+                    .arg(reason)
+                    .ignore();
+                dead_count += 1;
+            }
+        }
+        let folded = self.view.fold(&events).await?;
+        if dead_count > 0 {
+            let () = dead.query_async(&mut self.connection).await.map_err(|e| self.error(e))?;
+        }
+        // Only now is every entry done: acknowledge them.
+        let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
+        let _: i64 = redis::cmd("XACK")
+            .arg(&self.config.stream)
+            .arg(&self.config.group)
+            .arg(&ids)
+            .query_async(&mut self.connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        self.stats.entries += entries.len() as u64;
+        self.stats.fold.applied += folded.applied;
+        self.stats.fold.duplicates += folded.duplicates;
+        self.stats.fold.too_late += folded.too_late;
+        self.stats.dead_lettered += dead_count;
+        if dead_count > 0 {
+            tracing::warn!(dead_count, stream = %self.config.stream, "events dead-lettered");
+        }
+        Ok(entries.len())
+    }
+}
+
+/// Appends events to a stream, one entry each, pipelined.
+pub async fn publish(url: &str, stream: &str, lines: impl IntoIterator<Item = String>) -> Result<u64, SpeedError> {
+    let error = |source| SpeedError::Redis { url: url.to_string(), source };
+    let client = redis::Client::open(url).map_err(error)?;
+    let mut connection = ConnectionManager::new(client).await.map_err(error)?;
+    let mut published = 0u64;
+    let mut pipe = redis::pipe();
+    let mut pending = 0;
+    for line in lines {
+        pipe.cmd("XADD").arg(stream).arg("*").arg("event").arg(line).ignore();
+        pending += 1;
+        if pending == 1_000 {
+            let () = pipe.query_async(&mut connection).await.map_err(error)?;
+            published += pending;
+            pending = 0;
+            pipe = redis::pipe();
+        }
+    }
+    if pending > 0 {
+        let () = pipe.query_async(&mut connection).await.map_err(error)?;
+        published += pending;
+    }
+    Ok(published)
+}
+
+/// One dead letter: the stream entry it came from, its raw payload and why it was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub id: String,
+    pub entry: String,
+    pub raw: String,
+    pub error: String,
+}
+
+/// The newest `count` dead letters of a dead-letter stream, oldest first.
+pub async fn dead_letters(url: &str, dead_letters: &str, count: usize) -> Result<Vec<DeadLetter>, SpeedError> {
+    let error = |source| SpeedError::Redis { url: url.to_string(), source };
+    let client = redis::Client::open(url).map_err(error)?;
+    let mut connection = ConnectionManager::new(client).await.map_err(error)?;
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(dead_letters)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(&mut connection)
+        .await
+        .map_err(error)?;
+    let mut letters: Vec<DeadLetter> = reply
+        .ids
+        .into_iter()
+        .map(|entry| DeadLetter {
+            entry: entry.get("entry").unwrap_or_default(),
+            raw: entry.get("raw").unwrap_or_default(),
+            error: entry.get("error").unwrap_or_default(),
+            id: entry.id,
+        })
+        .collect();
+    letters.reverse();
+    Ok(letters)
+}
