@@ -29,7 +29,8 @@ impl Type {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Number(f64),
-    Text(String),
+    /// Shared, so that explanations keep the facts a rule saw without copying text.
+    Text(Arc<str>),
     Bool(bool),
 }
 
@@ -37,7 +38,7 @@ impl Value {
     fn of(literal: &Literal) -> Value {
         match literal {
             Literal::Number(number) => Value::Number(*number),
-            Literal::Text(text) => Value::Text(text.clone()),
+            Literal::Text(text) => Value::Text(text.as_str().into()),
             Literal::Bool(value) => Value::Bool(*value),
         }
     }
@@ -270,7 +271,7 @@ impl Prefilter {
                 matches!(facts.get(*slot), Some(Value::Number(number)) if number.partial_cmp(value).is_some_and(|o| apply(*op, o)))
             }
             Prefilter::Text { slot, value, equal } => {
-                matches!(facts.get(*slot), Some(Value::Text(text)) if (text.as_str() == &**value) == *equal)
+                matches!(facts.get(*slot), Some(Value::Text(text)) if (**text == **value) == *equal)
             }
             Prefilter::Prefix { slot, prefix } => {
                 matches!(facts.get(*slot), Some(Value::Text(text)) if text.starts_with(&**prefix))
@@ -527,7 +528,7 @@ impl Checker<'_> {
                 Some(match (left_term, *op, right_term) {
                     (Term::Slot(slot), op, Term::Const(Value::Number(value))) => Cond::NumberConst { slot, op, value },
                     (Term::Slot(slot), Comparator::Eq | Comparator::Ne, Term::Const(Value::Text(value))) => {
-                        Cond::TextEquals { slot, value, equal: *op == Comparator::Eq }
+                        Cond::TextEquals { slot, value: value.to_string(), equal: *op == Comparator::Eq }
                     }
                     (left, op, right) => Cond::Compare { left, op, right },
                 })
@@ -740,7 +741,7 @@ impl RuleSet {
         let mut candidates = self.index.unkeyed.clone();
         for (slot, by_text) in &self.index.keyed {
             if let Some(Value::Text(text)) = facts.get(*slot) {
-                for &rule in by_text.get(text.as_str()).into_iter().flatten() {
+                for &rule in by_text.get(&**text).into_iter().flatten() {
                     candidates[rule / 64] |= 1 << (rule % 64);
                 }
             }
@@ -895,7 +896,7 @@ impl Cond {
         match self {
             Cond::TextEquals { slot, value, equal: true } => Some((*slot, value.as_str())),
             Cond::Compare { left: Term::Const(Value::Text(text)), op: Comparator::Eq, right: Term::Slot(slot) } => {
-                Some((*slot, text.as_str()))
+                Some((*slot, &**text))
             }
             Cond::And(parts) => parts.iter().find_map(Cond::required_text),
             _ => None,
@@ -938,7 +939,7 @@ impl Cond {
                 _ => None,
             },
             Cond::TextEquals { slot, value, equal } => match facts.get(*slot)? {
-                Value::Text(text) => Some((text == value) == *equal),
+                Value::Text(text) => Some((**text == **value) == *equal),
                 _ => None,
             },
             Cond::Compare { left, op, right } => {

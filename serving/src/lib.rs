@@ -154,25 +154,25 @@ impl Serving {
             }
         };
         if let Some(info) = self.skus.get(sku) {
-            set("sku.id", Value::Text(info.sku.clone()));
-            set("sku.category", Value::Text(info.category.clone()));
+            set("sku.id", Value::Text(info.sku.as_str().into()));
+            set("sku.category", Value::Text(info.category.as_str().into()));
             if let Some(seller) = &info.seller {
-                set("sku.seller", Value::Text(seller.clone()));
+                set("sku.seller", Value::Text(seller.as_str().into()));
             }
             set("sku.hazmat", Value::Bool(info.hazmat));
             set("sku.price", Value::Number(info.price));
         }
-        set("node.id", Value::Text(node.node.clone()));
-        set("node.kind", Value::Text(node.kind.as_str().to_string()));
-        set("node.region", Value::Text(node.region.clone()));
-        set("node.country", Value::Text(node.country.clone()));
+        set("node.id", Value::Text(node.node.as_str().into()));
+        set("node.kind", Value::Text(node.kind.as_str().into()));
+        set("node.region", Value::Text(node.region.as_str().into()));
+        set("node.country", Value::Text(node.country.as_str().into()));
         if let Some(seller) = &node.seller {
-            set("node.seller", Value::Text(seller.clone()));
+            set("node.seller", Value::Text(seller.as_str().into()));
         }
         if let Some(arrived) = state.last_arrived {
             set("node.feed_lag_s", Value::Number((now - arrived) as f64 / 1000.0));
         }
-        set("region", Value::Text(region.to_string()));
+        set("region", Value::Text(region.into()));
         set("qty", Value::Number(qty as f64));
         set("atp", Value::Number(state.atp() as f64));
         set("on_hand", Value::Number(state.on_hand() as f64));
@@ -306,7 +306,7 @@ fn attribute_facts(sku: &SkuInfo, schema: &Schema) -> Vec<(usize, Value)> {
             let value = match value {
                 serde_json::Value::Bool(b) => Value::Bool(*b),
                 serde_json::Value::Number(n) => Value::Number(n.as_f64()?),
-                serde_json::Value::String(s) => Value::Text(s.clone()),
+                serde_json::Value::String(s) => Value::Text(s.as_str().into()),
                 _ => return None,
             };
             Some((slot, value))
