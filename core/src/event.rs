@@ -171,6 +171,13 @@ impl FieldError {
     }
 }
 
+impl From<DecodeError> for FieldError {
+    /// The error without its location (for callers that report the location themselves).
+    fn from(error: DecodeError) -> FieldError {
+        FieldError { field: error.field, message: error.message }
+    }
+}
+
 /// Where a bad event was found: a 1-based line of a JSON Lines input, or a 0-based row of a
 /// columnar input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,10 +205,8 @@ pub struct DecodeError {
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.field {
-            Some(field) => write!(f, "{}: field \"{field}\": {}", self.location, self.message),
-            None => write!(f, "{}: {}", self.location, self.message),
-        }
+        let field = FieldError { field: self.field, message: self.message.clone() };
+        write!(f, "{}: {field}", self.location)
     }
 }
 

@@ -35,6 +35,9 @@ pub trait SpeedSource: Send + Sync {
     /// The state of every node with events for `sku` since the cutoff, ordered by node.
     fn sku_states<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, String>>;
 
+    /// Folds events into it (`POST /v1/events`): atomic per event and idempotent.
+    fn fold<'a>(&'a self, events: &'a [crate::Event]) -> BoxFuture<'a, Result<crate::FoldStats, String>>;
+
     /// Where it lives, for logs and answers.
     fn describe(&self) -> String;
 }

@@ -187,6 +187,7 @@ impl Serving {
     pub fn router(self: Arc<Serving>) -> Router {
         Router::new()
             .route("/v1/availability/{sku}", get(availability))
+            .route("/v1/events", post(post_events))
             .route("/v1/rules", get(rules_status))
             .route("/v1/rules:reload", post(rules_reload))
             .route("/v1/rules:check", post(rules_check))
@@ -250,6 +251,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     InvalidRules(String),
+    #[error("the speed view is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl IntoResponse for ApiError {
@@ -258,6 +261,7 @@ impl IntoResponse for ApiError {
             ApiError::UnknownSku(_) => (StatusCode::NOT_FOUND, "unknown_sku"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::InvalidRules(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
         let body = serde_json::json!({ "error": code, "message": self.to_string() });
         (status, Json(body)).into_response()
@@ -312,6 +316,60 @@ fn attribute_facts(sku: &SkuInfo, schema: &Schema) -> Vec<(usize, Value)> {
             Some((slot, value))
         })
         .collect()
+}
+
+/// What `POST /v1/events` did.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct EventsAccepted {
+    /// Events folded now.
+    pub accepted: u64,
+    /// Events folded before (same `event_id`): nothing changed.
+    pub duplicates: u64,
+    /// Events that arrived later than the allowed lateness: not folded.
+    pub too_late: u64,
+    /// Malformed items, by position (0-based for a JSON array, 1-based line for NDJSON).
+    pub rejected: Vec<Rejected>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Rejected {
+    pub item: u64,
+    pub error: String,
+}
+
+/// Folds events posted as a JSON array or as NDJSON into the speed view; 202 with what happened
+/// to each. Malformed items are listed and skipped; the rest are folded.
+async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Result<(StatusCode, Json<EventsAccepted>), ApiError> {
+    let mut events = Vec::new();
+    let mut rejected = Vec::new();
+    if body.trim_start().starts_with('[') {
+        let items: Vec<serde_json::Value> = serde_json::from_str(&body)
+            .map_err(|error| ApiError::BadRequest(format!("the body is not a JSON array of events: {error}")))?;
+        for (item, value) in items.iter().enumerate() {
+            match sellable_core::event::decode_json(&value.to_string()) {
+                Ok(event) => events.push(event),
+                Err(error) => rejected.push(Rejected { item: item as u64, error: error.to_string() }),
+            }
+        }
+    } else {
+        for decoded in sellable_core::event::decode_json_lines(&body) {
+            match decoded {
+                Ok(event) => events.push(event),
+                Err(error) => {
+                    let item = match error.location {
+                        sellable_core::event::Location::Line(n) | sellable_core::event::Location::Row(n) => n,
+                    };
+                    rejected.push(Rejected { item, error: sellable_core::event::FieldError::from(error).to_string() });
+                }
+            }
+        }
+    }
+    if !rejected.is_empty() {
+        tracing::warn!(rejected = rejected.len(), "malformed events posted");
+    }
+    let stats = serving.speed.fold(&events).await.map_err(ApiError::Unavailable)?;
+    let accepted = EventsAccepted { accepted: stats.applied, duplicates: stats.duplicates, too_late: stats.too_late, rejected };
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
 #[derive(Debug, Serialize)]

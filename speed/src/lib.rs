@@ -142,6 +142,10 @@ impl sellable_core::SpeedSource for SpeedView {
         Box::pin(async move { SpeedView::sku_states(self, sku).await.map_err(|error| error.to_string()) })
     }
 
+    fn fold<'a>(&'a self, events: &'a [Event]) -> sellable_core::view::BoxFuture<'a, Result<FoldStats, String>> {
+        Box::pin(async move { SpeedView::fold(self, events).await.map_err(|error| error.to_string()) })
+    }
+
     fn describe(&self) -> String {
         SpeedView::describe(self)
     }

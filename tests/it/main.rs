@@ -157,6 +157,32 @@ async fn end_to_end(speed: SpeedView) {
         assert_eq!(replay.applied, 0, "{replay:?}");
     }
     assert_eq!(check_every_answer(&base, &oracle, &nodes).await, with_units);
+
+    // Events posted over HTTP are folded at once; malformed items are listed, the rest applied.
+    let (sku, node) = oracle.states.keys().next().unwrap().clone();
+    let country = &nodes.iter().find(|n| n.node == node).unwrap().country;
+    let url = format!("{base}/v1/availability/{sku}?region={country}&qty=1");
+    let before: Availability = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let last_ts = market.all_events.iter().map(|e| e.ts).max().unwrap();
+    let receipt = Event {
+        event_id: "posted-receipt".into(),
+        ts: last_ts + 1,
+        sku: sku.clone(),
+        node: node.clone(),
+        kind: sellable_core::EventKind::Receipt,
+        qty: 7,
+        order_id: None,
+        arrived: Some(last_ts + 2),
+    };
+    let body = format!("{}\n{{\"event_id\": 1}}\n{}\n", encode_json(&receipt), encode_json(&receipt));
+    let response = reqwest::Client::new().post(format!("{base}/v1/events")).body(body).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: sellable_serving::EventsAccepted = response.json().await.unwrap();
+    assert_eq!((accepted.accepted, accepted.duplicates), (1, 1));
+    assert_eq!(accepted.rejected.len(), 1);
+    assert_eq!((accepted.rejected[0].item, accepted.rejected[0].error.as_str()), (2, r#"field "kind": missing"#));
+    let after: Availability = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!(after.available, before.available + 7, "{url}");
     speed.clear().await.unwrap();
 }
 

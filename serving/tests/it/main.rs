@@ -19,6 +19,9 @@ impl SpeedSource for NothingSinceCutoff {
     fn sku_states<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, String>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    fn fold<'a>(&'a self, _: &'a [Event]) -> BoxFuture<'a, Result<sellable_core::FoldStats, String>> {
+        Box::pin(async { Err("this test view folds nothing".to_string()) })
+    }
     fn describe(&self) -> String {
         "empty".into()
     }
