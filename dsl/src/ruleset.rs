@@ -903,6 +903,20 @@ impl Cond {
         }
     }
 
+    /// Kleene `and` (`decisive` = false) or `or` (true): the first part with the decisive value
+    /// settles it; otherwise it is unknown if any part is.
+    fn kleene(parts: &[Cond], facts: &Facts, decisive: bool) -> Option<bool> {
+        let mut result = Some(!decisive);
+        for part in parts {
+            match part.eval(facts) {
+                Some(value) if value == decisive => return Some(decisive),
+                None => result = None,
+                Some(_) => {}
+            }
+        }
+        result
+    }
+
     /// Three-valued: `None` when a fact it needs is unknown.
     fn eval(&self, facts: &Facts) -> Option<bool> {
         match self {
@@ -912,28 +926,8 @@ impl Cond {
                 _ => None,
             },
             Cond::Not(inner) => inner.eval(facts).map(|value| !value),
-            Cond::And(parts) => {
-                let mut result = Some(true);
-                for part in parts {
-                    match part.eval(facts) {
-                        Some(false) => return Some(false),
-                        None => result = None,
-                        Some(true) => {}
-                    }
-                }
-                result
-            }
-            Cond::Or(parts) => {
-                let mut result = Some(false);
-                for part in parts {
-                    match part.eval(facts) {
-                        Some(true) => return Some(true),
-                        None => result = None,
-                        Some(false) => {}
-                    }
-                }
-                result
-            }
+            Cond::And(parts) => Cond::kleene(parts, facts, false),
+            Cond::Or(parts) => Cond::kleene(parts, facts, true),
             Cond::NumberConst { slot, op, value } => match facts.get(*slot)? {
                 Value::Number(number) => Some(apply(*op, number.partial_cmp(value)?)),
                 _ => None,
