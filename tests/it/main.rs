@@ -268,3 +268,94 @@ async fn killed_fold_workers_neither_lose_nor_double_count_events() {
 fn fold_all(events: &[Event]) -> Fold {
     fold(events, FoldConfig::default())
 }
+
+/// A redis-server of the test's own, with every write fsynced to its append-only file, that the
+/// test can kill and restart.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    process: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = 20_000 + (std::process::id() % 20_000) as u16;
+        let mut redis = OwnRedis { port, dir: tempfile::tempdir().unwrap(), process: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let process = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/setup.sh installs it)");
+        self.process = Some(process);
+        for _ in 0..100 {
+            if redis::Client::open(self.url()).and_then(|c| c.get_connection()).and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill().unwrap(); // SIGKILL: no chance to save anything more
+            process.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The same with Redis itself killed and restarted (append-only file, fsync always) while a fold
+/// worker consumes the stream: the worker waits for it, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_stream_loses_nothing_with_persistence_on() {
+    use rand::Rng;
+    let mut redis = OwnRedis::start();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig { seed: 41, skus: 2_000, nodes: 100, days: 7.0, ..SimConfig::default() };
+    let summary = generate(&config, dir.path()).unwrap();
+    let events: Vec<Event> = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect();
+    let stream = "inventory";
+    sellable_speed::stream::publish(&url, stream, events.iter().map(encode_json)).await.unwrap();
+
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
+        .args(["fold", "--redis", &url, "--namespace", "crash", "--stream", stream, "--until-idle", "3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(rng.gen_range(300..1_500))).await;
+        redis.kill();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        redis.restart();
+    }
+    assert!(worker.wait().unwrap().success());
+
+    let speed = SpeedView::redis(&url, "crash", FoldConfig::default()).await.unwrap();
+    let oracle = fold_all(&events);
+    for ((sku, node), state) in &oracle.states {
+        let states = speed.sku_states(sku).await.unwrap();
+        let served = states.iter().find(|(n, _)| n == node).map(|(_, s)| s);
+        assert_eq!(served, Some(state), "{sku} at {node}");
+    }
+}
