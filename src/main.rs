@@ -46,6 +46,9 @@ enum Command {
     /// Fold events into the speed view in Redis: those that arrived after the batch cutoff (from
     /// the lake or a file), or, with --stream, a Redis Stream as a consumer group, until Ctrl-C.
     Fold(FoldArgs),
+    /// Compare the speed view in Redis with a fold of the lake's events after the cutoff; list
+    /// every drifted sku×node with both values, and with --repair rewrite them atomically.
+    Reconcile(ReconcileArgs),
     /// Append the events of a Parquet / JSON Lines file to a Redis Stream, one entry each.
     Publish(PublishArgs),
     /// List the newest dead letters of a stream: malformed or too-late events, with the reason.
@@ -219,6 +222,20 @@ struct FoldArgs {
 }
 
 #[derive(Args)]
+struct ReconcileArgs {
+    #[command(flatten)]
+    lake: LakeArgs,
+    /// The Redis holding the speed view.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    #[arg(long, default_value = "sellable")]
+    namespace: String,
+    /// Rewrite every drifted sku×node with the lake's value.
+    #[arg(long)]
+    repair: bool,
+}
+
+#[derive(Args)]
 struct PublishArgs {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis: String,
@@ -350,6 +367,7 @@ async fn run(command: Command) -> Result<()> {
             serve(serving, args.listen, None).await
         }
         Command::Rules(command) => rules(command).await,
+        Command::Reconcile(args) => reconcile(args).await,
         Command::Publish(args) => {
             let events = read_event_file(&args.from).with_context(|| format!("reading {}", args.from.display()))?;
             let mut malformed = 0u64;
@@ -528,6 +546,48 @@ async fn fold(
         total as f64 / seconds.max(1e-9)
     );
     Ok(later)
+}
+
+/// Compares the live speed view with the truth of the lake: the fold of the events that arrived
+/// after the cutoff, knowing the batch view's recent ids (exactly what `fold` does).
+async fn reconcile(args: ReconcileArgs) -> Result<()> {
+    let lake = Lake::open(&args.lake.lake)?;
+    let config = args.lake.fold_config();
+    let live = SpeedView::redis(&args.redis, &args.namespace, config).await?;
+    let cutoff = lake.load_batch_view().await?.asof;
+    let truth = SpeedView::memory(config);
+    fold(&lake, &truth, cutoff, None, None).await?;
+    let (skus, _) = lake.load_catalog().await?;
+    let mut drifted = 0;
+    for sku in skus.iter().map(|s| s.sku.as_str()) {
+        let live_states = live.sku_states(sku).await?;
+        let true_states = truth.sku_states(sku).await?;
+        let mut nodes: Vec<&str> = live_states.iter().chain(&true_states).map(|(node, _)| node.as_str()).collect();
+        nodes.sort();
+        nodes.dedup();
+        for node in nodes {
+            let find = |states: &[(String, sellable_core::NodeState)]| states.iter().find(|(n, _)| n == node).map(|(_, s)| s.clone());
+            let (live_state, true_state) = (find(&live_states), find(&true_states));
+            if live_state == true_state {
+                continue;
+            }
+            drifted += 1;
+            let show = |state: &Option<sellable_core::NodeState>| match state {
+                Some(s) => format!("on_hand {} reserved {} held {} atp {}", s.on_hand(), s.reserved, s.held, s.atp()),
+                None => "nothing".to_string(),
+            };
+            println!("{sku} at {node}: redis has {}; the lake says {}", show(&live_state), show(&true_state));
+            if args.repair {
+                live.replace(sku, node, true_state.as_ref()).await?;
+            }
+        }
+    }
+    match (drifted, args.repair) {
+        (0, _) => println!("reconcile: the speed view matches the lake"),
+        (n, true) => println!("reconcile: {n} sku×node(s) repaired"),
+        (n, false) => bail!("{n} sku×node(s) drifted; rerun with --repair to rewrite them"),
+    }
+    Ok(())
 }
 
 /// Runs `--workers` consumers of the stream's group until Ctrl-C or `--until-idle`.

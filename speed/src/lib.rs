@@ -121,6 +121,24 @@ impl SpeedView {
         }
     }
 
+    /// Rewrites the state of one sku×node atomically (`None` removes it): how `sellable
+    /// reconcile --repair` brings a drifted counter back to the truth. The record of folded
+    /// event ids is left as it is.
+    pub async fn replace(&self, sku: &str, node: &str, state: Option<&NodeState>) -> Result<(), SpeedError> {
+        match self {
+            SpeedView::Memory(store) => {
+                let mut fold = store.fold.lock().expect("speed view lock poisoned; this is a bug");
+                let key = (sku.to_string(), node.to_string());
+                match state {
+                    Some(state) => fold.states.insert(key, state.clone()),
+                    None => fold.states.remove(&key),
+                };
+                Ok(())
+            }
+            SpeedView::Redis(store) => store.replace(sku, node, state).await,
+        }
+    }
+
     /// Forgets everything (a new batch cutoff starts a new speed view).
     pub async fn clear(&self) -> Result<(), SpeedError> {
         match self {
@@ -241,6 +259,29 @@ end
 return 1
 "#;
 
+/// Replaces the keys of one sku×node in one step. ARGV: node, present (1/0), then the hash
+/// fields as name/value pairs up to a `--` separator, then score/member pairs of the deltas.
+const REPLACE_SCRIPT: &str = r#"
+local nodes, state, deltas = KEYS[1], KEYS[2], KEYS[3]
+redis.call('DEL', state, deltas)
+if ARGV[2] == '0' then
+  redis.call('SREM', nodes, ARGV[1])
+  return 0
+end
+redis.call('SADD', nodes, ARGV[1])
+local i = 3
+while ARGV[i] ~= '--' do
+  redis.call('HSET', state, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+i = i + 1
+while ARGV[i] do
+  redis.call('ZADD', deltas, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+return 1
+"#;
+
 /// The speed view in Redis (a single server or, through hash tags, a cluster).
 pub struct RedisStore {
     url: String,
@@ -339,6 +380,34 @@ impl RedisStore {
             }
         }
         Ok(stats)
+    }
+
+    async fn replace(&self, sku: &str, node: &str, state: Option<&NodeState>) -> Result<(), SpeedError> {
+        let [_, nodes, hash, deltas] = self.keys(sku, node);
+        let script = redis::Script::new(REPLACE_SCRIPT);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(nodes).key(hash).key(deltas).arg(node).arg(if state.is_some() { "1" } else { "0" });
+        if let Some(state) = state {
+            let mut fields: Vec<(&str, String)> = vec![("reserved", state.reserved.to_string()), ("held", state.held.to_string())];
+            fields.extend(state.last_event_ts.map(|ts| ("last_ts", ts.to_string())));
+            fields.extend(state.last_arrived.map(|ts| ("last_arrived", ts.to_string())));
+            if let Some(anchor) = &state.anchor {
+                fields.push(("anchor_ts", anchor.key.ts.to_string()));
+                fields.push(("anchor_id", anchor.key.event_id.clone()));
+                fields.push(("anchor_qty", anchor.qty.to_string()));
+                fields.push(("anchor_kind", anchor.kind.as_str().to_string()));
+            }
+            for (name, value) in fields {
+                invocation.arg(name).arg(value);
+            }
+            invocation.arg("--");
+            for (key, delta) in &state.deltas {
+                invocation.arg(key.ts).arg(format!("{}|{delta}", key.event_id));
+            }
+        }
+        let mut connection = self.connection.clone();
+        let _: i64 = invocation.invoke_async(&mut connection).await.map_err(|e| self.error(e))?;
+        Ok(())
     }
 
     async fn remember(&self, ids: &[(String, String)]) -> Result<(), SpeedError> {

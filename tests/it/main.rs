@@ -359,3 +359,48 @@ async fn redis_killed_mid_stream_loses_nothing_with_persistence_on() {
         assert_eq!(served, Some(state), "{sku} at {node}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_lists_drift_and_repair_brings_redis_back_to_the_lake() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let namespace = format!("sellable-test-reconcile-{}", std::process::id());
+    let market = marketplace().await;
+    let speed = SpeedView::redis(&url, &namespace, FoldConfig::default()).await.unwrap();
+    speed.clear().await.unwrap();
+    let ids = market.lake.event_ids_arrived(market.cutoff - FoldConfig::default().lateness_ms, market.cutoff).await.unwrap();
+    speed.remember(&ids).await.unwrap();
+    speed.fold(&market.after_cutoff).await.unwrap();
+
+    // Drift: one counter bumped behind the engine's back, one sku×node that should not exist.
+    let (sku, node) = {
+        let first = market.after_cutoff.first().unwrap();
+        (first.sku.clone(), first.node.clone())
+    };
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("HINCRBY").arg(format!("{namespace}:{{{sku}}}:n:{node}")).arg("reserved").arg(5).query_async(&mut connection).await.unwrap();
+    speed.replace(&sku, "GHOST-NODE", Some(&sellable_core::NodeState { reserved: 1, ..Default::default() })).await.unwrap();
+
+    let reconcile = |repair: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"));
+        command.args(["reconcile", "--redis", &url, "--namespace", &namespace, "--lake"]).arg(market.lake.root());
+        if repair {
+            command.arg("--repair");
+        }
+        command.output().unwrap()
+    };
+    let found = reconcile(false);
+    assert!(!found.status.success(), "drift must fail the check");
+    let report = String::from_utf8(found.stdout).unwrap();
+    assert_eq!(report.lines().count(), 2, "{report}");
+    assert!(report.contains(&format!("{sku} at GHOST-NODE: redis has on_hand 0 reserved 1 held 0 atp 0; the lake says nothing")), "{report}");
+    assert!(report.contains(&format!("{sku} at {node}: redis has")), "{report}");
+
+    let repaired = reconcile(true);
+    assert!(repaired.status.success());
+    assert!(String::from_utf8(repaired.stdout).unwrap().contains("2 sku×node(s) repaired"));
+    let clean = reconcile(false);
+    assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
+    assert_eq!(String::from_utf8(clean.stdout).unwrap().trim(), "reconcile: the speed view matches the lake");
+    speed.clear().await.unwrap();
+}
