@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 use sellable_core::fold::{effect, Anchor, EventKey};
 use sellable_core::event::DecodeError;
 use sellable_core::{known_at, Event, EventKind, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome};
@@ -282,12 +283,67 @@ end
 return 1
 "#;
 
-/// The speed view in Redis (a single server or, through hash tags, a cluster).
+/// A connection to one Redis server (reconnecting by itself) or to a Redis Cluster (routing each
+/// command to the node of its key's slot). A URL with commas names the nodes of a cluster:
+/// `redis://10.0.0.1:7000,redis://10.0.0.2:7000`.
+#[derive(Clone)]
+pub enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    pub async fn open(url: &str) -> Result<Connection, SpeedError> {
+        let error = |source| SpeedError::Redis { url: url.to_string(), source };
+        if url.contains(',') {
+            let client = redis::cluster::ClusterClient::new(url.split(',').map(str::trim)).map_err(error)?;
+            Ok(Connection::Cluster(client.get_async_connection().await.map_err(error)?))
+        } else {
+            let client = redis::Client::open(url).map_err(error)?;
+            Ok(Connection::Single(ConnectionManager::new(client).await.map_err(error)?))
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, Connection::Cluster(_))
+    }
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// The speed view in Redis (a single server or a cluster: every key of one SKU shares a hash
+/// tag, so each script and each read touches one slot).
 pub struct RedisStore {
     url: String,
     namespace: String,
     config: FoldConfig,
-    connection: ConnectionManager,
+    connection: Connection,
     script: redis::Script,
 }
 
@@ -296,9 +352,7 @@ const PIPELINE: usize = 512;
 
 impl RedisStore {
     pub async fn connect(url: &str, namespace: &str, config: FoldConfig) -> Result<RedisStore, SpeedError> {
-        let error = |source| SpeedError::Redis { url: url.to_string(), source };
-        let client = redis::Client::open(url).map_err(error)?;
-        let connection = ConnectionManager::new(client).await.map_err(error)?;
+        let connection = Connection::open(url).await?;
         let store = RedisStore {
             url: url.to_string(),
             namespace: namespace.to_string(),
@@ -315,6 +369,10 @@ impl RedisStore {
     }
 
     async fn load_script(&self) -> Result<(), SpeedError> {
+        if self.connection.is_cluster() {
+            // Each node learns the script on first use (EVALSHA falls back to EVAL there).
+            return Ok(());
+        }
         let mut connection = self.connection.clone();
         let _: String = self.script.prepare_invoke().load_async(&mut connection).await.map_err(|e| self.error(e))?;
         Ok(())
@@ -345,24 +403,26 @@ impl RedisStore {
                 !late
             })
             .collect();
+        if self.connection.is_cluster() {
+            // A cluster pipeline must stay in one slot: send the events concurrently instead,
+            // each routed to its SKU's node.
+            for chunk in timely.chunks(PIPELINE) {
+                let folds = chunk.iter().map(|event| {
+                    let mut connection = self.connection.clone();
+                    let invocation = self.fold_invocation(event);
+                    async move { invocation.invoke_async::<i64>(&mut connection).await }
+                });
+                for applied in futures::future::join_all(folds).await {
+                    let applied = applied.map_err(|e| self.error(e))?;
+                    stats.count(if applied == 1 { Outcome::Applied } else { Outcome::Duplicate });
+                }
+            }
+            return Ok(stats);
+        }
         for chunk in timely.chunks(PIPELINE) {
             let mut pipe = redis::pipe();
             for event in chunk {
-                let change = effect(event.kind, event.qty);
-                pipe.cmd("EVALSHA").arg(self.script.get_hash()).arg(4);
-                for key in self.keys(&event.sku, &event.node) {
-                    pipe.arg(key);
-                }
-                pipe.arg(&event.event_id)
-                    .arg(event.ts)
-                    .arg(&event.node)
-                    .arg(event.kind.as_str())
-                    .arg(if change.absolute.is_some() { "1" } else { "0" })
-                    .arg(event.qty)
-                    .arg(change.on_hand)
-                    .arg(change.reserved)
-                    .arg(change.held)
-                    .arg(event.arrival());
+                pipe.invoke_script(&self.fold_invocation(event));
             }
             let mut connection = self.connection.clone();
             let applied: Vec<i64> = match pipe.query_async(&mut connection).await {
@@ -411,6 +471,19 @@ impl RedisStore {
     }
 
     async fn remember(&self, ids: &[(String, String)]) -> Result<(), SpeedError> {
+        if self.connection.is_cluster() {
+            for chunk in ids.chunks(PIPELINE) {
+                let adds = chunk.iter().map(|(sku, event_id)| {
+                    let mut connection = self.connection.clone();
+                    let key = self.sku_key(sku, "seen");
+                    async move { redis::cmd("SADD").arg(key).arg(event_id).query_async::<i64>(&mut connection).await }
+                });
+                for added in futures::future::join_all(adds).await {
+                    added.map_err(|e| self.error(e))?;
+                }
+            }
+            return Ok(());
+        }
         for chunk in ids.chunks(PIPELINE) {
             let mut pipe = redis::pipe();
             for (sku, event_id) in chunk {
@@ -420,6 +493,26 @@ impl RedisStore {
             let () = pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?;
         }
         Ok(())
+    }
+
+    fn fold_invocation(&self, event: &Event) -> redis::ScriptInvocation<'_> {
+        let change = effect(event.kind, event.qty);
+        let mut invocation = self.script.prepare_invoke();
+        for key in self.keys(&event.sku, &event.node) {
+            invocation.key(key);
+        }
+        invocation
+            .arg(&event.event_id)
+            .arg(event.ts)
+            .arg(&event.node)
+            .arg(event.kind.as_str())
+            .arg(if change.absolute.is_some() { "1" } else { "0" })
+            .arg(event.qty)
+            .arg(change.on_hand)
+            .arg(change.reserved)
+            .arg(change.held)
+            .arg(event.arrival());
+        invocation
     }
 
     async fn sku_states(&self, sku: &str) -> Result<Vec<(String, NodeState)>, SpeedError> {
@@ -453,6 +546,10 @@ impl RedisStore {
     }
 
     async fn clear(&self) -> Result<(), SpeedError> {
+        if self.connection.is_cluster() {
+            let message = "clearing is not supported on a cluster: start a new namespace instead".to_string();
+            return Err(SpeedError::Corrupt { key: format!("{}:*", self.namespace), message });
+        }
         let mut connection = self.connection.clone();
         let pattern = format!("{}:*", self.namespace);
         let mut cursor: u64 = 0;

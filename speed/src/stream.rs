@@ -8,12 +8,11 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use sellable_core::event::decode_json;
 use sellable_core::{Event, FoldStats};
 
-use crate::{SpeedError, SpeedView};
+use crate::{Connection, SpeedError, SpeedView};
 
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
@@ -56,16 +55,14 @@ pub struct StreamStats {
 pub struct StreamWorker<'a> {
     url: String,
     config: StreamConfig,
-    connection: ConnectionManager,
+    connection: Connection,
     view: &'a SpeedView,
     pub stats: StreamStats,
 }
 
 impl<'a> StreamWorker<'a> {
     pub async fn connect(url: &str, config: StreamConfig, view: &'a SpeedView) -> Result<StreamWorker<'a>, SpeedError> {
-        let error = |source| SpeedError::Redis { url: url.to_string(), source };
-        let client = redis::Client::open(url).map_err(error)?;
-        let connection = ConnectionManager::new(client).await.map_err(error)?;
+        let connection = Connection::open(url).await?;
         let mut worker = StreamWorker { url: url.to_string(), config, connection, view, stats: StreamStats::default() };
         worker.create_group().await?;
         Ok(worker)
@@ -198,8 +195,7 @@ impl<'a> StreamWorker<'a> {
 /// Appends events to a stream, one entry each, pipelined.
 pub async fn publish(url: &str, stream: &str, lines: impl IntoIterator<Item = String>) -> Result<u64, SpeedError> {
     let error = |source| SpeedError::Redis { url: url.to_string(), source };
-    let client = redis::Client::open(url).map_err(error)?;
-    let mut connection = ConnectionManager::new(client).await.map_err(error)?;
+    let mut connection = Connection::open(url).await?;
     let mut published = 0u64;
     let mut pipe = redis::pipe();
     let mut pending = 0;
@@ -232,8 +228,7 @@ pub struct DeadLetter {
 /// The newest `count` dead letters of a dead-letter stream, oldest first.
 pub async fn dead_letters(url: &str, dead_letters: &str, count: usize) -> Result<Vec<DeadLetter>, SpeedError> {
     let error = |source| SpeedError::Redis { url: url.to_string(), source };
-    let client = redis::Client::open(url).map_err(error)?;
-    let mut connection = ConnectionManager::new(client).await.map_err(error)?;
+    let mut connection = Connection::open(url).await?;
     let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
         .arg(dead_letters)
         .arg("+")

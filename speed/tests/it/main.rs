@@ -198,3 +198,98 @@ mod stream {
         delete(&[&stream, &dead]).await;
     }
 }
+
+/// Three local Redis masters forming a cluster, stopped when dropped.
+struct LocalCluster {
+    ports: [u16; 3],
+    _dir: tempfile::TempDir,
+    processes: Vec<std::process::Child>,
+}
+
+impl LocalCluster {
+    fn start() -> LocalCluster {
+        let base = 30_000 + (std::process::id() % 3_000) as u16 * 3;
+        let ports = [base, base + 1, base + 2];
+        let dir = tempfile::tempdir().unwrap();
+        let processes = ports
+            .iter()
+            .map(|port| {
+                std::process::Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .arg("--dir")
+                    .arg(dir.path())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("redis-server must be installed (scripts/setup.sh installs it)")
+            })
+            .collect();
+        let cluster = LocalCluster { ports, _dir: dir, processes };
+        for port in ports {
+            cluster.wait_for(port, |reply| reply == "PONG", &["PING"]);
+        }
+        let nodes: Vec<String> = ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        let created = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+        for port in ports {
+            cluster.wait_for(port, |reply| reply.contains("cluster_state:ok"), &["CLUSTER", "INFO"]);
+        }
+        cluster
+    }
+
+    fn wait_for(&self, port: u16, done: impl Fn(&str) -> bool, command: &[&str]) {
+        for _ in 0..200 {
+            let reply = std::process::Command::new("redis-cli").args(["-p", &port.to_string()]).args(command).output();
+            if reply.is_ok_and(|r| done(String::from_utf8_lossy(&r.stdout).trim())) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("redis node {port} never answered {command:?} as expected");
+    }
+
+    fn url(&self) -> String {
+        self.ports.iter().map(|port| format!("redis://127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for process in &mut self.processes {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_folds_into_a_three_master_cluster_exactly_like_core() {
+    use sellable_speed::stream::{publish, StreamConfig, StreamWorker};
+    let cluster = LocalCluster::start();
+    let url = cluster.url();
+    let events = simulated_events(23);
+    let mut delivered = events.clone();
+    delivered.extend(events.iter().step_by(4).cloned());
+    delivered.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(4));
+    publish(&url, "inventory", delivered.iter().map(sellable_core::event::encode_json)).await.unwrap();
+
+    let view = SpeedView::redis(&url, "cluster", FoldConfig::default()).await.unwrap();
+    let mut worker = StreamWorker::connect(&url, StreamConfig::new("inventory", "fold", "one"), &view).await.unwrap();
+    while worker.step().await.unwrap() > 0 {}
+    assert_eq!(worker.stats.entries, delivered.len() as u64);
+    assert_matches_core_fold(&view, &events).await;
+
+    // the SKUs really are spread over the three masters
+    let mut masters_with_keys = 0;
+    for port in cluster.ports {
+        let keys = std::process::Command::new("redis-cli").args(["-p", &port.to_string(), "DBSIZE"]).output().unwrap();
+        let count: u64 = String::from_utf8_lossy(&keys.stdout).trim().parse().unwrap();
+        masters_with_keys += (count > 0) as u32;
+    }
+    assert_eq!(masters_with_keys, 3);
+}
