@@ -621,20 +621,23 @@ async fn fold_stream(url: &str, speed: SpeedView, stream: &str, args: &FoldArgs)
                     }
                 }
             }
-            Ok::<_, sellable_speed::SpeedError>(worker.stats)
+            // when this worker last did work: the rate leaves out the final idle wait
+            Ok::<_, sellable_speed::SpeedError>((worker.stats, idle_since))
         }));
     }
     let mut total = sellable_speed::stream::StreamStats::default();
+    let mut last_work = started;
     for worker in workers {
-        let stats = worker.await.context("a fold worker panicked; this is a bug")??;
+        let (stats, idle_since) = worker.await.context("a fold worker panicked; this is a bug")??;
+        last_work = last_work.max(idle_since);
         total.entries += stats.entries;
         total.fold.applied += stats.fold.applied;
         total.fold.duplicates += stats.fold.duplicates;
         total.dead_lettered += stats.dead_lettered;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = (last_work - started).as_secs_f64();
     eprintln!(
-        "fold: {} entries from {stream}: {} applied, {} duplicates, {} dead-lettered in {seconds:.1} s ({:.0} entries/s)",
+        "fold: {} entries from {stream}: {} applied, {} duplicates, {} dead-lettered in {seconds:.1} s of work ({:.0} entries/s)",
         total.entries,
         total.fold.applied,
         total.fold.duplicates,
