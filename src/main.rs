@@ -761,6 +761,16 @@ async fn rules(command: RulesCommand) -> Result<()> {
 }
 
 async fn serve(serving: Arc<Serving>, listen: SocketAddr, example: Option<String>) -> Result<()> {
+    // Node watermarks (how far behind each feed is) refresh every second.
+    let refresher = serving.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = refresher.refresh_watermarks().await {
+                tracing::warn!(%error, "could not read the speed view's watermarks");
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
     eprintln!("serve: listening on http://{address} ({})", serving.batch.version);
@@ -813,20 +823,22 @@ async fn demo(args: DemoArgs) -> Result<()> {
 }
 
 /// A request worth pasting: the most popular SKU that can be promised now, in the country of
-/// one of its nodes.
+/// one of its nodes; failing that (rules may deny everything), the most popular SKU anywhere.
 async fn example_request(serving: &Serving) -> Option<String> {
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = serving.now();
     let mut skus: Vec<&String> = serving.skus.keys().collect();
     skus.sort();
+    let mut first = None;
     for sku in skus.into_iter().take(500) {
         let countries: Vec<&str> =
             serving.batch.sku_states(sku).filter_map(|(node, _)| Some(serving.nodes.get(node)?.country.as_str())).collect();
         for country in countries {
-            let answer = serving.availability(sku, country, 1, now).await.ok()?;
-            if answer.units > 0 {
-                return Some(format!("/v1/availability/{sku}?region={country}&qty=1"));
+            let request = format!("/v1/availability/{sku}?region={country}&qty=1");
+            if serving.availability(sku, country, 1, now).await.is_ok_and(|answer| answer.units > 0) {
+                return Some(request);
             }
+            first.get_or_insert(request);
         }
     }
-    None
+    first
 }

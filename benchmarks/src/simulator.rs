@@ -609,22 +609,23 @@ fn node_traits(index: usize, rng: &mut ChaCha8Rng) -> NodeTraits {
     } else {
         NodeKind::Seller
     };
+    // The feed SLA: how long a node may stay silent before answers stop promising from it.
     let (prefix, shrink_per_day, lag, count_every, sla) = match kind {
-        NodeKind::Warehouse => ("WH", rng.gen_range(0.01..0.05), rng.gen_range(200..5 * SECOND), DAY, 5 * SECOND),
+        NodeKind::Warehouse => ("WH", rng.gen_range(0.01..0.05), rng.gen_range(200..5 * SECOND), DAY, 2 * HOUR),
         // Some stores shrink far more than others: the hidden trait a model can learn.
         NodeKind::Store => (
             "ST",
             if rng.gen_bool(0.3) { rng.gen_range(0.3..0.8) } else { rng.gen_range(0.02..0.1) },
             rng.gen_range(5 * SECOND..5 * MINUTE),
             3 * DAY,
-            5 * SECOND,
+            4 * HOUR,
         ),
         NodeKind::Seller => (
             "SL",
             rng.gen_range(0.02..0.2),
             if rng.gen_bool(0.2) { rng.gen_range(30 * MINUTE..2 * HOUR) } else { rng.gen_range(MINUTE..15 * MINUTE) },
             rng.gen_range(HOUR..6 * HOUR),
-            60 * SECOND,
+            8 * HOUR,
         ),
     };
     let seller = (kind == NodeKind::Seller).then(|| format!("S-{}", 1000 + index % 50));

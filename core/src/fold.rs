@@ -168,6 +168,17 @@ pub fn known_at(event: &Event, cutoff: Millis) -> bool {
     event.arrival() <= cutoff
 }
 
+/// Per node, the latest arrival among `events` that are not too late: how far each node's feed
+/// has been folded (its watermark), whatever SKUs the events were about.
+pub fn watermarks<'a>(events: impl IntoIterator<Item = &'a Event>, config: FoldConfig) -> BTreeMap<String, Millis> {
+    let mut marks: BTreeMap<String, Millis> = BTreeMap::new();
+    for event in events.into_iter().filter(|event| !config.is_too_late(event)) {
+        let mark = marks.entry(event.node.clone()).or_insert(event.arrival());
+        *mark = (*mark).max(event.arrival());
+    }
+    marks
+}
+
 /// What folding one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

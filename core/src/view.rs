@@ -19,6 +19,18 @@ pub struct BatchView {
 }
 
 impl BatchView {
+    /// Per node, the latest arrival the view holds.
+    pub fn watermarks(&self) -> BTreeMap<String, Millis> {
+        let mut marks: BTreeMap<String, Millis> = BTreeMap::new();
+        for ((_, node), state) in &self.states {
+            if let Some(arrived) = state.last_arrived {
+                let mark = marks.entry(node.clone()).or_insert(arrived);
+                *mark = (*mark).max(arrived);
+            }
+        }
+        marks
+    }
+
     /// The states of every node stocking `sku`, ordered by node.
     pub fn sku_states<'a>(&'a self, sku: &'a str) -> impl Iterator<Item = (&'a str, &'a NodeState)> + 'a {
         self.states
@@ -34,6 +46,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait SpeedSource: Send + Sync {
     /// The state of every node with events for `sku` since the cutoff, ordered by node.
     fn sku_states<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, String>>;
+
+    /// Per node, the latest arrival folded: how far behind each node's feed is.
+    fn watermarks(&self) -> BoxFuture<'_, Result<BTreeMap<String, Millis>, String>>;
 
     /// Folds events into it (`POST /v1/events`): atomic per event and idempotent.
     fn fold<'a>(&'a self, events: &'a [crate::Event]) -> BoxFuture<'a, Result<crate::FoldStats, String>>;

@@ -31,6 +31,51 @@ pub struct Serving {
     pub rules: Arc<RuleBook>,
     /// Declared free-form attributes of each SKU, already resolved to rule slots.
     attributes: HashMap<String, Vec<(usize, Value)>>,
+    clock: Clock,
+    /// Per node, the latest arrival folded (batch view and speed view), refreshed by
+    /// [`Serving::refresh_watermarks`].
+    watermarks: std::sync::RwLock<HashMap<String, Millis>>,
+    metrics: Metrics,
+}
+
+/// What "now" is for answers: the wall clock, or a fixed instant (replays, tests).
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    Wall,
+    Fixed(Millis),
+}
+
+/// Prometheus metrics of the server (`GET /metrics`).
+struct Metrics {
+    registry: prometheus::Registry,
+    answers: prometheus::IntCounterVec,
+    degraded: prometheus::IntCounter,
+    errors: prometheus::IntCounterVec,
+    events: prometheus::IntCounterVec,
+    feed_lag: prometheus::GaugeVec,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = prometheus::Registry::new();
+        let counter = |name: &str, help: &str, label: &str| {
+            let counter = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(counter.clone())).expect("metric registered once");
+            counter
+        };
+        let answers = counter("sellable_answers_total", "Availability answers, by decision", "decision");
+        let errors = counter("sellable_request_errors_total", "Requests refused, by error", "error");
+        let events = counter("sellable_posted_events_total", "Events posted to /v1/events, by outcome", "outcome");
+        let degraded = prometheus::IntCounter::new("sellable_degraded_answers_total", "Answers marked degraded").expect("valid metric");
+        registry.register(Box::new(degraded.clone())).expect("metric registered once");
+        let feed_lag = prometheus::GaugeVec::new(
+            prometheus::Opts::new("sellable_node_feed_lag_seconds", "How far behind now each node's newest folded event arrived"),
+            &["node"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(feed_lag.clone())).expect("metric registered once");
+        Metrics { registry, answers, degraded, errors, events, feed_lag }
+    }
 }
 
 impl Serving {
@@ -42,6 +87,7 @@ impl Serving {
         rules: Arc<RuleBook>,
     ) -> Serving {
         let attributes = skus.iter().map(|sku| (sku.sku.clone(), attribute_facts(sku, rules.schema()))).collect();
+        let watermarks = batch.watermarks().into_iter().collect();
         Serving {
             skus: skus.into_iter().map(|sku| (sku.sku.clone(), sku)).collect(),
             nodes: nodes.into_iter().map(|node| (node.node.clone(), node)).collect(),
@@ -49,7 +95,45 @@ impl Serving {
             speed,
             rules,
             attributes,
+            clock: Clock::Wall,
+            watermarks: std::sync::RwLock::new(watermarks),
+            metrics: Metrics::new(),
         }
+    }
+
+    pub fn with_clock(mut self, clock: Clock) -> Serving {
+        self.clock = clock;
+        self
+    }
+
+    pub fn now(&self) -> Millis {
+        match self.clock {
+            Clock::Wall => chrono::Utc::now().timestamp_millis(),
+            Clock::Fixed(now) => now,
+        }
+    }
+
+    /// Takes the speed view's node watermarks (the batch view's stand unless newer) and
+    /// publishes each node's lag as a metric. Serving calls it every second.
+    pub async fn refresh_watermarks(&self) -> Result<(), String> {
+        let speed = self.speed.watermarks().await?;
+        let now = self.now();
+        let mut marks = self.watermarks.write().expect("watermarks lock poisoned; this is a bug");
+        for (node, arrived) in speed {
+            let mark = marks.entry(node).or_insert(arrived);
+            *mark = (*mark).max(arrived);
+        }
+        for (node, arrived) in marks.iter() {
+            self.metrics.feed_lag.with_label_values(&[node.as_str()]).set((now - arrived) as f64 / 1000.0);
+        }
+        Ok(())
+    }
+
+    /// How far behind its SLA a node's feed is, if it is.
+    fn stale(&self, node: &NodeInfo, now: Millis) -> Option<Millis> {
+        let arrived = *self.watermarks.read().expect("watermarks lock poisoned; this is a bug").get(&node.node)?;
+        let lag = now - arrived;
+        (lag > node.feed_sla_ms).then_some(lag)
     }
 
     /// Merges both views for `sku`, keeps the nodes serving `region`, and decides.
@@ -83,6 +167,17 @@ impl Serving {
         let mut rule_reasons = Vec::new();
         let mut units = Vec::with_capacity(in_region.len());
         for (info, state) in &in_region {
+            // A node whose feed is beyond its SLA may hold phantom stock: promise nothing from it.
+            if let Some(lag) = self.stale(info, now) {
+                degraded.push(format!(
+                    "feed of {} is {} s behind (SLA {} s): nothing promised from it",
+                    info.node,
+                    lag / 1000,
+                    info.feed_sla_ms / 1000
+                ));
+                units.push((info.node.clone(), 0));
+                continue;
+            }
             let atp = state.atp();
             let node_units = match &ruleset {
                 None => atp,
@@ -191,6 +286,7 @@ impl Serving {
             .route("/v1/rules", get(rules_status))
             .route("/v1/rules:reload", post(rules_reload))
             .route("/v1/rules:check", post(rules_check))
+            .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self)
     }
@@ -255,14 +351,24 @@ pub enum ApiError {
     Unavailable(String),
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
+impl ApiError {
+    fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
             ApiError::UnknownSku(_) => (StatusCode::NOT_FOUND, "unknown_sku"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::InvalidRules(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
         let body = serde_json::json!({ "error": code, "message": self.to_string() });
         (status, Json(body)).into_response()
     }
@@ -289,13 +395,32 @@ async fn availability(
         .get("region")
         .filter(|region| !region.is_empty())
         .ok_or_else(|| ApiError::BadRequest("region is required, e.g. ?region=DE".to_string()))?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let answer = serving.availability(&sku, region, qty, now).await;
+    let answer = serving.availability(&sku, region, qty, serving.now()).await;
     match &answer {
-        Ok(answer) => tracing::debug!(sku, region, qty, decision = ?answer.decision, "answered"),
-        Err(error) => tracing::info!(sku, region, qty, %error, "rejected"),
+        Ok(answer) => {
+            let decision = match answer.decision {
+                Verdict::Promise => "promise",
+                Verdict::Deny => "deny",
+            };
+            serving.metrics.answers.with_label_values(&[decision]).inc();
+            if answer.degraded {
+                serving.metrics.degraded.inc();
+            }
+            tracing::debug!(sku, region, qty, decision, "answered");
+        }
+        Err(error) => {
+            serving.metrics.errors.with_label_values(&[error.code()]).inc();
+            tracing::info!(sku, region, qty, %error, "rejected");
+        }
     }
     answer.map(Json)
+}
+
+async fn metrics(State(serving): State<Arc<Serving>>) -> Result<String, ApiError> {
+    let families = serving.metrics.registry.gather();
+    prometheus::TextEncoder::new()
+        .encode_to_string(&families)
+        .map_err(|error| ApiError::Unavailable(format!("metrics: {error}")))
 }
 
 /// Reads the free-form attributes (a JSON object) the schema declares, as rule facts.
@@ -368,6 +493,10 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
         tracing::warn!(rejected = rejected.len(), "malformed events posted");
     }
     let stats = serving.speed.fold(&events).await.map_err(ApiError::Unavailable)?;
+    for (outcome, count) in [("accepted", stats.applied), ("duplicate", stats.duplicates), ("too_late", stats.too_late)] {
+        serving.metrics.events.with_label_values(&[outcome]).inc_by(count);
+    }
+    serving.metrics.events.with_label_values(&["malformed"]).inc_by(rejected.len() as u64);
     let accepted = EventsAccepted { accepted: stats.applied, duplicates: stats.duplicates, too_late: stats.too_late, rejected };
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }

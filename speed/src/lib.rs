@@ -22,6 +22,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use sellable_core::fold::{effect, Anchor, EventKey};
 use sellable_core::event::DecodeError;
+use sellable_core::fold::watermarks;
 use sellable_core::{known_at, Event, EventKind, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +102,14 @@ impl SpeedView {
         Ok(report)
     }
 
+    /// Per node, the latest arrival folded.
+    pub async fn watermarks(&self) -> Result<BTreeMap<String, Millis>, SpeedError> {
+        match self {
+            SpeedView::Memory(store) => Ok(store.watermarks.lock().expect("speed view lock poisoned; this is a bug").clone()),
+            SpeedView::Redis(store) => store.watermarks().await,
+        }
+    }
+
     /// Records `(sku, event_id)`s folded into the batch view, so that a copy redelivered after
     /// the cutoff counts as a duplicate instead of twice.
     pub async fn remember(&self, ids: &[(String, String)]) -> Result<(), SpeedError> {
@@ -146,6 +155,7 @@ impl SpeedView {
             SpeedView::Memory(store) => {
                 let mut fold = store.fold.lock().expect("speed view lock poisoned; this is a bug");
                 *fold = Fold::new(fold.config);
+                store.watermarks.lock().expect("speed view lock poisoned; this is a bug").clear();
                 Ok(())
             }
             SpeedView::Redis(store) => store.clear().await,
@@ -159,6 +169,10 @@ impl sellable_core::SpeedSource for SpeedView {
         sku: &'a str,
     ) -> sellable_core::view::BoxFuture<'a, Result<Vec<(String, NodeState)>, String>> {
         Box::pin(async move { SpeedView::sku_states(self, sku).await.map_err(|error| error.to_string()) })
+    }
+
+    fn watermarks(&self) -> sellable_core::view::BoxFuture<'_, Result<BTreeMap<String, Millis>, String>> {
+        Box::pin(async move { SpeedView::watermarks(self).await.map_err(|error| error.to_string()) })
     }
 
     fn fold<'a>(&'a self, events: &'a [Event]) -> sellable_core::view::BoxFuture<'a, Result<FoldStats, String>> {
@@ -186,11 +200,12 @@ pub struct FoldReport {
 /// The embedded speed view: `core`'s reference fold behind a lock.
 pub struct MemoryStore {
     fold: Mutex<Fold>,
+    watermarks: Mutex<BTreeMap<String, Millis>>,
 }
 
 impl MemoryStore {
     pub fn new(config: FoldConfig) -> MemoryStore {
-        MemoryStore { fold: Mutex::new(Fold::new(config)) }
+        MemoryStore { fold: Mutex::new(Fold::new(config)), watermarks: Mutex::new(BTreeMap::new()) }
     }
 
     fn fold(&self, events: &[Event]) -> FoldStats {
@@ -198,6 +213,11 @@ impl MemoryStore {
         let mut stats = FoldStats::default();
         for event in events {
             stats.count(fold.apply(event));
+        }
+        let mut marks = self.watermarks.lock().expect("speed view lock poisoned; this is a bug");
+        for (node, arrived) in watermarks(events, fold.config) {
+            let mark = marks.entry(node).or_insert(arrived);
+            *mark = (*mark).max(arrived);
         }
         stats
     }
@@ -256,6 +276,18 @@ if absolute == '1' then
   end
 elseif d_on_hand ~= 0 then
   redis.call('ZADD', deltas, ARGV[2], id .. '|' .. ARGV[7])
+end
+return 1
+"#;
+
+/// Raises node watermarks in the one hash `<ns>:{watermarks}`: ARGV holds node/arrival pairs;
+/// a watermark never goes back.
+const WATERMARK_SCRIPT: &str = r#"
+for i = 1, #ARGV, 2 do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  if not current or tonumber(ARGV[i + 1]) > tonumber(current) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
 end
 return 1
 "#;
@@ -391,7 +423,38 @@ impl RedisStore {
         ]
     }
 
+    fn watermark_key(&self) -> String {
+        format!("{}:{{watermarks}}", self.namespace)
+    }
+
+    async fn raise_watermarks(&self, events: &[Event]) -> Result<(), SpeedError> {
+        let marks = watermarks(events, self.config);
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let script = redis::Script::new(WATERMARK_SCRIPT);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(self.watermark_key());
+        for (node, arrived) in marks {
+            invocation.arg(node).arg(arrived);
+        }
+        let mut connection = self.connection.clone();
+        let _: i64 = invocation.invoke_async(&mut connection).await.map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn watermarks(&self) -> Result<BTreeMap<String, Millis>, SpeedError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("HGETALL").arg(self.watermark_key()).query_async(&mut connection).await.map_err(|e| self.error(e))
+    }
+
     async fn fold(&self, events: &[Event]) -> Result<FoldStats, SpeedError> {
+        let stats = self.fold_events(events).await?;
+        self.raise_watermarks(events).await?;
+        Ok(stats)
+    }
+
+    async fn fold_events(&self, events: &[Event]) -> Result<FoldStats, SpeedError> {
         let mut stats = FoldStats::default();
         let timely: Vec<&Event> = events
             .iter()

@@ -58,21 +58,33 @@ fn read_catalog<T>(
     reader.flat_map(|batch| decode(&batch.unwrap()).unwrap()).collect()
 }
 
-/// Serves on a free loopback port; returns the base URL.
-async fn serve(lake: &Lake, speed: Arc<SpeedView>) -> String {
+/// Serves on a free loopback port, answering as of `now`; returns the base URL and the server.
+async fn serve(lake: &Lake, speed: Arc<SpeedView>, now: Millis) -> (String, Arc<Serving>) {
     let (skus, nodes) = lake.load_catalog().await.unwrap();
     let batch = lake.load_batch_view().await.unwrap();
     let rules = Arc::new(sellable_serving::RuleBook::empty(sellable_dsl::Schema::standard()));
-    let serving = Arc::new(Serving::new(skus, nodes, batch, speed, rules));
+    let serving = Arc::new(Serving::new(skus, nodes, batch, speed, rules).with_clock(sellable_serving::Clock::Fixed(now)));
+    serving.refresh_watermarks().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, serving.router()).await.unwrap() });
-    format!("http://{address}")
+    let router = serving.clone().router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (format!("http://{address}"), serving)
+}
+
+/// Nodes silent for longer than their feed SLA at `now`: answers promise nothing from them.
+fn stale_nodes(events: &[Event], nodes: &[NodeInfo], now: Millis) -> std::collections::BTreeSet<String> {
+    let marks = sellable_core::fold::watermarks(events, FoldConfig::default());
+    nodes
+        .iter()
+        .filter(|node| marks.get(&node.node).is_some_and(|arrived| now - arrived > node.feed_sla_ms))
+        .map(|node| node.node.clone())
+        .collect()
 }
 
 /// Asks for every SKU in every country and compares each node's units with the oracle.
 /// Returns how many sku×nodes had units, so callers can check the comparison was not vacuous.
-async fn check_every_answer(base: &str, oracle: &Fold, nodes: &[NodeInfo]) -> usize {
+async fn check_every_answer(base: &str, oracle: &Fold, nodes: &[NodeInfo], stale: &std::collections::BTreeSet<String>) -> usize {
     let client = reqwest::Client::new();
     let mut countries: Vec<&str> = nodes.iter().map(|node| node.country.as_str()).collect();
     countries.sort();
@@ -87,7 +99,7 @@ async fn check_every_answer(base: &str, oracle: &Fold, nodes: &[NodeInfo]) -> us
             let served: BTreeMap<String, i64> = answer.options.iter().map(|o| (o.node.clone(), o.units)).collect();
             let expected: BTreeMap<String, i64> = nodes
                 .iter()
-                .filter(|node| node.country == *country)
+                .filter(|node| node.country == *country && !stale.contains(&node.node))
                 .filter_map(|node| Some((node.node.clone(), oracle.state(sku, &node.node)?.atp())))
                 .filter(|(_, atp)| *atp > 0)
                 .collect();
@@ -134,9 +146,13 @@ async fn end_to_end(speed: SpeedView) {
 
     let describe = speed.describe();
     let speed = Arc::new(speed);
-    let base = serve(&market.lake, speed.clone()).await;
+    // answers as of the end of the simulation: a few quiet nodes are beyond their feed SLA
+    let now = market.cutoff + DAY;
+    let stale = stale_nodes(&market.all_events, &nodes, now);
+    assert!(stale.len() < nodes.len() / 2, "most feeds are fresh at the end: {stale:?}");
+    let (base, _) = serve(&market.lake, speed.clone(), now).await;
     check_errors(&base).await;
-    let with_units = check_every_answer(&base, &oracle, &nodes).await;
+    let with_units = check_every_answer(&base, &oracle, &nodes, &stale).await;
     assert!(with_units > 100, "too few sku×nodes with stock to be a real check: {with_units} ({describe})");
 
     // Replaying the post-cutoff events twice, shuffled, and redelivering events of the batch
@@ -156,10 +172,24 @@ async fn end_to_end(speed: SpeedView) {
         let replay = speed.fold(&shuffled).await.unwrap();
         assert_eq!(replay.applied, 0, "{replay:?}");
     }
-    assert_eq!(check_every_answer(&base, &oracle, &nodes).await, with_units);
+    assert_eq!(check_every_answer(&base, &oracle, &nodes, &stale).await, with_units);
+
+    // Ten days later with no news, every feed is beyond its SLA: nothing is promised, and the
+    // answer says why.
+    let (silent, _) = serve(&market.lake, speed.clone(), now + 10 * DAY).await;
+    let (sku, node) = oracle.states.iter().find(|(_, state)| state.atp() > 0).map(|(key, _)| key.clone()).unwrap();
+    let country = &nodes.iter().find(|n| n.node == node).unwrap().country;
+    let answer: Availability =
+        reqwest::get(format!("{silent}/v1/availability/{sku}?region={country}&qty=1")).await.unwrap().json().await.unwrap();
+    assert_eq!((answer.available, answer.decision), (0, sellable_core::Verdict::Deny));
+    let about_node = |r: &String| r.starts_with(&format!("feed of {node} is ")) && r.ends_with("nothing promised from it");
+    assert!(answer.degraded_reasons.iter().any(about_node), "{:?}", answer.degraded_reasons);
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("sellable_answers_total{decision=\"promise\"}"), "{metrics}");
+    assert!(metrics.contains(&format!("sellable_node_feed_lag_seconds{{node=\"{node}\"}}")), "{metrics}");
 
     // Events posted over HTTP are folded at once; malformed items are listed, the rest applied.
-    let (sku, node) = oracle.states.keys().next().unwrap().clone();
+    let (sku, node) = oracle.states.keys().find(|(_, node)| !stale.contains(node)).unwrap().clone();
     let country = &nodes.iter().find(|n| n.node == node).unwrap().country;
     let url = format!("{base}/v1/availability/{sku}?region={country}&qty=1");
     let before: Availability = reqwest::get(&url).await.unwrap().json().await.unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sellable_core::view::BoxFuture;
 use sellable_core::{fold, BatchView, Event, EventKind, FoldConfig, NodeInfo, NodeKind, NodeState, SkuInfo, SpeedSource};
 use sellable_dsl::Schema;
-use sellable_serving::{Availability, RuleBook, Serving};
+use sellable_serving::{Availability, Clock, RuleBook, Serving};
 
 /// A speed view with no event since the cutoff.
 struct NothingSinceCutoff;
@@ -18,6 +18,9 @@ struct NothingSinceCutoff;
 impl SpeedSource for NothingSinceCutoff {
     fn sku_states<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, String>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+    fn watermarks(&self) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, sellable_core::Millis>, String>> {
+        Box::pin(async { Ok(Default::default()) })
     }
     fn fold<'a>(&'a self, _: &'a [Event]) -> BoxFuture<'a, Result<sellable_core::FoldStats, String>> {
         Box::pin(async { Err("this test view folds nothing".to_string()) })
@@ -51,7 +54,8 @@ async fn serve(rules: Arc<RuleBook>) -> String {
         feed_sla_ms: 60_000,
     };
     let nodes = vec![node("WH-1", NodeKind::Warehouse, None), node("SL-1", NodeKind::Seller, Some("S-1042"))];
-    let serving = Arc::new(Serving::new(skus, nodes, batch, Arc::new(NothingSinceCutoff), rules));
+    // answers as of just after the events, so no feed is beyond its SLA
+    let serving = Arc::new(Serving::new(skus, nodes, batch, Arc::new(NothingSinceCutoff), rules).with_clock(Clock::Fixed(2_000)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, serving.router()).await.unwrap() });
