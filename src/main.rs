@@ -684,7 +684,10 @@ async fn load_serving(lake: &Lake, speed: Arc<SpeedView>, rules: Arc<RuleBook>) 
     if rules.dir().is_some() {
         rules.clone().watch(std::time::Duration::from_secs(1));
     }
-    Ok(Arc::new(Serving::new(skus, nodes, batch, speed, rules)))
+    let serving = Arc::new(Serving::new(skus, nodes, batch, speed, rules));
+    // before the first answer, not a second later: the batch view alone looks a day old
+    serving.refresh_watermarks().await.map_err(|error| anyhow::anyhow!("reading the speed view's watermarks: {error}"))?;
+    Ok(serving)
 }
 
 /// Reads rule files, expanding directories into their `*.rules` files.
