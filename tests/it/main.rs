@@ -309,7 +309,8 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start() -> OwnRedis {
-        let port = 20_000 + (std::process::id() % 20_000) as u16;
+        // a port nothing listens on right now
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut redis = OwnRedis { port, dir: tempfile::tempdir().unwrap(), process: None };
         redis.restart();
         redis

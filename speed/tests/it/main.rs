@@ -207,9 +207,22 @@ struct LocalCluster {
 }
 
 impl LocalCluster {
+    /// A port free now whose cluster bus port (port + 10000) is free too.
+    fn free_port(taken: &[u16]) -> u16 {
+        loop {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let bus_free = port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok();
+            if bus_free && !taken.contains(&port) && !taken.contains(&(port + 10_000)) {
+                return port;
+            }
+        }
+    }
+
     fn start() -> LocalCluster {
-        let base = 30_000 + (std::process::id() % 3_000) as u16 * 3;
-        let ports = [base, base + 1, base + 2];
+        let first = LocalCluster::free_port(&[]);
+        let second = LocalCluster::free_port(&[first, first + 10_000]);
+        let third = LocalCluster::free_port(&[first, first + 10_000, second, second + 10_000]);
+        let ports = [first, second, third];
         let dir = tempfile::tempdir().unwrap();
         let processes = ports
             .iter()
