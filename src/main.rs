@@ -430,8 +430,9 @@ fn gen(config: &SimConfig, out: &Path) -> Result<sellable_bench::SimSummary> {
 async fn import(lake: &Lake, from: &Path) -> Result<()> {
     let events_file = if from.is_dir() {
         let paths = sellable_bench::SimPaths::in_dir(from);
-        let skus = read_parquet_catalog(&paths.skus, sellable_core::catalog::skus_from_batch)?;
-        let nodes = read_parquet_catalog(&paths.nodes, sellable_core::catalog::nodes_from_batch)?;
+        use sellable_core::catalog::{nodes_from_batch, read_parquet, skus_from_batch};
+        let skus = read_parquet(&paths.skus, skus_from_batch).with_context(|| format!("reading {}", paths.skus.display()))?;
+        let nodes = read_parquet(&paths.nodes, nodes_from_batch).with_context(|| format!("reading {}", paths.nodes.display()))?;
         lake.import_catalog(&skus, &nodes).await.context("importing the catalog")?;
         eprintln!("import: catalog of {} skus and {} nodes", skus.len(), nodes.len());
         paths.events
@@ -453,19 +454,6 @@ async fn import(lake: &Lake, from: &Path) -> Result<()> {
         report.version
     );
     Ok(())
-}
-
-fn read_parquet_catalog<T>(
-    path: &Path,
-    decode: fn(&arrow_array::RecordBatch) -> Result<Vec<T>, sellable_core::event::InputError>,
-) -> Result<Vec<T>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
-    let mut rows = Vec::new();
-    for batch in reader {
-        rows.extend(decode(&batch?).with_context(|| format!("reading {}", path.display()))?);
-    }
-    Ok(rows)
 }
 
 /// A spinner on stderr for work without a known length (hidden when stderr is not a terminal).
@@ -631,8 +619,7 @@ async fn fold_stream(url: &str, speed: SpeedView, stream: &str, args: &FoldArgs)
         let (stats, idle_since) = worker.await.context("a fold worker panicked; this is a bug")??;
         last_work = last_work.max(idle_since);
         total.entries += stats.entries;
-        total.fold.applied += stats.fold.applied;
-        total.fold.duplicates += stats.fold.duplicates;
+        total.fold.add(stats.fold);
         total.dead_lettered += stats.dead_lettered;
     }
     let seconds = (last_work - started).as_secs_f64();

@@ -111,6 +111,21 @@ pub fn nodes_to_batch(nodes: &[NodeInfo]) -> RecordBatch {
     RecordBatch::try_new(node_schema(), columns).expect("node columns match node_schema; this is a bug")
 }
 
+/// Reads a catalog table (`skus` or `nodes`) from a Parquet file with `decode`
+/// ([`skus_from_batch`] or [`nodes_from_batch`]).
+pub fn read_parquet<T>(
+    path: &std::path::Path,
+    decode: fn(&RecordBatch) -> Result<Vec<T>, InputError>,
+) -> Result<Vec<T>, InputError> {
+    let file = std::fs::File::open(path).map_err(|source| InputError::Io { path: path.display().to_string(), source })?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        rows.extend(decode(&batch?)?);
+    }
+    Ok(rows)
+}
+
 fn typed<'a, T: 'static>(batch: &'a RecordBatch, name: &'static str) -> Result<&'a T, InputError> {
     batch
         .column_by_name(name)

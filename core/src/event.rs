@@ -323,7 +323,7 @@ pub fn decode_json_reader<R: std::io::BufRead>(reader: R) -> impl Iterator<Item 
 }
 
 /// Events read from a file: Parquet, or JSON Lines (`.jsonl`, `.ndjson`, `.json`). This and
-/// [`ParquetEvents::open`] are the only places `core` touches a file, and only one it is handed.
+/// [`ParquetEvents::open`] (and `catalog::read_parquet` for catalog tables) are the only places `core` touches a file, and only one it is handed.
 pub fn read_event_file(
     path: &std::path::Path,
 ) -> Result<Box<dyn Iterator<Item = Result<Event, DecodeError>> + Send>, InputError> {

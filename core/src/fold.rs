@@ -195,6 +195,13 @@ pub struct FoldStats {
 }
 
 impl FoldStats {
+    /// Adds another tally to this one.
+    pub fn add(&mut self, other: FoldStats) {
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.too_late += other.too_late;
+    }
+
     pub fn count(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Applied => self.applied += 1,

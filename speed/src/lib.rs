@@ -94,10 +94,7 @@ impl SpeedView {
                     break;
                 }
             }
-            let stats = self.fold(&chunk).await?;
-            report.stats.applied += stats.applied;
-            report.stats.duplicates += stats.duplicates;
-            report.stats.too_late += stats.too_late;
+            report.stats.add(self.fold(&chunk).await?);
         }
         Ok(report)
     }

@@ -181,9 +181,7 @@ impl<'a> StreamWorker<'a> {
             .await
             .map_err(|e| self.error(e))?;
         self.stats.entries += entries.len() as u64;
-        self.stats.fold.applied += folded.applied;
-        self.stats.fold.duplicates += folded.duplicates;
-        self.stats.fold.too_late += folded.too_late;
+        self.stats.fold.add(folded);
         self.stats.dead_lettered += dead_count;
         if dead_count > 0 {
             tracing::warn!(dead_count, stream = %self.config.stream, "events dead-lettered");

@@ -3,7 +3,6 @@
 //! the ATP of folding the whole event stream with `core` alone.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use rand::seq::SliceRandom;
@@ -32,8 +31,8 @@ async fn marketplace() -> Marketplace {
     let config = SimConfig { seed: 7, skus: 120, nodes: 12, days: 3.0, ..SimConfig::default() };
     let summary = generate(&config, &dir.path().join("gen")).unwrap();
     let lake = Lake::open(&dir.path().join("lake")).unwrap();
-    let skus = read_catalog(&summary.paths.skus, sellable_core::catalog::skus_from_batch);
-    let nodes = read_catalog(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch);
+    let skus = sellable_core::catalog::read_parquet(&summary.paths.skus, sellable_core::catalog::skus_from_batch).unwrap();
+    let nodes = sellable_core::catalog::read_parquet(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch).unwrap();
     lake.import_catalog(&skus, &nodes).await.unwrap();
     let all_events: Vec<Event> = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect();
     lake.import_events(read_event_file(&summary.paths.events).unwrap()).await.unwrap();
@@ -47,15 +46,6 @@ async fn marketplace() -> Marketplace {
     let after_cutoff_jsonl = dir.path().join("after_cutoff.jsonl");
     std::fs::write(&after_cutoff_jsonl, lines.join("\n")).unwrap();
     Marketplace { _dir: dir, lake, cutoff, all_events, after_cutoff_jsonl, after_cutoff }
-}
-
-fn read_catalog<T>(
-    path: &Path,
-    decode: fn(&arrow_array::RecordBatch) -> Result<Vec<T>, sellable_core::event::InputError>,
-) -> Vec<T> {
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
-    reader.flat_map(|batch| decode(&batch.unwrap()).unwrap()).collect()
 }
 
 /// Serves on a free loopback port, answering as of `now`; returns the base URL and the server.

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use sellable_core::catalog::nodes_from_batch;
+use sellable_core::catalog::{nodes_from_batch, read_parquet};
 use sellable_core::event::{encode_json, read_event_file};
 use sellable_core::{Event, EventKind, NodeKind};
 
@@ -33,9 +33,7 @@ async fn main() {
     };
     let (rate, seconds): (u64, u64) = (rate.parse().expect("RATE"), seconds.parse().expect("SECONDS"));
     let gen = std::path::Path::new(gen);
-    let nodes_file = std::fs::File::open(gen.join("nodes.parquet")).expect("nodes.parquet");
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(nodes_file).unwrap().build().unwrap();
-    let nodes: Vec<_> = reader.flat_map(|batch| nodes_from_batch(&batch.unwrap()).unwrap()).collect();
+    let nodes = read_parquet(&gen.join("nodes.parquet"), nodes_from_batch).expect("nodes.parquet");
     let probe_node = nodes.iter().find(|n| n.kind == NodeKind::Warehouse).expect("a warehouse").clone();
     let probe_sku = "SKU-000000";
     let pool: Vec<Event> = read_event_file(&gen.join("events.parquet"))
