@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+# libclang itself (libclang.so*, libclang-NN.so*), not libclang-cpp, which bindgen cannot use
+ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* /usr/lib/x86_64-linux-gnu/libclang.so* \
+  /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* 2>/dev/null | grep -q . || missing+=(libclang-dev)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v cc >/dev/null || missing+=(build-essential)
 command -v unzip >/dev/null || command -v python3 >/dev/null || missing+=(unzip)
