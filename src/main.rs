@@ -158,11 +158,16 @@ struct LakeArgs {
     /// Events arriving more than this many milliseconds after they happened are rejected.
     #[arg(long, env = "SELLABLE_LATENESS_MS", default_value_t = FoldConfig::default().lateness_ms)]
     lateness_ms: Millis,
+    /// Remember folded event ids for this many milliseconds of arrival time per SKU; older
+    /// events are refused (dead-lettered) since they could be forgotten replays [default: until
+    /// the next batch cutoff].
+    #[arg(long, env = "SELLABLE_DEDUP_WINDOW_MS")]
+    dedup_window_ms: Option<Millis>,
 }
 
 impl LakeArgs {
     fn fold_config(&self) -> FoldConfig {
-        FoldConfig { lateness_ms: self.lateness_ms }
+        FoldConfig { lateness_ms: self.lateness_ms, dedup_window_ms: self.dedup_window_ms }
     }
 }
 
@@ -250,9 +255,12 @@ struct PublishArgs {
 struct DeadlettersArgs {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis: String,
-    /// The stream whose dead letters to list (they are in STREAM:dead).
+    /// The stream whose dead letters to list (they are in STREAM:dead) [default: the events
+    /// refused by `POST /v1/events` and `fold --from`, in NAMESPACE:dead].
     #[arg(long)]
-    stream: String,
+    stream: Option<String>,
+    #[arg(long, default_value = "sellable")]
+    namespace: String,
     #[arg(long, default_value_t = 20)]
     count: usize,
 }
@@ -385,7 +393,7 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Deadletters(args) => {
-            let dead = format!("{}:dead", args.stream);
+            let dead = format!("{}:dead", args.stream.as_deref().unwrap_or(&args.namespace));
             let letters = sellable_speed::stream::dead_letters(&args.redis, &dead, args.count).await?;
             if letters.is_empty() {
                 println!("no dead letters in {dead}");
@@ -496,7 +504,7 @@ async fn fold(
     // remembered, so the copy is a duplicate. Anything older would be rejected as too late.
     let lateness = speed.config().lateness_ms;
     let ids = lake.event_ids_arrived(cutoff - lateness, cutoff).await.context("reading recent event ids")?;
-    speed.remember(&ids).await.context("remembering the batch view's recent event ids")?;
+    speed.remember(&ids, cutoff).await.context("remembering the batch view's recent event ids")?;
     let (source, mut decoded): (String, Vec<_>) = match from {
         Some(path) => (
             path.display().to_string(),
@@ -515,7 +523,8 @@ async fn fold(
         });
     }
     let total = decoded.len();
-    let report = speed.fold_decoded(decoded, Some(cutoff)).await.context("folding into the speed view")?;
+    let label = from.map_or("lake".to_string(), |path| format!("file:{}", path.display()));
+    let report = speed.fold_decoded(decoded, Some(cutoff), &label).await.context("folding into the speed view")?;
     for error in report.rejected.iter().take(20) {
         eprintln!("fold: rejected {source}: {error}");
     }
@@ -523,12 +532,13 @@ async fn fold(
     let stats = report.stats;
     eprintln!(
         "fold: {total} events from {source} after {} into the {} speed view: {} applied, {} duplicates, {} too late, \
-         {} before the cutoff, {} malformed in {seconds:.1} s ({:.0} events/s)",
+         {} expired, {} before the cutoff, {} malformed in {seconds:.1} s ({:.0} events/s)",
         format_millis(cutoff),
         speed.describe(),
         stats.applied,
         stats.duplicates,
         stats.too_late,
+        stats.expired,
         report.before_cutoff,
         report.rejected.len(),
         total as f64 / seconds.max(1e-9)
@@ -643,7 +653,7 @@ fn spawn_live_feed(speed: Arc<SpeedView>, events: Vec<sellable_core::Event>) {
             if wait > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
             }
-            match speed.fold(std::slice::from_ref(&event)).await {
+            match speed.fold(std::slice::from_ref(&event), "demo-live").await {
                 Ok(_) => tracing::debug!(sku = %event.sku, node = %event.node, kind = %event.kind, "folded live"),
                 Err(error) => tracing::warn!(sku = %event.sku, node = %event.node, %error, "live fold failed"),
             }

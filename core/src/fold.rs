@@ -11,7 +11,7 @@
 //! `(ts, event_id)`) and every on-hand delta ordered after it. Such states also merge exactly
 //! ([`NodeState::merge`]), which is how serving combines the batch view with the speed view.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -142,15 +142,23 @@ impl NodeState {
     }
 }
 
-/// How far after its event time an event may arrive and still be folded.
+/// How far after its event time an event may arrive and still be folded, and how long a folded
+/// `event_id` is remembered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FoldConfig {
     pub lateness_ms: Millis,
+    /// The dedup window, in arrival time per SKU: an `event_id` is remembered while it arrived
+    /// less than this before the newest arrival folded for its SKU. An event older than that
+    /// could be a replay whose first copy is forgotten, so it is refused
+    /// ([`Outcome::Expired`]), never counted twice. `None`: remembered for the whole speed view
+    /// (until the next batch cutoff starts a new one).
+    #[serde(default)]
+    pub dedup_window_ms: Option<Millis>,
 }
 
 impl Default for FoldConfig {
     fn default() -> FoldConfig {
-        FoldConfig { lateness_ms: 6 * 3_600_000 }
+        FoldConfig { lateness_ms: 6 * 3_600_000, dedup_window_ms: None }
     }
 }
 
@@ -184,7 +192,30 @@ pub fn watermarks<'a>(events: impl IntoIterator<Item = &'a Event>, config: FoldC
 pub enum Outcome {
     Applied,
     Duplicate,
+    /// Arrived more than the allowed lateness after it happened: not folded.
     TooLate,
+    /// Arrived before the dedup window of its SKU: not folded (see [`FoldConfig`]).
+    Expired,
+}
+
+impl Outcome {
+    /// Why an event was refused (`None` if it was applied or was a harmless duplicate): the
+    /// reason a dead letter carries.
+    pub fn refusal(self, event: &Event, config: FoldConfig) -> Option<String> {
+        match self {
+            Outcome::Applied | Outcome::Duplicate => None,
+            Outcome::TooLate => Some(format!(
+                "too late: arrived {} ms after it happened (allowed {})",
+                event.arrival() - event.ts,
+                config.lateness_ms
+            )),
+            Outcome::Expired => Some(format!(
+                "outside the dedup window: arrived more than {} ms before the newest event of sku '{}'",
+                config.dedup_window_ms.unwrap_or_default(),
+                event.sku
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -192,14 +223,22 @@ pub struct FoldStats {
     pub applied: u64,
     pub duplicates: u64,
     pub too_late: u64,
+    pub expired: u64,
 }
 
 impl FoldStats {
+    pub fn of(outcomes: &[Outcome]) -> FoldStats {
+        let mut stats = FoldStats::default();
+        outcomes.iter().for_each(|outcome| stats.count(*outcome));
+        stats
+    }
+
     /// Adds another tally to this one.
     pub fn add(&mut self, other: FoldStats) {
         self.applied += other.applied;
         self.duplicates += other.duplicates;
         self.too_late += other.too_late;
+        self.expired += other.expired;
     }
 
     pub fn count(&mut self, outcome: Outcome) {
@@ -207,7 +246,40 @@ impl FoldStats {
             Outcome::Applied => self.applied += 1,
             Outcome::Duplicate => self.duplicates += 1,
             Outcome::TooLate => self.too_late += 1,
+            Outcome::Expired => self.expired += 1,
         }
+    }
+}
+
+/// The `event_id`s folded for one SKU, with their arrival, and the newest arrival.
+#[derive(Debug, Clone, Default)]
+struct SeenIds {
+    newest: Option<Millis>,
+    ids: HashMap<String, Millis>,
+    /// Size after the last trim: trimming waits until the set has doubled (amortised O(1)).
+    trimmed_at: usize,
+}
+
+impl SeenIds {
+    /// Records an id; false if it was there. The caller checked the window first, so whether
+    /// an id older than the window is still in the map changes no outcome.
+    fn insert(&mut self, event_id: &str, arrival: Millis, window: Option<Millis>) -> bool {
+        if self.ids.contains_key(event_id) {
+            return false;
+        }
+        self.ids.insert(event_id.to_string(), arrival);
+        self.newest = self.newest.max(Some(arrival));
+        if let (Some(window), Some(newest)) = (window, self.newest) {
+            if self.ids.len() >= 2 * self.trimmed_at.max(1024) {
+                self.ids.retain(|_, arrived| *arrived >= newest - window);
+                self.trimmed_at = self.ids.len();
+            }
+        }
+        true
+    }
+
+    fn is_expired(&self, arrival: Millis, window: Option<Millis>) -> bool {
+        matches!((window, self.newest), (Some(window), Some(newest)) if arrival < newest - window)
     }
 }
 
@@ -219,7 +291,8 @@ pub type SkuNode = (String, String);
 pub struct Fold {
     pub config: FoldConfig,
     pub states: BTreeMap<SkuNode, NodeState>,
-    seen: HashSet<String>,
+    /// Folded (or remembered) `event_id`s per SKU.
+    seen: HashMap<String, SeenIds>,
     pub stats: FoldStats,
 }
 
@@ -229,9 +302,13 @@ impl Fold {
     }
 
     pub fn apply(&mut self, event: &Event) -> Outcome {
+        let window = self.config.dedup_window_ms;
+        let seen = self.seen.entry(event.sku.clone()).or_default();
         let outcome = if self.config.is_too_late(event) {
             Outcome::TooLate
-        } else if !self.seen.insert(event.event_id.clone()) {
+        } else if seen.is_expired(event.arrival(), window) {
+            Outcome::Expired
+        } else if !seen.insert(&event.event_id, event.arrival(), window) {
             Outcome::Duplicate
         } else {
             self.states.entry((event.sku.clone(), event.node.clone())).or_default().apply(event);
@@ -241,10 +318,11 @@ impl Fold {
         outcome
     }
 
-    /// Marks an `event_id` as folded elsewhere (in the batch view), so a redelivered copy is a
-    /// duplicate here too.
-    pub fn remember(&mut self, event_id: &str) {
-        self.seen.insert(event_id.to_string());
+    /// Marks an `event_id` of `sku` as folded elsewhere (in the batch view, known at `arrival`),
+    /// so a redelivered copy is a duplicate here too.
+    pub fn remember(&mut self, sku: &str, event_id: &str, arrival: Millis) {
+        let window = self.config.dedup_window_ms;
+        self.seen.entry(sku.to_string()).or_default().insert(event_id, arrival, window);
     }
 
     pub fn state(&self, sku: &str, node: &str) -> Option<&NodeState> {
@@ -378,6 +456,27 @@ mod tests {
         ];
         let state = fold(&events, FoldConfig::default()).state("S", "N0").unwrap().clone();
         assert_eq!((state.on_hand(), state.reserved, state.atp()), (1, 0, 1));
+    }
+
+    #[test]
+    fn replays_older_than_the_dedup_window_are_refused_not_counted_twice() {
+        let config = FoldConfig { dedup_window_ms: Some(100), ..FoldConfig::default() };
+        let mut fold = Fold::new(config);
+        let first = event(1, 0, 0, EventKind::Receipt, 5);
+        let mut newer = event(2, 500, 0, EventKind::Receipt, 1);
+        newer.arrived = Some(500);
+        assert_eq!(fold.apply(&first), Outcome::Applied);
+        assert_eq!(fold.apply(&first), Outcome::Duplicate, "within the window: deduplicated");
+        assert_eq!(fold.apply(&newer), Outcome::Applied);
+        // the newest arrival is now 500: a copy of `first` (arrived 0) may have been forgotten
+        assert_eq!(fold.apply(&first), Outcome::Expired);
+        let mut just_inside = event(3, 400, 0, EventKind::Receipt, 2);
+        just_inside.arrived = Some(400);
+        assert_eq!(fold.apply(&just_inside), Outcome::Applied);
+        assert_eq!(fold.state("S", "N0").unwrap().on_hand(), 8);
+        assert_eq!((fold.stats.applied, fold.stats.duplicates, fold.stats.expired), (3, 1, 1));
+        let reason = Outcome::Expired.refusal(&first, config).unwrap();
+        assert!(reason.contains("dedup window") && reason.contains("'S'"), "{reason}");
     }
 
     #[test]

@@ -40,6 +40,25 @@ impl BatchView {
     }
 }
 
+/// How far each feed has been folded: per node and per ingestion source (`stream:<name>`,
+/// `http`, `file:<path>`), the latest arrival folded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    pub nodes: BTreeMap<String, Millis>,
+    pub sources: BTreeMap<String, Millis>,
+}
+
+/// Input that was refused, kept with its raw payload and the reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The id the dead-letter place gave it (empty until it is written).
+    pub id: String,
+    /// Where it came from: a stream entry id, `http item 3`, `events.jsonl line 7`.
+    pub entry: String,
+    pub raw: String,
+    pub error: String,
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A speed view serving can read, wherever it lives.
@@ -47,14 +66,21 @@ pub trait SpeedSource: Send + Sync {
     /// The state of every node with events for `sku` since the cutoff, ordered by node.
     fn sku_states<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, String>>;
 
-    /// Per node, the latest arrival folded: how far behind each node's feed is.
-    fn watermarks(&self) -> BoxFuture<'_, Result<BTreeMap<String, Millis>, String>>;
+    /// Per node and per source, the latest arrival folded: how far behind each feed is.
+    fn watermarks(&self) -> BoxFuture<'_, Result<Watermarks, String>>;
 
-    /// Folds events into it (`POST /v1/events`): atomic per event and idempotent.
-    fn fold<'a>(&'a self, events: &'a [crate::Event]) -> BoxFuture<'a, Result<crate::FoldStats, String>>;
+    /// Folds events that came from `source` into it (`POST /v1/events`): atomic per event and
+    /// idempotent. One outcome per event, in order.
+    fn fold<'a>(&'a self, events: &'a [crate::Event], source: &'a str) -> BoxFuture<'a, Result<Vec<crate::Outcome>, String>>;
+
+    /// Keeps refused input (malformed, too late, expired) where `sellable deadletters` finds it.
+    fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> BoxFuture<'a, Result<(), String>>;
 
     /// Where it lives, for logs and answers.
     fn describe(&self) -> String;
+
+    /// The lateness and dedup window it folds with.
+    fn config(&self) -> crate::FoldConfig;
 }
 
 /// Merges the batch and speed states of one SKU into one state per node (exact: see

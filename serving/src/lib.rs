@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use sellable_core::{decide, merge_views, BatchView, Millis, NodeInfo, NodeState, SkuInfo, SpeedSource, Verdict};
+use sellable_core::{decide, merge_views, BatchView, Event, Millis, NodeInfo, NodeState, SkuInfo, SpeedSource, Verdict};
 use sellable_dsl::{Facts, RuleSet, Schema, Value};
 
 pub use rules::{RuleBook, RulesError};
@@ -53,6 +53,7 @@ struct Metrics {
     errors: prometheus::IntCounterVec,
     events: prometheus::IntCounterVec,
     feed_lag: prometheus::GaugeVec,
+    source_lag: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -68,13 +69,14 @@ impl Metrics {
         let events = counter("sellable_posted_events_total", "Events posted to /v1/events, by outcome", "outcome");
         let degraded = prometheus::IntCounter::new("sellable_degraded_answers_total", "Answers marked degraded").expect("valid metric");
         registry.register(Box::new(degraded.clone())).expect("metric registered once");
-        let feed_lag = prometheus::GaugeVec::new(
-            prometheus::Opts::new("sellable_node_feed_lag_seconds", "How far behind now each node's newest folded event arrived"),
-            &["node"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(feed_lag.clone())).expect("metric registered once");
-        Metrics { registry, answers, degraded, errors, events, feed_lag }
+        let gauge = |name: &str, help: &str, label: &str| {
+            let gauge = prometheus::GaugeVec::new(prometheus::Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(gauge.clone())).expect("metric registered once");
+            gauge
+        };
+        let feed_lag = gauge("sellable_node_feed_lag_seconds", "How far behind now each node's newest folded event arrived", "node");
+        let source_lag = gauge("sellable_source_lag_seconds", "How far behind now each ingestion source's newest folded event arrived", "source");
+        Metrics { registry, answers, degraded, errors, events, feed_lag, source_lag }
     }
 }
 
@@ -114,17 +116,20 @@ impl Serving {
     }
 
     /// Takes the speed view's node watermarks (the batch view's stand unless newer) and
-    /// publishes each node's lag as a metric. Serving calls it every second.
+    /// publishes each node's and each source's lag as metrics. Serving calls it every second.
     pub async fn refresh_watermarks(&self) -> Result<(), String> {
         let speed = self.speed.watermarks().await?;
         let now = self.now();
         let mut marks = self.watermarks.write().expect("watermarks lock poisoned; this is a bug");
-        for (node, arrived) in speed {
+        for (node, arrived) in speed.nodes {
             let mark = marks.entry(node).or_insert(arrived);
             *mark = (*mark).max(arrived);
         }
         for (node, arrived) in marks.iter() {
             self.metrics.feed_lag.with_label_values(&[node.as_str()]).set((now - arrived) as f64 / 1000.0);
+        }
+        for (source, arrived) in &speed.sources {
+            self.metrics.source_lag.with_label_values(&[source.as_str()]).set((now - arrived) as f64 / 1000.0);
         }
         Ok(())
     }
@@ -452,7 +457,10 @@ pub struct EventsAccepted {
     pub duplicates: u64,
     /// Events that arrived later than the allowed lateness: not folded.
     pub too_late: u64,
-    /// Malformed items, by position (0-based for a JSON array, 1-based line for NDJSON).
+    /// Events that arrived before their SKU's dedup window: not folded.
+    pub expired: u64,
+    /// Malformed, too-late and expired items, by position (0-based for a JSON array, 1-based
+    /// line for NDJSON), each with the reason. They are also dead-lettered.
     pub rejected: Vec<Rejected>,
 }
 
@@ -463,41 +471,52 @@ pub struct Rejected {
 }
 
 /// Folds events posted as a JSON array or as NDJSON into the speed view; 202 with what happened
-/// to each. Malformed items are listed and skipped; the rest are folded.
+/// to each. Malformed, too-late and expired items are listed, dead-lettered and skipped; the rest
+/// are folded.
 async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Result<(StatusCode, Json<EventsAccepted>), ApiError> {
-    let mut events = Vec::new();
-    let mut rejected = Vec::new();
+    // (item number, raw text, decoded event or the error)
+    let mut items: Vec<(u64, String, Result<Event, String>)> = Vec::new();
     if body.trim_start().starts_with('[') {
-        let items: Vec<serde_json::Value> = serde_json::from_str(&body)
+        let values: Vec<serde_json::Value> = serde_json::from_str(&body)
             .map_err(|error| ApiError::BadRequest(format!("the body is not a JSON array of events: {error}")))?;
-        for (item, value) in items.iter().enumerate() {
-            match sellable_core::event::decode_json(&value.to_string()) {
-                Ok(event) => events.push(event),
-                Err(error) => rejected.push(Rejected { item: item as u64, error: error.to_string() }),
-            }
+        for (item, value) in values.iter().enumerate() {
+            let raw = value.to_string();
+            let decoded = sellable_core::event::decode_json(&raw).map_err(|error| error.to_string());
+            items.push((item as u64, raw, decoded));
         }
     } else {
-        for decoded in sellable_core::event::decode_json_lines(&body) {
-            match decoded {
-                Ok(event) => events.push(event),
-                Err(error) => {
-                    let item = match error.location {
-                        sellable_core::event::Location::Line(n) | sellable_core::event::Location::Row(n) => n,
-                    };
-                    rejected.push(Rejected { item, error: sellable_core::event::FieldError::from(error).to_string() });
-                }
-            }
+        for (index, line) in body.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+            let decoded = sellable_core::event::decode_json(line).map_err(|error| error.to_string());
+            items.push((index as u64 + 1, line.to_string(), decoded));
         }
     }
-    if !rejected.is_empty() {
-        tracing::warn!(rejected = rejected.len(), "malformed events posted");
+    let events: Vec<Event> = items.iter().filter_map(|(_, _, decoded)| decoded.as_ref().ok().cloned()).collect();
+    let outcomes = serving.speed.fold(&events, "http").await.map_err(ApiError::Unavailable)?;
+    let stats = sellable_core::FoldStats::of(&outcomes);
+    let mut outcomes = outcomes.into_iter();
+    let mut dead = Vec::new();
+    let mut rejected = Vec::new();
+    for (item, raw, decoded) in items {
+        let error = match decoded {
+            Err(error) => error,
+            Ok(event) => match outcomes.next().and_then(|outcome| outcome.refusal(&event, serving.speed.config())) {
+                Some(reason) => reason,
+                None => continue,
+            },
+        };
+        dead.push(sellable_core::DeadLetter { entry: format!("http item {item}"), raw, error: error.clone(), ..Default::default() });
+        rejected.push(Rejected { item, error });
     }
-    let stats = serving.speed.fold(&events).await.map_err(ApiError::Unavailable)?;
-    for (outcome, count) in [("accepted", stats.applied), ("duplicate", stats.duplicates), ("too_late", stats.too_late)] {
+    if !dead.is_empty() {
+        tracing::warn!(rejected = dead.len(), "posted events refused");
+        serving.speed.dead_letter(&dead).await.map_err(ApiError::Unavailable)?;
+    }
+    let malformed = rejected.len() as u64 - stats.too_late - stats.expired;
+    let counts = [("accepted", stats.applied), ("duplicate", stats.duplicates), ("too_late", stats.too_late), ("expired", stats.expired), ("malformed", malformed)];
+    for (outcome, count) in counts {
         serving.metrics.events.with_label_values(&[outcome]).inc_by(count);
     }
-    serving.metrics.events.with_label_values(&["malformed"]).inc_by(rejected.len() as u64);
-    let accepted = EventsAccepted { accepted: stats.applied, duplicates: stats.duplicates, too_late: stats.too_late, rejected };
+    let accepted = EventsAccepted { accepted: stats.applied, duplicates: stats.duplicates, too_late: stats.too_late, expired: stats.expired, rejected };
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 

@@ -4,18 +4,21 @@
 //!
 //! Redis layout (every key of one SKU shares the hash tag `{sku}`, so a Redis Cluster keeps them
 //! in one slot and the fold script never crosses slots):
-//! - `<ns>:{<sku>}:seen`    set of folded `event_id`s (idempotency)
+//! - `<ns>:{<sku>}:seen`    sorted set of folded `event_id`s by arrival (idempotency, trimmed to
+//!   the dedup window when one is set)
 //! - `<ns>:{<sku>}:nodes`   set of nodes with state for the SKU
 //! - `<ns>:{<sku>}:n:<node>` hash: `reserved`, `held`, `last_ts`, `last_arrived` and the anchor
 //!   (`anchor_ts`, `anchor_id`, `anchor_qty`, `anchor_kind`)
 //! - `<ns>:{<sku>}:d:<node>` sorted set of on-hand deltas after the anchor, score = event time,
 //!   member = `<event_id>|<delta>`
+//! - `<ns>:{watermarks}` and `<ns>:{watermarks}:sources`: latest arrival folded per node and per
+//!   source; `<ns>:dead`: the dead-letter stream of events refused outside a stream worker
 //!
 //! Tests: unit tests below; the Redis integration tests are in `tests/it/` (need a real Redis).
 
 pub mod stream;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use redis::aio::ConnectionManager;
@@ -23,7 +26,7 @@ use redis::cluster_async::ClusterConnection;
 use sellable_core::fold::{effect, Anchor, EventKey};
 use sellable_core::event::DecodeError;
 use sellable_core::fold::watermarks;
-use sellable_core::{known_at, Event, EventKind, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome};
+use sellable_core::{known_at, DeadLetter, Event, EventKind, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome, Watermarks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeedError {
@@ -64,59 +67,110 @@ impl SpeedView {
         }
     }
 
-    /// Folds events atomically and idempotently; the result counts what each event did.
-    pub async fn fold(&self, events: &[Event]) -> Result<FoldStats, SpeedError> {
+    /// Folds events that came from `source` (for its watermark) atomically and idempotently;
+    /// one outcome per event, in order.
+    pub async fn fold(&self, events: &[Event], source: &str) -> Result<Vec<Outcome>, SpeedError> {
         match self {
-            SpeedView::Memory(store) => Ok(store.fold(events)),
-            SpeedView::Redis(store) => store.fold(events).await,
+            SpeedView::Memory(store) => Ok(store.fold(events, source)),
+            SpeedView::Redis(store) => store.fold(events, source).await,
         }
     }
 
-    /// Folds decoded events (a file, a lake scan) in chunks, skipping those known at `cutoff`
-    /// (they are in the batch view already). Malformed events are collected, not fatal.
+    /// Keeps refused input: in the dead-letter stream `<namespace>:dead` in Redis, or the
+    /// newest [`MEMORY_DEAD_LETTERS`] in memory.
+    pub async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), SpeedError> {
+        match self {
+            SpeedView::Memory(store) => {
+                let mut kept = store.dead_letters.lock().expect("speed view lock poisoned; this is a bug");
+                for letter in letters {
+                    let id = kept.back().map_or(1, |last: &DeadLetter| last.id.parse::<u64>().unwrap_or(0) + 1);
+                    kept.push_back(DeadLetter { id: id.to_string(), ..letter.clone() });
+                    if kept.len() > MEMORY_DEAD_LETTERS {
+                        kept.pop_front();
+                    }
+                }
+                Ok(())
+            }
+            SpeedView::Redis(store) => store.dead_letter(letters).await,
+        }
+    }
+
+    /// The newest `count` dead letters, oldest first.
+    pub async fn dead_letters(&self, count: usize) -> Result<Vec<DeadLetter>, SpeedError> {
+        match self {
+            SpeedView::Memory(store) => {
+                let kept = store.dead_letters.lock().expect("speed view lock poisoned; this is a bug");
+                Ok(kept.iter().skip(kept.len().saturating_sub(count)).cloned().collect())
+            }
+            SpeedView::Redis(store) => stream::dead_letters(&store.url, &store.dead_letter_key(), count).await,
+        }
+    }
+
+    /// Folds decoded events (a file, a lake scan) from `source` in chunks, skipping those known
+    /// at `cutoff` (they are in the batch view already). Malformed, too-late and expired events
+    /// are dead-lettered and reported, not fatal.
     pub async fn fold_decoded(
         &self,
         decoded: impl IntoIterator<Item = Result<Event, DecodeError>>,
         cutoff: Option<Millis>,
+        source: &str,
     ) -> Result<FoldReport, SpeedError> {
         let mut report = FoldReport::default();
         let mut chunk = Vec::with_capacity(FOLD_CHUNK);
         let mut decoded = decoded.into_iter().peekable();
         while decoded.peek().is_some() {
             chunk.clear();
+            let mut dead = Vec::new();
             for event in decoded.by_ref() {
                 match event {
                     Ok(event) if cutoff.is_some_and(|cutoff| known_at(&event, cutoff)) => report.before_cutoff += 1,
                     Ok(event) => chunk.push(event),
-                    Err(error) => report.rejected.push(error),
+                    Err(error) => {
+                        dead.push(DeadLetter {
+                            entry: format!("{source} {}", error.location),
+                            // the file keeps the raw line; the entry says where
+                            raw: String::new(),
+                            error: error.to_string(),
+                            ..DeadLetter::default()
+                        });
+                        report.rejected.push(error);
+                    }
                 }
                 if chunk.len() == FOLD_CHUNK {
                     break;
                 }
             }
-            report.stats.add(self.fold(&chunk).await?);
+            let outcomes = self.fold(&chunk, source).await?;
+            for (event, outcome) in chunk.iter().zip(&outcomes) {
+                if let Some(reason) = outcome.refusal(event, self.config()) {
+                    let raw = sellable_core::event::encode_json(event);
+                    dead.push(DeadLetter { entry: format!("{source} event {}", event.event_id), raw, error: reason, ..DeadLetter::default() });
+                }
+            }
+            self.dead_letter(&dead).await?;
+            report.stats.add(FoldStats::of(&outcomes));
         }
         Ok(report)
     }
 
-    /// Per node, the latest arrival folded.
-    pub async fn watermarks(&self) -> Result<BTreeMap<String, Millis>, SpeedError> {
+    /// Per node and per source, the latest arrival folded.
+    pub async fn watermarks(&self) -> Result<Watermarks, SpeedError> {
         match self {
             SpeedView::Memory(store) => Ok(store.watermarks.lock().expect("speed view lock poisoned; this is a bug").clone()),
             SpeedView::Redis(store) => store.watermarks().await,
         }
     }
 
-    /// Records `(sku, event_id)`s folded into the batch view, so that a copy redelivered after
-    /// the cutoff counts as a duplicate instead of twice.
-    pub async fn remember(&self, ids: &[(String, String)]) -> Result<(), SpeedError> {
+    /// Records `(sku, event_id)`s folded into the batch view (known at `arrival`, the cutoff),
+    /// so that a copy redelivered after the cutoff counts as a duplicate instead of twice.
+    pub async fn remember(&self, ids: &[(String, String)], arrival: Millis) -> Result<(), SpeedError> {
         match self {
             SpeedView::Memory(store) => {
                 let mut fold = store.fold.lock().expect("speed view lock poisoned; this is a bug");
-                ids.iter().for_each(|(_, event_id)| fold.remember(event_id));
+                ids.iter().for_each(|(sku, event_id)| fold.remember(sku, event_id, arrival));
                 Ok(())
             }
-            SpeedView::Redis(store) => store.remember(ids).await,
+            SpeedView::Redis(store) => store.remember(ids, arrival).await,
         }
     }
 
@@ -152,7 +206,7 @@ impl SpeedView {
             SpeedView::Memory(store) => {
                 let mut fold = store.fold.lock().expect("speed view lock poisoned; this is a bug");
                 *fold = Fold::new(fold.config);
-                store.watermarks.lock().expect("speed view lock poisoned; this is a bug").clear();
+                *store.watermarks.lock().expect("speed view lock poisoned; this is a bug") = Watermarks::default();
                 Ok(())
             }
             SpeedView::Redis(store) => store.clear().await,
@@ -168,21 +222,32 @@ impl sellable_core::SpeedSource for SpeedView {
         Box::pin(async move { SpeedView::sku_states(self, sku).await.map_err(|error| error.to_string()) })
     }
 
-    fn watermarks(&self) -> sellable_core::view::BoxFuture<'_, Result<BTreeMap<String, Millis>, String>> {
+    fn watermarks(&self) -> sellable_core::view::BoxFuture<'_, Result<Watermarks, String>> {
         Box::pin(async move { SpeedView::watermarks(self).await.map_err(|error| error.to_string()) })
     }
 
-    fn fold<'a>(&'a self, events: &'a [Event]) -> sellable_core::view::BoxFuture<'a, Result<FoldStats, String>> {
-        Box::pin(async move { SpeedView::fold(self, events).await.map_err(|error| error.to_string()) })
+    fn fold<'a>(&'a self, events: &'a [Event], source: &'a str) -> sellable_core::view::BoxFuture<'a, Result<Vec<Outcome>, String>> {
+        Box::pin(async move { SpeedView::fold(self, events, source).await.map_err(|error| error.to_string()) })
+    }
+
+    fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> sellable_core::view::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { SpeedView::dead_letter(self, letters).await.map_err(|error| error.to_string()) })
     }
 
     fn describe(&self) -> String {
         SpeedView::describe(self)
     }
+
+    fn config(&self) -> FoldConfig {
+        SpeedView::config(self)
+    }
 }
 
 /// Events folded per call when folding a stream.
 const FOLD_CHUNK: usize = 10_000;
+
+/// Dead letters the embedded view keeps (the oldest go first).
+pub const MEMORY_DEAD_LETTERS: usize = 10_000;
 
 /// What folding a stream did.
 #[derive(Debug, Default)]
@@ -197,26 +262,31 @@ pub struct FoldReport {
 /// The embedded speed view: `core`'s reference fold behind a lock.
 pub struct MemoryStore {
     fold: Mutex<Fold>,
-    watermarks: Mutex<BTreeMap<String, Millis>>,
+    watermarks: Mutex<Watermarks>,
+    dead_letters: Mutex<VecDeque<DeadLetter>>,
 }
 
 impl MemoryStore {
     pub fn new(config: FoldConfig) -> MemoryStore {
-        MemoryStore { fold: Mutex::new(Fold::new(config)), watermarks: Mutex::new(BTreeMap::new()) }
+        MemoryStore {
+            fold: Mutex::new(Fold::new(config)),
+            watermarks: Mutex::new(Watermarks::default()),
+            dead_letters: Mutex::new(VecDeque::new()),
+        }
     }
 
-    fn fold(&self, events: &[Event]) -> FoldStats {
+    fn fold(&self, events: &[Event], source: &str) -> Vec<Outcome> {
         let mut fold = self.fold.lock().expect("speed view lock poisoned; this is a bug");
-        let mut stats = FoldStats::default();
-        for event in events {
-            stats.count(fold.apply(event));
-        }
+        let outcomes: Vec<Outcome> = events.iter().map(|event| fold.apply(event)).collect();
         let mut marks = self.watermarks.lock().expect("speed view lock poisoned; this is a bug");
-        for (node, arrived) in watermarks(events, fold.config) {
-            let mark = marks.entry(node).or_insert(arrived);
-            *mark = (*mark).max(arrived);
+        let nodes = watermarks(events, fold.config);
+        if let Some(newest) = nodes.values().max() {
+            raise(&mut marks.sources, source.to_string(), *newest);
         }
-        stats
+        for (node, arrived) in nodes {
+            raise(&mut marks.nodes, node, arrived);
+        }
+        outcomes
     }
 
     fn sku_states(&self, sku: &str) -> Vec<(String, NodeState)> {
@@ -230,9 +300,14 @@ impl MemoryStore {
     }
 }
 
-/// Folds one event into the keys of its sku×node, atomically. Returns 1 if applied, 0 if the
-/// `event_id` was folded before. String order is compared byte by byte, as Rust does, because
-/// Lua's `<` follows the server's locale.
+/// Folds a batch of events, each atomically into the keys of its sku×node. ARGV[1] is the dedup
+/// window in ms (-1: none); then per event, KEYS holds 4 keys (seen, nodes, state hash, deltas)
+/// and ARGV 10 values (see `fold_invocation`). The reply has one flag per event: 1 applied,
+/// 0 duplicate (its `event_id` was folded before), 2 expired (it arrived before the SKU's dedup
+/// window). On a cluster, a batch holds events of one SKU only (one hash tag, one slot). String
+/// order is compared byte by byte, as Rust does, because Lua's `<` follows the server's locale.
+/// Per event it costs 4 or 5 calls (ZADD seen, HMGET, HSET, and ZADD for an on-hand delta or SADD
+/// nodes for a new node), plus one lookup of the newest arrival when a window is set.
 const FOLD_SCRIPT: &str = r#"
 local function after(ts, id, anchor_ts, anchor_id)
   if not anchor_ts then return true end
@@ -246,46 +321,71 @@ local function after(ts, id, anchor_ts, anchor_id)
   return #id > #anchor_id
 end
 
-local seen, nodes, state, deltas = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, ts, node, kind = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local absolute, qty, d_on_hand = ARGV[5], ARGV[6], tonumber(ARGV[7])
-local d_reserved, d_held, arrived = ARGV[8], ARGV[9], tonumber(ARGV[10])
+local window = tonumber(ARGV[1])
 
-if redis.call('SADD', seen, id) == 0 then return 0 end
-redis.call('SADD', nodes, node)
-redis.call('HINCRBY', state, 'reserved', d_reserved)
-redis.call('HINCRBY', state, 'held', d_held)
-local last_ts = redis.call('HGET', state, 'last_ts')
-if not last_ts or ts > tonumber(last_ts) then redis.call('HSET', state, 'last_ts', ARGV[2]) end
-local last_arrived = redis.call('HGET', state, 'last_arrived')
-if not last_arrived or arrived > tonumber(last_arrived) then
-  redis.call('HSET', state, 'last_arrived', ARGV[10])
-end
+local function fold(k, a)
+  local seen, nodes, state, deltas = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local id, ts_text, node, kind = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local absolute, qty, d_on_hand = ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
+  local d_reserved, d_held, arrived_text = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9]), ARGV[a + 10]
+  local ts, arrived = tonumber(ts_text), tonumber(arrived_text)
 
-local anchor = redis.call('HMGET', state, 'anchor_ts', 'anchor_id')
-if not after(ts, id, anchor[1], anchor[2]) then return 1 end
-if absolute == '1' then
-  redis.call('HSET', state, 'anchor_ts', ARGV[2], 'anchor_id', id, 'anchor_qty', qty, 'anchor_kind', kind)
-  redis.call('ZREMRANGEBYSCORE', deltas, '-inf', '(' .. ARGV[2])
-  for _, member in ipairs(redis.call('ZRANGEBYSCORE', deltas, ARGV[2], ARGV[2])) do
-    local member_id = string.match(member, '^(.*)|')
-    if not after(ts, member_id, ARGV[2], id) then redis.call('ZREM', deltas, member) end
+  if window >= 0 then
+    local newest = redis.call('ZRANGE', seen, -1, -1, 'WITHSCORES')[2]
+    if newest then
+      newest = tonumber(newest)
+      if arrived < newest - window then return 2 end
+      if arrived > newest then redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. (arrived - window)) end
+    end
   end
-elseif d_on_hand ~= 0 then
-  redis.call('ZADD', deltas, ARGV[2], id .. '|' .. ARGV[7])
+  if redis.call('ZADD', seen, 'NX', arrived_text, id) == 0 then return 0 end
+  local h = redis.call('HMGET', state, 'reserved', 'held', 'last_ts', 'last_arrived', 'anchor_ts', 'anchor_id')
+  if not h[1] then redis.call('SADD', nodes, node) end
+  local fields = {
+    'reserved', (tonumber(h[1]) or 0) + d_reserved,
+    'held', (tonumber(h[2]) or 0) + d_held,
+  }
+  if not h[3] or ts > tonumber(h[3]) then table.insert(fields, 'last_ts'); table.insert(fields, ts_text) end
+  if not h[4] or arrived > tonumber(h[4]) then
+    table.insert(fields, 'last_arrived'); table.insert(fields, arrived_text)
+  end
+  local later = after(ts, id, h[5], h[6])
+  if later and absolute == '1' then
+    for _, v in ipairs({'anchor_ts', ts_text, 'anchor_id', id, 'anchor_qty', qty, 'anchor_kind', kind}) do
+      table.insert(fields, v)
+    end
+  end
+  redis.call('HSET', state, unpack(fields))
+  if not later then return 1 end
+  if absolute == '1' then
+    redis.call('ZREMRANGEBYSCORE', deltas, '-inf', '(' .. ts_text)
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', deltas, ts_text, ts_text)) do
+      local member_id = string.match(member, '^(.*)|')
+      if not after(ts, member_id, ts_text, id) then redis.call('ZREM', deltas, member) end
+    end
+  elseif d_on_hand ~= '0' then
+    redis.call('ZADD', deltas, ts_text, id .. '|' .. d_on_hand)
+  end
+  return 1
 end
-return 1
+
+local applied = {}
+for i = 0, #KEYS / 4 - 1 do
+  applied[i + 1] = fold(i * 4, 1 + i * 10)
+end
+return applied
 "#;
 
-/// Raises node watermarks in the one hash `<ns>:{watermarks}`: ARGV holds node/arrival pairs;
-/// a watermark never goes back.
+/// Raises watermarks: KEYS are the node hash `<ns>:{watermarks}` and the source hash
+/// `<ns>:{watermarks}:sources` (one slot); ARGV is the source and its arrival, then node/arrival
+/// pairs. A watermark never goes back.
 const WATERMARK_SCRIPT: &str = r#"
-for i = 1, #ARGV, 2 do
-  local current = redis.call('HGET', KEYS[1], ARGV[i])
-  if not current or tonumber(ARGV[i + 1]) > tonumber(current) then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  end
+local function raise(hash, field, arrived)
+  local current = redis.call('HGET', hash, field)
+  if not current or tonumber(arrived) > tonumber(current) then redis.call('HSET', hash, field, arrived) end
 end
+raise(KEYS[2], ARGV[1], ARGV[2])
+for i = 3, #ARGV, 2 do raise(KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 "#;
 
@@ -379,6 +479,10 @@ pub struct RedisStore {
 /// Events per pipeline: large enough to hide round trips, small enough to bound memory.
 const PIPELINE: usize = 512;
 
+/// Events per call of the fold script: the call's overhead is shared by the batch, and Redis
+/// stays responsive to readers between two calls.
+const SCRIPT_BATCH: usize = 128;
+
 impl RedisStore {
     pub async fn connect(url: &str, namespace: &str, config: FoldConfig) -> Result<RedisStore, SpeedError> {
         let connection = Connection::open(url).await?;
@@ -420,18 +524,23 @@ impl RedisStore {
         ]
     }
 
-    fn watermark_key(&self) -> String {
-        format!("{}:{{watermarks}}", self.namespace)
+    fn watermark_keys(&self) -> [String; 2] {
+        [format!("{}:{{watermarks}}", self.namespace), format!("{}:{{watermarks}}:sources", self.namespace)]
     }
 
-    async fn raise_watermarks(&self, events: &[Event]) -> Result<(), SpeedError> {
+    fn dead_letter_key(&self) -> String {
+        format!("{}:dead", self.namespace)
+    }
+
+    async fn raise_watermarks(&self, events: &[Event], source: &str) -> Result<(), SpeedError> {
         let marks = watermarks(events, self.config);
-        if marks.is_empty() {
-            return Ok(());
-        }
+        let Some(newest) = marks.values().max() else { return Ok(()) };
         let script = redis::Script::new(WATERMARK_SCRIPT);
         let mut invocation = script.prepare_invoke();
-        invocation.key(self.watermark_key());
+        self.watermark_keys().into_iter().for_each(|key| {
+            invocation.key(key);
+        });
+        invocation.arg(source).arg(*newest);
         for (node, arrived) in marks {
             invocation.arg(node).arg(arrived);
         }
@@ -440,54 +549,67 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn watermarks(&self) -> Result<BTreeMap<String, Millis>, SpeedError> {
+    async fn watermarks(&self) -> Result<Watermarks, SpeedError> {
         let mut connection = self.connection.clone();
-        redis::cmd("HGETALL").arg(self.watermark_key()).query_async(&mut connection).await.map_err(|e| self.error(e))
+        let [nodes, sources] = self.watermark_keys();
+        let (nodes, sources) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(nodes)
+            .cmd("HGETALL")
+            .arg(sources)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(Watermarks { nodes, sources })
     }
 
-    async fn fold(&self, events: &[Event]) -> Result<FoldStats, SpeedError> {
-        let stats = self.fold_events(events).await?;
-        self.raise_watermarks(events).await?;
-        Ok(stats)
+    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), SpeedError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection.clone();
+        dead_letter_pipe(&self.dead_letter_key(), letters).query_async::<()>(&mut connection).await.map_err(|e| self.error(e))
     }
 
-    async fn fold_events(&self, events: &[Event]) -> Result<FoldStats, SpeedError> {
-        let mut stats = FoldStats::default();
-        let timely: Vec<&Event> = events
-            .iter()
-            .filter(|event| {
-                let late = self.config.is_too_late(event);
-                if late {
-                    stats.count(Outcome::TooLate);
-                }
-                !late
-            })
-            .collect();
-        if self.connection.is_cluster() {
-            // A cluster pipeline must stay in one slot: send the events concurrently instead,
-            // each routed to its SKU's node.
-            for chunk in timely.chunks(PIPELINE) {
-                let folds = chunk.iter().map(|event| {
-                    let mut connection = self.connection.clone();
-                    let invocation = self.fold_invocation(event);
-                    async move { invocation.invoke_async::<i64>(&mut connection).await }
-                });
-                for applied in futures::future::join_all(folds).await {
-                    let applied = applied.map_err(|e| self.error(e))?;
-                    stats.count(if applied == 1 { Outcome::Applied } else { Outcome::Duplicate });
+    async fn fold(&self, events: &[Event], source: &str) -> Result<Vec<Outcome>, SpeedError> {
+        let outcomes = self.fold_events(events).await?;
+        self.raise_watermarks(events, source).await?;
+        Ok(outcomes)
+    }
+
+    async fn fold_events(&self, events: &[Event]) -> Result<Vec<Outcome>, SpeedError> {
+        let timely: Vec<&Event> = events.iter().filter(|event| !self.config.is_too_late(event)).collect();
+        let flags: Vec<i64> = if self.connection.is_cluster() {
+            // A script touches one slot: one batch per SKU, the batches sent concurrently, each
+            // routed to its SKU's node.
+            let mut by_sku: BTreeMap<&str, (Vec<usize>, Vec<&Event>)> = BTreeMap::new();
+            for (index, event) in timely.iter().enumerate() {
+                let (indices, batch) = by_sku.entry(event.sku.as_str()).or_default();
+                indices.push(index);
+                batch.push(event);
+            }
+            let folds = by_sku.values().map(|(_, batch)| {
+                let mut connection = self.connection.clone();
+                let invocation = self.fold_invocation(batch);
+                async move { invocation.invoke_async::<Vec<i64>>(&mut connection).await }
+            });
+            let mut flags = vec![-1; timely.len()];
+            for ((indices, _), applied) in by_sku.values().zip(futures::future::join_all(folds).await) {
+                for (index, flag) in indices.iter().zip(applied.map_err(|e| self.error(e))?) {
+                    flags[*index] = flag;
                 }
             }
-            return Ok(stats);
-        }
-        for chunk in timely.chunks(PIPELINE) {
+            flags
+        } else {
+            // One round trip for the whole call: a pipeline of batches of events.
             let mut pipe = redis::pipe();
-            for event in chunk {
-                pipe.invoke_script(&self.fold_invocation(event));
+            for batch in timely.chunks(SCRIPT_BATCH) {
+                pipe.invoke_script(&self.fold_invocation(batch));
             }
             let mut connection = self.connection.clone();
-            let applied: Vec<i64> = match pipe.query_async(&mut connection).await {
-                Ok(applied) => applied,
-                // A restarted server forgot the script: load it and send the chunk again.
+            let flags: Vec<Vec<i64>> = match pipe.query_async(&mut connection).await {
+                Ok(flags) => flags,
+                // A restarted server forgot the script: load it and send the batches again.
                 // Events already folded by the first attempt are deduplicated by the script.
                 Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                     self.load_script().await?;
@@ -495,11 +617,22 @@ impl RedisStore {
                 }
                 Err(error) => return Err(self.error(error)),
             };
-            for flag in applied {
-                stats.count(if flag == 1 { Outcome::Applied } else { Outcome::Duplicate });
+            flags.concat()
+        };
+        // back in the order of `events`; too-late events were never sent
+        let mut flags = flags.into_iter();
+        let outcomes = events.iter().map(|event| {
+            if self.config.is_too_late(event) {
+                return Ok(Outcome::TooLate);
             }
-        }
-        Ok(stats)
+            match flags.next() {
+                Some(1) => Ok(Outcome::Applied),
+                Some(0) => Ok(Outcome::Duplicate),
+                Some(2) => Ok(Outcome::Expired),
+                other => Err(SpeedError::Corrupt { key: self.sku_key(&event.sku, "seen"), message: format!("fold script answered {other:?}") }),
+            }
+        });
+        outcomes.collect()
     }
 
     async fn replace(&self, sku: &str, node: &str, state: Option<&NodeState>) -> Result<(), SpeedError> {
@@ -530,13 +663,15 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn remember(&self, ids: &[(String, String)]) -> Result<(), SpeedError> {
+    async fn remember(&self, ids: &[(String, String)], arrival: Millis) -> Result<(), SpeedError> {
         if self.connection.is_cluster() {
             for chunk in ids.chunks(PIPELINE) {
                 let adds = chunk.iter().map(|(sku, event_id)| {
                     let mut connection = self.connection.clone();
                     let key = self.sku_key(sku, "seen");
-                    async move { redis::cmd("SADD").arg(key).arg(event_id).query_async::<i64>(&mut connection).await }
+                    async move {
+                        redis::cmd("ZADD").arg(key).arg("NX").arg(arrival).arg(event_id).query_async::<i64>(&mut connection).await
+                    }
                 });
                 for added in futures::future::join_all(adds).await {
                     added.map_err(|e| self.error(e))?;
@@ -547,7 +682,7 @@ impl RedisStore {
         for chunk in ids.chunks(PIPELINE) {
             let mut pipe = redis::pipe();
             for (sku, event_id) in chunk {
-                pipe.cmd("SADD").arg(self.sku_key(sku, "seen")).arg(event_id).ignore();
+                pipe.cmd("ZADD").arg(self.sku_key(sku, "seen")).arg("NX").arg(arrival).arg(event_id).ignore();
             }
             let mut connection = self.connection.clone();
             let () = pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?;
@@ -555,23 +690,27 @@ impl RedisStore {
         Ok(())
     }
 
-    fn fold_invocation(&self, event: &Event) -> redis::ScriptInvocation<'_> {
-        let change = effect(event.kind, event.qty);
+    /// One call of the fold script for a batch of events: 4 keys and 10 arguments each.
+    fn fold_invocation(&self, events: &[&Event]) -> redis::ScriptInvocation<'_> {
         let mut invocation = self.script.prepare_invoke();
-        for key in self.keys(&event.sku, &event.node) {
-            invocation.key(key);
+        invocation.arg(self.config.dedup_window_ms.unwrap_or(-1));
+        for event in events {
+            let change = effect(event.kind, event.qty);
+            for key in self.keys(&event.sku, &event.node) {
+                invocation.key(key);
+            }
+            invocation
+                .arg(&event.event_id)
+                .arg(event.ts)
+                .arg(&event.node)
+                .arg(event.kind.as_str())
+                .arg(if change.absolute.is_some() { "1" } else { "0" })
+                .arg(event.qty)
+                .arg(change.on_hand)
+                .arg(change.reserved)
+                .arg(change.held)
+                .arg(event.arrival());
         }
-        invocation
-            .arg(&event.event_id)
-            .arg(event.ts)
-            .arg(&event.node)
-            .arg(event.kind.as_str())
-            .arg(if change.absolute.is_some() { "1" } else { "0" })
-            .arg(event.qty)
-            .arg(change.on_hand)
-            .arg(change.reserved)
-            .arg(change.held)
-            .arg(event.arrival());
         invocation
     }
 
@@ -632,6 +771,22 @@ impl RedisStore {
             cursor = next;
         }
     }
+}
+
+/// Appends dead letters to a dead-letter stream (fields `entry`, `raw`, `error`).
+fn dead_letter_pipe(stream: &str, letters: &[DeadLetter]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for letter in letters {
+        pipe.cmd("XADD").arg(stream).arg("*").arg("entry").arg(&letter.entry).arg("raw").arg(&letter.raw);
+        pipe.arg("error").arg(&letter.error).ignore();
+    }
+    pipe
+}
+
+/// Raises a watermark; it never goes back.
+fn raise(marks: &mut BTreeMap<String, Millis>, key: String, arrived: Millis) {
+    let mark = marks.entry(key).or_insert(arrived);
+    *mark = (*mark).max(arrived);
 }
 
 fn decode_state(hash: &BTreeMap<String, String>, deltas: &[(String, f64)]) -> Result<NodeState, String> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
 use sellable_core::event::decode_json;
-use sellable_core::{Event, FoldStats};
+use sellable_core::{DeadLetter, Event, FoldStats};
 
 use crate::{Connection, SpeedError, SpeedView};
 
@@ -137,39 +137,32 @@ impl<'a> StreamWorker<'a> {
             return Ok(0);
         }
         let mut events: Vec<Event> = Vec::with_capacity(entries.len());
-        let mut dead = redis::pipe();
-        let mut dead_count = 0;
+        let mut raws: Vec<(&str, String)> = Vec::with_capacity(entries.len());
+        let mut dead: Vec<DeadLetter> = Vec::new();
         for entry in &entries {
             let raw: Option<String> = entry.get("event");
-            let reason = match raw.as_deref().map(decode_json) {
-                None => Some("entry has no `event` field".to_string()),
-                Some(Err(error)) => Some(error.to_string()),
-                Some(Ok(event)) if self.view.config().is_too_late(&event) => {
-                    let lateness = self.view.config().lateness_ms;
-                    Some(format!("too late: arrived {} ms after it happened (allowed {lateness})", event.arrival() - event.ts))
-                }
+            let letter = |error: String, raw: Option<String>| DeadLetter { entry: entry.id.clone(), raw: raw.unwrap_or_default(), error, ..DeadLetter::default() };
+            match raw.as_deref().map(decode_json) {
+                None => dead.push(letter("entry has no `event` field".to_string(), None)),
+                Some(Err(error)) => dead.push(letter(error.to_string(), raw)),
                 Some(Ok(event)) => {
                     events.push(event);
-                    None
+                    raws.push((&entry.id, raw.unwrap_or_default()));
                 }
-            };
-            if let Some(reason) = reason {
-                dead.cmd("XADD")
-                    .arg(&self.config.dead_letters)
-                    .arg("*")
-                    .arg("entry")
-                    .arg(&entry.id)
-                    .arg("raw")
-                    .arg(raw.unwrap_or_default())
-                    .arg("error")
-                    .arg(reason)
-                    .ignore();
-                dead_count += 1;
             }
         }
-        let folded = self.view.fold(&events).await?;
-        if dead_count > 0 {
-            let () = dead.query_async(&mut self.connection).await.map_err(|e| self.error(e))?;
+        let source = format!("stream:{}", self.config.stream);
+        let outcomes = self.view.fold(&events, &source).await?;
+        let config = self.view.config();
+        for ((event, outcome), (id, raw)) in events.iter().zip(&outcomes).zip(raws) {
+            if let Some(error) = outcome.refusal(event, config) {
+                dead.push(DeadLetter { entry: id.to_string(), raw, error, ..DeadLetter::default() });
+            }
+        }
+        if !dead.is_empty() {
+            let pipe = crate::dead_letter_pipe(&self.config.dead_letters, &dead);
+            let () = pipe.query_async(&mut self.connection).await.map_err(|e| self.error(e))?;
+            tracing::warn!(dead = dead.len(), stream = %self.config.stream, "events dead-lettered");
         }
         // Only now is every entry done: acknowledge them.
         let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
@@ -181,11 +174,8 @@ impl<'a> StreamWorker<'a> {
             .await
             .map_err(|e| self.error(e))?;
         self.stats.entries += entries.len() as u64;
-        self.stats.fold.add(folded);
-        self.stats.dead_lettered += dead_count;
-        if dead_count > 0 {
-            tracing::warn!(dead_count, stream = %self.config.stream, "events dead-lettered");
-        }
+        self.stats.fold.add(FoldStats::of(&outcomes));
+        self.stats.dead_lettered += dead.len() as u64;
         Ok(entries.len())
     }
 }
@@ -212,15 +202,6 @@ pub async fn publish(url: &str, stream: &str, lines: impl IntoIterator<Item = St
         published += pending;
     }
     Ok(published)
-}
-
-/// One dead letter: the stream entry it came from, its raw payload and why it was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub id: String,
-    pub entry: String,
-    pub raw: String,
-    pub error: String,
 }
 
 /// The newest `count` dead letters of a dead-letter stream, oldest first.

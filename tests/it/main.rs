@@ -126,12 +126,18 @@ async fn end_to_end(speed: SpeedView) {
     // The speed view starts at the cutoff knowing the batch view's recent event ids.
     let ids = market.lake.event_ids_arrived(market.cutoff - speed.config().lateness_ms, market.cutoff).await.unwrap();
     assert!(!ids.is_empty());
-    speed.remember(&ids).await.unwrap();
+    speed.remember(&ids, market.cutoff).await.unwrap();
 
     // The malformed line is reported with its line number; every other event is folded.
-    let report = speed.fold_decoded(read_event_file(&market.after_cutoff_jsonl).unwrap(), Some(market.cutoff)).await.unwrap();
+    let source = "file:after-cutoff.jsonl";
+    let report = speed.fold_decoded(read_event_file(&market.after_cutoff_jsonl).unwrap(), Some(market.cutoff), source).await.unwrap();
     let rejected: Vec<String> = report.rejected.iter().map(ToString::to_string).collect();
     assert_eq!(rejected, [r#"line 3: field "qty": missing"#]);
+    // ... and dead-lettered, like the events stuck past the lateness
+    let letters = speed.dead_letters(1_000).await.unwrap();
+    assert!(letters.iter().any(|letter| letter.entry == format!("{source} line 3") && letter.error.contains("qty")), "{letters:?}");
+    assert_eq!(letters.iter().filter(|letter| letter.error.starts_with("too late")).count() as u64, report.stats.too_late);
+    assert!(speed.watermarks().await.unwrap().sources.contains_key(source));
     assert!(report.stats.applied > 500, "{:?}", report.stats);
 
     let describe = speed.describe();
@@ -159,7 +165,7 @@ async fn end_to_end(speed: SpeedView) {
     shuffled.extend(redelivered);
     shuffled.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1));
     for _ in 0..2 {
-        let replay = speed.fold(&shuffled).await.unwrap();
+        let replay = sellable_core::FoldStats::of(&speed.fold(&shuffled, "replay").await.unwrap());
         assert_eq!(replay.applied, 0, "{replay:?}");
     }
     assert_eq!(check_every_answer(&base, &oracle, &nodes, &stale).await, with_units);
@@ -389,8 +395,8 @@ async fn reconcile_lists_drift_and_repair_brings_redis_back_to_the_lake() {
     let speed = SpeedView::redis(&url, &namespace, FoldConfig::default()).await.unwrap();
     speed.clear().await.unwrap();
     let ids = market.lake.event_ids_arrived(market.cutoff - FoldConfig::default().lateness_ms, market.cutoff).await.unwrap();
-    speed.remember(&ids).await.unwrap();
-    speed.fold(&market.after_cutoff).await.unwrap();
+    speed.remember(&ids, market.cutoff).await.unwrap();
+    speed.fold(&market.after_cutoff, "test").await.unwrap();
 
     // Drift: one counter bumped behind the engine's back, one sku×node that should not exist.
     let (sku, node) = {

@@ -19,11 +19,17 @@ impl SpeedSource for NothingSinceCutoff {
     fn sku_states<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, String>> {
         Box::pin(async { Ok(Vec::new()) })
     }
-    fn watermarks(&self) -> BoxFuture<'_, Result<std::collections::BTreeMap<String, sellable_core::Millis>, String>> {
+    fn watermarks(&self) -> BoxFuture<'_, Result<sellable_core::Watermarks, String>> {
         Box::pin(async { Ok(Default::default()) })
     }
-    fn fold<'a>(&'a self, _: &'a [Event]) -> BoxFuture<'a, Result<sellable_core::FoldStats, String>> {
+    fn fold<'a>(&'a self, _: &'a [Event], _: &'a str) -> BoxFuture<'a, Result<Vec<sellable_core::Outcome>, String>> {
         Box::pin(async { Err("this test view folds nothing".to_string()) })
+    }
+    fn dead_letter<'a>(&'a self, _: &'a [sellable_core::DeadLetter]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Err("this test view keeps nothing".to_string()) })
+    }
+    fn config(&self) -> FoldConfig {
+        FoldConfig::default()
     }
     fn describe(&self) -> String {
         "empty".into()

@@ -5,7 +5,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use sellable_bench::{generate, SimConfig};
 use sellable_core::event::read_event_file;
-use sellable_core::{fold, Event, FoldConfig, NodeState};
+use sellable_core::{fold, Event, Fold, FoldConfig, FoldStats, NodeState, Outcome};
 use sellable_speed::SpeedView;
 
 fn redis_url() -> String {
@@ -14,9 +14,13 @@ fn redis_url() -> String {
 
 /// A Redis speed view in a namespace of its own, emptied first. Fails loudly without a server.
 async fn redis_view(test: &str) -> SpeedView {
+    redis_view_with(test, FoldConfig::default()).await
+}
+
+async fn redis_view_with(test: &str, config: FoldConfig) -> SpeedView {
     let url = redis_url();
     let namespace = format!("sellable-test-{test}-{}", std::process::id());
-    let view = SpeedView::redis(&url, &namespace, FoldConfig::default()).await.unwrap_or_else(|error| {
+    let view = SpeedView::redis(&url, &namespace, config).await.unwrap_or_else(|error| {
         panic!("these tests need a Redis server at {url} ({error}); start one with `redis-server --daemonize yes` or set REDIS_URL")
     });
     view.clear().await.unwrap();
@@ -32,7 +36,10 @@ fn simulated_events(seed: u64) -> Vec<Event> {
 
 /// Every sku×node of the oracle, compared with what the view holds.
 async fn assert_matches_core_fold(view: &SpeedView, events: &[Event]) {
-    let expected = fold(events, FoldConfig::default());
+    assert_matches(view, &fold(events, FoldConfig::default())).await;
+}
+
+async fn assert_matches(view: &SpeedView, expected: &Fold) {
     let mut skus: Vec<&str> = expected.states.keys().map(|(sku, _)| sku.as_str()).collect();
     skus.dedup();
     let mut compared = 0;
@@ -60,13 +67,58 @@ async fn redis_and_embedded_fold_equal_core_fold_in_any_order_and_replayed() {
     let mut shuffled = events.clone();
     shuffled.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(3));
     for view in [redis_view("order").await, SpeedView::memory(FoldConfig::default())] {
-        let first = view.fold(&shuffled).await.unwrap();
+        let first = FoldStats::of(&view.fold(&shuffled, "test").await.unwrap());
         assert!(first.applied > 1000 && first.too_late > 0, "{first:?}");
         assert_matches_core_fold(&view, &events).await;
         // a replay of everything, in yet another order, changes nothing
-        let replay = view.fold(&events).await.unwrap();
+        let replay = FoldStats::of(&view.fold(&events, "test").await.unwrap());
         assert_eq!((replay.applied, replay.duplicates), (0, first.applied), "{}", view.describe());
         assert_matches_core_fold(&view, &events).await;
+        view.clear().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_dedup_window_refuses_old_replays_the_same_way_everywhere() {
+    let mut events = simulated_events(23);
+    events.sort_by_key(|event| (event.arrival(), event.event_id.clone()));
+    let config = FoldConfig { dedup_window_ms: Some(6 * 3_600_000), ..FoldConfig::default() };
+    // the first events delivered again at the end, two days of arrivals later
+    let mut delivered = events.clone();
+    delivered.extend(events.iter().take(300).cloned());
+    let mut oracle = Fold::new(config);
+    let expected: Vec<Outcome> = delivered.iter().map(|event| oracle.apply(event)).collect();
+    let stats = FoldStats::of(&expected);
+    assert!(stats.expired > 100 && stats.applied > 1000, "{stats:?}");
+    assert_eq!(stats.applied + stats.too_late, events.len() as u64, "no event is counted twice: {stats:?}");
+    for view in [redis_view_with("window", config).await, SpeedView::memory(config)] {
+        let mut outcomes = Vec::new();
+        for chunk in delivered.chunks(700) {
+            outcomes.extend(view.fold(chunk, "test").await.unwrap());
+        }
+        assert_eq!(outcomes, expected, "{}", view.describe());
+        assert_matches(&view, &oracle).await;
+        view.clear().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn watermarks_rise_per_node_and_per_source_and_never_go_back() {
+    let events = simulated_events(29);
+    let (early, late) = events.split_at(events.len() / 2);
+    for view in [redis_view("watermarks").await, SpeedView::memory(FoldConfig::default())] {
+        view.fold(late, "stream:a").await.unwrap();
+        view.fold(early, "stream:a").await.unwrap();
+        view.fold(early, "http").await.unwrap();
+        let marks = view.watermarks().await.unwrap();
+        let timely = || events.iter().filter(|e| !FoldConfig::default().is_too_late(e));
+        let newest = |events: &[Event]| events.iter().filter(|e| !FoldConfig::default().is_too_late(e)).map(Event::arrival).max();
+        assert_eq!(marks.sources.get("stream:a").copied(), newest(late).max(newest(early)), "{}", view.describe());
+        assert_eq!(marks.sources.get("http").copied(), newest(early));
+        for (node, arrived) in &marks.nodes {
+            assert_eq!(Some(*arrived), timely().filter(|e| &e.node == node).map(Event::arrival).max(), "node {node}");
+        }
+        assert_eq!(marks.nodes.len(), timely().map(|e| e.node.clone()).collect::<std::collections::BTreeSet<_>>().len());
         view.clear().await.unwrap();
     }
 }
@@ -76,12 +128,12 @@ async fn fold_recovers_when_redis_forgets_the_script() {
     let events = simulated_events(5);
     let (first, second) = events.split_at(events.len() / 2);
     let view = redis_view("noscript").await;
-    view.fold(first).await.unwrap();
+    view.fold(first, "test").await.unwrap();
     // what a restarted Redis looks like to a client: scripts are gone
     let client = redis::Client::open(redis_url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut connection).await.unwrap();
-    view.fold(second).await.unwrap();
+    view.fold(second, "test").await.unwrap();
     assert_matches_core_fold(&view, &events).await;
     view.clear().await.unwrap();
 }
@@ -95,7 +147,7 @@ async fn malformed_events_are_reported_with_their_line_and_the_rest_folded() {
     let path = dir.path().join("events.jsonl");
     std::fs::write(&path, lines.join("\n")).unwrap();
     for view in [redis_view("malformed").await, SpeedView::memory(FoldConfig::default())] {
-        let report = view.fold_decoded(read_event_file(&path).unwrap(), None).await.unwrap();
+        let report = view.fold_decoded(read_event_file(&path).unwrap(), None, "file:events.jsonl").await.unwrap();
         let rejected: Vec<String> = report.rejected.iter().map(ToString::to_string).collect();
         assert_eq!(rejected, [r#"line 3: field "qty": expected integer"#]);
         assert_matches_core_fold(&view, &events).await;
