@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod decision;
 pub mod event;
+pub mod features;
 pub mod fold;
 pub mod view;
 
