@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use sellable_batch::Lake;
+use sellable_batch::{Lake, Progress};
 use sellable_bench::{generate, SimConfig};
 use sellable_core::event::{format_millis, parse_rfc3339, read_event_file};
 use sellable_core::{FoldConfig, Millis};
@@ -38,11 +38,15 @@ enum Command {
     Demo(DemoArgs),
     /// Generate a deterministic synthetic marketplace (catalog, events, ground truth) as Parquet.
     Gen(GenArgs),
-    /// Import a catalog and events (a `gen` output directory, or one Parquet/JSON Lines events
-    /// file) into the lake as new Lance dataset versions. Bad events are reported and skipped.
-    Import(ImportArgs),
-    /// Compute the batch view as of a cutoff with DataFusion and write it to the lake.
+    /// The lake of Lance datasets: import into it, and see what it holds.
+    #[command(subcommand)]
+    Lake(LakeCommand),
+    /// The nightly job: compute the snapshot (batch view) and the features as of a cutoff with
+    /// DataFusion, or only the features of every midnight of a range (a backfill).
     Batch(BatchArgs),
+    /// Build a training set: one row per order placed in [FROM, TO), labelled by whether it was
+    /// shorted, with the features an answer at that time would have used.
+    Trainset(TrainsetArgs),
     /// Fold events into the speed view in Redis: those that arrived after the batch cutoff (from
     /// the lake or a file), or, with --stream, a Redis Stream as a consumer group, until Ctrl-C.
     Fold(FoldArgs),
@@ -58,6 +62,16 @@ enum Command {
     /// Check, test and explain merchandising rule files.
     #[command(subcommand)]
     Rules(RulesCommand),
+}
+
+#[derive(Subcommand)]
+enum LakeCommand {
+    /// Import a catalog and events (a `gen` output directory, or one Parquet/JSON Lines events
+    /// file) into the lake as new Lance dataset versions. Bad events are reported with their line
+    /// or row and field, and skipped; an input that cannot be read changes nothing.
+    Import(ImportArgs),
+    /// Every dataset of the lake: version, versions kept, rows, size; the events' time range.
+    Info(LakeArgs),
 }
 
 #[derive(Subcommand)]
@@ -186,8 +200,24 @@ struct BatchArgs {
     lake: LakeArgs,
     /// Cutoff, RFC 3339 or milliseconds: the view holds the events that arrived at or before it
     /// [default: the latest arrival in the lake].
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = parse_time, conflicts_with = "every_day")]
     asof: Option<Millis>,
+    /// Backfill the features as of every midnight (UTC) from FROM to TO, both included:
+    /// `2026-01-02..2026-01-07` or RFC 3339 / millisecond bounds. The batch view is left as is.
+    #[arg(long, value_parser = parse_day_range)]
+    every_day: Option<(Millis, Millis)>,
+}
+
+#[derive(Args)]
+struct TrainsetArgs {
+    #[command(flatten)]
+    lake: LakeArgs,
+    /// First order time (RFC 3339 or milliseconds), included.
+    #[arg(long, value_parser = parse_time)]
+    from: Millis,
+    /// Last order time, excluded.
+    #[arg(long, value_parser = parse_time)]
+    to: Millis,
 }
 
 #[derive(Args)]
@@ -311,6 +341,24 @@ struct DemoArgs {
     sim: SimArgs,
 }
 
+/// `FROM..TO` as midnights: each bound is a date (`2026-01-02`), RFC 3339 or milliseconds,
+/// rounded down to its midnight (UTC).
+fn parse_day_range(text: &str) -> Result<(Millis, Millis), String> {
+    let (from, to) = text.split_once("..").ok_or_else(|| format!("expected FROM..TO, got '{text}'"))?;
+    let day = |bound: &str| {
+        let bound = bound.trim();
+        let time = if bound.len() == 10 { parse_time(&format!("{bound}T00:00:00Z")) } else { parse_time(bound) }?;
+        Ok::<Millis, String>(time - time.rem_euclid(DAY_MS))
+    };
+    let (from, to) = (day(from)?, day(to)?);
+    if to < from {
+        return Err(format!("the range ends before it starts: '{text}'"));
+    }
+    Ok((from, to))
+}
+
+const DAY_MS: Millis = 86_400_000;
+
 fn parse_time(text: &str) -> Result<Millis, String> {
     text.parse::<Millis>()
         .ok()
@@ -346,15 +394,22 @@ async fn run(command: Command) -> Result<()> {
             gen(&config, &args.out)?;
             Ok(())
         }
-        Command::Import(args) => import(&Lake::open(&args.lake.lake)?, &args.from).await,
+        Command::Lake(LakeCommand::Import(args)) => import(&Lake::open(&args.lake.lake)?, &args.from).await,
+        Command::Lake(LakeCommand::Info(args)) => lake_info(&Lake::open(&args.lake)?).await,
         Command::Batch(args) => {
             let lake = Lake::open(&args.lake.lake)?;
+            if let Some((from, to)) = args.every_day {
+                let cutoffs: Vec<Millis> = (from..=to).step_by(DAY_MS as usize).collect();
+                return features(&lake, &cutoffs, args.lake.fold_config()).await;
+            }
             let asof = match args.asof {
                 Some(asof) => asof,
                 None => lake.last_arrival().await?.context("the lake has no events: nothing to compute")?,
             };
-            batch(&lake, asof, args.lake.fold_config()).await
+            batch(&lake, asof, args.lake.fold_config()).await?;
+            features(&lake, &[asof], args.lake.fold_config()).await
         }
+        Command::Trainset(args) => trainset(&Lake::open(&args.lake.lake)?, &args).await,
         Command::Fold(args) => {
             let Some(url) = &args.redis.redis else {
                 bail!("fold needs --redis URL (or REDIS_URL): an embedded speed view lives only inside `sellable serve`")
@@ -460,6 +515,59 @@ async fn import(lake: &Lake, from: &Path) -> Result<()> {
         report.accepted,
         report.rejected.len(),
         report.version
+    );
+    Ok(())
+}
+
+async fn lake_info(lake: &Lake) -> Result<()> {
+    let infos = lake.info().await?;
+    if infos.is_empty() {
+        println!("the lake at {} is empty: sellable lake import --from DIR|FILE", lake.root().display());
+    }
+    println!("{:<12} {:>8} {:>9} {:>12} {:>10}  time range", "dataset", "version", "versions", "rows", "size");
+    for info in infos {
+        let range = info.range.map_or(String::new(), |(first, last)| format!("{} .. {}", format_millis(first), format_millis(last)));
+        let size = format!("{:.1} MiB", info.bytes as f64 / (1 << 20) as f64);
+        println!("{:<12} {:>8} {:>9} {:>12} {:>10}  {range}", info.name, info.version, info.versions, info.rows, size);
+    }
+    Ok(())
+}
+
+async fn features(lake: &Lake, cutoffs: &[Millis], config: FoldConfig) -> Result<()> {
+    let started = std::time::Instant::now();
+    let summary = lake.compute_features(cutoffs, config, &Progress::stderr()).await.context("computing the features")?;
+    eprintln!(
+        "batch: features of {} cutoff(s) ({} .. {}), {} rows, in {:.1} s -> features version {}",
+        summary.cutoffs.len(),
+        summary.cutoffs.first().map(|c| format_millis(*c)).unwrap_or_default(),
+        summary.cutoffs.last().map(|c| format_millis(*c)).unwrap_or_default(),
+        summary.rows,
+        started.elapsed().as_secs_f64(),
+        summary.version
+    );
+    Ok(())
+}
+
+async fn trainset(lake: &Lake, args: &TrainsetArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let (rows, lineage, summary) =
+        lake.build_trainset(args.from, args.to, args.lake.fold_config(), &Progress::stderr()).await.context("building the training set")?;
+    let version = lake.write_trainset(&rows, &lineage).await.context("writing the training set")?;
+    eprintln!(
+        "trainset: {} orders ({} shorted) from {} to {}; left out: {} before the first feature cutoff, {} released, {} without \
+         an outcome yet; {} events replayed in {:.1} s -> trainset version {version}\n  lineage: events v{}, features v{}, {}",
+        summary.rows,
+        summary.positives,
+        format_millis(args.from),
+        format_millis(args.to),
+        summary.before_first_cutoff,
+        summary.released,
+        summary.no_outcome_yet,
+        summary.events_replayed,
+        started.elapsed().as_secs_f64(),
+        lineage.lake_version,
+        lineage.features_version,
+        lineage.code_version
     );
     Ok(())
 }

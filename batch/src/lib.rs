@@ -9,12 +9,16 @@
 //!
 //! Tests: `tests/it/` (import, batch view == core fold).
 
+pub mod features;
+pub mod trainset;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, RecordBatchIterator, RecordBatchReader, StringArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::TryStreamExt;
 use lance::dataset::{Dataset, WriteMode, WriteParams};
@@ -165,14 +169,56 @@ impl Lake {
         Ok((skus, nodes))
     }
 
-    /// A DataFusion session over the lake's events. CPU-heavy: callers run it off the request
-    /// runtime.
+    /// A DataFusion session over the lake's events (and node catalog, when there is one).
+    /// Memory is bounded ([`memory_limit`]): sorts, joins and aggregations spill to disk beyond
+    /// it. CPU-heavy: callers run it off the request runtime.
     async fn session(&self) -> Result<SessionContext, BatchError> {
-        let events = self.dataset(EVENTS, "import events first (sellable import)").await?;
-        let context = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        let events = self.dataset(EVENTS, "import events first (sellable lake import)").await?;
+        let runtime = RuntimeEnvBuilder::new().with_memory_limit(memory_limit(), 1.0).build_arc()?;
+        let config = SessionConfig::new().with_target_partitions(2);
+        let context = SessionContext::new_with_config_rt(config, runtime);
         let table = lance::datafusion::LanceTableProvider::new(Arc::new(events), false, false);
         context.register_table(EVENTS, Arc::new(table))?;
+        if let Ok(nodes) = self.dataset(NODES, "").await {
+            context.register_table(NODES, Arc::new(lance::datafusion::LanceTableProvider::new(Arc::new(nodes), false, false)))?;
+        }
         Ok(context)
+    }
+
+    /// The version of the `events` dataset (0: none yet): the lineage of what is computed.
+    pub async fn events_version(&self) -> Result<u64, BatchError> {
+        match self.dataset(EVENTS, "").await {
+            Ok(dataset) => Ok(dataset.version_id()),
+            Err(BatchError::Missing(..)) => Ok(0),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Every dataset of the lake: versions, rows, size on disk; for events, the time range.
+    pub async fn info(&self) -> Result<Vec<DatasetInfo>, BatchError> {
+        let mut infos = Vec::new();
+        for name in [EVENTS, SKUS, NODES, BATCH_VIEW, BATCH_DELTAS, features::FEATURES, trainset::TRAINSET] {
+            let dataset = match self.dataset(name, "").await {
+                Ok(dataset) => dataset,
+                Err(BatchError::Missing(..)) => continue,
+                Err(error) => return Err(error),
+            };
+            let lance_error = self.lance_error(name);
+            let versions = dataset.versions().await.map_err(&lance_error)?.len() as u64;
+            let rows = dataset.count_rows(None).await.map_err(&lance_error)? as u64;
+            let range = if name == EVENTS && rows > 0 {
+                let context = self.session().await?;
+                let sql = format!("SELECT MIN(CAST(ts AS BIGINT)), MAX(CAST(COALESCE(arrived, ts) AS BIGINT)) FROM {EVENTS}");
+                let batches = context.sql(&sql).await?.collect().await?;
+                let batch = batches.first().ok_or_else(|| BatchError::Corrupt { dataset: EVENTS.into(), message: "no time range".into() })?;
+                let value = |index: usize| batch.column(index).as_any().downcast_ref::<Int64Array>().map(|column| column.value(0));
+                value(0).zip(value(1))
+            } else {
+                None
+            };
+            infos.push(DatasetInfo { name, version: dataset.version_id(), versions, rows, bytes: directory_size(Path::new(&self.uri(name))), range });
+        }
+        Ok(infos)
     }
 
     /// Events that arrived after `cutoff`, in arrival order: what the speed layer folds.
@@ -275,7 +321,70 @@ impl Lake {
         }
         // An empty view (no events before the cutoff) still has a cutoff: read it from the name.
         let asof = asof.unwrap_or_default();
-        Ok(BatchView { version: format!("batch_view v{version} asof {}", sellable_core::event::format_millis(asof)), asof, states })
+        // the feature store's features of the same cutoff, if it has them
+        let (features, features_version) = match self.load_features(Some(asof)).await {
+            Ok(features) => (features.rows, format!(", features v{}", features.version)),
+            Err(BatchError::Missing(..)) | Err(BatchError::Corrupt { .. }) => (Default::default(), String::new()),
+            Err(error) => return Err(error),
+        };
+        let version = format!("batch_view v{version} asof {}{features_version}", sellable_core::event::format_millis(asof));
+        Ok(BatchView { version, asof, states, features })
+    }
+}
+
+/// One dataset of the lake, for `sellable lake info`.
+#[derive(Debug, Clone)]
+pub struct DatasetInfo {
+    pub name: &'static str,
+    pub version: u64,
+    pub versions: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// For events: the earliest event time and the latest arrival.
+    pub range: Option<(Millis, Millis)>,
+}
+
+fn directory_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(metadata) if metadata.is_dir() => directory_size(&entry.path()),
+            Ok(metadata) => metadata.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// How much memory one DataFusion query may hold before spilling: `SELLABLE_BATCH_MEMORY_MB`,
+/// 2 GiB by default.
+pub fn memory_limit() -> usize {
+    let megabytes = std::env::var("SELLABLE_BATCH_MEMORY_MB").ok().and_then(|text| text.parse::<usize>().ok()).unwrap_or(2048);
+    megabytes * 1024 * 1024
+}
+
+/// Progress bars, one per stage, on stderr (hidden when stderr is not a terminal, and in tests).
+#[derive(Clone)]
+pub struct Progress {
+    bars: Option<indicatif::MultiProgress>,
+}
+
+impl Progress {
+    pub fn stderr() -> Progress {
+        Progress { bars: Some(indicatif::MultiProgress::new()) }
+    }
+
+    pub fn hidden() -> Progress {
+        Progress { bars: None }
+    }
+
+    /// A bar for one stage of `len` steps.
+    pub fn bar(&self, stage: &str, len: u64) -> indicatif::ProgressBar {
+        let Some(bars) = &self.bars else { return indicatif::ProgressBar::hidden() };
+        let style = indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> ");
+        bars.add(indicatif::ProgressBar::new(len).with_style(style).with_prefix(stage.to_string()))
     }
 }
 

@@ -24,7 +24,7 @@ redis-cli -h "$host" -p "$redis_port" --scan --pattern "$namespace:*" | xargs -r
 
 start=$(( $(date +%s) * 1000 - 7 * 86400000 ))
 "$dir/sellable" gen --out "$out/gen" --skus 2000 --nodes 100 --days 7 --start "$start" 2>/dev/null
-"$dir/sellable" import --lake "$out/lake" --from "$out/gen" 2>/dev/null
+"$dir/sellable" lake import --lake "$out/lake" --from "$out/gen" 2>/dev/null
 "$dir/sellable" batch --lake "$out/lake" 2>/dev/null
 "$dir/sellable" serve --lake "$out/lake" --redis "$url" --namespace "$namespace" --listen "127.0.0.1:$port" 2>"$out/serve.log" &
 serve=$!

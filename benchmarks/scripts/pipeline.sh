@@ -19,7 +19,7 @@ rm -rf "$out" && mkdir -p "$out"
 seconds() { python3 -c "import time; print(time.time())"; }
 t0=$(seconds); "$bin" gen --out "$out/gen" --skus "$skus" --nodes $((skus / 25 + 10)) --days "$days" 2>"$out/gen.log"; t1=$(seconds)
 cat "$out/gen.log"
-"$bin" import --lake "$out/lake" --from "$out/gen" 2>&1 | tail -1; t2=$(seconds)
+"$bin" lake import --lake "$out/lake" --from "$out/gen" 2>&1 | tail -1; t2=$(seconds)
 asof=$("$bin" batch --lake "$out/lake" 2>&1 | tee "$out/batch.log" | grep -o 'as of [^ ]*' | cut -d' ' -f3); t3=$(seconds)
 tail -1 "$out/batch.log"
 # an empty batch view (cutoff before the first event) makes the speed layer fold every event

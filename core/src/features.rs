@@ -56,7 +56,7 @@ pub const BATCH: [&str; 35] = [
 
 /// The real-time features, in vector order, computed by [`realtime`].
 pub const REALTIME: [&str; 12] = [
-    "qty",
+    "order_qty",
     "atp_now",
     "on_hand_now",
     "reserved_now",

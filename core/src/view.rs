@@ -16,6 +16,9 @@ pub struct BatchView {
     pub version: String,
     pub asof: Millis,
     pub states: BTreeMap<SkuNode, NodeState>,
+    /// The batch features as of `asof` per sku×node, in the order of
+    /// [`crate::features::BATCH`] (empty when the feature store has none for this cutoff).
+    pub features: std::collections::HashMap<SkuNode, Vec<f64>>,
 }
 
 impl BatchView {

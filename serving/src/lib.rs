@@ -141,6 +141,19 @@ impl Serving {
         (lag > node.feed_sla_ms).then_some(lag)
     }
 
+    /// The model's feature vector for an order of `qty` units of `sku` at `node` at `now`: the
+    /// batch features of the batch view's cutoff and the real-time features of the merged state
+    /// (`core::features`, the same function the training-set builder calls).
+    pub async fn features(&self, sku: &str, node: &str, qty: i64, now: Millis) -> Result<Vec<f64>, ApiError> {
+        if !self.skus.contains_key(sku) {
+            return Err(ApiError::UnknownSku(sku.to_string()));
+        }
+        let speed = self.speed.sku_states(sku).await.map_err(ApiError::Unavailable)?;
+        let merged = merge_views(self.batch.sku_states(sku), &speed);
+        let batch = self.batch.features.get(&(sku.to_string(), node.to_string())).map(Vec::as_slice);
+        Ok(sellable_core::features::vector(batch, merged.get(node), qty, now))
+    }
+
     /// Merges both views for `sku`, keeps the nodes serving `region`, and decides.
     pub async fn availability(&self, sku: &str, region: &str, qty: i64, now: Millis) -> Result<Availability, ApiError> {
         if !self.skus.contains_key(sku) {
@@ -288,6 +301,7 @@ impl Serving {
         Router::new()
             .route("/v1/availability/{sku}", get(availability))
             .route("/v1/events", post(post_events))
+            .route("/v1/features/{sku}", get(features))
             .route("/v1/rules", get(rules_status))
             .route("/v1/rules:reload", post(rules_reload))
             .route("/v1/rules:check", post(rules_check))
@@ -518,6 +532,28 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
     }
     let accepted = EventsAccepted { accepted: stats.applied, duplicates: stats.duplicates, too_late: stats.too_late, expired: stats.expired, rejected };
     Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FeaturesQuery {
+    node: String,
+    #[serde(default = "one")]
+    qty: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// The feature vector the model would see for an order, by name (`null` for missing).
+async fn features(
+    State(serving): State<Arc<Serving>>,
+    Path(sku): Path<String>,
+    Query(query): Query<FeaturesQuery>,
+) -> Result<Json<serde_json::Map<String, serde_json::Value>>, ApiError> {
+    let values = serving.features(&sku, &query.node, query.qty, serving.now()).await?;
+    let named = sellable_core::features::names().into_iter().zip(values);
+    Ok(Json(named.map(|(name, value)| (name.to_string(), serde_json::json!(value.is_finite().then_some(value)))).collect()))
 }
 
 #[derive(Debug, Serialize)]

@@ -42,7 +42,7 @@ fn event(id: &str, node: &str, kind: EventKind, qty: i64) -> Event {
 
 async fn serve(rules: Arc<RuleBook>) -> String {
     let events = [event("e1", "WH-1", EventKind::Count, 10), event("e2", "SL-1", EventKind::Feed, 6)];
-    let batch = BatchView { version: "test".into(), asof: 2_000, states: fold(&events, FoldConfig::default()).states };
+    let batch = BatchView { version: "test".into(), asof: 2_000, states: fold(&events, FoldConfig::default()).states, ..BatchView::default() };
     let skus = vec![SkuInfo {
         sku: "SKU-1".into(),
         category: "toys".into(),

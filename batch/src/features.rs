@@ -1,0 +1,151 @@
+//! The offline feature store: the nightly job computes the batch features of every sku×node as
+//! of each cutoff with the SQL of `batch/sql/features.sql` and appends them, with their `asof`,
+//! to the Lance dataset `features` (one version per run). Serving and the training-set builder
+//! read the features of one cutoff back with [`Lake::load_features`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, RecordBatchIterator};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use lance::dataset::WriteMode;
+use sellable_core::features::BATCH;
+use sellable_core::fold::SkuNode;
+use sellable_core::{FoldConfig, Millis};
+
+use crate::{column, int_column, string_column, timely_events_sql, BatchError, Lake, Progress};
+
+pub(crate) const FEATURES: &str = "features";
+
+/// The feature definitions, compiled in: what runs is what the file says.
+pub const FEATURES_SQL: &str = include_str!("../sql/features.sql");
+
+/// What a run of the nightly job wrote.
+#[derive(Debug, Clone)]
+pub struct FeaturesSummary {
+    pub cutoffs: Vec<Millis>,
+    pub rows: u64,
+    /// The `features` version holding them.
+    pub version: u64,
+}
+
+/// The batch features of one cutoff, per sku×node, in the order of [`BATCH`].
+#[derive(Debug, Clone, Default)]
+pub struct BatchFeatures {
+    pub asof: Millis,
+    /// The `features` version they were read from.
+    pub version: u64,
+    pub rows: HashMap<SkuNode, Vec<f64>>,
+}
+
+impl Lake {
+    /// Computes the features as of each cutoff and appends them all as one new version of
+    /// `features`. One DataFusion session serves every cutoff, with bounded memory (it spills).
+    pub async fn compute_features(&self, cutoffs: &[Millis], config: FoldConfig, progress: &Progress) -> Result<FeaturesSummary, BatchError> {
+        let context = self.session().await?;
+        let mut batches = Vec::new();
+        let bar = progress.bar("features", cutoffs.len() as u64);
+        for &asof in cutoffs {
+            bar.set_message(format!("as of {}", sellable_core::event::format_millis(asof)));
+            batches.extend(features_at(&context, asof, config).await?);
+            bar.inc(1);
+        }
+        bar.finish();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let schema = features_schema();
+        let version = self.write(FEATURES, RecordBatchIterator::new(batches.into_iter().map(Ok), schema), WriteMode::Append).await?;
+        Ok(FeaturesSummary { cutoffs: cutoffs.to_vec(), rows: rows as u64, version })
+    }
+
+    /// The cutoffs the feature store holds, ascending.
+    pub async fn feature_cutoffs(&self) -> Result<Vec<Millis>, BatchError> {
+        let dataset = self.dataset(FEATURES, "compute features first (sellable batch)").await?;
+        let mut scanner = dataset.scan();
+        scanner.project(&["asof"]).map_err(self.lance_error(FEATURES))?;
+        let batches: Vec<RecordBatch> =
+            scanner.try_into_stream().await.map_err(self.lance_error(FEATURES))?.try_collect().await.map_err(self.lance_error(FEATURES))?;
+        let mut cutoffs = Vec::new();
+        for batch in batches {
+            let asof = int_column(&batch, "asof", FEATURES)?;
+            cutoffs.extend(asof.iter().flatten());
+        }
+        cutoffs.sort_unstable();
+        cutoffs.dedup();
+        Ok(cutoffs)
+    }
+
+    /// The features as of `asof` (the latest cutoff when `None`). If a cutoff was computed more
+    /// than once, the newest run wins.
+    pub async fn load_features(&self, asof: Option<Millis>) -> Result<BatchFeatures, BatchError> {
+        let dataset = self.dataset(FEATURES, "compute features first (sellable batch)").await?;
+        let asof = match asof {
+            Some(asof) => asof,
+            None => *self.feature_cutoffs().await?.last().ok_or_else(|| BatchError::Corrupt {
+                dataset: FEATURES.into(),
+                message: "the feature store is empty".into(),
+            })?,
+        };
+        let mut scanner = dataset.scan();
+        scanner.filter(&format!("asof = {asof}")).map_err(self.lance_error(FEATURES))?;
+        let batches: Vec<RecordBatch> =
+            scanner.try_into_stream().await.map_err(self.lance_error(FEATURES))?.try_collect().await.map_err(self.lance_error(FEATURES))?;
+        let mut features = BatchFeatures { asof, version: dataset.version_id(), rows: HashMap::new() };
+        for batch in batches {
+            let sku = string_column(&batch, "sku", FEATURES)?;
+            let node = string_column(&batch, "node", FEATURES)?;
+            let columns: Vec<Float64Array> = BATCH.iter().map(|name| float_column(&batch, name)).collect::<Result<_, _>>()?;
+            for row in 0..batch.num_rows() {
+                let values = columns.iter().map(|column| if column.is_null(row) { f64::NAN } else { column.value(row) }).collect();
+                features.rows.insert((sku.value(row).to_string(), node.value(row).to_string()), values);
+            }
+        }
+        if features.rows.is_empty() {
+            return Err(BatchError::Corrupt { dataset: FEATURES.into(), message: format!("no features as of {asof}") });
+        }
+        Ok(features)
+    }
+}
+
+/// Runs the feature SQL for one cutoff; the rows get their `asof`.
+async fn features_at(context: &SessionContext, asof: Millis, config: FoldConfig) -> Result<Vec<RecordBatch>, BatchError> {
+    context.deregister_table("timely")?;
+    let timely = context.sql(&timely_events_sql(asof, config)).await?;
+    context.register_table("timely", timely.into_view())?;
+    let sql = FEATURES_SQL.replace("${asof}", &asof.to_string());
+    let batches = context.sql(&sql).await?.collect().await?;
+    let schema = features_schema();
+    batches
+        .into_iter()
+        .map(|batch| {
+            let mut columns = vec![Arc::new(Int64Array::from(vec![asof; batch.num_rows()])) as Arc<dyn Array>];
+            columns.push(arrow_cast::cast(column(&batch, "sku", FEATURES)?, &DataType::Utf8).map_err(arrow_error)?);
+            columns.push(arrow_cast::cast(column(&batch, "node", FEATURES)?, &DataType::Utf8).map_err(arrow_error)?);
+            for name in BATCH {
+                columns.push(Arc::new(float_column(&batch, name)?));
+            }
+            RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)
+        })
+        .collect()
+}
+
+fn arrow_error(error: arrow_schema::ArrowError) -> BatchError {
+    BatchError::Corrupt { dataset: FEATURES.into(), message: error.to_string() }
+}
+
+fn float_column(batch: &RecordBatch, name: &str) -> Result<Float64Array, BatchError> {
+    let array = arrow_cast::cast(column(batch, name, FEATURES)?, &DataType::Float64).map_err(arrow_error)?;
+    Ok(array.as_any().downcast_ref::<Float64Array>().expect("cast to Float64").clone())
+}
+
+/// `asof`, `sku`, `node`, then one Float64 column per batch feature.
+pub fn features_schema() -> SchemaRef {
+    let mut fields = vec![
+        Field::new("asof", DataType::Int64, false),
+        Field::new("sku", DataType::Utf8, false),
+        Field::new("node", DataType::Utf8, false),
+    ];
+    fields.extend(BATCH.iter().map(|name| Field::new(*name, DataType::Float64, true)));
+    Arc::new(Schema::new(fields))
+}

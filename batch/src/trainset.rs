@@ -1,0 +1,316 @@
+//! Training sets: one row per order (a `reserve` with an `order_id`), labelled by what became of
+//! it, with the feature vector an answer at the order's time would have used.
+//!
+//! - **Label**: 1 if the order was ever `short` (an oversell), else 0 if it shipped; orders that
+//!   were released (cancelled) or have no outcome yet are excluded.
+//! - **Decision time** `T` = the order's `ts`. The row's features are
+//!   [`sellable_core::features::vector`] of the batch features as of the last cutoff strictly
+//!   before `T` and of the merged state at `T`, which is the speed fold (`core`'s [`Fold`], the
+//!   embedded speed view) of the events replayed in arrival order up to, and not including,
+//!   `T` ([`sellable_core::features::known_before_decision`]). Serving computes the same vector
+//!   with the same function from its batch view merged with its speed view, so training and
+//!   serving cannot disagree (tested bit for bit in the workspace's `tests/it`).
+//! - **No leakage**: nothing that arrived at or after `T` reaches a row's features; the feature
+//!   store's cutoffs before `T` only hold events that arrived at or before them.
+//!
+//! The replay deduplicates with a window equal to the allowed lateness: in arrival order, a copy
+//! of an event arriving more than that after the first copy is too late anyway, so this equals
+//! the batch view's global deduplication while keeping memory bounded.
+
+use std::sync::Arc;
+
+use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use futures::StreamExt;
+use lance::dataset::WriteMode;
+use sellable_core::event::events_from_batch;
+use sellable_core::features::{self, known_before_decision};
+use sellable_core::{Fold, FoldConfig, Millis};
+
+use crate::features::{BatchFeatures, FEATURES_SQL};
+use crate::{int_column, scan, string_column, BatchError, Lake, Progress, EVENTS};
+
+pub(crate) const TRAINSET: &str = "trainset";
+
+/// One training row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainRow {
+    pub order_id: String,
+    /// The order's time: the decision time.
+    pub ts: Millis,
+    pub sku: String,
+    pub node: String,
+    pub qty: i64,
+    /// 1: shorted (oversold); 0: shipped.
+    pub label: i64,
+    /// The batch cutoff whose features the row holds.
+    pub cutoff: Millis,
+    /// In the order of [`features::names`].
+    pub features: Vec<f64>,
+}
+
+impl TrainRow {
+    /// Equal including the bits of every feature (a NaN equals the same NaN).
+    pub fn same_bits(&self, other: &TrainRow) -> bool {
+        let bits = |row: &TrainRow| row.features.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
+        TrainRow { features: Vec::new(), ..self.clone() } == TrainRow { features: Vec::new(), ..other.clone() } && bits(self) == bits(other)
+    }
+}
+
+/// Where a training set came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// `events` dataset version.
+    pub lake_version: u64,
+    /// `features` dataset version.
+    pub features_version: u64,
+    /// The code that computed it: crate version and a fingerprint of the feature definitions.
+    pub code_version: String,
+}
+
+/// What building a training set found.
+#[derive(Debug, Clone, Default)]
+pub struct TrainsetSummary {
+    pub rows: u64,
+    pub positives: u64,
+    /// Orders placed before the first cutoff of the feature store: no batch features.
+    pub before_first_cutoff: u64,
+    pub released: u64,
+    pub no_outcome_yet: u64,
+    pub events_replayed: u64,
+}
+
+/// The code version stamped on training sets: changes whenever a feature definition does.
+pub fn code_version() -> String {
+    // FNV-1a: stable across builds and platforms
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in FEATURES_SQL.bytes().chain(features::names().join(",").bytes()) {
+        hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("sellable {} features {hash:016x}", env!("CARGO_PKG_VERSION"))
+}
+
+struct Order {
+    order_id: String,
+    ts: Millis,
+    sku: String,
+    node: String,
+    qty: i64,
+    label: i64,
+}
+
+impl Lake {
+    /// Builds the training rows of the orders placed in `[from, to)`.
+    pub async fn build_trainset(
+        &self,
+        from: Millis,
+        to: Millis,
+        config: FoldConfig,
+        progress: &Progress,
+    ) -> Result<(Vec<TrainRow>, Lineage, TrainsetSummary), BatchError> {
+        let cutoffs = self.feature_cutoffs().await?;
+        let features_version = self.dataset(crate::features::FEATURES, "").await?.version_id();
+        let lineage = Lineage { lake_version: self.events_version().await?, features_version, code_version: code_version() };
+        let mut summary = TrainsetSummary::default();
+        let orders = self.labelled_orders(from, to, &mut summary).await?;
+
+        let context = self.session().await?;
+        let sql = format!(
+            "SELECT * FROM {EVENTS} WHERE CAST(COALESCE(arrived, ts) AS BIGINT) < {to} ORDER BY COALESCE(arrived, ts), event_id"
+        );
+        let mut stream = context.sql(&sql).await?.execute_stream().await?;
+        let bar = progress.bar("trainset", orders.len() as u64);
+        let mut truth = Fold::new(FoldConfig { dedup_window_ms: Some(config.lateness_ms), ..config });
+        let mut batch_features = BatchFeatures::default();
+        let mut rows = Vec::with_capacity(orders.len());
+        let mut pending = orders.into_iter().peekable();
+        let mut replayed = 0u64;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            for event in events_from_batch(&batch, replayed)? {
+                replayed += 1;
+                // malformed rows cannot be in the lake (import checks them); skip defensively
+                let Ok(event) = event else { continue };
+                // every order decided before this event arrived is answered now
+                while let Some(order) = pending.next_if(|order| !known_before_decision(&event, order.ts)) {
+                    bar.inc(1);
+                    rows.extend(self.row_for(order, &cutoffs, &truth, &mut batch_features, &mut summary).await?);
+                }
+                truth.apply(&event);
+            }
+        }
+        for order in pending {
+            bar.inc(1);
+            rows.extend(self.row_for(order, &cutoffs, &truth, &mut batch_features, &mut summary).await?);
+        }
+        bar.finish();
+        summary.rows = rows.len() as u64;
+        summary.positives = rows.iter().filter(|row| row.label == 1).count() as u64;
+        summary.events_replayed = replayed;
+        Ok((rows, lineage, summary))
+    }
+
+    /// The row of one order, with the features of the last cutoff before it (loaded when the
+    /// orders, in time order, reach a new cutoff); `None` before the first cutoff.
+    async fn row_for(
+        &self,
+        order: Order,
+        cutoffs: &[Millis],
+        truth: &Fold,
+        batch_features: &mut BatchFeatures,
+        summary: &mut TrainsetSummary,
+    ) -> Result<Option<TrainRow>, BatchError> {
+        let Some(cutoff) = cutoffs.iter().rev().find(|cutoff| **cutoff < order.ts).copied() else {
+            summary.before_first_cutoff += 1;
+            return Ok(None);
+        };
+        if batch_features.rows.is_empty() || batch_features.asof != cutoff {
+            *batch_features = self.load_features(Some(cutoff)).await?;
+        }
+        let state = truth.state(&order.sku, &order.node);
+        let batch = batch_features.rows.get(&(order.sku.clone(), order.node.clone())).map(Vec::as_slice);
+        let features = features::vector(batch, state, order.qty, order.ts);
+        Ok(Some(TrainRow {
+            order_id: order.order_id,
+            ts: order.ts,
+            sku: order.sku,
+            node: order.node,
+            qty: order.qty,
+            label: order.label,
+            cutoff: batch_features.asof,
+            features,
+        }))
+    }
+
+    /// Orders placed in `[from, to)` with their label, in time order (ties by `order_id`).
+    async fn labelled_orders(&self, from: Millis, to: Millis, summary: &mut TrainsetSummary) -> Result<Vec<Order>, BatchError> {
+        let context = self.session().await?;
+        let sql = format!(
+            "WITH outcomes AS (
+               SELECT order_id,
+                      MAX(CASE WHEN kind = 'short' THEN 1 ELSE 0 END) AS shorted,
+                      MAX(CASE WHEN kind = 'ship' THEN 1 ELSE 0 END) AS shipped,
+                      MAX(CASE WHEN kind = 'release' THEN 1 ELSE 0 END) AS released
+               FROM {EVENTS} WHERE order_id IS NOT NULL GROUP BY order_id),
+             orders AS (
+               SELECT order_id, CAST(ts AS BIGINT) AS ts, sku, node, qty,
+                      ROW_NUMBER() OVER (PARTITION BY order_id ORDER BY COALESCE(arrived, ts), event_id) AS copy
+               FROM {EVENTS}
+               WHERE kind = 'reserve' AND order_id IS NOT NULL
+                 AND CAST(ts AS BIGINT) >= {from} AND CAST(ts AS BIGINT) < {to})
+             SELECT o.order_id, o.ts, o.sku, o.node, o.qty, c.shorted, c.shipped, c.released
+             FROM orders o JOIN outcomes c ON o.order_id = c.order_id
+             WHERE o.copy = 1
+             ORDER BY o.ts, o.order_id"
+        );
+        let mut orders = Vec::new();
+        for batch in context.sql(&sql).await?.collect().await? {
+            let text = |name| string_column(&batch, name, EVENTS);
+            let int = |name| int_column(&batch, name, EVENTS);
+            let (order_id, sku, node) = (text("order_id")?, text("sku")?, text("node")?);
+            let (ts, qty, shorted, shipped, released) = (int("ts")?, int("qty")?, int("shorted")?, int("shipped")?, int("released")?);
+            for row in 0..batch.num_rows() {
+                let label = match (shorted.value(row), shipped.value(row), released.value(row)) {
+                    (1, _, _) => 1,
+                    (_, 1, _) => 0,
+                    (_, _, 1) => {
+                        summary.released += 1;
+                        continue;
+                    }
+                    _ => {
+                        summary.no_outcome_yet += 1;
+                        continue;
+                    }
+                };
+                orders.push(Order {
+                    order_id: order_id.value(row).to_string(),
+                    ts: ts.value(row),
+                    sku: sku.value(row).to_string(),
+                    node: node.value(row).to_string(),
+                    qty: qty.value(row),
+                    label,
+                });
+            }
+        }
+        Ok(orders)
+    }
+
+    /// Writes a training set as a new version of the `trainset` dataset, lineage in every row.
+    pub async fn write_trainset(&self, rows: &[TrainRow], lineage: &Lineage) -> Result<u64, BatchError> {
+        let schema = trainset_schema();
+        let text = |values: Vec<&str>| Arc::new(StringArray::from(values)) as Arc<dyn Array>;
+        let int = |values: Vec<i64>| Arc::new(Int64Array::from(values)) as Arc<dyn Array>;
+        let mut batches = Vec::new();
+        for chunk in rows.chunks(crate::WRITE_BATCH) {
+            let mut columns = vec![
+                text(chunk.iter().map(|row| row.order_id.as_str()).collect()),
+                int(chunk.iter().map(|row| row.ts).collect()),
+                text(chunk.iter().map(|row| row.sku.as_str()).collect()),
+                text(chunk.iter().map(|row| row.node.as_str()).collect()),
+                int(chunk.iter().map(|row| row.qty).collect()),
+                int(chunk.iter().map(|row| row.label).collect()),
+                int(chunk.iter().map(|row| row.cutoff).collect()),
+            ];
+            for index in 0..features::names().len() {
+                columns.push(Arc::new(Float64Array::from(chunk.iter().map(|row| row.features[index]).collect::<Vec<_>>())));
+            }
+            columns.push(int(vec![lineage.lake_version as i64; chunk.len()]));
+            columns.push(int(vec![lineage.features_version as i64; chunk.len()]));
+            columns.push(text(vec![lineage.code_version.as_str(); chunk.len()]));
+            batches.push(RecordBatch::try_new(schema.clone(), columns).map_err(|error| BatchError::Corrupt {
+                dataset: TRAINSET.into(),
+                message: error.to_string(),
+            })?);
+        }
+        self.write(TRAINSET, RecordBatchIterator::new(batches.into_iter().map(Ok), schema), WriteMode::Overwrite).await
+    }
+
+    /// The latest training set, with its lineage (`None` for an empty one).
+    pub async fn load_trainset(&self) -> Result<(Vec<TrainRow>, Option<Lineage>), BatchError> {
+        let dataset = self.dataset(TRAINSET, "build one first (sellable trainset)").await?;
+        let names = features::names();
+        let mut rows = Vec::new();
+        let mut lineage = None;
+        for batch in scan(&dataset, TRAINSET).await? {
+            let text = |name| string_column(&batch, name, TRAINSET);
+            let int = |name| int_column(&batch, name, TRAINSET);
+            let (order_id, sku, node, code) = (text("order_id")?, text("sku")?, text("node")?, text("code_version")?);
+            let (ts, qty, label, cutoff, lake, store) = (int("ts")?, int("qty")?, int("label")?, int("cutoff")?, int("lake_version")?, int("features_version")?);
+            let columns: Vec<&Float64Array> = names
+                .iter()
+                .map(|name| {
+                    batch.column_by_name(name).and_then(|column| column.as_any().downcast_ref::<Float64Array>()).ok_or_else(|| {
+                        BatchError::Corrupt { dataset: TRAINSET.into(), message: format!("feature column {name} missing or not Float64") }
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            for row in 0..batch.num_rows() {
+                lineage.get_or_insert_with(|| Lineage {
+                    lake_version: lake.value(row) as u64,
+                    features_version: store.value(row) as u64,
+                    code_version: code.value(row).to_string(),
+                });
+                rows.push(TrainRow {
+                    order_id: order_id.value(row).to_string(),
+                    ts: ts.value(row),
+                    sku: sku.value(row).to_string(),
+                    node: node.value(row).to_string(),
+                    qty: qty.value(row),
+                    label: label.value(row),
+                    cutoff: cutoff.value(row),
+                    features: columns.iter().map(|column| column.value(row)).collect(),
+                });
+            }
+        }
+        Ok((rows, lineage))
+    }
+}
+
+fn trainset_schema() -> SchemaRef {
+    let int = |name: &str| Field::new(name, DataType::Int64, false);
+    let text = |name: &str| Field::new(name, DataType::Utf8, false);
+    let mut fields = vec![text("order_id"), int("ts"), text("sku"), text("node"), int("qty"), int("label"), int("cutoff")];
+    fields.extend(features::names().into_iter().map(|name| Field::new(name, DataType::Float64, false)));
+    fields.extend([int("lake_version"), int("features_version"), text("code_version")]);
+    Arc::new(Schema::new(fields))
+}
