@@ -44,6 +44,8 @@ impl Lake {
     /// Computes the features as of each cutoff and appends them all as one new version of
     /// `features`. One DataFusion session serves every cutoff, with bounded memory (it spills).
     pub async fn compute_features(&self, cutoffs: &[Millis], config: FoldConfig, progress: &Progress) -> Result<FeaturesSummary, BatchError> {
+        // node kind, region and feed SLA come from the catalog
+        self.dataset(crate::NODES, "import a catalog first (sellable lake import --from a gen directory)").await?;
         let context = self.session().await?;
         let mut batches = Vec::new();
         let bar = progress.bar("features", cutoffs.len() as u64);

@@ -123,8 +123,9 @@ impl Lake {
         Ok(dataset.version_id())
     }
 
-    /// Appends events as one new version of `events`. Bad events are skipped and reported;
-    /// if the input fails as a whole, nothing is written and the lake keeps its version.
+    /// Appends events as one new version of `events`. Bad events are skipped and reported; if
+    /// the input cannot be read (anywhere in it), nothing is written and the lake keeps its
+    /// version.
     pub async fn import_events(
         &self,
         events: impl Iterator<Item = Result<Event, DecodeError>> + Send + 'static,
@@ -593,6 +594,8 @@ impl Iterator for EventBatches {
         for decoded in self.events.by_ref() {
             match decoded {
                 Ok(event) => batch.push(event),
+                // A broken file fails the whole import: Lance then commits no version.
+                Err(error) if error.unreadable => return Some(Err(ArrowError::ExternalError(Box::new(InputError::Unreadable(error))))),
                 Err(error) => tally.1.push(error),
             }
             if batch.len() == WRITE_BATCH {

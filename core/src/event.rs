@@ -167,7 +167,7 @@ impl FieldError {
     }
 
     fn at(self, location: Location) -> DecodeError {
-        DecodeError { location, field: self.field, message: self.message }
+        DecodeError { location, field: self.field, message: self.message, unreadable: false }
     }
 }
 
@@ -201,6 +201,15 @@ pub struct DecodeError {
     pub location: Location,
     pub field: Option<&'static str>,
     pub message: String,
+    /// The input itself could not be read there (an IO error, a corrupt Parquet page): not a bad
+    /// event but a broken file, which an import must not half-apply.
+    pub unreadable: bool,
+}
+
+impl DecodeError {
+    pub fn unreadable(location: Location, message: String) -> DecodeError {
+        DecodeError { location, field: None, message, unreadable: true }
+    }
 }
 
 impl fmt::Display for DecodeError {
@@ -221,6 +230,8 @@ pub enum InputError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    #[error("{0}")]
+    Unreadable(DecodeError),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,7 +326,7 @@ pub fn decode_json_reader<R: std::io::BufRead>(reader: R) -> impl Iterator<Item 
     reader.lines().enumerate().filter_map(|(index, line)| {
         let location = Location::Line(index as u64 + 1);
         match line {
-            Err(error) => Some(Err(FieldError::record(format!("unreadable: {error}")).at(location))),
+            Err(error) => Some(Err(DecodeError::unreadable(location, format!("unreadable: {error}")))),
             Ok(line) if line.trim().is_empty() => None,
             Ok(line) => Some(decode_json(&line).map_err(|error| error.at(location))),
         }
@@ -545,7 +556,7 @@ impl Iterator for ParquetEvents {
                 Ok(events) => self.pending.extend(events),
                 Err(error) => {
                     let message = format!("unreadable batch: {error}");
-                    return Some(Err(DecodeError { location, field: None, message }));
+                    return Some(Err(DecodeError::unreadable(location, message)));
                 }
             }
         }

@@ -1,13 +1,37 @@
 //! Integration tests of the batch layer on generated lakes: the DataFusion batch view equals
-//! `core`'s fold of the events known at the cutoff, and imports report bad rows and never leave
-//! the lake half-written.
+//! `core`'s fold of the events known at the cutoff; imports report bad rows and never leave the
+//! lake half-written; features agree with the fold, backfills with single runs, and training rows
+//! never see the future.
 
 use std::path::Path;
 
-use sellable_batch::Lake;
+use sellable_batch::trainset::TrainRow;
+use sellable_batch::{Lake, Progress};
 use sellable_bench::{generate, SimConfig, SimSummary};
+use sellable_core::catalog::{nodes_from_batch, read_parquet, skus_from_batch};
 use sellable_core::event::read_event_file;
-use sellable_core::{fold, known_at, Event, FoldConfig};
+use sellable_core::features::BATCH;
+use sellable_core::{fold, known_at, Event, EventKind, FoldConfig, Millis};
+
+const DAY: Millis = 86_400_000;
+
+/// A lake holding the simulated catalog and `events`.
+async fn lake_of(dir: &Path, summary: &SimSummary, events: &[Event]) -> Lake {
+    let lake = Lake::open(dir).unwrap();
+    let skus = read_parquet(&summary.paths.skus, skus_from_batch).unwrap();
+    let nodes = read_parquet(&summary.paths.nodes, nodes_from_batch).unwrap();
+    lake.import_catalog(&skus, &nodes).await.unwrap();
+    lake.import_events(events.to_vec().into_iter().map(Ok)).await.unwrap();
+    lake
+}
+
+fn same_bits(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+fn feature(values: &[f64], name: &str) -> f64 {
+    values[BATCH.iter().position(|n| *n == name).unwrap()]
+}
 
 fn simulate(dir: &Path, seed: u64) -> (SimSummary, Vec<Event>) {
     let config = SimConfig { seed, skus: 80, nodes: 10, days: 3.0, ..SimConfig::default() };
@@ -80,4 +104,130 @@ async fn import_skips_bad_lines_and_failed_imports_leave_the_lake_unchanged() {
     lake.compute_batch_view(cutoff, FoldConfig::default()).await.unwrap();
     let expected = fold(&events[..110], FoldConfig::default());
     assert_eq!(lake.load_batch_view().await.unwrap().states, expected.states);
+}
+
+#[tokio::test]
+async fn an_unreadable_input_fails_the_whole_import_and_the_lake_keeps_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, events) = simulate(&dir.path().join("gen"), 5);
+    let lake = lake_of(&dir.path().join("lake"), &summary, &events[..50]).await;
+    // more than one write batch of good lines, so Lance has started writing when the file breaks
+    let mut bytes = Vec::new();
+    for index in 0..70_000 {
+        let mut event = events[index % events.len()].clone();
+        event.event_id = format!("copy-{index}");
+        bytes.extend(sellable_core::event::encode_json(&event).into_bytes());
+        bytes.push(b'\n');
+    }
+    bytes.extend(b"{\"event_id\": \"\xff\xfe broken bytes\"}\n");
+    let path = dir.path().join("broken.jsonl");
+    std::fs::write(&path, bytes).unwrap();
+    let error = lake.import_events(read_event_file(&path).unwrap()).await.unwrap_err().to_string();
+    assert!(error.contains("line 70001") && error.contains("unreadable"), "{error}");
+    assert_eq!(lake.events_version().await.unwrap(), 1, "no version for a failed import");
+    let cutoff = lake.last_arrival().await.unwrap().unwrap();
+    lake.compute_batch_view(cutoff, FoldConfig::default()).await.unwrap();
+    assert_eq!(lake.load_batch_view().await.unwrap().states, fold(&events[..50], FoldConfig::default()).states);
+}
+
+#[tokio::test]
+async fn features_agree_with_the_fold_and_with_a_direct_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, events) = simulate(&dir.path().join("gen"), 31);
+    let lake = lake_of(&dir.path().join("lake"), &summary, &events).await;
+    let asof = summary.end - DAY / 2;
+    lake.compute_features(&[asof], FoldConfig::default(), &Progress::hidden()).await.unwrap();
+    let features = lake.load_features(None).await.unwrap();
+    assert_eq!(features.asof, asof);
+    let known: Vec<&Event> = events.iter().filter(|e| known_at(e, asof) && !FoldConfig::default().is_too_late(e)).collect();
+    let expected = fold(known.iter().copied(), FoldConfig::default());
+    assert_eq!(features.rows.len(), expected.states.len());
+    let mut with_demand = 0;
+    for ((sku, node), state) in &expected.states {
+        let row = &features.rows[&(sku.clone(), node.clone())];
+        assert_eq!(row.len(), BATCH.len());
+        assert_eq!(feature(row, "on_hand"), state.on_hand() as f64, "{sku}×{node}");
+        assert_eq!(feature(row, "reserved"), state.reserved as f64);
+        assert_eq!(feature(row, "held"), state.held as f64);
+        let of_node = || known.iter().filter(|e| &e.sku == sku && &e.node == node);
+        let reserves_24h = of_node().filter(|e| e.kind == EventKind::Reserve && e.ts > asof - DAY).count() as f64;
+        assert_eq!(feature(row, "reserve_count_24h"), reserves_24h);
+        with_demand += (reserves_24h > 0.0) as usize;
+        let last_count = of_node().filter(|e| e.kind == EventKind::Count).map(|e| e.ts).max();
+        let hours = feature(row, "hours_since_count");
+        match last_count {
+            Some(ts) => assert_eq!(hours, (asof - ts) as f64 / 3_600_000.0),
+            None => assert!(hours.is_nan()),
+        }
+        let feeds = feature(row, "feed_reliability_30d");
+        assert!(feeds.is_nan() || (0.0..=1.0).contains(&feeds), "{feeds}");
+    }
+    assert!(with_demand > 20, "the check should see demand: {with_demand}");
+    let counted = features.rows.values().filter(|row| feature(row, "counts_30d") > 0.0).count();
+    assert!(counted > 20, "count discrepancies should be computed for many sku×nodes: {counted}");
+}
+
+#[tokio::test]
+async fn a_backfill_of_n_cutoffs_equals_n_single_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, events) = simulate(&dir.path().join("gen"), 37);
+    let cutoffs: Vec<Millis> = (1..=3).map(|day| summary.end - 3 * DAY + day * DAY - DAY / 3).collect();
+    let backfilled = lake_of(&dir.path().join("backfill"), &summary, &events).await;
+    backfilled.compute_features(&cutoffs, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+    let single = lake_of(&dir.path().join("single"), &summary, &events).await;
+    for cutoff in &cutoffs {
+        single.compute_features(&[*cutoff], FoldConfig::default(), &Progress::hidden()).await.unwrap();
+    }
+    assert_eq!(backfilled.feature_cutoffs().await.unwrap(), cutoffs);
+    assert_eq!(single.feature_cutoffs().await.unwrap(), cutoffs);
+    for cutoff in cutoffs {
+        let (a, b) = (backfilled.load_features(Some(cutoff)).await.unwrap(), single.load_features(Some(cutoff)).await.unwrap());
+        assert!(!a.rows.is_empty());
+        assert_eq!(a.rows.len(), b.rows.len());
+        for (key, row) in &a.rows {
+            assert!(same_bits(row, &b.rows[key]), "{key:?} as of {cutoff}");
+        }
+    }
+}
+
+/// Builds a lake from `events`, its features every day, and the training set of the last days.
+async fn trainset_of(dir: &Path, summary: &SimSummary, events: &[Event]) -> Vec<TrainRow> {
+    let lake = lake_of(dir, summary, events).await;
+    let start = summary.end - 3 * DAY;
+    let cutoffs: Vec<Millis> = (0..3).map(|day| start + day * DAY).collect();
+    lake.compute_features(&cutoffs, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+    let (rows, lineage, _) = lake.build_trainset(start, summary.end, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+    lake.write_trainset(&rows, &lineage).await.unwrap();
+    let (stored, stored_lineage) = lake.load_trainset().await.unwrap();
+    assert_eq!(stored_lineage, Some(lineage));
+    assert!(stored.len() == rows.len() && stored.iter().zip(&rows).all(|(a, b)| a.same_bits(b)), "the stored set is the built one");
+    rows
+}
+
+#[tokio::test]
+async fn corrupting_every_event_after_an_order_does_not_change_its_training_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, events) = simulate(&dir.path().join("gen"), 41);
+    let rows = trainset_of(&dir.path().join("clean"), &summary, &events).await;
+    assert!(rows.len() > 100 && rows.iter().any(|row| row.label == 1), "{} rows", rows.len());
+    // an order in the middle of the period
+    let order = rows[rows.len() / 2].clone();
+    let corrupted: Vec<Event> = events
+        .iter()
+        .map(|event| {
+            let own_reserve = event.order_id.as_deref() == Some(order.order_id.as_str()) && event.kind == EventKind::Reserve;
+            if event.arrival() >= order.ts && !own_reserve {
+                Event { qty: event.qty * 3 + 1, ..event.clone() }
+            } else {
+                event.clone()
+            }
+        })
+        .collect();
+    assert!(corrupted.iter().zip(&events).filter(|(a, b)| a != b).count() > 1_000);
+    let corrupted_rows = trainset_of(&dir.path().join("corrupted"), &summary, &corrupted).await;
+    let same = corrupted_rows.iter().find(|row| row.order_id == order.order_id).unwrap();
+    assert!(same.same_bits(&order), "{same:?}\n{order:?}");
+    // and the corruption did reach later orders: the test can fail
+    let later = |rows: &[TrainRow]| rows.iter().filter(|row| row.ts > order.ts + DAY / 2).map(|row| row.features.clone()).collect::<Vec<_>>();
+    assert!(later(&rows).iter().zip(later(&corrupted_rows)).any(|(a, b)| !same_bits(a, &b)));
 }
