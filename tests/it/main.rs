@@ -431,3 +431,48 @@ async fn reconcile_lists_drift_and_repair_brings_redis_back_to_the_lake() {
     assert_eq!(String::from_utf8(clean.stdout).unwrap().trim(), "reconcile: the speed view matches the lake");
     speed.clear().await.unwrap();
 }
+
+/// Training-serving skew: for a sample of orders, the feature vector serving computes (its batch
+/// view and feature store as of the row's cutoff, merged with an embedded speed view fed the
+/// events that arrived after the cutoff and before the order) equals the training row bit for bit.
+#[tokio::test]
+async fn serving_computes_the_training_rows_feature_vectors_bit_for_bit() {
+    let market = marketplace().await;
+    let config = FoldConfig::default();
+    let start = market.cutoff - DAY;
+    let progress = sellable_batch::Progress::hidden();
+    market.lake.compute_features(&[start, market.cutoff], config, &progress).await.unwrap();
+    let end = market.all_events.iter().map(|e| e.ts).max().unwrap() + 1;
+    let (rows, _, summary) = market.lake.build_trainset(start + 1, end, config, &progress).await.unwrap();
+    assert!(rows.len() > 200 && summary.positives > 0, "{summary:?}");
+    let sample: Vec<_> = rows.iter().step_by(rows.len() / 24).collect();
+    let mut checked = 0;
+    for cutoff in [start, market.cutoff] {
+        market.lake.compute_batch_view(cutoff, config).await.unwrap();
+        for row in sample.iter().filter(|row| row.cutoff == cutoff) {
+            let speed = SpeedView::memory(config);
+            let ids = market.lake.event_ids_arrived(cutoff - config.lateness_ms, cutoff).await.unwrap();
+            speed.remember(&ids, cutoff).await.unwrap();
+            let replay = market.lake.events_after(cutoff).await.unwrap().into_iter().filter(|event| {
+                event.as_ref().is_ok_and(|event| sellable_core::features::known_before_decision(event, row.ts))
+            });
+            speed.fold_decoded(replay, Some(cutoff), "replay").await.unwrap();
+            let (base, serving) = serve(&market.lake, Arc::new(speed), row.ts).await;
+            let served = serving.features(&row.sku, &row.node, row.qty, row.ts).await.unwrap();
+            let bits = |values: &[f64]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&served), bits(&row.features), "order {} at {}:\n{served:?}\n{:?}", row.order_id, row.ts, row.features);
+            // the REST endpoint says the same, by name (serde_json's default float parsing may
+            // differ in the last bit, so JSON is compared to 1e-12)
+            let url = format!("{base}/v1/features/{}?node={}&qty={}", row.sku, row.node, row.qty);
+            let named: serde_json::Map<String, serde_json::Value> = reqwest::get(url).await.unwrap().json().await.unwrap();
+            for (name, value) in sellable_core::features::names().into_iter().zip(&row.features) {
+                match named[name].as_f64() {
+                    None => assert!(value.is_nan(), "{name}: null for {value}"),
+                    Some(json) => assert!((json - value).abs() <= 1e-12 * value.abs().max(1.0), "{name}: {json} vs {value}"),
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked}");
+}
