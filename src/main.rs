@@ -911,6 +911,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let fold_config = FoldConfig::default();
     let cutoff = summary.end - 86_400_000.min(days_ms / 2);
     batch(&lake, cutoff, fold_config).await?;
+    features(&lake, &[cutoff], fold_config).await?;
     let speed = match &args.redis {
         Some(url) => {
             let speed = SpeedView::redis(url, "sellable-demo", fold_config).await?;

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The batch layer at growing lake sizes, in one run: for each size, generate a marketplace of about
+# that many events over 7 days, then time and measure the peak memory (max RSS) of
+#   import   sellable lake import           (events into the Lance lake)
+#   nightly  sellable batch --asof DAY-7    (batch view + every feature of features.sql, DataFusion)
+#   trainset sellable trainset (last day)   (labels, features, replay of every event in arrival order)
+# and print events/s per stage, so that the growth with size is visible.
+# Usage: benchmarks/scripts/batch.sh [EVENTS...]   (default 1000000 5000000 20000000)
+#   PROFILE=dev for the debug build (much slower DataFusion); default release (a cold release
+#   build takes about 30 minutes on 2 cores, once). SELLABLE_BATCH_MEMORY_MB bounds DataFusion.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+sizes=("${@:-1000000 5000000 20000000}")
+read -r -a sizes <<< "${sizes[*]}"
+profile=${PROFILE:-release}
+out=${BENCH_DIR:-target/bench-batch}
+scripts/setup.sh
+cargo build --locked --profile "$profile" --bin sellable
+bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")/sellable
+mkdir -p "$out"
+results="$out/results.tsv"
+: > "$results"
+
+# runs a stage under /usr/bin/time; appends "size stage seconds peak_kib" to the results
+stage() {
+  local size=$1 name=$2; shift 2
+  /usr/bin/time -f "%e %M" -o "$out/time" "$@" 2> "$out/$size-$name.log" || { cat "$out/$size-$name.log" >&2; exit 1; }
+  tail -1 "$out/$size-$name.log" | cut -c1-200
+  echo "$size $name $(cat "$out/time")" >> "$results"
+}
+
+for size in "${sizes[@]}"; do
+  dir="$out/$size"
+  rm -rf "$dir" && mkdir -p "$dir"
+  echo "== $size events"
+  stage "$size" gen "$bin" gen --out "$dir/gen" --skus $((size / 85 + 1)) --nodes 200 --days 7
+  events=$(grep -o '^gen: [0-9]*' "$out/$size-gen.log" | tr -dc '0-9')
+  sed -i "s/^$size gen /$events gen /" "$results"
+  stage "$size" import "$bin" lake import --lake "$dir/lake" --from "$dir/gen"
+  stage "$size" nightly "$bin" batch --lake "$dir/lake" --asof 2026-01-07T00:00:00Z
+  stage "$size" trainset "$bin" trainset --lake "$dir/lake" --from 2026-01-07T00:00:00Z --to 2026-01-08T00:00:00Z
+  sed -i "s/^$size /$events /" "$results"
+  rm -rf "$dir/gen"
+done
+
+python3 - "$results" "$profile" <<'PY'
+import sys, collections
+rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
+by_size = collections.OrderedDict()
+for events, stage, seconds, kib in rows:
+    by_size.setdefault(int(events), {})[stage] = (float(seconds), int(kib))
+print(f"\nprofile {sys.argv[2]}")
+print(f"{'events':>11} {'stage':>9} {'seconds':>8} {'events/s':>11} {'peak MiB':>9} {'s per M events':>15}")
+first = None
+for events, stages in by_size.items():
+    for stage in ("import", "nightly", "trainset"):
+        seconds, kib = stages[stage]
+        per_million = seconds / events * 1e6
+        print(f"{events:>11,} {stage:>9} {seconds:>8.1f} {events / seconds:>11,.0f} {kib / 1024:>9,.0f} {per_million:>15.2f}")
+print("(linear growth: the seconds per million events stay flat as the lake grows)")
+PY
