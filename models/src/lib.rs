@@ -4,6 +4,8 @@
 //!
 //! Tests live beside the code.
 
+pub mod evaluator;
+
 use xgb::parameters::BoosterParameters;
 use xgb::{Booster, DMatrix};
 

@@ -1,0 +1,213 @@
+//! Scores an XGBoost model on the CPU without XGBoost: the model's JSON is loaded once into one
+//! flat array of 16-byte nodes (all trees back to back), and a prediction walks each tree from
+//! its root. Same arithmetic as XGBoost's CPU predictor: `f32` features and thresholds, `value <
+//! threshold` goes left, a missing value (`NaN`) follows the node's default direction, leaf values
+//! are summed onto the base margin in `f32`, and `binary:logistic` applies the sigmoid.
+
+use serde_json::Value;
+
+/// A model that cannot be used: corrupt, truncated, or not a binary tree ensemble we can score.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("model: {0}")]
+pub struct ModelFormatError(pub String);
+
+/// One node. A leaf has `feature == LEAF` and its value in `value`; a split sends
+/// `x[feature] < value` to `left` and the others to `right` (missing: see [`DEFAULT_LEFT`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Node {
+    feature: u32,
+    value: f32,
+    left: u32,
+    right: u32,
+}
+
+const LEAF: u32 = u32::MAX;
+/// The top bit of `feature` on a split: missing values go left.
+const DEFAULT_LEFT: u32 = 1 << 31;
+
+/// A binary-logistic tree ensemble in a compact layout.
+#[derive(Debug, Clone)]
+pub struct Evaluator {
+    nodes: Vec<Node>,
+    /// Index of each tree's root in `nodes`.
+    roots: Vec<u32>,
+    base_margin: f32,
+    features: usize,
+}
+
+fn field<'a>(value: &'a Value, path: &[&str]) -> Result<&'a Value, ModelFormatError> {
+    path.iter().try_fold(value, |value, key| {
+        value.get(key).ok_or_else(|| ModelFormatError(format!("missing `{}`", path.join("."))))
+    })
+}
+
+/// XGBoost writes numbers in its parameters as strings, sometimes as a one-element list: "[5E-1]".
+fn number_text(value: &Value, name: &str) -> Result<f64, ModelFormatError> {
+    let text = value.as_str().map(|text| text.trim_matches(|c| c == '[' || c == ']').to_string()).or_else(|| value.as_f64().map(|n| n.to_string()));
+    text.and_then(|text| text.parse::<f64>().ok()).ok_or_else(|| ModelFormatError(format!("`{name}` is not a number: {value}")))
+}
+
+fn array<'a>(tree: &'a Value, name: &str, index: usize) -> Result<&'a Vec<Value>, ModelFormatError> {
+    tree.get(name).and_then(Value::as_array).ok_or_else(|| ModelFormatError(format!("tree {index}: `{name}` missing or not an array")))
+}
+
+impl Evaluator {
+    /// Loads XGBoost's JSON model format (`Booster::save_model` / `save_buffer`).
+    pub fn from_json(text: &str) -> Result<Evaluator, ModelFormatError> {
+        let json: Value = serde_json::from_str(text).map_err(|error| ModelFormatError(format!("not JSON: {error}")))?;
+        let learner = field(&json, &["learner"])?;
+        let objective = field(learner, &["objective", "name"])?.as_str().unwrap_or_default();
+        if objective != "binary:logistic" {
+            return Err(ModelFormatError(format!("objective `{objective}`: only binary:logistic models can be scored")));
+        }
+        let booster = field(learner, &["gradient_booster", "name"])?.as_str().unwrap_or_default();
+        if booster != "gbtree" {
+            return Err(ModelFormatError(format!("booster `{booster}`: only gbtree models can be scored")));
+        }
+        let params = field(learner, &["learner_model_param"])?;
+        let features = number_text(field(params, &["num_feature"])?, "num_feature")? as usize;
+        let base_score = number_text(field(params, &["base_score"])?, "base_score")? as f32;
+        if !(base_score > 0.0 && base_score < 1.0) {
+            return Err(ModelFormatError(format!("base_score {base_score} is not a probability")));
+        }
+        let trees = field(learner, &["gradient_booster", "model", "trees"])?
+            .as_array()
+            .ok_or_else(|| ModelFormatError("`trees` is not an array".into()))?;
+        let mut evaluator = Evaluator { nodes: Vec::new(), roots: Vec::with_capacity(trees.len()), base_margin: -(1.0 / base_score - 1.0).ln(), features };
+        for (index, tree) in trees.iter().enumerate() {
+            evaluator.add_tree(tree, index)?;
+        }
+        Ok(evaluator)
+    }
+
+    fn add_tree(&mut self, tree: &Value, index: usize) -> Result<(), ModelFormatError> {
+        let left = array(tree, "left_children", index)?;
+        let right = array(tree, "right_children", index)?;
+        let split = array(tree, "split_indices", index)?;
+        let condition = array(tree, "split_conditions", index)?;
+        let default_left = array(tree, "default_left", index)?;
+        let count = left.len();
+        if count == 0 || [right.len(), split.len(), condition.len(), default_left.len()].iter().any(|len| *len != count) {
+            return Err(ModelFormatError(format!("tree {index}: node arrays of different lengths")));
+        }
+        if tree.get("split_type").and_then(Value::as_array).is_some_and(|types| types.iter().any(|t| t.as_i64() != Some(0))) {
+            return Err(ModelFormatError(format!("tree {index}: categorical splits are not supported")));
+        }
+        let offset = self.nodes.len() as u32;
+        let bad = |what: &str, node: usize| ModelFormatError(format!("tree {index}, node {node}: {what}"));
+        for node in 0..count {
+            let child = |children: &Vec<Value>| children[node].as_i64().ok_or_else(|| bad("child is not an integer", node));
+            let (l, r) = (child(left)?, child(right)?);
+            let value = condition[node].as_f64().ok_or_else(|| bad("split condition is not a number", node))? as f32;
+            if l == -1 {
+                self.nodes.push(Node { feature: LEAF, value, left: 0, right: 0 });
+                continue;
+            }
+            let in_tree = |child: i64| child > node as i64 && (child as usize) < count;
+            if !in_tree(l) || !in_tree(r) {
+                return Err(bad("child out of range", node));
+            }
+            let feature = split[node].as_u64().filter(|f| (*f as usize) < self.features).ok_or_else(|| bad("split on an unknown feature", node))?;
+            let goes_left = default_left[node].as_i64().or_else(|| default_left[node].as_bool().map(i64::from)) == Some(1);
+            self.nodes.push(Node {
+                feature: feature as u32 | if goes_left { DEFAULT_LEFT } else { 0 },
+                value,
+                left: offset + l as u32,
+                right: offset + r as u32,
+            });
+        }
+        self.roots.push(offset);
+        Ok(())
+    }
+
+    /// How many features a row must have.
+    pub fn features(&self) -> usize {
+        self.features
+    }
+
+    pub fn trees(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// The probability of the positive class for one row (`NaN` = missing).
+    pub fn predict(&self, row: &[f32]) -> f32 {
+        debug_assert_eq!(row.len(), self.features);
+        let mut margin = self.base_margin;
+        for &root in &self.roots {
+            let mut index = root as usize;
+            loop {
+                let node = self.nodes[index];
+                if node.feature == LEAF {
+                    margin += node.value;
+                    break;
+                }
+                let x = row[(node.feature & !DEFAULT_LEFT) as usize];
+                let left = if x.is_nan() { node.feature & DEFAULT_LEFT != 0 } else { x < node.value };
+                index = if left { node.left } else { node.right } as usize;
+            }
+        }
+        1.0 / (1.0 + (-margin).exp())
+    }
+
+    /// Scores row-major `rows` (each [`Evaluator::features`] long) into `out`.
+    pub fn predict_batch(&self, rows: &[f32], out: &mut Vec<f32>) {
+        out.clear();
+        out.extend(rows.chunks_exact(self.features).map(|row| self.predict(row)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{train_binary, TrainConfig};
+
+    /// Rows with a signal in features 0 and 1, noise in 2, and missing values everywhere.
+    fn data(rows: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let mut state = seed;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 10_000) as f32 / 10_000.0
+        };
+        let mut features = Vec::with_capacity(rows * 4);
+        let mut labels = Vec::with_capacity(rows);
+        for _ in 0..rows {
+            let row = [next(), next() * 10.0, next(), next()];
+            labels.push(if row[0] * 2.0 + row[1] / 10.0 + next() * 0.8 > 1.6 { 1.0 } else { 0.0 });
+            features.extend(row.iter().map(|&value| if next() < 0.1 { f32::NAN } else { value }));
+        }
+        (features, labels)
+    }
+
+    #[test]
+    fn scores_equal_xgboosts_own_predictions() {
+        let (train, labels) = data(3_000, 7);
+        let config = TrainConfig { rounds: 60, max_depth: 6, eta: 0.3 };
+        let model = train_binary(&train, 3_000, &labels, &config).unwrap();
+        let evaluator = Evaluator::from_json(&model.to_json().unwrap()).unwrap();
+        assert_eq!((evaluator.trees(), evaluator.features()), (60, 4));
+        let (validation, _) = data(2_000, 99);
+        let expected = model.predict(&validation, 2_000).unwrap();
+        let mut scores = Vec::new();
+        evaluator.predict_batch(&validation, &mut scores);
+        let worst = scores.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-6, "largest difference {worst}");
+        assert!(expected.iter().any(|p| *p < 0.2) && expected.iter().any(|p| *p > 0.8), "the model should separate");
+    }
+
+    #[test]
+    fn corrupt_or_incompatible_models_are_refused_with_the_reason() {
+        let (train, labels) = data(300, 3);
+        let json = train_binary(&train, 300, &labels, &TrainConfig { rounds: 3, ..TrainConfig::default() }).unwrap().to_json().unwrap();
+        let error = |text: &str| Evaluator::from_json(text).unwrap_err().to_string();
+        assert!(error(&json[..json.len() / 2]).starts_with("model: not JSON"));
+        assert!(error(&json.replace("binary:logistic", "reg:squarederror")).contains("only binary:logistic"));
+        let mut value: Value = serde_json::from_str(&json).unwrap();
+        value["learner"]["gradient_booster"]["model"]["trees"][1]["left_children"][0] = Value::from(10_000);
+        assert_eq!(error(&value.to_string()), "model: tree 1, node 0: child out of range");
+        let mut value: Value = serde_json::from_str(&json).unwrap();
+        value["learner"]["learner_model_param"]["num_feature"] = Value::from("1");
+        assert!(error(&value.to_string()).contains("split on an unknown feature"));
+    }
+}
