@@ -8,7 +8,7 @@
 //! `RULES_PROFILE=1` runs only the 1,000-rule evaluation, for a profiler such as callgrind.
 
 use std::hint::black_box;
-use std::time::Instant;
+use sellable_models::median_ns as time;
 
 use sellable_dsl::{load, Facts, RuleSet, Schema, Source, Value};
 
@@ -46,24 +46,6 @@ fn facts(ruleset: &RuleSet) -> Facts {
     set("p_fulfill", Value::Number(0.83));
     set("velocity_5m", Value::Number(25.0));
     facts
-}
-
-/// Median nanoseconds per call of `work`, over 7 batches of `calls`.
-fn time(calls: u32, mut work: impl FnMut()) -> f64 {
-    for _ in 0..calls / 10 + 1 {
-        work();
-    }
-    let mut batches: Vec<f64> = (0..7)
-        .map(|_| {
-            let started = Instant::now();
-            for _ in 0..calls {
-                work();
-            }
-            started.elapsed().as_nanos() as f64 / calls as f64
-        })
-        .collect();
-    batches.sort_by(f64::total_cmp);
-    batches[3]
 }
 
 fn main() {

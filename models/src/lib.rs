@@ -6,6 +6,25 @@
 
 pub mod evaluator;
 
+/// The benchmarks' timer (`cargo bench -p sellable-models` and `-p sellable-dsl`): median
+/// nanoseconds per call of `work` over 7 batches of `calls`, after a warm-up.
+pub fn median_ns(calls: u32, mut work: impl FnMut()) -> f64 {
+    for _ in 0..calls / 10 + 1 {
+        work();
+    }
+    let mut batches: Vec<f64> = (0..7)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            for _ in 0..calls {
+                work();
+            }
+            started.elapsed().as_nanos() as f64 / calls as f64
+        })
+        .collect();
+    batches.sort_by(f64::total_cmp);
+    batches[3]
+}
+
 use xgb::parameters::BoosterParameters;
 use xgb::{Booster, DMatrix};
 
