@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 # libclang itself (libclang.so*, libclang-NN.so*), not libclang-cpp, which bindgen cannot use
-ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* /usr/lib/x86_64-linux-gnu/libclang.so* \
-  /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* 2>/dev/null | grep -q . || missing+=(libclang-dev)
+compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null || compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null \
+  || compgen -G '/usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so*' >/dev/null || missing+=(libclang-dev)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v cc >/dev/null || missing+=(build-essential)
 command -v unzip >/dev/null || command -v python3 >/dev/null || missing+=(unzip)

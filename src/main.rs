@@ -406,8 +406,7 @@ async fn run(command: Command) -> Result<()> {
                 Some(asof) => asof,
                 None => lake.last_arrival().await?.context("the lake has no events: nothing to compute")?,
             };
-            batch(&lake, asof, args.lake.fold_config()).await?;
-            features(&lake, &[asof], args.lake.fold_config()).await
+            batch(&lake, asof, args.lake.fold_config()).await
         }
         Command::Trainset(args) => trainset(&Lake::open(&args.lake.lake)?, &args).await,
         Command::Fold(args) => {
@@ -572,28 +571,23 @@ async fn trainset(lake: &Lake, args: &TrainsetArgs) -> Result<()> {
     Ok(())
 }
 
-/// A spinner on stderr for work without a known length (hidden when stderr is not a terminal).
-fn spinner(message: String) -> indicatif::ProgressBar {
-    let spinner = indicatif::ProgressBar::new_spinner().with_message(message);
-    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    spinner
-}
-
+/// The nightly job: batch view and features as of `asof`.
 async fn batch(lake: &Lake, asof: Millis, config: FoldConfig) -> Result<()> {
     let started = std::time::Instant::now();
-    let spinner = spinner(format!("batch: computing the view as of {} with DataFusion", format_millis(asof)));
-    let summary = lake
-        .compute_batch_view(asof, config)
+    let (view, features) = lake
+        .nightly(asof, config, &Progress::stderr())
         .await
-        .with_context(|| format!("computing the batch view as of {}", format_millis(asof)))?;
-    spinner.finish_and_clear();
+        .with_context(|| format!("computing the batch view and features as of {}", format_millis(asof)))?;
     eprintln!(
-        "batch: view as of {} of {} sku×nodes ({} on-hand deltas after their last count) in {:.1} s -> batch_view version {}",
-        format_millis(summary.asof),
-        summary.sku_nodes,
-        summary.deltas,
+        "batch: view as of {} of {} sku×nodes ({} on-hand deltas after their last count), {} feature rows, in {:.1} s \
+         -> batch_view version {}, features version {}",
+        format_millis(view.asof),
+        view.sku_nodes,
+        view.deltas,
+        features.rows,
         started.elapsed().as_secs_f64(),
-        summary.version
+        view.version,
+        features.version
     );
     Ok(())
 }
@@ -911,7 +905,6 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let fold_config = FoldConfig::default();
     let cutoff = summary.end - 86_400_000.min(days_ms / 2);
     batch(&lake, cutoff, fold_config).await?;
-    features(&lake, &[cutoff], fold_config).await?;
     let speed = match &args.redis {
         Some(url) => {
             let speed = SpeedView::redis(url, "sellable-demo", fold_config).await?;

@@ -15,9 +15,12 @@ use sellable_core::features::BATCH;
 use sellable_core::fold::SkuNode;
 use sellable_core::{FoldConfig, Millis};
 
-use crate::{column, int_column, string_column, timely_events_sql, BatchError, Lake, Progress};
+use crate::{column, int_column, string_column, BatchError, Lake, Progress};
 
 pub(crate) const FEATURES: &str = "features";
+
+/// Node kind, region and feed SLA come from the catalog.
+pub(crate) const NEEDS_CATALOG: &str = "import a catalog first (sellable lake import --from a gen directory)";
 
 /// The feature definitions, compiled in: what runs is what the file says.
 pub const FEATURES_SQL: &str = include_str!("../sql/features.sql");
@@ -44,17 +47,22 @@ impl Lake {
     /// Computes the features as of each cutoff and appends them all as one new version of
     /// `features`. One DataFusion session serves every cutoff, with bounded memory (it spills).
     pub async fn compute_features(&self, cutoffs: &[Millis], config: FoldConfig, progress: &Progress) -> Result<FeaturesSummary, BatchError> {
-        // node kind, region and feed SLA come from the catalog
-        self.dataset(crate::NODES, "import a catalog first (sellable lake import --from a gen directory)").await?;
+        self.dataset(crate::NODES, NEEDS_CATALOG).await?;
         let context = self.session().await?;
         let mut batches = Vec::new();
         let bar = progress.bar("features", cutoffs.len() as u64);
         for &asof in cutoffs {
             bar.set_message(format!("as of {}", sellable_core::event::format_millis(asof)));
-            batches.extend(features_at(&context, asof, config).await?);
+            self.materialize_timely(&context, asof, config).await?;
+            batches.extend(features_in(&context, asof).await?);
             bar.inc(1);
         }
         bar.finish();
+        self.write_features(batches, cutoffs).await
+    }
+
+    /// Appends the features of `cutoffs` as one new version of `features`.
+    pub(crate) async fn write_features(&self, batches: Vec<RecordBatch>, cutoffs: &[Millis]) -> Result<FeaturesSummary, BatchError> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let schema = features_schema();
         let version = self.write(FEATURES, RecordBatchIterator::new(batches.into_iter().map(Ok), schema), WriteMode::Append).await?;
@@ -110,11 +118,9 @@ impl Lake {
     }
 }
 
-/// Runs the feature SQL for one cutoff; the rows get their `asof`.
-async fn features_at(context: &SessionContext, asof: Millis, config: FoldConfig) -> Result<Vec<RecordBatch>, BatchError> {
-    context.deregister_table("timely")?;
-    let timely = context.sql(&timely_events_sql(asof, config)).await?;
-    context.register_table("timely", timely.into_view())?;
+/// Runs the feature SQL over the table `timely` of `context` (the events known at `asof`); the
+/// rows get their `asof`.
+pub(crate) async fn features_in(context: &SessionContext, asof: Millis) -> Result<Vec<RecordBatch>, BatchError> {
     let sql = FEATURES_SQL.replace("${asof}", &asof.to_string());
     let batches = context.sql(&sql).await?.collect().await?;
     let schema = features_schema();

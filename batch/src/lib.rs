@@ -46,6 +46,8 @@ const SKUS: &str = "skus";
 const NODES: &str = "nodes";
 const BATCH_VIEW: &str = "batch_view";
 const BATCH_DELTAS: &str = "batch_deltas";
+/// Scratch space of the nightly job: the events known at the cutoff being computed.
+const SCRATCH_TIMELY: &str = "scratch_timely";
 
 /// Rows per batch written to Lance.
 const WRITE_BATCH: usize = 65_536;
@@ -186,6 +188,30 @@ impl Lake {
         Ok(context)
     }
 
+    /// Computes the events known at `asof` (deduplicated, not too late) once, streaming them to
+    /// a scratch Lance dataset, and registers it as the table `timely`: every query of the job
+    /// reads it instead of deduplicating the lake again, and memory stays bounded.
+    async fn materialize_timely(&self, context: &SessionContext, asof: Millis, config: FoldConfig) -> Result<(), BatchError> {
+        let uri = self.uri(SCRATCH_TIMELY);
+        let started = std::time::Instant::now();
+        let stream = context.sql(&timely_events_sql(asof, config)).await?.execute_stream().await?;
+        // scratch keeps no history: the previous cutoff's rows go first
+        if Path::new(&uri).exists() {
+            std::fs::remove_dir_all(&uri)
+                .map_err(|source| BatchError::Input(InputError::Io { path: uri.clone(), source }))?;
+        }
+        let params = WriteParams { mode: WriteMode::Create, ..WriteParams::default() };
+        let timely = lance::dataset::InsertBuilder::new(uri.as_str())
+            .with_params(&params)
+            .execute_stream(stream)
+            .await
+            .map_err(self.lance_error(SCRATCH_TIMELY))?;
+        context.deregister_table("timely")?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "events known at the cutoff materialised");
+        context.register_table("timely", Arc::new(lance::datafusion::LanceTableProvider::new(Arc::new(timely), false, false)))?;
+        Ok(())
+    }
+
     /// The version of the `events` dataset (0: none yet): the lineage of what is computed.
     pub async fn events_version(&self) -> Result<u64, BatchError> {
         match self.dataset(EVENTS, "").await {
@@ -273,8 +299,31 @@ impl Lake {
     /// `batch_view` and `batch_deltas`.
     pub async fn compute_batch_view(&self, asof: Millis, config: FoldConfig) -> Result<BatchSummary, BatchError> {
         let context = self.session().await?;
-        let timely = context.sql(&timely_events_sql(asof, config)).await?;
-        context.register_table("timely", timely.into_view())?;
+        self.materialize_timely(&context, asof, config).await?;
+        self.batch_view_in(&context, asof).await
+    }
+
+    /// The nightly job: the batch view and the features as of `asof`, from one pass over the
+    /// lake's events (they are deduplicated and materialised once for both).
+    pub async fn nightly(&self, asof: Millis, config: FoldConfig, progress: &Progress) -> Result<(BatchSummary, features::FeaturesSummary), BatchError> {
+        self.dataset(NODES, features::NEEDS_CATALOG).await?;
+        let bar = progress.bar("nightly", 3);
+        let context = self.session().await?;
+        bar.set_message("events known at the cutoff");
+        self.materialize_timely(&context, asof, config).await?;
+        bar.inc(1);
+        bar.set_message("batch view");
+        let view = self.batch_view_in(&context, asof).await?;
+        bar.inc(1);
+        bar.set_message("features");
+        let features = features::features_in(&context, asof).await?;
+        let features = self.write_features(features, &[asof]).await?;
+        bar.finish();
+        Ok((view, features))
+    }
+
+    /// Computes and writes the batch view from the table `timely` of `context`.
+    async fn batch_view_in(&self, context: &SessionContext, asof: Millis) -> Result<BatchSummary, BatchError> {
         let anchors = context.sql(ANCHORS_SQL).await?;
         context.register_table("anchors", anchors.into_view())?;
 

@@ -90,15 +90,6 @@ pub fn code_version() -> String {
     format!("sellable {} features {hash:016x}", env!("CARGO_PKG_VERSION"))
 }
 
-struct Order {
-    order_id: String,
-    ts: Millis,
-    sku: String,
-    node: String,
-    qty: i64,
-    label: i64,
-}
-
 impl Lake {
     /// Builds the training rows of the orders placed in `[from, to)`.
     pub async fn build_trainset(
@@ -150,11 +141,12 @@ impl Lake {
         Ok((rows, lineage, summary))
     }
 
-    /// The row of one order, with the features of the last cutoff before it (loaded when the
-    /// orders, in time order, reach a new cutoff); `None` before the first cutoff.
+    /// The row of one order (a row without features yet), with the features of the last cutoff
+    /// before it (loaded when the orders, in time order, reach a new cutoff); `None` before the
+    /// first cutoff.
     async fn row_for(
         &self,
-        order: Order,
+        order: TrainRow,
         cutoffs: &[Millis],
         truth: &Fold,
         batch_features: &mut BatchFeatures,
@@ -170,20 +162,12 @@ impl Lake {
         let state = truth.state(&order.sku, &order.node);
         let batch = batch_features.rows.get(&(order.sku.clone(), order.node.clone())).map(Vec::as_slice);
         let features = features::vector(batch, state, order.qty, order.ts);
-        Ok(Some(TrainRow {
-            order_id: order.order_id,
-            ts: order.ts,
-            sku: order.sku,
-            node: order.node,
-            qty: order.qty,
-            label: order.label,
-            cutoff: batch_features.asof,
-            features,
-        }))
+        Ok(Some(TrainRow { cutoff: batch_features.asof, features, ..order }))
     }
 
-    /// Orders placed in `[from, to)` with their label, in time order (ties by `order_id`).
-    async fn labelled_orders(&self, from: Millis, to: Millis, summary: &mut TrainsetSummary) -> Result<Vec<Order>, BatchError> {
+    /// Orders placed in `[from, to)` with their label, in time order (ties by `order_id`): rows
+    /// without their cutoff and features yet.
+    async fn labelled_orders(&self, from: Millis, to: Millis, summary: &mut TrainsetSummary) -> Result<Vec<TrainRow>, BatchError> {
         let context = self.session().await?;
         let sql = format!(
             "WITH outcomes AS (
@@ -222,13 +206,15 @@ impl Lake {
                         continue;
                     }
                 };
-                orders.push(Order {
+                orders.push(TrainRow {
                     order_id: order_id.value(row).to_string(),
                     ts: ts.value(row),
                     sku: sku.value(row).to_string(),
                     node: node.value(row).to_string(),
                     qty: qty.value(row),
                     label,
+                    cutoff: 0,
+                    features: Vec::new(),
                 });
             }
         }
