@@ -7,6 +7,9 @@
 -- Placeholders: ${asof} (the cutoff, ms since the epoch).
 -- Output: sku, node, then exactly the columns of core::features::BATCH, in that order. Missing
 -- values are NULL (NaN in the model's vector). Times are event times (`ts`) unless said otherwise.
+-- Memory: a hash join holds its left side in memory and cannot spill, so every join below has a
+-- small side (per sku×node, per node, or filtered) on its left; the big inputs are aggregated or
+-- windowed (which spill) first.
 WITH
 -- the snapshot: on-hand from the latest absolute reading plus the changes after it (the same
 -- state as the batch view), reserved and held
@@ -21,21 +24,23 @@ segment_levels AS (
   SELECT sku, node, segment, SUM(CASE WHEN absolute THEN qty ELSE d_on_hand END) AS level
   FROM segments GROUP BY sku, node, segment
 ),
-last_segment AS (
-  SELECT sku, node, MAX(segment) AS segment FROM segments GROUP BY sku, node
+last_level AS (
+  SELECT l.sku, l.node, l.level
+  FROM (SELECT sku, node, MAX(segment) AS segment FROM segments GROUP BY sku, node) s
+  JOIN segment_levels l ON l.sku = s.sku AND l.node = s.node AND l.segment = s.segment
 ),
-snapshot AS (
-  SELECT t.sku, t.node,
-         COALESCE(MAX(l.level), 0) AS on_hand,
+sums AS (
+  SELECT sku, node,
          SUM(d_reserved) AS reserved,
          SUM(d_held) AS held,
-         MAX(t.ts) AS last_event_ts,
-         MAX(CASE WHEN t.kind = 'count' THEN t.ts END) AS last_count_ts,
-         MAX(CASE WHEN t.kind = 'receipt' THEN t.ts END) AS last_receipt_ts
-  FROM timely t
-  LEFT JOIN last_segment s ON t.sku = s.sku AND t.node = s.node
-  LEFT JOIN segment_levels l ON l.sku = s.sku AND l.node = s.node AND l.segment = s.segment
-  GROUP BY t.sku, t.node
+         MAX(ts) AS last_event_ts,
+         MAX(CASE WHEN kind = 'count' THEN ts END) AS last_count_ts,
+         MAX(CASE WHEN kind = 'receipt' THEN ts END) AS last_receipt_ts
+  FROM timely GROUP BY sku, node
+),
+snapshot AS (
+  SELECT s.*, COALESCE(l.level, 0) AS on_hand
+  FROM sums s LEFT JOIN last_level l ON l.sku = s.sku AND l.node = s.node
 ),
 -- demand: reserve units and counts over 5m / 1h / 24h / 7d, per sku×node ...
 recent AS (
@@ -74,11 +79,13 @@ node_shorts AS (
 ),
 -- count discrepancy (phantom inventory): for each count of the last 30d, what was counted minus
 -- what the events said was there just before (the level at the end of the previous segment)
+recent_counts AS (
+  SELECT sku, node, qty, segment FROM segments WHERE kind = 'count' AND ts > ${asof} - 30 * 86400000
+),
 discrepancies AS (
   SELECT c.sku, c.node, CAST(c.qty - p.level AS DOUBLE) AS diff
-  FROM segments c
+  FROM recent_counts c
   JOIN segment_levels p ON p.sku = c.sku AND p.node = c.node AND p.segment = c.segment - 1
-  WHERE c.kind = 'count' AND c.ts > ${asof} - 30 * 86400000
 ),
 discrepancy AS (
   SELECT sku, node, AVG(diff) AS bias, AVG(ABS(diff)) AS mae, COUNT(*) AS counts
@@ -90,7 +97,7 @@ feed_lags AS (
   SELECT r.node, CAST(r.arrival - r.ts AS DOUBLE) AS lag, n.feed_sla_ms,
          ROW_NUMBER() OVER (PARTITION BY r.node ORDER BY r.arrival - r.ts, r.event_id) AS rank,
          COUNT(*) OVER (PARTITION BY r.node) AS feeds
-  FROM recent r JOIN nodes n ON r.node = n.node
+  FROM nodes n JOIN recent r ON r.node = n.node
   WHERE r.kind = 'feed'
 ),
 feed AS (

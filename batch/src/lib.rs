@@ -485,10 +485,11 @@ const ANCHORS_SQL: &str = "
           FROM timely WHERE absolute) AS ranked
     WHERE rank = 1";
 
-/// On-hand changes ordered after the anchor of their sku×node.
+/// On-hand changes ordered after the anchor of their sku×node. (`anchors`, one row per
+/// sku×node, on the left: a hash join keeps its left side in memory and cannot spill.)
 const DELTAS_SQL: &str = "
     SELECT t.sku, t.node, t.ts, t.event_id, t.d_on_hand AS delta
-    FROM timely t LEFT JOIN anchors a ON t.sku = a.sku AND t.node = a.node
+    FROM anchors a RIGHT JOIN timely t ON t.sku = a.sku AND t.node = a.node
     WHERE NOT t.absolute AND t.d_on_hand <> 0
       AND (a.anchor_ts IS NULL OR t.ts > a.anchor_ts OR (t.ts = a.anchor_ts AND t.event_id > a.anchor_id))";
 
