@@ -177,8 +177,11 @@ impl Lake {
     /// it. CPU-heavy: callers run it off the request runtime.
     async fn session(&self) -> Result<SessionContext, BatchError> {
         let events = self.dataset(EVENTS, "import events first (sellable lake import)").await?;
-        let runtime = RuntimeEnvBuilder::new().with_memory_limit(memory_limit(), 1.0).build_arc()?;
-        let config = SessionConfig::new().with_target_partitions(2);
+        // A fair pool gives every spilling operator its share, so a sort's merge phase still
+        // finds the memory it reserved when a join or an aggregation is large too.
+        let pool = datafusion::execution::memory_pool::FairSpillPool::new(memory_limit());
+        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool)).build_arc()?;
+        let config = SessionConfig::new().with_target_partitions(2).with_sort_spill_reservation_bytes(64 << 20);
         let context = SessionContext::new_with_config_rt(config, runtime);
         let table = lance::datafusion::LanceTableProvider::new(Arc::new(events), false, false);
         context.register_table(EVENTS, Arc::new(table))?;
