@@ -56,24 +56,26 @@ struct Metrics {
     source_lag: prometheus::GaugeVec,
 }
 
+/// A metric, registered: the names and labels are fixed in the code, so failing is a bug.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &prometheus::Registry, metric: prometheus::Result<M>) -> M {
+    let metric = metric.expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    metric
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let registry = prometheus::Registry::new();
         let counter = |name: &str, help: &str, label: &str| {
-            let counter = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &[label]).expect("valid metric");
-            registry.register(Box::new(counter.clone())).expect("metric registered once");
-            counter
+            registered(&registry, prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &[label]))
+        };
+        let gauge = |name: &str, help: &str, label: &str| {
+            registered(&registry, prometheus::GaugeVec::new(prometheus::Opts::new(name, help), &[label]))
         };
         let answers = counter("sellable_answers_total", "Availability answers, by decision", "decision");
         let errors = counter("sellable_request_errors_total", "Requests refused, by error", "error");
         let events = counter("sellable_posted_events_total", "Events posted to /v1/events, by outcome", "outcome");
-        let degraded = prometheus::IntCounter::new("sellable_degraded_answers_total", "Answers marked degraded").expect("valid metric");
-        registry.register(Box::new(degraded.clone())).expect("metric registered once");
-        let gauge = |name: &str, help: &str, label: &str| {
-            let gauge = prometheus::GaugeVec::new(prometheus::Opts::new(name, help), &[label]).expect("valid metric");
-            registry.register(Box::new(gauge.clone())).expect("metric registered once");
-            gauge
-        };
+        let degraded = registered(&registry, prometheus::IntCounter::new("sellable_degraded_answers_total", "Answers marked degraded"));
         let feed_lag = gauge("sellable_node_feed_lag_seconds", "How far behind now each node's newest folded event arrived", "node");
         let source_lag = gauge("sellable_source_lag_seconds", "How far behind now each ingestion source's newest folded event arrived", "source");
         Metrics { registry, answers, degraded, errors, events, feed_lag, source_lag }
