@@ -11,7 +11,10 @@ use sellable_batch::{Lake, Progress};
 use sellable_bench::{generate, SimConfig};
 use sellable_core::event::{format_millis, parse_rfc3339, read_event_file};
 use sellable_core::{FoldConfig, Millis};
-use sellable_serving::{RuleBook, Serving};
+use sellable_models::registry::ModelLineage;
+use sellable_models::{Registry, TrainConfig};
+use sellable_serving::backtest::PastOrder;
+use sellable_serving::{ModelBook, ModelStatus, RuleBook, Serving};
 use sellable_speed::SpeedView;
 
 /// sellable: a real-time available-to-promise engine.
@@ -47,6 +50,16 @@ enum Command {
     /// Build a training set: one row per order placed in [FROM, TO), labelled by whether it was
     /// shorted, with the features an answer at that time would have used.
     Trainset(TrainsetArgs),
+    /// Train the p_fulfill model with XGBoost on the latest training set, evaluate it on held-out
+    /// days against naive ATP and the best static safety stock, and register it (report.html,
+    /// metrics.json) as a new version in the models directory.
+    Train(TrainArgs),
+    /// The model registry: list versions, show one, promote one to live, roll back.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Replay a past period: what the engine (a model version and rule files) would have decided
+    /// for every order, beside what happened and the baselines, as CSV plus a summary.
+    Backtest(BacktestArgs),
     /// Fold events into the speed view in Redis: those that arrived after the batch cutoff (from
     /// the lake or a file), or, with --stream, a Redis Stream as a consumer group, until Ctrl-C.
     Fold(FoldArgs),
@@ -72,6 +85,73 @@ enum LakeCommand {
     Import(ImportArgs),
     /// Every dataset of the lake: version, versions kept, rows, size; the events' time range.
     Info(LakeArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Every version: created, rounds, threshold, headline metrics; the live one marked.
+    List(ModelsDirArgs),
+    /// One version's manifest (features, threshold, lineage, metrics) and where its report is.
+    Show(ModelVersionArgs),
+    /// Make a version live (serving picks it up within a second). A version that does not load
+    /// or computes other features is refused and the live one stays.
+    Promote(ModelVersionArgs),
+    /// Go back to the version live before the current one.
+    Rollback(ModelsDirArgs),
+}
+
+#[derive(Args)]
+struct ModelsDirArgs {
+    /// The model registry directory.
+    #[arg(long, env = "SELLABLE_MODELS", default_value = "models")]
+    models: PathBuf,
+}
+
+#[derive(Args)]
+struct ModelVersionArgs {
+    #[command(flatten)]
+    dir: ModelsDirArgs,
+    /// A version: v1, v2, …
+    version: String,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    lake: LakeArgs,
+    #[command(flatten)]
+    models: ModelsDirArgs,
+    /// Training configuration (TOML; every key optional, see docs/models.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Promote the new version right away.
+    #[arg(long)]
+    promote: bool,
+}
+
+#[derive(Args)]
+struct BacktestArgs {
+    #[command(flatten)]
+    lake: LakeArgs,
+    #[command(flatten)]
+    models: ModelsDirArgs,
+    /// Model version [default: the live one]; `none` decides with the rules on naive ATP only.
+    #[arg(long)]
+    model: Option<String>,
+    /// Rule files (or directories of `*.rules` files) to apply on top of the model.
+    #[arg(long)]
+    rules: Vec<PathBuf>,
+    #[command(flatten)]
+    schema: SchemaArgs,
+    /// First order time (RFC 3339 or milliseconds), included.
+    #[arg(long, value_parser = parse_time)]
+    from: Millis,
+    /// Last order time, excluded.
+    #[arg(long, value_parser = parse_time)]
+    to: Millis,
+    /// The per-order CSV; the summary goes beside it as FILE.summary.json.
+    #[arg(long, default_value = "backtest.csv")]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -128,6 +208,8 @@ struct ExplainArgs {
     lake: LakeArgs,
     #[command(flatten)]
     redis: RedisArgs,
+    #[command(flatten)]
+    models: ModelsDirArgs,
     #[arg(long)]
     sku: String,
     #[arg(long)]
@@ -321,6 +403,11 @@ struct ServeArgs {
     redis: RedisArgs,
     #[command(flatten)]
     rules: RulesDirArgs,
+    #[command(flatten)]
+    models: ModelsDirArgs,
+    /// Score this model version in shadow: logged beside the live score, never decides.
+    #[arg(long)]
+    shadow: Option<String>,
     #[arg(long, env = "SELLABLE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 }
@@ -425,9 +512,13 @@ async fn run(command: Command) -> Result<()> {
         Command::Serve(args) => {
             let lake = Lake::open(&args.lake.lake)?;
             let speed = open_speed(&lake, &args.redis, args.lake.fold_config()).await?;
-            let serving = load_serving(&lake, speed, args.rules.book()?).await?;
+            let models = model_book(&args.models.models, args.shadow.as_deref())?;
+            let serving = load_serving(&lake, speed, args.rules.book()?, models).await?;
             serve(serving, args.listen, None).await
         }
+        Command::Train(args) => train(&args).await,
+        Command::Models(command) => models(command),
+        Command::Backtest(args) => backtest(&args).await,
         Command::Rules(command) => rules(command).await,
         Command::Reconcile(args) => reconcile(args).await,
         Command::Publish(args) => {
@@ -568,6 +659,193 @@ async fn trainset(lake: &Lake, args: &TrainsetArgs) -> Result<()> {
         lineage.features_version,
         lineage.code_version
     );
+    Ok(())
+}
+
+/// Trains on the latest training set, evaluates, and registers a new version.
+async fn train(args: &TrainArgs) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            TrainConfig::from_toml(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?
+        }
+        None => TrainConfig::default(),
+    };
+    let lake = Lake::open(&args.lake.lake)?;
+    let registry = Registry::open(&args.models.models)?;
+    let (rows, lineage) = lake.load_trainset().await.context("loading the training set")?;
+    let lineage = lineage.context("the training set is empty: build one over a longer period (sellable trainset)")?;
+    let trainset_version = lake.trainset_version().await?;
+    let names = sellable_core::features::names();
+    let mut orders = sellable_models::Orders::new(&names)?;
+    for row in &rows {
+        orders.push(row.ts, &row.features, row.label).with_context(|| format!("training set row of order {}", row.order_id))?;
+    }
+    eprintln!("train: {} orders ({} shorted) from training set version {trainset_version}", orders.len(), orders.positives());
+    let started = std::time::Instant::now();
+    let bar = Progress::stderr().bar("boosting rounds", config.xgboost.rounds as u64);
+    let fitted = sellable_models::fit(&orders, &config, |round| {
+        bar.set_position(round.round as u64 + 1);
+        bar.set_message(format!("validation log loss {:.5}, best round {}", round.validation_log_loss, round.best_round + 1));
+    })?;
+    bar.finish();
+    let code_version = format!("sellable {} models", env!("CARGO_PKG_VERSION"));
+    let model_lineage = ModelLineage {
+        trainset_version,
+        lake_version: lineage.lake_version,
+        features_version: lineage.features_version,
+        trainset_code_version: lineage.code_version,
+        code_version: code_version.clone(),
+    };
+    let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let manifest = fitted.manifest(&names, model_lineage.clone(), created);
+    let details = [
+        ("training set".to_string(), format!("version {trainset_version}: {} orders", orders.len())),
+        ("lineage".to_string(), format!("events v{}, features v{}, {}", model_lineage.lake_version, model_lineage.features_version, model_lineage.trainset_code_version)),
+        ("model".to_string(), format!("{} rounds, positive weight {:.2}, {code_version}", fitted.model.rounds, fitted.model.positive_weight)),
+        ("parity with XGBoost".to_string(), format!("largest difference {:.1e}", fitted.parity)),
+    ];
+    let report = sellable_models::report::html("sellable p_fulfill model", &details, &fitted.evaluation).map_err(anyhow::Error::msg)?;
+    let version = registry.register(fitted.model.json(), manifest, &fitted.metrics_json(), &report)?;
+    let e = &fitted.evaluation;
+    let compared = &e.at_safety_stock_false_deny_rate;
+    eprintln!(
+        "train: {version} in {:.1} s: {} rounds; held-out days: PR-AUC {:.3} (no skill {:.3}), log loss {:.4}, calibration error {:.4}\n  \
+         threshold {:.4} (target oversell rate {}): oversell rate {:.4}, false-deny rate {:.4} (naive ATP {:.4} / {:.4}, safety stock k={} {:.4} / {:.4})\n  \
+         at the safety stock's false-deny rate ({:.4}): {} oversells vs {} (ratio {:.2})\n  report: {}",
+        started.elapsed().as_secs_f64(),
+        fitted.model.rounds,
+        e.pr_auc,
+        e.short_rate,
+        e.log_loss,
+        e.calibration_error,
+        e.threshold,
+        e.target_oversell_rate,
+        e.model.oversell_rate,
+        e.model.false_deny_rate,
+        e.naive_atp.oversell_rate,
+        e.naive_atp.false_deny_rate,
+        e.safety_stock,
+        e.static_safety_stock.oversell_rate,
+        e.static_safety_stock.false_deny_rate,
+        compared.false_deny_rate,
+        compared.model_oversells,
+        compared.safety_stock_oversells,
+        compared.ratio,
+        registry.file(&version, "report.html")?.display()
+    );
+    if args.promote {
+        registry.promote(&version, &sellable_core::features::names())?;
+        eprintln!("train: {version} is live");
+    } else {
+        eprintln!("train: make it live with `sellable models promote {version} --models {}`", args.models.models.display());
+    }
+    Ok(())
+}
+
+fn models(command: ModelsCommand) -> Result<()> {
+    let features = sellable_core::features::names();
+    match command {
+        ModelsCommand::List(args) => {
+            let registry = Registry::open(&args.models)?;
+            let live = registry.live()?;
+            let versions = registry.versions()?;
+            if versions.is_empty() {
+                println!("no model in {}: train one (sellable train)", args.models.display());
+            }
+            for version in versions {
+                let mark = if live.as_deref() == Some(version.as_str()) { "*" } else { " " };
+                match registry.manifest(&version) {
+                    Ok(m) => println!(
+                        "{mark} {version:<5} {}  {:>4} rounds  threshold {:.4}  PR-AUC {:.3}  oversells vs safety stock {:.2}",
+                        m.created,
+                        m.rounds,
+                        m.threshold,
+                        m.headline.get("pr_auc").copied().unwrap_or(f64::NAN),
+                        m.headline.get("oversells_vs_safety_stock").copied().unwrap_or(f64::NAN)
+                    ),
+                    Err(error) => println!("{mark} {version:<5} unreadable: {error}"),
+                }
+            }
+            Ok(())
+        }
+        ModelsCommand::Show(args) => {
+            let registry = Registry::open(&args.dir.models)?;
+            let manifest = registry.manifest(&args.version)?;
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+            println!("report: {}", registry.file(&args.version, "report.html")?.display());
+            Ok(())
+        }
+        ModelsCommand::Promote(args) => {
+            let registry = Registry::open(&args.dir.models)?;
+            let model = registry.promote(&args.version, &features).with_context(|| format!("promoting {}", args.version))?;
+            println!("{} is live (threshold {:.4}); a running server picks it up within a second", model.version(), model.threshold());
+            Ok(())
+        }
+        ModelsCommand::Rollback(args) => {
+            let registry = Registry::open(&args.models)?;
+            let model = registry.rollback(&features).context("rolling back")?;
+            println!("rolled back: {} is live again (threshold {:.4})", model.version(), model.threshold());
+            Ok(())
+        }
+    }
+}
+
+/// Decides every order of a past period as the engine would have, and writes the CSV and summary.
+async fn backtest(args: &BacktestArgs) -> Result<()> {
+    let lake = Lake::open(&args.lake.lake)?;
+    let registry = Registry::open(&args.models.models)?;
+    let features = sellable_core::features::names();
+    let version = match args.model.as_deref() {
+        Some("none") => None,
+        Some(version) => Some(version.to_string()),
+        None => Some(registry.live()?.context("no model is live: pass --model V, or --model none for rules on naive ATP")?),
+    };
+    let model = version.as_deref().map(|version| registry.load(version, &features)).transpose()?;
+    let safety_stock = model.as_ref().and_then(|m| m.manifest.headline.get("safety_stock")).map_or(0, |k| *k as i64);
+    let schema = args.schema.schema();
+    let rules = if args.rules.is_empty() {
+        RuleBook::empty(schema)
+    } else {
+        let sources = rule_sources(&args.rules)?;
+        let loaded = sellable_dsl::load(&sources, &schema);
+        for diagnostic in &loaded.diagnostics {
+            eprintln!("{diagnostic}\n");
+        }
+        RuleBook::with(loaded.ruleset.context("the rule files have errors: nothing was backtested")?, schema)
+    };
+    let (rows, _, summary) = lake.build_trainset(args.from, args.to, args.lake.fold_config(), &Progress::stderr()).await.context("replaying the period")?;
+    let orders: Vec<PastOrder> = rows
+        .into_iter()
+        .map(|row| PastOrder { order_id: row.order_id, ts: row.ts, sku: row.sku, node: row.node, qty: row.qty, label: row.label, features: row.features })
+        .collect();
+    let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
+    let empty = Arc::new(SpeedView::memory(args.lake.fold_config()));
+    let serving = Serving::new(skus, nodes, sellable_core::BatchView::default(), empty, Arc::new(rules));
+    let (decisions, result) = serving.backtest(model.as_ref(), &orders, safety_stock).map_err(anyhow::Error::msg)?;
+    let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    sellable_serving::backtest::write_csv(&decisions, std::io::BufWriter::new(file)).map_err(anyhow::Error::msg)?;
+    let summary_path = args.out.with_extension("summary.json");
+    std::fs::write(&summary_path, serde_json::to_string_pretty(&result)?).with_context(|| format!("writing {}", summary_path.display()))?;
+    let line = |name: &str, counts: &sellable_serving::backtest::PolicyCounts| {
+        eprintln!(
+            "  {name:<28} promised {:>7}  oversells {:>6}  oversells caught {:>6}  wrongly denied {:>6}",
+            counts.promised, counts.oversells, counts.oversells_caught, counts.wrongly_denied
+        )
+    };
+    eprintln!(
+        "backtest: {} orders ({} shorted; {} left out: before the first feature cutoff, released or open) with model {} and {} rule(s)",
+        result.orders,
+        result.shorted,
+        summary.before_first_cutoff + summary.released + summary.no_outcome_yet,
+        version.as_deref().unwrap_or("none"),
+        serving.rules.current().map_or(0, |r| r.len())
+    );
+    line("engine (model + rules)", &result.engine);
+    line("naive ATP", &result.naive_atp);
+    line(&format!("static safety stock k={safety_stock}"), &result.static_safety_stock);
+    eprintln!("  -> {} and {}", args.out.display(), summary_path.display());
     Ok(())
 }
 
@@ -777,13 +1055,26 @@ async fn open_speed(lake: &Lake, redis: &RedisArgs, config: FoldConfig) -> Resul
     }
 }
 
-async fn load_serving(lake: &Lake, speed: Arc<SpeedView>, rules: Arc<RuleBook>) -> Result<Arc<Serving>> {
+/// The model registry's live version for serving, watched for promotions and rollbacks.
+fn model_book(dir: &Path, shadow: Option<&str>) -> Result<Arc<ModelBook>> {
+    let registry = Registry::open(dir)?;
+    let book = Arc::new(ModelBook::from_registry(registry, shadow).map_err(anyhow::Error::msg)?);
+    match book.status() {
+        ModelStatus { live: Some(live), .. } => eprintln!("serve: model {live} live from {}", dir.display()),
+        ModelStatus { error: Some(error), .. } => eprintln!("serve: no model live ({error}): answers are degraded to naive ATP and rules"),
+        _ => eprintln!("serve: no model promoted in {}: answers are degraded to naive ATP and rules", dir.display()),
+    }
+    Ok(book)
+}
+
+async fn load_serving(lake: &Lake, speed: Arc<SpeedView>, rules: Arc<RuleBook>, models: Arc<ModelBook>) -> Result<Arc<Serving>> {
     let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
     let batch = lake.load_batch_view().await.context("loading the batch view")?;
     if rules.dir().is_some() {
         rules.clone().watch(std::time::Duration::from_secs(1));
     }
-    let serving = Arc::new(Serving::new(skus, nodes, batch, speed, rules));
+    models.clone().watch(std::time::Duration::from_millis(500));
+    let serving = Arc::new(Serving::new(skus, nodes, batch, speed, rules).with_models(models));
     // before the first answer, not a second later: the batch view alone looks a day old
     serving.refresh_watermarks().await.map_err(|error| anyhow::anyhow!("reading the speed view's watermarks: {error}"))?;
     Ok(serving)
@@ -853,7 +1144,7 @@ async fn rules(command: RulesCommand) -> Result<()> {
         RulesCommand::Explain(args) => {
             let lake = Lake::open(&args.lake.lake)?;
             let speed = open_speed(&lake, &args.redis, args.lake.fold_config()).await?;
-            let serving = load_serving(&lake, speed, Arc::new(RuleBook::with(ruleset, schema))).await?;
+            let serving = load_serving(&lake, speed, Arc::new(RuleBook::with(ruleset, schema)), model_book(&args.models.models, None)?).await?;
             let now = chrono::Utc::now().timestamp_millis();
             let answer = serving.availability(&args.sku, &args.region, args.qty, now).await?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
@@ -919,9 +1210,35 @@ async fn demo(args: DemoArgs) -> Result<()> {
         eprintln!("demo: {} events are still in flight; each is folded when its arrival time comes", in_flight.len());
         spawn_live_feed(speed.clone(), in_flight);
     }
-    let serving = load_serving(&lake, speed, args.rules.book()?).await?;
+    let models = model_book(&demo_model(&lake, &args.dir.join("models"), start, cutoff, fold_config).await, None)?;
+    let serving = load_serving(&lake, speed, args.rules.book()?, models).await?;
     let example = example_request(&serving).await;
     serve(serving, args.listen, example).await
+}
+
+/// The demo's model: features as of every midnight before the cutoff, a training set of the
+/// orders from the first midnight to the cutoff, XGBoost, promoted. Returns the registry
+/// directory; if training fails (too few days, say), serving runs degraded and says why.
+async fn demo_model(lake: &Lake, dir: &Path, start: Millis, cutoff: Millis, config: FoldConfig) -> PathBuf {
+    let first = start - start.rem_euclid(DAY_MS) + DAY_MS;
+    let midnights: Vec<Millis> = (first..cutoff).step_by(DAY_MS as usize).collect();
+    let trained = async {
+        lake.compute_features(&midnights, config, &Progress::stderr()).await.context("computing the daily features")?;
+        let (rows, lineage, summary) = lake.build_trainset(first, cutoff, config, &Progress::stderr()).await.context("building the training set")?;
+        lake.write_trainset(&rows, &lineage).await.context("writing the training set")?;
+        eprintln!("demo: training set of {} orders ({} shorted)", summary.rows, summary.positives);
+        let args = TrainArgs {
+            lake: LakeArgs { lake: lake.root().to_path_buf(), lateness_ms: config.lateness_ms, dedup_window_ms: config.dedup_window_ms },
+            models: ModelsDirArgs { models: dir.to_path_buf() },
+            config: None,
+            promote: true,
+        };
+        train(&args).await
+    };
+    if let Err(error) = trained.await {
+        eprintln!("demo: no model ({error:#}); answers will be degraded to naive ATP and rules");
+    }
+    dir.to_path_buf()
 }
 
 /// A request worth pasting: the most popular SKU that can be promised now, in the country of

@@ -251,6 +251,11 @@ impl Lake {
         self.write(TRAINSET, RecordBatchIterator::new(batches.into_iter().map(Ok), schema), WriteMode::Overwrite).await
     }
 
+    /// The version of the latest training set.
+    pub async fn trainset_version(&self) -> Result<u64, BatchError> {
+        Ok(self.dataset(TRAINSET, "build one first (sellable trainset)").await?.version_id())
+    }
+
     /// The latest training set, with its lineage (`None` for an empty one).
     pub async fn load_trainset(&self) -> Result<(Vec<TrainRow>, Option<Lineage>), BatchError> {
         let dataset = self.dataset(TRAINSET, "build one first (sellable trainset)").await?;

@@ -63,8 +63,7 @@ fn main() {
     let features = 20;
     let data: Vec<f32> = (0..rows * features).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
     let labels: Vec<f32> = (0..rows).map(|r| if data[r * features] + data[r * features + 1] > 1.0 { 1.0 } else { 0.0 }).collect();
-    let config = sellable_models::TrainConfig { rounds: 300, max_depth: 6, eta: 0.1 };
-    let model = sellable_models::train_binary(&data, rows, &labels, &config).expect("training the baseline model");
+    let model = sellable_models::train_fixed(&data, rows, &labels, 300, 6, 0.1).expect("training the baseline model");
     let row: Vec<f32> = data[..features].to_vec();
     let xgboost = time(2_000, || {
         black_box(model.predict(black_box(&row), 1).expect("predict"));

@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use sellable_models::evaluator::Evaluator;
-use sellable_models::{median_ns, train_binary, TrainConfig};
+use sellable_models::{median_ns, train_fixed};
 
 fn main() {
     let features = 47;
@@ -29,9 +29,8 @@ fn main() {
             if signal > 0.9 { 1.0 } else { 0.0 }
         })
         .collect();
-    let config = TrainConfig { rounds: 300, max_depth: 6, eta: 0.05 };
-    let model = train_binary(&data, rows, &labels, &config).expect("training the benchmark model");
-    let evaluator = Evaluator::from_json(&model.to_json().expect("model JSON")).expect("loading the model");
+    let model = train_fixed(&data, rows, &labels, 300, 6, 0.05).expect("training the benchmark model");
+    let evaluator = Evaluator::from_json(model.json()).expect("loading the model");
     println!("model: {} trees of depth <= 6, {} features", evaluator.trees(), evaluator.features());
 
     let row = &data[..features];

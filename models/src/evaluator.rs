@@ -174,7 +174,7 @@ fn sigmoid(margin: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{train_binary, TrainConfig};
+    use crate::train_fixed;
 
     /// Rows with a signal in features 0 and 1, noise in 2, and missing values everywhere.
     fn data(rows: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
@@ -198,9 +198,8 @@ mod tests {
     #[test]
     fn scores_equal_xgboosts_own_predictions() {
         let (train, labels) = data(3_000, 7);
-        let config = TrainConfig { rounds: 60, max_depth: 6, eta: 0.3 };
-        let model = train_binary(&train, 3_000, &labels, &config).unwrap();
-        let evaluator = Evaluator::from_json(&model.to_json().unwrap()).unwrap();
+        let model = train_fixed(&train, 3_000, &labels, 60, 6, 0.3).unwrap();
+        let evaluator = Evaluator::from_json(model.json()).unwrap();
         assert_eq!((evaluator.trees(), evaluator.features()), (60, 4));
         let (validation, _) = data(2_000, 99);
         let expected = model.predict(&validation, 2_000).unwrap();
@@ -216,7 +215,7 @@ mod tests {
     #[test]
     fn corrupt_or_incompatible_models_are_refused_with_the_reason() {
         let (train, labels) = data(300, 3);
-        let json = train_binary(&train, 300, &labels, &TrainConfig { rounds: 3, ..TrainConfig::default() }).unwrap().to_json().unwrap();
+        let json = train_fixed(&train, 300, &labels, 3, 6, 0.3).unwrap().json().to_string();
         let error = |text: &str| Evaluator::from_json(text).unwrap_err().to_string();
         assert!(error(&json[..json.len() / 2]).starts_with("model: not JSON"));
         assert!(error(&json.replace("binary:logistic", "reg:squarederror")).contains("only binary:logistic"));

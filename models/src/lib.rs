@@ -1,10 +1,24 @@
-//! sellable-models: trains the `p_fulfill` model with the real XGBoost library (through the
-//! `xgb` binding, linked against the shared library `scripts/setup.sh` installs) and exports it
-//! as XGBoost JSON. The registry and the pure-Rust evaluator come with the models issue.
+//! sellable-models: the `p_fulfill` model from training set to serving.
 //!
-//! Tests live beside the code.
+//! - [`train`]: trains with the real XGBoost library (the `xgb` binding, linked against the
+//!   shared library `scripts/setup.sh` installs): time split, early stopping, class weighting.
+//! - [`evaluate`]: held-out metrics beside naive ATP and the best static safety stock, and the
+//!   threshold for a target oversell rate; [`report`] renders them as `report.html`.
+//! - [`registry`]: versions on disk, promotion and rollback, loading with checks.
+//! - [`evaluator`]: scores the XGBoost JSON on the CPU without XGBoost (what serving calls).
+//!
+//! Tests live beside the code; they train real (small) XGBoost models.
 
+pub mod config;
+pub mod evaluate;
 pub mod evaluator;
+pub mod registry;
+pub mod report;
+pub mod train;
+
+pub use config::TrainConfig;
+pub use registry::{Model, Registry, RegistryError};
+pub use train::{train_fixed, Orders, TrainedModel};
 
 /// The benchmarks' timer (`cargo bench -p sellable-models` and `-p sellable-dsl`): median
 /// nanoseconds per call of `work` over 7 batches of `calls`, after a warm-up.
@@ -25,9 +39,7 @@ pub fn median_ns(calls: u32, mut work: impl FnMut()) -> f64 {
     batches[3]
 }
 
-use xgb::parameters::BoosterParameters;
-use xgb::{Booster, DMatrix};
-
+/// Every failure of training.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("xgboost: {0}")]
@@ -36,86 +48,79 @@ pub enum ModelError {
     Data(String),
 }
 
-/// Hyper-parameters for binary classification.
-#[derive(Debug, Clone)]
-pub struct TrainConfig {
-    pub rounds: u32,
-    pub max_depth: u32,
-    pub eta: f64,
+use evaluate::Evaluation;
+use evaluator::Evaluator;
+use registry::{Manifest, ModelLineage};
+
+/// Largest difference allowed between the evaluator's scores and XGBoost's own predictions.
+pub const PARITY_TOLERANCE: f64 = 1e-6;
+
+/// A trained and evaluated model, ready to register.
+pub struct Fitted {
+    pub model: TrainedModel,
+    pub evaluation: Evaluation,
+    /// Largest |evaluator − XGBoost| over the validation and test orders.
+    pub parity: f64,
+    pub config: TrainConfig,
 }
 
-impl Default for TrainConfig {
-    fn default() -> TrainConfig {
-        TrainConfig { rounds: 50, max_depth: 6, eta: 0.3 }
+/// The whole training job on orders in time order: split by days, train with early stopping
+/// (`on_round` sees each round), score the validation and held-out days with the pure-Rust
+/// evaluator (checked against XGBoost's own predictions), pick the threshold, evaluate.
+pub fn fit(orders: &Orders, config: &TrainConfig, on_round: impl FnMut(train::Round)) -> Result<Fitted, ModelError> {
+    let split = orders.split(config.validation_days, config.test_days)?;
+    let model = train::train(&split.train, &split.validation, config, on_round)?;
+    let evaluator = Evaluator::from_json(model.json()).map_err(|error| ModelError::Data(format!("the trained model does not load: {error}")))?;
+    let mut parity = 0.0f64;
+    let mut p_fulfill = |set: &Orders| -> Result<Vec<f64>, ModelError> {
+        let mut scores = Vec::with_capacity(set.len());
+        evaluator.predict_batch(&set.features, &mut scores);
+        let reference = model.predict(&set.features, set.len())?;
+        parity = scores.iter().zip(&reference).map(|(a, b)| (a - b).abs() as f64).fold(parity, f64::max);
+        Ok(scores.iter().map(|p| 1.0 - *p as f64).collect())
+    };
+    let (validation_p, test_p) = (p_fulfill(&split.validation)?, p_fulfill(&split.test)?);
+    if parity > PARITY_TOLERANCE {
+        return Err(ModelError::Data(format!("the evaluator differs from XGBoost by {parity:e} (allowed {PARITY_TOLERANCE:e}); this is a bug")));
     }
+    let importance = train::importance(model.json(), &orders.names)?;
+    let evaluation = evaluate::evaluate(&split.train, (&split.validation, &validation_p), (&split.test, &test_p), config.target_oversell_rate, importance);
+    Ok(Fitted { model, evaluation, parity, config: config.clone() })
 }
 
-/// A trained model: the XGBoost booster and its JSON export.
-pub struct TrainedModel {
-    booster: Booster,
-}
-
-impl TrainedModel {
-    /// The model in XGBoost's JSON format (what the registry stores).
-    pub fn to_json(&self) -> Result<String, ModelError> {
-        let bytes = self.booster.save_buffer(false)?;
-        String::from_utf8(bytes).map_err(|e| ModelError::Data(format!("model JSON is not UTF-8: {e}")))
+impl Fitted {
+    /// The registry manifest of this model.
+    pub fn manifest(&self, names: &[String], lineage: ModelLineage, created: String) -> Manifest {
+        let e = &self.evaluation;
+        let headline = [
+            ("pr_auc", e.pr_auc),
+            ("log_loss", e.log_loss),
+            ("calibration_error", e.calibration_error),
+            ("test_oversell_rate", e.model.oversell_rate),
+            ("test_false_deny_rate", e.model.false_deny_rate),
+            ("safety_stock", e.safety_stock as f64),
+            ("oversells_vs_safety_stock", e.at_safety_stock_false_deny_rate.ratio),
+            ("parity_max_difference", self.parity),
+        ];
+        Manifest {
+            version: String::new(),
+            created,
+            features: names.to_vec(),
+            threshold: e.threshold,
+            target_oversell_rate: e.target_oversell_rate,
+            rounds: self.model.rounds,
+            lineage,
+            headline: headline.into_iter().map(|(name, value)| (name.to_string(), value)).collect(),
+            config: serde_json::to_value(&self.config).expect("the config serialises; this is a bug"),
+        }
     }
 
-    /// XGBoost's own predictions (probabilities) for row-major features.
-    pub fn predict(&self, features: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
-        let matrix = DMatrix::from_dense(features, rows)?;
-        Ok(self.booster.predict(&matrix)?)
-    }
-}
-
-/// Trains a binary classifier on row-major `features` (`rows` × n) with 0/1 `labels`.
-pub fn train_binary(features: &[f32], rows: usize, labels: &[f32], config: &TrainConfig) -> Result<TrainedModel, ModelError> {
-    if rows == 0 || labels.len() != rows || features.len() % rows != 0 {
-        return Err(ModelError::Data(format!(
-            "{} feature values, {rows} rows and {} labels do not form a matrix",
-            features.len(),
-            labels.len()
-        )));
-    }
-    let mut train = DMatrix::from_dense(features, rows)?;
-    train.set_labels(labels)?;
-    let mut booster = Booster::new_with_cached_dmats(&BoosterParameters::default(), &[&train])?;
-    for (name, value) in [
-        ("objective", "binary:logistic".to_string()),
-        ("eval_metric", "logloss".to_string()),
-        ("max_depth", config.max_depth.to_string()),
-        ("eta", config.eta.to_string()),
-        ("nthread", "2".to_string()),
-    ] {
-        booster.set_param(name, &value)?;
-    }
-    for round in 0..config.rounds {
-        booster.update(&train, round as i32)?;
-    }
-    Ok(TrainedModel { booster })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn xgboost_learns_a_threshold_and_exports_json() {
-        // label = feature 0 > 0.5; feature 1 is noise
-        let rows = 200;
-        let features: Vec<f32> = (0..rows).flat_map(|i| [(i as f32) / rows as f32, ((i * 7) % 13) as f32]).collect();
-        let labels: Vec<f32> = (0..rows).map(|i| if i * 2 > rows { 1.0 } else { 0.0 }).collect();
-        let model = train_binary(&features, rows, &labels, &TrainConfig { rounds: 20, ..TrainConfig::default() }).unwrap();
-        let predictions = model.predict(&[0.1, 3.0, 0.9, 3.0], 2).unwrap();
-        assert!(predictions[0] < 0.2 && predictions[1] > 0.8, "predictions {predictions:?}");
-        let json: serde_json::Value = serde_json::from_str(&model.to_json().unwrap()).unwrap();
-        assert!(json["learner"]["gradient_booster"]["model"]["trees"].as_array().is_some_and(|t| t.len() == 20));
-    }
-
-    #[test]
-    fn mismatched_shapes_are_rejected() {
-        let error = train_binary(&[1.0, 2.0, 3.0], 2, &[0.0, 1.0], &TrainConfig::default()).err().unwrap();
-        assert_eq!(error.to_string(), "training data: 3 feature values, 2 rows and 2 labels do not form a matrix");
+    /// `metrics.json`: the evaluation, the parity check and the rounds.
+    pub fn metrics_json(&self) -> String {
+        let mut json = serde_json::to_value(&self.evaluation).expect("the evaluation serialises; this is a bug");
+        json["parity_max_difference"] = serde_json::Value::from(self.parity);
+        json["rounds"] = serde_json::Value::from(self.model.rounds);
+        json["positive_weight"] = serde_json::Value::from(self.model.positive_weight);
+        serde_json::to_string_pretty(&json).expect("JSON serialises")
     }
 }

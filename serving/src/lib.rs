@@ -5,6 +5,8 @@
 //! Tests: `tests/it/` (the end-to-end test gen → batch → fold → REST, with real Redis and with
 //! the embedded store).
 
+pub mod backtest;
+pub mod models;
 pub mod rules;
 
 use std::collections::HashMap;
@@ -19,7 +21,9 @@ use serde::Serialize;
 use sellable_core::{decide, merge_views, BatchView, Event, Millis, NodeInfo, NodeState, SkuInfo, SpeedSource, Verdict};
 use sellable_dsl::{Facts, RuleSet, Schema, Value};
 
+pub use models::{ModelBook, ModelStatus};
 pub use rules::{RuleBook, RulesError};
+use sellable_models::Model;
 
 /// Everything an answer is computed from. Immutable except for the speed view, which changes
 /// underneath as events are folded, and the rules, which reload atomically.
@@ -29,6 +33,7 @@ pub struct Serving {
     pub batch: BatchView,
     pub speed: Arc<dyn SpeedSource>,
     pub rules: Arc<RuleBook>,
+    pub models: Arc<ModelBook>,
     /// Declared free-form attributes of each SKU, already resolved to rule slots.
     attributes: HashMap<String, Vec<(usize, Value)>>,
     clock: Clock,
@@ -54,6 +59,8 @@ struct Metrics {
     events: prometheus::IntCounterVec,
     feed_lag: prometheus::GaugeVec,
     source_lag: prometheus::GaugeVec,
+    /// Shadow score minus live score, per scored node.
+    shadow: prometheus::Histogram,
 }
 
 /// A metric, registered: the names and labels are fixed in the code, so failing is a bug.
@@ -78,7 +85,12 @@ impl Metrics {
         let degraded = registered(&registry, prometheus::IntCounter::new("sellable_degraded_answers_total", "Answers marked degraded"));
         let feed_lag = gauge("sellable_node_feed_lag_seconds", "How far behind now each node's newest folded event arrived", "node");
         let source_lag = gauge("sellable_source_lag_seconds", "How far behind now each ingestion source's newest folded event arrived", "source");
-        Metrics { registry, answers, degraded, errors, events, feed_lag, source_lag }
+        let buckets = vec![-0.5, -0.2, -0.1, -0.05, -0.02, -0.01, 0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5];
+        let shadow = registered(
+            &registry,
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("sellable_shadow_score_difference", "Shadow model p_fulfill minus the live model's, per scored node").buckets(buckets)),
+        );
+        Metrics { registry, answers, degraded, errors, events, feed_lag, source_lag, shadow }
     }
 }
 
@@ -98,11 +110,17 @@ impl Serving {
             batch,
             speed,
             rules,
+            models: Arc::new(ModelBook::none()),
             attributes,
             clock: Clock::Wall,
             watermarks: std::sync::RwLock::new(watermarks),
             metrics: Metrics::new(),
         }
+    }
+
+    pub fn with_models(mut self, models: Arc<ModelBook>) -> Serving {
+        self.models = models;
+        self
     }
 
     pub fn with_clock(mut self, clock: Clock) -> Serving {
@@ -164,7 +182,12 @@ impl Serving {
         if !self.nodes.values().any(|node| node.serves(region)) {
             return Err(ApiError::BadRequest(format!("unknown region '{region}': no node serves it")));
         }
-        let mut degraded = vec!["model unavailable: naive ATP only".to_string()];
+        let model = self.models.current();
+        let shadow = self.models.shadow();
+        let mut degraded = Vec::new();
+        if model.is_none() {
+            degraded.push("model unavailable: naive ATP and rules only".to_string());
+        }
         let speed = match self.speed.sku_states(sku).await {
             Ok(states) => states,
             Err(error) => {
@@ -181,11 +204,12 @@ impl Serving {
             .collect();
         let newest = in_region.iter().filter_map(|(_, state)| state.last_arrived).max();
 
-        // The rules run last, per node, on top of the merged view.
+        // Per node: the model scores, then the rules run last, on top of the score.
         let ruleset = self.rules.current();
         let mut rules_fired = Vec::new();
-        let mut rule_reasons = Vec::new();
+        let mut node_reasons = Vec::new();
         let mut units = Vec::with_capacity(in_region.len());
+        let mut scores = HashMap::with_capacity(in_region.len());
         for (info, state) in &in_region {
             // A node whose feed is beyond its SLA may hold phantom stock: promise nothing from it.
             if let Some(lag) = self.stale(info, now) {
@@ -198,29 +222,27 @@ impl Serving {
                 units.push((info.node.clone(), 0));
                 continue;
             }
-            let atp = state.atp();
-            let node_units = match &ruleset {
-                None => atp,
-                Some(ruleset) => {
-                    let facts = self.facts(ruleset, sku, region, qty, info, state, now);
-                    let evaluation = ruleset.evaluate(&facts);
-                    if let Some(reason) = &evaluation.denied {
-                        rule_reasons.push(format!("{}: {reason}", info.node));
-                    }
-                    let node_units = evaluation.units(atp);
-                    rules_fired.extend(evaluation.fired.into_iter().map(|fired| RuleFired {
-                        node: info.node.clone(),
-                        rule: fired.rule.to_string(),
-                        action: fired.action.to_string(),
-                        saw: fired.saw.iter().map(ToString::to_string).collect(),
-                    }));
-                    node_units
+            let mut facts = NodeFacts::of(state, now);
+            if model.is_some() || shadow.is_some() {
+                let batch = self.batch.features.get(&(sku.to_string(), info.node.clone())).map(Vec::as_slice);
+                let vector = sellable_core::features::vector(batch, Some(state), qty, now);
+                facts.p_fulfill = model.as_ref().map(|model| model.p_fulfill(&vector));
+                if let Some(shadow) = &shadow {
+                    let candidate = shadow.p_fulfill(&vector);
+                    self.metrics.shadow.observe(candidate - facts.p_fulfill.unwrap_or(f64::NAN));
+                    tracing::info!(sku, node = info.node, live = ?facts.p_fulfill, shadow = candidate, shadow_version = shadow.version(), "shadow score");
                 }
-            };
-            units.push((info.node.clone(), node_units));
+            }
+            if let Some(p) = facts.p_fulfill {
+                scores.insert(info.node.clone(), p);
+            }
+            let decision = self.decide_at_node(ruleset.as_deref(), model.as_deref(), sku, region, qty, info, &facts);
+            node_reasons.extend(decision.reasons);
+            rules_fired.extend(decision.fired);
+            units.push((info.node.clone(), decision.units));
         }
         let mut decision = decide(qty, units);
-        decision.reasons.extend(rule_reasons);
+        decision.reasons.extend(node_reasons);
         let ruleset_version = ruleset.map(|r| format!("{}@{}", r.name, r.version));
         Ok(Availability {
             sku: sku.to_string(),
@@ -232,7 +254,7 @@ impl Serving {
             options: decision
                 .options
                 .into_iter()
-                .map(|option| OptionJson { node: option.node, units: option.units, p_fulfill: option.p_fulfill })
+                .map(|option| OptionJson { p_fulfill: scores.get(&option.node).copied(), node: option.node, units: option.units })
                 .collect(),
             reasons: decision.reasons,
             rules_fired,
@@ -242,25 +264,57 @@ impl Serving {
             versions: Versions {
                 batch_view: self.batch.version.clone(),
                 speed_view: self.speed.describe(),
-                model: None,
+                model: model.map(|model| model.version().to_string()),
                 ruleset: ruleset_version,
             },
         })
     }
 
-    /// The facts rules see for one node. Unknown facts (no model score yet, no demand
-    /// features yet) stay unset: rules that need them do not fire, and `require` denies.
+    /// One node's answer for an order: the model's gate (a score under the threshold promises
+    /// nothing), then the rules on top. Live answers and backtests both decide here.
     #[allow(clippy::too_many_arguments)]
-    fn facts(
+    pub fn decide_at_node(
         &self,
-        ruleset: &RuleSet,
+        ruleset: Option<&RuleSet>,
+        model: Option<&Model>,
         sku: &str,
         region: &str,
         qty: i64,
         node: &NodeInfo,
-        state: &NodeState,
-        now: Millis,
-    ) -> Facts {
+        facts: &NodeFacts,
+    ) -> NodeDecision {
+        let mut decision = NodeDecision { units: facts.atp.max(0), reasons: Vec::new(), fired: Vec::new() };
+        if let (Some(model), Some(p)) = (model, facts.p_fulfill) {
+            if p < model.threshold() {
+                decision.units = 0;
+                decision.reasons.push(format!(
+                    "{}: p_fulfill {p:.3} is under the threshold {:.3} of model {}",
+                    node.node,
+                    model.threshold(),
+                    model.version()
+                ));
+            }
+        }
+        if let Some(ruleset) = ruleset {
+            let evaluation = ruleset.evaluate(&self.facts(ruleset, sku, region, qty, node, facts));
+            if let Some(reason) = &evaluation.denied {
+                decision.reasons.push(format!("{}: {reason}", node.node));
+            }
+            decision.units = evaluation.units(decision.units);
+            decision.fired.extend(evaluation.fired.into_iter().map(|fired| RuleFired {
+                node: node.node.clone(),
+                rule: fired.rule.to_string(),
+                action: fired.action.to_string(),
+                saw: fired.saw.iter().map(ToString::to_string).collect(),
+            }));
+        }
+        decision
+    }
+
+    /// The facts rules see for one node. Unknown facts (no model score, no demand features yet)
+    /// stay unset: rules that need them do not fire, and `require` denies.
+    #[allow(clippy::too_many_arguments)]
+    fn facts(&self, ruleset: &RuleSet, sku: &str, region: &str, qty: i64, node: &NodeInfo, numbers: &NodeFacts) -> Facts {
         let schema = ruleset.schema();
         let mut facts = ruleset.facts();
         let mut set = |name: &str, value: Value| {
@@ -284,15 +338,18 @@ impl Serving {
         if let Some(seller) = &node.seller {
             set("node.seller", Value::Text(seller.as_str().into()));
         }
-        if let Some(arrived) = state.last_arrived {
-            set("node.feed_lag_s", Value::Number((now - arrived) as f64 / 1000.0));
+        if let Some(lag) = numbers.feed_lag_s {
+            set("node.feed_lag_s", Value::Number(lag));
+        }
+        if let Some(p) = numbers.p_fulfill {
+            set("p_fulfill", Value::Number(p));
         }
         set("region", Value::Text(region.into()));
         set("qty", Value::Number(qty as f64));
-        set("atp", Value::Number(state.atp() as f64));
-        set("on_hand", Value::Number(state.on_hand() as f64));
-        set("reserved", Value::Number(state.reserved as f64));
-        set("held", Value::Number(state.held as f64));
+        set("atp", Value::Number(numbers.atp as f64));
+        set("on_hand", Value::Number(numbers.on_hand as f64));
+        set("reserved", Value::Number(numbers.reserved as f64));
+        set("held", Value::Number(numbers.held as f64));
         for (slot, value) in self.attributes.get(sku).into_iter().flatten() {
             facts.set(*slot, value.clone());
         }
@@ -304,6 +361,8 @@ impl Serving {
             .route("/v1/availability/{sku}", get(availability))
             .route("/v1/events", post(post_events))
             .route("/v1/features/{sku}", get(features))
+            .route("/v1/model", get(model_status))
+            .route("/v1/model:reload", post(model_reload))
             .route("/v1/rules", get(rules_status))
             .route("/v1/rules:reload", post(rules_reload))
             .route("/v1/rules:check", post(rules_check))
@@ -335,8 +394,41 @@ pub struct Availability {
     pub versions: Versions,
 }
 
+/// The numbers one node's decision reads: the merged view's and the model's score.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeFacts {
+    pub atp: i64,
+    pub on_hand: i64,
+    pub reserved: i64,
+    pub held: i64,
+    /// Seconds since the node's newest event arrived.
+    pub feed_lag_s: Option<f64>,
+    pub p_fulfill: Option<f64>,
+}
+
+impl NodeFacts {
+    pub fn of(state: &NodeState, now: Millis) -> NodeFacts {
+        NodeFacts {
+            atp: state.atp(),
+            on_hand: state.on_hand(),
+            reserved: state.reserved,
+            held: state.held,
+            feed_lag_s: state.last_arrived.map(|arrived| (now - arrived) as f64 / 1000.0),
+            p_fulfill: None,
+        }
+    }
+}
+
+/// One node's answer: the units it can promise, why it promises fewer, the rules that fired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeDecision {
+    pub units: i64,
+    pub reasons: Vec<String>,
+    pub fired: Vec<RuleFired>,
+}
+
 /// A rule that fired for one node, with the facts it saw.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct RuleFired {
     pub node: String,
     pub rule: String,
@@ -370,6 +462,8 @@ pub enum ApiError {
     InvalidRules(String),
     #[error("the speed view is unavailable: {0}")]
     Unavailable(String),
+    #[error("{0}")]
+    InvalidModel(String),
 }
 
 impl ApiError {
@@ -382,6 +476,7 @@ impl ApiError {
             ApiError::UnknownSku(_) => (StatusCode::NOT_FOUND, "unknown_sku"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::InvalidRules(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules"),
+            ApiError::InvalidModel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
@@ -556,6 +651,22 @@ async fn features(
     let values = serving.features(&sku, &query.node, query.qty, serving.now()).await?;
     let named = sellable_core::features::names().into_iter().zip(values);
     Ok(Json(named.map(|(name, value)| (name.to_string(), serde_json::json!(value.is_finite().then_some(value)))).collect()))
+}
+
+async fn model_status(State(serving): State<Arc<Serving>>) -> Json<ModelStatus> {
+    Json(serving.models.status())
+}
+
+/// Loads the registry's live version now instead of at the next poll.
+async fn model_reload(State(serving): State<Arc<Serving>>) -> Result<Json<ModelStatus>, ApiError> {
+    let book = serving.models.clone();
+    let reloaded = tokio::task::spawn_blocking(move || book.reload())
+        .await
+        .map_err(|error| ApiError::BadRequest(format!("reload interrupted: {error}")))?;
+    match reloaded {
+        Ok(_) => Ok(Json(serving.models.status())),
+        Err(error) => Err(ApiError::InvalidModel(error)),
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -1,0 +1,358 @@
+//! Evaluation on held-out days, beside the two policies inventory teams use today:
+//!
+//! - **naive ATP**: promise iff ATP ≥ qty;
+//! - **best static safety stock**: promise iff ATP ≥ qty + k, with k the smallest that meets the
+//!   target oversell rate on the training days (the lowest-oversell k if none does);
+//! - **the model**: promise iff ATP ≥ qty and `p_fulfill` ≥ the threshold, the threshold being the
+//!   lowest that meets the target oversell rate on the validation days (so it promises the most).
+//!
+//! An *oversell* is a promised order that was shorted; a *false deny* a denied order that shipped.
+//! The operating curve plots the oversell rate among promised orders against the false-deny rate
+//! among shipped orders; a policy is better if its point is lower at the same false-deny rate.
+
+use serde::Serialize;
+
+use crate::train::Orders;
+
+/// Largest safety stock tried.
+const MAX_SAFETY_STOCK: i64 = 200;
+
+/// What a policy did to a set of orders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Outcome {
+    pub orders: u64,
+    pub promised: u64,
+    /// Promised and shorted.
+    pub oversells: u64,
+    /// Shorted orders denied: the oversells the policy caught.
+    pub oversells_caught: u64,
+    /// Denied although they shipped.
+    pub false_denies: u64,
+    pub shipped: u64,
+    /// Oversells / promised.
+    pub oversell_rate: f64,
+    /// False denies / shipped.
+    pub false_deny_rate: f64,
+}
+
+impl Outcome {
+    pub fn of(orders: &Orders, promise: impl Fn(usize) -> bool) -> Outcome {
+        let mut outcome = Outcome { orders: orders.len() as u64, ..Outcome::default() };
+        for (index, label) in orders.labels.iter().enumerate() {
+            let shorted = *label == 1.0;
+            outcome.shipped += u64::from(!shorted);
+            match (promise(index), shorted) {
+                (true, true) => outcome.oversells += 1,
+                (false, true) => outcome.oversells_caught += 1,
+                (false, false) => outcome.false_denies += 1,
+                (true, false) => {}
+            }
+            outcome.promised += u64::from(promise(index));
+        }
+        outcome.oversell_rate = ratio(outcome.oversells, outcome.promised);
+        outcome.false_deny_rate = ratio(outcome.false_denies, outcome.shipped);
+        outcome
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// Promise iff ATP covers the quantity plus `safety_stock`.
+pub fn safety_stock_promises(orders: &Orders, index: usize, safety_stock: i64) -> bool {
+    orders.atp[index] >= orders.qty[index] + safety_stock as f64
+}
+
+/// The smallest safety stock whose oversell rate on `orders` is at most `target`, or the one
+/// with the lowest oversell rate if none is.
+pub fn best_safety_stock(orders: &Orders, target: f64) -> i64 {
+    let mut lowest = (0, f64::INFINITY);
+    for k in 0..=MAX_SAFETY_STOCK {
+        let outcome = Outcome::of(orders, |index| safety_stock_promises(orders, index, k));
+        if outcome.promised > 0 && outcome.oversell_rate <= target {
+            return k;
+        }
+        if outcome.promised > 0 && outcome.oversell_rate < lowest.1 {
+            lowest = (k, outcome.oversell_rate);
+        }
+    }
+    lowest.0
+}
+
+/// One operating point of the model: promising every order with ATP ≥ qty and `p_fulfill` ≥
+/// `threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Point {
+    pub threshold: f64,
+    pub oversell_rate: f64,
+    pub false_deny_rate: f64,
+    pub oversells: u64,
+    pub false_denies: u64,
+}
+
+/// Every distinct operating point of the model on `orders`, from promising nothing to promising
+/// every order ATP covers (thresholds falling).
+pub fn operating_curve(orders: &Orders, p_fulfill: &[f64]) -> Vec<Point> {
+    let shipped = orders.labels.iter().filter(|label| **label == 0.0).count() as u64;
+    let mut eligible: Vec<usize> = (0..orders.len()).filter(|&index| orders.atp[index] >= orders.qty[index]).collect();
+    eligible.sort_by(|&a, &b| p_fulfill[b].total_cmp(&p_fulfill[a]));
+    let mut points = vec![Point { threshold: f64::INFINITY, oversell_rate: 0.0, false_deny_rate: ratio(shipped, shipped), oversells: 0, false_denies: shipped }];
+    let (mut promised, mut oversells) = (0u64, 0u64);
+    for (position, &index) in eligible.iter().enumerate() {
+        promised += 1;
+        oversells += u64::from(orders.labels[index] == 1.0);
+        // a threshold sits between distinct scores: equal scores are promised together
+        if eligible.get(position + 1).is_some_and(|&next| p_fulfill[next] == p_fulfill[index]) {
+            continue;
+        }
+        let false_denies = shipped - (promised - oversells);
+        points.push(Point {
+            threshold: p_fulfill[index],
+            oversell_rate: ratio(oversells, promised),
+            false_deny_rate: ratio(false_denies, shipped),
+            oversells,
+            false_denies,
+        });
+    }
+    points
+}
+
+/// The lowest threshold whose oversell rate on `orders` is at most `target` (promising the most
+/// orders); `1.0` if even the most confident orders miss it (then almost nothing is promised).
+pub fn choose_threshold(orders: &Orders, p_fulfill: &[f64], target: f64) -> f64 {
+    operating_curve(orders, p_fulfill)
+        .iter()
+        .skip(1)
+        .filter(|point| point.oversell_rate <= target)
+        .map(|point| point.threshold)
+        .fold(f64::INFINITY, f64::min)
+        .min(1.0)
+}
+
+/// Average precision of ranking orders by short probability (the area under the PR curve for
+/// the oversell class), and the curve itself as (recall, precision) points.
+pub fn precision_recall(labels: &[f32], p_short: &[f64]) -> (f64, Vec<(f64, f64)>) {
+    let positives = labels.iter().filter(|label| **label == 1.0).count() as f64;
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by(|&a, &b| p_short[b].total_cmp(&p_short[a]));
+    let (mut found, mut seen, mut area, mut last_recall) = (0.0, 0.0, 0.0, 0.0);
+    let mut curve = Vec::new();
+    for (position, &index) in order.iter().enumerate() {
+        seen += 1.0;
+        found += f64::from(labels[index]);
+        if order.get(position + 1).is_some_and(|&next| p_short[next] == p_short[index]) {
+            continue;
+        }
+        let (recall, precision) = (found / positives.max(1.0), found / seen);
+        area += (recall - last_recall) * precision;
+        last_recall = recall;
+        curve.push((recall, precision));
+    }
+    (area, curve)
+}
+
+pub fn log_loss(labels: &[f32], p_short: &[f64]) -> f64 {
+    let total: f64 = labels
+        .iter()
+        .zip(p_short)
+        .map(|(&label, &p)| {
+            let p = p.clamp(1e-15, 1.0 - 1e-15);
+            if label == 1.0 {
+                -p.ln()
+            } else {
+                -(1.0 - p).ln()
+            }
+        })
+        .sum();
+    total / labels.len().max(1) as f64
+}
+
+/// One bin of the calibration plot.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CalibrationBin {
+    pub predicted: f64,
+    pub observed: f64,
+    pub orders: u64,
+}
+
+/// Expected calibration error over 10 equal-width bins of the short probability, and the bins.
+pub fn calibration(labels: &[f32], p_short: &[f64]) -> (f64, Vec<CalibrationBin>) {
+    let mut sums = [(0.0f64, 0.0f64, 0u64); 10];
+    for (&label, &p) in labels.iter().zip(p_short) {
+        let bin = ((p * 10.0) as usize).min(9);
+        sums[bin].0 += p;
+        sums[bin].1 += f64::from(label);
+        sums[bin].2 += 1;
+    }
+    let total = labels.len().max(1) as f64;
+    let bins: Vec<CalibrationBin> = sums
+        .iter()
+        .filter(|(_, _, count)| *count > 0)
+        .map(|&(predicted, observed, orders)| CalibrationBin { predicted: predicted / orders as f64, observed: observed / orders as f64, orders })
+        .collect();
+    let error = bins.iter().map(|bin| bin.orders as f64 / total * (bin.predicted - bin.observed).abs()).sum();
+    (error, bins)
+}
+
+/// Everything `metrics.json` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub target_oversell_rate: f64,
+    pub threshold: f64,
+    pub safety_stock: i64,
+    pub orders: SetSizes,
+    /// On the held-out (test) days.
+    pub pr_auc: f64,
+    /// The share of shorted orders: a ranking without skill has this PR-AUC.
+    pub short_rate: f64,
+    pub log_loss: f64,
+    pub calibration_error: f64,
+    /// The three policies on the held-out days, the model at its threshold.
+    pub model: Outcome,
+    pub naive_atp: Outcome,
+    pub static_safety_stock: Outcome,
+    /// The model allowed no more false denies than the safety stock: its oversells beside the
+    /// safety stock's.
+    pub at_safety_stock_false_deny_rate: Comparison,
+    pub calibration: Vec<CalibrationBin>,
+    pub importance: Vec<(String, f64)>,
+    #[serde(skip)]
+    pub curve: Vec<Point>,
+    #[serde(skip)]
+    pub precision_recall: Vec<(f64, f64)>,
+    /// The safety stock on the held-out days for k = 0, 1, 2, … (the static policies' curve).
+    #[serde(skip)]
+    pub safety_stocks: Vec<(i64, Outcome)>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SetSizes {
+    pub train: u64,
+    pub validation: u64,
+    pub test: u64,
+    pub test_shorted: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Comparison {
+    pub false_deny_rate: f64,
+    pub threshold: f64,
+    pub model_oversells: u64,
+    pub safety_stock_oversells: u64,
+    /// Model oversells / safety stock oversells (below 1: the model oversells less).
+    pub ratio: f64,
+}
+
+/// Evaluates `p_fulfill` on the test days of `split`-like sets; the threshold comes from the
+/// validation scores and the safety stock from the training days.
+pub fn evaluate(
+    train: &Orders,
+    validation: (&Orders, &[f64]),
+    test: (&Orders, &[f64]),
+    target: f64,
+    importance: Vec<(String, f64)>,
+) -> Evaluation {
+    let (validation, validation_p) = validation;
+    let (test, p_fulfill) = test;
+    let threshold = choose_threshold(validation, validation_p, target);
+    let safety_stock = best_safety_stock(train, target);
+    let p_short: Vec<f64> = p_fulfill.iter().map(|p| 1.0 - p).collect();
+    let (pr_auc, precision_recall) = precision_recall(&test.labels, &p_short);
+    let (calibration_error, calibration) = calibration(&test.labels, &p_short);
+    let model = Outcome::of(test, |index| test.atp[index] >= test.qty[index] && p_fulfill[index] >= threshold);
+    let naive_atp = Outcome::of(test, |index| safety_stock_promises(test, index, 0));
+    let static_safety_stock = Outcome::of(test, |index| safety_stock_promises(test, index, safety_stock));
+    let curve = operating_curve(test, p_fulfill);
+    // the model's point with the fewest oversells among those denying no more shipped orders
+    let matched = curve
+        .iter()
+        .filter(|point| point.false_denies <= static_safety_stock.false_denies)
+        .min_by_key(|point| point.oversells)
+        .copied()
+        .unwrap_or(curve[curve.len() - 1]);
+    let safety_stocks = (0..=MAX_SAFETY_STOCK.min(safety_stock * 2 + 10))
+        .map(|k| (k, Outcome::of(test, |index| safety_stock_promises(test, index, k))))
+        .collect();
+    Evaluation {
+        target_oversell_rate: target,
+        threshold,
+        safety_stock,
+        orders: SetSizes { train: train.len() as u64, validation: validation.len() as u64, test: test.len() as u64, test_shorted: test.positives() as u64 },
+        pr_auc,
+        short_rate: ratio(test.positives() as u64, test.len() as u64),
+        log_loss: log_loss(&test.labels, &p_short),
+        calibration_error,
+        model,
+        naive_atp,
+        static_safety_stock,
+        at_safety_stock_false_deny_rate: Comparison {
+            false_deny_rate: matched.false_deny_rate,
+            threshold: matched.threshold,
+            model_oversells: matched.oversells,
+            safety_stock_oversells: static_safety_stock.oversells,
+            ratio: matched.oversells as f64 / static_safety_stock.oversells.max(1) as f64,
+        },
+        calibration,
+        importance,
+        curve,
+        precision_recall,
+        safety_stocks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn orders(rows: &[(f64, f64, i64)]) -> Orders {
+        let mut orders = Orders::new(&["order_qty", "atp_now"]).unwrap();
+        for (index, &(qty, atp, label)) in rows.iter().enumerate() {
+            orders.push(index as i64, &[qty, atp], label).unwrap();
+        }
+        orders
+    }
+
+    #[test]
+    fn outcomes_count_oversells_and_false_denies() {
+        // (qty, atp, shorted)
+        let set = orders(&[(1.0, 0.0, 1), (1.0, 1.0, 1), (1.0, 3.0, 0), (2.0, 2.0, 0), (1.0, 9.0, 0)]);
+        let naive = Outcome::of(&set, |index| safety_stock_promises(&set, index, 0));
+        assert_eq!((naive.promised, naive.oversells, naive.oversells_caught, naive.false_denies), (4, 1, 1, 0));
+        let buffered = Outcome::of(&set, |index| safety_stock_promises(&set, index, 1));
+        assert_eq!((buffered.promised, buffered.oversells, buffered.false_denies, buffered.shipped), (2, 0, 1, 3));
+        assert_eq!(buffered.false_deny_rate, 1.0 / 3.0);
+        assert_eq!(best_safety_stock(&set, 0.0), 1);
+        assert_eq!(best_safety_stock(&set, 0.3), 0, "naive ATP oversells 1 in 4");
+    }
+
+    #[test]
+    fn the_threshold_is_the_lowest_meeting_the_target() {
+        let set = orders(&[(1.0, 5.0, 0), (1.0, 5.0, 0), (1.0, 5.0, 1), (1.0, 5.0, 0), (1.0, 0.0, 0)]);
+        let p = [0.9, 0.8, 0.7, 0.6, 0.99];
+        let curve = operating_curve(&set, &p);
+        // nothing promised, then 0.9, 0.8, 0.7, 0.6 (the last order has no ATP: never promised)
+        assert_eq!(curve.iter().map(|point| point.oversells).collect::<Vec<_>>(), [0, 0, 0, 1, 1]);
+        assert_eq!(curve.last().unwrap().false_denies, 1);
+        assert_eq!(choose_threshold(&set, &p, 0.0), 0.8);
+        assert_eq!(choose_threshold(&set, &p, 0.25), 0.6);
+        let ties = [0.5; 5];
+        assert_eq!(operating_curve(&set, &ties).len(), 2, "equal scores are one operating point");
+    }
+
+    #[test]
+    fn ranking_metrics() {
+        let labels = [1.0, 0.0, 1.0, 0.0];
+        let (area, curve) = precision_recall(&labels, &[0.9, 0.8, 0.7, 0.1]);
+        assert!((area - (0.5 * 1.0 + 0.5 * 2.0 / 3.0)).abs() < 1e-12, "{area}");
+        assert_eq!(curve.last().unwrap().0, 1.0);
+        assert!(log_loss(&labels, &[0.9, 0.1, 0.9, 0.1]) < log_loss(&labels, &[0.5; 4]));
+        let (error, bins) = calibration(&labels, &[0.95, 0.05, 0.95, 0.05]);
+        assert_eq!(bins.len(), 2);
+        assert!((error - 0.05).abs() < 1e-12, "{error}");
+    }
+}

@@ -1,0 +1,201 @@
+//! `report.html`: the evaluation as a page a browser opens without anything else: the metrics
+//! tables and four SVG plots drawn with `plotters` (operating curve with the baselines as points,
+//! precision-recall curve, calibration, feature importance by gain), inlined in the page.
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::evaluate::{Evaluation, Outcome};
+
+type Drawn = Result<(), Box<dyn std::error::Error>>;
+
+const SIZE: (u32, u32) = (620, 420);
+
+/// Draws one plot into an SVG document.
+fn svg(size: (u32, u32), draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Drawn) -> Result<String, String> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        draw(&root).map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+fn operating_curve(evaluation: &Evaluation) -> Result<String, String> {
+    svg(SIZE, |root| {
+        let model: Vec<(f64, f64)> = evaluation.curve.iter().skip(1).map(|p| (p.false_deny_rate, p.oversell_rate)).collect();
+        let stocks: Vec<(f64, f64)> = evaluation.safety_stocks.iter().filter(|(_, o)| o.promised > 0).map(|(_, o)| (o.false_deny_rate, o.oversell_rate)).collect();
+        let point = |o: &Outcome| (o.false_deny_rate, o.oversell_rate);
+        let y_max = model.iter().chain(&stocks).map(|p| p.1).chain([point(&evaluation.naive_atp).1]).fold(0.01, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(root)
+            .caption("Operating curve, held-out days", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..1f64, 0f64..y_max)?;
+        chart.configure_mesh().x_desc("false-deny rate (denied among shipped orders)").y_desc("oversell rate (shorted among promised)").draw()?;
+        chart.draw_series(LineSeries::new(model, BLUE.stroke_width(2)))?.label("model").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+        chart
+            .draw_series(LineSeries::new(stocks, GREEN.mix(0.6)))?
+            .label("static safety stock k = 0, 1, 2, …")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREEN));
+        let dots = [
+            (point(&evaluation.naive_atp), RED, "naive ATP".to_string()),
+            (point(&evaluation.static_safety_stock), GREEN, format!("best safety stock (k = {})", evaluation.safety_stock)),
+            (point(&evaluation.model), BLUE, format!("model at threshold {:.3}", evaluation.threshold)),
+        ];
+        for (at, color, label) in dots {
+            chart.draw_series(std::iter::once(Circle::new(at, 6, color.filled())))?.label(label).legend(move |(x, y)| Circle::new((x + 9, y), 5, color.filled()));
+        }
+        chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.9)).border_style(BLACK).draw()?;
+        Ok(())
+    })
+}
+
+fn precision_recall(evaluation: &Evaluation) -> Result<String, String> {
+    svg(SIZE, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("Precision-recall for oversells (PR-AUC {:.3})", evaluation.pr_auc), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
+        chart.configure_mesh().x_desc("recall (shorted orders flagged)").y_desc("precision").draw()?;
+        chart.draw_series(LineSeries::new(evaluation.precision_recall.iter().copied(), BLUE.stroke_width(2)))?.label("model").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+        let rate = evaluation.short_rate;
+        chart
+            .draw_series(LineSeries::new([(0.0, rate), (1.0, rate)], BLACK.mix(0.5)))?
+            .label(format!("no skill (short rate {rate:.3})"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
+        chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw()?;
+        Ok(())
+    })
+}
+
+fn calibration(evaluation: &Evaluation) -> Result<String, String> {
+    svg(SIZE, |root| {
+        let top = evaluation.calibration.iter().flat_map(|bin| [bin.predicted, bin.observed]).fold(0.05, f64::max).min(1.0) * 1.1;
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("Calibration (expected error {:.4})", evaluation.calibration_error), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..top, 0f64..top)?;
+        chart.configure_mesh().x_desc("predicted short probability (bin mean)").y_desc("observed short rate").draw()?;
+        chart.draw_series(LineSeries::new([(0.0, 0.0), (top, top)], BLACK.mix(0.4)))?.label("perfect").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
+        let bins: Vec<(f64, f64)> = evaluation.calibration.iter().map(|bin| (bin.predicted, bin.observed)).collect();
+        chart.draw_series(LineSeries::new(bins.clone(), BLUE.stroke_width(2)))?.label("model").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+        chart.draw_series(bins.into_iter().map(|at| Circle::new(at, 4, BLUE.filled())))?;
+        chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.9)).border_style(BLACK).draw()?;
+        Ok(())
+    })
+}
+
+fn importance(evaluation: &Evaluation) -> Result<String, String> {
+    let shown: Vec<&(String, f64)> = evaluation.importance.iter().take(20).collect();
+    let rows = shown.len().max(1) as i32;
+    svg((SIZE.0, 80 + 22 * rows as u32), |root| {
+        let top = shown.iter().map(|(_, gain)| *gain).fold(1e-9, f64::max) * 1.05;
+        let mut chart = ChartBuilder::on(root)
+            .caption("Feature importance (average gain per split)", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(190)
+            .build_cartesian_2d(0f64..top, (0..rows).into_segmented())?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(rows as usize)
+            .y_label_formatter(&|value| match value {
+                SegmentValue::CenterOf(row) => shown.get((rows - 1 - row) as usize).map(|(name, _)| name.clone()).unwrap_or_default(),
+                _ => String::new(),
+            })
+            .draw()?;
+        chart.draw_series(shown.iter().enumerate().map(|(rank, (_, gain))| {
+            let row = rows - 1 - rank as i32;
+            let mut bar = Rectangle::new([(0.0, SegmentValue::Exact(row)), (*gain, SegmentValue::Exact(row + 1))], BLUE.mix(0.7).filled());
+            bar.set_margin(3, 3, 0, 0);
+            bar
+        }))?;
+        Ok(())
+    })
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn row(name: &str, outcome: &Outcome) -> String {
+    format!(
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{:.4}</td></tr>",
+        escape(name),
+        outcome.promised,
+        outcome.oversells,
+        outcome.oversell_rate,
+        outcome.oversells_caught,
+        outcome.false_denies,
+        outcome.false_deny_rate
+    )
+}
+
+/// The whole page. `title` and `details` (name, value) head it: version, lineage, rounds.
+pub fn html(title: &str, details: &[(String, String)], evaluation: &Evaluation) -> Result<String, String> {
+    let e = evaluation;
+    let compared = &e.at_safety_stock_false_deny_rate;
+    let details: String = details.iter().map(|(name, value)| format!("<tr><th>{}</th><td>{}</td></tr>", escape(name), escape(value))).collect();
+    Ok(format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 1300px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+th {{ text-align: left; background: #f4f4f4; }} .plots {{ display: flex; flex-wrap: wrap; gap: 12px; }} figure {{ margin: 0; }}
+.headline {{ font-size: 1.15em; background: #eef5ff; padding: 10px; border-left: 4px solid #36c; }}
+</style></head><body>
+<h1>{title}</h1>
+<table>{details}</table>
+<p class="headline">At the false-deny rate of the best static safety stock (k = {k}, {fd:.4} of shipped orders denied), the model
+oversells <b>{model_oversells}</b> orders where the safety stock oversells <b>{stock_oversells}</b> (ratio {ratio:.2}) on the
+held-out days ({test} orders, {shorted} shorted).</p>
+<h2>Policies on the held-out days</h2>
+<p>Target oversell rate {target}: the model's threshold ({threshold:.4}) was chosen on the validation days, the safety stock on the training days.</p>
+<table><tr><th>policy</th><th>promised</th><th>oversells</th><th>oversell rate</th><th>oversells caught</th><th>false denies</th><th>false-deny rate</th></tr>
+{model_row}{naive_row}{stock_row}</table>
+<table><tr><th>PR-AUC (oversell)</th><td>{pr_auc:.4} (no skill: {short_rate:.4})</td></tr>
+<tr><th>log loss</th><td>{log_loss:.4}</td></tr><tr><th>expected calibration error</th><td>{ece:.4}</td></tr>
+<tr><th>orders: train / validation / test</th><td>{n_train} / {n_validation} / {test}</td></tr></table>
+<div class="plots">
+<figure>{curve}</figure>
+<figure>{pr}</figure>
+<figure>{calibration}</figure>
+<figure>{importance}</figure>
+</div>
+</body></html>
+"#,
+        title = escape(title),
+        k = e.safety_stock,
+        fd = compared.false_deny_rate,
+        model_oversells = compared.model_oversells,
+        stock_oversells = compared.safety_stock_oversells,
+        ratio = compared.ratio,
+        test = e.orders.test,
+        shorted = e.orders.test_shorted,
+        target = e.target_oversell_rate,
+        threshold = e.threshold,
+        model_row = row(&format!("model, p_fulfill ≥ {:.4}", e.threshold), &e.model),
+        naive_row = row("naive ATP (ATP ≥ qty)", &e.naive_atp),
+        stock_row = row(&format!("static safety stock (ATP ≥ qty + {})", e.safety_stock), &e.static_safety_stock),
+        pr_auc = e.pr_auc,
+        short_rate = e.short_rate,
+        log_loss = e.log_loss,
+        ece = e.calibration_error,
+        n_train = e.orders.train,
+        n_validation = e.orders.validation,
+        curve = operating_curve(e)?,
+        pr = precision_recall(e)?,
+        calibration = calibration(e)?,
+        importance = importance(e)?,
+    ))
+}

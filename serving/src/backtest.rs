@@ -1,0 +1,151 @@
+//! Backtests: what the engine would have decided for every order of a past period, with a model
+//! version and a rule set, beside what really happened and what the baselines would have done.
+//!
+//! Each order is decided by [`Serving::decide_at_node`], the very function live answers use, from
+//! the order's replayed feature vector (the training-set builder's, itself computed by the
+//! serving code path): the model's score gates the node, then the rules apply.
+
+use std::io::Write;
+
+use sellable_core::Millis;
+use sellable_models::Model;
+
+use crate::{NodeFacts, Serving};
+
+/// One past order, with the feature vector an answer at its time would have used.
+#[derive(Debug, Clone)]
+pub struct PastOrder {
+    pub order_id: String,
+    pub ts: Millis,
+    pub sku: String,
+    pub node: String,
+    pub qty: i64,
+    /// 1: shorted; 0: shipped.
+    pub label: i64,
+    /// In the order of `core::features::names()`.
+    pub features: Vec<f64>,
+}
+
+/// The engine's decision for one order (a row of the backtest file).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BacktestRow {
+    pub order_id: String,
+    pub ts: Millis,
+    pub sku: String,
+    pub node: String,
+    pub qty: i64,
+    /// `promise` or `deny`.
+    pub decision: &'static str,
+    pub units: i64,
+    pub p_fulfill: Option<f64>,
+    /// Names of the rules that fired, `;`-separated.
+    pub rules_fired: String,
+    pub label: i64,
+}
+
+/// Oversells caught and orders wrongly denied, by the engine and by the baselines.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct BacktestSummary {
+    pub orders: u64,
+    pub shorted: u64,
+    pub engine: PolicyCounts,
+    pub naive_atp: PolicyCounts,
+    /// Promise iff ATP ≥ qty + `safety_stock`.
+    pub static_safety_stock: PolicyCounts,
+    pub safety_stock: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct PolicyCounts {
+    pub promised: u64,
+    /// Shorted orders the policy denied.
+    pub oversells_caught: u64,
+    /// Shorted orders the policy promised.
+    pub oversells: u64,
+    /// Shipped orders the policy denied.
+    pub wrongly_denied: u64,
+}
+
+impl PolicyCounts {
+    fn add(&mut self, promised: bool, shorted: bool) {
+        self.promised += u64::from(promised);
+        match (promised, shorted) {
+            (true, true) => self.oversells += 1,
+            (false, true) => self.oversells_caught += 1,
+            (false, false) => self.wrongly_denied += 1,
+            (true, false) => {}
+        }
+    }
+}
+
+fn named(features: &[f64], name: &str) -> f64 {
+    sellable_core::features::names().iter().position(|n| *n == name).and_then(|index| features.get(index).copied()).unwrap_or(f64::NAN)
+}
+
+impl Serving {
+    /// Decides every order as the engine would have at its time. Orders at nodes the catalog
+    /// does not know are an error naming them.
+    pub fn backtest(&self, model: Option<&Model>, orders: &[PastOrder], safety_stock: i64) -> Result<(Vec<BacktestRow>, BacktestSummary), String> {
+        let ruleset = self.rules.current();
+        let mut rows = Vec::with_capacity(orders.len());
+        let mut summary = BacktestSummary { safety_stock, ..BacktestSummary::default() };
+        for order in orders {
+            let node = self.nodes.get(&order.node).ok_or_else(|| format!("order {}: unknown node '{}'", order.order_id, order.node))?;
+            let whole = |name| named(&order.features, name);
+            let hours_since_event = whole("hours_since_event_now");
+            let facts = NodeFacts {
+                atp: whole("atp_now") as i64,
+                on_hand: whole("on_hand_now") as i64,
+                reserved: whole("reserved_now") as i64,
+                held: whole("held_now") as i64,
+                feed_lag_s: hours_since_event.is_finite().then_some(hours_since_event * 3600.0),
+                p_fulfill: model.map(|model| model.p_fulfill(&order.features)),
+            };
+            let decision = self.decide_at_node(ruleset.as_deref(), model, &order.sku, &node.region, order.qty, node, &facts);
+            let promised = decision.units >= order.qty;
+            let shorted = order.label == 1;
+            summary.orders += 1;
+            summary.shorted += u64::from(shorted);
+            summary.engine.add(promised, shorted);
+            summary.naive_atp.add(facts.atp >= order.qty, shorted);
+            summary.static_safety_stock.add(facts.atp >= order.qty + safety_stock, shorted);
+            rows.push(BacktestRow {
+                order_id: order.order_id.clone(),
+                ts: order.ts,
+                sku: order.sku.clone(),
+                node: order.node.clone(),
+                qty: order.qty,
+                decision: if promised { "promise" } else { "deny" },
+                units: if promised { order.qty } else { 0 },
+                p_fulfill: facts.p_fulfill,
+                rules_fired: decision.fired.iter().map(|fired| fired.rule.as_str()).collect::<Vec<_>>().join(";"),
+                label: order.label,
+            });
+        }
+        Ok((rows, summary))
+    }
+}
+
+/// Writes backtest rows as CSV with a header (`ts` in RFC 3339).
+pub fn write_csv(rows: &[BacktestRow], out: impl Write) -> Result<(), String> {
+    let mut writer = csv::Writer::from_writer(out);
+    let header = ["order_id", "ts", "sku", "node", "qty", "decision", "units", "p_fulfill", "rules_fired", "label"];
+    writer.write_record(header).map_err(|error| error.to_string())?;
+    for row in rows {
+        writer
+            .write_record([
+                row.order_id.clone(),
+                sellable_core::event::format_millis(row.ts),
+                row.sku.clone(),
+                row.node.clone(),
+                row.qty.to_string(),
+                row.decision.to_string(),
+                row.units.to_string(),
+                row.p_fulfill.map(|p| format!("{p:.6}")).unwrap_or_default(),
+                row.rules_fired.clone(),
+                row.label.to_string(),
+            ])
+            .map_err(|error| error.to_string())?;
+    }
+    writer.flush().map_err(|error| error.to_string())
+}

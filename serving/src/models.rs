@@ -1,0 +1,140 @@
+//! The live model and its shadow, swapped atomically.
+//!
+//! Each answer takes an `Arc` of the live model once and scores every node with it, so a swap
+//! in the middle of a request changes nothing for that request and no request waits or fails.
+//! The live version is the registry's (its `history.json`): [`ModelBook::watch`] polls it and
+//! loads a newly promoted or rolled-back version; a version that does not load is refused, the
+//! error is kept for `GET /v1/model`, and the model already live keeps serving. With no model at
+//! all, answers fall back to naive ATP and the rules, marked `degraded: "model unavailable"`.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sellable_models::{Model, Registry};
+
+/// What `GET /v1/model` shows.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ModelStatus {
+    pub live: Option<String>,
+    pub threshold: Option<f64>,
+    pub shadow: Option<String>,
+    /// The last load that failed, if the registry still points at it.
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+pub struct ModelBook {
+    registry: Option<Registry>,
+    live: RwLock<Option<Arc<Model>>>,
+    shadow: RwLock<Option<Arc<Model>>>,
+    /// The registry version whose load failed, and why (not retried until the registry changes).
+    failed: RwLock<Option<(String, String)>>,
+}
+
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    lock.read().expect("model lock poisoned; this is a bug").clone()
+}
+
+fn write<T>(lock: &RwLock<T>, value: T) {
+    *lock.write().expect("model lock poisoned; this is a bug") = value;
+}
+
+impl ModelBook {
+    /// No model: every answer is degraded to rules on naive ATP.
+    pub fn none() -> ModelBook {
+        ModelBook::default()
+    }
+
+    /// A fixed model (tests, backtests).
+    pub fn with(model: Model) -> ModelBook {
+        let book = ModelBook::none();
+        write(&book.live, Some(Arc::new(model)));
+        book
+    }
+
+    /// The registry's live version, loaded now (a failure is kept in the status; answers are
+    /// degraded until a version loads), and `shadow`, a candidate scored beside it.
+    pub fn from_registry(registry: Registry, shadow: Option<&str>) -> Result<ModelBook, String> {
+        let book = ModelBook { registry: Some(registry), ..ModelBook::default() };
+        if let Some(version) = shadow {
+            let registry = book.registry.as_ref().expect("just set");
+            let model = registry.load(version, &sellable_core::features::names()).map_err(|error| format!("shadow model: {error}"))?;
+            write(&book.shadow, Some(Arc::new(model)));
+        }
+        // a failure is kept for the status; answers are degraded until a version loads
+        let _ = book.reload();
+        Ok(book)
+    }
+
+    pub fn current(&self) -> Option<Arc<Model>> {
+        read(&self.live)
+    }
+
+    pub fn shadow(&self) -> Option<Arc<Model>> {
+        read(&self.shadow)
+    }
+
+    pub fn status(&self) -> ModelStatus {
+        let live = self.current();
+        ModelStatus {
+            live: live.as_ref().map(|model| model.version().to_string()),
+            threshold: live.as_ref().map(|model| model.threshold()),
+            shadow: self.shadow().map(|model| model.version().to_string()),
+            error: read(&self.failed).map(|(_, error)| error),
+        }
+    }
+
+    /// Loads the registry's live version if it is not the one serving. Returns the version
+    /// serving afterwards; a failure keeps the current model and is reported.
+    pub fn reload(&self) -> Result<Option<String>, String> {
+        let Some(registry) = &self.registry else { return Ok(self.current().map(|m| m.version().to_string())) };
+        let wanted = registry.live().map_err(|error| error.to_string())?;
+        let serving = self.current().map(|model| model.version().to_string());
+        let Some(wanted) = wanted else {
+            // nothing promoted (or everything rolled back): keep what serves, if anything
+            return Ok(serving);
+        };
+        if serving.as_deref() == Some(wanted.as_str()) {
+            write(&self.failed, None);
+            return Ok(serving);
+        }
+        match registry.load(&wanted, &sellable_core::features::names()) {
+            Ok(model) => {
+                tracing::info!(version = wanted, threshold = model.threshold(), "model live");
+                write(&self.live, Some(Arc::new(model)));
+                write(&self.failed, None);
+                Ok(Some(wanted))
+            }
+            Err(error) => {
+                let message = format!("{error}; {} keeps serving", serving.as_deref().unwrap_or("no model"));
+                tracing::warn!(version = wanted, %error, "model refused");
+                write(&self.failed, Some((wanted, message.clone())));
+                Err(message)
+            }
+        }
+    }
+
+    fn changed(&self) -> bool {
+        let Some(registry) = &self.registry else { return false };
+        let Ok(Some(wanted)) = registry.live() else { return false };
+        let serving = self.current().map(|model| model.version().to_string());
+        let failed = read(&self.failed).map(|(version, _)| version);
+        serving.as_deref() != Some(wanted.as_str()) && failed.as_deref() != Some(wanted.as_str())
+    }
+
+    /// Polls the registry and swaps in a newly promoted or rolled-back version.
+    pub fn watch(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                if self.changed() {
+                    // loading reads and parses files: off the request threads. Failures are in
+                    // the status; the live model keeps serving.
+                    let book = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || book.reload()).await;
+                }
+            }
+        })
+    }
+}
