@@ -11,7 +11,8 @@ use sellable_batch::Lake;
 use sellable_bench::{generate, SimConfig};
 use sellable_core::event::{encode_json, read_event_file};
 use sellable_core::{fold, Event, Fold, FoldConfig, Millis, NodeInfo};
-use sellable_serving::{Availability, Serving};
+use sellable_serving::backtest::PastOrder;
+use sellable_serving::{Availability, ModelBook, Serving};
 use sellable_speed::SpeedView;
 
 const DAY: Millis = 86_400_000;
@@ -50,10 +51,15 @@ async fn marketplace() -> Marketplace {
 
 /// Serves on a free loopback port, answering as of `now`; returns the base URL and the server.
 async fn serve(lake: &Lake, speed: Arc<SpeedView>, now: Millis) -> (String, Arc<Serving>) {
+    serve_with(lake, speed, now, Arc::new(ModelBook::none())).await
+}
+
+async fn serve_with(lake: &Lake, speed: Arc<SpeedView>, now: Millis, models: Arc<ModelBook>) -> (String, Arc<Serving>) {
     let (skus, nodes) = lake.load_catalog().await.unwrap();
     let batch = lake.load_batch_view().await.unwrap();
     let rules = Arc::new(sellable_serving::RuleBook::empty(sellable_dsl::Schema::standard()));
-    let serving = Arc::new(Serving::new(skus, nodes, batch, speed, rules).with_clock(sellable_serving::Clock::Fixed(now)));
+    let serving = Serving::new(skus, nodes, batch, speed, rules).with_models(models);
+    let serving = Arc::new(serving.with_clock(sellable_serving::Clock::Fixed(now)));
     serving.refresh_watermarks().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -475,4 +481,141 @@ async fn serving_computes_the_training_rows_feature_vectors_bit_for_bit() {
         }
     }
     assert!(checked >= 20, "{checked}");
+}
+
+/// A marketplace of 8 days with features as of every midnight and a training set of the orders
+/// of days 2–8, trained with the default configuration (1 validation day, 1 held-out day).
+struct Trained {
+    _dir: tempfile::TempDir,
+    lake: Lake,
+    registry: sellable_models::Registry,
+    fitted: sellable_models::Fitted,
+    end: Millis,
+}
+
+async fn trained_marketplace() -> Trained {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig { seed: 11, skus: 300, nodes: 16, days: 8.0, ..SimConfig::default() };
+    let summary = generate(&config, &dir.path().join("gen")).unwrap();
+    let lake = Lake::open(&dir.path().join("lake")).unwrap();
+    let skus = sellable_core::catalog::read_parquet(&summary.paths.skus, sellable_core::catalog::skus_from_batch).unwrap();
+    let nodes = sellable_core::catalog::read_parquet(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch).unwrap();
+    lake.import_catalog(&skus, &nodes).await.unwrap();
+    lake.import_events(read_event_file(&summary.paths.events).unwrap()).await.unwrap();
+    let start = config.start - config.start.rem_euclid(DAY) + DAY;
+    let midnights: Vec<Millis> = (start..summary.end).step_by(DAY as usize).collect();
+    let progress = sellable_batch::Progress::hidden();
+    lake.compute_features(&midnights, FoldConfig::default(), &progress).await.unwrap();
+    let (rows, lineage, _) = lake.build_trainset(start, summary.end, FoldConfig::default(), &progress).await.unwrap();
+    lake.write_trainset(&rows, &lineage).await.unwrap();
+    let names = sellable_core::features::names();
+    let mut orders = sellable_models::Orders::new(&names).unwrap();
+    for row in &rows {
+        orders.push(row.ts, &row.features, row.label).unwrap();
+    }
+    let mut rounds = 0;
+    let fitted = sellable_models::fit(&orders, &sellable_models::TrainConfig::default(), |_| rounds += 1).unwrap();
+    assert!(rounds > fitted.model.rounds, "early stopping ran past the best round");
+    let registry = sellable_models::Registry::open(&dir.path().join("models")).unwrap();
+    Trained { _dir: dir, lake, registry, fitted, end: summary.end }
+}
+
+fn register(trained: &Trained, threshold: f64) -> String {
+    let names: Vec<String> = sellable_core::features::names().iter().map(ToString::to_string).collect();
+    let lineage = sellable_models::registry::ModelLineage {
+        trainset_version: 1,
+        lake_version: 1,
+        features_version: 1,
+        trainset_code_version: "test".into(),
+        code_version: "test".into(),
+    };
+    let mut manifest = trained.fitted.manifest(&names, lineage, "2026-11-23T00:00:00Z".into());
+    manifest.threshold = threshold;
+    trained.registry.register(trained.fitted.model.json(), manifest, &trained.fitted.metrics_json(), "<html></html>").unwrap()
+}
+
+/// The models issue's bar: on held-out days, allowed no more false denies than the best static
+/// safety stock, the model oversells at most half as often; the report and metrics.json say so.
+/// Then serving scores with it, and a backtest decides every order with the serving function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
+    let trained = trained_marketplace().await;
+    let evaluation = &trained.fitted.evaluation;
+    let compared = &evaluation.at_safety_stock_false_deny_rate;
+    eprintln!("held-out days: {:?}; safety stock k={}: {:?}", evaluation.orders, evaluation.safety_stock, compared);
+    assert!(evaluation.orders.test > 500 && evaluation.orders.test_shorted > 10, "{:?}", evaluation.orders);
+    assert!(
+        compared.model_oversells * 2 <= compared.safety_stock_oversells,
+        "model {} vs safety stock {} oversells at false-deny rate {}",
+        compared.model_oversells,
+        compared.safety_stock_oversells,
+        compared.false_deny_rate
+    );
+    assert!(evaluation.pr_auc > 2.0 * evaluation.short_rate, "PR-AUC {} vs no skill {}", evaluation.pr_auc, evaluation.short_rate);
+    assert!(trained.fitted.parity <= sellable_models::PARITY_TOLERANCE);
+    let metrics: serde_json::Value = serde_json::from_str(&trained.fitted.metrics_json()).unwrap();
+    assert_eq!(metrics["at_safety_stock_false_deny_rate"]["model_oversells"], compared.model_oversells);
+    let report = sellable_models::report::html("test", &[], evaluation).unwrap();
+    assert_eq!(report.matches("<svg").count(), 4, "operating curve, PR curve, calibration, importance");
+    for title in ["Operating curve", "Precision-recall", "Calibration", "Feature importance"] {
+        assert!(report.contains(title), "{title} missing");
+    }
+
+    // serving scores every option with the promoted model
+    let version = register(&trained, evaluation.threshold);
+    trained.registry.promote(&version, &sellable_core::features::names()).unwrap();
+    let cutoff = trained.end - DAY;
+    trained.lake.compute_batch_view(cutoff, FoldConfig::default()).await.unwrap();
+    let registry = sellable_models::Registry::open(trained.registry.root()).unwrap();
+    let models = Arc::new(ModelBook::from_registry(registry, None).unwrap());
+    let (_, serving) = serve_with(&trained.lake, Arc::new(SpeedView::memory(FoldConfig::default())), cutoff + 1, models).await;
+    let mut scored = 0;
+    for sku in serving.skus.keys().take(60) {
+        for (node, _) in serving.batch.sku_states(sku) {
+            let region = serving.nodes[node].country.clone();
+            let answer = serving.availability(sku, &region, 1, cutoff + 1).await.unwrap();
+            assert_eq!(answer.versions.model.as_deref(), Some(version.as_str()));
+            assert!(!answer.degraded_reasons.iter().any(|reason| reason.starts_with("model unavailable")), "{answer:?}");
+            for option in &answer.options {
+                let p = option.p_fulfill.expect("every option is scored");
+                assert!((0.0..=1.0).contains(&p));
+                scored += 1;
+            }
+        }
+    }
+    assert!(scored > 20, "{scored} options scored");
+
+    // a backtest of the held-out day decides with the same function, and the rules see the score
+    let model = trained.registry.load(&version, &sellable_core::features::names()).unwrap();
+    let (rows, _, _) = trained.lake.build_trainset(cutoff, trained.end, FoldConfig::default(), &sellable_batch::Progress::hidden()).await.unwrap();
+    let orders: Vec<PastOrder> = rows
+        .iter()
+        .map(|row| PastOrder { order_id: row.order_id.clone(), ts: row.ts, sku: row.sku.clone(), node: row.node.clone(), qty: row.qty, label: row.label, features: row.features.clone() })
+        .collect();
+    let schema = sellable_dsl::Schema::standard();
+    let rules = r#"rule "unsure" when p_fulfill < 0.99 and qty >= 2 then cap 0"#;
+    let ruleset = sellable_dsl::load(&[sellable_dsl::Source { name: "t.rules".into(), text: rules.into() }], &schema).ruleset.unwrap();
+    let (skus, nodes) = trained.lake.load_catalog().await.unwrap();
+    let book = Arc::new(sellable_serving::RuleBook::with(ruleset, schema));
+    let replay = Serving::new(skus, nodes, Default::default(), Arc::new(SpeedView::memory(FoldConfig::default())), book);
+    let (decisions, summary) = replay.backtest(Some(&model), &orders, evaluation.safety_stock).unwrap();
+    assert_eq!(decisions.len(), orders.len());
+    let named = |row: &PastOrder, name: &str| row.features[sellable_core::features::names().iter().position(|n| *n == name).unwrap()];
+    let mut capped = 0;
+    for (decision, order) in decisions.iter().zip(&orders) {
+        let p = decision.p_fulfill.unwrap();
+        assert_eq!(p, model.p_fulfill(&order.features));
+        let unsure = p < 0.99 && order.qty >= 2;
+        let promise = named(order, "atp_now") >= order.qty as f64 && p >= model.threshold() && !unsure;
+        assert_eq!(decision.decision, if promise { "promise" } else { "deny" }, "{decision:?}");
+        assert_eq!(decision.rules_fired == "unsure", unsure, "{decision:?}");
+        capped += usize::from(unsure);
+    }
+    assert!(capped > 0 && summary.engine.promised > 0, "{summary:?}");
+    assert_eq!(summary.naive_atp.promised + summary.naive_atp.oversells_caught + summary.naive_atp.wrongly_denied, summary.orders);
+    let mut csv = Vec::new();
+    sellable_serving::backtest::write_csv(&decisions, &mut csv).unwrap();
+    let csv = String::from_utf8(csv).unwrap();
+    assert!(csv.starts_with("order_id,ts,sku,node,qty,decision,units,p_fulfill,rules_fired,label\n"), "{}", &csv[..200]);
+    assert_eq!(csv.lines().count(), orders.len() + 1);
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sellable_core::view::BoxFuture;
 use sellable_core::{fold, BatchView, Event, EventKind, FoldConfig, NodeInfo, NodeKind, NodeState, SkuInfo, SpeedSource};
 use sellable_dsl::Schema;
-use sellable_serving::{Availability, Clock, RuleBook, Serving};
+use sellable_serving::{Availability, Clock, ModelBook, RuleBook, Serving};
 
 /// A speed view with no event since the cutoff.
 struct NothingSinceCutoff;
@@ -41,6 +41,10 @@ fn event(id: &str, node: &str, kind: EventKind, qty: i64) -> Event {
 }
 
 async fn serve(rules: Arc<RuleBook>) -> String {
+    serve_with(rules, Arc::new(ModelBook::none())).await
+}
+
+async fn serve_with(rules: Arc<RuleBook>, models: Arc<ModelBook>) -> String {
     let events = [event("e1", "WH-1", EventKind::Count, 10), event("e2", "SL-1", EventKind::Feed, 6)];
     let batch = BatchView { version: "test".into(), asof: 2_000, states: fold(&events, FoldConfig::default()).states, ..BatchView::default() };
     let skus = vec![SkuInfo {
@@ -61,7 +65,8 @@ async fn serve(rules: Arc<RuleBook>) -> String {
     };
     let nodes = vec![node("WH-1", NodeKind::Warehouse, None), node("SL-1", NodeKind::Seller, Some("S-1042"))];
     // answers as of just after the events, so no feed is beyond its SLA
-    let serving = Arc::new(Serving::new(skus, nodes, batch, Arc::new(NothingSinceCutoff), rules).with_clock(Clock::Fixed(2_000)));
+    let serving = Serving::new(skus, nodes, batch, Arc::new(NothingSinceCutoff), rules).with_models(models);
+    let serving = Arc::new(serving.with_clock(Clock::Fixed(2_000)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, serving.router()).await.unwrap() });
@@ -178,4 +183,125 @@ async fn rules_check_endpoint_reports_diagnostics_and_tests() {
         client.post(format!("{base}/v1/rules:check")).body(good).send().await.unwrap().json().await.unwrap();
     assert_eq!(body["ok"], true);
     assert_eq!(body["tests"][0]["passed"], true);
+}
+
+/// Registers a small model over the feature vector of `core`, with the given threshold.
+fn register(registry: &sellable_models::Registry, model_json: &str, threshold: f64) -> String {
+    let manifest = sellable_models::registry::Manifest {
+        version: String::new(),
+        created: "2026-11-23T00:00:00Z".into(),
+        features: sellable_core::features::names().iter().map(ToString::to_string).collect(),
+        threshold,
+        target_oversell_rate: 0.02,
+        rounds: 5,
+        lineage: sellable_models::registry::ModelLineage {
+            trainset_version: 1,
+            lake_version: 1,
+            features_version: 1,
+            trainset_code_version: "test".into(),
+            code_version: "test".into(),
+        },
+        headline: Default::default(),
+        config: serde_json::Value::Null,
+    };
+    registry.register(model_json, manifest, "{}", "<html></html>").unwrap()
+}
+
+/// Promote and rollback while requests run: not one fails, and every answer is wholly decided by
+/// the version it names (v1 promises everything, v2's threshold of 1 denies everything). A
+/// corrupt version is refused by promotion and, forced into the history, by serving, while the
+/// live version keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_and_rollback_under_load_fail_no_request() {
+    let width = sellable_core::features::names().len();
+    let rows = 400;
+    let features: Vec<f32> = (0..rows * width).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let labels: Vec<f32> = (0..rows).map(|r| f32::from(features[r * width] > 0.5)).collect();
+    let json = sellable_models::train_fixed(&features, rows, &labels, 5, 3, 0.3).unwrap().json().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = sellable_models::Registry::open(dir.path()).unwrap();
+    let names = sellable_core::features::names();
+    let (v1, v2) = (register(&registry, &json, 0.0), register(&registry, &json, 1.0));
+    registry.promote(&v1, &names).unwrap();
+    let book = Arc::new(ModelBook::from_registry(sellable_models::Registry::open(dir.path()).unwrap(), None).unwrap());
+    book.clone().watch(Duration::from_millis(20));
+    let base = serve_with(Arc::new(RuleBook::empty(Schema::standard())), book).await;
+    let client = reqwest::Client::new();
+    let first = ask(&client, &base).await;
+    assert_eq!((first.versions.model.as_deref(), first.degraded), (Some("v1"), false), "{first:?}");
+    assert!(first.options.iter().all(|option| option.p_fulfill.is_some_and(|p| (0.0..=1.0).contains(&p))));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, served, failed, seen, base, client) = (stop.clone(), served.clone(), failed.clone(), seen.clone(), base.clone(), client.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let response = client.get(format!("{base}/v1/availability/SKU-1?region=DE&qty=1")).send().await;
+                let answer = match response {
+                    Ok(response) if response.status() == 200 => response.json::<Availability>().await.ok(),
+                    _ => None,
+                };
+                let consistent = answer.as_ref().is_some_and(|answer| match answer.versions.model.as_deref() {
+                    Some("v1") => answer.units == 1,
+                    Some("v2") => answer.units == 0 && answer.reasons.iter().any(|r| r.contains("threshold 1.000 of model v2")),
+                    _ => false,
+                });
+                if consistent {
+                    served.fetch_add(1, Ordering::Relaxed);
+                    seen.lock().unwrap().insert(answer.unwrap().versions.model.unwrap());
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let live = || async { client.get(format!("{base}/v1/model")).send().await.unwrap().json::<serde_json::Value>().await.unwrap() };
+    for _ in 0..5 {
+        registry.promote(&v2, &names).unwrap();
+        wait_until(|| async { live().await["live"] == "v2" }).await;
+        assert_eq!(registry.rollback(&names).unwrap().version(), "v1");
+        wait_until(|| async { live().await["live"] == "v1" }).await;
+    }
+
+    // a corrupt version: promotion refuses it; forced into the history, serving refuses it too
+    let v3 = register(&registry, &json[..json.len() / 2], 0.5);
+    let refused = registry.promote(&v3, &names).unwrap_err().to_string();
+    assert!(refused.starts_with("model v3 is corrupt: model: not JSON"), "{refused}");
+    std::fs::write(dir.path().join("history.json"), format!(r#"["{v1}","{v3}"]"#)).unwrap();
+    wait_until(|| async { live().await["error"].as_str().is_some_and(|e| e.contains("v3 is corrupt") && e.ends_with("v1 keeps serving")) }).await;
+    let reload = client.post(format!("{base}/v1/model:reload")).send().await.unwrap();
+    assert_eq!(reload.status(), 422);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed or inconsistent answers");
+    assert!(served.load(Ordering::Relaxed) > 50, "load ran: {} answers", served.load(Ordering::Relaxed));
+    assert_eq!(*seen.lock().unwrap(), std::collections::BTreeSet::from(["v1".to_string(), "v2".to_string()]));
+    assert_eq!(ask(&client, &base).await.versions.model.as_deref(), Some("v1"));
+}
+
+/// With no model at all, answers are rules on naive ATP, marked degraded.
+#[tokio::test]
+async fn without_a_model_answers_say_model_unavailable() {
+    let base = serve(Arc::new(RuleBook::empty(Schema::standard()))).await;
+    let answer = ask(&reqwest::Client::new(), &base).await;
+    assert!(answer.degraded && answer.degraded_reasons.iter().any(|r| r.starts_with("model unavailable")), "{answer:?}");
+    assert_eq!((answer.versions.model, answer.units), (None, 1));
+    assert!(answer.options.iter().all(|option| option.p_fulfill.is_none()));
+}
+
+/// Polls `done` every 10 ms, for at most 5 s.
+async fn wait_until<F: std::future::Future<Output = bool>>(done: impl Fn() -> F) {
+    for _ in 0..500 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition never met");
 }
