@@ -1,6 +1,11 @@
-//! Scores an XGBoost model on the CPU without XGBoost: the model's JSON is loaded once into one
-//! flat array of 16-byte nodes (all trees back to back), and a prediction walks each tree from
-//! its root. Same arithmetic as XGBoost's CPU predictor: `f32` features and thresholds, `value <
+//! Scores an XGBoost model on the CPU without XGBoost. The model's JSON is loaded once into one
+//! flat array of 16-byte nodes (all trees back to back). When no tree is deeper than
+//! [`MAX_PERFECT_DEPTH`] (ours are 6), each tree is also laid out as a *perfect* tree of the
+//! model's depth: 8-byte splits in level order (children of `i` at `2i + 1` and `2i + 2`, so no
+//! child pointers) and the leaves after them; a leaf above the bottom is copied down both sides,
+//! so every path has the same length. A prediction walks a fixed number of levels with no branch
+//! (a missing value reads as -inf or +inf, whichever goes its default way), eight trees at a
+//! time so their independent loads overlap. Same arithmetic as XGBoost's CPU predictor: `f32` features and thresholds, `value <
 //! threshold` goes left, a missing value (`NaN`) follows the node's default direction, leaf values
 //! are summed onto the base margin in `f32`, and `binary:logistic` applies the sigmoid.
 
@@ -25,12 +30,35 @@ const LEAF: u32 = u32::MAX;
 /// The top bit of `feature` on a split: missing values go left.
 const DEFAULT_LEFT: u32 = 1 << 31;
 
+/// Deepest model scored through the perfect-tree layout (2^8 leaves per tree).
+pub const MAX_PERFECT_DEPTH: usize = 8;
+
+/// A split of the perfect layout: `x < threshold` goes left. `feature` indexes the row with
+/// missing values as -inf (`< features`: missing goes left) or as +inf (`features + f`: right).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Split {
+    feature: u32,
+    threshold: f32,
+}
+
+/// Trees walked together in the perfect layout: their independent loads overlap.
+const LANES: usize = 8;
+
+/// Every tree as a perfect tree of `depth` levels: `2^depth - 1` splits, then `2^depth` leaves.
+#[derive(Debug, Clone)]
+struct Perfect {
+    depth: usize,
+    splits: Vec<Split>,
+    leaves: Vec<f32>,
+}
+
 /// A binary-logistic tree ensemble in a compact layout.
 #[derive(Debug, Clone)]
 pub struct Evaluator {
     nodes: Vec<Node>,
     /// Index of each tree's root in `nodes`.
     roots: Vec<u32>,
+    perfect: Option<Perfect>,
     base_margin: f32,
     features: usize,
 }
@@ -73,11 +101,112 @@ impl Evaluator {
         let trees = field(learner, &["gradient_booster", "model", "trees"])?
             .as_array()
             .ok_or_else(|| ModelFormatError("`trees` is not an array".into()))?;
-        let mut evaluator = Evaluator { nodes: Vec::new(), roots: Vec::with_capacity(trees.len()), base_margin: -(1.0 / base_score - 1.0).ln(), features };
+        let mut evaluator =
+            Evaluator { nodes: Vec::new(), roots: Vec::with_capacity(trees.len()), perfect: None, base_margin: -(1.0 / base_score - 1.0).ln(), features };
         for (index, tree) in trees.iter().enumerate() {
             evaluator.add_tree(tree, index)?;
         }
+        evaluator.perfect = evaluator.perfect_layout();
         Ok(evaluator)
+    }
+
+    fn depth(&self, index: usize) -> usize {
+        let node = self.nodes[index];
+        if node.feature == LEAF {
+            0
+        } else {
+            1 + self.depth(node.left as usize).max(self.depth(node.right as usize))
+        }
+    }
+
+    /// The perfect-tree layout of every tree, if none is deeper than [`MAX_PERFECT_DEPTH`].
+    fn perfect_layout(&self) -> Option<Perfect> {
+        let depth = self.roots.iter().map(|&root| self.depth(root as usize)).max()?;
+        // thresholds must be finite for the ±inf stand-ins of missing values to go their way
+        let finite = self.nodes.iter().all(|node| node.feature == LEAF || node.value.is_finite());
+        if depth > MAX_PERFECT_DEPTH || !finite {
+            return None;
+        }
+        let (internal, width) = ((1usize << depth) - 1, 1usize << depth);
+        let mut perfect = Perfect {
+            depth,
+            splits: vec![Split { feature: 0, threshold: 0.0 }; internal * self.roots.len()],
+            leaves: vec![0.0; width * self.roots.len()],
+        };
+        for (tree, &root) in self.roots.iter().enumerate() {
+            let splits = &mut perfect.splits[tree * internal..(tree + 1) * internal];
+            let leaves = &mut perfect.leaves[tree * width..(tree + 1) * width];
+            self.fill(root as usize, 0, 0, depth, splits, leaves);
+        }
+        Some(perfect)
+    }
+
+    /// Copies the subtree at `node` to level-order `position` of a perfect tree.
+    fn fill(&self, node: usize, position: usize, level: usize, depth: usize, splits: &mut [Split], leaves: &mut [f32]) {
+        let source = self.nodes[node];
+        if level == depth {
+            leaves[position - splits.len()] = source.value;
+            return;
+        }
+        let (left, right) = if source.feature == LEAF {
+            // a leaf above the bottom: both sides lead to it, whatever the split says
+            splits[position] = Split { feature: 0, threshold: 0.0 };
+            (node, node)
+        } else {
+            let feature = (source.feature & !DEFAULT_LEFT) as usize;
+            let missing_left = source.feature & DEFAULT_LEFT != 0;
+            let feature = if missing_left { feature } else { self.features + feature };
+            splits[position] = Split { feature: feature as u32, threshold: source.value };
+            (source.left as usize, source.right as usize)
+        };
+        self.fill(left, 2 * position + 1, level + 1, depth, splits, leaves);
+        self.fill(right, 2 * position + 2, level + 1, depth, splits, leaves);
+    }
+
+    /// The margin of a row through the perfect layout of `DEPTH` levels.
+    fn perfect_margin<const DEPTH: usize>(&self, perfect: &Perfect, row: &[f32]) -> f32 {
+        assert_eq!(row.len(), self.features, "a row has {} values, the model reads {}", row.len(), self.features);
+        // The row twice: missing values as -inf (read by splits whose missing values go left:
+        // -inf < threshold) and as +inf (the others). A split's `feature` indexes this pair, so
+        // the walk needs no NaN test.
+        let mut stack = [0f32; 128];
+        let mut heap = Vec::new();
+        let both: &mut [f32] = if 2 * row.len() <= stack.len() {
+            &mut stack[..2 * row.len()]
+        } else {
+            heap.resize(2 * row.len(), 0.0);
+            &mut heap
+        };
+        let (low, high) = both.split_at_mut(row.len());
+        for ((low, high), &x) in low.iter_mut().zip(high.iter_mut()).zip(row) {
+            (*low, *high) = if x.is_nan() { (f32::NEG_INFINITY, f32::INFINITY) } else { (x, x) };
+        }
+        let (internal, width) = ((1usize << DEPTH) - 1, 1usize << DEPTH);
+        let trees = self.roots.len();
+        let mut margin = self.base_margin;
+        let mut first = 0;
+        while first < trees {
+            let lanes = LANES.min(trees - first);
+            // lanes past the last tree walk tree `first` again; their leaves are not added
+            let bases: [usize; LANES] = std::array::from_fn(|lane| (first + if lane < lanes { lane } else { 0 }) * internal);
+            let mut at = [0usize; LANES];
+            for _ in 0..DEPTH {
+                for lane in 0..LANES {
+                    // SAFETY: after k < DEPTH levels `at` < 2^(k+1) - 1 <= internal, so
+                    // `bases[lane] + at` is inside the tree's splits; `add_tree` checked every
+                    // feature < features, so `fill` made every split's index < 2 × features =
+                    // both.len() (the row's length is asserted above).
+                    let split = unsafe { *perfect.splits.get_unchecked(bases[lane] + at[lane]) };
+                    let x = unsafe { *both.get_unchecked(split.feature as usize) };
+                    at[lane] = 2 * at[lane] + 1 + usize::from(!(x < split.threshold));
+                }
+            }
+            for (lane, position) in at.iter().enumerate().take(lanes) {
+                margin += perfect.leaves[(first + lane) * width + position - internal];
+            }
+            first += lanes;
+        }
+        margin
     }
 
     fn add_tree(&mut self, tree: &Value, index: usize) -> Result<(), ModelFormatError> {
@@ -148,15 +277,38 @@ impl Evaluator {
     /// The probability of the positive class for one row (`NaN` = missing).
     pub fn predict(&self, row: &[f32]) -> f32 {
         debug_assert_eq!(row.len(), self.features);
-        let margin = self.roots.iter().fold(self.base_margin, |margin, &root| margin + self.leaf(root, row));
+        let margin = match &self.perfect {
+            Some(perfect) => match perfect.depth {
+                0 => self.perfect_margin::<0>(perfect, row),
+                1 => self.perfect_margin::<1>(perfect, row),
+                2 => self.perfect_margin::<2>(perfect, row),
+                3 => self.perfect_margin::<3>(perfect, row),
+                4 => self.perfect_margin::<4>(perfect, row),
+                5 => self.perfect_margin::<5>(perfect, row),
+                6 => self.perfect_margin::<6>(perfect, row),
+                7 => self.perfect_margin::<7>(perfect, row),
+                _ => self.perfect_margin::<8>(perfect, row),
+            },
+            None => self.walk_margin(row),
+        };
         sigmoid(margin)
     }
 
-    /// Scores row-major `rows` (each [`Evaluator::features`] long) into `out`. Tree by tree over
-    /// all rows, so each tree stays in cache; the sums are added in the same order as
+    /// The margin of a row by walking each tree's nodes.
+    fn walk_margin(&self, row: &[f32]) -> f32 {
+        self.roots.iter().fold(self.base_margin, |margin, &root| margin + self.leaf(root, row))
+    }
+
+    /// Scores row-major `rows` (each [`Evaluator::features`] long) into `out`. In the perfect
+    /// layout, row by row (the whole model stays in cache); otherwise tree by tree over all rows,
+    /// so each tree stays in cache. Either way the sums are added in the same order as
     /// [`Evaluator::predict`], so the scores are the same to the bit.
     pub fn predict_batch(&self, rows: &[f32], out: &mut Vec<f32>) {
         out.clear();
+        if self.perfect.is_some() {
+            out.extend(rows.chunks_exact(self.features).map(|row| self.predict(row)));
+            return;
+        }
         out.resize(rows.len() / self.features, self.base_margin);
         for &root in &self.roots {
             for (margin, row) in out.iter_mut().zip(rows.chunks_exact(self.features)) {
@@ -210,6 +362,27 @@ mod tests {
         let worst = scores.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst <= 1e-6, "largest difference {worst}");
         assert!(expected.iter().any(|p| *p < 0.2) && expected.iter().any(|p| *p > 0.8), "the model should separate");
+    }
+
+    #[test]
+    fn trees_too_deep_for_the_perfect_layout_are_walked_with_the_same_scores() {
+        let (train, labels) = data(3_000, 11);
+        let model = train_fixed(&train, 3_000, &labels, 20, 12, 0.3).unwrap();
+        let evaluator = Evaluator::from_json(model.json()).unwrap();
+        let depth = evaluator.roots.iter().map(|&root| evaluator.depth(root as usize)).max().unwrap();
+        assert!(depth > MAX_PERFECT_DEPTH && evaluator.perfect.is_none(), "depth {depth}");
+        let (validation, _) = data(500, 5);
+        let expected = model.predict(&validation, 500).unwrap();
+        let mut scores = Vec::new();
+        evaluator.predict_batch(&validation, &mut scores);
+        let worst = scores.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-6, "largest difference {worst}");
+        // and the perfect layout of a shallow model walks to the same leaves as the nodes
+        let shallow = Evaluator::from_json(train_fixed(&train, 3_000, &labels, 13, 4, 0.3).unwrap().json()).unwrap();
+        assert!(shallow.perfect.is_some());
+        for row in validation.chunks_exact(4) {
+            assert_eq!(shallow.predict(row), sigmoid(shallow.walk_margin(row)));
+        }
     }
 
     #[test]

@@ -25,16 +25,21 @@ fn svg(size: (u32, u32), draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> D
 
 fn operating_curve(evaluation: &Evaluation) -> Result<String, String> {
     svg(SIZE, |root| {
-        let model: Vec<(f64, f64)> = evaluation.curve.iter().skip(1).map(|p| (p.false_deny_rate, p.oversell_rate)).collect();
-        let stocks: Vec<(f64, f64)> = evaluation.safety_stocks.iter().filter(|(_, o)| o.promised > 0).map(|(_, o)| (o.false_deny_rate, o.oversell_rate)).collect();
         let point = |o: &Outcome| (o.false_deny_rate, o.oversell_rate);
+        // the region where the policies differ: up to three times the largest of their false-deny rates
+        let x_max = [&evaluation.naive_atp, &evaluation.static_safety_stock, &evaluation.model].iter().map(|o| o.false_deny_rate).fold(0.0, f64::max);
+        let x_max = (x_max * 3.0).clamp(0.02, 1.0);
+        let shown = |p: &(f64, f64)| p.0 <= x_max;
+        let model: Vec<(f64, f64)> = evaluation.curve.iter().skip(1).map(|p| (p.false_deny_rate, p.oversell_rate)).filter(shown).collect();
+        let stocks: Vec<(f64, f64)> =
+            evaluation.safety_stocks.iter().filter(|(_, o)| o.promised > 0).map(|(_, o)| point(o)).filter(shown).collect();
         let y_max = model.iter().chain(&stocks).map(|p| p.1).chain([point(&evaluation.naive_atp).1]).fold(0.01, f64::max) * 1.1;
         let mut chart = ChartBuilder::on(root)
             .caption("Operating curve, held-out days", ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
-            .build_cartesian_2d(0f64..1f64, 0f64..y_max)?;
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
         chart.configure_mesh().x_desc("false-deny rate (denied among shipped orders)").y_desc("oversell rate (shorted among promised)").draw()?;
         chart.draw_series(LineSeries::new(model, BLUE.stroke_width(2)))?.label("model").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
         chart
