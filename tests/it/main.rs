@@ -561,11 +561,38 @@ async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
         assert!(report.contains(title), "{title} missing");
     }
 
+    // the command line trains from the lake's training set into the registry (a bad config is
+    // refused first, naming the file and the key), lists, promotes and rolls back
+    let sellable = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sellable")).args(args).output().unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr))
+    };
+    let (lake, models) = (trained.lake.root().to_str().unwrap(), trained.registry.root().to_str().unwrap());
+    let bad = trained.registry.root().join("bad.toml");
+    std::fs::write(&bad, "[xgboost]\neta = 2\n").unwrap();
+    let (ok, said) = sellable(&["train", "--lake", lake, "--models", models, "--config", bad.to_str().unwrap()]);
+    assert!(!ok && said.contains("bad.toml: xgboost.eta must be in (0, 1], got 2"), "{said}");
+    let (ok, said) = sellable(&["train", "--lake", lake, "--models", models, "--promote"]);
+    assert!(ok && said.contains("train: v1 is live"), "{said}");
+    for file in ["model.json", "manifest.json", "metrics.json", "report.html"] {
+        assert!(trained.registry.file("v1", file).unwrap().is_file(), "{file}");
+    }
+    let manifest = trained.registry.manifest("v1").unwrap();
+    assert_eq!((manifest.lineage.trainset_version, manifest.features.len()), (1, sellable_core::features::names().len()));
+    assert_eq!(manifest.rounds, trained.fitted.model.rounds, "the same training set and seed train the same model");
+
     // serving scores every option with the promoted model
     let version = register(&trained, evaluation.threshold);
+    let (ok, said) = sellable(&["models", "promote", &version, "--models", models]);
+    assert!(ok && said.starts_with(&format!("{version} is live")), "{said}");
+    let (ok, said) = sellable(&["models", "list", "--models", models]);
+    assert!(ok && said.contains(&format!("* {version}")) && said.contains("  v1 "), "{said}");
+    let (ok, said) = sellable(&["models", "rollback", "--models", models]);
+    assert!(ok && said.starts_with("rolled back: v1 is live again"), "{said}");
     trained.registry.promote(&version, &sellable_core::features::names()).unwrap();
     let cutoff = trained.end - DAY;
     trained.lake.compute_batch_view(cutoff, FoldConfig::default()).await.unwrap();
+    trained.registry.promote(&version, &sellable_core::features::names()).unwrap();
     let registry = sellable_models::Registry::open(trained.registry.root()).unwrap();
     let models = Arc::new(ModelBook::from_registry(registry, None).unwrap());
     let (_, serving) = serve_with(&trained.lake, Arc::new(SpeedView::memory(FoldConfig::default())), cutoff + 1, models).await;
