@@ -182,29 +182,36 @@ impl Evaluator {
             (*low, *high) = if x.is_nan() { (f32::NEG_INFINITY, f32::INFINITY) } else { (x, x) };
         }
         let (internal, width) = ((1usize << DEPTH) - 1, 1usize << DEPTH);
+        // One step down: `at` is a position in the tree whose splits start at `base`.
+        // SAFETY: after k < DEPTH levels `at` < 2^(k+1) - 1 <= internal, so `base + at` is inside
+        // the tree's splits; `add_tree` checked every feature < features, so `fill` made every
+        // split's index < 2 × features = both.len() (the row's length is asserted above).
+        let step = |base: usize, at: usize| {
+            let split = unsafe { *perfect.splits.get_unchecked(base + at) };
+            let x = unsafe { *both.get_unchecked(split.feature as usize) };
+            2 * at + 1 + usize::from(!(x < split.threshold))
+        };
         let trees = self.roots.len();
         let mut margin = self.base_margin;
         let mut first = 0;
-        while first < trees {
-            let lanes = LANES.min(trees - first);
-            // lanes past the last tree walk tree `first` again; their leaves are not added
-            let bases: [usize; LANES] = std::array::from_fn(|lane| (first + if lane < lanes { lane } else { 0 }) * internal);
+        // LANES trees at a time; the lanes' offsets are constants, so the positions stay in
+        // registers
+        while first + LANES <= trees {
+            let base = first * internal;
             let mut at = [0usize; LANES];
             for _ in 0..DEPTH {
-                for lane in 0..LANES {
-                    // SAFETY: after k < DEPTH levels `at` < 2^(k+1) - 1 <= internal, so
-                    // `bases[lane] + at` is inside the tree's splits; `add_tree` checked every
-                    // feature < features, so `fill` made every split's index < 2 × features =
-                    // both.len() (the row's length is asserted above).
-                    let split = unsafe { *perfect.splits.get_unchecked(bases[lane] + at[lane]) };
-                    let x = unsafe { *both.get_unchecked(split.feature as usize) };
-                    at[lane] = 2 * at[lane] + 1 + usize::from(!(x < split.threshold));
+                for (lane, at) in at.iter_mut().enumerate() {
+                    *at = step(base + lane * internal, *at);
                 }
             }
-            for (lane, position) in at.iter().enumerate().take(lanes) {
+            for (lane, position) in at.iter().enumerate() {
                 margin += perfect.leaves[(first + lane) * width + position - internal];
             }
-            first += lanes;
+            first += LANES;
+        }
+        for tree in first..trees {
+            let at = (0..DEPTH).fold(0, |at, _| step(tree * internal, at));
+            margin += perfect.leaves[tree * width + at - internal];
         }
         margin
     }

@@ -185,6 +185,15 @@ async fn rules_check_endpoint_reports_diagnostics_and_tests() {
     assert_eq!(body["tests"][0]["passed"], true);
 }
 
+/// A small real XGBoost model over the feature vector of `core`.
+fn small_model_json() -> String {
+    let width = sellable_core::features::names().len();
+    let rows = 400;
+    let features: Vec<f32> = (0..rows * width).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let labels: Vec<f32> = (0..rows).map(|r| f32::from(features[r * width] > 0.5)).collect();
+    sellable_models::train_fixed(&features, rows, &labels, 5, 3, 0.3).unwrap().json().to_string()
+}
+
 /// Registers a small model over the feature vector of `core`, with the given threshold.
 fn register(registry: &sellable_models::Registry, model_json: &str, threshold: f64) -> String {
     let manifest = sellable_models::registry::Manifest {
@@ -213,11 +222,7 @@ fn register(registry: &sellable_models::Registry, model_json: &str, threshold: f
 /// live version keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promote_and_rollback_under_load_fail_no_request() {
-    let width = sellable_core::features::names().len();
-    let rows = 400;
-    let features: Vec<f32> = (0..rows * width).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
-    let labels: Vec<f32> = (0..rows).map(|r| f32::from(features[r * width] > 0.5)).collect();
-    let json = sellable_models::train_fixed(&features, rows, &labels, 5, 3, 0.3).unwrap().json().to_string();
+    let json = small_model_json();
     let dir = tempfile::tempdir().unwrap();
     let registry = sellable_models::Registry::open(dir.path()).unwrap();
     let names = sellable_core::features::names();
@@ -283,6 +288,31 @@ async fn promote_and_rollback_under_load_fail_no_request() {
     assert!(served.load(Ordering::Relaxed) > 50, "load ran: {} answers", served.load(Ordering::Relaxed));
     assert_eq!(*seen.lock().unwrap(), std::collections::BTreeSet::from(["v1".to_string(), "v2".to_string()]));
     assert_eq!(ask(&client, &base).await.versions.model.as_deref(), Some("v1"));
+}
+
+/// A shadow version is scored beside the live one (counted in the metrics) and never decides.
+#[tokio::test]
+async fn a_shadow_model_is_scored_beside_the_live_one_and_never_decides() {
+    let json = small_model_json();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = sellable_models::Registry::open(dir.path()).unwrap();
+    // v2 would deny everything if it decided
+    let (v1, v2) = (register(&registry, &json, 0.0), register(&registry, &json, 1.0));
+    registry.promote(&v1, &sellable_core::features::names()).unwrap();
+    let open = || sellable_models::Registry::open(dir.path()).unwrap();
+    let unknown = ModelBook::from_registry(open(), Some("v9")).err().unwrap();
+    assert!(unknown.starts_with("shadow model: unknown model version 'v9'"), "{unknown}");
+    let book = Arc::new(ModelBook::from_registry(open(), Some(&v2)).unwrap());
+    let base = serve_with(Arc::new(RuleBook::empty(Schema::standard())), book).await;
+    let client = reqwest::Client::new();
+    let answer = ask(&client, &base).await;
+    assert_eq!((answer.versions.model.as_deref(), answer.units), (Some("v1"), 1), "{answer:?}");
+    let status: serde_json::Value = client.get(format!("{base}/v1/model")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((status["live"].as_str(), status["shadow"].as_str()), (Some("v1"), Some("v2")));
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    // both nodes of the answer were scored in shadow; same model, so the difference is 0
+    assert!(metrics.contains("sellable_shadow_score_difference_count 2"), "{metrics}");
+    assert!(metrics.contains("sellable_shadow_score_difference_sum 0"), "{metrics}");
 }
 
 /// With no model at all, answers are rules on naive ATP, marked degraded.
