@@ -26,7 +26,7 @@ pub use rules::{RuleBook, RulesError};
 use sellable_models::Model;
 
 /// Everything an answer is computed from. Immutable except for the speed view, which changes
-/// underneath as events are folded, and the rules, which reload atomically.
+/// underneath as events are folded, and the rules and the model, which swap atomically.
 pub struct Serving {
     pub skus: HashMap<String, SkuInfo>,
     pub nodes: HashMap<String, NodeInfo>,
@@ -229,7 +229,9 @@ impl Serving {
                 facts.p_fulfill = model.as_ref().map(|model| model.p_fulfill(&vector));
                 if let Some(shadow) = &shadow {
                     let candidate = shadow.p_fulfill(&vector);
-                    self.metrics.shadow.observe(candidate - facts.p_fulfill.unwrap_or(f64::NAN));
+                    if let Some(live) = facts.p_fulfill {
+                        self.metrics.shadow.observe(candidate - live);
+                    }
                     tracing::info!(sku, node = info.node, live = ?facts.p_fulfill, shadow = candidate, shadow_version = shadow.version(), "shadow score");
                 }
             }
