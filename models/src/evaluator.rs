@@ -189,7 +189,8 @@ impl Evaluator {
         let step = |base: usize, at: usize| {
             let split = unsafe { *perfect.splits.get_unchecked(base + at) };
             let x = unsafe { *both.get_unchecked(split.feature as usize) };
-            2 * at + 1 + usize::from(!(x < split.threshold))
+            // no NaN reaches here (missing values are ±inf), so not `x < threshold` is `x >= threshold`
+            2 * at + 1 + usize::from(x >= split.threshold)
         };
         let trees = self.roots.len();
         let mut margin = self.base_margin;

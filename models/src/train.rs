@@ -211,13 +211,13 @@ pub fn train(train: &Orders, validation: &Orders, config: &TrainConfig, mut on_r
 /// Exactly `rounds` rounds on every row, unweighted, no early stopping: the fixed-size models of
 /// the scoring benchmark and the evaluator's tests.
 pub fn train_fixed(features: &[f32], rows: usize, labels: &[f32], rounds: u32, max_depth: u32, eta: f64) -> Result<TrainedModel, ModelError> {
-    if rows == 0 || labels.len() != rows || features.len() % rows != 0 {
+    if rows == 0 || labels.len() != rows || !features.len().is_multiple_of(rows) {
         return Err(ModelError::Data(format!("{} feature values, {rows} rows and {} labels do not form a matrix", features.len(), labels.len())));
     }
     let mut matrix = DMatrix::from_dense(features, rows)?;
     matrix.set_labels(labels)?;
-    let mut config = TrainConfig::default();
-    config.xgboost = XgboostConfig { rounds, max_depth, eta, subsample: 1.0, colsample_bytree: 1.0, ..XgboostConfig::default() };
+    let xgboost = XgboostConfig { rounds, max_depth, eta, subsample: 1.0, colsample_bytree: 1.0, ..XgboostConfig::default() };
+    let config = TrainConfig { xgboost, ..TrainConfig::default() };
     let mut booster = booster_for(&config, 1.0, &[&matrix])?;
     for round in 0..rounds {
         booster.update(&matrix, round as i32)?;
