@@ -63,6 +63,26 @@ struct Metrics {
     shadow: prometheus::Histogram,
 }
 
+/// Every `every`, if `changed`, runs `reload` on a blocking thread: reloads read and parse
+/// files, which must not stall the request threads. The rules and the model reload this way.
+fn poll<T: Send + Sync + 'static>(
+    book: Arc<T>,
+    every: std::time::Duration,
+    changed: fn(&T) -> bool,
+    reload: fn(&T),
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            if changed(&book) {
+                let book = book.clone();
+                let _ = tokio::task::spawn_blocking(move || reload(&book)).await;
+            }
+        }
+    })
+}
+
 /// A metric, registered: the names and labels are fixed in the code, so failing is a bug.
 fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &prometheus::Registry, metric: prometheus::Result<M>) -> M {
     let metric = metric.expect("valid metric");

@@ -122,19 +122,11 @@ impl ModelBook {
         serving.as_deref() != Some(wanted.as_str()) && failed.as_deref() != Some(wanted.as_str())
     }
 
-    /// Polls the registry and swaps in a newly promoted or rolled-back version.
+    /// Polls the registry and swaps in a newly promoted or rolled-back version (failures are in
+    /// the status; the live model keeps serving).
     pub fn watch(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            loop {
-                ticks.tick().await;
-                if self.changed() {
-                    // loading reads and parses files: off the request threads. Failures are in
-                    // the status; the live model keeps serving.
-                    let book = self.clone();
-                    let _ = tokio::task::spawn_blocking(move || book.reload()).await;
-                }
-            }
+        crate::poll(self, every, ModelBook::changed, |book| {
+            let _ = book.reload();
         })
     }
 }

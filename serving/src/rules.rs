@@ -147,17 +147,11 @@ impl RuleBook {
         }
     }
 
-    /// Polls the directory and reloads when a file appears, changes or goes.
+    /// Polls the directory and reloads when a file appears, changes or goes (errors are
+    /// reported through the status).
     pub fn watch(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            loop {
-                ticks.tick().await;
-                if self.changed() {
-                    // Errors are reported through the status; nothing else to do here.
-                    let _ = self.reload();
-                }
-            }
+        crate::poll(self, every, RuleBook::changed, |book| {
+            let _ = book.reload();
         })
     }
 }
