@@ -110,9 +110,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The registry at `root`, created if missing.
+    /// The registry at `root`. A missing directory is an empty registry (created by the first
+    /// [`Registry::register`]), so reading a mistyped path creates nothing.
     pub fn open(root: &Path) -> Result<Registry, RegistryError> {
-        std::fs::create_dir_all(root).map_err(io(root))?;
+        if root.exists() && !root.is_dir() {
+            return Err(RegistryError::Io { path: root.display().to_string(), source: std::io::Error::other("not a directory") });
+        }
         Ok(Registry { root: root.to_path_buf() })
     }
 
@@ -122,6 +125,9 @@ impl Registry {
 
     /// Every version, oldest first.
     pub fn versions(&self) -> Result<Vec<String>, RegistryError> {
+        if !self.root.exists() {
+            return Ok(Vec::new());
+        }
         let mut versions: Vec<(u64, String)> = std::fs::read_dir(&self.root)
             .map_err(io(&self.root))?
             .filter_map(|entry| {
@@ -136,7 +142,9 @@ impl Registry {
     fn dir(&self, version: &str) -> Result<PathBuf, RegistryError> {
         let dir = self.root.join(version);
         if version.strip_prefix('v').and_then(|n| n.parse::<u64>().ok()).is_none() || !dir.is_dir() {
-            return Err(RegistryError::UnknownVersion { version: version.to_string(), known: self.versions()?.join(", ") });
+            let known = self.versions()?;
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            return Err(RegistryError::UnknownVersion { version: version.to_string(), known });
         }
         Ok(dir)
     }
@@ -146,6 +154,7 @@ impl Registry {
         let next = self.versions()?.last().and_then(|v| v[1..].parse::<u64>().ok()).unwrap_or(0) + 1;
         let version = format!("v{next}");
         manifest.version = version.clone();
+        std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
         let staging = self.root.join(format!(".{version}.staging"));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
@@ -274,7 +283,11 @@ mod tests {
     #[test]
     fn register_promote_rollback_and_refusals() {
         let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::open(dir.path()).unwrap();
+        let missing = dir.path().join("typo");
+        let empty = Registry::open(&missing).unwrap();
+        assert_eq!(empty.promote("v1", &["a"]).unwrap_err().to_string(), "unknown model version 'v1' (registered: none)");
+        assert!(empty.versions().unwrap().is_empty() && empty.live().unwrap().is_none() && !missing.exists(), "reading creates nothing");
+        let registry = Registry::open(&dir.path().join("models")).unwrap();
         let orders = marketplace(3, 300, 9);
         let split = orders.split(1, 1).unwrap();
         let mut config = TrainConfig::default();
@@ -306,6 +319,6 @@ mod tests {
             "model v2 is incompatible: it was trained on 4 features and this build computes 4; they first differ at position 2 (phantom vs noise)"
         );
         assert_eq!(registry.live().unwrap().as_deref(), Some("v1"));
-        assert!(!dir.path().join(".v3.staging").exists());
+        assert!(!dir.path().join("models/.v3.staging").exists());
     }
 }
