@@ -568,7 +568,7 @@ async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
         (output.status.success(), String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr))
     };
     let (lake, models) = (trained.lake.root().to_str().unwrap(), trained.registry.root().to_str().unwrap());
-    let bad = trained.registry.root().join("bad.toml");
+    let bad = trained.registry.root().with_file_name("bad.toml");
     std::fs::write(&bad, "[xgboost]\neta = 2\n").unwrap();
     let (ok, said) = sellable(&["train", "--lake", lake, "--models", models, "--config", bad.to_str().unwrap()]);
     assert!(!ok && said.contains("bad.toml: xgboost.eta must be in (0, 1], got 2"), "{said}");
