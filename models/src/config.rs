@@ -162,6 +162,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_parses() {
+        let example = TrainConfig::from_toml(include_str!("../../examples/train.toml"), "examples/train.toml").unwrap();
+        assert_eq!((example.target_oversell_rate, example.xgboost.eta), (0.01, 0.05));
+        assert_eq!(TrainConfig { target_oversell_rate: 0.02, xgboost: XgboostConfig { eta: 0.1, ..example.xgboost.clone() }, ..example }, TrainConfig::default());
+    }
+
+    #[test]
     fn bad_configs_name_every_problem() {
         let error = TrainConfig::from_toml("target_oversell_rate = 2\n[xgboost]\neta = 0\nmax_depth = 40", "train.toml").unwrap_err();
         assert_eq!(
