@@ -109,6 +109,13 @@ pub struct Registry {
     root: PathBuf,
 }
 
+/// A hidden name no other writer uses: process id and a per-process count.
+fn staging_name(what: &str) -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{what}.{}.{count}.staging", std::process::id())
+}
+
 impl Registry {
     /// The registry at `root`. A missing directory is an empty registry (created by the first
     /// [`Registry::register`]), so reading a mistyped path creates nothing.
@@ -151,21 +158,34 @@ impl Registry {
 
     /// Stores a new version; returns its name.
     pub fn register(&self, model_json: &str, mut manifest: Manifest, metrics_json: &str, report_html: &str) -> Result<String, RegistryError> {
-        let next = self.versions()?.last().and_then(|v| v[1..].parse::<u64>().ok()).unwrap_or(0) + 1;
-        let version = format!("v{next}");
-        manifest.version = version.clone();
         std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
-        let staging = self.root.join(format!(".{version}.staging"));
-        let _ = std::fs::remove_dir_all(&staging);
+        // a staging directory of this call alone, so concurrent registrations never mix files
+        let staging = self.root.join(staging_name("version"));
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-        let manifest_json = serde_json::to_string_pretty(&manifest).expect("a manifest serialises; this is a bug");
-        for (name, text) in [("model.json", model_json), ("manifest.json", &manifest_json), ("metrics.json", metrics_json), ("report.html", report_html)] {
-            let path = staging.join(name);
-            std::fs::write(&path, text).map_err(io(&path))?;
+        let written = (|| {
+            for (name, text) in [("model.json", model_json), ("metrics.json", metrics_json), ("report.html", report_html)] {
+                let path = staging.join(name);
+                std::fs::write(&path, text).map_err(io(&path))?;
+            }
+            loop {
+                let next = self.versions()?.last().and_then(|v| v[1..].parse::<u64>().ok()).unwrap_or(0) + 1;
+                manifest.version = format!("v{next}");
+                let path = staging.join("manifest.json");
+                let manifest_json = serde_json::to_string_pretty(&manifest).expect("a manifest serialises; this is a bug");
+                std::fs::write(&path, manifest_json).map_err(io(&path))?;
+                let target = self.root.join(&manifest.version);
+                match std::fs::rename(&staging, &target) {
+                    Ok(()) => return Ok(manifest.version.clone()),
+                    // another registration took this number first: take the next one
+                    Err(_) if target.is_dir() => continue,
+                    Err(error) => return Err(io(&target)(error)),
+                }
+            }
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
         }
-        let target = self.root.join(&version);
-        std::fs::rename(&staging, &target).map_err(io(&target))?;
-        Ok(version)
+        written
     }
 
     pub fn manifest(&self, version: &str) -> Result<Manifest, RegistryError> {
@@ -230,7 +250,7 @@ impl Registry {
 
     fn write_history(&self, history: &[String]) -> Result<(), RegistryError> {
         let path = self.root.join(HISTORY);
-        let staging = self.root.join(".history.json.staging");
+        let staging = self.root.join(staging_name("history"));
         std::fs::write(&staging, serde_json::to_string(history).expect("strings serialise")).map_err(io(&staging))?;
         std::fs::rename(&staging, &path).map_err(io(&path))
     }
@@ -319,6 +339,21 @@ mod tests {
             "model v2 is incompatible: it was trained on 4 features and this build computes 4; they first differ at position 2 (phantom vs noise)"
         );
         assert_eq!(registry.live().unwrap().as_deref(), Some("v1"));
-        assert!(!dir.path().join("models/.v3.staging").exists());
+        let leftovers = std::fs::read_dir(dir.path().join("models")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".staging")).count();
+        assert_eq!(leftovers, 0, "no staging directory is left behind");
+
+        // registrations from several threads at once each get their own version, whole
+        let json = model.json().to_string();
+        let versions: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4).map(|_| scope.spawn(|| registry.register(&json, manifest(&names), "{}", "<html></html>").unwrap())).collect();
+            handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+        });
+        let mut sorted = versions.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 4, "{versions:?}");
+        for version in versions {
+            assert_eq!(registry.load(&version, &names).unwrap().version(), version);
+        }
     }
 }
