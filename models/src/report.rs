@@ -23,6 +23,27 @@ fn svg(size: (u32, u32), draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> D
     Ok(out)
 }
 
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>;
+
+/// The frame the curve plots share: caption, `x` by `y`, the mesh with both axis names.
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: String,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
+    let mut chart = ChartBuilder::on(root).caption(caption, ("sans-serif", 18)).margin(12).x_label_area_size(40).y_label_area_size(56).build_cartesian_2d(x, y)?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw()?;
+    Ok(chart)
+}
+
+/// A legend key: a short line in `color`.
+fn line_key(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color)
+}
+
 fn operating_curve(evaluation: &Evaluation) -> Result<String, String> {
     svg(SIZE, |root| {
         let point = |o: &Outcome| (o.false_deny_rate, o.oversell_rate);
@@ -34,18 +55,13 @@ fn operating_curve(evaluation: &Evaluation) -> Result<String, String> {
         let stocks: Vec<(f64, f64)> =
             evaluation.safety_stocks.iter().filter(|(_, o)| o.promised > 0).map(|(_, o)| point(o)).filter(shown).collect();
         let y_max = model.iter().chain(&stocks).map(|p| p.1).chain([point(&evaluation.naive_atp).1]).fold(0.01, f64::max) * 1.1;
-        let mut chart = ChartBuilder::on(root)
-            .caption("Operating curve, held-out days", ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
-        chart.configure_mesh().x_desc("false-deny rate (denied among shipped orders)").y_desc("oversell rate (shorted among promised)").draw()?;
-        chart.draw_series(LineSeries::new(model, BLUE.stroke_width(2)))?.label("model").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+        let (x_desc, y_desc) = ("false-deny rate (denied among shipped orders)", "oversell rate (shorted among promised)");
+        let mut chart = frame(root, "Operating curve, held-out days".into(), 0.0..x_max, 0.0..y_max, x_desc, y_desc)?;
+        chart.draw_series(LineSeries::new(model, BLUE.stroke_width(2)))?.label("model").legend(line_key(BLUE));
         chart
             .draw_series(LineSeries::new(stocks, GREEN.mix(0.6)))?
             .label("static safety stock k = 0, 1, 2, …")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREEN));
+            .legend(line_key(GREEN));
         let dots = [
             (point(&evaluation.naive_atp), RED, "naive ATP".to_string()),
             (point(&evaluation.static_safety_stock), GREEN, format!("best safety stock (k = {})", evaluation.safety_stock)),
@@ -61,19 +77,14 @@ fn operating_curve(evaluation: &Evaluation) -> Result<String, String> {
 
 fn precision_recall(evaluation: &Evaluation) -> Result<String, String> {
     svg(SIZE, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(format!("Precision-recall for oversells (PR-AUC {:.3})", evaluation.pr_auc), ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
-        chart.configure_mesh().x_desc("recall (shorted orders flagged)").y_desc("precision").draw()?;
-        chart.draw_series(LineSeries::new(evaluation.precision_recall.iter().copied(), BLUE.stroke_width(2)))?.label("model").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+        let caption = format!("Precision-recall for oversells (PR-AUC {:.3})", evaluation.pr_auc);
+        let mut chart = frame(root, caption, 0.0..1.0, 0.0..1.0, "recall (shorted orders flagged)", "precision")?;
+        chart.draw_series(LineSeries::new(evaluation.precision_recall.iter().copied(), BLUE.stroke_width(2)))?.label("model").legend(line_key(BLUE));
         let rate = evaluation.short_rate;
         chart
             .draw_series(LineSeries::new([(0.0, rate), (1.0, rate)], BLACK.mix(0.5)))?
             .label(format!("no skill (short rate {rate:.3})"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
+            .legend(line_key(BLACK));
         chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).draw()?;
         Ok(())
     })
@@ -82,16 +93,11 @@ fn precision_recall(evaluation: &Evaluation) -> Result<String, String> {
 fn calibration(evaluation: &Evaluation) -> Result<String, String> {
     svg(SIZE, |root| {
         let top = evaluation.calibration.iter().flat_map(|bin| [bin.predicted, bin.observed]).fold(0.05, f64::max).min(1.0) * 1.1;
-        let mut chart = ChartBuilder::on(root)
-            .caption(format!("Calibration (expected error {:.4})", evaluation.calibration_error), ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..top, 0f64..top)?;
-        chart.configure_mesh().x_desc("predicted short probability (bin mean)").y_desc("observed short rate").draw()?;
-        chart.draw_series(LineSeries::new([(0.0, 0.0), (top, top)], BLACK.mix(0.4)))?.label("perfect").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
+        let caption = format!("Calibration (expected error {:.4})", evaluation.calibration_error);
+        let mut chart = frame(root, caption, 0.0..top, 0.0..top, "predicted short probability (bin mean)", "observed short rate")?;
+        chart.draw_series(LineSeries::new([(0.0, 0.0), (top, top)], BLACK.mix(0.4)))?.label("perfect").legend(line_key(BLACK));
         let bins: Vec<(f64, f64)> = evaluation.calibration.iter().map(|bin| (bin.predicted, bin.observed)).collect();
-        chart.draw_series(LineSeries::new(bins.clone(), BLUE.stroke_width(2)))?.label("model").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+        chart.draw_series(LineSeries::new(bins.clone(), BLUE.stroke_width(2)))?.label("model").legend(line_key(BLUE));
         chart.draw_series(bins.into_iter().map(|at| Circle::new(at, 4, BLUE.filled())))?;
         chart.configure_series_labels().position(SeriesLabelPosition::UpperLeft).background_style(WHITE.mix(0.9)).border_style(BLACK).draw()?;
         Ok(())
