@@ -13,7 +13,6 @@ use sellable_core::event::{format_millis, parse_rfc3339, read_event_file};
 use sellable_core::{FoldConfig, Millis};
 use sellable_models::registry::ModelLineage;
 use sellable_models::{Registry, TrainConfig};
-use sellable_serving::backtest::PastOrder;
 use sellable_serving::{ModelBook, ModelStatus, RuleBook, Serving};
 use sellable_speed::SpeedView;
 
@@ -816,14 +815,10 @@ async fn backtest(args: &BacktestArgs) -> Result<()> {
         RuleBook::with(loaded.ruleset.context("the rule files have errors: nothing was backtested")?, schema)
     };
     let (rows, _, summary) = lake.build_trainset(args.from, args.to, args.lake.fold_config(), &Progress::stderr()).await.context("replaying the period")?;
-    let orders: Vec<PastOrder> = rows
-        .into_iter()
-        .map(|row| PastOrder { order_id: row.order_id, ts: row.ts, sku: row.sku, node: row.node, qty: row.qty, label: row.label, features: row.features })
-        .collect();
     let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
     let empty = Arc::new(SpeedView::memory(args.lake.fold_config()));
     let serving = Serving::new(skus, nodes, sellable_core::BatchView::default(), empty, Arc::new(rules));
-    let (decisions, result) = serving.backtest(model.as_ref(), &orders, safety_stock).map_err(anyhow::Error::msg)?;
+    let (decisions, result) = serving.backtest(model.as_ref(), &rows, safety_stock).map_err(anyhow::Error::msg)?;
     let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     sellable_serving::backtest::write_csv(&decisions, std::io::BufWriter::new(file)).map_err(anyhow::Error::msg)?;
     let summary_path = args.out.with_extension("summary.json");

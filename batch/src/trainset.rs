@@ -32,30 +32,7 @@ use crate::{int_column, scan, string_column, BatchError, Lake, Progress, EVENTS}
 
 pub(crate) const TRAINSET: &str = "trainset";
 
-/// One training row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainRow {
-    pub order_id: String,
-    /// The order's time: the decision time.
-    pub ts: Millis,
-    pub sku: String,
-    pub node: String,
-    pub qty: i64,
-    /// 1: shorted (oversold); 0: shipped.
-    pub label: i64,
-    /// The batch cutoff whose features the row holds.
-    pub cutoff: Millis,
-    /// In the order of [`features::names`].
-    pub features: Vec<f64>,
-}
-
-impl TrainRow {
-    /// Equal including the bits of every feature (a NaN equals the same NaN).
-    pub fn same_bits(&self, other: &TrainRow) -> bool {
-        let bits = |row: &TrainRow| row.features.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
-        TrainRow { features: Vec::new(), ..self.clone() } == TrainRow { features: Vec::new(), ..other.clone() } && bits(self) == bits(other)
-    }
-}
+pub use sellable_core::features::TrainRow;
 
 /// Where a training set came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -120,6 +120,33 @@ pub fn vector(batch: Option<&[f64]>, state: Option<&NodeState>, qty: i64, now: M
     vector
 }
 
+/// One training row: an order (a `reserve` with an `order_id`), what became of it, and the
+/// feature vector an answer at its time would have used. Built by the batch layer's training-set
+/// builder; read by training and by serving's backtests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainRow {
+    pub order_id: String,
+    /// The order's time: the decision time.
+    pub ts: Millis,
+    pub sku: String,
+    pub node: String,
+    pub qty: i64,
+    /// 1: shorted (oversold); 0: shipped.
+    pub label: i64,
+    /// The batch cutoff whose features the row holds.
+    pub cutoff: Millis,
+    /// In the order of [`names`].
+    pub features: Vec<f64>,
+}
+
+impl TrainRow {
+    /// Equal including the bits of every feature (a NaN equals the same NaN).
+    pub fn same_bits(&self, other: &TrainRow) -> bool {
+        let bits = |row: &TrainRow| row.features.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
+        TrainRow { features: Vec::new(), ..self.clone() } == TrainRow { features: Vec::new(), ..other.clone() } && bits(self) == bits(other)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,24 +7,11 @@
 
 use std::io::Write;
 
+use sellable_core::features::TrainRow;
 use sellable_core::Millis;
 use sellable_models::Model;
 
 use crate::{NodeFacts, Serving};
-
-/// One past order, with the feature vector an answer at its time would have used.
-#[derive(Debug, Clone)]
-pub struct PastOrder {
-    pub order_id: String,
-    pub ts: Millis,
-    pub sku: String,
-    pub node: String,
-    pub qty: i64,
-    /// 1: shorted; 0: shipped.
-    pub label: i64,
-    /// In the order of `core::features::names()`.
-    pub features: Vec<f64>,
-}
 
 /// The engine's decision for one order (a row of the backtest file).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -78,26 +65,25 @@ impl PolicyCounts {
     }
 }
 
-fn named(features: &[f64], name: &str) -> f64 {
-    sellable_core::features::names().iter().position(|n| *n == name).and_then(|index| features.get(index).copied()).unwrap_or(f64::NAN)
-}
-
 impl Serving {
     /// Decides every order as the engine would have at its time. Orders at nodes the catalog
     /// does not know are an error naming them.
-    pub fn backtest(&self, model: Option<&Model>, orders: &[PastOrder], safety_stock: i64) -> Result<(Vec<BacktestRow>, BacktestSummary), String> {
+    pub fn backtest(&self, model: Option<&Model>, orders: &[TrainRow], safety_stock: i64) -> Result<(Vec<BacktestRow>, BacktestSummary), String> {
         let ruleset = self.rules.current();
+        let names = sellable_core::features::names();
+        let position = |name: &str| names.iter().position(|n| *n == name).expect("a real-time feature of core; this is a bug");
+        let [atp, on_hand, reserved, held, since_event] = ["atp_now", "on_hand_now", "reserved_now", "held_now", "hours_since_event_now"].map(position);
         let mut rows = Vec::with_capacity(orders.len());
         let mut summary = BacktestSummary { safety_stock, ..BacktestSummary::default() };
         for order in orders {
             let node = self.nodes.get(&order.node).ok_or_else(|| format!("order {}: unknown node '{}'", order.order_id, order.node))?;
-            let whole = |name| named(&order.features, name);
-            let hours_since_event = whole("hours_since_event_now");
+            let value = |at: usize| order.features.get(at).copied().unwrap_or(f64::NAN);
+            let hours_since_event = value(since_event);
             let facts = NodeFacts {
-                atp: whole("atp_now") as i64,
-                on_hand: whole("on_hand_now") as i64,
-                reserved: whole("reserved_now") as i64,
-                held: whole("held_now") as i64,
+                atp: value(atp) as i64,
+                on_hand: value(on_hand) as i64,
+                reserved: value(reserved) as i64,
+                held: value(held) as i64,
                 feed_lag_s: hours_since_event.is_finite().then_some(hours_since_event * 3600.0),
                 p_fulfill: model.map(|model| model.p_fulfill(&order.features)),
             };

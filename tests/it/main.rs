@@ -11,7 +11,6 @@ use sellable_batch::Lake;
 use sellable_bench::{generate, SimConfig};
 use sellable_core::event::{encode_json, read_event_file};
 use sellable_core::{fold, Event, Fold, FoldConfig, Millis, NodeInfo};
-use sellable_serving::backtest::PastOrder;
 use sellable_serving::{Availability, ModelBook, Serving};
 use sellable_speed::SpeedView;
 
@@ -614,11 +613,7 @@ async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
 
     // a backtest of the held-out day decides with the same function, and the rules see the score
     let model = trained.registry.load(&version, &sellable_core::features::names()).unwrap();
-    let (rows, _, _) = trained.lake.build_trainset(cutoff, trained.end, FoldConfig::default(), &sellable_batch::Progress::hidden()).await.unwrap();
-    let orders: Vec<PastOrder> = rows
-        .iter()
-        .map(|row| PastOrder { order_id: row.order_id.clone(), ts: row.ts, sku: row.sku.clone(), node: row.node.clone(), qty: row.qty, label: row.label, features: row.features.clone() })
-        .collect();
+    let (orders, _, _) = trained.lake.build_trainset(cutoff, trained.end, FoldConfig::default(), &sellable_batch::Progress::hidden()).await.unwrap();
     let schema = sellable_dsl::Schema::standard();
     let rules = r#"rule "unsure" when p_fulfill < 0.99 and qty >= 2 then cap 0"#;
     let ruleset = sellable_dsl::load(&[sellable_dsl::Source { name: "t.rules".into(), text: rules.into() }], &schema).ruleset.unwrap();
@@ -627,7 +622,7 @@ async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
     let replay = Serving::new(skus, nodes, Default::default(), Arc::new(SpeedView::memory(FoldConfig::default())), book);
     let (decisions, summary) = replay.backtest(Some(&model), &orders, evaluation.safety_stock).unwrap();
     assert_eq!(decisions.len(), orders.len());
-    let named = |row: &PastOrder, name: &str| row.features[sellable_core::features::names().iter().position(|n| *n == name).unwrap()];
+    let named = |row: &sellable_batch::trainset::TrainRow, name: &str| row.features[sellable_core::features::names().iter().position(|n| *n == name).unwrap()];
     let mut capped = 0;
     for (decision, order) in decisions.iter().zip(&orders) {
         let p = decision.p_fulfill.unwrap();
