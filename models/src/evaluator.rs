@@ -4,7 +4,7 @@
 //! model's depth: 8-byte splits in level order (children of `i` at `2i + 1` and `2i + 2`, so no
 //! child pointers) and the leaves after them; a leaf above the bottom is copied down both sides,
 //! so every path has the same length. A prediction walks a fixed number of levels with no branch
-//! (a missing value reads as -inf or +inf, whichever goes its default way), eight trees at a
+//! (a missing value reads as -inf or +inf, whichever goes its default way), twelve trees at a
 //! time so their independent loads overlap. Same arithmetic as XGBoost's CPU predictor: `f32` features and thresholds, `value <
 //! threshold` goes left, a missing value (`NaN`) follows the node's default direction, leaf values
 //! are summed onto the base margin in `f32`, and `binary:logistic` applies the sigmoid.
@@ -42,7 +42,7 @@ struct Split {
 }
 
 /// Trees walked together in the perfect layout: their independent loads overlap.
-const LANES: usize = 8;
+const LANES: usize = 12;
 
 /// Every tree as a perfect tree of `depth` levels: `2^depth - 1` splits, then `2^depth` leaves.
 #[derive(Debug, Clone)]
