@@ -16,6 +16,9 @@ use sellable_models::{Registry, TrainConfig};
 use sellable_serving::{ModelBook, ModelStatus, RuleBook, Serving};
 use sellable_speed::SpeedView;
 
+mod config;
+use config::Config;
+
 /// sellable: a real-time available-to-promise engine.
 ///
 /// Batch computes a view of every sku×node from a lake of events (Lance + DataFusion), speed folds
@@ -26,6 +29,11 @@ use sellable_speed::SpeedView;
 #[derive(Parser)]
 #[command(name = "sellable", version, about, long_about)]
 struct Cli {
+    /// Configuration file (TOML, see examples/sellable.toml), given before the command. Its
+    /// values, then SELLABLE__<SECTION>__<KEY> environment variables over them, become the
+    /// defaults of the flags; flags win.
+    #[arg(long, env = "SELLABLE_CONFIG")]
+    config: Option<PathBuf>,
     /// Log as JSON lines instead of text (filter with RUST_LOG, e.g. RUST_LOG=debug).
     #[arg(long, global = true)]
     log_json: bool,
@@ -101,8 +109,8 @@ enum ModelsCommand {
 
 #[derive(Args)]
 struct ModelsDirArgs {
-    /// The model registry directory.
-    #[arg(long, env = "SELLABLE_MODELS", default_value = "models")]
+    /// The model registry directory [config: models.path].
+    #[arg(long, default_value = "models")]
     models: PathBuf,
 }
 
@@ -247,20 +255,29 @@ struct GenArgs {
 
 #[derive(Args)]
 struct LakeArgs {
-    /// The lake: a directory of Lance datasets.
-    #[arg(long, env = "SELLABLE_LAKE", default_value = "lake")]
+    /// The lake: a directory of Lance datasets [config: lake.path].
+    #[arg(long, default_value = "lake")]
     lake: PathBuf,
-    /// Events arriving more than this many milliseconds after they happened are rejected.
-    #[arg(long, env = "SELLABLE_LATENESS_MS", default_value_t = FoldConfig::default().lateness_ms)]
+    /// Events arriving more than this many milliseconds after they happened are rejected
+    /// [config: lake.lateness_ms].
+    #[arg(long, default_value_t = FoldConfig::default().lateness_ms)]
     lateness_ms: Millis,
     /// Remember folded event ids for this many milliseconds of arrival time per SKU; older
     /// events are refused (dead-lettered) since they could be forgotten replays [default: until
-    /// the next batch cutoff].
-    #[arg(long, env = "SELLABLE_DEDUP_WINDOW_MS")]
+    /// the next batch cutoff; config: lake.dedup_window_ms].
+    #[arg(long)]
     dedup_window_ms: Option<Millis>,
+    /// Memory (MiB) one DataFusion query may hold before spilling to disk [config: lake.memory_mb].
+    #[arg(long, default_value_t = 2048)]
+    memory_mb: usize,
 }
 
 impl LakeArgs {
+    fn open(&self) -> Result<Lake> {
+        Ok(Lake::open(&self.lake)?.with_memory_limit(self.memory_mb << 20))
+    }
+
+
     fn fold_config(&self) -> FoldConfig {
         FoldConfig { lateness_ms: self.lateness_ms, dedup_window_ms: self.dedup_window_ms }
     }
@@ -303,10 +320,11 @@ struct TrainsetArgs {
 
 #[derive(Args)]
 struct RedisArgs {
-    /// Redis URL for the speed view; without it, the speed view is embedded in memory.
-    #[arg(long, env = "REDIS_URL")]
+    /// Redis URL for the speed view; without it, the speed view is embedded in memory
+    /// [config: redis.url, or REDIS_URL].
+    #[arg(long)]
     redis: Option<String>,
-    /// Key namespace in Redis.
+    /// Key namespace in Redis [config: redis.namespace].
     #[arg(long, default_value = "sellable")]
     namespace: String,
 }
@@ -341,8 +359,8 @@ struct FoldArgs {
 struct ReconcileArgs {
     #[command(flatten)]
     lake: LakeArgs,
-    /// The Redis holding the speed view.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    /// The Redis holding the speed view [config: redis.url, or REDIS_URL].
+    #[arg(long, default_value = config::LOCAL_REDIS)]
     redis: String,
     #[arg(long, default_value = "sellable")]
     namespace: String,
@@ -353,7 +371,7 @@ struct ReconcileArgs {
 
 #[derive(Args)]
 struct PublishArgs {
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, default_value = config::LOCAL_REDIS)]
     redis: String,
     #[arg(long)]
     stream: String,
@@ -364,7 +382,7 @@ struct PublishArgs {
 
 #[derive(Args)]
 struct DeadlettersArgs {
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, default_value = config::LOCAL_REDIS)]
     redis: String,
     /// The stream whose dead letters to list (they are in STREAM:dead) [default: the events
     /// refused by `POST /v1/events` and `fold --from`, in NAMESPACE:dead].
@@ -378,8 +396,9 @@ struct DeadlettersArgs {
 
 #[derive(Args)]
 struct RulesDirArgs {
-    /// A directory of `*.rules` files, applied to every answer and reloaded when it changes.
-    #[arg(long, env = "SELLABLE_RULES")]
+    /// A directory of `*.rules` files, applied to every answer and reloaded when it changes
+    /// [config: serve.rules].
+    #[arg(long)]
     rules: Option<PathBuf>,
     #[command(flatten)]
     schema: SchemaArgs,
@@ -407,7 +426,8 @@ struct ServeArgs {
     /// Score this model version in shadow: logged beside the live score, never decides.
     #[arg(long)]
     shadow: Option<String>,
-    #[arg(long, env = "SELLABLE_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address of the REST API [config: serve.listen].
+    #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 }
 
@@ -453,13 +473,67 @@ fn parse_time(text: &str) -> Result<Millis, String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     init_tracing(cli.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     if let Err(error) = runtime.block_on(run(cli.command)) {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }
+}
+
+/// Parses the command line over the configuration: the file (`--config` before the command, or
+/// `SELLABLE_CONFIG`) and the environment are merged into a [`Config`] (every problem printed,
+/// exit 1), its values become the flags' defaults (so `--help` shows them too), and then the
+/// command line is parsed. `demo` keeps the embedded defaults, and `backtest --rules` (rule
+/// files, not the serving directory) is left alone.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let environment = std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
+    let config = Config::load(config_file().as_deref(), environment).unwrap_or_else(|problems| {
+        for problem in &problems {
+            eprintln!("config: {problem}");
+        }
+        eprintln!("config: {} problem(s); nothing was done", problems.len());
+        std::process::exit(1);
+    });
+    let command = with_defaults(Cli::command(), &config.flag_defaults());
+    Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit())
+}
+
+/// The `--config FILE` given before the command (a command's own `--config`, as `train`'s, is
+/// another thing), else `SELLABLE_CONFIG`.
+fn config_file() -> Option<PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        let text = arg.to_string_lossy();
+        if text == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = text.strip_prefix("--config=") {
+            return Some(path.into());
+        }
+        if !text.starts_with('-') {
+            break;
+        }
+    }
+    std::env::var_os("SELLABLE_CONFIG").map(PathBuf::from)
+}
+
+fn with_defaults(mut command: clap::Command, defaults: &[(&'static str, String)]) -> clap::Command {
+    for (id, value) in defaults {
+        let skip = command.get_name() == "backtest" && *id == "rules";
+        if !skip && command.get_arguments().any(|arg| arg.get_id() == *id) {
+            // clap keeps defaults for the life of the program: leaked once, at startup
+            let value: &'static str = Box::leak(value.clone().into_boxed_str());
+            command = command.mut_arg(*id, |arg| arg.default_value(value));
+        }
+    }
+    let subcommands: Vec<String> = command.get_subcommands().map(|sub| sub.get_name().to_string()).filter(|name| name != "demo").collect();
+    for name in subcommands {
+        command = command.mut_subcommand(name, |sub| with_defaults(sub, defaults));
+    }
+    command
 }
 
 fn init_tracing(json: bool) {
@@ -480,10 +554,10 @@ async fn run(command: Command) -> Result<()> {
             gen(&config, &args.out)?;
             Ok(())
         }
-        Command::Lake(LakeCommand::Import(args)) => import(&Lake::open(&args.lake.lake)?, &args.from).await,
-        Command::Lake(LakeCommand::Info(args)) => lake_info(&Lake::open(&args.lake)?).await,
+        Command::Lake(LakeCommand::Import(args)) => import(&args.lake.open()?, &args.from).await,
+        Command::Lake(LakeCommand::Info(args)) => lake_info(&args.open()?).await,
         Command::Batch(args) => {
-            let lake = Lake::open(&args.lake.lake)?;
+            let lake = args.lake.open()?;
             if let Some((from, to)) = args.every_day {
                 let cutoffs: Vec<Millis> = (from..=to).step_by(DAY_MS as usize).collect();
                 return features(&lake, &cutoffs, args.lake.fold_config()).await;
@@ -494,7 +568,7 @@ async fn run(command: Command) -> Result<()> {
             };
             batch(&lake, asof, args.lake.fold_config()).await
         }
-        Command::Trainset(args) => trainset(&Lake::open(&args.lake.lake)?, &args).await,
+        Command::Trainset(args) => trainset(&args.lake.open()?, &args).await,
         Command::Fold(args) => {
             let Some(url) = &args.redis.redis else {
                 bail!("fold needs --redis URL (or REDIS_URL): an embedded speed view lives only inside `sellable serve`")
@@ -503,13 +577,13 @@ async fn run(command: Command) -> Result<()> {
             if let Some(stream) = &args.stream {
                 return fold_stream(url, speed, stream, &args).await;
             }
-            let lake = Lake::open(&args.lake.lake)?;
+            let lake = args.lake.open()?;
             let cutoff = lake.load_batch_view().await?.asof;
             fold(&lake, &speed, cutoff, args.from.as_deref(), None).await?;
             Ok(())
         }
         Command::Serve(args) => {
-            let lake = Lake::open(&args.lake.lake)?;
+            let lake = args.lake.open()?;
             let speed = open_speed(&lake, &args.redis, args.lake.fold_config()).await?;
             let models = model_book(&args.models.models, args.shadow.as_deref())?;
             let serving = load_serving(&lake, speed, args.rules.book()?, models).await?;
@@ -670,7 +744,7 @@ async fn train(args: &TrainArgs) -> Result<()> {
         }
         None => TrainConfig::default(),
     };
-    let lake = Lake::open(&args.lake.lake)?;
+    let lake = args.lake.open()?;
     let registry = Registry::open(&args.models.models)?;
     let (rows, lineage) = lake.load_trainset().await.context("loading the training set")?;
     let lineage = lineage.context("the training set is empty: build one over a longer period (sellable trainset)")?;
@@ -793,7 +867,7 @@ fn models(command: ModelsCommand) -> Result<()> {
 
 /// Decides every order of a past period as the engine would have, and writes the CSV and summary.
 async fn backtest(args: &BacktestArgs) -> Result<()> {
-    let lake = Lake::open(&args.lake.lake)?;
+    let lake = args.lake.open()?;
     let registry = Registry::open(&args.models.models)?;
     let features = sellable_core::features::names();
     let version = match args.model.as_deref() {
@@ -924,7 +998,7 @@ async fn fold(
 /// Compares the live speed view with the truth of the lake: the fold of the events that arrived
 /// after the cutoff, knowing the batch view's recent ids (exactly what `fold` does).
 async fn reconcile(args: ReconcileArgs) -> Result<()> {
-    let lake = Lake::open(&args.lake.lake)?;
+    let lake = args.lake.open()?;
     let config = args.lake.fold_config();
     let live = SpeedView::redis(&args.redis, &args.namespace, config).await?;
     let cutoff = lake.load_batch_view().await?.asof;
@@ -1137,7 +1211,7 @@ async fn rules(command: RulesCommand) -> Result<()> {
             Ok(())
         }
         RulesCommand::Explain(args) => {
-            let lake = Lake::open(&args.lake.lake)?;
+            let lake = args.lake.open()?;
             let speed = open_speed(&lake, &args.redis, args.lake.fold_config()).await?;
             let serving = load_serving(&lake, speed, Arc::new(RuleBook::with(ruleset, schema)), model_book(&args.models.models, None)?).await?;
             let now = chrono::Utc::now().timestamp_millis();
@@ -1223,7 +1297,12 @@ async fn demo_model(lake: &Lake, dir: &Path, start: Millis, cutoff: Millis, conf
         lake.write_trainset(&rows, &lineage).await.context("writing the training set")?;
         eprintln!("demo: training set of {} orders ({} shorted)", summary.rows, summary.positives);
         let args = TrainArgs {
-            lake: LakeArgs { lake: lake.root().to_path_buf(), lateness_ms: config.lateness_ms, dedup_window_ms: config.dedup_window_ms },
+            lake: LakeArgs {
+                lake: lake.root().to_path_buf(),
+                lateness_ms: config.lateness_ms,
+                dedup_window_ms: config.dedup_window_ms,
+                memory_mb: config::LakeConfig::default().memory_mb,
+            },
             models: ModelsDirArgs { models: dir.to_path_buf() },
             config: None,
             promote: true,

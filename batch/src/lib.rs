@@ -75,6 +75,8 @@ pub struct BatchSummary {
 #[derive(Debug, Clone)]
 pub struct Lake {
     root: PathBuf,
+    /// Bytes one DataFusion query may hold before spilling.
+    memory_limit: usize,
 }
 
 impl Lake {
@@ -87,7 +89,13 @@ impl Lake {
             path: root.display().to_string(),
             source,
         }))?;
-        Ok(Lake { root })
+        Ok(Lake { root, memory_limit: DEFAULT_MEMORY_LIMIT })
+    }
+
+    /// Bounds the memory of each DataFusion query ([`DEFAULT_MEMORY_LIMIT`] unless set): sorts,
+    /// joins and aggregations spill to disk beyond it.
+    pub fn with_memory_limit(self, bytes: usize) -> Lake {
+        Lake { memory_limit: bytes, ..self }
     }
 
     pub fn root(&self) -> &Path {
@@ -173,13 +181,13 @@ impl Lake {
     }
 
     /// A DataFusion session over the lake's events (and node catalog, when there is one).
-    /// Memory is bounded ([`memory_limit`]): sorts, joins and aggregations spill to disk beyond
+    /// Memory is bounded ([`Lake::with_memory_limit`]): sorts, joins and aggregations spill to disk beyond
     /// it. CPU-heavy: callers run it off the request runtime.
     async fn session(&self) -> Result<SessionContext, BatchError> {
         let events = self.dataset(EVENTS, "import events first (sellable lake import)").await?;
         // A fair pool gives every spilling operator its share, so a sort's merge phase still
         // finds the memory it reserved when a join or an aggregation is large too.
-        let pool = datafusion::execution::memory_pool::FairSpillPool::new(memory_limit());
+        let pool = datafusion::execution::memory_pool::FairSpillPool::new(self.memory_limit);
         let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool)).build_arc()?;
         let config = SessionConfig::new().with_target_partitions(2).with_sort_spill_reservation_bytes(64 << 20);
         let context = SessionContext::new_with_config_rt(config, runtime);
@@ -409,12 +417,9 @@ fn directory_size(path: &Path) -> u64 {
         .sum()
 }
 
-/// How much memory one DataFusion query may hold before spilling: `SELLABLE_BATCH_MEMORY_MB`,
-/// 2 GiB by default.
-pub fn memory_limit() -> usize {
-    let megabytes = std::env::var("SELLABLE_BATCH_MEMORY_MB").ok().and_then(|text| text.parse::<usize>().ok()).unwrap_or(2048);
-    megabytes * 1024 * 1024
-}
+/// How much memory one DataFusion query may hold before spilling, unless the lake is opened
+/// with another limit: 2 GiB.
+pub const DEFAULT_MEMORY_LIMIT: usize = 2048 << 20;
 
 /// Progress bars, one per stage, on stderr (hidden when stderr is not a terminal, and in tests).
 #[derive(Clone)]

@@ -7,7 +7,7 @@
 # and print events/s per stage, so that the growth with size is visible.
 # Usage: benchmarks/scripts/batch.sh [EVENTS...]   (default 1000000 5000000 20000000)
 #   PROFILE=dev for the debug build (much slower DataFusion); default release (a cold release
-#   build takes about 30 minutes on 2 cores, once). SELLABLE_BATCH_MEMORY_MB bounds DataFusion.
+#   build takes about 30 minutes on 2 cores, once). --memory-mb bounds DataFusion.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 sizes=("${@:-1000000 5000000 20000000}")
