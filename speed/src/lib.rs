@@ -340,22 +340,27 @@ local function fold(k, a)
   end
   if redis.call('ZADD', seen, 'NX', arrived_text, id) == 0 then return 0 end
   local h = redis.call('HMGET', state, 'reserved', 'held', 'last_ts', 'last_arrived', 'anchor_ts', 'anchor_id')
-  if not h[1] then redis.call('SADD', nodes, node) end
-  local fields = {
-    'reserved', (tonumber(h[1]) or 0) + d_reserved,
-    'held', (tonumber(h[2]) or 0) + d_held,
-  }
-  if not h[3] or ts > tonumber(h[3]) then table.insert(fields, 'last_ts'); table.insert(fields, ts_text) end
-  if not h[4] or arrived > tonumber(h[4]) then
-    table.insert(fields, 'last_arrived'); table.insert(fields, arrived_text)
+  -- only the fields that change are written ('reserved' always when the node is new: it marks
+  -- that the state exists); numbers are formatted by Lua, which is slow, so only when they change
+  local fields, n = {}, 0
+  local function put(name, value)
+    fields[n + 1], fields[n + 2] = name, value
+    n = n + 2
   end
+  if not h[1] then
+    redis.call('SADD', nodes, node)
+    put('reserved', d_reserved)
+  elseif d_reserved ~= 0 then
+    put('reserved', tonumber(h[1]) + d_reserved)
+  end
+  if d_held ~= 0 then put('held', (tonumber(h[2]) or 0) + d_held) end
+  if not h[3] or ts > tonumber(h[3]) then put('last_ts', ts_text) end
+  if not h[4] or arrived > tonumber(h[4]) then put('last_arrived', arrived_text) end
   local later = after(ts, id, h[5], h[6])
   if later and absolute == '1' then
-    for _, v in ipairs({'anchor_ts', ts_text, 'anchor_id', id, 'anchor_qty', qty, 'anchor_kind', kind}) do
-      table.insert(fields, v)
-    end
+    put('anchor_ts', ts_text); put('anchor_id', id); put('anchor_qty', qty); put('anchor_kind', kind)
   end
-  redis.call('HSET', state, unpack(fields))
+  if n > 0 then redis.call('HSET', state, unpack(fields, 1, n)) end
   if not later then return 1 end
   if absolute == '1' then
     redis.call('ZREMRANGEBYSCORE', deltas, '-inf', '(' .. ts_text)
