@@ -324,11 +324,17 @@ impl Lake {
         self.materialize_timely(&context, asof, config).await?;
         bar.inc(1);
         bar.set_message("batch view");
+        let started = std::time::Instant::now();
         let view = self.batch_view_in(&context, asof).await?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "batch view computed and written");
         bar.inc(1);
         bar.set_message("features");
+        let started = std::time::Instant::now();
         let features = features::features_in(&context, asof).await?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features computed");
+        let started = std::time::Instant::now();
         let features = self.write_features(features, &[asof]).await?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features written");
         bar.finish();
         Ok((view, features))
     }
@@ -467,17 +473,29 @@ fn effect_sql(part: fn(&sellable_core::fold::Effect) -> i64) -> String {
 fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
     let absolute: Vec<String> =
         EventKind::ALL.into_iter().filter(|kind| kind.is_absolute()).map(|kind| format!("'{kind}'")).collect();
+    // One copy of each event_id: the first to arrive. Copies are rare, so instead of sorting every
+    // event by id, a hash aggregation finds the ids that have copies, the events without copies
+    // pass through a join that holds only those ids, and only the copies are ranked.
     format!(
-        "SELECT event_id, ts, sku, node, kind, qty, arrival, kind IN ({absolute}) AS absolute,
+        "WITH known AS (
+           SELECT event_id, CAST(ts AS BIGINT) AS ts, sku, node, kind, qty, CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
+           FROM {EVENTS}
+           WHERE CAST(COALESCE(arrived, ts) AS BIGINT) <= {asof} AND CAST(COALESCE(arrived, ts) AS BIGINT) - CAST(ts AS BIGINT) <= {lateness}
+         ),
+         copied AS (SELECT event_id AS copied_id FROM known GROUP BY event_id HAVING COUNT(*) > 1),
+         first_copies AS (
+           SELECT event_id, ts, sku, node, kind, qty, arrival FROM (
+             SELECT k.*, row_number() OVER (PARTITION BY k.event_id ORDER BY k.arrival, k.ts) AS copy
+             FROM copied c JOIN known k ON k.event_id = c.copied_id
+           ) AS ranked WHERE copy = 1
+         ),
+         single AS (
+           SELECT k.event_id, k.ts, k.sku, k.node, k.kind, k.qty, k.arrival
+           FROM copied c RIGHT JOIN known k ON k.event_id = c.copied_id WHERE c.copied_id IS NULL
+         )
+         SELECT event_id, ts, sku, node, kind, qty, arrival, kind IN ({absolute}) AS absolute,
                 {on_hand} AS d_on_hand, {reserved} AS d_reserved, {held} AS d_held
-         FROM (
-           SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY arrival, ts) AS copy
-           FROM (SELECT event_id, CAST(ts AS BIGINT) AS ts, sku, node, kind, qty,
-                        CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
-                 FROM {EVENTS}) AS known
-           WHERE arrival <= {asof} AND arrival - ts <= {lateness}
-         ) AS ranked
-         WHERE copy = 1",
+         FROM (SELECT * FROM single UNION ALL SELECT * FROM first_copies) AS timely",
         absolute = absolute.join(", "),
         on_hand = effect_sql(|e| e.on_hand),
         reserved = effect_sql(|e| e.reserved),
