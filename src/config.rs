@@ -46,7 +46,7 @@ pub struct LakeConfig {
 
 impl Default for LakeConfig {
     fn default() -> LakeConfig {
-        LakeConfig { path: "lake".into(), lateness_ms: FoldConfig::default().lateness_ms, dedup_window_ms: None, memory_mb: 2048 }
+        LakeConfig { path: "lake".into(), lateness_ms: FoldConfig::default().lateness_ms, dedup_window_ms: None, memory_mb: sellable_batch::DEFAULT_MEMORY_LIMIT >> 20 }
     }
 }
 

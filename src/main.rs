@@ -268,7 +268,7 @@ struct LakeArgs {
     #[arg(long)]
     dedup_window_ms: Option<Millis>,
     /// Memory (MiB) one DataFusion query may hold before spilling to disk [config: lake.memory_mb].
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = sellable_batch::DEFAULT_MEMORY_LIMIT >> 20)]
     memory_mb: usize,
 }
 

@@ -478,9 +478,10 @@ fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
     // pass through a join that holds only those ids, and only the copies are ranked.
     format!(
         "WITH known AS (
-           SELECT event_id, CAST(ts AS BIGINT) AS ts, sku, node, kind, qty, CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
-           FROM {EVENTS}
-           WHERE CAST(COALESCE(arrived, ts) AS BIGINT) <= {asof} AND CAST(COALESCE(arrived, ts) AS BIGINT) - CAST(ts AS BIGINT) <= {lateness}
+           SELECT * FROM (SELECT event_id, CAST(ts AS BIGINT) AS ts, sku, node, kind, qty,
+                                 CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
+                          FROM {EVENTS}) AS events
+           WHERE arrival <= {asof} AND arrival - ts <= {lateness}
          ),
          copied AS (SELECT event_id AS copied_id FROM known GROUP BY event_id HAVING COUNT(*) > 1),
          first_copies AS (
