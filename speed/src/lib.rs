@@ -4,8 +4,10 @@
 //!
 //! Redis layout (every key of one SKU shares the hash tag `{sku}`, so a Redis Cluster keeps them
 //! in one slot and the fold script never crosses slots):
-//! - `<ns>:{<sku>}:seen`    sorted set of folded `event_id`s by arrival (idempotency, trimmed to
-//!   the dedup window when one is set)
+//! - `<ns>:{<sku>}:ids`     set of folded `event_id`s (idempotency) when no dedup window is set
+//! - `<ns>:{<sku>}:seen`    instead, with a dedup window: sorted set of folded `event_id`s by
+//!   arrival, trimmed to the window (a namespace is folded with one setting: a new batch cutoff
+//!   clears it anyway)
 //! - `<ns>:{<sku>}:nodes`   set of nodes with state for the SKU
 //! - `<ns>:{<sku>}:n:<node>` hash: `reserved`, `held`, `last_ts`, `last_arrived` and the anchor
 //!   (`anchor_ts`, `anchor_id`, `anchor_qty`, `anchor_kind`)
@@ -302,12 +304,13 @@ impl MemoryStore {
 
 /// Folds a batch of events, each atomically into the keys of its sku×node. ARGV[1] is the dedup
 /// window in ms (-1: none); then per event, KEYS holds 4 keys (seen, nodes, state hash, deltas)
-/// and ARGV 10 values (see `fold_invocation`). The reply has one flag per event: 1 applied,
+/// and ARGV 6 values (see `fold_invocation`). What an event does comes from the table `effects`
+/// that [`fold_script`] puts before this text, generated from `core`'s [`effect`]. The reply has one flag per event: 1 applied,
 /// 0 duplicate (its `event_id` was folded before), 2 expired (it arrived before the SKU's dedup
 /// window). On a cluster, a batch holds events of one SKU only (one hash tag, one slot). String
 /// order is compared byte by byte, as Rust does, because Lua's `<` follows the server's locale.
-/// Per event it costs 4 or 5 calls (ZADD seen, HMGET, HSET, and ZADD for an on-hand delta or SADD
-/// nodes for a new node), plus one lookup of the newest arrival when a window is set.
+/// Per event it costs 4 or 5 calls (SADD ids or ZADD seen, HMGET, HSET, and ZADD for an on-hand
+/// delta or SADD nodes for a new node), plus one lookup of the newest arrival when a window is set.
 const FOLD_SCRIPT: &str = r#"
 local function after(ts, id, anchor_ts, anchor_id)
   if not anchor_ts then return true end
@@ -326,9 +329,10 @@ local window = tonumber(ARGV[1])
 local function fold(k, a)
   local seen, nodes, state, deltas = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local id, ts_text, node, kind = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  local absolute, qty, d_on_hand = ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
-  local d_reserved, d_held, arrived_text = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9]), ARGV[a + 10]
+  local qty, arrived_text = ARGV[a + 5], ARGV[a + 6]
   local ts, arrived = tonumber(ts_text), tonumber(arrived_text)
+  local e, units = effects[kind], tonumber(qty)
+  local absolute, d_on_hand, d_reserved, d_held = e[1] == 1, e[2] * units, e[3] * units, e[4] * units
 
   if window >= 0 then
     local newest = redis.call('ZRANGE', seen, -1, -1, 'WITHSCORES')[2]
@@ -338,7 +342,11 @@ local function fold(k, a)
       if arrived > newest then redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. (arrived - window)) end
     end
   end
-  if redis.call('ZADD', seen, 'NX', arrived_text, id) == 0 then return 0 end
+  if window >= 0 then
+    if redis.call('ZADD', seen, 'NX', arrived_text, id) == 0 then return 0 end
+  elseif redis.call('SADD', seen, id) == 0 then
+    return 0
+  end
   local h = redis.call('HMGET', state, 'reserved', 'held', 'last_ts', 'last_arrived', 'anchor_ts', 'anchor_id')
   -- only the fields that change are written ('reserved' always when the node is new: it marks
   -- that the state exists); fewer arguments are fewer conversions between Lua and Redis
@@ -357,18 +365,18 @@ local function fold(k, a)
   if not h[3] or ts > tonumber(h[3]) then put('last_ts', ts_text) end
   if not h[4] or arrived > tonumber(h[4]) then put('last_arrived', arrived_text) end
   local later = after(ts, id, h[5], h[6])
-  if later and absolute == '1' then
+  if later and absolute then
     put('anchor_ts', ts_text); put('anchor_id', id); put('anchor_qty', qty); put('anchor_kind', kind)
   end
   if n > 0 then redis.call('HSET', state, unpack(fields, 1, n)) end
   if not later then return 1 end
-  if absolute == '1' then
+  if absolute then
     redis.call('ZREMRANGEBYSCORE', deltas, '-inf', '(' .. ts_text)
     for _, member in ipairs(redis.call('ZRANGEBYSCORE', deltas, ts_text, ts_text)) do
       local member_id = string.match(member, '^(.*)|')
       if not after(ts, member_id, ts_text, id) then redis.call('ZREM', deltas, member) end
     end
-  elseif d_on_hand ~= '0' then
+  elseif d_on_hand ~= 0 then
     redis.call('ZADD', deltas, ts_text, id .. '|' .. d_on_hand)
   end
   return 1
@@ -376,10 +384,23 @@ end
 
 local applied = {}
 for i = 0, #KEYS / 4 - 1 do
-  applied[i + 1] = fold(i * 4, 1 + i * 10)
+  applied[i + 1] = fold(i * 4, 1 + i * 6)
 end
 return applied
 "#;
+
+/// The fold script: [`FOLD_SCRIPT`] after the table of what each kind of event does per unit,
+/// `effects[kind] = {absolute (1/0), on-hand, reserved, held}`, from `core`'s [`effect`].
+fn fold_script() -> String {
+    let effects: Vec<String> = EventKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let unit = effect(kind, 1);
+            format!("['{kind}'] = {{{}, {}, {}, {}}}", i64::from(unit.absolute.is_some()), unit.on_hand, unit.reserved, unit.held)
+        })
+        .collect();
+    format!("local effects = {{{}}}\n{FOLD_SCRIPT}", effects.join(", "))
+}
 
 /// Raises watermarks: KEYS are the node hash `<ns>:{watermarks}` and the source hash
 /// `<ns>:{watermarks}:sources` (one slot); ARGV is the source and its arrival, then node/arrival
@@ -496,7 +517,7 @@ impl RedisStore {
             namespace: namespace.to_string(),
             config,
             connection,
-            script: redis::Script::new(FOLD_SCRIPT),
+            script: redis::Script::new(&fold_script()),
         };
         store.load_script().await?;
         Ok(store)
@@ -520,9 +541,15 @@ impl RedisStore {
         format!("{}:{{{sku}}}:{suffix}", self.namespace)
     }
 
+    /// The key of a SKU's folded event ids: a sorted set by arrival (`seen`) when a dedup window
+    /// trims it, else a plain set (`ids`), cheaper to add to.
+    fn seen_key(&self, sku: &str) -> String {
+        self.sku_key(sku, if self.config.dedup_window_ms.is_some() { "seen" } else { "ids" })
+    }
+
     fn keys(&self, sku: &str, node: &str) -> [String; 4] {
         [
-            self.sku_key(sku, "seen"),
+            self.seen_key(sku),
             self.sku_key(sku, "nodes"),
             self.sku_key(sku, &format!("n:{node}")),
             self.sku_key(sku, &format!("d:{node}")),
@@ -634,7 +661,7 @@ impl RedisStore {
                 Some(1) => Ok(Outcome::Applied),
                 Some(0) => Ok(Outcome::Duplicate),
                 Some(2) => Ok(Outcome::Expired),
-                other => Err(SpeedError::Corrupt { key: self.sku_key(&event.sku, "seen"), message: format!("fold script answered {other:?}") }),
+                other => Err(SpeedError::Corrupt { key: self.seen_key(&event.sku), message: format!("fold script answered {other:?}") }),
             }
         });
         outcomes.collect()
@@ -668,15 +695,24 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Adds an event id to its SKU's folded ids, as the fold script would.
+    fn remember_command(&self, sku: &str, event_id: &str, arrival: Millis) -> redis::Cmd {
+        let mut add = redis::cmd(if self.config.dedup_window_ms.is_some() { "ZADD" } else { "SADD" });
+        add.arg(self.seen_key(sku));
+        if self.config.dedup_window_ms.is_some() {
+            add.arg("NX").arg(arrival);
+        }
+        add.arg(event_id);
+        add
+    }
+
     async fn remember(&self, ids: &[(String, String)], arrival: Millis) -> Result<(), SpeedError> {
         if self.connection.is_cluster() {
             for chunk in ids.chunks(PIPELINE) {
                 let adds = chunk.iter().map(|(sku, event_id)| {
                     let mut connection = self.connection.clone();
-                    let key = self.sku_key(sku, "seen");
-                    async move {
-                        redis::cmd("ZADD").arg(key).arg("NX").arg(arrival).arg(event_id).query_async::<i64>(&mut connection).await
-                    }
+                    let add = self.remember_command(sku, event_id, arrival);
+                    async move { add.query_async::<i64>(&mut connection).await }
                 });
                 for added in futures::future::join_all(adds).await {
                     added.map_err(|e| self.error(e))?;
@@ -687,7 +723,7 @@ impl RedisStore {
         for chunk in ids.chunks(PIPELINE) {
             let mut pipe = redis::pipe();
             for (sku, event_id) in chunk {
-                pipe.cmd("ZADD").arg(self.sku_key(sku, "seen")).arg("NX").arg(arrival).arg(event_id).ignore();
+                pipe.add_command(self.remember_command(sku, event_id, arrival)).ignore();
             }
             let mut connection = self.connection.clone();
             let () = pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?;
@@ -695,26 +731,15 @@ impl RedisStore {
         Ok(())
     }
 
-    /// One call of the fold script for a batch of events: 4 keys and 10 arguments each.
+    /// One call of the fold script for a batch of events: 4 keys and 6 arguments each.
     fn fold_invocation(&self, events: &[&Event]) -> redis::ScriptInvocation<'_> {
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(self.config.dedup_window_ms.unwrap_or(-1));
         for event in events {
-            let change = effect(event.kind, event.qty);
             for key in self.keys(&event.sku, &event.node) {
                 invocation.key(key);
             }
-            invocation
-                .arg(&event.event_id)
-                .arg(event.ts)
-                .arg(&event.node)
-                .arg(event.kind.as_str())
-                .arg(if change.absolute.is_some() { "1" } else { "0" })
-                .arg(event.qty)
-                .arg(change.on_hand)
-                .arg(change.reserved)
-                .arg(change.held)
-                .arg(event.arrival());
+            invocation.arg(&event.event_id).arg(event.ts).arg(&event.node).arg(event.kind.as_str()).arg(event.qty).arg(event.arrival());
         }
         invocation
     }

@@ -56,6 +56,11 @@ pub struct StreamWorker<'a> {
     url: String,
     config: StreamConfig,
     connection: Connection,
+    /// Reads the next batch while this one is folded (a blocking read would hold up the
+    /// acknowledgements on a shared connection).
+    reader: Connection,
+    /// New entries read while the previous batch was folded.
+    prefetched: Vec<StreamId>,
     view: &'a SpeedView,
     pub stats: StreamStats,
 }
@@ -63,7 +68,16 @@ pub struct StreamWorker<'a> {
 impl<'a> StreamWorker<'a> {
     pub async fn connect(url: &str, config: StreamConfig, view: &'a SpeedView) -> Result<StreamWorker<'a>, SpeedError> {
         let connection = Connection::open(url).await?;
-        let mut worker = StreamWorker { url: url.to_string(), config, connection, view, stats: StreamStats::default() };
+        let reader = Connection::open(url).await?;
+        let mut worker = StreamWorker {
+            url: url.to_string(),
+            config,
+            connection,
+            reader,
+            prefetched: Vec::new(),
+            view,
+            stats: StreamStats::default(),
+        };
         worker.create_group().await?;
         Ok(worker)
     }
@@ -92,29 +106,37 @@ impl<'a> StreamWorker<'a> {
     /// then entries idle too long with a dead consumer, then new ones. Returns how many entries
     /// it handled (0 when the stream had nothing for it within the block time).
     pub async fn step(&mut self) -> Result<usize, SpeedError> {
+        let entries = match std::mem::take(&mut self.prefetched) {
+            prefetched if !prefetched.is_empty() => prefetched,
+            _ => self.next_entries().await?,
+        };
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        // Redis folds this batch while the next one is read and decoded, not one after the other.
+        // Only new entries are read ahead: pending ones are read when the stream runs dry, when
+        // nothing of this worker's is in flight.
+        let (mut reader, config) = (self.reader.clone(), self.config.clone());
+        let (handled, next) = tokio::join!(self.handle(entries), read(&mut reader, &config, ">", false));
+        match next {
+            Ok(next) => self.prefetched = next,
+            // what the failed read took stays pending: it is read again once the stream runs dry
+            Err(error) => tracing::warn!(%error, stream = %self.config.stream, "reading ahead failed"),
+        }
+        handled
+    }
+
+    async fn next_entries(&mut self) -> Result<Vec<StreamId>, SpeedError> {
         let own = self.read(">", false).await?;
         let own = if own.is_empty() { self.read("0", true).await? } else { own };
         if !own.is_empty() {
-            return self.handle(own).await;
+            return Ok(own);
         }
-        let claimed = self.claim().await?;
-        self.handle(claimed).await
+        self.claim().await
     }
 
     async fn read(&mut self, from: &str, pending: bool) -> Result<Vec<StreamId>, SpeedError> {
-        let mut options = StreamReadOptions::default().group(&self.config.group, &self.config.consumer).count(self.config.batch);
-        if !pending {
-            options = options.block(self.config.block.as_millis() as usize);
-        }
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg(&options)
-            .arg("STREAMS")
-            .arg(&self.config.stream)
-            .arg(from)
-            .query_async(&mut self.connection)
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok(reply.map(|reply| reply.keys.into_iter().flat_map(|key| key.ids).collect()).unwrap_or_default())
+        read(&mut self.reader, &self.config, from, pending).await.map_err(|e| self.error(e))
     }
 
     async fn claim(&mut self) -> Result<Vec<StreamId>, SpeedError> {
@@ -178,6 +200,18 @@ impl<'a> StreamWorker<'a> {
         self.stats.dead_lettered += dead.len() as u64;
         Ok(entries.len())
     }
+}
+
+/// Reads up to a batch of entries: new ones (`>`, waiting up to the block time) or this
+/// consumer's pending ones (`0`).
+async fn read(connection: &mut Connection, config: &StreamConfig, from: &str, pending: bool) -> Result<Vec<StreamId>, redis::RedisError> {
+    let mut options = StreamReadOptions::default().group(&config.group, &config.consumer).count(config.batch);
+    if !pending {
+        options = options.block(config.block.as_millis() as usize);
+    }
+    let reply: Option<StreamReadReply> =
+        redis::cmd("XREADGROUP").arg(&options).arg("STREAMS").arg(&config.stream).arg(from).query_async(connection).await?;
+    Ok(reply.map(|reply| reply.keys.into_iter().flat_map(|key| key.ids).collect()).unwrap_or_default())
 }
 
 /// Appends events to a stream, one entry each, pipelined.
