@@ -371,10 +371,15 @@ local function fold(k, a)
   if n > 0 then redis.call('HSET', state, unpack(fields, 1, n)) end
   if not later then return 1 end
   if absolute then
-    redis.call('ZREMRANGEBYSCORE', deltas, '-inf', '(' .. ts_text)
-    for _, member in ipairs(redis.call('ZRANGEBYSCORE', deltas, ts_text, ts_text)) do
-      local member_id = string.match(member, '^(.*)|')
-      if not after(ts, member_id, ts_text, id) then redis.call('ZREM', deltas, member) end
+    -- the deltas up to the new anchor go; usually there are none, and one call tells
+    local upto = redis.call('ZRANGEBYSCORE', deltas, '-inf', ts_text, 'WITHSCORES')
+    if #upto > 0 then
+      redis.call('ZREMRANGEBYSCORE', deltas, '-inf', '(' .. ts_text)
+      for i = 1, #upto, 2 do
+        if tonumber(upto[i + 1]) == ts and not after(ts, string.match(upto[i], '^(.*)|'), ts_text, id) then
+          redis.call('ZREM', deltas, upto[i])
+        end
+      end
     end
   elseif d_on_hand ~= 0 then
     redis.call('ZADD', deltas, ts_text, id .. '|' .. d_on_hand)
