@@ -341,10 +341,10 @@ impl Lake {
 
     /// Computes and writes the batch view from the table `timely` of `context`.
     async fn batch_view_in(&self, context: &SessionContext, asof: Millis) -> Result<BatchSummary, BatchError> {
-        let anchors = context.sql(ANCHORS_SQL).await?;
-        context.register_table("anchors", anchors.into_view())?;
-
-        let deltas = context.sql(DELTAS_SQL).await?.collect().await?;
+        // anchors (one row per sku×node) and deltas are computed once and kept: a view or a CTE
+        // would be computed again by every query that reads it
+        collect_as_table(context, "anchors", ANCHORS_SQL).await?;
+        let deltas = collect_as_table(context, "deltas", DELTAS_SQL).await?;
         let delta_count: usize = deltas.iter().map(RecordBatch::num_rows).sum();
         let view = context.sql(&view_sql(asof)).await?.collect().await?;
         let sku_nodes: usize = view.iter().map(RecordBatch::num_rows).sum();
@@ -505,6 +505,17 @@ fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
     )
 }
 
+/// Runs `sql` and registers its result as the in-memory table `name` (replacing any earlier one);
+/// returns the result too.
+async fn collect_as_table(context: &SessionContext, name: &str, sql: &str) -> Result<Vec<RecordBatch>, BatchError> {
+    let frame = context.sql(sql).await?;
+    let schema = frame.schema().inner().clone();
+    let batches = frame.collect().await?;
+    context.deregister_table(name)?;
+    context.register_table(name, Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches.clone()])?))?;
+    Ok(batches)
+}
+
 /// The latest absolute reading per sku×node, by `(ts, event_id)`.
 const ANCHORS_SQL: &str = "
     SELECT sku, node, ts AS anchor_ts, event_id AS anchor_id, qty AS anchor_qty, kind AS anchor_kind
@@ -526,7 +537,7 @@ fn view_sql(asof: Millis) -> String {
            SELECT sku, node, SUM(d_reserved) AS reserved, SUM(d_held) AS held,
                   MAX(ts) AS last_ts, MAX(arrival) AS last_arrived
            FROM timely GROUP BY sku, node),
-         delta_sums AS (SELECT sku, node, SUM(delta) AS delta FROM ({DELTAS_SQL}) AS d GROUP BY sku, node)
+         delta_sums AS (SELECT sku, node, SUM(delta) AS delta FROM deltas GROUP BY sku, node)
          SELECT s.sku, s.node, s.reserved, s.held, s.last_ts, s.last_arrived,
                 a.anchor_ts, a.anchor_id, a.anchor_qty, a.anchor_kind,
                 COALESCE(a.anchor_qty, 0) + COALESCE(d.delta, 0) AS on_hand,
