@@ -20,7 +20,7 @@ use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, RecordBatchIterator,
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lance::dataset::{Dataset, WriteMode, WriteParams};
 use sellable_core::catalog::{node_schema, nodes_from_batch, nodes_to_batch, sku_schema, skus_from_batch, skus_to_batch};
 use sellable_core::event::{event_schema, events_from_batch, events_to_batch, DecodeError, InputError};
@@ -77,6 +77,9 @@ pub struct Lake {
     root: PathBuf,
     /// Bytes one DataFusion query may hold before spilling.
     memory_limit: usize,
+    /// Bytes of the events known at a cutoff the nightly job holds in memory; beyond, it writes
+    /// them to a scratch dataset.
+    scratch_limit: usize,
 }
 
 impl Lake {
@@ -89,13 +92,21 @@ impl Lake {
             path: root.display().to_string(),
             source,
         }))?;
-        Ok(Lake { root, memory_limit: DEFAULT_MEMORY_LIMIT })
+        Ok(Lake { root, memory_limit: DEFAULT_MEMORY_LIMIT, scratch_limit: DEFAULT_MEMORY_LIMIT / 4 })
     }
 
     /// Bounds the memory of each DataFusion query ([`DEFAULT_MEMORY_LIMIT`] unless set): sorts,
     /// joins and aggregations spill to disk beyond it.
+    /// Sets the scratch limit to a quarter of it too ([`Lake::with_scratch_limit`]).
     pub fn with_memory_limit(self, bytes: usize) -> Lake {
-        Lake { memory_limit: bytes, ..self }
+        Lake { memory_limit: bytes, scratch_limit: bytes / 4, ..self }
+    }
+
+    /// Bounds the memory the nightly job holds the events known at a cutoff in (a quarter of
+    /// the memory limit unless set): beyond it they go to a scratch Lance dataset, read back by
+    /// every query, which costs time but no memory.
+    pub fn with_scratch_limit(self, bytes: usize) -> Lake {
+        Lake { scratch_limit: bytes, ..self }
     }
 
     pub fn root(&self) -> &Path {
@@ -199,18 +210,39 @@ impl Lake {
         Ok(context)
     }
 
-    /// Computes the events known at `asof` (deduplicated, not too late) once, streaming them to
-    /// a scratch Lance dataset, and registers it as the table `timely`: every query of the job
-    /// reads it instead of deduplicating the lake again, and memory stays bounded.
+    /// Computes the events known at `asof` (deduplicated, not too late) once and registers them
+    /// as the table `timely`: every query of the job reads it instead of deduplicating the lake
+    /// again. They are kept in memory up to the scratch limit ([`Lake::with_scratch_limit`]);
+    /// beyond it they are streamed to a scratch Lance dataset, so memory stays bounded.
     async fn materialize_timely(&self, context: &SessionContext, asof: Millis, config: FoldConfig) -> Result<(), BatchError> {
-        let uri = self.uri(SCRATCH_TIMELY);
         let started = std::time::Instant::now();
-        let stream = context.sql(&timely_events_sql(asof, config)).await?.execute_stream().await?;
+        let mut stream = context.sql(&timely_events_sql(asof, config)).await?.execute_stream().await?;
+        let schema = stream.schema();
+        let (mut held, mut bytes) = (Vec::new(), 0);
+        while bytes <= self.scratch_limit {
+            match stream.try_next().await? {
+                Some(batch) => {
+                    bytes += batch.get_array_memory_size();
+                    held.push(batch);
+                }
+                None => {
+                    context.deregister_table("timely")?;
+                    context.register_table("timely", Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![held])?))?;
+                    tracing::debug!(seconds = started.elapsed().as_secs_f64(), bytes, "events known at the cutoff held in memory");
+                    return Ok(());
+                }
+            }
+        }
+        // too many to hold: what was read so far, then the rest, to the scratch dataset
+        let uri = self.uri(SCRATCH_TIMELY);
         // scratch keeps no history: the previous cutoff's rows go first
         if Path::new(&uri).exists() {
             std::fs::remove_dir_all(&uri)
                 .map_err(|source| BatchError::Input(InputError::Io { path: uri.clone(), source }))?;
         }
+        let rest = futures::stream::iter(held.into_iter().map(Ok)).chain(stream);
+        let stream: datafusion::execution::SendableRecordBatchStream =
+            Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, rest));
         let params = WriteParams { mode: WriteMode::Create, ..WriteParams::default() };
         let timely = lance::dataset::InsertBuilder::new(uri.as_str())
             .with_params(&params)
@@ -218,7 +250,7 @@ impl Lake {
             .await
             .map_err(self.lance_error(SCRATCH_TIMELY))?;
         context.deregister_table("timely")?;
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "events known at the cutoff materialised");
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "events known at the cutoff written to scratch");
         context.register_table("timely", Arc::new(lance::datafusion::LanceTableProvider::new(Arc::new(timely), false, false)))?;
         Ok(())
     }

@@ -168,6 +168,28 @@ async fn features_agree_with_the_fold_and_with_a_direct_count() {
 }
 
 #[tokio::test]
+async fn the_nightly_job_gives_the_same_results_from_memory_and_from_its_scratch_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, events) = simulate(&dir.path().join("gen"), 37);
+    let asof = summary.end - DAY / 2;
+    let mut results = Vec::new();
+    // a scratch limit of 0 bytes writes the events known at the cutoff to the scratch dataset
+    for (name, scratch_limit) in [("memory", usize::MAX), ("scratch", 0)] {
+        let lake = lake_of(&dir.path().join(name), &summary, &events).await.with_scratch_limit(scratch_limit);
+        lake.nightly(asof, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+        assert_eq!(dir.path().join(name).join("scratch_timely.lance").exists(), scratch_limit == 0);
+        results.push((lake.load_batch_view().await.unwrap(), lake.load_features(Some(asof)).await.unwrap()));
+    }
+    let [(view, features), (scratch_view, scratch_features)] = &results[..] else { unreachable!() };
+    assert!(view.states.len() > 20);
+    assert_eq!(view.states, scratch_view.states);
+    assert_eq!(features.rows.len(), scratch_features.rows.len());
+    for (key, row) in &features.rows {
+        assert!(same_bits(row, &scratch_features.rows[key]), "{key:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_backfill_of_n_cutoffs_equals_n_single_runs() {
     let dir = tempfile::tempdir().unwrap();
     let (summary, events) = simulate(&dir.path().join("gen"), 37);
