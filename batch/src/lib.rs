@@ -96,8 +96,8 @@ impl Lake {
     }
 
     /// Bounds the memory of each DataFusion query ([`DEFAULT_MEMORY_LIMIT`] unless set): sorts,
-    /// joins and aggregations spill to disk beyond it.
-    /// Sets the scratch limit to a quarter of it too ([`Lake::with_scratch_limit`]).
+    /// joins and aggregations spill to disk beyond it. Sets the scratch limit to a quarter of it
+    /// ([`Lake::with_scratch_limit`]).
     pub fn with_memory_limit(self, bytes: usize) -> Lake {
         Lake { memory_limit: bytes, scratch_limit: bytes / 4, ..self }
     }
@@ -226,6 +226,7 @@ impl Lake {
                     held.push(batch);
                 }
                 None => {
+                    self.remove_scratch()?;
                     context.deregister_table("timely")?;
                     context.register_table("timely", Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![held])?))?;
                     tracing::debug!(seconds = started.elapsed().as_secs_f64(), bytes, "events known at the cutoff held in memory");
@@ -234,12 +235,8 @@ impl Lake {
             }
         }
         // too many to hold: what was read so far, then the rest, to the scratch dataset
+        self.remove_scratch()?;
         let uri = self.uri(SCRATCH_TIMELY);
-        // scratch keeps no history: the previous cutoff's rows go first
-        if Path::new(&uri).exists() {
-            std::fs::remove_dir_all(&uri)
-                .map_err(|source| BatchError::Input(InputError::Io { path: uri.clone(), source }))?;
-        }
         let rest = futures::stream::iter(held.into_iter().map(Ok)).chain(stream);
         let stream: datafusion::execution::SendableRecordBatchStream =
             Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, rest));
@@ -252,6 +249,15 @@ impl Lake {
         context.deregister_table("timely")?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "events known at the cutoff written to scratch");
         context.register_table("timely", Arc::new(lance::datafusion::LanceTableProvider::new(Arc::new(timely), false, false)))?;
+        Ok(())
+    }
+
+    /// Removes the scratch dataset: it keeps no history, and a previous cutoff's rows go first.
+    fn remove_scratch(&self) -> Result<(), BatchError> {
+        let uri = self.uri(SCRATCH_TIMELY);
+        if Path::new(&uri).exists() {
+            std::fs::remove_dir_all(&uri).map_err(|source| BatchError::Input(InputError::Io { path: uri.clone(), source }))?;
+        }
         Ok(())
     }
 

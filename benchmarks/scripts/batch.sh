@@ -57,5 +57,5 @@ for events, stages in by_size.items():
         seconds, kib = stages[stage]
         per_million = seconds / events * 1e6
         print(f"{events:>11,} {stage:>9} {seconds:>8.1f} {events / seconds:>11,.0f} {kib / 1024:>9,.0f} {per_million:>15.2f}")
-print("(linear growth: the seconds per million events stay flat as the lake grows)")
+print("(growth is linear when 's per M events' stays flat as the lake grows)")
 PY
