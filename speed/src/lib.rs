@@ -305,8 +305,8 @@ impl MemoryStore {
 /// Folds a batch of events, each atomically into the keys of its sku×node. ARGV[1] is the dedup
 /// window in ms (-1: none); then per event, KEYS holds 4 keys (seen, nodes, state hash, deltas)
 /// and ARGV 6 values (see `fold_invocation`). What an event does comes from the table `effects`
-/// that [`fold_script`] puts before this text, generated from `core`'s [`effect`]. The reply has one flag per event: 1 applied,
-/// 0 duplicate (its `event_id` was folded before), 2 expired (it arrived before the SKU's dedup
+/// that [`fold_script`] puts before this text, generated from `core`'s [`effect`]. The reply has
+/// one flag per event: 1 applied, 0 duplicate (its `event_id` was folded before), 2 expired (it arrived before the SKU's dedup
 /// window). On a cluster, a batch holds events of one SKU only (one hash tag, one slot). String
 /// order is compared byte by byte, as Rust does, because Lua's `<` follows the server's locale.
 /// Per event it costs 4 or 5 calls (SADD ids or ZADD seen, HMGET, HSET, and ZADD for an on-hand
@@ -341,8 +341,6 @@ local function fold(k, a)
       if arrived < newest - window then return 2 end
       if arrived > newest then redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. (arrived - window)) end
     end
-  end
-  if window >= 0 then
     if redis.call('ZADD', seen, 'NX', arrived_text, id) == 0 then return 0 end
   elseif redis.call('SADD', seen, id) == 0 then
     return 0
