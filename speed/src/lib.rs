@@ -6,8 +6,8 @@
 //! in one slot and the fold script never crosses slots):
 //! - `<ns>:{<sku>}:ids`     set of folded `event_id`s (idempotency) when no dedup window is set
 //! - `<ns>:{<sku>}:seen`    instead, with a dedup window: sorted set of folded `event_id`s by
-//!   arrival, trimmed to the window (a namespace is folded with one setting: a new batch cutoff
-//!   clears it anyway)
+//!   arrival, trimmed to the window (keep one setting per namespace: the fold reads only the key
+//!   of its own setting)
 //! - `<ns>:{<sku>}:nodes`   set of nodes with state for the SKU
 //! - `<ns>:{<sku>}:n:<node>` hash: `reserved`, `held`, `last_ts`, `last_arrived` and the anchor
 //!   (`anchor_ts`, `anchor_id`, `anchor_qty`, `anchor_kind`)
