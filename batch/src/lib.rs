@@ -92,7 +92,7 @@ impl Lake {
             path: root.display().to_string(),
             source,
         }))?;
-        Ok(Lake { root, memory_limit: DEFAULT_MEMORY_LIMIT, scratch_limit: DEFAULT_MEMORY_LIMIT / 4 })
+        Ok(Lake { root, memory_limit: 0, scratch_limit: 0 }.with_memory_limit(DEFAULT_MEMORY_LIMIT))
     }
 
     /// Bounds the memory of each DataFusion query ([`DEFAULT_MEMORY_LIMIT`] unless set): sorts,
@@ -227,8 +227,7 @@ impl Lake {
                 }
                 None => {
                     self.remove_scratch()?;
-                    context.deregister_table("timely")?;
-                    context.register_table("timely", Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![held])?))?;
+                    register_in_memory(context, "timely", schema, held)?;
                     tracing::debug!(seconds = started.elapsed().as_secs_f64(), bytes, "events known at the cutoff held in memory");
                     return Ok(());
                 }
@@ -549,9 +548,15 @@ async fn collect_as_table(context: &SessionContext, name: &str, sql: &str) -> Re
     let frame = context.sql(sql).await?;
     let schema = frame.schema().inner().clone();
     let batches = frame.collect().await?;
-    context.deregister_table(name)?;
-    context.register_table(name, Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches.clone()])?))?;
+    register_in_memory(context, name, schema, batches.clone())?;
     Ok(batches)
+}
+
+/// Registers `batches` as the in-memory table `name`, replacing any earlier one.
+fn register_in_memory(context: &SessionContext, name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<(), BatchError> {
+    context.deregister_table(name)?;
+    context.register_table(name, Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches])?))?;
+    Ok(())
 }
 
 /// The latest absolute reading per sku×node, by `(ts, event_id)`.
