@@ -7,12 +7,16 @@
 -- Placeholders: ${asof} (the cutoff, ms since the epoch).
 -- Output: sku, node, then exactly the columns of core::features::BATCH, in that order. Missing
 -- values are NULL (NaN in the model's vector). Times are event times (`ts`) unless said otherwise.
+-- Then the snapshot, the batch view's columns prefixed `view_` (integers and the anchor, exactly
+-- the state core's fold gives; batch/src/lib.rs writes them as `batch_view`): the features and
+-- the view come from one pass, so they cannot disagree.
 -- Memory: a hash join holds its left side in memory and cannot spill, so every join below has a
 -- small side (per sku×node, per node, or filtered) on its left; the big inputs are aggregated or
 -- windowed (which spill) first.
 -- Speed: DataFusion plans a CTE again wherever it is used, so each big input is read by as few
 -- references as possible: one aggregation of `timely` per sku×node (totals per SKU and per node
--- are windows over its result), one window over the on-hand events, one over their segments.
+-- are windows over its result), and one sort of the on-hand events by sku×node and event time,
+-- which both windows over them share.
 WITH
 -- everything that is a sum or a latest time per sku×node, in one pass over the events:
 -- the snapshot's reserved and held and last times ...
@@ -21,6 +25,8 @@ per_node AS (
     SUM(d_reserved) AS reserved,
     SUM(d_held) AS held,
     MAX(ts) AS last_event_ts,
+    MAX(arrival) AS last_arrived,
+    SUM(CASE WHEN absolute THEN 0 ELSE d_on_hand END) AS changed,
     MAX(CASE WHEN kind = 'count' THEN ts END) AS last_count_ts,
     MAX(CASE WHEN kind = 'receipt' THEN ts END) AS last_receipt_ts,
     -- ... demand: reserve units and counts over 5m / 1h / 24h / 7d ...
@@ -56,41 +62,53 @@ totals AS (
     SUM(reserves_30d) OVER (PARTITION BY node) AS node_reserves_30d
   FROM per_node p
 ),
--- on-hand: the events that set or change it, cut into segments, each opened by an absolute
--- reading (segment 0: the changes before the first reading) ...
-segments AS (
-  SELECT sku, node, ts, kind, qty, absolute, d_on_hand,
-         SUM(CASE WHEN absolute THEN 1 ELSE 0 END)
-           OVER (PARTITION BY sku, node ORDER BY ts, event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS segment
+-- on-hand: the events that set it (absolute readings) or change it, in event-time order per
+-- sku×node, with the running sum of the changes so far (readings add nothing to it) and how
+-- many changes there were ...
+changes AS (
+  SELECT sku, node, ts, event_id, kind, qty, absolute,
+         SUM(CASE WHEN absolute THEN 0 ELSE d_on_hand END)
+           OVER (PARTITION BY sku, node ORDER BY ts, event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS changed,
+         SUM(CASE WHEN absolute THEN 0 ELSE 1 END)
+           OVER (PARTITION BY sku, node ORDER BY ts, event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS changes
   FROM timely
   WHERE absolute OR d_on_hand <> 0
 ),
--- ... the level at the end of each segment (its reading plus the changes after it), and the
--- quantity of the reading that opened it if that was a count of the last 30d ...
-segment_levels AS (
-  SELECT sku, node, segment,
-         SUM(CASE WHEN absolute THEN qty ELSE d_on_hand END) AS level,
-         MAX(CASE WHEN kind = 'count' AND ts > ${asof} - 30 * 86400000 THEN qty END) AS recent_count
-  FROM segments GROUP BY sku, node, segment
+-- ... each reading next to the one before: what the events said was there just before it is the
+-- reading before plus the changes since; before the first reading, the changes so far (none if
+-- there were no changes) ...
+readings AS (
+  SELECT sku, node, ts, event_id, kind, qty, changed,
+         CASE WHEN LAG(qty) OVER (PARTITION BY sku, node ORDER BY ts, event_id) IS NOT NULL
+                THEN LAG(qty) OVER (PARTITION BY sku, node ORDER BY ts, event_id) + changed
+                     - LAG(changed) OVER (PARTITION BY sku, node ORDER BY ts, event_id)
+              WHEN changes > 0 THEN changed END AS level_before,
+         LEAD(ts) OVER (PARTITION BY sku, node ORDER BY ts, event_id) IS NULL AS last
+  FROM changes
+  WHERE absolute
 ),
--- ... next to the level of the segment before (segments are numbered without gaps, so the row
--- before is segment - 1, or none) and whether it is the last segment
-levels AS (
-  SELECT sku, node, level, recent_count,
-         LAG(level) OVER (PARTITION BY sku, node ORDER BY segment) AS previous_level,
-         LEAD(segment) OVER (PARTITION BY sku, node ORDER BY segment) IS NULL AS last
-  FROM segment_levels
-),
--- the snapshot's on-hand (the last segment's level: the same state as the batch view) and the
--- count discrepancy (phantom inventory): for each count of the last 30d, what was counted minus
--- what the events said was there just before (the level at the end of the segment before)
+-- ... the snapshot's anchor (the latest reading by (ts, event_id)) with the changes up to it, and
+-- the count discrepancy (phantom inventory): for each count of the last 30d, what was counted
+-- minus what the events said was there just before
 on_hand AS (
   SELECT sku, node,
-         MAX(CASE WHEN last THEN level END) AS level,
-         AVG(CAST(recent_count - previous_level AS DOUBLE)) AS bias,
-         AVG(ABS(CAST(recent_count - previous_level AS DOUBLE))) AS mae,
-         COUNT(recent_count - previous_level) AS counts
-  FROM levels GROUP BY sku, node
+         MAX(CASE WHEN last THEN ts END) AS anchor_ts,
+         MAX(CASE WHEN last THEN event_id END) AS anchor_id,
+         MAX(CASE WHEN last THEN qty END) AS anchor_qty,
+         MAX(CASE WHEN last THEN kind END) AS anchor_kind,
+         MAX(CASE WHEN last THEN changed END) AS anchor_changed,
+         AVG(CAST(discrepancy AS DOUBLE)) AS bias,
+         AVG(ABS(CAST(discrepancy AS DOUBLE))) AS mae,
+         COUNT(discrepancy) AS counts
+  FROM (SELECT *, CASE WHEN kind = 'count' AND ts > ${asof} - 30 * 86400000 THEN qty - level_before END AS discrepancy
+        FROM readings) AS r
+  GROUP BY sku, node
+),
+-- the snapshot's on-hand: the anchor plus the changes after it (all the changes without one)
+levels AS (
+  SELECT s.*, CASE WHEN l.anchor_qty IS NULL THEN s.changed ELSE l.anchor_qty + s.changed - l.anchor_changed END AS level,
+         l.anchor_ts, l.anchor_id, l.anchor_qty, l.anchor_kind, l.bias, l.mae, l.counts
+  FROM on_hand l RIGHT JOIN totals s ON l.sku = s.sku AND l.node = s.node
 ),
 -- seller feed lag: arrival minus event time of the node's feeds over 30d (exact percentiles by
 -- rank, so reruns agree), and reliability: the share of feeds that arrived within the SLA
@@ -113,7 +131,7 @@ regions AS (
 )
 SELECT
   s.sku, s.node,
-  CAST(COALESCE(l.level, 0) AS DOUBLE) AS on_hand,
+  CAST(s.level AS DOUBLE) AS on_hand,
   CAST(s.reserved AS DOUBLE) AS reserved,
   CAST(s.held AS DOUBLE) AS held,
   CAST(s.reserve_units_5m AS DOUBLE) AS reserve_units_5m,
@@ -137,9 +155,9 @@ SELECT
   CAST(${asof} - s.last_count_ts AS DOUBLE) / 3600000.0 AS hours_since_count,
   CAST(${asof} - s.last_receipt_ts AS DOUBLE) / 3600000.0 AS hours_since_receipt,
   CAST(${asof} - s.last_event_ts AS DOUBLE) / 3600000.0 AS hours_since_event,
-  l.bias AS count_bias_30d,
-  l.mae AS count_mae_30d,
-  CAST(COALESCE(l.counts, 0) AS DOUBLE) AS counts_30d,
+  s.bias AS count_bias_30d,
+  s.mae AS count_mae_30d,
+  CAST(COALESCE(s.counts, 0) AS DOUBLE) AS counts_30d,
   CAST(s.shorts_30d AS DOUBLE) / NULLIF(CAST(s.reserves_30d AS DOUBLE), 0) AS short_rate_30d,
   CAST(s.node_shorts_30d AS DOUBLE) / NULLIF(CAST(s.node_reserves_30d AS DOUBLE), 0) AS node_short_rate_30d,
   f.lag_p50_s AS feed_lag_p50_s,
@@ -147,9 +165,18 @@ SELECT
   f.reliability AS feed_reliability_30d,
   CASE WHEN n.kind = 'store' THEN 1.0 WHEN n.kind IS NULL THEN NULL ELSE 0.0 END AS node_is_store,
   CASE WHEN n.kind = 'seller' THEN 1.0 WHEN n.kind IS NULL THEN NULL ELSE 0.0 END AS node_is_seller,
-  g.code AS region_code
-FROM totals s
-LEFT JOIN on_hand l ON l.sku = s.sku AND l.node = s.node
+  g.code AS region_code,
+  -- the snapshot (batch view): what core's fold holds per sku×node
+  s.reserved AS view_reserved,
+  s.held AS view_held,
+  s.last_event_ts AS view_last_ts,
+  s.last_arrived AS view_last_arrived,
+  s.anchor_ts AS view_anchor_ts,
+  s.anchor_id AS view_anchor_id,
+  s.anchor_qty AS view_anchor_qty,
+  s.anchor_kind AS view_anchor_kind,
+  s.level AS view_on_hand
+FROM levels s
 LEFT JOIN feed f ON f.node = s.node
 LEFT JOIN nodes n ON n.node = s.node
 LEFT JOIN regions g ON g.region = n.region

@@ -54,7 +54,7 @@ impl Lake {
         for &asof in cutoffs {
             bar.set_message(format!("as of {}", sellable_core::event::format_millis(asof)));
             self.materialize_timely(&context, asof, config).await?;
-            batches.extend(features_in(&context, asof).await?);
+            batches.extend(feature_batches(&features_in(&context, asof).await?, asof)?);
             bar.inc(1);
         }
         bar.finish();
@@ -118,20 +118,23 @@ impl Lake {
     }
 }
 
-/// Runs the feature SQL over the table `timely` of `context` (the events known at `asof`); the
-/// rows get their `asof`.
+/// Runs the feature SQL over the table `timely` of `context` (the events known at `asof`): its
+/// rows as they come, the features and the snapshot (the batch view's `view_` columns).
 pub(crate) async fn features_in(context: &SessionContext, asof: Millis) -> Result<Vec<RecordBatch>, BatchError> {
     let sql = FEATURES_SQL.replace("${asof}", &asof.to_string());
-    let batches = context.sql(&sql).await?.collect().await?;
+    Ok(context.sql(&sql).await?.collect().await?)
+}
+
+/// The features of the feature SQL's rows, in [`features_schema`], with their `asof`.
+pub(crate) fn feature_batches(rows: &[RecordBatch], asof: Millis) -> Result<Vec<RecordBatch>, BatchError> {
     let schema = features_schema();
-    batches
-        .into_iter()
+    rows.iter()
         .map(|batch| {
             let mut columns = vec![Arc::new(Int64Array::from(vec![asof; batch.num_rows()])) as Arc<dyn Array>];
-            columns.push(arrow_cast::cast(column(&batch, "sku", FEATURES)?, &DataType::Utf8).map_err(arrow_error)?);
-            columns.push(arrow_cast::cast(column(&batch, "node", FEATURES)?, &DataType::Utf8).map_err(arrow_error)?);
+            columns.push(arrow_cast::cast(column(batch, "sku", FEATURES)?, &DataType::Utf8).map_err(arrow_error)?);
+            columns.push(arrow_cast::cast(column(batch, "node", FEATURES)?, &DataType::Utf8).map_err(arrow_error)?);
             for name in BATCH {
-                columns.push(Arc::new(float_column(&batch, name)?));
+                columns.push(Arc::new(float_column(batch, name)?));
             }
             RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)
         })

@@ -202,10 +202,16 @@ impl Lake {
         let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool)).build_arc()?;
         let config = SessionConfig::new().with_target_partitions(2).with_sort_spill_reservation_bytes(64 << 20);
         let context = SessionContext::new_with_config_rt(config, runtime);
+        context.register_udf(id_hash_udf());
         let table = lance::datafusion::LanceTableProvider::new(Arc::new(events), false, false);
         context.register_table(EVENTS, Arc::new(table))?;
-        if let Ok(nodes) = self.dataset(NODES, "").await {
-            context.register_table(NODES, Arc::new(lance::datafusion::LanceTableProvider::new(Arc::new(nodes), false, false)))?;
+        match self.dataset(NODES, "").await {
+            Ok(nodes) => {
+                context.register_table(NODES, Arc::new(lance::datafusion::LanceTableProvider::new(Arc::new(nodes), false, false)))?;
+            }
+            // no catalog: the batch view can still be computed (nodes only feed features)
+            Err(BatchError::Missing(..)) => register_in_memory(&context, NODES, node_schema(), Vec::new())?,
+            Err(error) => return Err(error),
         }
         Ok(context)
     }
@@ -343,12 +349,13 @@ impl Lake {
             .map(|column| column.value(0)))
     }
 
-    /// Computes the batch view as of `asof` with DataFusion and writes it as new versions of
-    /// `batch_view` and `batch_deltas`.
+    /// Computes the batch view as of `asof` with DataFusion (the snapshot columns of the feature
+    /// SQL) and writes it as new versions of `batch_view` and `batch_deltas`.
     pub async fn compute_batch_view(&self, asof: Millis, config: FoldConfig) -> Result<BatchSummary, BatchError> {
         let context = self.session().await?;
         self.materialize_timely(&context, asof, config).await?;
-        self.batch_view_in(&context, asof).await
+        let rows = features::features_in(&context, asof).await?;
+        self.write_batch_view(&context, &rows, asof).await
     }
 
     /// The nightly job: the batch view and the features as of `asof`, from one pass over the
@@ -360,35 +367,35 @@ impl Lake {
         bar.set_message("events known at the cutoff");
         self.materialize_timely(&context, asof, config).await?;
         bar.inc(1);
-        bar.set_message("batch view");
+        bar.set_message("features and snapshot");
         let started = std::time::Instant::now();
-        let view = self.batch_view_in(&context, asof).await?;
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "batch view computed and written");
+        let rows = features::features_in(&context, asof).await?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features and snapshot computed");
         bar.inc(1);
-        bar.set_message("features");
+        bar.set_message("batch view and features written");
         let started = std::time::Instant::now();
-        let features = features::features_in(&context, asof).await?;
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features computed");
+        let view = self.write_batch_view(&context, &rows, asof).await?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "batch view (deltas) computed and written");
         let started = std::time::Instant::now();
-        let features = self.write_features(features, &[asof]).await?;
+        let features = self.write_features(features::feature_batches(&rows, asof)?, &[asof]).await?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features written");
         bar.finish();
         Ok((view, features))
     }
 
-    /// Computes and writes the batch view from the table `timely` of `context`.
-    async fn batch_view_in(&self, context: &SessionContext, asof: Millis) -> Result<BatchSummary, BatchError> {
-        // anchors (one row per sku×node) and deltas are computed once and kept: a view or a CTE
-        // would be computed again by every query that reads it
-        collect_as_table(context, "anchors", ANCHORS_SQL).await?;
-        let deltas = collect_as_table(context, "deltas", DELTAS_SQL).await?;
-        let delta_count: usize = deltas.iter().map(RecordBatch::num_rows).sum();
-        let view = context.sql(&view_sql(asof)).await?.collect().await?;
+    /// Writes the batch view: the snapshot columns of the feature SQL's `rows`, and the on-hand
+    /// deltas after each anchor, from the table `timely` of `context`.
+    async fn write_batch_view(&self, context: &SessionContext, rows: &[RecordBatch], asof: Millis) -> Result<BatchSummary, BatchError> {
+        let view: Vec<RecordBatch> = rows.iter().map(|batch| view_batch(batch, asof)).collect::<Result<_, _>>()?;
         let sku_nodes: usize = view.iter().map(RecordBatch::num_rows).sum();
+        let anchors: Vec<RecordBatch> =
+            view.iter().map(|batch| batch.project(&ANCHOR_COLUMNS)).collect::<Result<_, _>>().map_err(view_error)?;
+        register_in_memory(context, "anchors", Arc::new(view_schema().project(&ANCHOR_COLUMNS).map_err(view_error)?), anchors)?;
+        let deltas = context.sql(DELTAS_SQL).await?.collect().await?;
+        let delta_count: usize = deltas.iter().map(RecordBatch::num_rows).sum();
 
-        let view_schema = view.first().map(RecordBatch::schema).unwrap_or_else(view_schema);
         let version = self
-            .write(BATCH_VIEW, RecordBatchIterator::new(view.into_iter().map(Ok), view_schema), WriteMode::Overwrite)
+            .write(BATCH_VIEW, RecordBatchIterator::new(view.into_iter().map(Ok), view_schema()), WriteMode::Overwrite)
             .await?;
         let deltas_schema = deltas.first().map(RecordBatch::schema).unwrap_or_else(deltas_schema);
         self.write(BATCH_DELTAS, RecordBatchIterator::new(deltas.into_iter().map(Ok), deltas_schema), WriteMode::Overwrite)
@@ -505,31 +512,55 @@ fn effect_sql(part: fn(&sellable_core::fold::Effect) -> i64) -> String {
     format!("(CASE kind{cases} ELSE 0 END) * qty")
 }
 
+/// `id_hash(event_id)`: a 64-bit hash of an event id, so that looking for ids with copies groups
+/// integers instead of strings. Equal ids hash equal; two ids that collide only send their events
+/// through the exact ranking by id, so the result does not depend on the hash.
+fn id_hash_udf() -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::logical_expr::{ColumnarValue, Volatility};
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    datafusion::logical_expr::create_udf(
+        "id_hash",
+        vec![DataType::Utf8],
+        DataType::UInt64,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let ids = arrays.first().and_then(|array| array.as_any().downcast_ref::<StringArray>()).ok_or_else(|| {
+                datafusion::error::DataFusionError::Internal("id_hash takes one string column".into())
+            })?;
+            let hasher = BuildHasherDefault::<DefaultHasher>::default();
+            let hashes: arrow_array::UInt64Array = ids.iter().map(|id| id.map(|id| hasher.hash_one(id))).collect();
+            Ok(ColumnarValue::Array(Arc::new(hashes)))
+        }),
+    )
+}
+
 /// The events known at `asof` that were not too late, deduplicated by `event_id` (the first
 /// arrival wins), with times as integer milliseconds.
 fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
     let absolute: Vec<String> =
         EventKind::ALL.into_iter().filter(|kind| kind.is_absolute()).map(|kind| format!("'{kind}'")).collect();
     // One copy of each event_id: the first to arrive. Copies are rare, so instead of sorting every
-    // event by id, a hash aggregation finds the ids that have copies, the events without copies
-    // pass through a join that holds only those ids, and only the copies are ranked.
+    // event by id, a hash aggregation finds the id hashes that occur more than once, the events
+    // without copies pass through a join that holds only those hashes, and only the events with
+    // such a hash are ranked, by their id.
     format!(
         "WITH known AS (
-           SELECT * FROM (SELECT event_id, CAST(ts AS BIGINT) AS ts, sku, node, kind, qty,
-                                 CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
+           SELECT * FROM (SELECT event_id, id_hash(event_id) AS id_hash, CAST(ts AS BIGINT) AS ts, sku, node,
+                                 kind, qty, CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
                           FROM {EVENTS}) AS events
            WHERE arrival <= {asof} AND arrival - ts <= {lateness}
          ),
-         copied AS (SELECT event_id AS copied_id FROM known GROUP BY event_id HAVING COUNT(*) > 1),
+         copied AS (SELECT id_hash AS copied_hash FROM known GROUP BY id_hash HAVING COUNT(*) > 1),
          first_copies AS (
            SELECT event_id, ts, sku, node, kind, qty, arrival FROM (
              SELECT k.*, row_number() OVER (PARTITION BY k.event_id ORDER BY k.arrival, k.ts) AS copy
-             FROM copied c JOIN known k ON k.event_id = c.copied_id
+             FROM copied c JOIN known k ON k.id_hash = c.copied_hash
            ) AS ranked WHERE copy = 1
          ),
          single AS (
            SELECT k.event_id, k.ts, k.sku, k.node, k.kind, k.qty, k.arrival
-           FROM copied c RIGHT JOIN known k ON k.event_id = c.copied_id WHERE c.copied_id IS NULL
+           FROM copied c RIGHT JOIN known k ON k.id_hash = c.copied_hash WHERE c.copied_hash IS NULL
          )
          SELECT event_id, ts, sku, node, kind, qty, arrival, kind IN ({absolute}) AS absolute,
                 {on_hand} AS d_on_hand, {reserved} AS d_reserved, {held} AS d_held
@@ -542,16 +573,6 @@ fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
     )
 }
 
-/// Runs `sql` and registers its result as the in-memory table `name` (replacing any earlier one);
-/// returns the result too.
-async fn collect_as_table(context: &SessionContext, name: &str, sql: &str) -> Result<Vec<RecordBatch>, BatchError> {
-    let frame = context.sql(sql).await?;
-    let schema = frame.schema().inner().clone();
-    let batches = frame.collect().await?;
-    register_in_memory(context, name, schema, batches.clone())?;
-    Ok(batches)
-}
-
 /// Registers `batches` as the in-memory table `name`, replacing any earlier one.
 fn register_in_memory(context: &SessionContext, name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<(), BatchError> {
     context.deregister_table(name)?;
@@ -559,38 +580,36 @@ fn register_in_memory(context: &SessionContext, name: &str, schema: SchemaRef, b
     Ok(())
 }
 
-/// The latest absolute reading per sku×node, by `(ts, event_id)`.
-const ANCHORS_SQL: &str = "
-    SELECT sku, node, ts AS anchor_ts, event_id AS anchor_id, qty AS anchor_qty, kind AS anchor_kind
-    FROM (SELECT *, row_number() OVER (PARTITION BY sku, node ORDER BY ts DESC, event_id DESC) AS rank
-          FROM timely WHERE absolute) AS ranked
-    WHERE rank = 1";
-
-/// On-hand changes ordered after the anchor of their sku×node. (`anchors`, one row per
-/// sku×node, on the left: a hash join keeps its left side in memory and cannot spill.)
+/// On-hand changes ordered after the anchor of their sku×node (all of them where it has none).
+/// (`anchors`, one row per sku×node, on the left: a hash join keeps its left side in memory and
+/// cannot spill.)
 const DELTAS_SQL: &str = "
     SELECT t.sku, t.node, t.ts, t.event_id, t.d_on_hand AS delta
     FROM anchors a RIGHT JOIN timely t ON t.sku = a.sku AND t.node = a.node
     WHERE NOT t.absolute AND t.d_on_hand <> 0
       AND (a.anchor_ts IS NULL OR t.ts > a.anchor_ts OR (t.ts = a.anchor_ts AND t.event_id > a.anchor_id))";
 
-fn view_sql(asof: Millis) -> String {
-    format!(
-        "WITH sums AS (
-           SELECT sku, node, SUM(d_reserved) AS reserved, SUM(d_held) AS held,
-                  MAX(ts) AS last_ts, MAX(arrival) AS last_arrived
-           FROM timely GROUP BY sku, node),
-         delta_sums AS (SELECT sku, node, SUM(delta) AS delta FROM deltas GROUP BY sku, node)
-         SELECT s.sku, s.node, s.reserved, s.held, s.last_ts, s.last_arrived,
-                a.anchor_ts, a.anchor_id, a.anchor_qty, a.anchor_kind,
-                COALESCE(a.anchor_qty, 0) + COALESCE(d.delta, 0) AS on_hand,
-                CAST({asof} AS BIGINT) AS asof
-         FROM sums s
-         LEFT JOIN anchors a ON s.sku = a.sku AND s.node = a.node
-         LEFT JOIN delta_sums d ON s.sku = d.sku AND s.node = d.node
-         ORDER BY s.sku, s.node"
-    )
+/// The batch view's columns (of [`view_schema`]) of one batch of the feature SQL's rows.
+fn view_batch(rows: &RecordBatch, asof: Millis) -> Result<RecordBatch, BatchError> {
+    let schema = view_schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match field.name().as_str() {
+            "asof" => Ok(Arc::new(Int64Array::from(vec![asof; rows.num_rows()])) as ArrayRef),
+            name @ ("sku" | "node") => arrow_cast::cast(column(rows, name, BATCH_VIEW)?, field.data_type()).map_err(view_error),
+            name => arrow_cast::cast(column(rows, &format!("view_{name}"), BATCH_VIEW)?, field.data_type()).map_err(view_error),
+        })
+        .collect::<Result<_, _>>()?;
+    RecordBatch::try_new(schema, columns).map_err(view_error)
 }
+
+fn view_error(error: ArrowError) -> BatchError {
+    BatchError::Corrupt { dataset: BATCH_VIEW.into(), message: error.to_string() }
+}
+
+/// `sku`, `node`, `anchor_ts`, `anchor_id` of [`view_schema`]: what the deltas are ordered after.
+const ANCHOR_COLUMNS: [usize; 4] = [0, 1, 6, 7];
 
 fn view_schema() -> SchemaRef {
     let int = |name: &str, nullable| Field::new(name, DataType::Int64, nullable);

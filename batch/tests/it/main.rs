@@ -182,6 +182,8 @@ async fn the_nightly_job_gives_the_same_results_from_memory_and_from_its_scratch
     }
     let [(view, features), (scratch_view, scratch_features)] = &results[..] else { unreachable!() };
     assert!(view.states.len() > 20);
+    // the view comes from the features' pass over the events, and is still core's fold
+    assert_eq!(view.states, fold(events.iter().filter(|e| known_at(e, asof)), FoldConfig::default()).states);
     assert_eq!(view.states, scratch_view.states);
     assert_eq!(features.rows.len(), scratch_features.rows.len());
     for (key, row) in &features.rows {
