@@ -17,16 +17,17 @@
 -- references as possible: one aggregation of `timely` per sku×node (totals per SKU and per node
 -- are windows over its result), and one sort of the on-hand events by sku×node and event time,
 -- which both windows over them share.
-WITH
--- everything that is a sum or a latest time per sku×node, in one pass over the events:
--- the snapshot's reserved and held and last times ...
-per_node AS (
+-- Part 1, materialised once in memory (one row per sku×node): everything that is a sum or a
+-- latest time per sku×node, in one pass over the events: the snapshot's reserved and held and
+-- last times, the sum and number of on-hand changes ...
+CREATE OR REPLACE TABLE per_node AS
   SELECT sku, node,
     SUM(d_reserved) AS reserved,
     SUM(d_held) AS held,
     MAX(ts) AS last_event_ts,
     MAX(arrival) AS last_arrived,
     SUM(CASE WHEN absolute THEN 0 ELSE d_on_hand END) AS changed,
+    SUM(CASE WHEN NOT absolute AND d_on_hand <> 0 THEN 1 ELSE 0 END) AS changes,
     MAX(CASE WHEN kind = 'count' THEN ts END) AS last_count_ts,
     MAX(CASE WHEN kind = 'receipt' THEN ts END) AS last_receipt_ts,
     -- ... demand: reserve units and counts over 5m / 1h / 24h / 7d ...
@@ -45,51 +46,61 @@ per_node AS (
     -- ... past shorts (oversells) per reserve over 30d
     SUM(CASE WHEN kind = 'short' AND ts > ${asof} - 30 * 86400000 THEN 1 ELSE 0 END) AS shorts_30d,
     SUM(CASE WHEN kind = 'reserve' AND ts > ${asof} - 30 * 86400000 THEN 1 ELSE 0 END) AS reserves_30d
-  FROM timely GROUP BY sku, node
-),
+  FROM timely GROUP BY sku, node;
+
+-- Part 2, the features.
+WITH
 -- demand per sku over all its nodes, and past shorts per node over all its SKUs
-totals AS (
-  SELECT p.*,
-    SUM(reserve_units_5m) OVER (PARTITION BY sku) AS sku_units_5m,
-    SUM(reserve_count_5m) OVER (PARTITION BY sku) AS sku_count_5m,
-    SUM(reserve_units_1h) OVER (PARTITION BY sku) AS sku_units_1h,
-    SUM(reserve_count_1h) OVER (PARTITION BY sku) AS sku_count_1h,
-    SUM(reserve_units_24h) OVER (PARTITION BY sku) AS sku_units_24h,
-    SUM(reserve_count_24h) OVER (PARTITION BY sku) AS sku_count_24h,
-    SUM(reserve_units_7d) OVER (PARTITION BY sku) AS sku_units_7d,
-    SUM(reserve_count_7d) OVER (PARTITION BY sku) AS sku_count_7d,
-    SUM(shorts_30d) OVER (PARTITION BY node) AS node_shorts_30d,
-    SUM(reserves_30d) OVER (PARTITION BY node) AS node_reserves_30d
-  FROM per_node p
+sku_totals AS (
+  SELECT sku,
+    SUM(reserve_units_5m) AS sku_units_5m, SUM(reserve_count_5m) AS sku_count_5m,
+    SUM(reserve_units_1h) AS sku_units_1h, SUM(reserve_count_1h) AS sku_count_1h,
+    SUM(reserve_units_24h) AS sku_units_24h, SUM(reserve_count_24h) AS sku_count_24h,
+    SUM(reserve_units_7d) AS sku_units_7d, SUM(reserve_count_7d) AS sku_count_7d
+  FROM per_node GROUP BY sku
 ),
--- on-hand: the events that set it (absolute readings) or change it, in event-time order per
--- sku×node, with the running sum of the changes so far (readings add nothing to it) and how
--- many changes there were ...
+node_totals AS (
+  SELECT node, SUM(shorts_30d) AS node_shorts_30d, SUM(reserves_30d) AS node_reserves_30d FROM per_node GROUP BY node
+),
+-- On-hand. Its windows run per node, over the node's events in (sku, ts, event_id) order: a
+-- window per sku×node would cost DataFusion a partition each, and there are millions. So the
+-- running sums go through all the SKUs of a node, and `starts` says where each sku×node starts
+-- in them: the changes (and their number) of the node's SKUs before it ...
+starts AS (
+  SELECT sku, node,
+         SUM(changed) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - changed AS changed_before,
+         SUM(changes) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - changes AS changes_before
+  FROM per_node
+),
+-- ... the events that set on-hand (absolute readings) or change it, with the running sum of the
+-- changes (readings add nothing to it) and their running number ...
 changes AS (
   SELECT sku, node, ts, event_id, kind, qty, absolute,
          SUM(CASE WHEN absolute THEN 0 ELSE d_on_hand END)
-           OVER (PARTITION BY sku, node ORDER BY ts, event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS changed,
+           OVER (PARTITION BY node ORDER BY sku, ts, event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS changed,
          SUM(CASE WHEN absolute THEN 0 ELSE 1 END)
-           OVER (PARTITION BY sku, node ORDER BY ts, event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS changes
+           OVER (PARTITION BY node ORDER BY sku, ts, event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS changes
   FROM timely
   WHERE absolute OR d_on_hand <> 0
 ),
--- ... each reading next to the one before: what the events said was there just before it is the
--- reading before plus the changes since; before the first reading, the changes so far (none if
--- there were no changes) ...
+-- ... each reading next to the one before: whether it is the first or the last of its sku×node,
+-- and (but for the first) what the events said was there just before it, the reading before plus
+-- the changes since, and so the count discrepancy if it is a count of the last 30d ...
 readings AS (
-  SELECT sku, node, ts, event_id, kind, qty, changed,
-         CASE WHEN LAG(qty) OVER (PARTITION BY sku, node ORDER BY ts, event_id) IS NOT NULL
-                THEN LAG(qty) OVER (PARTITION BY sku, node ORDER BY ts, event_id) + changed
-                     - LAG(changed) OVER (PARTITION BY sku, node ORDER BY ts, event_id)
-              WHEN changes > 0 THEN changed END AS level_before,
-         LEAD(ts) OVER (PARTITION BY sku, node ORDER BY ts, event_id) IS NULL AS last
-  FROM changes
-  WHERE absolute
+  SELECT *, CASE WHEN kind = 'count' AND ts > ${asof} - 30 * 86400000 THEN qty - level_before END AS discrepancy
+  FROM (
+    SELECT sku, node, ts, event_id, kind, qty, changed, changes,
+           LAG(sku) OVER (PARTITION BY node ORDER BY sku, ts, event_id) IS DISTINCT FROM sku AS first,
+           LEAD(sku) OVER (PARTITION BY node ORDER BY sku, ts, event_id) IS DISTINCT FROM sku AS last,
+           CASE WHEN LAG(sku) OVER (PARTITION BY node ORDER BY sku, ts, event_id) = sku
+                THEN LAG(qty) OVER (PARTITION BY node ORDER BY sku, ts, event_id) + changed
+                     - LAG(changed) OVER (PARTITION BY node ORDER BY sku, ts, event_id) END AS level_before
+    FROM changes
+    WHERE absolute
+  ) AS r
 ),
--- ... the snapshot's anchor (the latest reading by (ts, event_id)) with the changes up to it, and
--- the count discrepancy (phantom inventory): for each count of the last 30d, what was counted
--- minus what the events said was there just before
+-- ... per sku×node: the anchor (the latest reading by (ts, event_id)), the first reading, and the
+-- other readings' discrepancies ...
 on_hand AS (
   SELECT sku, node,
          MAX(CASE WHEN last THEN ts END) AS anchor_ts,
@@ -97,18 +108,38 @@ on_hand AS (
          MAX(CASE WHEN last THEN qty END) AS anchor_qty,
          MAX(CASE WHEN last THEN kind END) AS anchor_kind,
          MAX(CASE WHEN last THEN changed END) AS anchor_changed,
-         AVG(CAST(discrepancy AS DOUBLE)) AS bias,
-         AVG(ABS(CAST(discrepancy AS DOUBLE))) AS mae,
-         COUNT(discrepancy) AS counts
-  FROM (SELECT *, CASE WHEN kind = 'count' AND ts > ${asof} - 30 * 86400000 THEN qty - level_before END AS discrepancy
-        FROM readings) AS r
-  GROUP BY sku, node
+         MAX(CASE WHEN first THEN changed END) AS first_changed,
+         MAX(CASE WHEN first THEN changes END) AS first_changes,
+         MAX(CASE WHEN first AND kind = 'count' AND ts > ${asof} - 30 * 86400000 THEN qty END) AS first_count,
+         SUM(discrepancy) AS discrepancy_sum,
+         SUM(ABS(discrepancy)) AS discrepancy_abs,
+         COUNT(discrepancy) AS discrepancies
+  FROM readings GROUP BY sku, node
 ),
--- the snapshot's on-hand: the anchor plus the changes after it (all the changes without one)
+-- ... the snapshot's on-hand: the anchor plus the changes after it (all the changes without
+-- one); the first reading's discrepancy: what it counted minus the changes before it, if there
+-- were any (else the events said nothing about what was there) ...
 levels AS (
-  SELECT s.*, CASE WHEN l.anchor_qty IS NULL THEN s.changed ELSE l.anchor_qty + s.changed - l.anchor_changed END AS level,
-         l.anchor_ts, l.anchor_id, l.anchor_qty, l.anchor_kind, l.bias, l.mae, l.counts
-  FROM on_hand l RIGHT JOIN totals s ON l.sku = s.sku AND l.node = s.node
+  SELECT p.*, t.sku_units_5m, t.sku_count_5m, t.sku_units_1h, t.sku_count_1h, t.sku_units_24h, t.sku_count_24h,
+         t.sku_units_7d, t.sku_count_7d, n.node_shorts_30d, n.node_reserves_30d,
+         l.anchor_ts, l.anchor_id, l.anchor_qty, l.anchor_kind,
+         CASE WHEN l.anchor_qty IS NULL THEN p.changed
+              ELSE l.anchor_qty + b.changed_before + p.changed - l.anchor_changed END AS level,
+         l.discrepancy_sum, l.discrepancy_abs, COALESCE(l.discrepancies, 0) AS discrepancies,
+         CASE WHEN l.first_changes - b.changes_before > 0 THEN l.first_count - (l.first_changed - b.changed_before) END AS first_discrepancy
+  FROM per_node p
+  JOIN starts b ON b.sku = p.sku AND b.node = p.node
+  JOIN sku_totals t ON t.sku = p.sku
+  JOIN node_totals n ON n.node = p.node
+  LEFT JOIN on_hand l ON l.sku = p.sku AND l.node = p.node
+),
+-- ... and the count discrepancy (phantom inventory) over 30d: for each count, what was counted
+-- minus what the events said was there just before; mean (bias), mean absolute value, number
+totals AS (
+  SELECT *,
+         CAST(COALESCE(discrepancy_sum, 0) + COALESCE(first_discrepancy, 0) AS DOUBLE) / NULLIF(counts, 0) AS bias,
+         CAST(COALESCE(discrepancy_abs, 0) + COALESCE(ABS(first_discrepancy), 0) AS DOUBLE) / NULLIF(counts, 0) AS mae
+  FROM (SELECT *, discrepancies + CASE WHEN first_discrepancy IS NULL THEN 0 ELSE 1 END AS counts FROM levels) AS c
 ),
 -- seller feed lag: arrival minus event time of the node's feeds over 30d (exact percentiles by
 -- rank, so reruns agree), and reliability: the share of feeds that arrived within the SLA
@@ -157,7 +188,7 @@ SELECT
   CAST(${asof} - s.last_event_ts AS DOUBLE) / 3600000.0 AS hours_since_event,
   s.bias AS count_bias_30d,
   s.mae AS count_mae_30d,
-  CAST(COALESCE(s.counts, 0) AS DOUBLE) AS counts_30d,
+  CAST(s.counts AS DOUBLE) AS counts_30d,
   CAST(s.shorts_30d AS DOUBLE) / NULLIF(CAST(s.reserves_30d AS DOUBLE), 0) AS short_rate_30d,
   CAST(s.node_shorts_30d AS DOUBLE) / NULLIF(CAST(s.node_reserves_30d AS DOUBLE), 0) AS node_short_rate_30d,
   f.lag_p50_s AS feed_lag_p50_s,
@@ -176,7 +207,7 @@ SELECT
   s.anchor_qty AS view_anchor_qty,
   s.anchor_kind AS view_anchor_kind,
   s.level AS view_on_hand
-FROM levels s
+FROM totals s
 LEFT JOIN feed f ON f.node = s.node
 LEFT JOIN nodes n ON n.node = s.node
 LEFT JOIN regions g ON g.region = n.region
