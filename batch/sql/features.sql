@@ -19,7 +19,7 @@
 -- which both windows over them share.
 -- Part 1, materialised once in memory (one row per sku×node): everything that is a sum or a
 -- latest time per sku×node, in one pass over the events: the snapshot's reserved and held and
--- last times, the sum and number of on-hand changes ...
+-- last times, the sum of the on-hand changes and the number of events that set or change it ...
 CREATE OR REPLACE TABLE per_node AS
   SELECT sku, node,
     SUM(d_reserved) AS reserved,
@@ -27,7 +27,7 @@ CREATE OR REPLACE TABLE per_node AS
     MAX(ts) AS last_event_ts,
     MAX(arrival) AS last_arrived,
     SUM(CASE WHEN absolute THEN 0 ELSE d_on_hand END) AS changed,
-    SUM(CASE WHEN NOT absolute AND d_on_hand <> 0 THEN 1 ELSE 0 END) AS changes,
+    SUM(CASE WHEN absolute OR d_on_hand <> 0 THEN 1 ELSE 0 END) AS on_hand_events,
     MAX(CASE WHEN kind = 'count' THEN ts END) AS last_count_ts,
     MAX(CASE WHEN kind = 'receipt' THEN ts END) AS last_receipt_ts,
     -- ... demand: reserve units and counts over 5m / 1h / 24h / 7d ...
@@ -64,22 +64,21 @@ node_totals AS (
 ),
 -- On-hand. Its windows run per node, over the node's events in (sku, ts, event_id) order: a
 -- window per sku×node would cost DataFusion a partition each, and there are millions. So the
--- running sums go through all the SKUs of a node, and `starts` says where each sku×node starts
--- in them: the changes (and their number) of the node's SKUs before it ...
+-- running sum and positions go through all the SKUs of a node, and `starts` says where each
+-- sku×node starts in them: the changes, and the number of events, of the node's SKUs before it ...
 starts AS (
   SELECT sku, node,
          SUM(changed) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - changed AS changed_before,
-         SUM(changes) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - changes AS changes_before
+         SUM(on_hand_events) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - on_hand_events AS events_before
   FROM per_node
 ),
 -- ... the events that set on-hand (absolute readings) or change it, with the running sum of the
--- changes (readings add nothing to it) and their running number ...
+-- changes (readings add nothing to it) and their position ...
 changes AS (
   SELECT sku, node, ts, event_id, kind, qty, absolute,
          SUM(CASE WHEN absolute THEN 0 ELSE d_on_hand END)
            OVER (PARTITION BY node ORDER BY sku, ts, event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS changed,
-         SUM(CASE WHEN absolute THEN 0 ELSE 1 END)
-           OVER (PARTITION BY node ORDER BY sku, ts, event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS changes
+         ROW_NUMBER() OVER (PARTITION BY node ORDER BY sku, ts, event_id) AS position
   FROM timely
   WHERE absolute OR d_on_hand <> 0
 ),
@@ -89,7 +88,7 @@ changes AS (
 readings AS (
   SELECT *, CASE WHEN kind = 'count' AND ts > ${asof} - 30 * 86400000 THEN qty - level_before END AS discrepancy
   FROM (
-    SELECT sku, node, ts, event_id, kind, qty, changed, changes,
+    SELECT sku, node, ts, event_id, kind, qty, changed, position,
            LAG(sku) OVER (PARTITION BY node ORDER BY sku, ts, event_id) IS DISTINCT FROM sku AS first,
            LEAD(sku) OVER (PARTITION BY node ORDER BY sku, ts, event_id) IS DISTINCT FROM sku AS last,
            CASE WHEN LAG(sku) OVER (PARTITION BY node ORDER BY sku, ts, event_id) = sku
@@ -109,7 +108,7 @@ on_hand AS (
          MAX(CASE WHEN last THEN kind END) AS anchor_kind,
          MAX(CASE WHEN last THEN changed END) AS anchor_changed,
          MAX(CASE WHEN first THEN changed END) AS first_changed,
-         MAX(CASE WHEN first THEN changes END) AS first_changes,
+         MAX(CASE WHEN first THEN position END) AS first_position,
          MAX(CASE WHEN first AND kind = 'count' AND ts > ${asof} - 30 * 86400000 THEN qty END) AS first_count,
          SUM(discrepancy) AS discrepancy_sum,
          SUM(ABS(discrepancy)) AS discrepancy_abs,
@@ -118,7 +117,8 @@ on_hand AS (
 ),
 -- ... the snapshot's on-hand: the anchor plus the changes after it (all the changes without
 -- one); the first reading's discrepancy: what it counted minus the changes before it, if there
--- were any (else the events said nothing about what was there) ...
+-- were any, that is if it is not the sku×node's first event (else the events said nothing about
+-- what was there) ...
 levels AS (
   SELECT p.*, t.sku_units_5m, t.sku_count_5m, t.sku_units_1h, t.sku_count_1h, t.sku_units_24h, t.sku_count_24h,
          t.sku_units_7d, t.sku_count_7d, n.node_shorts_30d, n.node_reserves_30d,
@@ -126,7 +126,7 @@ levels AS (
          CASE WHEN l.anchor_qty IS NULL THEN p.changed
               ELSE l.anchor_qty + b.changed_before + p.changed - l.anchor_changed END AS level,
          l.discrepancy_sum, l.discrepancy_abs, COALESCE(l.discrepancies, 0) AS discrepancies,
-         CASE WHEN l.first_changes - b.changes_before > 0 THEN l.first_count - (l.first_changed - b.changed_before) END AS first_discrepancy
+         CASE WHEN l.first_position > b.events_before + 1 THEN l.first_count - (l.first_changed - b.changed_before) END AS first_discrepancy
   FROM per_node p
   JOIN starts b ON b.sku = p.sku AND b.node = p.node
   JOIN sku_totals t ON t.sku = p.sku

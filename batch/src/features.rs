@@ -123,33 +123,12 @@ impl Lake {
 /// the rows of the last, the features and the snapshot (the batch view's `view_` columns).
 pub(crate) async fn features_in(context: &SessionContext, asof: Millis) -> Result<Vec<RecordBatch>, BatchError> {
     let sql = FEATURES_SQL.replace("${asof}", &asof.to_string());
-    let mut statements = statements(&sql);
+    let mut statements = crate::statements(&sql);
     let last = statements.pop().unwrap_or_default();
     for statement in statements {
         context.sql(&statement).await?.collect().await?;
     }
     Ok(context.sql(&last).await?.collect().await?)
-}
-
-/// The statements of a SQL script: each ends with a line ending in `;` (comments aside).
-fn statements(sql: &str) -> Vec<String> {
-    let mut statements = vec![String::new()];
-    for line in sql.lines() {
-        let current = statements.last_mut().expect("never empty");
-        let code = !line.trim_start().starts_with("--");
-        match line.trim_end().strip_suffix(';') {
-            Some(end) if code => {
-                current.push_str(end);
-                statements.push(String::new());
-            }
-            _ => {
-                current.push_str(line);
-                current.push('\n');
-            }
-        }
-    }
-    statements.retain(|statement| statement.lines().any(|line| !line.trim().is_empty() && !line.trim_start().starts_with("--")));
-    statements
 }
 
 /// The features of the feature SQL's rows, in [`features_schema`], with their `asof`.

@@ -222,7 +222,12 @@ impl Lake {
     /// beyond it they are streamed to a scratch Lance dataset, so memory stays bounded.
     async fn materialize_timely(&self, context: &SessionContext, asof: Millis, config: FoldConfig) -> Result<(), BatchError> {
         let started = std::time::Instant::now();
-        let mut stream = context.sql(&timely_events_sql(asof, config)).await?.execute_stream().await?;
+        let mut statements = statements(&timely_events_sql(asof, config));
+        let last = statements.pop().unwrap_or_default();
+        for statement in statements {
+            context.sql(&statement).await?.collect().await?;
+        }
+        let mut stream = context.sql(&last).await?.execute_stream().await?;
         let schema = stream.schema();
         let (mut held, mut bytes) = (Vec::new(), 0);
         while bytes <= self.scratch_limit {
@@ -536,7 +541,8 @@ fn id_hash_udf() -> datafusion::logical_expr::ScalarUDF {
 }
 
 /// The events known at `asof` that were not too late, deduplicated by `event_id` (the first
-/// arrival wins), with times as integer milliseconds.
+/// arrival wins), with times as integer milliseconds: a script of two statements (see
+/// [`statements`]).
 fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
     let absolute: Vec<String> =
         EventKind::ALL.into_iter().filter(|kind| kind.is_absolute()).map(|kind| format!("'{kind}'")).collect();
@@ -544,14 +550,19 @@ fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
     // event by id, a hash aggregation finds the id hashes that occur more than once, the events
     // without copies pass through a join that holds only those hashes, and only the events with
     // such a hash are ranked, by their id.
+    // The hashes with copies are few: kept as a table, the joins know it is small and hold it
+    // whole, and it is aggregated once rather than once per join.
+    let known = format!(
+        "SELECT * FROM (SELECT event_id, id_hash(event_id) AS id_hash, CAST(ts AS BIGINT) AS ts, sku, node,
+                               kind, qty, CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
+                        FROM {EVENTS}) AS events
+         WHERE arrival <= {asof} AND arrival - ts <= {lateness}",
+        lateness = config.lateness_ms,
+    );
     format!(
-        "WITH known AS (
-           SELECT * FROM (SELECT event_id, id_hash(event_id) AS id_hash, CAST(ts AS BIGINT) AS ts, sku, node,
-                                 kind, qty, CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
-                          FROM {EVENTS}) AS events
-           WHERE arrival <= {asof} AND arrival - ts <= {lateness}
-         ),
-         copied AS (SELECT id_hash AS copied_hash FROM known GROUP BY id_hash HAVING COUNT(*) > 1),
+        "CREATE OR REPLACE TABLE copied AS
+           SELECT id_hash AS copied_hash FROM ({known}) AS known GROUP BY id_hash HAVING COUNT(*) > 1;
+         WITH known AS ({known}),
          first_copies AS (
            SELECT event_id, ts, sku, node, kind, qty, arrival FROM (
              SELECT k.*, row_number() OVER (PARTITION BY k.event_id ORDER BY k.arrival, k.ts) AS copy
@@ -569,8 +580,28 @@ fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
         on_hand = effect_sql(|e| e.on_hand),
         reserved = effect_sql(|e| e.reserved),
         held = effect_sql(|e| e.held),
-        lateness = config.lateness_ms,
     )
+}
+
+/// The statements of a SQL script: each ends with a line ending in `;` (comments aside).
+pub(crate) fn statements(sql: &str) -> Vec<String> {
+    let mut statements = vec![String::new()];
+    for line in sql.lines() {
+        let current = statements.last_mut().expect("never empty");
+        let code = !line.trim_start().starts_with("--");
+        match line.trim_end().strip_suffix(';') {
+            Some(end) if code => {
+                current.push_str(end);
+                statements.push(String::new());
+            }
+            _ => {
+                current.push_str(line);
+                current.push('\n');
+            }
+        }
+    }
+    statements.retain(|statement| statement.lines().any(|line| !line.trim().is_empty() && !line.trim_start().starts_with("--")));
+    statements
 }
 
 /// Registers `batches` as the in-memory table `name`, replacing any earlier one.
