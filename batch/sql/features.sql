@@ -45,12 +45,14 @@ CREATE OR REPLACE TABLE per_node AS
     SUM(CASE WHEN kind = 'ship' AND ts > ${asof} - 604800000 THEN qty ELSE 0 END) AS shipped_7d,
     -- ... past shorts (oversells) per reserve over 30d
     SUM(CASE WHEN kind = 'short' AND ts > ${asof} - 30 * 86400000 THEN 1 ELSE 0 END) AS shorts_30d,
-    SUM(CASE WHEN kind = 'reserve' AND ts > ${asof} - 30 * 86400000 THEN 1 ELSE 0 END) AS reserves_30d
+    SUM(CASE WHEN kind = 'reserve' AND ts > ${asof} - 30 * 86400000 THEN 1 ELSE 0 END) AS reserves_30d,
+    -- ... and the seller feeds of the last 30d
+    SUM(CASE WHEN kind = 'feed' AND ts > ${asof} - 30 * 86400000 THEN 1 ELSE 0 END) AS feeds_30d
   FROM timely GROUP BY sku, node;
 
 -- Part 2, the features.
 WITH
--- demand per sku over all its nodes, and past shorts per node over all its SKUs
+-- demand per sku over all its nodes, and past shorts and feeds per node over all its SKUs
 sku_totals AS (
   SELECT sku,
     SUM(reserve_units_5m) AS sku_units_5m, SUM(reserve_count_5m) AS sku_count_5m,
@@ -60,7 +62,8 @@ sku_totals AS (
   FROM per_node GROUP BY sku
 ),
 node_totals AS (
-  SELECT node, SUM(shorts_30d) AS node_shorts_30d, SUM(reserves_30d) AS node_reserves_30d FROM per_node GROUP BY node
+  SELECT node, SUM(shorts_30d) AS node_shorts_30d, SUM(reserves_30d) AS node_reserves_30d, SUM(feeds_30d) AS feeds
+  FROM per_node GROUP BY node
 ),
 -- On-hand. Its windows run per node, over the node's events in (sku, ts, event_id) order: a
 -- window per sku×node would cost DataFusion a partition each, and there are millions. So the
@@ -142,12 +145,12 @@ totals AS (
   FROM (SELECT *, discrepancies + CASE WHEN first_discrepancy IS NULL THEN 0 ELSE 1 END AS counts FROM levels) AS c
 ),
 -- seller feed lag: arrival minus event time of the node's feeds over 30d (exact percentiles by
--- rank, so reruns agree), and reliability: the share of feeds that arrived within the SLA
+-- rank: the lag at a rank is the same whatever order equal lags take, so reruns agree), and
+-- reliability: the share of feeds that arrived within the SLA
 feed_lags AS (
-  SELECT r.node, CAST(r.arrival - r.ts AS DOUBLE) AS lag, n.feed_sla_ms,
-         ROW_NUMBER() OVER (PARTITION BY r.node ORDER BY r.arrival - r.ts, r.event_id) AS rank,
-         COUNT(*) OVER (PARTITION BY r.node) AS feeds
-  FROM nodes n JOIN timely r ON r.node = n.node
+  SELECT r.node, CAST(r.arrival - r.ts AS DOUBLE) AS lag, n.feed_sla_ms, t.feeds,
+         ROW_NUMBER() OVER (PARTITION BY r.node ORDER BY r.arrival - r.ts) AS rank
+  FROM nodes n JOIN node_totals t ON t.node = n.node JOIN timely r ON r.node = n.node
   WHERE r.kind = 'feed' AND r.ts > ${asof} - 30 * 86400000
 ),
 feed AS (
