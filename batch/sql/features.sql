@@ -10,13 +10,16 @@
 -- Then the snapshot, the batch view's columns prefixed `view_` (integers and the anchor, exactly
 -- the state core's fold gives; batch/src/lib.rs writes them as `batch_view`): the features and
 -- the view come from one pass, so they cannot disagree.
+-- Statements: each ends with a line ending in `;`. Parts 1 to 3 create in-memory tables (one
+-- row per sku×node or per node) that the next parts read; part 4 gives the output.
 -- Memory: a hash join holds its left side in memory and cannot spill, so every join below has a
 -- small side (per sku×node, per node, or filtered) on its left; the big inputs are aggregated or
 -- windowed (which spill) first.
--- Speed: DataFusion plans a CTE again wherever it is used, so each big input is read by as few
--- references as possible: one aggregation of `timely` per sku×node (totals per SKU and per node
--- are windows over its result), and one sort of the on-hand events by sku×node and event time,
--- which both windows over them share.
+-- Speed: DataFusion plans a CTE again wherever it is used, so what is read twice is a table (part
+-- 1), and the big inputs are read once per part: one aggregation of `timely`, one sort of its
+-- on-hand events that both windows over them share, one sort of the feeds. Each part runs alone,
+-- so its sorts get the whole memory limit.
+
 -- Part 1, materialised once in memory (one row per sku×node): everything that is a sum or a
 -- latest time per sku×node, in one pass over the events: the snapshot's reserved and held and
 -- last times, the sum of the on-hand changes and the number of events that set or change it ...
@@ -50,32 +53,13 @@ CREATE OR REPLACE TABLE per_node AS
     SUM(CASE WHEN kind = 'feed' AND ts > ${asof} - 30 * 86400000 THEN 1 ELSE 0 END) AS feeds_30d
   FROM timely GROUP BY sku, node;
 
--- Part 2, the features.
+-- Part 2, materialised (one row per sku×node with on-hand events): on-hand. Its windows run per
+-- node, over the node's events in (sku, ts, event_id) order: a window per sku×node would cost
+-- DataFusion a partition each, and there are millions. So the running sum and the positions go
+-- through all the SKUs of a node, and part 4 (`starts`) says where each sku×node starts in them.
+CREATE OR REPLACE TABLE on_hand AS
 WITH
--- demand per sku over all its nodes, and past shorts and feeds per node over all its SKUs
-sku_totals AS (
-  SELECT sku,
-    SUM(reserve_units_5m) AS sku_units_5m, SUM(reserve_count_5m) AS sku_count_5m,
-    SUM(reserve_units_1h) AS sku_units_1h, SUM(reserve_count_1h) AS sku_count_1h,
-    SUM(reserve_units_24h) AS sku_units_24h, SUM(reserve_count_24h) AS sku_count_24h,
-    SUM(reserve_units_7d) AS sku_units_7d, SUM(reserve_count_7d) AS sku_count_7d
-  FROM per_node GROUP BY sku
-),
-node_totals AS (
-  SELECT node, SUM(shorts_30d) AS node_shorts_30d, SUM(reserves_30d) AS node_reserves_30d, SUM(feeds_30d) AS feeds
-  FROM per_node GROUP BY node
-),
--- On-hand. Its windows run per node, over the node's events in (sku, ts, event_id) order: a
--- window per sku×node would cost DataFusion a partition each, and there are millions. So the
--- running sum and positions go through all the SKUs of a node, and `starts` says where each
--- sku×node starts in them: the changes, and the number of events, of the node's SKUs before it ...
-starts AS (
-  SELECT sku, node,
-         SUM(changed) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - changed AS changed_before,
-         SUM(on_hand_events) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - on_hand_events AS events_before
-  FROM per_node
-),
--- ... the events that set on-hand (absolute readings) or change it, with the running sum of the
+-- the events that set on-hand (absolute readings) or change it, with the running sum of the
 -- changes (readings add nothing to it) and their position ...
 changes AS (
   SELECT sku, node, ts, event_id, kind, qty, absolute,
@@ -100,23 +84,65 @@ readings AS (
     FROM changes
     WHERE absolute
   ) AS r
-),
+)
 -- ... per sku×node: the anchor (the latest reading by (ts, event_id)), the first reading, and the
 -- other readings' discrepancies ...
-on_hand AS (
+SELECT sku, node,
+       MAX(CASE WHEN last THEN ts END) AS anchor_ts,
+       MAX(CASE WHEN last THEN event_id END) AS anchor_id,
+       MAX(CASE WHEN last THEN qty END) AS anchor_qty,
+       MAX(CASE WHEN last THEN kind END) AS anchor_kind,
+       MAX(CASE WHEN last THEN changed END) AS anchor_changed,
+       MAX(CASE WHEN first THEN changed END) AS first_changed,
+       MAX(CASE WHEN first THEN position END) AS first_position,
+       MAX(CASE WHEN first AND kind = 'count' AND ts > ${asof} - 30 * 86400000 THEN qty END) AS first_count,
+       SUM(discrepancy) AS discrepancy_sum,
+       SUM(ABS(discrepancy)) AS discrepancy_abs,
+       COUNT(discrepancy) AS discrepancies
+FROM readings GROUP BY sku, node;
+
+-- Part 3, materialised (one row per node with feeds): seller feeds.
+CREATE OR REPLACE TABLE feed AS
+WITH
+-- seller feed lag: arrival minus event time of the node's feeds over 30d (exact percentiles by
+-- rank: the lag at a rank is the same whatever order equal lags take, so reruns agree), and
+-- reliability: the share of feeds that arrived within the SLA
+feed_lags AS (
+  SELECT r.node, CAST(r.arrival - r.ts AS DOUBLE) AS lag, n.feed_sla_ms, t.feeds,
+         ROW_NUMBER() OVER (PARTITION BY r.node ORDER BY r.arrival - r.ts) AS rank
+  FROM nodes n
+  JOIN (SELECT node, SUM(feeds_30d) AS feeds FROM per_node GROUP BY node) AS t ON t.node = n.node
+  JOIN timely r ON r.node = n.node
+  WHERE r.kind = 'feed' AND r.ts > ${asof} - 30 * 86400000
+)
+SELECT node,
+  MAX(CASE WHEN rank = CAST(CEIL(0.5 * feeds) AS BIGINT) THEN lag END) / 1000.0 AS lag_p50_s,
+  MAX(CASE WHEN rank = CAST(CEIL(0.95 * feeds) AS BIGINT) THEN lag END) / 1000.0 AS lag_p95_s,
+  AVG(CASE WHEN lag <= feed_sla_ms THEN 1.0 ELSE 0.0 END) AS reliability
+FROM feed_lags GROUP BY node;
+
+-- Part 4, the features and the snapshot.
+WITH
+-- demand per sku over all its nodes, and past shorts per node over all its SKUs
+sku_totals AS (
+  SELECT sku,
+    SUM(reserve_units_5m) AS sku_units_5m, SUM(reserve_count_5m) AS sku_count_5m,
+    SUM(reserve_units_1h) AS sku_units_1h, SUM(reserve_count_1h) AS sku_count_1h,
+    SUM(reserve_units_24h) AS sku_units_24h, SUM(reserve_count_24h) AS sku_count_24h,
+    SUM(reserve_units_7d) AS sku_units_7d, SUM(reserve_count_7d) AS sku_count_7d
+  FROM per_node GROUP BY sku
+),
+node_totals AS (
+  SELECT node, SUM(shorts_30d) AS node_shorts_30d, SUM(reserves_30d) AS node_reserves_30d
+  FROM per_node GROUP BY node
+),
+-- where each sku×node starts in part 2's running sum and positions: the changes, and the number
+-- of on-hand events, of the node's SKUs before it ...
+starts AS (
   SELECT sku, node,
-         MAX(CASE WHEN last THEN ts END) AS anchor_ts,
-         MAX(CASE WHEN last THEN event_id END) AS anchor_id,
-         MAX(CASE WHEN last THEN qty END) AS anchor_qty,
-         MAX(CASE WHEN last THEN kind END) AS anchor_kind,
-         MAX(CASE WHEN last THEN changed END) AS anchor_changed,
-         MAX(CASE WHEN first THEN changed END) AS first_changed,
-         MAX(CASE WHEN first THEN position END) AS first_position,
-         MAX(CASE WHEN first AND kind = 'count' AND ts > ${asof} - 30 * 86400000 THEN qty END) AS first_count,
-         SUM(discrepancy) AS discrepancy_sum,
-         SUM(ABS(discrepancy)) AS discrepancy_abs,
-         COUNT(discrepancy) AS discrepancies
-  FROM readings GROUP BY sku, node
+         SUM(changed) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - changed AS changed_before,
+         SUM(on_hand_events) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - on_hand_events AS events_before
+  FROM per_node
 ),
 -- ... the snapshot's on-hand: the anchor plus the changes after it (all the changes without
 -- one); the first reading's discrepancy: what it counted minus the changes before it, if there
@@ -143,22 +169,6 @@ totals AS (
          CAST(COALESCE(discrepancy_sum, 0) + COALESCE(first_discrepancy, 0) AS DOUBLE) / NULLIF(counts, 0) AS bias,
          CAST(COALESCE(discrepancy_abs, 0) + COALESCE(ABS(first_discrepancy), 0) AS DOUBLE) / NULLIF(counts, 0) AS mae
   FROM (SELECT *, discrepancies + CASE WHEN first_discrepancy IS NULL THEN 0 ELSE 1 END AS counts FROM levels) AS c
-),
--- seller feed lag: arrival minus event time of the node's feeds over 30d (exact percentiles by
--- rank: the lag at a rank is the same whatever order equal lags take, so reruns agree), and
--- reliability: the share of feeds that arrived within the SLA
-feed_lags AS (
-  SELECT r.node, CAST(r.arrival - r.ts AS DOUBLE) AS lag, n.feed_sla_ms, t.feeds,
-         ROW_NUMBER() OVER (PARTITION BY r.node ORDER BY r.arrival - r.ts) AS rank
-  FROM nodes n JOIN node_totals t ON t.node = n.node JOIN timely r ON r.node = n.node
-  WHERE r.kind = 'feed' AND r.ts > ${asof} - 30 * 86400000
-),
-feed AS (
-  SELECT node,
-    MAX(CASE WHEN rank = CAST(CEIL(0.5 * feeds) AS BIGINT) THEN lag END) / 1000.0 AS lag_p50_s,
-    MAX(CASE WHEN rank = CAST(CEIL(0.95 * feeds) AS BIGINT) THEN lag END) / 1000.0 AS lag_p95_s,
-    AVG(CASE WHEN lag <= feed_sla_ms THEN 1.0 ELSE 0.0 END) AS reliability
-  FROM feed_lags GROUP BY node
 ),
 regions AS (
   SELECT region, CAST(DENSE_RANK() OVER (ORDER BY region) AS DOUBLE) AS code FROM (SELECT DISTINCT region FROM nodes) AS r
