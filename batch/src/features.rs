@@ -123,12 +123,7 @@ impl Lake {
 /// the rows of the last, the features and the snapshot (the batch view's `view_` columns).
 pub(crate) async fn features_in(context: &SessionContext, asof: Millis) -> Result<Vec<RecordBatch>, BatchError> {
     let sql = FEATURES_SQL.replace("${asof}", &asof.to_string());
-    let mut statements = crate::statements(&sql);
-    let last = statements.pop().unwrap_or_default();
-    for statement in statements {
-        context.sql(&statement).await?.collect().await?;
-    }
-    Ok(context.sql(&last).await?.collect().await?)
+    Ok(crate::run_script(context, &sql).await?.collect().await?)
 }
 
 /// The features of the feature SQL's rows, in [`features_schema`], with their `asof`.

@@ -222,12 +222,7 @@ impl Lake {
     /// beyond it they are streamed to a scratch Lance dataset, so memory stays bounded.
     async fn materialize_timely(&self, context: &SessionContext, asof: Millis, config: FoldConfig) -> Result<(), BatchError> {
         let started = std::time::Instant::now();
-        let mut statements = statements(&timely_events_sql(asof, config));
-        let last = statements.pop().unwrap_or_default();
-        for statement in statements {
-            context.sql(&statement).await?.collect().await?;
-        }
-        let mut stream = context.sql(&last).await?.execute_stream().await?;
+        let mut stream = run_script(context, &timely_events_sql(asof, config)).await?.execute_stream().await?;
         let schema = stream.schema();
         let (mut held, mut bytes) = (Vec::new(), 0);
         while bytes <= self.scratch_limit {
@@ -393,14 +388,18 @@ impl Lake {
     async fn write_batch_view(&self, context: &SessionContext, rows: &[RecordBatch], asof: Millis) -> Result<BatchSummary, BatchError> {
         let view: Vec<RecordBatch> = rows.iter().map(|batch| view_batch(batch, asof)).collect::<Result<_, _>>()?;
         let sku_nodes: usize = view.iter().map(RecordBatch::num_rows).sum();
+        // what the deltas are ordered after
+        let schema = view_schema();
+        let anchor_columns: Vec<usize> =
+            ["sku", "node", "anchor_ts", "anchor_id"].into_iter().map(|name| schema.index_of(name)).collect::<Result<_, _>>().map_err(view_error)?;
         let anchors: Vec<RecordBatch> =
-            view.iter().map(|batch| batch.project(&ANCHOR_COLUMNS)).collect::<Result<_, _>>().map_err(view_error)?;
-        register_in_memory(context, "anchors", Arc::new(view_schema().project(&ANCHOR_COLUMNS).map_err(view_error)?), anchors)?;
+            view.iter().map(|batch| batch.project(&anchor_columns)).collect::<Result<_, _>>().map_err(view_error)?;
+        register_in_memory(context, "anchors", Arc::new(schema.project(&anchor_columns).map_err(view_error)?), anchors)?;
         let deltas = context.sql(DELTAS_SQL).await?.collect().await?;
         let delta_count: usize = deltas.iter().map(RecordBatch::num_rows).sum();
 
         let version = self
-            .write(BATCH_VIEW, RecordBatchIterator::new(view.into_iter().map(Ok), view_schema()), WriteMode::Overwrite)
+            .write(BATCH_VIEW, RecordBatchIterator::new(view.into_iter().map(Ok), schema), WriteMode::Overwrite)
             .await?;
         let deltas_schema = deltas.first().map(RecordBatch::schema).unwrap_or_else(deltas_schema);
         self.write(BATCH_DELTAS, RecordBatchIterator::new(deltas.into_iter().map(Ok), deltas_schema), WriteMode::Overwrite)
@@ -541,17 +540,16 @@ fn id_hash_udf() -> datafusion::logical_expr::ScalarUDF {
 }
 
 /// The events known at `asof` that were not too late, deduplicated by `event_id` (the first
-/// arrival wins), with times as integer milliseconds: a script of two statements (see
-/// [`statements`]).
+/// arrival wins), with times as integer milliseconds: a script of two statements
+/// ([`run_script`]).
 fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
     let absolute: Vec<String> =
         EventKind::ALL.into_iter().filter(|kind| kind.is_absolute()).map(|kind| format!("'{kind}'")).collect();
     // One copy of each event_id: the first to arrive. Copies are rare, so instead of sorting every
     // event by id, a hash aggregation finds the id hashes that occur more than once, the events
     // without copies pass through a join that holds only those hashes, and only the events with
-    // such a hash are ranked, by their id.
-    // The hashes with copies are few: kept as a table, the joins know it is small and hold it
-    // whole, and it is aggregated once rather than once per join.
+    // such a hash are ranked, by their id. The hashes with copies are few: kept as a table, the
+    // joins know it is small and hold it whole, and it is aggregated once rather than per join.
     let known = format!(
         "SELECT * FROM (SELECT event_id, id_hash(event_id) AS id_hash, CAST(ts AS BIGINT) AS ts, sku, node,
                                kind, qty, CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
@@ -583,8 +581,19 @@ fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
     )
 }
 
+/// Runs a SQL script ([`statements`]): every statement but the last (each creates a table the
+/// next ones read), then gives the last one's frame, to collect or stream.
+pub(crate) async fn run_script(context: &SessionContext, sql: &str) -> Result<datafusion::dataframe::DataFrame, BatchError> {
+    let mut statements = statements(sql);
+    let last = statements.pop().unwrap_or_default();
+    for statement in statements {
+        context.sql(&statement).await?.collect().await?;
+    }
+    Ok(context.sql(&last).await?)
+}
+
 /// The statements of a SQL script: each ends with a line ending in `;` (comments aside).
-pub(crate) fn statements(sql: &str) -> Vec<String> {
+fn statements(sql: &str) -> Vec<String> {
     let mut statements = vec![String::new()];
     for line in sql.lines() {
         let current = statements.last_mut().expect("never empty");
@@ -638,9 +647,6 @@ fn view_batch(rows: &RecordBatch, asof: Millis) -> Result<RecordBatch, BatchErro
 fn view_error(error: ArrowError) -> BatchError {
     BatchError::Corrupt { dataset: BATCH_VIEW.into(), message: error.to_string() }
 }
-
-/// `sku`, `node`, `anchor_ts`, `anchor_id` of [`view_schema`]: what the deltas are ordered after.
-const ANCHOR_COLUMNS: [usize; 4] = [0, 1, 6, 7];
 
 fn view_schema() -> SchemaRef {
     let int = |name: &str, nullable| Field::new(name, DataType::Int64, nullable);
@@ -794,5 +800,19 @@ impl Iterator for EventBatches {
 impl RecordBatchReader for EventBatches {
     fn schema(&self) -> SchemaRef {
         event_schema()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_script_splits_at_lines_ending_in_a_semicolon_and_not_in_comments() {
+        let script = "-- a comment; not an end\nCREATE TABLE a AS\n  SELECT 1;\n\n-- part 2\nSELECT ';' FROM a\n";
+        let statements = super::statements(script);
+        assert_eq!(statements.len(), 2, "{statements:?}");
+        assert!(statements[0].contains("-- a comment; not an end") && statements[0].trim_end().ends_with("SELECT 1"));
+        assert!(statements[1].contains("SELECT ';' FROM a"));
+        // comments alone after the last statement are no statement
+        assert_eq!(super::statements("SELECT 1;\n-- the end\n").len(), 1);
     }
 }
