@@ -11,7 +11,8 @@
 -- the state core's fold gives; batch/src/lib.rs writes them as `batch_view`): the features and
 -- the view come from one pass, so they cannot disagree.
 -- Statements: each ends with a line ending in `;`. Parts 1 to 3 create in-memory tables (one
--- row per sku×node or per node) that the next parts read; part 4 gives the output.
+-- row per sku×node or per node: `per_node`, `node_totals`, `on_hand`, `feed`) that the next parts
+-- read; part 4 gives the output.
 -- Memory: a hash join holds its left side in memory and cannot spill, so every join below has a
 -- small side (per sku×node, per node, or filtered) on its left; the big inputs are aggregated or
 -- windowed (which spill) first.
@@ -52,6 +53,11 @@ CREATE OR REPLACE TABLE per_node AS
     -- ... and the seller feeds of the last 30d
     SUM(CASE WHEN kind = 'feed' AND ts > ${asof} - 30 * 86400000 THEN 1 ELSE 0 END) AS feeds_30d
   FROM timely GROUP BY sku, node;
+
+-- ... and its totals per node over all its SKUs: past shorts and feeds
+CREATE OR REPLACE TABLE node_totals AS
+  SELECT node, SUM(shorts_30d) AS node_shorts_30d, SUM(reserves_30d) AS node_reserves_30d, SUM(feeds_30d) AS feeds
+  FROM per_node GROUP BY node;
 
 -- Part 2, materialised (one row per sku×node with on-hand events): on-hand. Its windows run per
 -- node, over the node's events in (sku, ts, event_id) order: a window per sku×node would cost
@@ -111,7 +117,7 @@ feed_lags AS (
   SELECT r.node, CAST(r.arrival - r.ts AS DOUBLE) AS lag, n.feed_sla_ms, t.feeds,
          ROW_NUMBER() OVER (PARTITION BY r.node ORDER BY r.arrival - r.ts) AS rank
   FROM nodes n
-  JOIN (SELECT node, SUM(feeds_30d) AS feeds FROM per_node GROUP BY node) AS t ON t.node = n.node
+  JOIN node_totals t ON t.node = n.node
   JOIN timely r ON r.node = n.node
   WHERE r.kind = 'feed' AND r.ts > ${asof} - 30 * 86400000
 )
@@ -123,7 +129,7 @@ FROM feed_lags GROUP BY node;
 
 -- Part 4, the features and the snapshot.
 WITH
--- demand per sku over all its nodes, and past shorts per node over all its SKUs
+-- demand per sku over all its nodes
 sku_totals AS (
   SELECT sku,
     SUM(reserve_units_5m) AS sku_units_5m, SUM(reserve_count_5m) AS sku_count_5m,
@@ -131,10 +137,6 @@ sku_totals AS (
     SUM(reserve_units_24h) AS sku_units_24h, SUM(reserve_count_24h) AS sku_count_24h,
     SUM(reserve_units_7d) AS sku_units_7d, SUM(reserve_count_7d) AS sku_count_7d
   FROM per_node GROUP BY sku
-),
-node_totals AS (
-  SELECT node, SUM(shorts_30d) AS node_shorts_30d, SUM(reserves_30d) AS node_reserves_30d
-  FROM per_node GROUP BY node
 ),
 -- where each sku×node starts in part 2's running sum and positions: the changes, and the number
 -- of on-hand events, of the node's SKUs before it ...
