@@ -13,6 +13,11 @@
 -- Statements: each ends with a line ending in `;`. Parts 1 to 3 create in-memory tables (one
 -- row per sku×node or per node: `per_node`, `node_totals`, `on_hand`, `feed`) that the next parts
 -- read; part 4 gives the output.
+-- Shares: when the events known at the cutoff do not fit in memory, batch/src/features.rs splits
+-- them by node into shares and runs parts 1 to 3 once per share, over that share's `timely`; each
+-- table is then the union of its shares'. So every table parts 1 to 3 create must be computed
+-- from whole nodes (grouped, partitioned or joined by node), and only part 4 may combine nodes
+-- (`sku_totals`).
 -- Memory: a hash join holds its left side in memory and cannot spill, so every join below has a
 -- small side (per sku×node, per node, or filtered) on its left; the big inputs are aggregated or
 -- windowed (which spill) first.

@@ -3,18 +3,20 @@
 //! to the Lance dataset `features` (one version per run). Serving and the training-set builder
 //! read the features of one cutoff back with [`Lake::load_features`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, RecordBatchIterator};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
+use indicatif::ProgressBar;
 use lance::dataset::WriteMode;
 use sellable_core::features::BATCH;
 use sellable_core::fold::SkuNode;
 use sellable_core::{FoldConfig, Millis};
 
+use crate::shares::Known;
 use crate::{column, int_column, string_column, BatchError, Lake, Progress};
 
 pub(crate) const FEATURES: &str = "features";
@@ -53,8 +55,9 @@ impl Lake {
         let bar = progress.bar("features", cutoffs.len() as u64);
         for &asof in cutoffs {
             bar.set_message(format!("as of {}", sellable_core::event::format_millis(asof)));
-            self.materialize_timely(&context, asof, config).await?;
-            batches.extend(feature_batches(&features_in(&context, asof).await?, asof)?);
+            let known = self.known_events(&context, asof, config).await?;
+            let computed = self.features_of(&context, &known, asof, false, &ProgressBar::hidden()).await?;
+            batches.extend(feature_batches(&computed.rows, asof)?);
             bar.inc(1);
         }
         bar.finish();
@@ -118,12 +121,78 @@ impl Lake {
     }
 }
 
-/// Runs the feature SQL over the table `timely` of `context` (the events known at `asof`): its
-/// statements in order (each but the last creates an in-memory table the next ones read), then
-/// the rows of the last, the features and the snapshot (the batch view's `view_` columns).
-pub(crate) async fn features_in(context: &SessionContext, asof: Millis) -> Result<Vec<RecordBatch>, BatchError> {
-    let sql = FEATURES_SQL.replace("${asof}", &asof.to_string());
-    Ok(crate::run_script(context, &sql).await?.collect().await?)
+/// What one pass of the feature SQL over the events known at a cutoff gives.
+pub(crate) struct Computed {
+    /// The rows of its last statement: the features and the snapshot (the batch view's `view_`
+    /// columns), ordered by sku and node.
+    pub rows: Vec<RecordBatch>,
+    /// The batch view's on-hand deltas ([`crate::DELTAS_SQL`]), if asked for.
+    pub deltas: Vec<RecordBatch>,
+    /// How many shares of the nodes it ran in.
+    pub shares: usize,
+}
+
+impl Lake {
+    /// Runs the feature SQL over the events `known` at `asof`. Every statement but the last
+    /// creates a table with the rows of one node each (per node or per sku×node); they run once
+    /// per share of the nodes, over that share's events, and each table is then the union of its
+    /// shares'. The last statement runs once, over those tables. With `deltas`, also computes the
+    /// batch view's on-hand deltas, share by share. `bar` advances once per share.
+    pub(crate) async fn features_of(
+        &self,
+        context: &SessionContext,
+        known: &Known,
+        asof: Millis,
+        deltas: bool,
+        bar: &ProgressBar,
+    ) -> Result<Computed, BatchError> {
+        let sql = FEATURES_SQL.replace("${asof}", &asof.to_string());
+        let mut statements = crate::statements(&sql);
+        let last = statements.pop().unwrap_or_default();
+        let shares = known.shares();
+        let mut tables: BTreeMap<String, (SchemaRef, Vec<RecordBatch>)> = BTreeMap::new();
+        let mut computed = Computed { rows: Vec::new(), deltas: Vec::new(), shares: shares.len() };
+        for (done, &share) in shares.iter().enumerate() {
+            bar.set_message(format!("features and snapshot, share {} of {}", done + 1, shares.len()));
+            // a share larger than twice the budget (nodes with many events) streams from its file
+            let started = std::time::Instant::now();
+            known.register(context, share, self.scratch_limit.saturating_mul(2))?;
+            tracing::debug!(share, seconds = started.elapsed().as_secs_f64(), "share registered");
+            for (part, statement) in statements.iter().enumerate() {
+                let started = std::time::Instant::now();
+                context.sql(statement).await?.collect().await?;
+                tracing::debug!(share, statement = part + 1, seconds = started.elapsed().as_secs_f64(), "features.sql");
+            }
+            if deltas {
+                let started = std::time::Instant::now();
+                computed.deltas.extend(context.sql(crate::DELTAS_SQL).await?.collect().await?);
+                tracing::debug!(share, seconds = started.elapsed().as_secs_f64(), "deltas");
+            }
+            if shares.len() > 1 {
+                for name in statements.iter().filter_map(|statement| created_table(statement)) {
+                    let table = context.table(name).await?;
+                    let schema = Arc::new(table.schema().as_arrow().clone());
+                    let rows = table.collect().await?;
+                    tables.entry(name.to_string()).or_insert_with(|| (schema, Vec::new())).1.extend(rows);
+                }
+            }
+            bar.inc(1);
+        }
+        context.deregister_table("timely")?;
+        for (name, (schema, batches)) in tables {
+            crate::register_in_memory(context, &name, schema, batches)?;
+        }
+        computed.rows = context.sql(&last).await?.collect().await?;
+        Ok(computed)
+    }
+}
+
+/// The table a `CREATE OR REPLACE TABLE name AS` statement creates.
+fn created_table(statement: &str) -> Option<&str> {
+    statement
+        .lines()
+        .find_map(|line| line.trim_start().strip_prefix("CREATE OR REPLACE TABLE "))
+        .and_then(|rest| rest.split_whitespace().next())
 }
 
 /// The features of the feature SQL's rows, in [`features_schema`], with their `asof`.
@@ -160,4 +229,18 @@ pub fn features_schema() -> SchemaRef {
     ];
     fields.extend(BATCH.iter().map(|name| Field::new(*name, DataType::Float64, true)));
     Arc::new(Schema::new(fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_statements_before_the_last_create_the_tables_the_shares_fill() {
+        let statements = crate::statements(FEATURES_SQL);
+        let (last, before) = statements.split_last().unwrap();
+        let created: Vec<&str> = before.iter().filter_map(|statement| created_table(statement)).collect();
+        assert_eq!(created, ["per_node", "node_totals", "on_hand", "feed"]);
+        assert_eq!(created_table(last), None);
+    }
 }

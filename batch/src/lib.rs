@@ -10,6 +10,7 @@
 //! Tests: `tests/it/` (import, batch view == core fold).
 
 pub mod features;
+mod shares;
 pub mod trainset;
 
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, RecordBatchIterator,
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use lance::dataset::{Dataset, WriteMode, WriteParams};
 use sellable_core::catalog::{node_schema, nodes_from_batch, nodes_to_batch, sku_schema, skus_from_batch, skus_to_batch};
 use sellable_core::event::{event_schema, events_from_batch, events_to_batch, DecodeError, InputError};
@@ -37,6 +38,8 @@ pub enum BatchError {
     Input(#[from] InputError),
     #[error("{dataset}: {message}")]
     Corrupt { dataset: String, message: String },
+    #[error("scratch file {path}: {message}")]
+    Scratch { path: String, message: String },
     #[error("the lake at {0} has no {1} yet: {2}")]
     Missing(String, &'static str, &'static str),
 }
@@ -46,8 +49,9 @@ const SKUS: &str = "skus";
 const NODES: &str = "nodes";
 const BATCH_VIEW: &str = "batch_view";
 const BATCH_DELTAS: &str = "batch_deltas";
-/// Scratch space of the nightly job: the events known at the cutoff being computed.
-const SCRATCH_TIMELY: &str = "scratch_timely";
+/// Scratch space of the nightly job: the events known at the cutoff being computed, when they
+/// are too many to hold in memory, in shares of the nodes.
+const SCRATCH: &str = "scratch";
 
 /// Rows per batch written to Lance.
 const WRITE_BATCH: usize = 65_536;
@@ -69,6 +73,9 @@ pub struct BatchSummary {
     pub sku_nodes: u64,
     pub deltas: u64,
     pub version: u64,
+    /// How many shares of the nodes the events were computed in, one after the other (1 when
+    /// they fit in memory).
+    pub shares: usize,
 }
 
 /// A lake: a directory of Lance datasets.
@@ -77,8 +84,8 @@ pub struct Lake {
     root: PathBuf,
     /// Bytes one DataFusion query may hold before spilling.
     memory_limit: usize,
-    /// Bytes of the events known at a cutoff the nightly job holds in memory; beyond, it writes
-    /// them to a scratch dataset.
+    /// Bytes of the events known at a cutoff the nightly job holds in memory; beyond, it splits
+    /// them into shares of the nodes of about that many bytes each.
     scratch_limit: usize,
 }
 
@@ -103,8 +110,8 @@ impl Lake {
     }
 
     /// Bounds the memory the nightly job holds the events known at a cutoff in (a quarter of
-    /// the memory limit unless set): beyond it they go to a scratch Lance dataset, read back by
-    /// every query, which costs time but no memory.
+    /// the memory limit unless set): beyond it they are split by node into shares of about that
+    /// size, written to scratch files, and computed one share at a time.
     pub fn with_scratch_limit(self, bytes: usize) -> Lake {
         Lake { scratch_limit: bytes, ..self }
     }
@@ -216,52 +223,56 @@ impl Lake {
         Ok(context)
     }
 
-    /// Computes the events known at `asof` (deduplicated, not too late) once and registers them
-    /// as the table `timely`: every query of the job reads it instead of deduplicating the lake
-    /// again. They are kept in memory up to the scratch limit ([`Lake::with_scratch_limit`]);
-    /// beyond it they are streamed to a scratch Lance dataset, so memory stays bounded.
-    async fn materialize_timely(&self, context: &SessionContext, asof: Millis, config: FoldConfig) -> Result<(), BatchError> {
+    /// Computes the events known at `asof` (deduplicated, not too late) once: every part of the
+    /// job reads them as the table `timely` instead of deduplicating the lake again. They are held
+    /// in memory up to the scratch limit ([`Lake::with_scratch_limit`]); beyond it they are split
+    /// by node into shares of about that size, written to scratch files, so memory stays bounded
+    /// and the job computes one share at a time.
+    async fn known_events(&self, context: &SessionContext, asof: Millis, config: FoldConfig) -> Result<shares::Known, BatchError> {
         let started = std::time::Instant::now();
+        self.remove_scratch()?;
         let mut stream = run_script(context, &timely_events_sql(asof, config)).await?.execute_stream().await?;
         let schema = stream.schema();
-        let (mut held, mut bytes) = (Vec::new(), 0);
+        let (mut held, mut bytes, mut rows) = (Vec::new(), 0, 0);
         while bytes <= self.scratch_limit {
             match stream.try_next().await? {
                 Some(batch) => {
                     bytes += batch.get_array_memory_size();
+                    rows += batch.num_rows();
                     held.push(batch);
                 }
                 None => {
-                    self.remove_scratch()?;
-                    register_in_memory(context, "timely", schema, held)?;
                     tracing::debug!(seconds = started.elapsed().as_secs_f64(), bytes, "events known at the cutoff held in memory");
-                    return Ok(());
+                    return Ok(shares::Known::Held { schema, batches: held });
                 }
             }
         }
-        // too many to hold: what was read so far, then the rest, to the scratch dataset
-        self.remove_scratch()?;
-        let uri = self.uri(SCRATCH_TIMELY);
-        let rest = futures::stream::iter(held.into_iter().map(Ok)).chain(stream);
-        let stream: datafusion::execution::SendableRecordBatchStream =
-            Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, rest));
-        let params = WriteParams { mode: WriteMode::Create, ..WriteParams::default() };
-        let timely = lance::dataset::InsertBuilder::new(uri.as_str())
-            .with_params(&params)
-            .execute_stream(stream)
-            .await
-            .map_err(self.lance_error(SCRATCH_TIMELY))?;
-        context.deregister_table("timely")?;
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "events known at the cutoff written to scratch");
-        context.register_table("timely", Arc::new(lance::datafusion::LanceTableProvider::new(Arc::new(timely), false, false)))?;
-        Ok(())
+        // Too many to hold: as many shares as the lake's events would fill at the size per event
+        // seen so far (an upper bound: not every event is known at the cutoff).
+        let lake_rows = self.dataset(EVENTS, "").await?.count_rows(None).await.map_err(self.lance_error(EVENTS))?;
+        let estimate = lake_rows as f64 * bytes as f64 / rows.max(1) as f64 / self.scratch_limit.max(1) as f64;
+        let count = (estimate.ceil() as usize).clamp(2, shares::MAX_SHARES);
+        let mut splitter = shares::Splitter::create(&self.root.join(SCRATCH), schema, count)?;
+        for batch in held {
+            splitter.write(&batch)?;
+        }
+        while let Some(batch) = stream.try_next().await? {
+            splitter.write(&batch)?;
+        }
+        let known = splitter.finish()?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), shares = count, "events known at the cutoff split into shares");
+        Ok(known)
     }
 
-    /// Removes the scratch dataset: it keeps no history, and a previous cutoff's rows go first.
+    /// Removes what an earlier run left in the scratch space (the nightly job removes its
+    /// scratch files when it is done, unless it was killed).
     fn remove_scratch(&self) -> Result<(), BatchError> {
-        let uri = self.uri(SCRATCH_TIMELY);
-        if Path::new(&uri).exists() {
-            std::fs::remove_dir_all(&uri).map_err(|source| BatchError::Input(InputError::Io { path: uri.clone(), source }))?;
+        // (`scratch_timely.lance`: where versions before the shares kept the events)
+        for path in [self.root.join(SCRATCH), PathBuf::from(self.uri("scratch_timely"))] {
+            if path.exists() {
+                std::fs::remove_dir_all(&path)
+                    .map_err(|source| BatchError::Input(InputError::Io { path: path.display().to_string(), source }))?;
+            }
         }
         Ok(())
     }
@@ -353,9 +364,9 @@ impl Lake {
     /// SQL) and writes it as new versions of `batch_view` and `batch_deltas`.
     pub async fn compute_batch_view(&self, asof: Millis, config: FoldConfig) -> Result<BatchSummary, BatchError> {
         let context = self.session().await?;
-        self.materialize_timely(&context, asof, config).await?;
-        let rows = features::features_in(&context, asof).await?;
-        self.write_batch_view(&context, &rows, asof).await
+        let known = self.known_events(&context, asof, config).await?;
+        let computed = self.features_of(&context, &known, asof, true, &indicatif::ProgressBar::hidden()).await?;
+        self.write_batch_view(computed, asof).await
     }
 
     /// The nightly job: the batch view and the features as of `asof`, from one pass over the
@@ -365,46 +376,39 @@ impl Lake {
         let bar = progress.bar("nightly", 3);
         let context = self.session().await?;
         bar.set_message("events known at the cutoff");
-        self.materialize_timely(&context, asof, config).await?;
+        let known = self.known_events(&context, asof, config).await?;
         bar.inc(1);
-        bar.set_message("features and snapshot");
+        let shares = known.shares().len() as u64;
+        bar.set_length(2 + shares);
         let started = std::time::Instant::now();
-        let rows = features::features_in(&context, asof).await?;
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features and snapshot computed");
-        bar.inc(1);
+        let computed = self.features_of(&context, &known, asof, true, &bar).await?;
+        drop(known);
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), shares, "features and snapshot computed");
         bar.set_message("batch view and features written");
         let started = std::time::Instant::now();
-        let view = self.write_batch_view(&context, &rows, asof).await?;
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "batch view (deltas) computed and written");
-        let started = std::time::Instant::now();
-        let features = self.write_features(features::feature_batches(&rows, asof)?, &[asof]).await?;
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features written");
+        let features = features::feature_batches(&computed.rows, asof)?;
+        let view = self.write_batch_view(computed, asof).await?;
+        let features = self.write_features(features, &[asof]).await?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "batch view and features written");
+        bar.inc(1);
         bar.finish();
         Ok((view, features))
     }
 
-    /// Writes the batch view: the snapshot columns of the feature SQL's `rows`, and the on-hand
-    /// deltas after each anchor, from the table `timely` of `context`.
-    async fn write_batch_view(&self, context: &SessionContext, rows: &[RecordBatch], asof: Millis) -> Result<BatchSummary, BatchError> {
-        let view: Vec<RecordBatch> = rows.iter().map(|batch| view_batch(batch, asof)).collect::<Result<_, _>>()?;
+    /// Writes the batch view: the snapshot columns of the feature SQL's rows, and the on-hand
+    /// deltas after each anchor.
+    async fn write_batch_view(&self, computed: features::Computed, asof: Millis) -> Result<BatchSummary, BatchError> {
+        let view: Vec<RecordBatch> = computed.rows.iter().map(|batch| view_batch(batch, asof)).collect::<Result<_, _>>()?;
         let sku_nodes: usize = view.iter().map(RecordBatch::num_rows).sum();
-        // what the deltas are ordered after
-        let schema = view_schema();
-        let anchor_columns: Vec<usize> =
-            ["sku", "node", "anchor_ts", "anchor_id"].into_iter().map(|name| schema.index_of(name)).collect::<Result<_, _>>().map_err(view_error)?;
-        let anchors: Vec<RecordBatch> =
-            view.iter().map(|batch| batch.project(&anchor_columns)).collect::<Result<_, _>>().map_err(view_error)?;
-        register_in_memory(context, "anchors", Arc::new(schema.project(&anchor_columns).map_err(view_error)?), anchors)?;
-        let deltas = context.sql(DELTAS_SQL).await?.collect().await?;
+        let deltas = computed.deltas;
         let delta_count: usize = deltas.iter().map(RecordBatch::num_rows).sum();
-
         let version = self
-            .write(BATCH_VIEW, RecordBatchIterator::new(view.into_iter().map(Ok), schema), WriteMode::Overwrite)
+            .write(BATCH_VIEW, RecordBatchIterator::new(view.into_iter().map(Ok), view_schema()), WriteMode::Overwrite)
             .await?;
         let deltas_schema = deltas.first().map(RecordBatch::schema).unwrap_or_else(deltas_schema);
         self.write(BATCH_DELTAS, RecordBatchIterator::new(deltas.into_iter().map(Ok), deltas_schema), WriteMode::Overwrite)
             .await?;
-        Ok(BatchSummary { asof, sku_nodes: sku_nodes as u64, deltas: delta_count as u64, version })
+        Ok(BatchSummary { asof, sku_nodes: sku_nodes as u64, deltas: delta_count as u64, version, shares: computed.shares })
     }
 
     /// Loads the latest batch view into memory, for serving.
@@ -583,7 +587,7 @@ fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
 
 /// Runs a SQL script ([`statements`]): every statement but the last (each creates a table the
 /// next ones read), then gives the last one's frame, to collect or stream.
-pub(crate) async fn run_script(context: &SessionContext, sql: &str) -> Result<datafusion::dataframe::DataFrame, BatchError> {
+async fn run_script(context: &SessionContext, sql: &str) -> Result<datafusion::dataframe::DataFrame, BatchError> {
     let mut statements = statements(sql);
     let last = statements.pop().unwrap_or_default();
     for statement in statements {
@@ -620,12 +624,12 @@ fn register_in_memory(context: &SessionContext, name: &str, schema: SchemaRef, b
     Ok(())
 }
 
-/// On-hand changes ordered after the anchor of their sku×node (all of them where it has none).
-/// (`anchors`, one row per sku×node, on the left: a hash join keeps its left side in memory and
-/// cannot spill.)
-const DELTAS_SQL: &str = "
+/// On-hand changes ordered after the anchor of their sku×node (all of them where it has none):
+/// the anchors are those of the feature SQL's table `on_hand`. (It is on the left, one row per
+/// sku×node: a hash join keeps its left side in memory and cannot spill.)
+pub(crate) const DELTAS_SQL: &str = "
     SELECT t.sku, t.node, t.ts, t.event_id, t.d_on_hand AS delta
-    FROM anchors a RIGHT JOIN timely t ON t.sku = a.sku AND t.node = a.node
+    FROM on_hand a RIGHT JOIN timely t ON t.sku = a.sku AND t.node = a.node
     WHERE NOT t.absolute AND t.d_on_hand <> 0
       AND (a.anchor_ts IS NULL OR t.ts > a.anchor_ts OR (t.ts = a.anchor_ts AND t.event_id > a.anchor_id))";
 

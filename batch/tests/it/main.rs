@@ -168,26 +168,31 @@ async fn features_agree_with_the_fold_and_with_a_direct_count() {
 }
 
 #[tokio::test]
-async fn the_nightly_job_gives_the_same_results_from_memory_and_from_its_scratch_dataset() {
+async fn the_nightly_job_gives_the_same_results_in_memory_and_in_shares_of_the_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let (summary, events) = simulate(&dir.path().join("gen"), 37);
     let asof = summary.end - DAY / 2;
     let mut results = Vec::new();
-    // a scratch limit of 0 bytes writes the events known at the cutoff to the scratch dataset
-    for (name, scratch_limit) in [("memory", usize::MAX), ("scratch", 0)] {
+    // the scratch limit bounds the bytes of events held at once: all of them; shares of about
+    // 256 KiB of events each (held in memory); shares of 0 bytes, as many shares as allowed, each
+    // larger than its budget and so streamed from its scratch file by every query
+    for (name, scratch_limit) in [("memory", usize::MAX), ("shares", 256 << 10), ("streamed", 0)] {
         let lake = lake_of(&dir.path().join(name), &summary, &events).await.with_scratch_limit(scratch_limit);
-        lake.nightly(asof, FoldConfig::default(), &Progress::hidden()).await.unwrap();
-        assert_eq!(dir.path().join(name).join("scratch_timely.lance").exists(), scratch_limit == 0);
+        let (view, _) = lake.nightly(asof, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+        assert_eq!(view.shares > 1, scratch_limit < usize::MAX, "{name}: {} shares", view.shares);
+        assert!(!dir.path().join(name).join("scratch").exists(), "{name}: the scratch files are removed");
         results.push((lake.load_batch_view().await.unwrap(), lake.load_features(Some(asof)).await.unwrap()));
     }
-    let [(view, features), (scratch_view, scratch_features)] = &results[..] else { unreachable!() };
+    let (view, features) = &results[0];
     assert!(view.states.len() > 20);
     // the view comes from the features' pass over the events, and is still core's fold
     assert_eq!(view.states, fold(events.iter().filter(|e| known_at(e, asof)), FoldConfig::default()).states);
-    assert_eq!(view.states, scratch_view.states);
-    assert_eq!(features.rows.len(), scratch_features.rows.len());
-    for (key, row) in &features.rows {
-        assert!(same_bits(row, &scratch_features.rows[key]), "{key:?}");
+    for (shared_view, shared_features) in &results[1..] {
+        assert_eq!(&view.states, &shared_view.states);
+        assert_eq!(features.rows.len(), shared_features.rows.len());
+        for (key, row) in &features.rows {
+            assert!(same_bits(row, &shared_features.rows[key]), "{key:?}");
+        }
     }
 }
 
