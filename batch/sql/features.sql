@@ -23,7 +23,7 @@
 -- windowed (which spill) first.
 -- Speed: DataFusion plans a CTE again wherever it is used, so what is read twice is a table (part
 -- 1), and the big inputs are read once per part: one aggregation of `timely`, one sort of its
--- on-hand events that both windows over them share, one sort of the feeds. Each part runs alone,
+-- on-hand events that both windows over them share, one aggregation of the feeds' lags. Each part runs alone,
 -- so its sorts get the whole memory limit.
 
 -- Part 1, materialised once in memory (one row per sku×node): everything that is a sum or a
@@ -54,14 +54,12 @@ CREATE OR REPLACE TABLE per_node AS
     SUM(CASE WHEN kind = 'ship' AND ts > ${asof} - 604800000 THEN qty ELSE 0 END) AS shipped_7d,
     -- ... past shorts (oversells) per reserve over 30d
     SUM(CASE WHEN kind = 'short' AND ts > ${asof} - 30 * 86400000 THEN 1 ELSE 0 END) AS shorts_30d,
-    SUM(CASE WHEN kind = 'reserve' AND ts > ${asof} - 30 * 86400000 THEN 1 ELSE 0 END) AS reserves_30d,
-    -- ... and the seller feeds of the last 30d
-    SUM(CASE WHEN kind = 'feed' AND ts > ${asof} - 30 * 86400000 THEN 1 ELSE 0 END) AS feeds_30d
+    SUM(CASE WHEN kind = 'reserve' AND ts > ${asof} - 30 * 86400000 THEN 1 ELSE 0 END) AS reserves_30d
   FROM timely GROUP BY sku, node;
 
--- ... and its totals per node over all its SKUs: past shorts and feeds
+-- ... and its totals per node over all its SKUs: past shorts
 CREATE OR REPLACE TABLE node_totals AS
-  SELECT node, SUM(shorts_30d) AS node_shorts_30d, SUM(reserves_30d) AS node_reserves_30d, SUM(feeds_30d) AS feeds
+  SELECT node, SUM(shorts_30d) AS node_shorts_30d, SUM(reserves_30d) AS node_reserves_30d
   FROM per_node GROUP BY node;
 
 -- Part 2, materialised (one row per sku×node with on-hand events): on-hand. Its windows run per
@@ -97,7 +95,7 @@ readings AS (
   ) AS r
 )
 -- ... per sku×node: the anchor (the latest reading by (ts, event_id)), the first reading, and the
--- other readings' discrepancies ...
+-- other readings' discrepancies (so only those readings count: most are seller feeds in between)
 SELECT sku, node,
        MAX(CASE WHEN last THEN ts END) AS anchor_ts,
        MAX(CASE WHEN last THEN event_id END) AS anchor_id,
@@ -110,27 +108,26 @@ SELECT sku, node,
        SUM(discrepancy) AS discrepancy_sum,
        SUM(ABS(discrepancy)) AS discrepancy_abs,
        COUNT(discrepancy) AS discrepancies
-FROM readings GROUP BY sku, node;
+FROM readings WHERE first OR last OR discrepancy IS NOT NULL GROUP BY sku, node;
 
--- Part 3, materialised (one row per node with feeds): seller feeds.
+-- Part 3, materialised (one row per node with feeds): seller feeds. Lag: arrival minus event
+-- time of the node's feeds over 30d, its exact percentiles by rank in the node's sorted lags (the
+-- lag at a rank is the same whatever order equal lags take, so reruns agree); reliability: the
+-- share of feeds that arrived within the node's SLA.
 CREATE OR REPLACE TABLE feed AS
-WITH
--- seller feed lag: arrival minus event time of the node's feeds over 30d (exact percentiles by
--- rank: the lag at a rank is the same whatever order equal lags take, so reruns agree), and
--- reliability: the share of feeds that arrived within the SLA
-feed_lags AS (
-  SELECT r.node, CAST(r.arrival - r.ts AS DOUBLE) AS lag, n.feed_sla_ms, t.feeds,
-         ROW_NUMBER() OVER (PARTITION BY r.node ORDER BY r.arrival - r.ts) AS rank
+SELECT node,
+  lags[CAST(CEIL(0.5 * cardinality(lags)) AS BIGINT)] / 1000.0 AS lag_p50_s,
+  lags[CAST(CEIL(0.95 * cardinality(lags)) AS BIGINT)] / 1000.0 AS lag_p95_s,
+  reliability
+FROM (
+  SELECT r.node,
+         array_sort(array_agg(CAST(r.arrival - r.ts AS DOUBLE))) AS lags,
+         AVG(CASE WHEN r.arrival - r.ts <= n.feed_sla_ms THEN 1.0 ELSE 0.0 END) AS reliability
   FROM nodes n
-  JOIN node_totals t ON t.node = n.node
   JOIN timely r ON r.node = n.node
   WHERE r.kind = 'feed' AND r.ts > ${asof} - 30 * 86400000
-)
-SELECT node,
-  MAX(CASE WHEN rank = CAST(CEIL(0.5 * feeds) AS BIGINT) THEN lag END) / 1000.0 AS lag_p50_s,
-  MAX(CASE WHEN rank = CAST(CEIL(0.95 * feeds) AS BIGINT) THEN lag END) / 1000.0 AS lag_p95_s,
-  AVG(CASE WHEN lag <= feed_sla_ms THEN 1.0 ELSE 0.0 END) AS reliability
-FROM feed_lags GROUP BY node;
+  GROUP BY r.node
+) AS feed_lags;
 
 -- Part 4, the features and the snapshot.
 WITH
