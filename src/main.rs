@@ -927,12 +927,14 @@ async fn batch(lake: &Lake, asof: Millis, config: FoldConfig) -> Result<()> {
         .with_context(|| format!("computing the batch view and features as of {}", format_millis(asof)))?;
     eprintln!(
         "batch: view as of {} of {} sku×nodes ({} on-hand deltas after their last count), {} feature rows, in {:.1} s \
-         -> batch_view version {}, features version {}",
+         ({} {} of the nodes) -> batch_view version {}, features version {}",
         format_millis(view.asof),
         view.sku_nodes,
         view.deltas,
         features.rows,
         started.elapsed().as_secs_f64(),
+        view.shares,
+        if view.shares == 1 { "share" } else { "shares" },
         view.version,
         features.version
     );
