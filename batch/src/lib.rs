@@ -525,7 +525,6 @@ fn effect_sql(part: fn(&sellable_core::fold::Effect) -> i64) -> String {
 /// through the exact ranking by id, so the result does not depend on the hash.
 fn id_hash_udf() -> datafusion::logical_expr::ScalarUDF {
     use datafusion::logical_expr::{ColumnarValue, Volatility};
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     datafusion::logical_expr::create_udf(
         "id_hash",
         vec![DataType::Utf8],
@@ -536,11 +535,17 @@ fn id_hash_udf() -> datafusion::logical_expr::ScalarUDF {
             let ids = arrays.first().and_then(|array| array.as_any().downcast_ref::<StringArray>()).ok_or_else(|| {
                 datafusion::error::DataFusionError::Internal("id_hash takes one string column".into())
             })?;
-            let hasher = BuildHasherDefault::<DefaultHasher>::default();
-            let hashes: arrow_array::UInt64Array = ids.iter().map(|id| id.map(|id| hasher.hash_one(id))).collect();
+            let hashes: arrow_array::UInt64Array = ids.iter().map(|id| id.map(fixed_hash)).collect();
             Ok(ColumnarValue::Array(Arc::new(hashes)))
         }),
     )
+}
+
+/// A 64-bit hash of `text` that is the same in every run (of one build): event ids for
+/// deduplication, nodes for their share.
+fn fixed_hash(text: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(text)
 }
 
 /// The events known at `asof` that were not too late, deduplicated by `event_id` (the first

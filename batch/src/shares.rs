@@ -7,7 +7,6 @@
 //! stays the same as the lake grows.
 
 use std::fs::File;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -148,7 +147,7 @@ impl Splitter {
 
 /// The share of a node: a fixed hash, so that a node's events all land in one share.
 fn share_of(node: &str, shares: usize) -> usize {
-    (BuildHasherDefault::<DefaultHasher>::default().hash_one(node) % shares as u64) as usize
+    (crate::fixed_hash(node) % shares as u64) as usize
 }
 
 fn read(path: &Path) -> Result<Vec<RecordBatch>, BatchError> {
