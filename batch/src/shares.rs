@@ -65,7 +65,6 @@ impl Known {
     /// larger than `hold_limit` bytes (its nodes have more events than a share's budget), when
     /// every query streams it from the file instead.
     pub(crate) fn register(&self, context: &SessionContext, share: usize, hold_limit: usize) -> Result<(), BatchError> {
-        context.deregister_table("timely")?;
         match self {
             Known::Held { schema, batches } => crate::register_in_memory(context, "timely", schema.clone(), batches.clone()),
             Known::Split { schema, shares, .. } => {
@@ -75,6 +74,7 @@ impl Known {
                     crate::register_in_memory(context, "timely", schema.clone(), batches)
                 } else {
                     let file = Arc::new(ShareFile { schema: schema.clone(), path: share.path.clone() });
+                    context.deregister_table("timely")?;
                     context.register_table("timely", Arc::new(StreamingTable::try_new(schema.clone(), vec![file])?))?;
                     Ok(())
                 }
