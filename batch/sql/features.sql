@@ -10,9 +10,10 @@
 -- Then the snapshot, the batch view's columns prefixed `view_` (integers and the anchor, exactly
 -- the state core's fold gives; batch/src/lib.rs writes them as `batch_view`): the features and
 -- the view come from one pass, so they cannot disagree.
--- Statements: each ends with a line ending in `;`. Parts 1 to 3 create in-memory tables (one
--- row per sku×node or per node: `per_node`, `node_totals`, `on_hand`, `feed`) that the next parts
--- read; part 4 gives the output.
+-- Statements: each ends with a line ending in `;`. Parts 1 to 3 create in-memory tables that the
+-- next parts read: one row per sku×node or per node (`per_node`, `node_totals`, `anchors`,
+-- `counted`, `feed`), and `deltas`, the on-hand changes after each anchor, which batch/src/lib.rs
+-- also writes with the batch view (`batch_deltas`); part 4 gives the output.
 -- Shares: when the events known at the cutoff do not fit in memory, batch/src/features.rs splits
 -- them by node into shares and runs parts 1 to 3 once per share, over that share's `timely`; each
 -- table is then the union of its shares'. So every table parts 1 to 3 create must be computed
@@ -21,10 +22,10 @@
 -- Memory: a hash join holds its left side in memory and cannot spill, so every join below has a
 -- small side (per sku×node, per node, or filtered) on its left; the big inputs are aggregated or
 -- windowed (which spill) first.
--- Speed: DataFusion plans a CTE again wherever it is used, so what is read twice is a table (part
--- 1), and the big inputs are read once per part: one aggregation of `timely`, one sort of its
--- on-hand events that both windows over them share, one aggregation of the feeds' lags. Each part runs alone,
--- so its sorts get the whole memory limit.
+-- Speed: DataFusion plans a CTE again wherever it is used, so what is read twice is a table, and
+-- each statement reads `timely` once: an aggregation, or a hash join against a table of one row
+-- per sku×node. Only the count discrepancies sort events, and only those of the sku×nodes with
+-- counts. Each statement runs alone, so its sorts get the whole memory limit.
 
 -- Part 1, materialised once in memory (one row per sku×node): everything that is a sum or a
 -- latest time per sku×node, in one pass over the events: the snapshot's reserved and held and
@@ -39,6 +40,9 @@ CREATE OR REPLACE TABLE per_node AS
     SUM(CASE WHEN absolute OR d_on_hand <> 0 THEN 1 ELSE 0 END) AS on_hand_events,
     MAX(CASE WHEN kind = 'count' THEN ts END) AS last_count_ts,
     MAX(CASE WHEN kind = 'receipt' THEN ts END) AS last_receipt_ts,
+    MAX(CASE WHEN absolute THEN ts END) AS last_reading_ts,
+    -- (whether part 2 computes its count discrepancies: it has a count in the last 30d)
+    MAX(CASE WHEN kind = 'count' THEN ts END) > ${asof} - 30 * 86400000 AS counting,
     -- ... demand: reserve units and counts over 5m / 1h / 24h / 7d ...
     SUM(CASE WHEN kind = 'reserve' AND ts > ${asof} - 300000 THEN qty ELSE 0 END) AS reserve_units_5m,
     SUM(CASE WHEN kind = 'reserve' AND ts > ${asof} - 300000 THEN 1 ELSE 0 END) AS reserve_count_5m,
@@ -62,31 +66,53 @@ CREATE OR REPLACE TABLE node_totals AS
   SELECT node, SUM(shorts_30d) AS node_shorts_30d, SUM(reserves_30d) AS node_reserves_30d
   FROM per_node GROUP BY node;
 
--- Part 2, materialised (one row per sku×node with on-hand events): on-hand. Its windows run per
--- node, over the node's events in (sku, ts, event_id) order: a window per sku×node would cost
--- DataFusion a partition each, and there are millions. So the running sum and the positions go
--- through all the SKUs of a node, and part 4 (`starts`) says where each sku×node starts in them.
-CREATE OR REPLACE TABLE on_hand AS
+-- Part 2, materialised: on-hand, in three tables. The level of a sku×node is its anchor (its
+-- latest reading) plus the changes after it; only the count discrepancies need the events in
+-- order, and only for the sku×nodes with counts (most on-hand events are seller feeds, which
+-- are readings without counts).
+-- (a) The anchor, one row per sku×node with readings: the reading at its latest reading time
+-- (part 1), the greatest event_id among several at that time.
+CREATE OR REPLACE TABLE anchors AS
+  SELECT t.sku, t.node, MAX(t.ts) AS anchor_ts, MAX(t.event_id) AS anchor_id,
+         last_value(t.qty ORDER BY t.event_id) AS anchor_qty,
+         last_value(t.kind ORDER BY t.event_id) AS anchor_kind
+  FROM per_node p JOIN timely t ON t.sku = p.sku AND t.node = p.node AND t.ts = p.last_reading_ts
+  WHERE t.absolute
+  GROUP BY t.sku, t.node;
+
+-- (b) The on-hand changes ordered after the anchor of their sku×node (all of them where it has
+-- none): the batch view's deltas, whose sum per sku×node is the level's part after the anchor.
+CREATE OR REPLACE TABLE deltas AS
+  SELECT t.sku, t.node, t.ts, t.event_id, t.d_on_hand AS delta
+  FROM anchors a RIGHT JOIN timely t ON t.sku = a.sku AND t.node = a.node
+  WHERE NOT t.absolute AND t.d_on_hand <> 0
+    AND (a.anchor_ts IS NULL OR t.ts > a.anchor_ts OR (t.ts = a.anchor_ts AND t.event_id > a.anchor_id));
+
+-- (c) The count discrepancies, one row per sku×node with a count in the last 30d (`counting`,
+-- the same condition as part 4's `starts`). Its windows run per node, over the node's on-hand
+-- events in (sku, ts, event_id) order: a window per sku×node would cost DataFusion a partition
+-- each, and there are millions. So the running sum and the positions go through all the counting
+-- SKUs of a node, and part 4 (`starts`) says where each sku×node starts in them.
+CREATE OR REPLACE TABLE counted AS
 WITH
 -- the events that set on-hand (absolute readings) or change it, with the running sum of the
 -- changes (readings add nothing to it) and their position ...
 changes AS (
-  SELECT sku, node, ts, event_id, kind, qty, absolute,
-         SUM(CASE WHEN absolute THEN 0 ELSE d_on_hand END)
-           OVER (PARTITION BY node ORDER BY sku, ts, event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS changed,
-         ROW_NUMBER() OVER (PARTITION BY node ORDER BY sku, ts, event_id) AS position
-  FROM timely
-  WHERE absolute OR d_on_hand <> 0
+  SELECT t.sku, t.node, t.ts, t.event_id, t.kind, t.qty, t.absolute,
+         SUM(CASE WHEN t.absolute THEN 0 ELSE t.d_on_hand END)
+           OVER (PARTITION BY t.node ORDER BY t.sku, t.ts, t.event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS changed,
+         ROW_NUMBER() OVER (PARTITION BY t.node ORDER BY t.sku, t.ts, t.event_id) AS position
+  FROM per_node p JOIN timely t ON t.sku = p.sku AND t.node = p.node
+  WHERE p.counting AND (t.absolute OR t.d_on_hand <> 0)
 ),
--- ... each reading next to the one before: whether it is the first or the last of its sku×node,
--- and (but for the first) what the events said was there just before it, the reading before plus
--- the changes since, and so the count discrepancy if it is a count of the last 30d ...
+-- ... each reading next to the one before: whether it is the first of its sku×node, and (but for
+-- the first) what the events said was there just before it, the reading before plus the changes
+-- since, and so the count discrepancy if it is a count of the last 30d ...
 readings AS (
   SELECT *, CASE WHEN kind = 'count' AND ts > ${asof} - 30 * 86400000 THEN qty - level_before END AS discrepancy
   FROM (
     SELECT sku, node, ts, event_id, kind, qty, changed, position,
            LAG(sku) OVER (PARTITION BY node ORDER BY sku, ts, event_id) IS DISTINCT FROM sku AS first,
-           LEAD(sku) OVER (PARTITION BY node ORDER BY sku, ts, event_id) IS DISTINCT FROM sku AS last,
            CASE WHEN LAG(sku) OVER (PARTITION BY node ORDER BY sku, ts, event_id) = sku
                 THEN LAG(qty) OVER (PARTITION BY node ORDER BY sku, ts, event_id) + changed
                      - LAG(changed) OVER (PARTITION BY node ORDER BY sku, ts, event_id) END AS level_before
@@ -94,21 +120,15 @@ readings AS (
     WHERE absolute
   ) AS r
 )
--- ... per sku×node: the anchor (the latest reading by (ts, event_id)), the first reading, and the
--- other readings' discrepancies (so only those readings count: most are seller feeds in between)
+-- ... per sku×node: the first reading, and the other readings' discrepancies
 SELECT sku, node,
-       MAX(CASE WHEN last THEN ts END) AS anchor_ts,
-       MAX(CASE WHEN last THEN event_id END) AS anchor_id,
-       MAX(CASE WHEN last THEN qty END) AS anchor_qty,
-       MAX(CASE WHEN last THEN kind END) AS anchor_kind,
-       MAX(CASE WHEN last THEN changed END) AS anchor_changed,
        MAX(CASE WHEN first THEN changed END) AS first_changed,
        MAX(CASE WHEN first THEN position END) AS first_position,
        MAX(CASE WHEN first AND kind = 'count' AND ts > ${asof} - 30 * 86400000 THEN qty END) AS first_count,
        SUM(discrepancy) AS discrepancy_sum,
        SUM(ABS(discrepancy)) AS discrepancy_abs,
        COUNT(discrepancy) AS discrepancies
-FROM readings WHERE first OR last OR discrepancy IS NOT NULL GROUP BY sku, node;
+FROM readings WHERE first OR discrepancy IS NOT NULL GROUP BY sku, node;
 
 -- Part 3, materialised (one row per node with feeds): seller feeds. Lag: arrival minus event
 -- time of the node's feeds over 30d, its exact percentiles by rank in the node's sorted lags (the
@@ -140,13 +160,17 @@ sku_totals AS (
     SUM(reserve_units_7d) AS sku_units_7d, SUM(reserve_count_7d) AS sku_count_7d
   FROM per_node GROUP BY sku
 ),
--- where each sku×node starts in part 2's running sum and positions: the changes, and the number
--- of on-hand events, of the node's SKUs before it ...
+-- where each counting sku×node starts in part 2's running sum and positions: the changes, and
+-- the number of on-hand events, of the node's counting SKUs before it ...
 starts AS (
   SELECT sku, node,
          SUM(changed) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - changed AS changed_before,
          SUM(on_hand_events) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - on_hand_events AS events_before
-  FROM per_node
+  FROM per_node WHERE counting
+),
+-- ... the changes after each anchor ...
+after_anchor AS (
+  SELECT sku, node, SUM(delta) AS changed_after FROM deltas GROUP BY sku, node
 ),
 -- ... the snapshot's on-hand: the anchor plus the changes after it (all the changes without
 -- one); the first reading's discrepancy: what it counted minus the changes before it, if there
@@ -155,16 +179,17 @@ starts AS (
 levels AS (
   SELECT p.*, t.sku_units_5m, t.sku_count_5m, t.sku_units_1h, t.sku_count_1h, t.sku_units_24h, t.sku_count_24h,
          t.sku_units_7d, t.sku_count_7d, n.node_shorts_30d, n.node_reserves_30d,
-         l.anchor_ts, l.anchor_id, l.anchor_qty, l.anchor_kind,
-         CASE WHEN l.anchor_qty IS NULL THEN p.changed
-              ELSE l.anchor_qty + b.changed_before + p.changed - l.anchor_changed END AS level,
-         l.discrepancy_sum, l.discrepancy_abs, COALESCE(l.discrepancies, 0) AS discrepancies,
-         CASE WHEN l.first_position > b.events_before + 1 THEN l.first_count - (l.first_changed - b.changed_before) END AS first_discrepancy
+         a.anchor_ts, a.anchor_id, a.anchor_qty, a.anchor_kind,
+         COALESCE(a.anchor_qty, 0) + COALESCE(d.changed_after, 0) AS level,
+         c.discrepancy_sum, c.discrepancy_abs, COALESCE(c.discrepancies, 0) AS discrepancies,
+         CASE WHEN c.first_position > b.events_before + 1 THEN c.first_count - (c.first_changed - b.changed_before) END AS first_discrepancy
   FROM per_node p
-  JOIN starts b ON b.sku = p.sku AND b.node = p.node
   JOIN sku_totals t ON t.sku = p.sku
   JOIN node_totals n ON n.node = p.node
-  LEFT JOIN on_hand l ON l.sku = p.sku AND l.node = p.node
+  LEFT JOIN anchors a ON a.sku = p.sku AND a.node = p.node
+  LEFT JOIN after_anchor d ON d.sku = p.sku AND d.node = p.node
+  LEFT JOIN starts b ON b.sku = p.sku AND b.node = p.node
+  LEFT JOIN counted c ON c.sku = p.sku AND c.node = p.node
 ),
 -- ... and the count discrepancy (phantom inventory) over 30d: for each count, what was counted
 -- minus what the events said was there just before; mean (bias), mean absolute value, number

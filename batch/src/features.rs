@@ -56,7 +56,7 @@ impl Lake {
         for &asof in cutoffs {
             bar.set_message(format!("as of {}", sellable_core::event::format_millis(asof)));
             let known = self.known_events(&context, asof, config).await?;
-            let computed = self.features_of(&context, &known, asof, false, &ProgressBar::hidden()).await?;
+            let computed = self.features_of(&context, &known, asof, &ProgressBar::hidden()).await?;
             batches.extend(feature_batches(&computed.rows, asof)?);
             bar.inc(1);
         }
@@ -126,7 +126,7 @@ pub(crate) struct Computed {
     /// The rows of its last statement: the features and the snapshot (the batch view's `view_`
     /// columns), ordered by sku and node.
     pub rows: Vec<RecordBatch>,
-    /// The batch view's on-hand deltas ([`crate::DELTAS_SQL`]), if asked for.
+    /// The batch view's on-hand deltas: the feature SQL's table `deltas`.
     pub deltas: Vec<RecordBatch>,
     /// How many shares of the nodes it ran in.
     pub shares: usize,
@@ -136,14 +136,12 @@ impl Lake {
     /// Runs the feature SQL over the events `known` at `asof`. Every statement but the last
     /// creates a table with the rows of one node each (per node or per sku×node); they run once
     /// per share of the nodes, over that share's events, and each table is then the union of its
-    /// shares'. The last statement runs once, over those tables. With `deltas`, also computes the
-    /// batch view's on-hand deltas, share by share. `bar` advances once per share.
+    /// shares'. The last statement runs once, over those tables. `bar` advances once per share.
     pub(crate) async fn features_of(
         &self,
         context: &SessionContext,
         known: &Known,
         asof: Millis,
-        deltas: bool,
         bar: &ProgressBar,
     ) -> Result<Computed, BatchError> {
         let sql = FEATURES_SQL.replace("${asof}", &asof.to_string());
@@ -151,7 +149,6 @@ impl Lake {
         let last = statements.pop().unwrap_or_default();
         let shares = known.shares();
         let mut tables: BTreeMap<String, (SchemaRef, Vec<RecordBatch>)> = BTreeMap::new();
-        let mut computed = Computed { rows: Vec::new(), deltas: Vec::new(), shares: shares.len() };
         for (done, &share) in shares.iter().enumerate() {
             bar.set_message(format!("features and snapshot, share {} of {}", done + 1, shares.len()));
             // a share larger than twice the budget (nodes with many events) streams from its file
@@ -162,11 +159,6 @@ impl Lake {
                 let started = std::time::Instant::now();
                 context.sql(statement).await?.collect().await?;
                 tracing::debug!(share, statement = part + 1, seconds = started.elapsed().as_secs_f64(), "features.sql");
-            }
-            if deltas {
-                let started = std::time::Instant::now();
-                computed.deltas.extend(context.sql(crate::DELTAS_SQL).await?.collect().await?);
-                tracing::debug!(share, seconds = started.elapsed().as_secs_f64(), "deltas");
             }
             if shares.len() > 1 {
                 for name in statements.iter().filter_map(|statement| created_table(statement)) {
@@ -182,8 +174,9 @@ impl Lake {
         for (name, (schema, batches)) in tables {
             crate::register_in_memory(context, &name, schema, batches)?;
         }
-        computed.rows = context.sql(&last).await?.collect().await?;
-        Ok(computed)
+        let rows = context.sql(&last).await?.collect().await?;
+        let deltas = context.table("deltas").await?.collect().await?;
+        Ok(Computed { rows, deltas, shares: shares.len() })
     }
 }
 
@@ -240,7 +233,7 @@ mod tests {
         let statements = crate::statements(FEATURES_SQL);
         let (last, before) = statements.split_last().unwrap();
         let created: Vec<&str> = before.iter().filter_map(|statement| created_table(statement)).collect();
-        assert_eq!(created, ["per_node", "node_totals", "on_hand", "feed"]);
+        assert_eq!(created, ["per_node", "node_totals", "anchors", "deltas", "counted", "feed"]);
         assert_eq!(created_table(last), None);
     }
 }

@@ -365,7 +365,7 @@ impl Lake {
     pub async fn compute_batch_view(&self, asof: Millis, config: FoldConfig) -> Result<BatchSummary, BatchError> {
         let context = self.session().await?;
         let known = self.known_events(&context, asof, config).await?;
-        let computed = self.features_of(&context, &known, asof, true, &indicatif::ProgressBar::hidden()).await?;
+        let computed = self.features_of(&context, &known, asof, &indicatif::ProgressBar::hidden()).await?;
         self.write_batch_view(computed, asof).await
     }
 
@@ -381,7 +381,7 @@ impl Lake {
         let shares = known.shares().len() as u64;
         bar.set_length(2 + shares);
         let started = std::time::Instant::now();
-        let computed = self.features_of(&context, &known, asof, true, &bar).await?;
+        let computed = self.features_of(&context, &known, asof, &bar).await?;
         drop(known);
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), shares, "features and snapshot computed");
         bar.set_message("batch view and features written");
@@ -628,15 +628,6 @@ fn register_in_memory(context: &SessionContext, name: &str, schema: SchemaRef, b
     context.register_table(name, Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches])?))?;
     Ok(())
 }
-
-/// On-hand changes ordered after the anchor of their sku×node (all of them where it has none):
-/// the anchors are those of the feature SQL's table `on_hand`. (It is on the left, one row per
-/// sku×node: a hash join keeps its left side in memory and cannot spill.)
-pub(crate) const DELTAS_SQL: &str = "
-    SELECT t.sku, t.node, t.ts, t.event_id, t.d_on_hand AS delta
-    FROM on_hand a RIGHT JOIN timely t ON t.sku = a.sku AND t.node = a.node
-    WHERE NOT t.absolute AND t.d_on_hand <> 0
-      AND (a.anchor_ts IS NULL OR t.ts > a.anchor_ts OR (t.ts = a.anchor_ts AND t.event_id > a.anchor_id))";
 
 /// The batch view's columns (of [`view_schema`]) of one batch of the feature SQL's rows.
 fn view_batch(rows: &RecordBatch, asof: Millis) -> Result<RecordBatch, BatchError> {

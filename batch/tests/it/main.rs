@@ -159,12 +159,43 @@ async fn features_agree_with_the_fold_and_with_a_direct_count() {
             Some(ts) => assert_eq!(hours, (asof - ts) as f64 / 3_600_000.0),
             None => assert!(hours.is_nan()),
         }
+        let discrepancies = count_discrepancies(of_node(), asof);
+        let counts = discrepancies.len() as f64;
+        assert_eq!(feature(row, "counts_30d"), counts, "{sku}×{node}");
+        let (bias, mae) = (feature(row, "count_bias_30d"), feature(row, "count_mae_30d"));
+        if discrepancies.is_empty() {
+            assert!(bias.is_nan() && mae.is_nan(), "{sku}×{node}: {bias} {mae}");
+        } else {
+            assert_eq!(bias, discrepancies.iter().sum::<i64>() as f64 / counts, "{sku}×{node}");
+            assert_eq!(mae, discrepancies.iter().map(|d| d.abs()).sum::<i64>() as f64 / counts, "{sku}×{node}");
+        }
         let feeds = feature(row, "feed_reliability_30d");
         assert!(feeds.is_nan() || (0.0..=1.0).contains(&feeds), "{feeds}");
     }
     assert!(with_demand > 20, "the check should see demand: {with_demand}");
     let counted = features.rows.values().filter(|row| feature(row, "counts_30d") > 0.0).count();
     assert!(counted > 20, "count discrepancies should be computed for many sku×nodes: {counted}");
+}
+
+/// The count discrepancies of one sku×node's events, from their definition (docs/batch.md): for
+/// each count of the last 30d with on-hand events before it, what it counted minus the level those
+/// events give (a reading sets it, a change adds to it, from 0), in (ts, event_id) order.
+fn count_discrepancies<'a>(events: impl Iterator<Item = &'a &'a Event>, asof: Millis) -> Vec<i64> {
+    let mut events: Vec<&Event> = events.copied().collect();
+    events.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
+    let (mut level, mut before, mut discrepancies) = (0, false, Vec::new());
+    for event in events {
+        let effect = sellable_core::fold::effect(event.kind, event.qty);
+        if effect.absolute.is_none() && effect.on_hand == 0 {
+            continue;
+        }
+        if event.kind == EventKind::Count && event.ts > asof - 30 * DAY && before {
+            discrepancies.push(event.qty - level);
+        }
+        level = effect.absolute.unwrap_or(level + effect.on_hand);
+        before = true;
+    }
+    discrepancies
 }
 
 #[tokio::test]
