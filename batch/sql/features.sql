@@ -12,7 +12,7 @@
 -- the view come from one pass, so they cannot disagree.
 -- Statements: each ends with a line ending in `;`. Parts 1 to 3 create in-memory tables that the
 -- next parts read: one row per sku×node or per node (`per_node`, `node_totals`, `anchors`,
--- `counted`, `feed`), and `deltas`, the on-hand changes after each anchor, which batch/src/lib.rs
+-- `counted`, `on_hand`, `feed`), and `deltas`, the on-hand changes after each anchor, which batch/src/lib.rs
 -- also writes with the batch view (`batch_deltas`); part 4 gives the output.
 -- Shares: when the events known at the cutoff do not fit in memory, batch/src/features.rs splits
 -- them by node into shares and runs parts 1 to 3 once per share, over that share's `timely`; each
@@ -25,7 +25,9 @@
 -- Speed: DataFusion plans a CTE again wherever it is used, so what is read twice is a table, and
 -- each statement reads `timely` once: an aggregation, or a hash join against a table of one row
 -- per sku×node. Only the count discrepancies sort events, and only those of the sku×nodes with
--- counts. Each statement runs alone, so its sorts get the whole memory limit.
+-- counts. Each statement runs alone, so its sorts get the whole memory limit. A hash join copies
+-- its left side whole: the narrow per-sku×node tables are joined into `on_hand` first, so that
+-- part 4 joins the wide `per_node` once.
 
 -- Part 1, materialised once in memory (one row per sku×node): everything that is a sum or a
 -- latest time per sku×node, in one pass over the events: the snapshot's reserved and held and
@@ -130,6 +132,43 @@ SELECT sku, node,
        COUNT(discrepancy) AS discrepancies
 FROM readings WHERE first OR discrepancy IS NOT NULL GROUP BY sku, node;
 
+-- (d) The on-hand part of every sku×node of part 1: the snapshot's on-hand, the anchor plus the
+-- changes after it (all the changes without one), and the count discrepancies over 30d.
+CREATE OR REPLACE TABLE on_hand AS
+WITH
+-- where each counting sku×node starts in (c)'s running sum and positions: the changes, and the
+-- number of on-hand events, of the node's counting SKUs before it ...
+starts AS (
+  SELECT sku, node,
+         SUM(changed) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - changed AS changed_before,
+         SUM(on_hand_events) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - on_hand_events AS events_before
+  FROM per_node WHERE counting
+),
+-- ... the changes after each anchor ...
+after_anchor AS (
+  SELECT sku, node, SUM(delta) AS changed_after FROM deltas GROUP BY sku, node
+),
+-- ... the level; the first reading's discrepancy: what it counted minus the changes before it,
+-- if there were any, that is if it is not the sku×node's first event (else the events said
+-- nothing about what was there) ...
+levels AS (
+  SELECT p.sku, p.node, a.anchor_ts, a.anchor_id, a.anchor_qty, a.anchor_kind,
+         COALESCE(a.anchor_qty, 0) + COALESCE(d.changed_after, 0) AS level,
+         c.discrepancy_sum, c.discrepancy_abs, COALESCE(c.discrepancies, 0) AS discrepancies,
+         CASE WHEN c.first_position > b.events_before + 1 THEN c.first_count - (c.first_changed - b.changed_before) END AS first_discrepancy
+  FROM per_node p
+  LEFT JOIN anchors a ON a.sku = p.sku AND a.node = p.node
+  LEFT JOIN after_anchor d ON d.sku = p.sku AND d.node = p.node
+  LEFT JOIN starts b ON b.sku = p.sku AND b.node = p.node
+  LEFT JOIN counted c ON c.sku = p.sku AND c.node = p.node
+)
+-- ... and the count discrepancy (phantom inventory) over 30d: for each count, what was counted
+-- minus what the events said was there just before; number, mean (bias), mean absolute value
+SELECT sku, node, anchor_ts, anchor_id, anchor_qty, anchor_kind, level, counts,
+       CAST(COALESCE(discrepancy_sum, 0) + COALESCE(first_discrepancy, 0) AS DOUBLE) / NULLIF(counts, 0) AS bias,
+       CAST(COALESCE(discrepancy_abs, 0) + COALESCE(ABS(first_discrepancy), 0) AS DOUBLE) / NULLIF(counts, 0) AS mae
+FROM (SELECT *, discrepancies + CASE WHEN first_discrepancy IS NULL THEN 0 ELSE 1 END AS counts FROM levels) AS c;
+
 -- Part 3, materialised (one row per node with feeds): seller feeds. Lag: arrival minus event
 -- time of the node's feeds over 30d, its exact percentiles by rank in the node's sorted lags (the
 -- lag at a rank is the same whatever order equal lags take, so reruns agree); reliability: the
@@ -160,51 +199,20 @@ sku_totals AS (
     SUM(reserve_units_7d) AS sku_units_7d, SUM(reserve_count_7d) AS sku_count_7d
   FROM per_node GROUP BY sku
 ),
--- where each counting sku×node starts in part 2's running sum and positions: the changes, and
--- the number of on-hand events, of the node's counting SKUs before it ...
-starts AS (
-  SELECT sku, node,
-         SUM(changed) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - changed AS changed_before,
-         SUM(on_hand_events) OVER (PARTITION BY node ORDER BY sku ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - on_hand_events AS events_before
-  FROM per_node WHERE counting
-),
--- ... the changes after each anchor ...
-after_anchor AS (
-  SELECT sku, node, SUM(delta) AS changed_after FROM deltas GROUP BY sku, node
-),
--- ... the snapshot's on-hand: the anchor plus the changes after it (all the changes without
--- one); the first reading's discrepancy: what it counted minus the changes before it, if there
--- were any, that is if it is not the sku×node's first event (else the events said nothing about
--- what was there) ...
-levels AS (
-  SELECT p.*, t.sku_units_5m, t.sku_count_5m, t.sku_units_1h, t.sku_count_1h, t.sku_units_24h, t.sku_count_24h,
-         t.sku_units_7d, t.sku_count_7d, n.node_shorts_30d, n.node_reserves_30d,
-         a.anchor_ts, a.anchor_id, a.anchor_qty, a.anchor_kind,
-         COALESCE(a.anchor_qty, 0) + COALESCE(d.changed_after, 0) AS level,
-         c.discrepancy_sum, c.discrepancy_abs, COALESCE(c.discrepancies, 0) AS discrepancies,
-         CASE WHEN c.first_position > b.events_before + 1 THEN c.first_count - (c.first_changed - b.changed_before) END AS first_discrepancy
-  FROM per_node p
-  JOIN sku_totals t ON t.sku = p.sku
-  JOIN node_totals n ON n.node = p.node
-  LEFT JOIN anchors a ON a.sku = p.sku AND a.node = p.node
-  LEFT JOIN after_anchor d ON d.sku = p.sku AND d.node = p.node
-  LEFT JOIN starts b ON b.sku = p.sku AND b.node = p.node
-  LEFT JOIN counted c ON c.sku = p.sku AND c.node = p.node
-),
--- ... and the count discrepancy (phantom inventory) over 30d: for each count, what was counted
--- minus what the events said was there just before; mean (bias), mean absolute value, number
-totals AS (
-  SELECT *,
-         CAST(COALESCE(discrepancy_sum, 0) + COALESCE(first_discrepancy, 0) AS DOUBLE) / NULLIF(counts, 0) AS bias,
-         CAST(COALESCE(discrepancy_abs, 0) + COALESCE(ABS(first_discrepancy), 0) AS DOUBLE) / NULLIF(counts, 0) AS mae
-  FROM (SELECT *, discrepancies + CASE WHEN first_discrepancy IS NULL THEN 0 ELSE 1 END AS counts FROM levels) AS c
-),
 regions AS (
   SELECT region, CAST(DENSE_RANK() OVER (ORDER BY region) AS DOUBLE) AS code FROM (SELECT DISTINCT region FROM nodes) AS r
+),
+-- per node: past shorts over all its SKUs, its feeds, kind and region
+node_features AS (
+  SELECT t.node, t.node_shorts_30d, t.node_reserves_30d, f.lag_p50_s, f.lag_p95_s, f.reliability, n.kind, g.code
+  FROM node_totals t
+  LEFT JOIN feed f ON f.node = t.node
+  LEFT JOIN nodes n ON n.node = t.node
+  LEFT JOIN regions g ON g.region = n.region
 )
 SELECT
   s.sku, s.node,
-  CAST(s.level AS DOUBLE) AS on_hand,
+  CAST(l.level AS DOUBLE) AS on_hand,
   CAST(s.reserved AS DOUBLE) AS reserved,
   CAST(s.held AS DOUBLE) AS held,
   CAST(s.reserve_units_5m AS DOUBLE) AS reserve_units_5m,
@@ -215,42 +223,42 @@ SELECT
   CAST(s.reserve_count_24h AS DOUBLE) AS reserve_count_24h,
   CAST(s.reserve_units_7d AS DOUBLE) AS reserve_units_7d,
   CAST(s.reserve_count_7d AS DOUBLE) AS reserve_count_7d,
-  CAST(s.sku_units_5m AS DOUBLE) AS sku_reserve_units_5m,
-  CAST(s.sku_count_5m AS DOUBLE) AS sku_reserve_count_5m,
-  CAST(s.sku_units_1h AS DOUBLE) AS sku_reserve_units_1h,
-  CAST(s.sku_count_1h AS DOUBLE) AS sku_reserve_count_1h,
-  CAST(s.sku_units_24h AS DOUBLE) AS sku_reserve_units_24h,
-  CAST(s.sku_count_24h AS DOUBLE) AS sku_reserve_count_24h,
-  CAST(s.sku_units_7d AS DOUBLE) AS sku_reserve_units_7d,
-  CAST(s.sku_count_7d AS DOUBLE) AS sku_reserve_count_7d,
+  CAST(t.sku_units_5m AS DOUBLE) AS sku_reserve_units_5m,
+  CAST(t.sku_count_5m AS DOUBLE) AS sku_reserve_count_5m,
+  CAST(t.sku_units_1h AS DOUBLE) AS sku_reserve_units_1h,
+  CAST(t.sku_count_1h AS DOUBLE) AS sku_reserve_count_1h,
+  CAST(t.sku_units_24h AS DOUBLE) AS sku_reserve_units_24h,
+  CAST(t.sku_count_24h AS DOUBLE) AS sku_reserve_count_24h,
+  CAST(t.sku_units_7d AS DOUBLE) AS sku_reserve_units_7d,
+  CAST(t.sku_count_7d AS DOUBLE) AS sku_reserve_count_7d,
   CAST(s.releases_7d AS DOUBLE) / NULLIF(CAST(s.reserve_count_7d AS DOUBLE), 0) AS cancel_rate_7d,
   CAST(s.returned_7d AS DOUBLE) / NULLIF(CAST(s.shipped_7d AS DOUBLE), 0) AS return_rate_7d,
   CAST(${asof} - s.last_count_ts AS DOUBLE) / 3600000.0 AS hours_since_count,
   CAST(${asof} - s.last_receipt_ts AS DOUBLE) / 3600000.0 AS hours_since_receipt,
   CAST(${asof} - s.last_event_ts AS DOUBLE) / 3600000.0 AS hours_since_event,
-  s.bias AS count_bias_30d,
-  s.mae AS count_mae_30d,
-  CAST(s.counts AS DOUBLE) AS counts_30d,
+  l.bias AS count_bias_30d,
+  l.mae AS count_mae_30d,
+  CAST(l.counts AS DOUBLE) AS counts_30d,
   CAST(s.shorts_30d AS DOUBLE) / NULLIF(CAST(s.reserves_30d AS DOUBLE), 0) AS short_rate_30d,
-  CAST(s.node_shorts_30d AS DOUBLE) / NULLIF(CAST(s.node_reserves_30d AS DOUBLE), 0) AS node_short_rate_30d,
-  f.lag_p50_s AS feed_lag_p50_s,
-  f.lag_p95_s AS feed_lag_p95_s,
-  f.reliability AS feed_reliability_30d,
+  CAST(n.node_shorts_30d AS DOUBLE) / NULLIF(CAST(n.node_reserves_30d AS DOUBLE), 0) AS node_short_rate_30d,
+  n.lag_p50_s AS feed_lag_p50_s,
+  n.lag_p95_s AS feed_lag_p95_s,
+  n.reliability AS feed_reliability_30d,
   CASE WHEN n.kind = 'store' THEN 1.0 WHEN n.kind IS NULL THEN NULL ELSE 0.0 END AS node_is_store,
   CASE WHEN n.kind = 'seller' THEN 1.0 WHEN n.kind IS NULL THEN NULL ELSE 0.0 END AS node_is_seller,
-  g.code AS region_code,
+  n.code AS region_code,
   -- the snapshot (batch view): what core's fold holds per sku×node
   s.reserved AS view_reserved,
   s.held AS view_held,
   s.last_event_ts AS view_last_ts,
   s.last_arrived AS view_last_arrived,
-  s.anchor_ts AS view_anchor_ts,
-  s.anchor_id AS view_anchor_id,
-  s.anchor_qty AS view_anchor_qty,
-  s.anchor_kind AS view_anchor_kind,
-  s.level AS view_on_hand
-FROM totals s
-LEFT JOIN feed f ON f.node = s.node
-LEFT JOIN nodes n ON n.node = s.node
-LEFT JOIN regions g ON g.region = n.region
+  l.anchor_ts AS view_anchor_ts,
+  l.anchor_id AS view_anchor_id,
+  l.anchor_qty AS view_anchor_qty,
+  l.anchor_kind AS view_anchor_kind,
+  l.level AS view_on_hand
+FROM per_node s
+JOIN on_hand l ON l.sku = s.sku AND l.node = s.node
+JOIN sku_totals t ON t.sku = s.sku
+JOIN node_features n ON n.node = s.node
 ORDER BY s.sku, s.node

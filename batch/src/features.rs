@@ -174,7 +174,9 @@ impl Lake {
         for (name, (schema, batches)) in tables {
             crate::register_in_memory(context, &name, schema, batches)?;
         }
+        let started = std::time::Instant::now();
         let rows = context.sql(&last).await?.collect().await?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features.sql, last statement");
         let deltas = context.table("deltas").await?.collect().await?;
         Ok(Computed { rows, deltas, shares: shares.len() })
     }
@@ -233,7 +235,7 @@ mod tests {
         let statements = crate::statements(FEATURES_SQL);
         let (last, before) = statements.split_last().unwrap();
         let created: Vec<&str> = before.iter().filter_map(|statement| created_table(statement)).collect();
-        assert_eq!(created, ["per_node", "node_totals", "anchors", "deltas", "counted", "feed"]);
+        assert_eq!(created, ["per_node", "node_totals", "anchors", "deltas", "counted", "on_hand", "feed"]);
         assert_eq!(created_table(last), None);
     }
 }
