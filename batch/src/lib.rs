@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, RecordBatchIterator, RecordBatchReader, StringArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use datafusion::execution::memory_pool::{FairSpillPool, GreedyMemoryPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::TryStreamExt;
@@ -202,11 +203,15 @@ impl Lake {
     /// Memory is bounded ([`Lake::with_memory_limit`]): sorts, joins and aggregations spill to disk beyond
     /// it. CPU-heavy: callers run it off the request runtime.
     async fn session(&self) -> Result<SessionContext, BatchError> {
-        let events = self.dataset(EVENTS, "import events first (sellable lake import)").await?;
         // A fair pool gives every spilling operator its share, so a sort's merge phase still
         // finds the memory it reserved when a join or an aggregation is large too.
-        let pool = datafusion::execution::memory_pool::FairSpillPool::new(self.memory_limit);
-        let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool)).build_arc()?;
+        self.session_with(Arc::new(FairSpillPool::new(self.memory_limit))).await
+    }
+
+    /// A session as [`Lake::session`]'s, whose queries hold their memory in `pool`.
+    async fn session_with(&self, pool: Arc<dyn MemoryPool>) -> Result<SessionContext, BatchError> {
+        let events = self.dataset(EVENTS, "import events first (sellable lake import)").await?;
+        let runtime = RuntimeEnvBuilder::new().with_memory_pool(pool).build_arc()?;
         let config = SessionConfig::new().with_target_partitions(2).with_sort_spill_reservation_bytes(64 << 20);
         let context = SessionContext::new_with_config_rt(config, runtime);
         context.register_udf(id_hash_udf());
@@ -229,9 +234,10 @@ impl Lake {
     /// by node into shares of about that size, written to scratch files, so memory stays bounded
     /// and the job computes one share at a time.
     async fn known_events(&self, context: &SessionContext, asof: Millis, config: FoldConfig) -> Result<shares::Known, BatchError> {
+        self.register_copied(context).await?;
         let started = std::time::Instant::now();
         self.remove_scratch()?;
-        let mut stream = run_script(context, &timely_events_sql(asof, config)).await?.execute_stream().await?;
+        let mut stream = context.sql(&timely_events_sql(asof, config)).await?.execute_stream().await?;
         let schema = stream.schema();
         let (mut held, mut bytes, mut rows) = (Vec::new(), 0, 0);
         while bytes <= self.scratch_limit {
@@ -262,6 +268,27 @@ impl Lake {
         let known = splitter.finish()?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), shares = count, "events known at the cutoff split into shares");
         Ok(known)
+    }
+
+    /// Registers the table `copied` in `context`, once per session: the hashes ([`id_hash_udf`])
+    /// of the event ids that occur more than once in the lake. Those are all the deduplication
+    /// needs to know, whatever the cutoff (an id with copies known at a cutoff has copies in the
+    /// lake). One aggregation over every event id computes it, in a session of its own with a
+    /// greedy pool of the same memory limit: it holds nearly all the memory the job uses then,
+    /// and a fair pool would give it a share only, and make it spill.
+    async fn register_copied(&self, context: &SessionContext) -> Result<(), BatchError> {
+        if context.table_exist("copied")? {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let counting = self.session_with(Arc::new(GreedyMemoryPool::new(self.memory_limit))).await?;
+        let sql = format!("SELECT id_hash(event_id) AS copied_hash FROM {EVENTS} GROUP BY id_hash(event_id) HAVING COUNT(*) > 1");
+        let frame = counting.sql(&sql).await?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let copied = frame.collect().await?;
+        let rows: usize = copied.iter().map(RecordBatch::num_rows).sum();
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), ids = rows, "event ids with copies");
+        register_in_memory(context, "copied", schema, copied)
     }
 
     /// Removes what an earlier run left in the scratch space (the nightly job removes its
@@ -549,16 +576,15 @@ fn fixed_hash(text: &str) -> u64 {
 }
 
 /// The events known at `asof` that were not too late, deduplicated by `event_id` (the first
-/// arrival wins), with times as integer milliseconds: a script of two statements
-/// ([`run_script`]).
+/// arrival wins), with times as integer milliseconds. Reads the table `copied`
+/// ([`Lake::register_copied`]).
 fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
     let absolute: Vec<String> =
         EventKind::ALL.into_iter().filter(|kind| kind.is_absolute()).map(|kind| format!("'{kind}'")).collect();
     // One copy of each event_id: the first to arrive. Copies are rare, so instead of sorting every
-    // event by id, a hash aggregation finds the id hashes that occur more than once, the events
-    // without copies pass through a join that holds only those hashes, and only the events with
-    // such a hash are ranked, by their id. The hashes with copies are few: kept as a table, the
-    // joins know it is small and hold it whole, and it is aggregated once rather than per join.
+    // event by id, the events without copies pass through a join that holds only the hashes of
+    // the ids with copies (`copied`: few, so the joins know it is small and hold it whole), and
+    // only the events with such a hash are ranked, by their id.
     let known = format!(
         "SELECT * FROM (SELECT event_id, id_hash(event_id) AS id_hash, CAST(ts AS BIGINT) AS ts, sku, node,
                                kind, qty, CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
@@ -567,9 +593,7 @@ fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
         lateness = config.lateness_ms,
     );
     format!(
-        "CREATE OR REPLACE TABLE copied AS
-           SELECT id_hash AS copied_hash FROM ({known}) AS known GROUP BY id_hash HAVING COUNT(*) > 1;
-         WITH known AS ({known}),
+        "WITH known AS ({known}),
          first_copies AS (
            SELECT event_id, ts, sku, node, kind, qty, arrival FROM (
              SELECT k.*, row_number() OVER (PARTITION BY k.event_id ORDER BY k.arrival, k.ts) AS copy
@@ -588,17 +612,6 @@ fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
         reserved = effect_sql(|e| e.reserved),
         held = effect_sql(|e| e.held),
     )
-}
-
-/// Runs a SQL script ([`statements`]): every statement but the last (each creates a table the
-/// next ones read), then gives the last one's frame, to collect or stream.
-async fn run_script(context: &SessionContext, sql: &str) -> Result<datafusion::dataframe::DataFrame, BatchError> {
-    let mut statements = statements(sql);
-    let last = statements.pop().unwrap_or_default();
-    for statement in statements {
-        context.sql(&statement).await?.collect().await?;
-    }
-    Ok(context.sql(&last).await?)
 }
 
 /// The statements of a SQL script: each ends with a line ending in `;` (comments aside).

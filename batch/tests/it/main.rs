@@ -50,6 +50,18 @@ async fn batch_view_equals_core_fold_of_events_known_at_the_cutoff() {
     stuck.event_id = "stuck".into();
     stuck.arrived = Some(stuck.ts + FoldConfig::default().lateness_ms + 1);
     events.push(stuck);
+    // a copy of a reserve (it counts whatever comes after it) with another quantity, arriving
+    // between the two cutoffs: the first arrival wins at both, whether the lake's other copy is
+    // known yet or not
+    let hour = 3_600_000;
+    let original = events
+        .iter()
+        .position(|e| e.kind == EventKind::Reserve && e.ts > summary.end - DAY - 5 * hour && e.arrival() <= summary.end - DAY)
+        .expect("an event of the hours before the first cutoff");
+    let mut late_copy = events[original].clone();
+    late_copy.qty += 5;
+    late_copy.arrived = Some(summary.end - DAY + hour);
+    events.push(late_copy);
     let lake = Lake::open(&dir.path().join("lake")).unwrap();
     let report = lake.import_events(events.clone().into_iter().map(Ok)).await.unwrap();
     assert_eq!(report.accepted, events.len() as u64);
