@@ -68,7 +68,7 @@ CREATE OR REPLACE TABLE node_totals AS
   SELECT node, SUM(shorts_30d) AS node_shorts_30d, SUM(reserves_30d) AS node_reserves_30d
   FROM per_node GROUP BY node;
 
--- Part 2, materialised: on-hand, in three tables. The level of a sku×node is its anchor (its
+-- Part 2, materialised: on-hand, in four tables. The level of a sku×node is its anchor (its
 -- latest reading) plus the changes after it; only the count discrepancies need the events in
 -- order, and only for the sku×nodes with counts (most on-hand events are seller feeds, which
 -- are readings without counts).
