@@ -91,10 +91,10 @@ CREATE OR REPLACE TABLE deltas AS
     AND (a.anchor_ts IS NULL OR t.ts > a.anchor_ts OR (t.ts = a.anchor_ts AND t.event_id > a.anchor_id));
 
 -- (c) The count discrepancies, one row per sku×node with a count in the last 30d (`counting`,
--- the same condition as part 4's `starts`). Its windows run per node, over the node's on-hand
+-- the same condition as `starts` in (d)). Its windows run per node, over the node's on-hand
 -- events in (sku, ts, event_id) order: a window per sku×node would cost DataFusion a partition
 -- each, and there are millions. So the running sum and the positions go through all the counting
--- SKUs of a node, and part 4 (`starts`) says where each sku×node starts in them.
+-- SKUs of a node, and (d) (`starts`) says where each sku×node starts in them.
 CREATE OR REPLACE TABLE counted AS
 WITH
 -- the events that set on-hand (absolute readings) or change it, with the running sum of the
