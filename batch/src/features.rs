@@ -102,10 +102,10 @@ impl Lake {
         };
         let mut scanner = dataset.scan();
         scanner.filter(&format!("asof = {asof}")).map_err(self.lance_error(FEATURES))?;
-        let batches: Vec<RecordBatch> =
-            scanner.try_into_stream().await.map_err(self.lance_error(FEATURES))?.try_collect().await.map_err(self.lance_error(FEATURES))?;
+        // one batch at a time: a cutoff computed N times has N times the rows, of which one copy is kept
+        let mut batches = scanner.try_into_stream().await.map_err(self.lance_error(FEATURES))?;
         let mut features = BatchFeatures { asof, version: dataset.version_id(), rows: HashMap::new() };
-        for batch in batches {
+        while let Some(batch) = batches.try_next().await.map_err(self.lance_error(FEATURES))? {
             let sku = string_column(&batch, "sku", FEATURES)?;
             let node = string_column(&batch, "node", FEATURES)?;
             let columns: Vec<Float64Array> = BATCH.iter().map(|name| float_column(&batch, name)).collect::<Result<_, _>>()?;
