@@ -14,6 +14,7 @@ use sellable_core::features::BATCH;
 use sellable_core::{fold, known_at, Event, EventKind, FoldConfig, Millis};
 
 const DAY: Millis = 86_400_000;
+const HOUR: Millis = 3_600_000;
 
 /// A lake holding the simulated catalog and `events`.
 async fn lake_of(dir: &Path, summary: &SimSummary, events: &[Event]) -> Lake {
@@ -53,14 +54,13 @@ async fn batch_view_equals_core_fold_of_events_known_at_the_cutoff() {
     // a copy of a reserve (it counts whatever comes after it) with another quantity, arriving
     // between the two cutoffs: the first arrival wins at both, whether the lake's other copy is
     // known yet or not
-    let hour = 3_600_000;
     let original = events
         .iter()
-        .position(|e| e.kind == EventKind::Reserve && e.ts > summary.end - DAY - 5 * hour && e.arrival() <= summary.end - DAY)
+        .position(|e| e.kind == EventKind::Reserve && e.ts > summary.end - DAY - 5 * HOUR && e.arrival() <= summary.end - DAY)
         .expect("an event of the hours before the first cutoff");
     let mut late_copy = events[original].clone();
     late_copy.qty += 5;
-    late_copy.arrived = Some(summary.end - DAY + hour);
+    late_copy.arrived = Some(summary.end - DAY + HOUR);
     events.push(late_copy);
     let lake = Lake::open(&dir.path().join("lake")).unwrap();
     let report = lake.import_events(events.clone().into_iter().map(Ok)).await.unwrap();
@@ -168,7 +168,7 @@ async fn features_agree_with_the_fold_and_with_a_direct_count() {
         let last_count = of_node().filter(|e| e.kind == EventKind::Count).map(|e| e.ts).max();
         let hours = feature(row, "hours_since_count");
         match last_count {
-            Some(ts) => assert_eq!(hours, (asof - ts) as f64 / 3_600_000.0),
+            Some(ts) => assert_eq!(hours, (asof - ts) as f64 / HOUR as f64),
             None => assert!(hours.is_nan()),
         }
         let discrepancies = count_discrepancies(of_node(), asof);
