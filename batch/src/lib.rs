@@ -26,7 +26,7 @@ use futures::TryStreamExt;
 use lance::dataset::{Dataset, WriteMode, WriteParams};
 use sellable_core::catalog::{node_schema, nodes_from_batch, nodes_to_batch, sku_schema, skus_from_batch, skus_to_batch};
 use sellable_core::event::{event_schema, events_from_batch, events_to_batch, DecodeError, InputError};
-use sellable_core::fold::{effect, Anchor, EventKey};
+use sellable_core::fold::{effect, Anchor, EventKey, SkuNode};
 use sellable_core::{BatchView, Event, EventKind, FoldConfig, Millis, NodeInfo, NodeState, SkuInfo};
 
 #[derive(Debug, thiserror::Error)]
@@ -390,10 +390,29 @@ impl Lake {
     /// Computes the batch view as of `asof` with DataFusion (the snapshot columns of the feature
     /// SQL) and writes it as new versions of `batch_view` and `batch_deltas`.
     pub async fn compute_batch_view(&self, asof: Millis, config: FoldConfig) -> Result<BatchSummary, BatchError> {
+        let computed = self.compute(asof, config, &indicatif::ProgressBar::hidden()).await?;
+        self.write_batch_view(computed, asof).await
+    }
+
+    /// The batch view's states as of `asof`, computed from the lake as it is now and kept in
+    /// memory (nothing is written): where a training set's replay starts.
+    pub(crate) async fn batch_states_at(
+        &self,
+        asof: Millis,
+        config: FoldConfig,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<BTreeMap<SkuNode, NodeState>, BatchError> {
+        let computed = self.compute(asof, config, bar).await?;
+        let view: Vec<RecordBatch> = computed.rows.iter().map(|batch| view_batch(batch, asof)).collect::<Result<_, _>>()?;
+        Ok(view_states(&view, &computed.deltas)?.1)
+    }
+
+    /// The feature SQL's rows and deltas as of `asof`, one step of `bar` per share.
+    async fn compute(&self, asof: Millis, config: FoldConfig, bar: &indicatif::ProgressBar) -> Result<features::Computed, BatchError> {
         let context = self.session().await?;
         let known = self.known_events(&context, asof, config).await?;
-        let computed = self.features_of(&context, &known, asof, &indicatif::ProgressBar::hidden()).await?;
-        self.write_batch_view(computed, asof).await
+        bar.set_length(known.shares().len() as u64);
+        self.features_of(&context, &known, asof, bar).await
     }
 
     /// The nightly job: the batch view and the features as of `asof`, from one pass over the
@@ -443,28 +462,9 @@ impl Lake {
         let hint = "compute one first (sellable batch)";
         let dataset = self.dataset(BATCH_VIEW, hint).await?;
         let version = dataset.version_id();
-        let mut states: BTreeMap<(String, String), NodeState> = BTreeMap::new();
-        let mut asof = None;
-        for batch in scan(&dataset, BATCH_VIEW).await? {
-            let rows = ViewColumns::of(&batch)?;
-            for row in 0..batch.num_rows() {
-                asof = Some(rows.asof.value(row));
-                states.insert((rows.sku.value(row).to_string(), rows.node.value(row).to_string()), rows.state(row)?);
-            }
-        }
-        for batch in scan(&self.dataset(BATCH_DELTAS, hint).await?, BATCH_DELTAS).await? {
-            let corrupt = |message: &str| BatchError::Corrupt { dataset: BATCH_DELTAS.into(), message: message.into() };
-            let sku = string_column(&batch, "sku", BATCH_DELTAS)?;
-            let node = string_column(&batch, "node", BATCH_DELTAS)?;
-            let event_id = string_column(&batch, "event_id", BATCH_DELTAS)?;
-            let ts = int_column(&batch, "ts", BATCH_DELTAS)?;
-            let delta = int_column(&batch, "delta", BATCH_DELTAS)?;
-            for row in 0..batch.num_rows() {
-                let key = (sku.value(row).to_string(), node.value(row).to_string());
-                let state = states.get_mut(&key).ok_or_else(|| corrupt("delta for a sku×node missing from batch_view"))?;
-                state.deltas.insert(EventKey { ts: ts.value(row), event_id: event_id.value(row).to_string() }, delta.value(row));
-            }
-        }
+        let view = scan(&dataset, BATCH_VIEW).await?;
+        let deltas = scan(&self.dataset(BATCH_DELTAS, hint).await?, BATCH_DELTAS).await?;
+        let (asof, states) = view_states(&view, &deltas)?;
         // An empty view (no events before the cutoff) still has a cutoff: read it from the name.
         let asof = asof.unwrap_or_default();
         // the feature store's features of the same cutoff, if it has them
@@ -710,6 +710,34 @@ fn int_column(batch: &RecordBatch, name: &str, dataset: &str) -> Result<Int64Arr
         message: format!("column {name}: {e}"),
     })?;
     Ok(array.as_any().downcast_ref::<Int64Array>().expect("cast to Int64").clone())
+}
+
+/// A batch view's states from its rows (`batch_view`'s columns) and on-hand deltas
+/// (`batch_deltas`'s), with its cutoff (`None`: no rows).
+fn view_states(view: &[RecordBatch], deltas: &[RecordBatch]) -> Result<(Option<Millis>, BTreeMap<SkuNode, NodeState>), BatchError> {
+    let mut states: BTreeMap<SkuNode, NodeState> = BTreeMap::new();
+    let mut asof = None;
+    for batch in view {
+        let rows = ViewColumns::of(batch)?;
+        for row in 0..batch.num_rows() {
+            asof = Some(rows.asof.value(row));
+            states.insert((rows.sku.value(row).to_string(), rows.node.value(row).to_string()), rows.state(row)?);
+        }
+    }
+    for batch in deltas {
+        let corrupt = |message: &str| BatchError::Corrupt { dataset: BATCH_DELTAS.into(), message: message.into() };
+        let sku = string_column(batch, "sku", BATCH_DELTAS)?;
+        let node = string_column(batch, "node", BATCH_DELTAS)?;
+        let event_id = string_column(batch, "event_id", BATCH_DELTAS)?;
+        let ts = int_column(batch, "ts", BATCH_DELTAS)?;
+        let delta = int_column(batch, "delta", BATCH_DELTAS)?;
+        for row in 0..batch.num_rows() {
+            let key = (sku.value(row).to_string(), node.value(row).to_string());
+            let state = states.get_mut(&key).ok_or_else(|| corrupt("delta for a sku×node missing from batch_view"))?;
+            state.deltas.insert(EventKey { ts: ts.value(row), event_id: event_id.value(row).to_string() }, delta.value(row));
+        }
+    }
+    Ok((asof, states))
 }
 
 struct ViewColumns {

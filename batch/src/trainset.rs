@@ -5,18 +5,27 @@
 //!   were released (cancelled) or have no outcome yet are excluded.
 //! - **Decision time** `T` = the order's `ts`. The row's features are
 //!   [`sellable_core::features::vector`] of the batch features as of the last cutoff strictly
-//!   before `T` and of the merged state at `T`, which is the speed fold (`core`'s [`Fold`], the
-//!   embedded speed view) of the events replayed in arrival order up to, and not including,
-//!   `T` ([`sellable_core::features::known_before_decision`]). Serving computes the same vector
-//!   with the same function from its batch view merged with its speed view, so training and
-//!   serving cannot disagree (tested bit for bit in the workspace's `tests/it`).
+//!   before `T` and of the merged state at `T`. That state is what serving's would be: the batch
+//!   view as of the cutoff where the replay starts (the last one before `from`, computed from the
+//!   lake as it is now), merged ([`NodeState::merge`]) with the speed fold (`core`'s [`Fold`],
+//!   the embedded speed view) of the events that arrived after that cutoff, replayed in arrival
+//!   order up to, and not including, `T` ([`sellable_core::features::known_before_decision`]).
+//!   Serving computes the same vector with the same function from its batch view merged with its
+//!   speed view, so training and serving cannot disagree (tested bit for bit in the workspace's
+//!   `tests/it`).
 //! - **No leakage**: nothing that arrived at or after `T` reaches a row's features; the feature
-//!   store's cutoffs before `T` only hold events that arrived at or before them.
+//!   store's cutoffs before `T`, and the batch view where the replay starts, only hold events
+//!   that arrived at or before them.
 //!
-//! The replay deduplicates with a window equal to the allowed lateness: in arrival order, a copy
+//! The replay starts as serving's speed view does: it remembers the ids of the events that
+//! arrived within the allowed lateness before its cutoff, so a copy arriving after it counts
+//! once. It deduplicates with a window equal to the allowed lateness: in arrival order, a copy
 //! of an event arriving more than that after the first copy is too late anyway, so this equals
-//! the batch view's global deduplication while keeping memory bounded.
+//! the batch view's global deduplication while keeping memory bounded. Only the events after
+//! the starting cutoff are replayed, so the cost follows the period, not the whole lake.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
@@ -25,7 +34,8 @@ use futures::StreamExt;
 use lance::dataset::WriteMode;
 use sellable_core::event::events_from_batch;
 use sellable_core::features::{self, known_before_decision};
-use sellable_core::{Fold, FoldConfig, Millis};
+use sellable_core::fold::SkuNode;
+use sellable_core::{Fold, FoldConfig, Millis, NodeState};
 
 use crate::features::{BatchFeatures, FEATURES_SQL};
 use crate::{int_column, scan, string_column, BatchError, Lake, Progress, EVENTS};
@@ -54,7 +64,18 @@ pub struct TrainsetSummary {
     pub before_first_cutoff: u64,
     pub released: u64,
     pub no_outcome_yet: u64,
+    /// The cutoff whose batch view the replay started from (`None`: no cutoff, nothing replayed).
+    pub replay_from: Option<Millis>,
     pub events_replayed: u64,
+}
+
+/// What an order's row is computed from: the feature store's cutoffs, the batch view where the
+/// replay started, and the speed fold of the events replayed since.
+#[derive(Clone, Copy)]
+struct Views<'a> {
+    cutoffs: &'a [Millis],
+    base: &'a BTreeMap<SkuNode, NodeState>,
+    speed: &'a Fold,
 }
 
 /// The code version stamped on training sets: changes whenever a feature definition does.
@@ -82,17 +103,35 @@ impl Lake {
         let mut summary = TrainsetSummary::default();
         let orders = self.labelled_orders(from, to, &mut summary).await?;
 
+        // The replay starts at the cutoff of the first order that can have a row, from the batch
+        // view as of that cutoff, as serving starts from its batch view: orders before the first
+        // cutoff have none, and the state at any later order is that view merged with the fold
+        // of the events that arrived after it.
+        let Some(start) = cutoffs.iter().rev().find(|cutoff| **cutoff < from).or(cutoffs.first()).copied() else {
+            summary.before_first_cutoff = orders.len() as u64;
+            return Ok((Vec::new(), lineage, summary));
+        };
+        summary.replay_from = Some(start);
+        let started = progress.bar("start", 1);
+        let base = self.batch_states_at(start, config, &started).await?;
+        started.finish();
+        let mut speed = Fold::new(FoldConfig { dedup_window_ms: Some(config.lateness_ms), ..config });
+        // what a copy redelivered after the cutoff must be recognised by (as serving's speed view)
+        for (sku, event_id) in self.event_ids_arrived(start - config.lateness_ms, start).await? {
+            speed.remember(&sku, &event_id, start);
+        }
         let context = self.session().await?;
         let sql = format!(
-            "SELECT * FROM {EVENTS} WHERE CAST(COALESCE(arrived, ts) AS BIGINT) < {to} ORDER BY COALESCE(arrived, ts), event_id"
+            "SELECT * FROM {EVENTS} WHERE CAST(COALESCE(arrived, ts) AS BIGINT) > {start} \
+             AND CAST(COALESCE(arrived, ts) AS BIGINT) < {to} ORDER BY COALESCE(arrived, ts), event_id"
         );
         let mut stream = context.sql(&sql).await?.execute_stream().await?;
         let bar = progress.bar("trainset", orders.len() as u64);
-        let mut truth = Fold::new(FoldConfig { dedup_window_ms: Some(config.lateness_ms), ..config });
         let mut batch_features = BatchFeatures::default();
         let mut rows = Vec::with_capacity(orders.len());
         let mut pending = orders.into_iter().peekable();
         let mut replayed = 0u64;
+        let views = |speed: &Fold| Views { cutoffs: &cutoffs, base: &base, speed };
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             for event in events_from_batch(&batch, replayed)? {
@@ -102,14 +141,14 @@ impl Lake {
                 // every order decided before this event arrived is answered now
                 while let Some(order) = pending.next_if(|order| !known_before_decision(&event, order.ts)) {
                     bar.inc(1);
-                    rows.extend(self.row_for(order, &cutoffs, &truth, &mut batch_features, &mut summary).await?);
+                    rows.extend(self.row_for(order, views(&speed), &mut batch_features, &mut summary).await?);
                 }
-                truth.apply(&event);
+                speed.apply(&event);
             }
         }
         for order in pending {
             bar.inc(1);
-            rows.extend(self.row_for(order, &cutoffs, &truth, &mut batch_features, &mut summary).await?);
+            rows.extend(self.row_for(order, views(&speed), &mut batch_features, &mut summary).await?);
         }
         bar.finish();
         summary.rows = rows.len() as u64;
@@ -124,21 +163,25 @@ impl Lake {
     async fn row_for(
         &self,
         order: TrainRow,
-        cutoffs: &[Millis],
-        truth: &Fold,
+        views: Views<'_>,
         batch_features: &mut BatchFeatures,
         summary: &mut TrainsetSummary,
     ) -> Result<Option<TrainRow>, BatchError> {
-        let Some(cutoff) = cutoffs.iter().rev().find(|cutoff| **cutoff < order.ts).copied() else {
+        let Some(cutoff) = views.cutoffs.iter().rev().find(|cutoff| **cutoff < order.ts).copied() else {
             summary.before_first_cutoff += 1;
             return Ok(None);
         };
         if batch_features.rows.is_empty() || batch_features.asof != cutoff {
             *batch_features = self.load_features(Some(cutoff)).await?;
         }
-        let state = truth.state(&order.sku, &order.node);
-        let batch = batch_features.rows.get(&(order.sku.clone(), order.node.clone())).map(Vec::as_slice);
-        let features = features::vector(batch, state, order.qty, order.ts);
+        let key = (order.sku.clone(), order.node.clone());
+        // merged as serving merges its two views (`core::merge_views`)
+        let state = match (views.base.get(&key), views.speed.states.get(&key)) {
+            (Some(base), Some(speed)) => Some(Cow::Owned(base.merge(speed))),
+            (base, speed) => base.or(speed).map(Cow::Borrowed),
+        };
+        let batch = batch_features.rows.get(&key).map(Vec::as_slice);
+        let features = features::vector(batch, state.as_deref(), order.qty, order.ts);
         Ok(Some(TrainRow { cutoff: batch_features.asof, features, ..order }))
     }
 

@@ -3,14 +3,14 @@
 # that many events over 7 days, then time and measure the peak memory (max RSS) of
 #   import   sellable lake import           (events into the Lance lake)
 #   nightly  sellable batch --asof DAY-7    (batch view + every feature of features.sql, DataFusion)
-#   trainset sellable trainset (last day)   (labels, features, replay of every event in arrival order)
+#   trainset sellable trainset (last day)   (labels, features, batch view at the cutoff + replay of the day after it)
 # and print events/s per stage, so that the growth with size is visible.
 # Usage: benchmarks/scripts/batch.sh [EVENTS...]   (default 1000000 5000000 20000000)
 #   PROFILE=dev for the debug build (much slower DataFusion); default release (a cold release
 #   build takes 30 to 50 minutes on 2 cores, once). --memory-mb bounds DataFusion.
-#   BASELINE=target/release/sellable-baseline also runs the nightly job with that binary (a
-#   release build of an earlier commit, copied next to this one so that it finds .deps) on the
-#   same lake, right after, and prints its seconds and the ratio side by side.
+#   BASELINE=target/release/sellable-baseline also runs the nightly job and the training set with
+#   that binary (a release build of an earlier commit, copied next to this one so that it finds
+#   .deps) on the same lake, right after, and prints its seconds and the ratio side by side.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 sizes=("${@:-1000000 5000000 20000000}")
@@ -45,6 +45,9 @@ for size in "${sizes[@]}"; do
     stage "$size" baseline "$BASELINE" batch --lake "$dir/lake" --asof 2026-01-07T00:00:00Z
   fi
   stage "$size" trainset "$bin" trainset --lake "$dir/lake" --from 2026-01-07T00:00:00Z --to 2026-01-08T00:00:00Z
+  if [ -n "${BASELINE:-}" ]; then
+    stage "$size" baseline-trainset "$BASELINE" trainset --lake "$dir/lake" --from 2026-01-07T00:00:00Z --to 2026-01-08T00:00:00Z
+  fi
   sed -i "s/^$size /$events /" "$results"
   rm -rf "$dir/gen"
 done
@@ -63,9 +66,10 @@ for events, stages in by_size.items():
         seconds, kib = stages[stage]
         per_million = seconds / events * 1e6
         print(f"{events:>11,} {stage:>9} {seconds:>8.1f} {events / seconds:>11,.0f} {kib / 1024:>9,.0f} {per_million:>15.2f}")
-        if stage == "nightly" and "baseline" in stages:
-            base, base_kib = stages["baseline"]
+        baseline = {"nightly": "baseline", "trainset": "baseline-trainset"}.get(stage)
+        if baseline in stages:
+            base, base_kib = stages[baseline]
             print(f"{events:>11,} {'baseline':>9} {base:>8.1f} {events / base:>11,.0f} {base_kib / 1024:>9,.0f} {base / events * 1e6:>15.2f}"
-                  f"   nightly is {base / seconds:.2f}x the baseline's speed")
+                  f"   {stage} is {base / seconds:.2f}x the baseline's speed")
 print("(growth is linear when 's per M events' stays flat as the lake grows)")
 PY
