@@ -101,7 +101,9 @@ impl Lake {
         let features_version = self.dataset(crate::features::FEATURES, "").await?.version_id();
         let lineage = Lineage { lake_version: self.events_version().await?, features_version, code_version: code_version() };
         let mut summary = TrainsetSummary::default();
+        let started = std::time::Instant::now();
         let orders = self.labelled_orders(from, to, &mut summary).await?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), orders = orders.len(), "labelled orders");
 
         // The replay starts at the cutoff of the first order that can have a row, from the batch
         // view as of that cutoff, as serving starts from its batch view: orders before the first
@@ -112,9 +114,11 @@ impl Lake {
             return Ok((Vec::new(), lineage, summary));
         };
         summary.replay_from = Some(start);
-        let started = progress.bar("start", 1);
-        let base = self.batch_states_at(start, config, &started).await?;
-        started.finish();
+        let (started, bar) = (std::time::Instant::now(), progress.bar("start", 1));
+        let base = self.batch_states_at(start, config, &bar).await?;
+        bar.finish();
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), sku_nodes = base.len(), "batch view where the replay starts");
+        let started = std::time::Instant::now();
         let mut speed = Fold::new(FoldConfig { dedup_window_ms: Some(config.lateness_ms), ..config });
         // what a copy redelivered after the cutoff must be recognised by (as serving's speed view)
         for (sku, event_id) in self.event_ids_arrived(start - config.lateness_ms, start).await? {
@@ -131,7 +135,6 @@ impl Lake {
         let mut rows = Vec::with_capacity(orders.len());
         let mut pending = orders.into_iter().peekable();
         let mut replayed = 0u64;
-        let views = |speed: &Fold| Views { cutoffs: &cutoffs, base: &base, speed };
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             for event in events_from_batch(&batch, replayed)? {
@@ -141,16 +144,19 @@ impl Lake {
                 // every order decided before this event arrived is answered now
                 while let Some(order) = pending.next_if(|order| !known_before_decision(&event, order.ts)) {
                     bar.inc(1);
-                    rows.extend(self.row_for(order, views(&speed), &mut batch_features, &mut summary).await?);
+                    let views = Views { cutoffs: &cutoffs, base: &base, speed: &speed };
+                    rows.extend(self.row_for(order, views, &mut batch_features, &mut summary).await?);
                 }
                 speed.apply(&event);
             }
         }
         for order in pending {
             bar.inc(1);
-            rows.extend(self.row_for(order, views(&speed), &mut batch_features, &mut summary).await?);
+            let views = Views { cutoffs: &cutoffs, base: &base, speed: &speed };
+            rows.extend(self.row_for(order, views, &mut batch_features, &mut summary).await?);
         }
         bar.finish();
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), events = replayed, "ids remembered, events replayed, rows built");
         summary.rows = rows.len() as u64;
         summary.positives = rows.iter().filter(|row| row.label == 1).count() as u64;
         summary.events_replayed = replayed;
