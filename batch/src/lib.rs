@@ -236,7 +236,7 @@ impl Lake {
     async fn known_events(&self, context: &SessionContext, asof: Millis, config: FoldConfig) -> Result<shares::Known, BatchError> {
         self.register_copied(context).await?;
         let started = std::time::Instant::now();
-        self.remove_scratch()?;
+        self.remove_abandoned_scratch()?;
         let mut stream = context.sql(&timely_events_sql(asof, config)).await?.execute_stream().await?;
         let schema = stream.schema();
         let (mut held, mut bytes, mut rows) = (Vec::new(), 0, 0);
@@ -291,15 +291,14 @@ impl Lake {
         register_in_memory(context, "copied", schema, copied)
     }
 
-    /// Removes what an earlier run left in the scratch space (the nightly job removes its
-    /// scratch files when it is done, unless it was killed).
-    fn remove_scratch(&self) -> Result<(), BatchError> {
-        // (`scratch_timely.lance`: where versions before the shares kept the events)
-        for path in [self.root.join(SCRATCH), PathBuf::from(self.uri("scratch_timely"))] {
-            if path.exists() {
-                std::fs::remove_dir_all(&path)
-                    .map_err(|source| BatchError::Input(InputError::Io { path: path.display().to_string(), source }))?;
-            }
+    /// Removes what killed runs left in the scratch space (a run removes its own scratch files
+    /// when it is done; runs in progress keep theirs: see [`shares`]).
+    fn remove_abandoned_scratch(&self) -> Result<(), BatchError> {
+        shares::remove_abandoned(&self.root.join(SCRATCH))?;
+        // where versions before the shares kept the events
+        let old = PathBuf::from(self.uri("scratch_timely"));
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|source| BatchError::Input(InputError::Io { path: old.display().to_string(), source }))?;
         }
         Ok(())
     }

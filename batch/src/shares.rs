@@ -5,10 +5,16 @@
 //! per-node parts of `features.sql` one share of the nodes at a time: each share's events are
 //! held in memory, its sorts do not spill and its groups fit the caches, and the time per event
 //! stays the same as the lake grows.
+//!
+//! Each run writes its shares into a directory of its own under `<lake>/scratch`, held under an
+//! exclusive file lock, so jobs running at once on one lake (a nightly job and a training set,
+//! two backfills) never touch each other's files; a run that was killed leaves its directory
+//! behind, unlocked, and the next run removes it.
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow_array::{Array, BooleanArray, RecordBatch, StringArray};
@@ -33,8 +39,9 @@ pub(crate) const MAX_SHARES: usize = 256;
 pub(crate) enum Known {
     /// Few enough to hold in memory: one share.
     Held { schema: SchemaRef, batches: Vec<RecordBatch> },
-    /// Too many: one Arrow IPC file per share in a scratch directory, removed when dropped.
-    Split { schema: SchemaRef, dir: PathBuf, shares: Vec<Share> },
+    /// Too many: one Arrow IPC file per share in this run's scratch directory, removed when
+    /// dropped.
+    Split { schema: SchemaRef, _scratch: ScratchDir, shares: Vec<Share> },
 }
 
 /// One share's file.
@@ -83,27 +90,87 @@ impl Known {
     }
 }
 
-impl Drop for Known {
+/// A run's own directory `<scratch>/<name>`, held while `<scratch>/<name>.lock` is locked by
+/// this process; removed with its lock file when dropped.
+pub(crate) struct ScratchDir {
+    path: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+}
+
+impl ScratchDir {
+    /// Creates a new directory under `scratch` for this run. Its lock file is locked under a
+    /// hidden name first and then renamed, so another run never sees it unlocked.
+    pub(crate) fn claim(scratch: &Path) -> Result<ScratchDir, BatchError> {
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        std::fs::create_dir_all(scratch).map_err(|error| scratch_error(scratch, error))?;
+        let name = format!("run-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
+        let hidden = scratch.join(format!(".{name}.lock"));
+        let lock = File::create(&hidden).map_err(|error| scratch_error(&hidden, error))?;
+        lock.try_lock().map_err(|error| scratch_error(&hidden, error))?;
+        let lock_path = scratch.join(format!("{name}.lock"));
+        std::fs::rename(&hidden, &lock_path).map_err(|error| scratch_error(&lock_path, error))?;
+        let path = scratch.join(&name);
+        if path.exists() {
+            // left by a killed run of a process that had this id
+            std::fs::remove_dir_all(&path).map_err(|error| scratch_error(&path, error))?;
+        }
+        std::fs::create_dir(&path).map_err(|error| scratch_error(&path, error))?;
+        Ok(ScratchDir { path, lock_path, _lock: lock })
+    }
+}
+
+impl Drop for ScratchDir {
     fn drop(&mut self) {
-        if let Known::Split { dir, .. } = self {
-            // a scratch directory left behind is removed by the next run anyway
-            let _ = std::fs::remove_dir_all(dir);
+        // the directory first: a directory without its lock file is a finished run's
+        let _ = std::fs::remove_dir_all(&self.path);
+        let _ = std::fs::remove_file(&self.lock_path);
+        // and the scratch space itself once no run uses it (fails, harmlessly, while one does)
+        if let Some(scratch) = self.path.parent() {
+            let _ = std::fs::remove_dir(scratch);
         }
     }
+}
+
+/// Removes what killed runs left under `scratch`: each directory and lock file whose lock no
+/// process holds, and loose files of versions before the per-run directories. Runs in progress
+/// keep theirs: a run's lock file exists, locked, before its directory does.
+pub(crate) fn remove_abandoned(scratch: &Path) -> Result<(), BatchError> {
+    let Ok(entries) = std::fs::read_dir(scratch) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let (path, name) = (entry.path(), entry.file_name().to_string_lossy().into_owned());
+        if name.starts_with('.') {
+            // a lock file being created
+            continue;
+        }
+        let run = name.strip_suffix(".lock").unwrap_or(&name);
+        let lock = File::open(scratch.join(format!("{run}.lock"))).ok();
+        if lock.as_ref().is_some_and(|lock| lock.try_lock().is_err()) {
+            continue;
+        }
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match removed {
+            // (another run's sweep was first)
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(scratch_error(&path, error)),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Writes events into one file per share, by their node.
 pub(crate) struct Splitter {
     schema: SchemaRef,
-    dir: PathBuf,
+    scratch: ScratchDir,
     node: usize,
     writers: Vec<(PathBuf, FileWriter<BufWriter<File>>, usize)>,
 }
 
 impl Splitter {
-    /// Creates the directory `dir` and `shares` empty files in it.
-    pub(crate) fn create(dir: &Path, schema: SchemaRef, shares: usize) -> Result<Splitter, BatchError> {
-        std::fs::create_dir_all(dir).map_err(|error| scratch_error(dir, error))?;
+    /// Creates `shares` empty files in a new directory of this run under `scratch`.
+    pub(crate) fn create(scratch: &Path, schema: SchemaRef, shares: usize) -> Result<Splitter, BatchError> {
+        let scratch = ScratchDir::claim(scratch)?;
+        let dir = &scratch.path;
         let node = schema.index_of("node").map_err(|error| scratch_error(dir, error))?;
         let writers = (0..shares)
             .map(|share| {
@@ -113,12 +180,12 @@ impl Splitter {
                 Ok((path, writer, 0))
             })
             .collect::<Result<_, BatchError>>()?;
-        Ok(Splitter { schema, dir: dir.to_path_buf(), node, writers })
+        Ok(Splitter { schema, scratch, node, writers })
     }
 
     /// Appends each event of `batch` to its node's share.
     pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<(), BatchError> {
-        let nodes = arrow_cast::cast(batch.column(self.node), &DataType::Utf8).map_err(|error| scratch_error(&self.dir, error))?;
+        let nodes = arrow_cast::cast(batch.column(self.node), &DataType::Utf8).map_err(|error| scratch_error(&self.scratch.path, error))?;
         let nodes = nodes.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
         let count = self.writers.len();
         let of_row: Vec<usize> = nodes.iter().map(|node| share_of(node.unwrap_or_default(), count)).collect();
@@ -141,7 +208,7 @@ impl Splitter {
             let bytes = std::fs::metadata(&path).map_err(|error| scratch_error(&path, error))?.len() as usize;
             shares.push(Share { path, rows, bytes });
         }
-        Ok(Known::Split { schema: self.schema, dir: self.dir, shares })
+        Ok(Known::Split { schema: self.schema, _scratch: self.scratch, shares })
     }
 }
 
@@ -181,5 +248,41 @@ impl PartitionStream for ShareFile {
                 Err(error) => Box::new(std::iter::once(Err(error))),
             };
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::iter(batches)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn what_a_killed_run_left_goes_and_a_running_ones_files_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("scratch");
+        let running = ScratchDir::claim(&scratch).unwrap();
+        std::fs::write(running.path.join("share-0.arrow"), b"events").unwrap();
+        let run = running.path.file_name().unwrap().to_string_lossy().into_owned();
+        // a killed run's directory and lock file (unlocked), and a loose file of an older version
+        std::fs::create_dir(scratch.join("run-1-0")).unwrap();
+        std::fs::write(scratch.join("run-1-0/share-0.arrow"), b"events").unwrap();
+        std::fs::write(scratch.join("run-1-0.lock"), b"").unwrap();
+        std::fs::write(scratch.join("share-3.arrow"), b"events").unwrap();
+
+        remove_abandoned(&scratch).unwrap();
+        assert_eq!(names(&scratch), [run.clone(), format!("{run}.lock")]);
+        assert_eq!(names(&running.path), ["share-0.arrow"]);
+        // a second run beside the first has a directory of its own
+        let second = ScratchDir::claim(&scratch).unwrap();
+        assert_ne!(second.path, running.path);
+        drop(running);
+        assert_eq!(names(&scratch).len(), 2, "the second run's files stay");
+        drop(second);
+        assert!(!scratch.exists(), "the last run removes the scratch space");
     }
 }

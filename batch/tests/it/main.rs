@@ -239,6 +239,43 @@ async fn the_nightly_job_gives_the_same_results_in_memory_and_in_shares_of_the_n
     }
 }
 
+/// Two jobs at once on one lake, both splitting their events into shares in scratch files: a
+/// training set (its batch view at the first cutoff) and the nightly job of a later cutoff. Each
+/// keeps its own files, both give what they give alone, and nothing is left in the scratch space.
+#[tokio::test]
+async fn two_jobs_at_once_on_one_lake_keep_their_own_scratch_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, events) = simulate(&dir.path().join("gen"), 47);
+    let start = summary.end - 3 * DAY;
+    let cutoffs: Vec<Millis> = (0..3).map(|day| start + DAY / 2 + day * DAY).collect();
+    let (config, progress, scratch_limit) = (FoldConfig::default(), Progress::hidden(), 64 << 10);
+    let (from, to) = (start, cutoffs[2] - 1);
+
+    let alone = lake_of(&dir.path().join("alone"), &summary, &events).await.with_scratch_limit(scratch_limit);
+    alone.compute_features(&cutoffs[..2], config, &progress).await.unwrap();
+    let (rows, _, _) = alone.build_trainset(from, to, config, &progress).await.unwrap();
+    let (view, _) = alone.nightly(cutoffs[2], config, &progress).await.unwrap();
+    assert!(view.shares > 1 && rows.len() > 50, "{} shares, {} rows", view.shares, rows.len());
+
+    let path = dir.path().join("shared");
+    let lake = lake_of(&path, &summary, &events).await.with_scratch_limit(scratch_limit);
+    lake.compute_features(&cutoffs[..2], config, &progress).await.unwrap();
+    let other = Lake::open(&path).unwrap().with_scratch_limit(scratch_limit);
+    let (built, nightly) = tokio::join!(lake.build_trainset(from, to, config, &progress), other.nightly(cutoffs[2], config, &progress));
+    let (shared_rows, _, _) = built.unwrap();
+    nightly.unwrap();
+
+    assert_eq!(shared_rows.len(), rows.len());
+    assert!(shared_rows.iter().zip(&rows).all(|(a, b)| a.same_bits(b)), "the training rows differ");
+    assert_eq!(lake.load_batch_view().await.unwrap().states, alone.load_batch_view().await.unwrap().states);
+    let (features, expected) = (lake.load_features(Some(cutoffs[2])).await.unwrap(), alone.load_features(Some(cutoffs[2])).await.unwrap());
+    assert_eq!(features.rows.len(), expected.rows.len());
+    for (key, row) in &expected.rows {
+        assert!(same_bits(row, &features.rows[key]), "{key:?}");
+    }
+    assert!(!path.join("scratch").exists(), "the scratch space is left empty");
+}
+
 #[tokio::test]
 async fn a_backfill_of_n_cutoffs_equals_n_single_runs() {
     let dir = tempfile::tempdir().unwrap();
