@@ -190,8 +190,8 @@ impl Config {
         if let Some(window) = self.lake.dedup_window_ms.filter(|window| *window <= 0) {
             problems.push(format!("lake.dedup_window_ms = {window}: must be more than 0 (leave it out to keep ids until the next cutoff)"));
         }
-        if self.lake.memory_mb < 64 {
-            problems.push(format!("lake.memory_mb = {}: DataFusion needs at least 64", self.lake.memory_mb));
+        if (self.lake.memory_mb as u64) < sellable_batch::MIN_MEMORY_MB {
+            problems.push(format!("lake.memory_mb = {}: DataFusion needs at least {}", self.lake.memory_mb, sellable_batch::MIN_MEMORY_MB));
         }
         if self.redis.namespace.is_empty() || self.redis.namespace.contains(|c: char| c.is_whitespace() || c == '{' || c == '}') {
             problems.push(format!("redis.namespace = {:?}: must be non-empty, without spaces or braces", self.redis.namespace));

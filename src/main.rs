@@ -267,8 +267,10 @@ struct LakeArgs {
     /// the next batch cutoff; config: lake.dedup_window_ms].
     #[arg(long)]
     dedup_window_ms: Option<Millis>,
-    /// Memory (MiB) one DataFusion query may hold before spilling to disk [config: lake.memory_mb].
-    #[arg(long, default_value_t = sellable_batch::DEFAULT_MEMORY_LIMIT >> 20)]
+    /// Memory (MiB) one DataFusion query may hold before spilling to disk, at least 64 [config:
+    /// lake.memory_mb].
+    #[arg(long, default_value_t = sellable_batch::DEFAULT_MEMORY_LIMIT >> 20,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(sellable_batch::MIN_MEMORY_MB..))]
     memory_mb: usize,
 }
 

@@ -13,15 +13,17 @@
 -- Statements: each ends with a line ending in `;`. Parts 1 to 3 create in-memory tables that the
 -- next parts read: one row per sku×node or per node (`per_node`, `node_totals`, `anchors`,
 -- `counted`, `on_hand`, `feed`), and `deltas`, the on-hand changes after each anchor, which batch/src/lib.rs
--- also writes with the batch view (`batch_deltas`); part 4 gives the output.
+-- also writes with the batch view (`batch_deltas`); part 4 creates `sku_totals`, the one table
+-- that combines nodes, and then gives the output.
 -- Shares: when the events known at the cutoff do not fit in memory, batch/src/features.rs splits
--- them by node into shares and runs parts 1 to 3 once per share, over that share's `timely`; each
--- table is then the union of its shares'. So every table parts 1 to 3 create must be computed
--- from whole nodes (grouped, partitioned or joined by node), and only part 4 may combine nodes
--- (`sku_totals`).
+-- them by node into shares and runs parts 1 to 3 once per share, over that share's `timely`. So
+-- every table parts 1 to 3 create must be computed from whole nodes (grouped, partitioned or
+-- joined by node). `sku_totals` runs once, over the union of the shares' `per_node`; the last
+-- statement runs once per share again, over that share's tables and `sku_totals`.
 -- Memory: a hash join holds its left side in memory and cannot spill, so every join below has a
 -- small side (per sku×node, per node, or filtered) on its left; the big inputs are aggregated or
--- windowed (which spill) first.
+-- windowed (which spill) first. In shares, the last statement's join and sort hold one share's
+-- sku×nodes, so that memory too stays bounded as the lake grows.
 -- Speed: DataFusion plans a CTE again wherever it is used, so what is read twice is a table, and
 -- each statement reads `timely` once: an aggregation, or a hash join against a table of one row
 -- per sku×node. Only the count discrepancies sort events, and only those of the sku×nodes with
@@ -188,17 +190,18 @@ FROM (
   GROUP BY r.node
 ) AS feed_lags;
 
--- Part 4, the features and the snapshot.
+-- Part 4, the features and the snapshot. First the demand per sku over all its nodes (over
+-- every share's per_node) ...
+CREATE OR REPLACE TABLE sku_totals AS
+SELECT sku,
+  SUM(reserve_units_5m) AS sku_units_5m, SUM(reserve_count_5m) AS sku_count_5m,
+  SUM(reserve_units_1h) AS sku_units_1h, SUM(reserve_count_1h) AS sku_count_1h,
+  SUM(reserve_units_24h) AS sku_units_24h, SUM(reserve_count_24h) AS sku_count_24h,
+  SUM(reserve_units_7d) AS sku_units_7d, SUM(reserve_count_7d) AS sku_count_7d
+FROM per_node GROUP BY sku;
+
+-- ... then the output (per share, when in shares).
 WITH
--- demand per sku over all its nodes
-sku_totals AS (
-  SELECT sku,
-    SUM(reserve_units_5m) AS sku_units_5m, SUM(reserve_count_5m) AS sku_count_5m,
-    SUM(reserve_units_1h) AS sku_units_1h, SUM(reserve_count_1h) AS sku_count_1h,
-    SUM(reserve_units_24h) AS sku_units_24h, SUM(reserve_count_24h) AS sku_count_24h,
-    SUM(reserve_units_7d) AS sku_units_7d, SUM(reserve_count_7d) AS sku_count_7d
-  FROM per_node GROUP BY sku
-),
 regions AS (
   SELECT region, CAST(DENSE_RANK() OVER (ORDER BY region) AS DOUBLE) AS code FROM (SELECT DISTINCT region FROM nodes) AS r
 ),

@@ -124,7 +124,7 @@ impl Lake {
 /// What one pass of the feature SQL over the events known at a cutoff gives.
 pub(crate) struct Computed {
     /// The rows of its last statement: the features and the snapshot (the batch view's `view_`
-    /// columns), ordered by sku and node.
+    /// columns), ordered by sku and node within each share of the nodes.
     pub rows: Vec<RecordBatch>,
     /// The batch view's on-hand deltas: the feature SQL's table `deltas`.
     pub deltas: Vec<RecordBatch>,
@@ -133,10 +133,12 @@ pub(crate) struct Computed {
 }
 
 impl Lake {
-    /// Runs the feature SQL over the events `known` at `asof`. Every statement but the last
-    /// creates a table with the rows of one node each (per node or per sku×node); they run once
-    /// per share of the nodes, over that share's events, and each table is then the union of its
-    /// shares'. The last statement runs once, over those tables. `bar` advances once per share.
+    /// Runs the feature SQL over the events `known` at `asof`. The statements before the last two
+    /// create tables with the rows of one node each (per node or per sku×node): they run once per
+    /// share of the nodes, over that share's events. The next one, `sku_totals`, runs once over
+    /// the union of the shares' `per_node`; the last one runs once per share again, over that
+    /// share's tables, so that its joins and its sort hold one share's sku×nodes. `bar` advances
+    /// once per share.
     pub(crate) async fn features_of(
         &self,
         context: &SessionContext,
@@ -146,9 +148,10 @@ impl Lake {
     ) -> Result<Computed, BatchError> {
         let sql = FEATURES_SQL.replace("${asof}", &asof.to_string());
         let mut statements = crate::statements(&sql);
-        let last = statements.pop().unwrap_or_default();
+        let (last, totals) = (statements.pop().unwrap_or_default(), statements.pop().unwrap_or_default());
         let shares = known.shares();
-        let mut tables: BTreeMap<String, (SchemaRef, Vec<RecordBatch>)> = BTreeMap::new();
+        // each share's tables, when there are several shares (with one, they stay registered)
+        let mut tables: Vec<Tables> = Vec::new();
         for (done, &share) in shares.iter().enumerate() {
             bar.set_message(format!("features and snapshot, share {} of {}", done + 1, shares.len()));
             // a share larger than twice the budget (nodes with many events) streams from its file
@@ -161,26 +164,43 @@ impl Lake {
                 tracing::debug!(share, statement = part + 1, seconds = started.elapsed().as_secs_f64(), "features.sql");
             }
             if shares.len() > 1 {
+                let mut created = Tables::new();
                 for name in statements.iter().filter_map(|statement| created_table(statement)) {
                     let table = context.table(name).await?;
-                    let schema = Arc::new(table.schema().as_arrow().clone());
-                    let rows = table.collect().await?;
-                    tables.entry(name.to_string()).or_insert_with(|| (schema, Vec::new())).1.extend(rows);
+                    created.insert(name.to_string(), (Arc::new(table.schema().as_arrow().clone()), table.collect().await?));
                 }
+                tables.push(created);
             }
             bar.inc(1);
         }
         context.deregister_table("timely")?;
-        for (name, (schema, batches)) in tables {
-            crate::register_in_memory(context, &name, schema, batches)?;
-        }
+        let union = |name: &str| -> Result<(), BatchError> {
+            let Some((schema, _)) = tables.first().and_then(|first| first.get(name)) else { return Ok(()) };
+            let batches = tables.iter().flat_map(|share| share[name].1.iter().cloned()).collect();
+            crate::register_in_memory(context, name, schema.clone(), batches)
+        };
+        union("per_node")?;
+        context.sql(&totals).await?.collect().await?;
         let started = std::time::Instant::now();
-        let rows = context.sql(&last).await?.collect().await?;
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features.sql, last statement");
+        let mut rows = Vec::new();
+        if tables.is_empty() {
+            rows = context.sql(&last).await?.collect().await?;
+        }
+        for share in &tables {
+            for (name, (schema, batches)) in share {
+                crate::register_in_memory(context, name, schema.clone(), batches.clone())?;
+            }
+            rows.extend(context.sql(&last).await?.collect().await?);
+        }
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features.sql, sku totals and last statement");
+        union("deltas")?;
         let deltas = context.table("deltas").await?.collect().await?;
         Ok(Computed { rows, deltas, shares: shares.len() })
     }
 }
+
+/// Tables by name, with their schema and rows.
+type Tables = BTreeMap<String, (SchemaRef, Vec<RecordBatch>)>;
 
 /// The table a `CREATE OR REPLACE TABLE name AS` statement creates.
 fn created_table(statement: &str) -> Option<&str> {
@@ -231,11 +251,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_statements_before_the_last_create_the_tables_the_shares_fill() {
+    fn the_statements_create_the_tables_of_the_shares_then_the_sku_totals() {
         let statements = crate::statements(FEATURES_SQL);
-        let (last, before) = statements.split_last().unwrap();
+        let [before @ .., totals, last] = statements.as_slice() else { panic!("too few statements") };
         let created: Vec<&str> = before.iter().filter_map(|statement| created_table(statement)).collect();
         assert_eq!(created, ["per_node", "node_totals", "anchors", "deltas", "counted", "on_hand", "feed"]);
+        assert_eq!(created_table(totals), Some("sku_totals"));
         assert_eq!(created_table(last), None);
     }
 }

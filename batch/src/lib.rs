@@ -212,7 +212,10 @@ impl Lake {
     async fn session_with(&self, pool: Arc<dyn MemoryPool>) -> Result<SessionContext, BatchError> {
         let events = self.dataset(EVENTS, "import events first (sellable lake import)").await?;
         let runtime = RuntimeEnvBuilder::new().with_memory_pool(pool).build_arc()?;
-        let config = SessionConfig::new().with_target_partitions(2).with_sort_spill_reservation_bytes(64 << 20);
+        // What a sort sets aside for merging its spill files: 64 MiB at the default limit, a
+        // thirty-second of smaller limits, so that it fits in an operator's fair share.
+        let merge_reservation = (self.memory_limit / 32).min(64 << 20);
+        let config = SessionConfig::new().with_target_partitions(2).with_sort_spill_reservation_bytes(merge_reservation);
         let context = SessionContext::new_with_config_rt(config, runtime);
         context.register_udf(id_hash_udf());
         let table = lance::datafusion::LanceTableProvider::new(Arc::new(events), false, false);
@@ -504,6 +507,11 @@ fn directory_size(path: &Path) -> u64 {
 /// How much memory one DataFusion query may hold before spilling, unless the lake is opened
 /// with another limit: 2 GiB.
 pub const DEFAULT_MEMORY_LIMIT: usize = 2048 << 20;
+
+/// The smallest memory limit (MiB) the jobs are run with: below it, the operators that cannot
+/// spill (hash tables of joins and of the per-sku×node aggregations) leave a sort too little to
+/// merge its spill files with.
+pub const MIN_MEMORY_MB: u64 = 64;
 
 /// Progress bars, one per stage, on stderr (hidden when stderr is not a terminal, and in tests).
 #[derive(Clone)]

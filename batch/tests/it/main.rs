@@ -239,6 +239,24 @@ async fn the_nightly_job_gives_the_same_results_in_memory_and_in_shares_of_the_n
     }
 }
 
+/// At the smallest memory limit allowed, in memory and in shares, the nightly job runs, and its
+/// view is still the fold.
+#[tokio::test]
+async fn the_nightly_job_runs_at_the_smallest_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, events) = simulate(&dir.path().join("gen"), 53);
+    let asof = summary.end - DAY / 2;
+    let expected = fold(events.iter().filter(|e| known_at(e, asof)), FoldConfig::default()).states;
+    let limit = (sellable_batch::MIN_MEMORY_MB as usize) << 20;
+    for (name, scratch_limit) in [("memory", limit / 4), ("shares", 64 << 10)] {
+        let lake = lake_of(&dir.path().join(name), &summary, &events).await.with_memory_limit(limit).with_scratch_limit(scratch_limit);
+        let (view, features) = lake.nightly(asof, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+        assert!(view.sku_nodes > 20 && features.rows > 20, "{name}: {view:?} {features:?}");
+        assert_eq!(view.shares > 1, name == "shares", "{name}: {} shares", view.shares);
+        assert_eq!(lake.load_batch_view().await.unwrap().states, expected, "{name}");
+    }
+}
+
 /// Two jobs at once on one lake, both splitting their events into shares in scratch files: a
 /// training set (its batch view at the first cutoff) and the nightly job of a later cutoff. Each
 /// keeps its own files, both give what they give alone, and nothing is left in the scratch space.
