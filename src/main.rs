@@ -269,9 +269,17 @@ struct LakeArgs {
     dedup_window_ms: Option<Millis>,
     /// Memory (MiB) one DataFusion query may hold before spilling to disk, at least 64 [config:
     /// lake.memory_mb].
-    #[arg(long, default_value_t = sellable_batch::DEFAULT_MEMORY_LIMIT >> 20,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(sellable_batch::MIN_MEMORY_MB..))]
+    #[arg(long, default_value_t = sellable_batch::DEFAULT_MEMORY_LIMIT >> 20, value_parser = memory_mb)]
     memory_mb: usize,
+}
+
+/// Parses `--memory-mb`.
+fn memory_mb(text: &str) -> Result<usize, String> {
+    let mb: usize = text.parse().map_err(|_| format!("not a whole number of MiB: '{text}'"))?;
+    if (mb as u64) < sellable_batch::MIN_MEMORY_MB {
+        return Err(format!("{mb} MiB is too little: DataFusion needs at least {}", sellable_batch::MIN_MEMORY_MB));
+    }
+    Ok(mb)
 }
 
 impl LakeArgs {
@@ -1340,4 +1348,14 @@ async fn example_request(serving: &Serving) -> Option<String> {
         }
     }
     first
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_below_what_datafusion_needs_is_refused_with_the_reason() {
+        assert_eq!(super::memory_mb("64"), Ok(64));
+        assert_eq!(super::memory_mb("32"), Err("32 MiB is too little: DataFusion needs at least 64".to_string()));
+        assert!(super::memory_mb("lots").unwrap_err().contains("'lots'"));
+    }
 }
