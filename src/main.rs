@@ -728,7 +728,7 @@ async fn trainset(lake: &Lake, args: &TrainsetArgs) -> Result<()> {
     let version = lake.write_trainset(&rows, &lineage).await.context("writing the training set")?;
     eprintln!(
         "trainset: {} orders ({} shorted) from {} to {}; left out: {} before the first feature cutoff, {} released, {} without \
-         an outcome yet; {} events replayed after the batch view as of {} in {:.1} s -> trainset version {version}\n  lineage: events v{}, \
+         an outcome yet; {} events replayed after the {}batch view as of {} in {:.1} s -> trainset version {version}\n  lineage: events v{}, \
          features v{}, {}",
         summary.rows,
         summary.positives,
@@ -738,6 +738,7 @@ async fn trainset(lake: &Lake, args: &TrainsetArgs) -> Result<()> {
         summary.released,
         summary.no_outcome_yet,
         summary.events_replayed,
+        if summary.stored_view { "stored " } else { "" },
         summary.replay_from.map(format_millis).unwrap_or_else(|| "none (no cutoff)".into()),
         started.elapsed().as_secs_f64(),
         lineage.lake_version,

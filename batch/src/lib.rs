@@ -53,6 +53,51 @@ const BATCH_DELTAS: &str = "batch_deltas";
 /// Scratch space of the nightly job: the events known at the cutoff being computed, when they
 /// are too many to hold in memory, in shares of the nodes.
 const SCRATCH: &str = "scratch";
+/// Beside the batch view, what it was computed from (see [`ViewLineage`]).
+const VIEW_LINEAGE: &str = "batch_view.lineage";
+
+/// What the stored batch view was computed from, written beside it as `name value` lines. A
+/// training set whose replay starts at the view's cutoff reads the view instead of computing it
+/// again while all of this still holds: the same events version and lateness, and no other view
+/// written since (the two datasets' versions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ViewLineage {
+    asof: Millis,
+    events_version: u64,
+    lateness_ms: Millis,
+    view_version: u64,
+    deltas_version: u64,
+}
+
+impl ViewLineage {
+    const NAMES: [&'static str; 5] = ["asof", "events_version", "lateness_ms", "batch_view_version", "batch_deltas_version"];
+
+    fn values(&self) -> [i64; 5] {
+        [self.asof, self.events_version as i64, self.lateness_ms, self.view_version as i64, self.deltas_version as i64]
+    }
+
+    fn to_text(self) -> String {
+        Self::NAMES.iter().zip(self.values()).map(|(name, value)| format!("{name} {value}\n")).collect()
+    }
+
+    /// `None` when the text is not what [`ViewLineage::to_text`] writes.
+    fn parse(text: &str) -> Option<ViewLineage> {
+        let mut values = [0i64; 5];
+        let mut lines = text.lines();
+        for (name, value) in Self::NAMES.iter().zip(&mut values) {
+            let (found, number) = lines.next()?.split_once(' ')?;
+            *value = if found == *name { number.parse().ok()? } else { return None };
+        }
+        let [asof, events_version, lateness_ms, view_version, deltas_version] = values;
+        Some(ViewLineage {
+            asof,
+            events_version: events_version as u64,
+            lateness_ms,
+            view_version: view_version as u64,
+            deltas_version: deltas_version as u64,
+        })
+    }
+}
 
 /// Rows per batch written to Lance.
 const WRITE_BATCH: usize = 65_536;
@@ -392,21 +437,51 @@ impl Lake {
     /// Computes the batch view as of `asof` with DataFusion (the snapshot columns of the feature
     /// SQL) and writes it as new versions of `batch_view` and `batch_deltas`.
     pub async fn compute_batch_view(&self, asof: Millis, config: FoldConfig) -> Result<BatchSummary, BatchError> {
+        let events_version = self.events_version().await?;
         let computed = self.compute(asof, config, &indicatif::ProgressBar::hidden()).await?;
-        self.write_batch_view(computed, asof).await
+        self.write_batch_view(computed, asof, events_version, config).await
     }
 
-    /// The batch view's states as of `asof`, computed from the lake as it is now and kept in
-    /// memory (nothing is written): where a training set's replay starts.
+    /// The batch view's states as of `asof`, from the lake as it is now: where a training set's
+    /// replay starts. The stored view when it was computed for this cutoff from the same events
+    /// with the same lateness ([`ViewLineage`]; the second value is then true), else computed and
+    /// kept in memory (nothing is written).
     pub(crate) async fn batch_states_at(
         &self,
         asof: Millis,
         config: FoldConfig,
         bar: &indicatif::ProgressBar,
-    ) -> Result<BTreeMap<SkuNode, NodeState>, BatchError> {
+    ) -> Result<(BTreeMap<SkuNode, NodeState>, bool), BatchError> {
+        if let Some(states) = self.stored_batch_states(asof, config).await? {
+            return Ok((states, true));
+        }
         let computed = self.compute(asof, config, bar).await?;
         let view: Vec<RecordBatch> = computed.rows.iter().map(|batch| view_batch(batch, asof)).collect::<Result<_, _>>()?;
-        Ok(view_states(&view, &computed.deltas)?.1)
+        Ok((view_states(&view, &computed.deltas)?.1, false))
+    }
+
+    /// The stored batch view's states, if its lineage says it is the view as of `asof` of the
+    /// lake's events as they are now, with `config`'s lateness.
+    async fn stored_batch_states(&self, asof: Millis, config: FoldConfig) -> Result<Option<BTreeMap<SkuNode, NodeState>>, BatchError> {
+        let Some(recorded) = std::fs::read_to_string(self.root.join(VIEW_LINEAGE)).ok().and_then(|text| ViewLineage::parse(&text)) else {
+            return Ok(None);
+        };
+        let (view, deltas) = match (self.dataset(BATCH_VIEW, "").await, self.dataset(BATCH_DELTAS, "").await) {
+            (Ok(view), Ok(deltas)) => (view, deltas),
+            (Err(BatchError::Missing(..)), _) | (_, Err(BatchError::Missing(..))) => return Ok(None),
+            (Err(error), _) | (_, Err(error)) => return Err(error),
+        };
+        let now = ViewLineage {
+            asof,
+            events_version: self.events_version().await?,
+            lateness_ms: config.lateness_ms,
+            view_version: view.version_id(),
+            deltas_version: deltas.version_id(),
+        };
+        if now != recorded {
+            return Ok(None);
+        }
+        Ok(Some(view_states(&scan(&view, BATCH_VIEW).await?, &scan(&deltas, BATCH_DELTAS).await?)?.1))
     }
 
     /// The feature SQL's rows and deltas as of `asof`, one step of `bar` per share.
@@ -422,6 +497,7 @@ impl Lake {
     pub async fn nightly(&self, asof: Millis, config: FoldConfig, progress: &Progress) -> Result<(BatchSummary, features::FeaturesSummary), BatchError> {
         self.dataset(NODES, features::NEEDS_CATALOG).await?;
         let bar = progress.bar("nightly", 3);
+        let events_version = self.events_version().await?;
         let context = self.session().await?;
         bar.set_message("events known at the cutoff");
         let known = self.known_events(&context, asof, config).await?;
@@ -435,7 +511,7 @@ impl Lake {
         bar.set_message("batch view and features written");
         let started = std::time::Instant::now();
         let features = features::feature_batches(&computed.rows, asof)?;
-        let view = self.write_batch_view(computed, asof).await?;
+        let view = self.write_batch_view(computed, asof, events_version, config).await?;
         let features = self.write_features(features, &[asof]).await?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "batch view and features written");
         bar.inc(1);
@@ -444,8 +520,9 @@ impl Lake {
     }
 
     /// Writes the batch view: the snapshot columns of the feature SQL's rows, and the on-hand
-    /// deltas after each anchor.
-    async fn write_batch_view(&self, computed: features::Computed, asof: Millis) -> Result<BatchSummary, BatchError> {
+    /// deltas after each anchor, then its lineage (computed from `events_version` of the events,
+    /// read before the computation started, with `config`'s lateness).
+    async fn write_batch_view(&self, computed: features::Computed, asof: Millis, events_version: u64, config: FoldConfig) -> Result<BatchSummary, BatchError> {
         let view: Vec<RecordBatch> = computed.rows.iter().map(|batch| view_batch(batch, asof)).collect::<Result<_, _>>()?;
         let sku_nodes: usize = view.iter().map(RecordBatch::num_rows).sum();
         let deltas = computed.deltas;
@@ -454,8 +531,15 @@ impl Lake {
             .write(BATCH_VIEW, RecordBatchIterator::new(view.into_iter().map(Ok), view_schema()), WriteMode::Overwrite)
             .await?;
         let deltas_schema = deltas.first().map(RecordBatch::schema).unwrap_or_else(deltas_schema);
-        self.write(BATCH_DELTAS, RecordBatchIterator::new(deltas.into_iter().map(Ok), deltas_schema), WriteMode::Overwrite)
+        let deltas_version = self
+            .write(BATCH_DELTAS, RecordBatchIterator::new(deltas.into_iter().map(Ok), deltas_schema), WriteMode::Overwrite)
             .await?;
+        let lineage = ViewLineage { asof, events_version, lateness_ms: config.lateness_ms, view_version: version, deltas_version };
+        // written whole under another name, then renamed: never read half-written
+        let (path, written) = (self.root.join(VIEW_LINEAGE), self.root.join(format!("{VIEW_LINEAGE}.new")));
+        std::fs::write(&written, lineage.to_text())
+            .and_then(|()| std::fs::rename(&written, &path))
+            .map_err(|source| BatchError::Input(InputError::Io { path: path.display().to_string(), source }))?;
         Ok(BatchSummary { asof, sku_nodes: sku_nodes as u64, deltas: delta_count as u64, version, shares: computed.shares })
     }
 

@@ -66,6 +66,9 @@ pub struct TrainsetSummary {
     pub no_outcome_yet: u64,
     /// The cutoff whose batch view the replay started from (`None`: no cutoff, nothing replayed).
     pub replay_from: Option<Millis>,
+    /// Whether that view was the stored one (the nightly job's for the same cutoff, events and
+    /// lateness) rather than computed again.
+    pub stored_view: bool,
     pub events_replayed: u64,
 }
 
@@ -115,9 +118,10 @@ impl Lake {
         };
         summary.replay_from = Some(start);
         let (started, bar) = (std::time::Instant::now(), progress.bar("start", 1));
-        let base = self.batch_states_at(start, config, &bar).await?;
+        let (base, stored_view) = self.batch_states_at(start, config, &bar).await?;
+        summary.stored_view = stored_view;
         bar.finish();
-        tracing::debug!(seconds = started.elapsed().as_secs_f64(), sku_nodes = base.len(), "batch view where the replay starts");
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), sku_nodes = base.len(), stored_view, "batch view where the replay starts");
         let started = std::time::Instant::now();
         let mut speed = Fold::new(FoldConfig { dedup_window_ms: Some(config.lateness_ms), ..config });
         // what a copy redelivered after the cutoff must be recognised by (as serving's speed view)

@@ -386,6 +386,36 @@ async fn a_replay_started_at_a_later_cutoff_gives_the_same_rows() {
     }
 }
 
+/// A training set whose replay starts at the stored batch view's cutoff reads that view instead
+/// of computing it again, and gets the same rows; once the lake has more events, or with another
+/// lateness, it computes the view again.
+#[tokio::test]
+async fn a_training_set_starts_from_the_stored_batch_view_while_it_is_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, events) = simulate(&dir.path().join("gen"), 59);
+    let start = summary.end - 3 * DAY;
+    let cutoffs: Vec<Millis> = (0..3).map(|day| start + DAY / 2 + day * DAY).collect();
+    let (config, progress) = (FoldConfig::default(), Progress::hidden());
+    let (first, rest) = events.split_at(events.len() - 10);
+    let lake = lake_of(&dir.path().join("stored"), &summary, first).await;
+    lake.compute_features(&cutoffs[1..], config, &progress).await.unwrap();
+    lake.nightly(cutoffs[0], config, &progress).await.unwrap();
+    let (rows, _, stored) = lake.build_trainset(start, summary.end, config, &progress).await.unwrap();
+    assert!(stored.stored_view && stored.replay_from == Some(cutoffs[0]), "{stored:?}");
+
+    let computed = lake_of(&dir.path().join("computed"), &summary, first).await;
+    computed.compute_features(&cutoffs, config, &progress).await.unwrap();
+    let (expected, _, summary_computed) = computed.build_trainset(start, summary.end, config, &progress).await.unwrap();
+    assert!(!summary_computed.stored_view && expected.len() > 50, "{summary_computed:?}");
+    assert_eq!(rows.len(), expected.len());
+    assert!(rows.iter().zip(&expected).all(|(a, b)| a.same_bits(b)), "the stored view gives other rows");
+
+    let other_lateness = FoldConfig { lateness_ms: config.lateness_ms / 2, ..config };
+    assert!(!lake.build_trainset(start, summary.end, other_lateness, &progress).await.unwrap().2.stored_view);
+    lake.import_events(rest.to_vec().into_iter().map(Ok)).await.unwrap();
+    assert!(!lake.build_trainset(start, summary.end, config, &progress).await.unwrap().2.stored_view, "more events");
+}
+
 /// Builds a lake from `events`, its features every day, and the training set of the last days.
 async fn trainset_of(dir: &Path, summary: &SimSummary, events: &[Event]) -> Vec<TrainRow> {
     let lake = lake_of(dir, summary, events).await;
