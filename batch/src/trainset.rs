@@ -6,8 +6,9 @@
 //! - **Decision time** `T` = the order's `ts`. The row's features are
 //!   [`sellable_core::features::vector`] of the batch features as of the last cutoff strictly
 //!   before `T` and of the merged state at `T`. That state is what serving's would be: the batch
-//!   view as of the cutoff where the replay starts (the last one before `from`, computed from the
-//!   lake as it is now), merged ([`NodeState::merge`]) with the speed fold (`core`'s [`Fold`],
+//!   view as of the cutoff where the replay starts (the last one before `from`: the stored view
+//!   when it was computed for that cutoff from the same events and lateness, else computed from
+//!   the lake as it is now), merged ([`NodeState::merge`]) with the speed fold (`core`'s [`Fold`],
 //!   the embedded speed view) of the events that arrived after that cutoff, replayed in arrival
 //!   order up to, and not including, `T` ([`sellable_core::features::known_before_decision`]).
 //!   Serving computes the same vector with the same function from its batch view merged with its
