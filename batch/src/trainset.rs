@@ -125,27 +125,33 @@ impl Lake {
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), sku_nodes = base.len(), stored_view, "batch view where the replay starts");
         let started = std::time::Instant::now();
         let mut speed = Fold::new(FoldConfig { dedup_window_ms: Some(config.lateness_ms), ..config });
-        // what a copy redelivered after the cutoff must be recognised by (as serving's speed view)
-        for (sku, event_id) in self.event_ids_arrived(start - config.lateness_ms, start).await? {
-            speed.remember(&sku, &event_id, start);
-        }
+        // One scan, in arrival order: first the events that arrived within the lateness before
+        // the cutoff, whose ids are remembered (what a copy redelivered after the cutoff must be
+        // recognised by, as serving's speed view remembers them), then those replayed.
         let context = self.session().await?;
         let sql = format!(
-            "SELECT * FROM {EVENTS} WHERE CAST(COALESCE(arrived, ts) AS BIGINT) > {start} \
-             AND CAST(COALESCE(arrived, ts) AS BIGINT) < {to} ORDER BY COALESCE(arrived, ts), event_id"
+            "SELECT * FROM {EVENTS} WHERE CAST(COALESCE(arrived, ts) AS BIGINT) > {remembered} \
+             AND CAST(COALESCE(arrived, ts) AS BIGINT) < {to} ORDER BY COALESCE(arrived, ts), event_id",
+            remembered = start - config.lateness_ms
         );
         let mut stream = context.sql(&sql).await?.execute_stream().await?;
         let bar = progress.bar("trainset", orders.len() as u64);
         let mut batch_features = BatchFeatures::default();
         let mut rows = Vec::with_capacity(orders.len());
         let mut pending = orders.into_iter().peekable();
-        let mut replayed = 0u64;
+        let (mut scanned, mut replayed) = (0u64, 0u64);
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            for event in events_from_batch(&batch, replayed)? {
-                replayed += 1;
+            let events = events_from_batch(&batch, scanned)?;
+            scanned += batch.num_rows() as u64;
+            for event in events {
                 // malformed rows cannot be in the lake (import checks them); skip defensively
                 let Ok(event) = event else { continue };
+                if event.arrival() <= start {
+                    speed.remember(&event.sku, &event.event_id, start);
+                    continue;
+                }
+                replayed += 1;
                 // every order decided before this event arrived is answered now
                 while let Some(order) = pending.next_if(|order| !known_before_decision(&event, order.ts)) {
                     bar.inc(1);
