@@ -179,12 +179,12 @@ pub fn known_at(event: &Event, cutoff: Millis) -> bool {
 /// Per node, the latest arrival among `events` that are not too late: how far each node's feed
 /// has been folded (its watermark), whatever SKUs the events were about.
 pub fn watermarks<'a>(events: impl IntoIterator<Item = &'a Event>, config: FoldConfig) -> BTreeMap<String, Millis> {
-    let mut marks: BTreeMap<String, Millis> = BTreeMap::new();
+    let mut marks: BTreeMap<&str, Millis> = BTreeMap::new();
     for event in events.into_iter().filter(|event| !config.is_too_late(event)) {
-        let mark = marks.entry(event.node.clone()).or_insert(event.arrival());
+        let mark = marks.entry(event.node.as_str()).or_insert(event.arrival());
         *mark = (*mark).max(event.arrival());
     }
-    marks
+    marks.into_iter().map(|(node, arrived)| (node.to_string(), arrived)).collect()
 }
 
 /// What folding one event did.
@@ -251,31 +251,53 @@ impl FoldStats {
     }
 }
 
-/// The `event_id`s folded for one SKU, with their arrival, and the newest arrival.
-#[derive(Debug, Clone, Default)]
-struct SeenIds {
-    newest: Option<Millis>,
-    ids: HashMap<String, Millis>,
+/// The `event_id`s folded for one SKU, with their arrival, and the newest arrival: what decides
+/// whether an event of that SKU is folded ([`SeenIds::admit`]). [`Fold`] keeps one per SKU; the
+/// Redis speed view keeps one per SKU too, in the SKU's state when a dedup window bounds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeenIds {
+    pub newest: Option<Millis>,
+    pub ids: HashMap<String, Millis>,
     /// Size after the last trim: trimming waits until the set has doubled (amortised O(1)).
     trimmed_at: usize,
 }
 
 impl SeenIds {
+    /// Whether `event` is folded, and if so records its id: too late, outside the dedup window,
+    /// a duplicate, or applied (the caller then applies it to its node's state).
+    pub fn admit(&mut self, event: &Event, config: FoldConfig) -> Outcome {
+        let window = config.dedup_window_ms;
+        if config.is_too_late(event) {
+            Outcome::TooLate
+        } else if self.is_expired(event.arrival(), window) {
+            Outcome::Expired
+        } else if !self.insert(&event.event_id, event.arrival(), window) {
+            Outcome::Duplicate
+        } else {
+            Outcome::Applied
+        }
+    }
+
     /// Records an id; false if it was there. The caller checked the window first, so whether
     /// an id older than the window is still in the map changes no outcome.
-    fn insert(&mut self, event_id: &str, arrival: Millis, window: Option<Millis>) -> bool {
+    pub fn insert(&mut self, event_id: &str, arrival: Millis, window: Option<Millis>) -> bool {
         if self.ids.contains_key(event_id) {
             return false;
         }
         self.ids.insert(event_id.to_string(), arrival);
         self.newest = self.newest.max(Some(arrival));
-        if let (Some(window), Some(newest)) = (window, self.newest) {
-            if self.ids.len() >= 2 * self.trimmed_at.max(1024) {
-                self.ids.retain(|_, arrived| *arrived >= newest - window);
-                self.trimmed_at = self.ids.len();
-            }
+        if let Some(window) = window.filter(|_| self.ids.len() >= 2 * self.trimmed_at.max(1024)) {
+            self.trim(window);
         }
         true
+    }
+
+    /// Forgets the ids that arrived before the window (no outcome depends on them any more).
+    pub fn trim(&mut self, window: Millis) {
+        if let Some(newest) = self.newest {
+            self.ids.retain(|_, arrived| *arrived >= newest - window);
+        }
+        self.trimmed_at = self.ids.len();
     }
 
     fn is_expired(&self, arrival: Millis, window: Option<Millis>) -> bool {
@@ -302,18 +324,10 @@ impl Fold {
     }
 
     pub fn apply(&mut self, event: &Event) -> Outcome {
-        let window = self.config.dedup_window_ms;
-        let seen = self.seen.entry(event.sku.clone()).or_default();
-        let outcome = if self.config.is_too_late(event) {
-            Outcome::TooLate
-        } else if seen.is_expired(event.arrival(), window) {
-            Outcome::Expired
-        } else if !seen.insert(&event.event_id, event.arrival(), window) {
-            Outcome::Duplicate
-        } else {
+        let outcome = self.seen.entry(event.sku.clone()).or_default().admit(event, self.config);
+        if outcome == Outcome::Applied {
             self.states.entry((event.sku.clone(), event.node.clone())).or_default().apply(event);
-            Outcome::Applied
-        };
+        }
         self.stats.count(outcome);
         outcome
     }

@@ -14,5 +14,5 @@ pub mod view;
 pub use catalog::{NodeInfo, NodeKind, SkuInfo};
 pub use decision::{decide, Decision, FulfillmentOption, Verdict};
 pub use event::{DecodeError, Event, EventKind, Millis};
-pub use fold::{fold, known_at, Fold, FoldConfig, FoldStats, NodeState, Outcome};
+pub use fold::{fold, known_at, Fold, FoldConfig, FoldStats, NodeState, Outcome, SeenIds};
 pub use view::{merge_views, BatchView, DeadLetter, SpeedSource, Watermarks};

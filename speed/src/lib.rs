@@ -2,33 +2,35 @@
 //! a [`SpeedView`]: Redis in production, or the embedded in-memory store that `sellable demo`
 //! uses when no Redis URL is configured. Both give exactly the state of `core`'s fold.
 //!
-//! Redis layout (every key of one SKU shares the hash tag `{sku}`, so a Redis Cluster keeps them
-//! in one slot and the fold script never crosses slots):
-//! - `<ns>:{<sku>}:ids`     set of folded `event_id`s (idempotency) when no dedup window is set
-//! - `<ns>:{<sku>}:seen`    instead, with a dedup window: sorted set of folded `event_id`s by
-//!   arrival, trimmed to the window (keep one setting per namespace: the fold reads only the key
-//!   of its own setting)
-//! - `<ns>:{<sku>}:nodes`   set of nodes with state for the SKU
-//! - `<ns>:{<sku>}:n:<node>` hash: `reserved`, `held`, `last_ts`, `last_arrived` and the anchor
-//!   (`anchor_ts`, `anchor_id`, `anchor_qty`, `anchor_kind`)
-//! - `<ns>:{<sku>}:d:<node>` sorted set of on-hand deltas after the anchor, score = event time,
-//!   member = `<event_id>|<delta>`
+//! Redis layout: every SKU belongs to one of [`PARTITIONS`] partitions ([`partition`]), and the
+//! keys of a partition share the hash tag `{p<n>}`, so a Redis Cluster keeps them in one slot and
+//! no script crosses slots:
+//! - `<ns>:{p<n>}:states` hash: per SKU (the field), the [`SkuState`] of all its nodes, encoded
+//!   as [`sku_state`] describes (with a dedup window, it also holds the SKU's ids within it)
+//! - `<ns>:{p<n>}:ids`    set of folded `(sku, event_id)`s (idempotency) when no dedup window
+//!   is set (keep one setting per namespace)
 //! - `<ns>:{watermarks}` and `<ns>:{watermarks}:sources`: latest arrival folded per node and per
 //!   source; `<ns>:dead`: the dead-letter stream of events refused outside a stream worker
 //!
-//! Tests: unit tests below; the Redis integration tests are in `tests/it/` (need a real Redis).
+//! A fold reads its SKUs' states (or takes them from its cache), applies the events with
+//! `core`'s rules, and writes each SKU back with [`WRITE_SCRIPT`] only if it is unchanged: a
+//! handful of commands per partition and batch rather than several per event.
+//!
+//! Tests: unit tests in [`sku_state`]; the Redis integration tests are in `tests/it/` (need a
+//! real Redis).
 
+pub mod sku_state;
 pub mod stream;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
-use sellable_core::fold::{effect, Anchor, EventKey};
 use sellable_core::event::DecodeError;
 use sellable_core::fold::watermarks;
-use sellable_core::{known_at, DeadLetter, Event, EventKind, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome, Watermarks};
+use sku_state::SkuState;
+use sellable_core::{known_at, DeadLetter, Event, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome, SeenIds, Watermarks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeedError {
@@ -36,6 +38,8 @@ pub enum SpeedError {
     Redis { url: String, source: redis::RedisError },
     #[error("redis state of {key} is corrupt: {message}")]
     Corrupt { key: String, message: String },
+    #[error("redis state of {key} was changed by other writers {attempts} times in a row while this fold tried to write it")]
+    Contended { key: String, attempts: usize },
 }
 
 /// The speed view: events since the batch cutoff, folded.
@@ -302,108 +306,56 @@ impl MemoryStore {
     }
 }
 
-/// Folds a batch of events, each atomically into the keys of its sku×node. ARGV[1] is the dedup
-/// window in ms (-1: none); then per event, KEYS holds 4 keys (seen, nodes, state hash, deltas)
-/// and ARGV 6 values (see `fold_invocation`). What an event does comes from the table `effects`
-/// that [`fold_script`] puts before this text, generated from `core`'s [`effect`]. The reply has
-/// one flag per event: 1 applied, 0 duplicate (its `event_id` was folded before), 2 expired (it arrived before the SKU's dedup
-/// window). On a cluster, a batch holds events of one SKU only (one hash tag, one slot). String
-/// order is compared byte by byte, as Rust does, because Lua's `<` follows the server's locale.
-/// Per event it costs 4 or 5 calls (SADD ids or ZADD seen, HMGET, HSET, and ZADD for an on-hand
-/// delta or SADD nodes for a new node), plus one lookup of the newest arrival when a window is set.
-const FOLD_SCRIPT: &str = r#"
-local function after(ts, id, anchor_ts, anchor_id)
-  if not anchor_ts then return true end
-  anchor_ts = tonumber(anchor_ts)
-  if ts ~= anchor_ts then return ts > anchor_ts end
-  local n = math.min(#id, #anchor_id)
-  for i = 1, n do
-    local a, b = string.byte(id, i), string.byte(anchor_id, i)
-    if a ~= b then return a > b end
-  end
-  return #id > #anchor_id
+/// Writes the new states of a batch of SKUs of one partition, each only if nobody changed it
+/// since it was read. KEYS: the partition's hash of states, hash of versions and set of folded
+/// ids. ARGV, per SKU: the SKU, the version its state was folded from (0: none yet), its new
+/// state (empty: remove it), the number of ids it folds, then those ids (as [`id_member`] spells
+/// them). A SKU is written, its version raised by one and its ids added only if its version is
+/// still the one it was folded from and none of its ids was folded meanwhile. The reply has one
+/// flag per SKU: 1 written, 0 not (read it again and fold again). Commands per call: HMGET,
+/// SMISMEMBER, HSET (two), HDEL, SADD (one each per 1,000 ids), whatever the number of SKUs.
+const WRITE_SCRIPT: &str = r#"
+local states, versions, ids = KEYS[1], KEYS[2], KEYS[3]
+local skus, from, to, members, first, last = {}, {}, {}, {}, {}, {}
+local i = 1
+while i <= #ARGV do
+  local k = #skus + 1
+  skus[k], from[k], to[k] = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local n = tonumber(ARGV[i + 3])
+  first[k], last[k] = #members + 1, #members + n
+  for j = 1, n do members[#members + 1] = ARGV[i + 3 + j] end
+  i = i + 4 + n
 end
-
-local window = tonumber(ARGV[1])
-
-local function fold(k, a)
-  local seen, nodes, state, deltas = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local id, ts_text, node, kind = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  local qty, arrived_text = ARGV[a + 5], ARGV[a + 6]
-  local ts, arrived = tonumber(ts_text), tonumber(arrived_text)
-  local e, units = effects[kind], tonumber(qty)
-  local absolute, d_on_hand, d_reserved, d_held = e[1] == 1, e[2] * units, e[3] * units, e[4] * units
-
-  if window >= 0 then
-    local newest = redis.call('ZRANGE', seen, -1, -1, 'WITHSCORES')[2]
-    if newest then
-      newest = tonumber(newest)
-      if arrived < newest - window then return 2 end
-      if arrived > newest then redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. (arrived - window)) end
+local current = redis.call('HMGET', versions, unpack(skus))
+-- Lua unpacks a few thousand values at most: the ids go 1000 per command
+local known = {}
+for s = 1, #members, 1000 do
+  local part = redis.call('SMISMEMBER', ids, unpack(members, s, math.min(s + 999, #members)))
+  for j = 1, #part do known[s + j - 1] = part[j] end
+end
+local written, raised, sets, dels, adds = {}, {}, {}, {}, {}
+for k = 1, #skus do
+  local ok = (tonumber(current[k]) or 0) == from[k]
+  for j = first[k], last[k] do
+    if known[j] == 1 then ok = false end
+  end
+  written[k] = ok and 1 or 0
+  if ok then
+    raised[#raised + 1], raised[#raised + 2] = skus[k], from[k] + 1
+    if to[k] == '' then
+      dels[#dels + 1] = skus[k]
+    else
+      sets[#sets + 1], sets[#sets + 2] = skus[k], to[k]
     end
-    if redis.call('ZADD', seen, 'NX', arrived_text, id) == 0 then return 0 end
-  elseif redis.call('SADD', seen, id) == 0 then
-    return 0
+    for j = first[k], last[k] do adds[#adds + 1] = members[j] end
   end
-  local h = redis.call('HMGET', state, 'reserved', 'held', 'last_ts', 'last_arrived', 'anchor_ts', 'anchor_id')
-  -- only the fields that change are written ('reserved' always when the node is new: it marks
-  -- that the state exists); fewer arguments are fewer conversions between Lua and Redis
-  local fields, n = {}, 0
-  local function put(name, value)
-    fields[n + 1], fields[n + 2] = name, value
-    n = n + 2
-  end
-  if not h[1] then
-    redis.call('SADD', nodes, node)
-    put('reserved', d_reserved)
-  elseif d_reserved ~= 0 then
-    put('reserved', tonumber(h[1]) + d_reserved)
-  end
-  if d_held ~= 0 then put('held', (tonumber(h[2]) or 0) + d_held) end
-  if not h[3] or ts > tonumber(h[3]) then put('last_ts', ts_text) end
-  if not h[4] or arrived > tonumber(h[4]) then put('last_arrived', arrived_text) end
-  local later = after(ts, id, h[5], h[6])
-  if later and absolute then
-    put('anchor_ts', ts_text); put('anchor_id', id); put('anchor_qty', qty); put('anchor_kind', kind)
-  end
-  if n > 0 then redis.call('HSET', state, unpack(fields, 1, n)) end
-  if not later then return 1 end
-  if absolute then
-    -- the deltas up to the new anchor go; usually there are none, and one call tells
-    local upto = redis.call('ZRANGEBYSCORE', deltas, '-inf', ts_text, 'WITHSCORES')
-    if #upto > 0 then
-      redis.call('ZREMRANGEBYSCORE', deltas, '-inf', '(' .. ts_text)
-      for i = 1, #upto, 2 do
-        if tonumber(upto[i + 1]) == ts and not after(ts, string.match(upto[i], '^(.*)|'), ts_text, id) then
-          redis.call('ZREM', deltas, upto[i])
-        end
-      end
-    end
-  elseif d_on_hand ~= 0 then
-    redis.call('ZADD', deltas, ts_text, id .. '|' .. d_on_hand)
-  end
-  return 1
 end
-
-local applied = {}
-for i = 0, #KEYS / 4 - 1 do
-  applied[i + 1] = fold(i * 4, 1 + i * 6)
-end
-return applied
+if #raised > 0 then redis.call('HSET', versions, unpack(raised)) end
+if #sets > 0 then redis.call('HSET', states, unpack(sets)) end
+if #dels > 0 then redis.call('HDEL', states, unpack(dels)) end
+for s = 1, #adds, 1000 do redis.call('SADD', ids, unpack(adds, s, math.min(s + 999, #adds))) end
+return written
 "#;
-
-/// The fold script: [`FOLD_SCRIPT`] after the table of what each kind of event does per unit,
-/// `effects[kind] = {absolute (1/0), on-hand, reserved, held}`, from `core`'s [`effect`].
-fn fold_script() -> String {
-    let effects: Vec<String> = EventKind::ALL
-        .into_iter()
-        .map(|kind| {
-            let unit = effect(kind, 1);
-            format!("['{kind}'] = {{{}, {}, {}, {}}}", i64::from(unit.absolute.is_some()), unit.on_hand, unit.reserved, unit.held)
-        })
-        .collect();
-    format!("local effects = {{{}}}\n{FOLD_SCRIPT}", effects.join(", "))
-}
 
 /// Raises watermarks: KEYS are the node hash `<ns>:{watermarks}` and the source hash
 /// `<ns>:{watermarks}:sources` (one slot); ARGV is the source and its arrival, then node/arrival
@@ -415,29 +367,6 @@ local function raise(hash, field, arrived)
 end
 raise(KEYS[2], ARGV[1], ARGV[2])
 for i = 3, #ARGV, 2 do raise(KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
-"#;
-
-/// Replaces the keys of one sku×node in one step. ARGV: node, present (1/0), then the hash
-/// fields as name/value pairs up to a `--` separator, then score/member pairs of the deltas.
-const REPLACE_SCRIPT: &str = r#"
-local nodes, state, deltas = KEYS[1], KEYS[2], KEYS[3]
-redis.call('DEL', state, deltas)
-if ARGV[2] == '0' then
-  redis.call('SREM', nodes, ARGV[1])
-  return 0
-end
-redis.call('SADD', nodes, ARGV[1])
-local i = 3
-while ARGV[i] ~= '--' do
-  redis.call('HSET', state, ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-i = i + 1
-while ARGV[i] do
-  redis.call('ZADD', deltas, ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
 return 1
 "#;
 
@@ -495,68 +424,102 @@ impl redis::aio::ConnectionLike for Connection {
     }
 }
 
-/// The speed view in Redis (a single server or a cluster: every key of one SKU shares a hash
-/// tag, so each script and each read touches one slot).
+/// The speed view in Redis (a single server or a cluster). Every SKU belongs to one of
+/// [`PARTITIONS`] partitions, whose keys share a hash tag: each script and each read touches one
+/// slot. Events are folded here, with `core`'s rules, into the SKU's stored state; the write
+/// script stores the new state only if nobody changed it meanwhile (see [`WRITE_SCRIPT`]).
 pub struct RedisStore {
     url: String,
     namespace: String,
     config: FoldConfig,
     connection: Connection,
     script: redis::Script,
+    /// The state and version of the SKUs this process wrote last, so that folding them again
+    /// needs no read first: the write script tells when one changed meanwhile.
+    cache: Mutex<HashMap<String, (u64, SkuState)>>,
 }
 
-/// Events per pipeline: large enough to hide round trips, small enough to bound memory.
-const PIPELINE: usize = 512;
+/// Partitions of the Redis layout: a few large commands per partition and batch, whatever the
+/// number of SKUs, and on a cluster as many slots to spread over its masters.
+pub const PARTITIONS: u64 = 16;
 
-/// Events per call of the fold script: the call's overhead is shared by the batch, and Redis
-/// stays responsive to readers between two calls.
-const SCRIPT_BATCH: usize = 128;
+/// SKUs per call of the write script: the call's cost is shared by many SKUs, and its arguments
+/// stay far below Lua's limit on unpacking.
+const SKUS_PER_CALL: usize = 500;
+
+/// Ids per command when recording ids folded into the batch view.
+const IDS_PER_COMMAND: usize = 2_000;
+
+/// SKUs whose stored state the cache keeps; past that it starts again empty.
+const CACHE_SKUS: usize = 500_000;
+
+/// How often a SKU is read and folded again because another writer changed it first, before
+/// the fold gives up with an error (each round, at least one writer gets through).
+const ATTEMPTS: usize = 1_000;
+
+/// What a fold does to the state of one SKU.
+enum Op<'a> {
+    Fold(&'a Event),
+    /// An id folded into the batch view (known at that arrival).
+    Remember(&'a str, Millis),
+    /// A node's state rewritten as it is (`None`: removed).
+    Replace(&'a str, Option<&'a NodeState>),
+}
+
+/// One SKU's write: the version it was folded from, the new state (and its stored form), the
+/// ids it adds, and the outcomes of its ops (by their index in the call).
+struct Write<'a> {
+    sku: &'a str,
+    from: u64,
+    state: SkuState,
+    to: Vec<u8>,
+    ids: Vec<String>,
+    outcomes: Vec<(usize, Outcome)>,
+}
+
+/// The partition of a SKU: FNV-1a of its bytes, so every process and version agrees.
+pub fn partition(sku: &str) -> u64 {
+    let hash = sku.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+    hash % PARTITIONS
+}
+
+/// A member of a partition's set of folded ids: the SKU's length, then the SKU and the id, so no
+/// two (sku, id) pairs share one whatever they contain.
+fn id_member(sku: &str, event_id: &str) -> String {
+    format!("{}:{sku}{event_id}", sku.len())
+}
 
 impl RedisStore {
     pub async fn connect(url: &str, namespace: &str, config: FoldConfig) -> Result<RedisStore, SpeedError> {
         let connection = Connection::open(url).await?;
-        let store = RedisStore {
+        Ok(RedisStore {
             url: url.to_string(),
             namespace: namespace.to_string(),
             config,
             connection,
-            script: redis::Script::new(&fold_script()),
-        };
-        store.load_script().await?;
-        Ok(store)
+            script: redis::Script::new(WRITE_SCRIPT),
+            cache: Mutex::new(HashMap::new()),
+        })
     }
 
     fn error(&self, source: redis::RedisError) -> SpeedError {
         SpeedError::Redis { url: self.url.clone(), source }
     }
 
-    async fn load_script(&self) -> Result<(), SpeedError> {
-        if self.connection.is_cluster() {
-            // Each node learns the script on first use (EVALSHA falls back to EVAL there).
-            return Ok(());
-        }
-        let mut connection = self.connection.clone();
-        let _: String = self.script.prepare_invoke().load_async(&mut connection).await.map_err(|e| self.error(e))?;
-        Ok(())
+    /// A partition's hash of SKU states (field: the SKU), hash of their versions (raised by every
+    /// write) and set of folded ids (used when no dedup window is set; with one, the ids are kept
+    /// in each SKU's state, trimmed to it).
+    fn partition_keys(&self, partition: u64) -> [String; 3] {
+        ["states", "versions", "ids"].map(|name| format!("{}:{{p{partition}}}:{name}", self.namespace))
     }
 
-    fn sku_key(&self, sku: &str, suffix: &str) -> String {
-        format!("{}:{{{sku}}}:{suffix}", self.namespace)
+    fn corrupt(&self, sku: &str, message: String) -> SpeedError {
+        let [states, ..] = self.partition_keys(partition(sku));
+        SpeedError::Corrupt { key: format!("{states} field {sku}"), message }
     }
 
-    /// The key of a SKU's folded event ids: a sorted set by arrival (`seen`) when a dedup window
-    /// trims it, else a plain set (`ids`), cheaper to add to.
-    fn seen_key(&self, sku: &str) -> String {
-        self.sku_key(sku, if self.config.dedup_window_ms.is_some() { "seen" } else { "ids" })
-    }
-
-    fn keys(&self, sku: &str, node: &str) -> [String; 4] {
-        [
-            self.seen_key(sku),
-            self.sku_key(sku, "nodes"),
-            self.sku_key(sku, &format!("n:{node}")),
-            self.sku_key(sku, &format!("d:{node}")),
-        ]
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, SkuState)>> {
+        self.cache.lock().expect("speed view lock poisoned; this is a bug")
     }
 
     fn watermark_keys(&self) -> [String; 2] {
@@ -607,174 +570,234 @@ impl RedisStore {
     }
 
     async fn fold(&self, events: &[Event], source: &str) -> Result<Vec<Outcome>, SpeedError> {
-        let outcomes = self.fold_events(events).await?;
+        // too-late events change nothing: they are answered here and never sent
+        let mut ops: BTreeMap<&str, Vec<(usize, Op)>> = BTreeMap::new();
+        for (index, event) in events.iter().enumerate().filter(|(_, event)| !self.config.is_too_late(event)) {
+            ops.entry(event.sku.as_str()).or_default().push((index, Op::Fold(event)));
+        }
+        let mut outcomes = vec![Outcome::TooLate; events.len()];
+        for (index, outcome) in self.update(&ops).await? {
+            outcomes[index] = outcome;
+        }
         self.raise_watermarks(events, source).await?;
         Ok(outcomes)
     }
 
-    async fn fold_events(&self, events: &[Event]) -> Result<Vec<Outcome>, SpeedError> {
-        let timely: Vec<&Event> = events.iter().filter(|event| !self.config.is_too_late(event)).collect();
-        let flags: Vec<i64> = if self.connection.is_cluster() {
-            // A script touches one slot: one batch per SKU, the batches sent concurrently, each
-            // routed to its SKU's node.
-            let mut by_sku: BTreeMap<&str, (Vec<usize>, Vec<&Event>)> = BTreeMap::new();
-            for (index, event) in timely.iter().enumerate() {
-                let (indices, batch) = by_sku.entry(event.sku.as_str()).or_default();
-                indices.push(index);
-                batch.push(event);
+    /// Applies `ops` to their SKUs and returns the outcome of each `Op::Fold` by its index. A SKU
+    /// is taken from the cache or read, folded here, and written by [`WRITE_SCRIPT`] only if it
+    /// is still as it was read: a SKU that another writer changed first is read and folded again.
+    /// So each SKU's ops are applied once, atomically, whatever runs at the same time.
+    async fn update(&self, ops: &BTreeMap<&str, Vec<(usize, Op<'_>)>>) -> Result<Vec<(usize, Outcome)>, SpeedError> {
+        let mut outcomes = Vec::new();
+        let mut pending: Vec<&str> = ops.keys().copied().collect();
+        let mut stale: HashSet<&str> = HashSet::new();
+        for _ in 0..ATTEMPTS {
+            if pending.is_empty() {
+                return Ok(outcomes);
             }
-            let folds = by_sku.values().map(|(_, batch)| {
-                let mut connection = self.connection.clone();
-                let invocation = self.fold_invocation(batch);
-                async move { invocation.invoke_async::<Vec<i64>>(&mut connection).await }
-            });
-            let mut flags = vec![-1; timely.len()];
-            for ((indices, _), applied) in by_sku.values().zip(futures::future::join_all(folds).await) {
-                for (index, flag) in indices.iter().zip(applied.map_err(|e| self.error(e))?) {
-                    flags[*index] = flag;
+            // a SKU leaves the cache while it is folded, and comes back once written
+            let mut bases: HashMap<&str, (u64, SkuState)> = HashMap::new();
+            let mut unread = Vec::new();
+            {
+                let mut cache = self.cache();
+                for sku in &pending {
+                    match cache.remove(*sku).filter(|_| !stale.contains(sku)) {
+                        Some(base) => drop(bases.insert(*sku, base)),
+                        None => unread.push(*sku),
+                    }
                 }
             }
-            flags
-        } else {
-            // One round trip for the whole call: a pipeline of batches of events.
+            let folded = self.read(&unread, ops, &mut bases).await?;
+            let mut calls: Vec<(u64, Vec<Write>)> = Vec::new();
+            let mut open: HashMap<u64, usize> = HashMap::new();
+            for sku in pending.drain(..) {
+                let (from, state) = bases.remove(sku).unwrap_or_default();
+                let partition = partition(sku);
+                let call = match open.get(&partition) {
+                    Some(call) if calls[*call].1.len() < SKUS_PER_CALL => *call,
+                    _ => {
+                        calls.push((partition, Vec::new()));
+                        open.insert(partition, calls.len() - 1);
+                        calls.len() - 1
+                    }
+                };
+                calls[call].1.push(self.apply(sku, from, state, &ops[sku], &folded));
+            }
+            let replies = futures::future::join_all(calls.iter().map(|(partition, chunk)| self.write(*partition, chunk))).await;
+            let mut cache = self.cache();
+            for ((partition, chunk), reply) in calls.into_iter().zip(replies) {
+                let written = reply.inspect_err(|_| {
+                    // the call may or may not have landed: nothing cached can be trusted now
+                    cache.clear();
+                })?;
+                if written.len() != chunk.len() {
+                    let [states, ..] = self.partition_keys(partition);
+                    return Err(SpeedError::Corrupt { key: states, message: format!("write script answered {written:?}") });
+                }
+                for (write, flag) in chunk.into_iter().zip(written) {
+                    if flag == 1 {
+                        outcomes.extend(write.outcomes);
+                        if cache.len() >= CACHE_SKUS {
+                            cache.clear();
+                        }
+                        let mut state = write.state;
+                        match self.config.dedup_window_ms {
+                            Some(window) => state.seen.trim(window),
+                            // the ids are in Redis: the next fold learns them from the script
+                            None => state.seen = SeenIds::default(),
+                        }
+                        cache.insert(write.sku.to_string(), (write.from + 1, state));
+                    } else {
+                        stale.insert(write.sku);
+                        pending.push(write.sku);
+                    }
+                }
+            }
+        }
+        let [states, ..] = self.partition_keys(partition(pending[0]));
+        Err(SpeedError::Contended { key: format!("{states} field {}", pending[0]), attempts: ATTEMPTS })
+    }
+
+    /// One call of [`WRITE_SCRIPT`] for SKUs of one partition: `EVALSHA`, or `EVAL` when the
+    /// server does not know the script (it restarted, or is a cluster node not asked before).
+    async fn write(&self, partition: u64, chunk: &[Write<'_>]) -> Result<Vec<i64>, SpeedError> {
+        let command = |verb: &str, script: &str| {
+            let mut command = redis::cmd(verb);
+            command.arg(script).arg(3).arg(&self.partition_keys(partition));
+            for write in chunk {
+                command.arg(write.sku).arg(write.from).arg(&write.to[..]).arg(write.ids.len()).arg(&write.ids);
+            }
+            command
+        };
+        let mut connection = self.connection.clone();
+        match command("EVALSHA", self.script.get_hash()).query_async(&mut connection).await {
+            Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                command("EVAL", WRITE_SCRIPT).query_async(&mut connection).await.map_err(|e| self.error(e))
+            }
+            written => written.map_err(|e| self.error(e)),
+        }
+    }
+
+    /// Reads the versions and stored states of `skus` into `bases` and, without a dedup window,
+    /// which of the ids their ops fold are folded already (as [`id_member`]s): per partition,
+    /// two `HMGET`s and one `SMISMEMBER`, the versions first (a state newer than its version
+    /// read is then refused by the write, never an older one taken for newer).
+    async fn read<'a>(
+        &self,
+        skus: &[&'a str],
+        ops: &BTreeMap<&str, Vec<(usize, Op<'_>)>>,
+        bases: &mut HashMap<&'a str, (u64, SkuState)>,
+    ) -> Result<HashSet<String>, SpeedError> {
+        let mut by_partition: BTreeMap<u64, (Vec<&'a str>, Vec<String>)> = BTreeMap::new();
+        for sku in skus {
+            let (skus, ids) = by_partition.entry(partition(sku)).or_default();
+            skus.push(*sku);
+            if self.config.dedup_window_ms.is_none() {
+                ids.extend(ops[sku].iter().filter_map(|(_, op)| match op {
+                    Op::Fold(event) => Some(id_member(sku, &event.event_id)),
+                    _ => None,
+                }));
+            }
+        }
+        type Stored = (Vec<Option<u64>>, Vec<Option<Vec<u8>>>);
+        let replies = futures::future::join_all(by_partition.iter().map(|(partition, (skus, ids))| {
+            let [states, versions, ids_key] = self.partition_keys(*partition);
             let mut pipe = redis::pipe();
-            for batch in timely.chunks(SCRIPT_BATCH) {
-                pipe.invoke_script(&self.fold_invocation(batch));
+            pipe.cmd("HMGET").arg(versions).arg(skus).cmd("HMGET").arg(states).arg(skus);
+            let with_ids = !ids.is_empty();
+            if with_ids {
+                pipe.cmd("SMISMEMBER").arg(ids_key).arg(ids);
             }
             let mut connection = self.connection.clone();
-            let flags: Vec<Vec<i64>> = match pipe.query_async(&mut connection).await {
-                Ok(flags) => flags,
-                // A restarted server forgot the script: load it and send the batches again.
-                // Events already folded by the first attempt are deduplicated by the script.
-                Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    self.load_script().await?;
-                    pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?
+            async move {
+                if with_ids {
+                    pipe.query_async::<(Vec<Option<u64>>, Vec<Option<Vec<u8>>>, Vec<i64>)>(&mut connection).await
+                } else {
+                    let (versions, states) = pipe.query_async::<Stored>(&mut connection).await?;
+                    Ok((versions, states, Vec::new()))
                 }
-                Err(error) => return Err(self.error(error)),
-            };
-            flags.concat()
-        };
-        // back in the order of `events`; too-late events were never sent
-        let mut flags = flags.into_iter();
-        let outcomes = events.iter().map(|event| {
-            if self.config.is_too_late(event) {
-                return Ok(Outcome::TooLate);
             }
-            match flags.next() {
-                Some(1) => Ok(Outcome::Applied),
-                Some(0) => Ok(Outcome::Duplicate),
-                Some(2) => Ok(Outcome::Expired),
-                other => Err(SpeedError::Corrupt { key: self.seen_key(&event.sku), message: format!("fold script answered {other:?}") }),
+        }))
+        .await;
+        let mut folded = HashSet::new();
+        for ((_, (skus, ids)), reply) in by_partition.into_iter().zip(replies) {
+            let (versions, states, known) = reply.map_err(|e| self.error(e))?;
+            for ((sku, version), stored) in skus.into_iter().zip(versions).zip(states) {
+                let state = SkuState::decode(&stored.unwrap_or_default()).map_err(|message| self.corrupt(sku, message))?;
+                bases.insert(sku, (version.unwrap_or(0), state));
             }
-        });
-        outcomes.collect()
+            folded.extend(ids.into_iter().zip(known).filter(|(_, known)| *known == 1).map(|(id, _)| id));
+        }
+        Ok(folded)
+    }
+
+    /// Folds one SKU's ops into its `state` (at version `from`); `folded` holds ids known to be
+    /// folded already.
+    fn apply<'a>(&self, sku: &'a str, from: u64, mut state: SkuState, ops: &[(usize, Op)], folded: &HashSet<String>) -> Write<'a> {
+        let window = self.config.dedup_window_ms;
+        let mut ids = Vec::new();
+        let mut outcomes = Vec::new();
+        for (index, op) in ops {
+            match op {
+                Op::Fold(event) => {
+                    let id = (window.is_none()).then(|| id_member(sku, &event.event_id));
+                    if id.as_ref().is_some_and(|id| folded.contains(id)) {
+                        state.seen.insert(&event.event_id, event.arrival(), window);
+                    }
+                    let outcome = state.apply(event, self.config);
+                    if outcome == Outcome::Applied {
+                        ids.extend(id);
+                    }
+                    outcomes.push((*index, outcome));
+                }
+                Op::Remember(event_id, arrival) => {
+                    state.seen.insert(event_id, *arrival, window);
+                }
+                Op::Replace(node, None) => drop(state.nodes.remove(*node)),
+                Op::Replace(node, Some(node_state)) => drop(state.nodes.insert(node.to_string(), (*node_state).clone())),
+            }
+        }
+        let to = state.encode(window);
+        Write { sku, from, state, to, ids, outcomes }
     }
 
     async fn replace(&self, sku: &str, node: &str, state: Option<&NodeState>) -> Result<(), SpeedError> {
-        let [_, nodes, hash, deltas] = self.keys(sku, node);
-        let script = redis::Script::new(REPLACE_SCRIPT);
-        let mut invocation = script.prepare_invoke();
-        invocation.key(nodes).key(hash).key(deltas).arg(node).arg(if state.is_some() { "1" } else { "0" });
-        if let Some(state) = state {
-            let mut fields: Vec<(&str, String)> = vec![("reserved", state.reserved.to_string()), ("held", state.held.to_string())];
-            fields.extend(state.last_event_ts.map(|ts| ("last_ts", ts.to_string())));
-            fields.extend(state.last_arrived.map(|ts| ("last_arrived", ts.to_string())));
-            if let Some(anchor) = &state.anchor {
-                fields.push(("anchor_ts", anchor.key.ts.to_string()));
-                fields.push(("anchor_id", anchor.key.event_id.clone()));
-                fields.push(("anchor_qty", anchor.qty.to_string()));
-                fields.push(("anchor_kind", anchor.kind.as_str().to_string()));
-            }
-            for (name, value) in fields {
-                invocation.arg(name).arg(value);
-            }
-            invocation.arg("--");
-            for (key, delta) in &state.deltas {
-                invocation.arg(key.ts).arg(format!("{}|{delta}", key.event_id));
-            }
-        }
-        let mut connection = self.connection.clone();
-        let _: i64 = invocation.invoke_async(&mut connection).await.map_err(|e| self.error(e))?;
-        Ok(())
+        self.update(&BTreeMap::from([(sku, vec![(0, Op::Replace(node, state))])])).await.map(drop)
     }
 
-    /// Adds an event id to its SKU's folded ids, as the fold script would.
-    fn remember_command(&self, sku: &str, event_id: &str, arrival: Millis) -> redis::Cmd {
-        let mut add = redis::cmd(if self.config.dedup_window_ms.is_some() { "ZADD" } else { "SADD" });
-        add.arg(self.seen_key(sku));
-        if self.config.dedup_window_ms.is_some() {
-            add.arg("NX").arg(arrival);
-        }
-        add.arg(event_id);
-        add
-    }
-
+    /// Records ids folded into the batch view: without a dedup window, added to their
+    /// partitions' id sets; with one, into their SKUs' states (which keep the window's ids).
     async fn remember(&self, ids: &[(String, String)], arrival: Millis) -> Result<(), SpeedError> {
-        if self.connection.is_cluster() {
-            for chunk in ids.chunks(PIPELINE) {
-                let adds = chunk.iter().map(|(sku, event_id)| {
-                    let mut connection = self.connection.clone();
-                    let add = self.remember_command(sku, event_id, arrival);
-                    async move { add.query_async::<i64>(&mut connection).await }
-                });
-                for added in futures::future::join_all(adds).await {
-                    added.map_err(|e| self.error(e))?;
-                }
+        if self.config.dedup_window_ms.is_some() {
+            let mut ops: BTreeMap<&str, Vec<(usize, Op)>> = BTreeMap::new();
+            for (sku, event_id) in ids {
+                ops.entry(sku.as_str()).or_default().push((0, Op::Remember(event_id, arrival)));
             }
-            return Ok(());
+            return self.update(&ops).await.map(drop);
         }
-        for chunk in ids.chunks(PIPELINE) {
-            let mut pipe = redis::pipe();
-            for (sku, event_id) in chunk {
-                pipe.add_command(self.remember_command(sku, event_id, arrival)).ignore();
-            }
-            let mut connection = self.connection.clone();
-            let () = pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?;
+        let mut by_partition: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for (sku, event_id) in ids {
+            by_partition.entry(partition(sku)).or_default().push(id_member(sku, event_id));
+        }
+        let adds = by_partition.iter().flat_map(|(partition, members)| {
+            members.chunks(IDS_PER_COMMAND).map(move |chunk| {
+                let [_, _, ids_key] = self.partition_keys(*partition);
+                let mut connection = self.connection.clone();
+                async move { redis::cmd("SADD").arg(ids_key).arg(chunk).query_async::<i64>(&mut connection).await }
+            })
+        });
+        for added in futures::future::join_all(adds).await {
+            added.map_err(|e| self.error(e))?;
         }
         Ok(())
-    }
-
-    /// One call of the fold script for a batch of events: 4 keys and 6 arguments each.
-    fn fold_invocation(&self, events: &[&Event]) -> redis::ScriptInvocation<'_> {
-        let mut invocation = self.script.prepare_invoke();
-        invocation.arg(self.config.dedup_window_ms.unwrap_or(-1));
-        for event in events {
-            for key in self.keys(&event.sku, &event.node) {
-                invocation.key(key);
-            }
-            invocation.arg(&event.event_id).arg(event.ts).arg(&event.node).arg(event.kind.as_str()).arg(event.qty).arg(event.arrival());
-        }
-        invocation
     }
 
     async fn sku_states(&self, sku: &str) -> Result<Vec<(String, NodeState)>, SpeedError> {
+        let [states, ..] = self.partition_keys(partition(sku));
         let mut connection = self.connection.clone();
-        let mut nodes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.sku_key(sku, "nodes"))
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
-        nodes.sort();
-        if nodes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for node in &nodes {
-            let [_, _, state, deltas] = self.keys(sku, node);
-            pipe.cmd("HGETALL").arg(state).cmd("ZRANGE").arg(deltas).arg(0).arg(-1).arg("WITHSCORES");
-        }
-        let replies: Vec<redis::Value> = pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?;
-        let mut states = Vec::with_capacity(nodes.len());
-        for (node, pair) in nodes.into_iter().zip(replies.chunks(2)) {
-            let key = self.sku_key(sku, &format!("n:{node}"));
-            let corrupt = |message: String| SpeedError::Corrupt { key: key.clone(), message };
-            let hash: BTreeMap<String, String> =
-                redis::from_redis_value(pair[0].clone()).map_err(|e| corrupt(e.to_string()))?;
-            let deltas: Vec<(String, f64)> =
-                redis::from_redis_value(pair[1].clone()).map_err(|e| corrupt(e.to_string()))?;
-            states.push((node, decode_state(&hash, &deltas).map_err(corrupt)?));
-        }
-        Ok(states)
+        let stored: Option<Vec<u8>> = redis::cmd("HGET").arg(states).arg(sku).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+        let state = SkuState::decode(&stored.unwrap_or_default()).map_err(|message| self.corrupt(sku, message))?;
+        Ok(state.nodes.into_iter().collect())
     }
 
     async fn clear(&self) -> Result<(), SpeedError> {
@@ -782,6 +805,7 @@ impl RedisStore {
             let message = "clearing is not supported on a cluster: start a new namespace instead".to_string();
             return Err(SpeedError::Corrupt { key: format!("{}:*", self.namespace), message });
         }
+        self.cache().clear();
         let mut connection = self.connection.clone();
         let pattern = format!("{}:*", self.namespace);
         let mut cursor: u64 = 0;
@@ -820,40 +844,4 @@ fn dead_letter_pipe(stream: &str, letters: &[DeadLetter]) -> redis::Pipeline {
 fn raise(marks: &mut BTreeMap<String, Millis>, key: String, arrived: Millis) {
     let mark = marks.entry(key).or_insert(arrived);
     *mark = (*mark).max(arrived);
-}
-
-fn decode_state(hash: &BTreeMap<String, String>, deltas: &[(String, f64)]) -> Result<NodeState, String> {
-    fn number(hash: &BTreeMap<String, String>, field: &str) -> Result<Option<i64>, String> {
-        hash.get(field)
-            .map(|text| text.parse::<i64>().map_err(|_| format!("field {field}: not an integer: '{text}'")))
-            .transpose()
-    }
-    let anchor = match number(hash, "anchor_ts")? {
-        None => None,
-        Some(ts) => {
-            let kind_text = hash.get("anchor_kind").map(String::as_str).unwrap_or("");
-            Some(Anchor {
-                key: EventKey {
-                    ts,
-                    event_id: hash.get("anchor_id").cloned().ok_or("field anchor_id: missing")?,
-                },
-                qty: number(hash, "anchor_qty")?.ok_or("field anchor_qty: missing")?,
-                kind: EventKind::parse(kind_text).ok_or_else(|| format!("field anchor_kind: '{kind_text}'"))?,
-            })
-        }
-    };
-    let mut state = NodeState {
-        anchor,
-        deltas: BTreeMap::new(),
-        reserved: number(hash, "reserved")?.unwrap_or(0),
-        held: number(hash, "held")?.unwrap_or(0),
-        last_event_ts: number(hash, "last_ts")?,
-        last_arrived: number(hash, "last_arrived")?,
-    };
-    for (member, ts) in deltas {
-        let (event_id, delta) = member.rsplit_once('|').ok_or_else(|| format!("delta member '{member}'"))?;
-        let delta = delta.parse::<i64>().map_err(|_| format!("delta member '{member}'"))?;
-        state.deltas.insert(EventKey { ts: *ts as i64, event_id: event_id.to_string() }, delta);
-    }
-    Ok(state)
 }

@@ -408,10 +408,14 @@ async fn reconcile_lists_drift_and_repair_brings_redis_back_to_the_lake() {
         let first = market.after_cutoff.first().unwrap();
         (first.sku.clone(), first.node.clone())
     };
+    speed.replace(&sku, "GHOST-NODE", Some(&sellable_core::NodeState { reserved: 1, ..Default::default() })).await.unwrap();
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let _: i64 = redis::cmd("HINCRBY").arg(format!("{namespace}:{{{sku}}}:n:{node}")).arg("reserved").arg(5).query_async(&mut connection).await.unwrap();
-    speed.replace(&sku, "GHOST-NODE", Some(&sellable_core::NodeState { reserved: 1, ..Default::default() })).await.unwrap();
+    let states = format!("{namespace}:{{p{}}}:states", sellable_speed::partition(&sku));
+    let stored: Vec<u8> = redis::cmd("HGET").arg(&states).arg(&sku).query_async(&mut connection).await.unwrap();
+    let mut bumped = sellable_speed::sku_state::SkuState::decode(&stored).unwrap();
+    bumped.nodes.get_mut(&node).unwrap().reserved += 5;
+    let _: i64 = redis::cmd("HSET").arg(&states).arg(&sku).arg(bumped.encode(None)).query_async(&mut connection).await.unwrap();
 
     let reconcile = |repair: bool| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"));

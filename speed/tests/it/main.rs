@@ -138,6 +138,36 @@ async fn fold_recovers_when_redis_forgets_the_script() {
     view.clear().await.unwrap();
 }
 
+/// Two processes' views of one namespace, each with its own cache of SKU states, fold chunks of
+/// the same SKUs at the same time, then each the other's chunks again: every event counts once.
+/// Without the write script's version check, a view writing from its stale cache would undo the
+/// other's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_racing_on_the_same_skus_with_their_own_caches_count_each_event_once() {
+    // 'static for the two spawned loops: the test's data lives until the process ends
+    let events: &'static [Event] = Box::leak(simulated_events(31).into_boxed_slice());
+    let namespace = format!("sellable-test-race-{}", std::process::id());
+    let first: &'static SpeedView = Box::leak(Box::new(redis_view("race").await));
+    let second: &'static SpeedView = Box::leak(Box::new(SpeedView::redis(&redis_url(), &namespace, FoldConfig::default()).await.unwrap()));
+    let chunks: Vec<&'static [Event]> = events.chunks(40).collect();
+    let (even, odd): (Vec<&'static [Event]>, Vec<&'static [Event]>) = (chunks.iter().step_by(2).copied().collect(), chunks.iter().skip(1).step_by(2).copied().collect());
+    let run = |view: &'static SpeedView, own: Vec<&'static [Event]>, other: Vec<&'static [Event]>| async move {
+        let mut stats = FoldStats::default();
+        for chunk in own.into_iter().chain(other) {
+            stats.add(FoldStats::of(&view.fold(chunk, "test").await.unwrap()));
+        }
+        stats
+    };
+    let (a, b) = tokio::join!(tokio::spawn(run(first, even.clone(), odd.clone())), tokio::spawn(run(second, odd, even)));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let timely = events.iter().filter(|event| !FoldConfig::default().is_too_late(event)).count() as u64;
+    assert_eq!(a.applied + b.applied, timely, "{a:?} {b:?}");
+    assert_eq!(a.duplicates + b.duplicates, timely, "{a:?} {b:?}");
+    assert_matches_core_fold(first, events).await;
+    assert_matches_core_fold(second, events).await;
+    first.clear().await.unwrap();
+}
+
 #[tokio::test]
 async fn malformed_events_are_reported_with_their_line_and_the_rest_folded() {
     let events = simulated_events(9);
