@@ -360,6 +360,9 @@ struct FoldArgs {
     /// Concurrent consumers in this process (named CONSUMER-1 … CONSUMER-N).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Stream entries a worker reads at once (at most; fewer when fewer are waiting).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    batch: u64,
     /// Stop after the stream has had nothing new for this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     until_idle: Option<f64>,
@@ -1060,7 +1063,8 @@ async fn fold_stream(url: &str, speed: SpeedView, stream: &str, args: &FoldArgs)
     let mut workers = Vec::new();
     for index in 1..=args.workers.max(1) {
         let consumer = if args.workers > 1 { format!("{}-{index}", args.consumer) } else { args.consumer.clone() };
-        let config = sellable_speed::stream::StreamConfig::new(stream, &args.group, &consumer);
+        let mut config = sellable_speed::stream::StreamConfig::new(stream, &args.group, &consumer);
+        config.batch = args.batch as usize;
         let (speed, url) = (speed.clone(), url.to_string());
         workers.push(tokio::spawn(async move {
             let mut worker = sellable_speed::stream::StreamWorker::connect(&url, config, &speed).await?;

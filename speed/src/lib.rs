@@ -22,7 +22,10 @@
 pub mod sku_state;
 pub mod stream;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use redis::aio::ConnectionManager;
@@ -79,6 +82,32 @@ impl SpeedView {
         match self {
             SpeedView::Memory(store) => Ok(store.fold(events, source)),
             SpeedView::Redis(store) => store.fold(events, source).await,
+        }
+    }
+
+    /// Makes a fold of `events` ready to [`commit`](Self::commit): in Redis, their SKUs' new
+    /// states are computed now, so a stream worker prepares its next batch while this one is
+    /// sent. Folds may be prepared ahead of those committed before them, never committed out of
+    /// order without loss: a write built on another that did not land is refused and redone.
+    pub async fn prepare(&self, events: Vec<Event>) -> Result<Prepared<'static>, SpeedError> {
+        match self {
+            SpeedView::Memory(_) => Ok(Prepared { events: Cow::Owned(events), ops: BTreeMap::new(), calls: Vec::new() }),
+            SpeedView::Redis(store) => store.prepare(Cow::Owned(events)).await,
+        }
+    }
+
+    /// Folds a prepared batch (from `source`, for its watermark): its events back, and one
+    /// outcome per event, in order.
+    pub async fn commit(&self, prepared: Prepared<'static>, source: &str) -> Result<(Vec<Event>, Vec<Outcome>), SpeedError> {
+        match self {
+            SpeedView::Memory(store) => {
+                let outcomes = store.fold(&prepared.events, source);
+                Ok((prepared.events.into_owned(), outcomes))
+            }
+            SpeedView::Redis(store) => {
+                let (events, outcomes) = store.commit(prepared, source).await?;
+                Ok((events.into_owned(), outcomes))
+            }
         }
     }
 
@@ -307,41 +336,42 @@ impl MemoryStore {
 }
 
 /// Writes the new states of a batch of SKUs of one partition, each only if nobody changed it
-/// since it was read. KEYS: the partition's hash of states, hash of versions and set of folded
-/// ids. ARGV, per SKU: the SKU, the version its state was folded from (0: none yet), its new
-/// state (empty: remove it), the number of ids it folds, then those ids (as [`id_member`] spells
-/// them). A SKU is written, its version raised by one and its ids added only if its version is
-/// still the one it was folded from and none of its ids was folded meanwhile. The reply has one
-/// flag per SKU: 1 written, 0 not (read it again and fold again). Commands per call: HMGET,
-/// SMISMEMBER, HSET (two), HDEL, SADD (one each per 1,000 ids), whatever the number of SKUs.
+/// since it was read. KEYS: the partition's hash of states, hash of tokens and set of folded
+/// ids. ARGV, per SKU: the SKU, the token of the state it was folded from (empty: none yet), the
+/// new state's token (unique to this write), its new state (empty: remove it), the number of ids
+/// it folds, then those ids (as [`id_member`] spells them). A SKU is written, its token replaced
+/// and its ids added only if its token is still the one it was folded from and none of its ids
+/// was folded meanwhile. The reply has one flag per SKU: 1 written, 0 not (read it again and
+/// fold again). Commands per call: HMGET, SMISMEMBER, HSET (two), HDEL, SADD (one each per 1,000
+/// ids), whatever the number of SKUs.
 const WRITE_SCRIPT: &str = r#"
-local states, versions, ids = KEYS[1], KEYS[2], KEYS[3]
-local skus, from, to, members, first, last = {}, {}, {}, {}, {}, {}
+local states, tokens, ids = KEYS[1], KEYS[2], KEYS[3]
+local skus, from, token, to, members, first, last = {}, {}, {}, {}, {}, {}, {}
 local i = 1
 while i <= #ARGV do
   local k = #skus + 1
-  skus[k], from[k], to[k] = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local n = tonumber(ARGV[i + 3])
+  skus[k], from[k], token[k], to[k] = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local n = tonumber(ARGV[i + 4])
   first[k], last[k] = #members + 1, #members + n
-  for j = 1, n do members[#members + 1] = ARGV[i + 3 + j] end
-  i = i + 4 + n
+  for j = 1, n do members[#members + 1] = ARGV[i + 4 + j] end
+  i = i + 5 + n
 end
-local current = redis.call('HMGET', versions, unpack(skus))
+local current = redis.call('HMGET', tokens, unpack(skus))
 -- Lua unpacks a few thousand values at most: the ids go 1000 per command
 local known = {}
 for s = 1, #members, 1000 do
   local part = redis.call('SMISMEMBER', ids, unpack(members, s, math.min(s + 999, #members)))
   for j = 1, #part do known[s + j - 1] = part[j] end
 end
-local written, raised, sets, dels, adds = {}, {}, {}, {}, {}
+local written, retoken, sets, dels, adds = {}, {}, {}, {}, {}
 for k = 1, #skus do
-  local ok = (tonumber(current[k]) or 0) == from[k]
+  local ok = (current[k] or '') == from[k]
   for j = first[k], last[k] do
     if known[j] == 1 then ok = false end
   end
   written[k] = ok and 1 or 0
   if ok then
-    raised[#raised + 1], raised[#raised + 2] = skus[k], from[k] + 1
+    retoken[#retoken + 1], retoken[#retoken + 2] = skus[k], token[k]
     if to[k] == '' then
       dels[#dels + 1] = skus[k]
     else
@@ -350,7 +380,7 @@ for k = 1, #skus do
     for j = first[k], last[k] do adds[#adds + 1] = members[j] end
   end
 end
-if #raised > 0 then redis.call('HSET', versions, unpack(raised)) end
+if #retoken > 0 then redis.call('HSET', tokens, unpack(retoken)) end
 if #sets > 0 then redis.call('HSET', states, unpack(sets)) end
 if #dels > 0 then redis.call('HDEL', states, unpack(dels)) end
 for s = 1, #adds, 1000 do redis.call('SADD', ids, unpack(adds, s, math.min(s + 999, #adds))) end
@@ -434,9 +464,13 @@ pub struct RedisStore {
     config: FoldConfig,
     connection: Connection,
     script: redis::Script,
-    /// The state and version of the SKUs this process wrote last, so that folding them again
-    /// needs no read first: the write script tells when one changed meanwhile.
-    cache: Mutex<HashMap<String, (u64, SkuState)>>,
+    /// Names this store's writes: a SKU's token is `<writer>.<n>`, unique to the write.
+    writer: String,
+    writes: AtomicU64,
+    /// Per SKU, the state this process wrote last (or is writing: see [`RedisStore::prepare`])
+    /// and its token, so that folding it again needs no read first: the write script tells
+    /// when it is not what Redis holds.
+    cache: Mutex<HashMap<String, (String, SkuState)>>,
 }
 
 /// Partitions of the Redis layout: a few large commands per partition and batch, whatever the
@@ -459,22 +493,43 @@ const ATTEMPTS: usize = 1_000;
 
 /// What a fold does to the state of one SKU.
 enum Op<'a> {
-    Fold(&'a Event),
+    /// The event at this index of the fold's events.
+    Fold(usize),
     /// An id folded into the batch view (known at that arrival).
     Remember(&'a str, Millis),
     /// A node's state rewritten as it is (`None`: removed).
     Replace(&'a str, Option<&'a NodeState>),
 }
 
-/// One SKU's write: the version it was folded from, the new state (and its stored form), the
-/// ids it adds, and the outcomes of its ops (by their index in the call).
-struct Write<'a> {
-    sku: &'a str,
-    from: u64,
-    state: SkuState,
+/// Per SKU, its ops with the index of their outcome.
+type Ops<'a> = BTreeMap<String, Vec<(usize, Op<'a>)>>;
+
+/// One SKU's write: the token of the state it was folded from ('' for none) and of the new one,
+/// the new state's stored form, the ids it adds, and the outcomes of its ops.
+struct Write {
+    sku: String,
+    from: String,
+    token: String,
     to: Vec<u8>,
     ids: Vec<String>,
     outcomes: Vec<(usize, Outcome)>,
+}
+
+/// The calls of the write script that one attempt of a fold sends: per partition, its SKUs.
+type Calls = Vec<(u64, Vec<Write>)>;
+
+/// A fold made ready by [`SpeedView::prepare`]: its events, and, in Redis, their ops per SKU and
+/// the writes of the first attempt. [`SpeedView::commit`] sends them.
+pub struct Prepared<'e> {
+    events: Cow<'e, [Event]>,
+    ops: Ops<'e>,
+    calls: Calls,
+}
+
+impl Prepared<'_> {
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
 }
 
 /// The partition of a SKU: FNV-1a of its bytes, so every process and version agrees.
@@ -498,6 +553,8 @@ impl RedisStore {
             config,
             connection,
             script: redis::Script::new(WRITE_SCRIPT),
+            writer: format!("{:016x}", RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))),
+            writes: AtomicU64::new(0),
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -506,11 +563,11 @@ impl RedisStore {
         SpeedError::Redis { url: self.url.clone(), source }
     }
 
-    /// A partition's hash of SKU states (field: the SKU), hash of their versions (raised by every
+    /// A partition's hash of SKU states (field: the SKU), hash of their tokens (new with every
     /// write) and set of folded ids (used when no dedup window is set; with one, the ids are kept
     /// in each SKU's state, trimmed to it).
     fn partition_keys(&self, partition: u64) -> [String; 3] {
-        ["states", "versions", "ids"].map(|name| format!("{}:{{p{partition}}}:{name}", self.namespace))
+        ["states", "tokens", "ids"].map(|name| format!("{}:{{p{partition}}}:{name}", self.namespace))
     }
 
     fn corrupt(&self, sku: &str, message: String) -> SpeedError {
@@ -518,7 +575,7 @@ impl RedisStore {
         SpeedError::Corrupt { key: format!("{states} field {sku}"), message }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, SkuState)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, SkuState)>> {
         self.cache.lock().expect("speed view lock poisoned; this is a bug")
     }
 
@@ -569,103 +626,138 @@ impl RedisStore {
         dead_letter_pipe(&self.dead_letter_key(), letters).query_async::<()>(&mut connection).await.map_err(|e| self.error(e))
     }
 
-    async fn fold(&self, events: &[Event], source: &str) -> Result<Vec<Outcome>, SpeedError> {
-        // too-late events change nothing: they are answered here and never sent
-        let mut ops: BTreeMap<&str, Vec<(usize, Op)>> = BTreeMap::new();
+    /// Stages a fold: groups the events by SKU, takes each SKU's state from the cache or reads
+    /// it, applies the events, and puts the new states in the cache as if already written, so
+    /// the next fold can be prepared while this one is sent. If this one's write of a SKU is
+    /// refused, the next one's is too (it names a token that never landed) and is done again.
+    async fn prepare<'e>(&self, events: Cow<'e, [Event]>) -> Result<Prepared<'e>, SpeedError> {
+        // too-late events change nothing: they are answered at commit and never sent
+        let mut ops: Ops = BTreeMap::new();
         for (index, event) in events.iter().enumerate().filter(|(_, event)| !self.config.is_too_late(event)) {
-            ops.entry(event.sku.as_str()).or_default().push((index, Op::Fold(event)));
+            match ops.get_mut(event.sku.as_str()) {
+                Some(sku_ops) => sku_ops.push((index, Op::Fold(index))),
+                None => drop(ops.insert(event.sku.clone(), vec![(index, Op::Fold(index))])),
+            }
         }
-        let mut outcomes = vec![Outcome::TooLate; events.len()];
-        for (index, outcome) in self.update(&ops).await? {
-            outcomes[index] = outcome;
-        }
-        self.raise_watermarks(events, source).await?;
-        Ok(outcomes)
+        let skus: Vec<&str> = ops.keys().map(String::as_str).collect();
+        let calls = self.stage(&events, &ops, &skus, &HashSet::new()).await?;
+        Ok(Prepared { events, ops, calls })
     }
 
-    /// Applies `ops` to their SKUs and returns the outcome of each `Op::Fold` by its index. A SKU
-    /// is taken from the cache or read, folded here, and written by [`WRITE_SCRIPT`] only if it
-    /// is still as it was read: a SKU that another writer changed first is read and folded again.
-    /// So each SKU's ops are applied once, atomically, whatever runs at the same time.
-    async fn update(&self, ops: &BTreeMap<&str, Vec<(usize, Op<'_>)>>) -> Result<Vec<(usize, Outcome)>, SpeedError> {
+    /// Sends a prepared fold and raises the watermarks: one outcome per event.
+    async fn commit<'e>(&self, prepared: Prepared<'e>, source: &str) -> Result<(Cow<'e, [Event]>, Vec<Outcome>), SpeedError> {
+        let Prepared { events, ops, calls } = prepared;
+        let mut outcomes = vec![Outcome::TooLate; events.len()];
+        for (index, outcome) in self.run(&events, &ops, calls).await? {
+            outcomes[index] = outcome;
+        }
+        self.raise_watermarks(&events, source).await?;
+        Ok((events, outcomes))
+    }
+
+    async fn fold(&self, events: &[Event], source: &str) -> Result<Vec<Outcome>, SpeedError> {
+        let prepared = self.prepare(Cow::Borrowed(events)).await?;
+        Ok(self.commit(prepared, source).await?.1)
+    }
+
+    /// Applies `ops` (none of them `Op::Fold`) to their SKUs.
+    async fn update(&self, ops: &Ops<'_>) -> Result<(), SpeedError> {
+        let skus: Vec<&str> = ops.keys().map(String::as_str).collect();
+        let calls = self.stage(&[], ops, &skus, &HashSet::new()).await?;
+        self.run(&[], ops, calls).await.map(drop)
+    }
+
+    /// Sends `calls`, then, as long as some SKU was refused (another writer changed it first),
+    /// reads it, folds it again and sends it again. Returns the outcome of each `Op::Fold` by
+    /// its index: each SKU's ops are applied once, atomically, whatever runs at the same time.
+    async fn run(&self, events: &[Event], ops: &Ops<'_>, mut calls: Calls) -> Result<Vec<(usize, Outcome)>, SpeedError> {
         let mut outcomes = Vec::new();
-        let mut pending: Vec<&str> = ops.keys().copied().collect();
-        let mut stale: HashSet<&str> = HashSet::new();
         for _ in 0..ATTEMPTS {
-            if pending.is_empty() {
+            let refused = self.send(calls, &mut outcomes).await?;
+            if refused.is_empty() {
                 return Ok(outcomes);
             }
-            // a SKU leaves the cache while it is folded, and comes back once written
-            let mut bases: HashMap<&str, (u64, SkuState)> = HashMap::new();
-            let mut unread = Vec::new();
-            {
-                let mut cache = self.cache();
-                for sku in &pending {
-                    match cache.remove(*sku).filter(|_| !stale.contains(sku)) {
-                        Some(base) => drop(bases.insert(*sku, base)),
-                        None => unread.push(*sku),
-                    }
-                }
-            }
-            let folded = self.read(&unread, ops, &mut bases).await?;
-            let mut calls: Vec<(u64, Vec<Write>)> = Vec::new();
-            let mut open: HashMap<u64, usize> = HashMap::new();
-            for sku in pending.drain(..) {
-                let (from, state) = bases.remove(sku).unwrap_or_default();
-                let partition = partition(sku);
-                let call = match open.get(&partition) {
-                    Some(call) if calls[*call].1.len() < SKUS_PER_CALL => *call,
-                    _ => {
-                        calls.push((partition, Vec::new()));
-                        open.insert(partition, calls.len() - 1);
-                        calls.len() - 1
-                    }
-                };
-                calls[call].1.push(self.apply(sku, from, state, &ops[sku], &folded));
-            }
-            let replies = futures::future::join_all(calls.iter().map(|(partition, chunk)| self.write(*partition, chunk))).await;
+            let stale: HashSet<&str> = refused.iter().map(String::as_str).collect();
+            let skus: Vec<&str> = stale.iter().copied().collect();
+            calls = self.stage(events, ops, &skus, &stale).await?;
+        }
+        Err(SpeedError::Contended { key: format!("{}:{{p*}}:states", self.namespace), attempts: ATTEMPTS })
+    }
+
+    /// Folds `skus`' ops into their states (from the cache, unless `stale`, or read) and caches
+    /// the results under their new tokens; returns the calls that write them.
+    async fn stage(&self, events: &[Event], ops: &Ops<'_>, skus: &[&str], stale: &HashSet<&str>) -> Result<Calls, SpeedError> {
+        let mut bases: HashMap<&str, (String, SkuState)> = HashMap::new();
+        let mut unread = Vec::new();
+        {
             let mut cache = self.cache();
-            for ((partition, chunk), reply) in calls.into_iter().zip(replies) {
-                let written = reply.inspect_err(|_| {
-                    // the call may or may not have landed: nothing cached can be trusted now
-                    cache.clear();
-                })?;
-                if written.len() != chunk.len() {
-                    let [states, ..] = self.partition_keys(partition);
-                    return Err(SpeedError::Corrupt { key: states, message: format!("write script answered {written:?}") });
-                }
-                for (write, flag) in chunk.into_iter().zip(written) {
-                    if flag == 1 {
-                        outcomes.extend(write.outcomes);
-                        if cache.len() >= CACHE_SKUS {
-                            cache.clear();
-                        }
-                        let mut state = write.state;
-                        match self.config.dedup_window_ms {
-                            Some(window) => state.seen.trim(window),
-                            // the ids are in Redis: the next fold learns them from the script
-                            None => state.seen = SeenIds::default(),
-                        }
-                        cache.insert(write.sku.to_string(), (write.from + 1, state));
-                    } else {
-                        stale.insert(write.sku);
-                        pending.push(write.sku);
-                    }
+            for sku in skus {
+                match cache.remove(*sku).filter(|_| !stale.contains(sku)) {
+                    Some(base) => drop(bases.insert(*sku, base)),
+                    None => unread.push(*sku),
                 }
             }
         }
-        let [states, ..] = self.partition_keys(partition(pending[0]));
-        Err(SpeedError::Contended { key: format!("{states} field {}", pending[0]), attempts: ATTEMPTS })
+        let folded = self.read(events, &unread, ops, &mut bases).await?;
+        let mut calls: Calls = Vec::new();
+        let mut open: HashMap<u64, usize> = HashMap::new();
+        let mut staged = Vec::with_capacity(skus.len());
+        for sku in skus {
+            let (from, state) = bases.remove(sku).unwrap_or_default();
+            let (write, state) = self.apply(events, sku, from, state, &ops[*sku], &folded);
+            staged.push((write.sku.clone(), (write.token.clone(), state)));
+            let partition = partition(sku);
+            let call = match open.get(&partition) {
+                Some(call) if calls[*call].1.len() < SKUS_PER_CALL => *call,
+                _ => {
+                    calls.push((partition, Vec::new()));
+                    open.insert(partition, calls.len() - 1);
+                    calls.len() - 1
+                }
+            };
+            calls[call].1.push(write);
+        }
+        let mut cache = self.cache();
+        if cache.len() + staged.len() > CACHE_SKUS {
+            cache.clear();
+        }
+        cache.extend(staged);
+        Ok(calls)
+    }
+
+    /// Sends the calls at once; records the outcomes of the SKUs written and returns those refused
+    /// (out of the cache now). A failed call empties the cache: it may or may not have landed.
+    async fn send(&self, calls: Calls, outcomes: &mut Vec<(usize, Outcome)>) -> Result<Vec<String>, SpeedError> {
+        let replies = futures::future::join_all(calls.iter().map(|(partition, chunk)| self.write(*partition, chunk))).await;
+        let mut refused = Vec::new();
+        let mut cache = self.cache();
+        for ((partition, chunk), reply) in calls.into_iter().zip(replies) {
+            let written = reply.inspect_err(|_| cache.clear())?;
+            if written.len() != chunk.len() {
+                cache.clear();
+                let [states, ..] = self.partition_keys(partition);
+                return Err(SpeedError::Corrupt { key: states, message: format!("write script answered {written:?}") });
+            }
+            for (write, flag) in chunk.into_iter().zip(written) {
+                if flag == 1 {
+                    outcomes.extend(write.outcomes);
+                } else {
+                    cache.remove(&write.sku);
+                    refused.push(write.sku);
+                }
+            }
+        }
+        Ok(refused)
     }
 
     /// One call of [`WRITE_SCRIPT`] for SKUs of one partition: `EVALSHA`, or `EVAL` when the
     /// server does not know the script (it restarted, or is a cluster node not asked before).
-    async fn write(&self, partition: u64, chunk: &[Write<'_>]) -> Result<Vec<i64>, SpeedError> {
+    async fn write(&self, partition: u64, chunk: &[Write]) -> Result<Vec<i64>, SpeedError> {
         let command = |verb: &str, script: &str| {
             let mut command = redis::cmd(verb);
             command.arg(script).arg(3).arg(&self.partition_keys(partition));
             for write in chunk {
-                command.arg(write.sku).arg(write.from).arg(&write.to[..]).arg(write.ids.len()).arg(&write.ids);
+                command.arg(&write.sku).arg(&write.from).arg(&write.token).arg(&write.to[..]).arg(write.ids.len()).arg(&write.ids);
             }
             command
         };
@@ -678,32 +770,33 @@ impl RedisStore {
         }
     }
 
-    /// Reads the versions and stored states of `skus` into `bases` and, without a dedup window,
+    /// Reads the tokens and stored states of `skus` into `bases` and, without a dedup window,
     /// which of the ids their ops fold are folded already (as [`id_member`]s): per partition,
-    /// two `HMGET`s and one `SMISMEMBER`, the versions first (a state newer than its version
-    /// read is then refused by the write, never an older one taken for newer).
+    /// two `HMGET`s and one `SMISMEMBER`, the tokens first (a state newer than its token read is
+    /// then refused by the write, never an older one taken for newer).
     async fn read<'a>(
         &self,
+        events: &[Event],
         skus: &[&'a str],
-        ops: &BTreeMap<&str, Vec<(usize, Op<'_>)>>,
-        bases: &mut HashMap<&'a str, (u64, SkuState)>,
+        ops: &Ops<'_>,
+        bases: &mut HashMap<&'a str, (String, SkuState)>,
     ) -> Result<HashSet<String>, SpeedError> {
         let mut by_partition: BTreeMap<u64, (Vec<&'a str>, Vec<String>)> = BTreeMap::new();
         for sku in skus {
             let (skus, ids) = by_partition.entry(partition(sku)).or_default();
             skus.push(*sku);
             if self.config.dedup_window_ms.is_none() {
-                ids.extend(ops[sku].iter().filter_map(|(_, op)| match op {
-                    Op::Fold(event) => Some(id_member(sku, &event.event_id)),
+                ids.extend(ops[*sku].iter().filter_map(|(_, op)| match op {
+                    Op::Fold(index) => Some(id_member(sku, &events[*index].event_id)),
                     _ => None,
                 }));
             }
         }
-        type Stored = (Vec<Option<u64>>, Vec<Option<Vec<u8>>>);
+        type Stored = (Vec<Option<String>>, Vec<Option<Vec<u8>>>);
         let replies = futures::future::join_all(by_partition.iter().map(|(partition, (skus, ids))| {
-            let [states, versions, ids_key] = self.partition_keys(*partition);
+            let [states, tokens, ids_key] = self.partition_keys(*partition);
             let mut pipe = redis::pipe();
-            pipe.cmd("HMGET").arg(versions).arg(skus).cmd("HMGET").arg(states).arg(skus);
+            pipe.cmd("HMGET").arg(tokens).arg(skus).cmd("HMGET").arg(states).arg(skus);
             let with_ids = !ids.is_empty();
             if with_ids {
                 pipe.cmd("SMISMEMBER").arg(ids_key).arg(ids);
@@ -711,35 +804,36 @@ impl RedisStore {
             let mut connection = self.connection.clone();
             async move {
                 if with_ids {
-                    pipe.query_async::<(Vec<Option<u64>>, Vec<Option<Vec<u8>>>, Vec<i64>)>(&mut connection).await
+                    pipe.query_async::<(Vec<Option<String>>, Vec<Option<Vec<u8>>>, Vec<i64>)>(&mut connection).await
                 } else {
-                    let (versions, states) = pipe.query_async::<Stored>(&mut connection).await?;
-                    Ok((versions, states, Vec::new()))
+                    let (tokens, states) = pipe.query_async::<Stored>(&mut connection).await?;
+                    Ok((tokens, states, Vec::new()))
                 }
             }
         }))
         .await;
         let mut folded = HashSet::new();
         for ((_, (skus, ids)), reply) in by_partition.into_iter().zip(replies) {
-            let (versions, states, known) = reply.map_err(|e| self.error(e))?;
-            for ((sku, version), stored) in skus.into_iter().zip(versions).zip(states) {
+            let (tokens, states, known) = reply.map_err(|e| self.error(e))?;
+            for ((sku, token), stored) in skus.into_iter().zip(tokens).zip(states) {
                 let state = SkuState::decode(&stored.unwrap_or_default()).map_err(|message| self.corrupt(sku, message))?;
-                bases.insert(sku, (version.unwrap_or(0), state));
+                bases.insert(sku, (token.unwrap_or_default(), state));
             }
             folded.extend(ids.into_iter().zip(known).filter(|(_, known)| *known == 1).map(|(id, _)| id));
         }
         Ok(folded)
     }
 
-    /// Folds one SKU's ops into its `state` (at version `from`); `folded` holds ids known to be
-    /// folded already.
-    fn apply<'a>(&self, sku: &'a str, from: u64, mut state: SkuState, ops: &[(usize, Op)], folded: &HashSet<String>) -> Write<'a> {
+    /// Folds one SKU's ops into its `state` (token `from`); `folded` holds ids known to be folded
+    /// already. Returns the write and the new state as the cache keeps it.
+    fn apply(&self, events: &[Event], sku: &str, from: String, mut state: SkuState, ops: &[(usize, Op)], folded: &HashSet<String>) -> (Write, SkuState) {
         let window = self.config.dedup_window_ms;
         let mut ids = Vec::new();
         let mut outcomes = Vec::new();
         for (index, op) in ops {
             match op {
                 Op::Fold(event) => {
+                    let event = &events[*event];
                     let id = (window.is_none()).then(|| id_member(sku, &event.event_id));
                     if id.as_ref().is_some_and(|id| folded.contains(id)) {
                         state.seen.insert(&event.event_id, event.arrival(), window);
@@ -758,22 +852,28 @@ impl RedisStore {
             }
         }
         let to = state.encode(window);
-        Write { sku, from, state, to, ids, outcomes }
+        match window {
+            Some(window) => state.seen.trim(window),
+            // the ids are in Redis: a later fold learns of them from the write script
+            None => state.seen = SeenIds::default(),
+        }
+        let token = format!("{}.{}", self.writer, self.writes.fetch_add(1, Ordering::Relaxed));
+        (Write { sku: sku.to_string(), from, token, to, ids, outcomes }, state)
     }
 
     async fn replace(&self, sku: &str, node: &str, state: Option<&NodeState>) -> Result<(), SpeedError> {
-        self.update(&BTreeMap::from([(sku, vec![(0, Op::Replace(node, state))])])).await.map(drop)
+        self.update(&BTreeMap::from([(sku.to_string(), vec![(0, Op::Replace(node, state))])])).await
     }
 
     /// Records ids folded into the batch view: without a dedup window, added to their
     /// partitions' id sets; with one, into their SKUs' states (which keep the window's ids).
     async fn remember(&self, ids: &[(String, String)], arrival: Millis) -> Result<(), SpeedError> {
         if self.config.dedup_window_ms.is_some() {
-            let mut ops: BTreeMap<&str, Vec<(usize, Op)>> = BTreeMap::new();
+            let mut ops: Ops = BTreeMap::new();
             for (sku, event_id) in ids {
-                ops.entry(sku.as_str()).or_default().push((0, Op::Remember(event_id, arrival)));
+                ops.entry(sku.clone()).or_default().push((0, Op::Remember(event_id, arrival)));
             }
-            return self.update(&ops).await.map(drop);
+            return self.update(&ops).await;
         }
         let mut by_partition: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (sku, event_id) in ids {

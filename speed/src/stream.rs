@@ -12,7 +12,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamRe
 use sellable_core::event::decode_json;
 use sellable_core::{DeadLetter, Event, FoldStats};
 
-use crate::{Connection, SpeedError, SpeedView};
+use crate::{Connection, Prepared, SpeedError, SpeedView};
 
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
@@ -59,8 +59,8 @@ pub struct StreamWorker<'a> {
     /// Reads the next batch while this one is folded (a blocking read would hold up the
     /// acknowledgements on a shared connection).
     reader: Connection,
-    /// New entries read while the previous batch was folded.
-    prefetched: Vec<StreamId>,
+    /// New entries read, decoded and prepared while the previous batch was folded.
+    ahead: Option<Batch>,
     view: &'a SpeedView,
     pub stats: StreamStats,
 }
@@ -74,7 +74,7 @@ impl<'a> StreamWorker<'a> {
             config,
             connection,
             reader,
-            prefetched: Vec::new(),
+            ahead: None,
             view,
             stats: StreamStats::default(),
         };
@@ -106,20 +106,30 @@ impl<'a> StreamWorker<'a> {
     /// then entries idle too long with a dead consumer, then new ones. Returns how many entries
     /// it handled (0 when the stream had nothing for it within the block time).
     pub async fn step(&mut self) -> Result<usize, SpeedError> {
-        let entries = match std::mem::take(&mut self.prefetched) {
-            prefetched if !prefetched.is_empty() => prefetched,
-            _ => self.next_entries().await?,
+        let batch = match self.ahead.take() {
+            Some(batch) => batch,
+            None => {
+                let entries = self.next_entries().await?;
+                if entries.is_empty() {
+                    return Ok(0);
+                }
+                Batch::prepare(self.view, entries).await?
+            }
         };
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        // Redis folds this batch while the next one is read and decoded, not one after the other.
-        // Only new entries are read ahead: pending ones are read when the stream runs dry, when
-        // nothing of this worker's is in flight.
-        let (mut reader, config) = (self.reader.clone(), self.config.clone());
-        let (handled, next) = tokio::join!(self.handle(entries), read(&mut reader, &config, ">", false));
-        match next {
-            Ok(next) => self.prefetched = next,
+        // Redis writes this batch while the next one is read, decoded and folded here. Only new
+        // entries are read ahead: pending ones are read when the stream runs dry, when nothing of
+        // this worker's is in flight.
+        let (mut reader, config, view) = (self.reader.clone(), self.config.clone(), self.view);
+        let ahead = async move {
+            let entries = read(&mut reader, &config, ">", false).await.map_err(|error| error.to_string())?;
+            match entries.is_empty() {
+                true => Ok(None),
+                false => Batch::prepare(view, entries).await.map(Some).map_err(|error| error.to_string()),
+            }
+        };
+        let (handled, ahead) = tokio::join!(self.handle(batch), ahead);
+        match ahead {
+            Ok(ahead) => self.ahead = ahead,
             // what the failed read took stays pending: it is read again once the stream runs dry
             Err(error) => tracing::warn!(%error, stream = %self.config.stream, "reading ahead failed"),
         }
@@ -154,31 +164,14 @@ impl<'a> StreamWorker<'a> {
         Ok(reply.claimed)
     }
 
-    async fn handle(&mut self, entries: Vec<StreamId>) -> Result<usize, SpeedError> {
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        let mut events: Vec<Event> = Vec::with_capacity(entries.len());
-        let mut raws: Vec<(&str, String)> = Vec::with_capacity(entries.len());
-        let mut dead: Vec<DeadLetter> = Vec::new();
-        for entry in &entries {
-            let raw: Option<String> = entry.get("event");
-            let letter = |error: String, raw: Option<String>| DeadLetter { entry: entry.id.clone(), raw: raw.unwrap_or_default(), error, ..DeadLetter::default() };
-            match raw.as_deref().map(decode_json) {
-                None => dead.push(letter("entry has no `event` field".to_string(), None)),
-                Some(Err(error)) => dead.push(letter(error.to_string(), raw)),
-                Some(Ok(event)) => {
-                    events.push(event);
-                    raws.push((&entry.id, raw.unwrap_or_default()));
-                }
-            }
-        }
+    async fn handle(&mut self, batch: Batch) -> Result<usize, SpeedError> {
+        let Batch { ids, raws, mut dead, prepared } = batch;
         let source = format!("stream:{}", self.config.stream);
-        let outcomes = self.view.fold(&events, &source).await?;
+        let (events, outcomes) = self.view.commit(prepared, &source).await?;
         let config = self.view.config();
         for ((event, outcome), (id, raw)) in events.iter().zip(&outcomes).zip(raws) {
             if let Some(error) = outcome.refusal(event, config) {
-                dead.push(DeadLetter { entry: id.to_string(), raw, error, ..DeadLetter::default() });
+                dead.push(DeadLetter { entry: id, raw, error, ..DeadLetter::default() });
             }
         }
         if !dead.is_empty() {
@@ -187,7 +180,6 @@ impl<'a> StreamWorker<'a> {
             tracing::warn!(dead = dead.len(), stream = %self.config.stream, "events dead-lettered");
         }
         // Only now is every entry done: acknowledge them.
-        let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
         let _: i64 = redis::cmd("XACK")
             .arg(&self.config.stream)
             .arg(&self.config.group)
@@ -195,10 +187,42 @@ impl<'a> StreamWorker<'a> {
             .query_async(&mut self.connection)
             .await
             .map_err(|e| self.error(e))?;
-        self.stats.entries += entries.len() as u64;
+        self.stats.entries += ids.len() as u64;
         self.stats.fold.add(FoldStats::of(&outcomes));
         self.stats.dead_lettered += dead.len() as u64;
-        Ok(entries.len())
+        Ok(ids.len())
+    }
+}
+
+/// A batch of entries, decoded, its fold prepared: the entries' ids, each event's entry id and
+/// raw payload, and the malformed entries' dead letters.
+struct Batch {
+    ids: Vec<String>,
+    raws: Vec<(String, String)>,
+    dead: Vec<DeadLetter>,
+    prepared: Prepared<'static>,
+}
+
+impl Batch {
+    async fn prepare(view: &SpeedView, entries: Vec<StreamId>) -> Result<Batch, SpeedError> {
+        let mut events: Vec<Event> = Vec::with_capacity(entries.len());
+        let mut raws = Vec::with_capacity(entries.len());
+        let mut dead: Vec<DeadLetter> = Vec::new();
+        let mut ids = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let raw: Option<String> = entry.get("event");
+            let letter = |error: String, raw: Option<String>| DeadLetter { entry: entry.id.clone(), raw: raw.unwrap_or_default(), error, ..DeadLetter::default() };
+            match raw.as_deref().map(decode_json) {
+                None => dead.push(letter("entry has no `event` field".to_string(), None)),
+                Some(Err(error)) => dead.push(letter(error.to_string(), raw)),
+                Some(Ok(event)) => {
+                    events.push(event);
+                    raws.push((entry.id.clone(), raw.unwrap_or_default()));
+                }
+            }
+            ids.push(entry.id);
+        }
+        Ok(Batch { ids, raws, dead, prepared: view.prepare(events).await? })
     }
 }
 
