@@ -28,6 +28,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use tokio::sync::oneshot;
+
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use sellable_core::event::DecodeError;
@@ -91,7 +93,7 @@ impl SpeedView {
     /// order without loss: a write built on another that did not land is refused and redone.
     pub async fn prepare(&self, events: Vec<Event>) -> Result<Prepared<'static>, SpeedError> {
         match self {
-            SpeedView::Memory(_) => Ok(Prepared { events: Cow::Owned(events), ops: BTreeMap::new(), calls: Vec::new() }),
+            SpeedView::Memory(_) => Ok(Prepared { events: Cow::Owned(events), ops: BTreeMap::new(), calls: Vec::new(), after: None, sent: None }),
             SpeedView::Redis(store) => store.prepare(Cow::Owned(events)).await,
         }
     }
@@ -471,6 +473,10 @@ pub struct RedisStore {
     /// and its token, so that folding it again needs no read first: the write script tells
     /// when it is not what Redis holds.
     cache: Mutex<HashMap<String, (String, SkuState)>>,
+    /// Folds of this store are prepared one at a time and sent in the order they were prepared:
+    /// this holds the signal that the last one prepared has been sent. So this process's folds
+    /// build on each other's states instead of racing for them.
+    order: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 /// Partitions of the Redis layout: a few large commands per partition and batch, whatever the
@@ -524,6 +530,10 @@ pub struct Prepared<'e> {
     events: Cow<'e, [Event]>,
     ops: Ops<'e>,
     calls: Calls,
+    /// Resolves once the fold prepared before this one has been sent.
+    after: Option<oneshot::Receiver<()>>,
+    /// Tells the fold prepared after this one that this one has been sent (or dropped).
+    sent: Option<oneshot::Sender<()>>,
 }
 
 impl Prepared<'_> {
@@ -556,6 +566,7 @@ impl RedisStore {
             writer: format!("{:016x}", RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))),
             writes: AtomicU64::new(0),
             cache: Mutex::new(HashMap::new()),
+            order: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -640,15 +651,22 @@ impl RedisStore {
             }
         }
         let skus: Vec<&str> = ops.keys().map(String::as_str).collect();
+        let mut last = self.order.lock().await;
         let calls = self.stage(&events, &ops, &skus, &HashSet::new()).await?;
-        Ok(Prepared { events, ops, calls })
+        let (sent, next) = oneshot::channel();
+        let after = last.replace(next);
+        Ok(Prepared { events, ops, calls, after, sent: Some(sent) })
     }
 
     /// Sends a prepared fold and raises the watermarks: one outcome per event.
     async fn commit<'e>(&self, prepared: Prepared<'e>, source: &str) -> Result<(Cow<'e, [Event]>, Vec<Outcome>), SpeedError> {
-        let Prepared { events, ops, calls } = prepared;
+        let Prepared { events, ops, calls, after, sent } = prepared;
+        if let Some(after) = after {
+            // an error means the one before was dropped unsent: nothing to wait for
+            let _ = after.await;
+        }
         let mut outcomes = vec![Outcome::TooLate; events.len()];
-        for (index, outcome) in self.run(&events, &ops, calls).await? {
+        for (index, outcome) in self.run(&events, &ops, calls, sent).await? {
             outcomes[index] = outcome;
         }
         self.raise_watermarks(&events, source).await?;
@@ -664,16 +682,20 @@ impl RedisStore {
     async fn update(&self, ops: &Ops<'_>) -> Result<(), SpeedError> {
         let skus: Vec<&str> = ops.keys().map(String::as_str).collect();
         let calls = self.stage(&[], ops, &skus, &HashSet::new()).await?;
-        self.run(&[], ops, calls).await.map(drop)
+        self.run(&[], ops, calls, None).await.map(drop)
     }
 
     /// Sends `calls`, then, as long as some SKU was refused (another writer changed it first),
     /// reads it, folds it again and sends it again. Returns the outcome of each `Op::Fold` by
     /// its index: each SKU's ops are applied once, atomically, whatever runs at the same time.
-    async fn run(&self, events: &[Event], ops: &Ops<'_>, mut calls: Calls) -> Result<Vec<(usize, Outcome)>, SpeedError> {
+    /// `sent` is signalled once the first attempt is answered.
+    async fn run(&self, events: &[Event], ops: &Ops<'_>, mut calls: Calls, mut sent: Option<oneshot::Sender<()>>) -> Result<Vec<(usize, Outcome)>, SpeedError> {
         let mut outcomes = Vec::new();
         for _ in 0..ATTEMPTS {
             let refused = self.send(calls, &mut outcomes).await?;
+            if let Some(sent) = sent.take() {
+                let _ = sent.send(());
+            }
             if refused.is_empty() {
                 return Ok(outcomes);
             }
