@@ -8,7 +8,8 @@
 
 use std::time::Duration;
 
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::streams::StreamReadOptions;
+use redis::{ErrorKind, RedisError, Value};
 use sellable_core::event::decode_json;
 use sellable_core::{DeadLetter, Event, FoldStats};
 
@@ -136,7 +137,7 @@ impl<'a> StreamWorker<'a> {
         handled
     }
 
-    async fn next_entries(&mut self) -> Result<Vec<StreamId>, SpeedError> {
+    async fn next_entries(&mut self) -> Result<Vec<Entry>, SpeedError> {
         let own = self.read(">", false).await?;
         let own = if own.is_empty() { self.read("0", true).await? } else { own };
         if !own.is_empty() {
@@ -145,12 +146,12 @@ impl<'a> StreamWorker<'a> {
         self.claim().await
     }
 
-    async fn read(&mut self, from: &str, pending: bool) -> Result<Vec<StreamId>, SpeedError> {
+    async fn read(&mut self, from: &str, pending: bool) -> Result<Vec<Entry>, SpeedError> {
         read(&mut self.reader, &self.config, from, pending).await.map_err(|e| self.error(e))
     }
 
-    async fn claim(&mut self) -> Result<Vec<StreamId>, SpeedError> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+    async fn claim(&mut self) -> Result<Vec<Entry>, SpeedError> {
+        let reply: Value = redis::cmd("XAUTOCLAIM")
             .arg(&self.config.stream)
             .arg(&self.config.group)
             .arg(&self.config.consumer)
@@ -161,7 +162,12 @@ impl<'a> StreamWorker<'a> {
             .query_async(&mut self.connection)
             .await
             .map_err(|e| self.error(e))?;
-        Ok(reply.claimed)
+        // [next cursor, claimed entries, ids of entries deleted meanwhile]
+        let claimed = match reply {
+            Value::Array(parts) => parts.into_iter().nth(1).unwrap_or(Value::Nil),
+            other => other,
+        };
+        entries(claimed).map_err(|e| self.error(e))
     }
 
     async fn handle(&mut self, batch: Batch) -> Result<usize, SpeedError> {
@@ -204,23 +210,24 @@ struct Batch {
 }
 
 impl Batch {
-    async fn prepare(view: &SpeedView, entries: Vec<StreamId>) -> Result<Batch, SpeedError> {
+    async fn prepare(view: &SpeedView, entries: Vec<Entry>) -> Result<Batch, SpeedError> {
         let mut events: Vec<Event> = Vec::with_capacity(entries.len());
         let mut raws = Vec::with_capacity(entries.len());
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut ids = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let raw: Option<String> = entry.get("event");
-            let letter = |error: String, raw: Option<String>| DeadLetter { entry: entry.id.clone(), raw: raw.unwrap_or_default(), error, ..DeadLetter::default() };
-            match raw.as_deref().map(decode_json) {
-                None => dead.push(letter("entry has no `event` field".to_string(), None)),
-                Some(Err(error)) => dead.push(letter(error.to_string(), raw)),
-                Some(Ok(event)) => {
+        for Entry { id, event } in entries {
+            let decoded = event.and_then(|raw| match decode_json(&raw) {
+                Ok(event) => Ok((event, raw)),
+                Err(error) => Err((error.to_string(), Some(raw))),
+            });
+            match decoded {
+                Ok((event, raw)) => {
                     events.push(event);
-                    raws.push((entry.id.clone(), raw.unwrap_or_default()));
+                    raws.push((id.clone(), raw));
                 }
+                Err((error, raw)) => dead.push(DeadLetter { entry: id.clone(), raw: raw.unwrap_or_default(), error, ..DeadLetter::default() }),
             }
-            ids.push(entry.id);
+            ids.push(id);
         }
         Ok(Batch { ids, raws, dead, prepared: view.prepare(events).await? })
     }
@@ -228,14 +235,73 @@ impl Batch {
 
 /// Reads up to a batch of entries: new ones (`>`, waiting up to the block time) or this
 /// consumer's pending ones (`0`).
-async fn read(connection: &mut Connection, config: &StreamConfig, from: &str, pending: bool) -> Result<Vec<StreamId>, redis::RedisError> {
+async fn read(connection: &mut Connection, config: &StreamConfig, from: &str, pending: bool) -> Result<Vec<Entry>, redis::RedisError> {
     let mut options = StreamReadOptions::default().group(&config.group, &config.consumer).count(config.batch);
     if !pending {
         options = options.block(config.block.as_millis() as usize);
     }
-    let reply: Option<StreamReadReply> =
+    let reply: Value =
         redis::cmd("XREADGROUP").arg(&options).arg("STREAMS").arg(&config.stream).arg(from).query_async(connection).await?;
-    Ok(reply.map(|reply| reply.keys.into_iter().flat_map(|key| key.ids).collect()).unwrap_or_default())
+    // [[stream, entries]], or nil when nothing came within the block time
+    match reply {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(streams) => {
+            let mut all = Vec::new();
+            for stream in streams {
+                match stream {
+                    Value::Array(parts) if parts.len() == 2 => all.extend(entries(parts.into_iter().nth(1).unwrap_or(Value::Nil))?),
+                    other => return Err(unexpected("a [stream, entries] pair", &other)),
+                }
+            }
+            Ok(all)
+        }
+        other => Err(unexpected("an array of streams", &other)),
+    }
+}
+
+/// A stream entry: its id, and its `event` field or why there is none to decode (with the raw
+/// payload when there is one).
+pub struct Entry {
+    pub id: String,
+    pub event: Result<String, (String, Option<String>)>,
+}
+
+/// Reads entries straight from a reply (`[[id, [field, value, …]], …]`), keeping only the
+/// `event` field: the general conversion of redis-rs builds a map per entry, a large share of a
+/// worker's time.
+fn entries(reply: Value) -> Result<Vec<Entry>, RedisError> {
+    let list = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(list) => list,
+        other => return Err(unexpected("an array of entries", &other)),
+    };
+    let text = |value: Value| match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).map_err(|error| String::from_utf8_lossy(error.as_bytes()).into_owned()),
+        Value::SimpleString(text) => Ok(text),
+        other => Err(format!("{other:?}")),
+    };
+    let mut found = Vec::with_capacity(list.len());
+    for entry in list {
+        let Value::Array(parts) = entry else { return Err(unexpected("an [id, fields] entry", &entry)) };
+        let mut parts = parts.into_iter();
+        let id = parts.next().map(text).and_then(Result::ok).ok_or_else(|| RedisError::from((ErrorKind::UnexpectedReturnType, "stream entry without an id")))?;
+        // a pending entry deleted from the stream has no fields
+        let mut event = Err(("entry has no `event` field".to_string(), None));
+        if let Some(Value::Array(fields)) = parts.next() {
+            let mut fields = fields.into_iter();
+            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                if matches!(&name, Value::BulkString(name) if name == b"event") {
+                    event = text(value).map_err(|raw| ("field `event` is not UTF-8".to_string(), Some(raw)));
+                }
+            }
+        }
+        found.push(Entry { id, event });
+    }
+    Ok(found)
+}
+
+fn unexpected(wanted: &'static str, got: &Value) -> RedisError {
+    (ErrorKind::UnexpectedReturnType, wanted, format!("got {got:?}")).into()
 }
 
 /// Appends events to a stream, one entry each, pipelined.
