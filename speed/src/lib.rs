@@ -691,8 +691,9 @@ impl RedisStore {
     /// `sent` is signalled once the first attempt is answered.
     async fn run(&self, events: &[Event], ops: &Ops<'_>, mut calls: Calls, mut sent: Option<oneshot::Sender<()>>) -> Result<Vec<(usize, Outcome)>, SpeedError> {
         let mut outcomes = Vec::new();
+        let mut refused = Vec::new();
         for _ in 0..ATTEMPTS {
-            let refused = self.send(calls, &mut outcomes).await?;
+            refused = self.send(calls, &mut outcomes).await?;
             if let Some(sent) = sent.take() {
                 let _ = sent.send(());
             }
@@ -703,7 +704,8 @@ impl RedisStore {
             let skus: Vec<&str> = stale.iter().copied().collect();
             calls = self.stage(events, ops, &skus, &stale).await?;
         }
-        Err(SpeedError::Contended { key: format!("{}:{{p*}}:states", self.namespace), attempts: ATTEMPTS })
+        let [states, ..] = self.partition_keys(partition(&refused[0]));
+        Err(SpeedError::Contended { key: format!("{states} field {}", refused[0]), attempts: ATTEMPTS })
     }
 
     /// Folds `skus`' ops into their states (from the cache, unless `stale`, or read) and caches
