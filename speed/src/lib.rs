@@ -7,6 +7,8 @@
 //! no script crosses slots:
 //! - `<ns>:{p<n>}:states` hash: per SKU (the field), the [`SkuState`] of all its nodes, encoded
 //!   as [`sku_state`] describes (with a dedup window, it also holds the SKU's ids within it)
+//! - `<ns>:{p<n>}:tokens` hash: per SKU, the token of its stored state (`<writer>.<n>`, new with
+//!   every write), which a write names to be sure nobody changed the state since it was read
 //! - `<ns>:{p<n>}:ids`    set of folded `(sku, event_id)`s (idempotency) when no dedup window
 //!   is set (keep one setting per namespace)
 //! - `<ns>:{watermarks}` and `<ns>:{watermarks}:sources`: latest arrival folded per node and per
@@ -484,6 +486,7 @@ pub struct RedisStore {
     config: FoldConfig,
     connection: Connection,
     script: redis::Script,
+    watermark_script: redis::Script,
     /// Names this store's writes: a SKU's token is `<writer>.<n>`, unique to the write.
     writer: String,
     writes: AtomicU64,
@@ -581,6 +584,7 @@ impl RedisStore {
             config,
             connection,
             script: redis::Script::new(WRITE_SCRIPT),
+            watermark_script: redis::Script::new(WATERMARK_SCRIPT),
             writer: format!("{:016x}", RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))),
             writes: AtomicU64::new(0),
             cache: Mutex::new(HashMap::new()),
@@ -619,8 +623,7 @@ impl RedisStore {
     async fn raise_watermarks(&self, events: &[Event], source: &str) -> Result<(), SpeedError> {
         let marks = watermarks(events, self.config);
         let Some(newest) = marks.values().max() else { return Ok(()) };
-        let script = redis::Script::new(WATERMARK_SCRIPT);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = self.watermark_script.prepare_invoke();
         self.watermark_keys().into_iter().for_each(|key| {
             invocation.key(key);
         });

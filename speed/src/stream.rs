@@ -175,9 +175,9 @@ impl<'a> StreamWorker<'a> {
         let source = format!("stream:{}", self.config.stream);
         let (events, outcomes) = self.view.commit(prepared, &source).await?;
         let config = self.view.config();
-        for ((event, outcome), (id, raw)) in events.iter().zip(&outcomes).zip(raws) {
+        for ((event, outcome), (entry, raw)) in events.iter().zip(&outcomes).zip(raws) {
             if let Some(error) = outcome.refusal(event, config) {
-                dead.push(DeadLetter { entry: id, raw, error, ..DeadLetter::default() });
+                dead.push(DeadLetter { entry: ids[entry].clone(), raw, error, ..DeadLetter::default() });
             }
         }
         if !dead.is_empty() {
@@ -200,11 +200,11 @@ impl<'a> StreamWorker<'a> {
     }
 }
 
-/// A batch of entries, decoded, its fold prepared: the entries' ids, each event's entry id and
-/// raw payload, and the malformed entries' dead letters.
+/// A batch of entries, decoded, its fold prepared: the entries' ids, each event's entry (its
+/// index in `ids`) and raw payload, and the malformed entries' dead letters.
 struct Batch {
     ids: Vec<String>,
-    raws: Vec<(String, String)>,
+    raws: Vec<(usize, String)>,
     dead: Vec<DeadLetter>,
     prepared: Prepared<'static>,
 }
@@ -223,7 +223,7 @@ impl Batch {
             match decoded {
                 Ok((event, raw)) => {
                     events.push(event);
-                    raws.push((id.clone(), raw));
+                    raws.push((ids.len(), raw));
                 }
                 Err((error, raw)) => dead.push(DeadLetter { entry: id.clone(), raw: raw.unwrap_or_default(), error, ..DeadLetter::default() }),
             }
