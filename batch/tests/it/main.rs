@@ -34,6 +34,13 @@ fn feature(values: &[f64], name: &str) -> f64 {
     values[BATCH.iter().position(|n| *n == name).unwrap()]
 }
 
+/// The start of a simulated lake's three days, and a cutoff in the middle of each (the first
+/// after half a day: a cutoff without events known has no features).
+fn midday_cutoffs(summary: &SimSummary) -> (Millis, Vec<Millis>) {
+    let start = summary.end - 3 * DAY;
+    (start, (0..3).map(|day| start + DAY / 2 + day * DAY).collect())
+}
+
 fn simulate(dir: &Path, seed: u64) -> (SimSummary, Vec<Event>) {
     let config = SimConfig { seed, skus: 80, nodes: 10, days: 3.0, ..SimConfig::default() };
     let summary = generate(&config, dir).unwrap();
@@ -264,8 +271,7 @@ async fn the_nightly_job_runs_at_the_smallest_memory_limit() {
 async fn two_jobs_at_once_on_one_lake_keep_their_own_scratch_files() {
     let dir = tempfile::tempdir().unwrap();
     let (summary, events) = simulate(&dir.path().join("gen"), 47);
-    let start = summary.end - 3 * DAY;
-    let cutoffs: Vec<Millis> = (0..3).map(|day| start + DAY / 2 + day * DAY).collect();
+    let (start, cutoffs) = midday_cutoffs(&summary);
     let (config, progress, scratch_limit) = (FoldConfig::default(), Progress::hidden(), 64 << 10);
     let (from, to) = (start, cutoffs[2] - 1);
 
@@ -348,9 +354,7 @@ async fn a_cutoff_computed_again_reads_back_as_its_newest_run() {
 async fn a_replay_started_at_a_later_cutoff_gives_the_same_rows() {
     let dir = tempfile::tempdir().unwrap();
     let (summary, mut events) = simulate(&dir.path().join("gen"), 43);
-    let start = summary.end - 3 * DAY;
-    // (the first after half a day: a cutoff without events known has no features)
-    let cutoffs: Vec<Millis> = (0..3).map(|day| start + DAY / 2 + day * DAY).collect();
+    let (start, cutoffs) = midday_cutoffs(&summary);
     let later = cutoffs[1];
     // a reserve known at the later cutoff, redelivered after it with another quantity, on a
     // sku×node with an order soon after: counted twice, it would change that order's row
@@ -393,8 +397,7 @@ async fn a_replay_started_at_a_later_cutoff_gives_the_same_rows() {
 async fn a_training_set_starts_from_the_stored_batch_view_while_it_is_current() {
     let dir = tempfile::tempdir().unwrap();
     let (summary, events) = simulate(&dir.path().join("gen"), 59);
-    let start = summary.end - 3 * DAY;
-    let cutoffs: Vec<Millis> = (0..3).map(|day| start + DAY / 2 + day * DAY).collect();
+    let (start, cutoffs) = midday_cutoffs(&summary);
     let (config, progress) = (FoldConfig::default(), Progress::hidden());
     let (first, rest) = events.split_at(events.len() - 10);
     let lake = lake_of(&dir.path().join("stored"), &summary, first).await;
