@@ -348,6 +348,12 @@ impl MemoryStore {
 /// was folded meanwhile. The reply has one flag per SKU: 1 written, 0 not (read it again and
 /// fold again). Commands per call: HMGET, SMISMEMBER, HSET (two), HDEL, SADD (one each per 1,000
 /// ids), whatever the number of SKUs.
+///
+/// Both hashes also hold the field `{hashtable}` (no SKU or node has braces) with a value longer
+/// than Redis keeps in a listpack (`hash-max-listpack-value`, 64 bytes by default), which makes
+/// them hash tables for good: a small hash (up to `hash-max-listpack-entries` fields, 128 to
+/// 512) is otherwise a listpack, where every field looked up is a scan of all of them, and each
+/// call looks hundreds up (a quarter of the script's time at 150 SKUs per partition).
 const WRITE_SCRIPT: &str = r#"
 local states, tokens, ids = KEYS[1], KEYS[2], KEYS[3]
 local skus, from, token, to, members, first, last = {}, {}, {}, {}, {}, {}, {}
@@ -384,8 +390,14 @@ for k = 1, #skus do
     for j = first[k], last[k] do adds[#adds + 1] = members[j] end
   end
 end
-if #retoken > 0 then redis.call('HSET', tokens, unpack(retoken)) end
-if #sets > 0 then redis.call('HSET', states, unpack(sets)) end
+if #retoken > 0 then
+  retoken[#retoken + 1], retoken[#retoken + 2] = '{hashtable}', string.rep('-', 256)
+  redis.call('HSET', tokens, unpack(retoken))
+end
+if #sets > 0 then
+  sets[#sets + 1], sets[#sets + 2] = '{hashtable}', string.rep('-', 256)
+  redis.call('HSET', states, unpack(sets))
+end
 if #dels > 0 then redis.call('HDEL', states, unpack(dels)) end
 for s = 1, #adds, 1000 do redis.call('SADD', ids, unpack(adds, s, math.min(s + 999, #adds))) end
 return written
@@ -412,7 +424,11 @@ local function raise(hash, first)
         rises[#rises + 1], rises[#rises + 2] = fields[k], arrivals[k]
       end
     end
-    if #rises > 0 then redis.call('HSET', hash, unpack(rises)) end
+    if #rises > 0 then
+      -- kept a hash table, as the write script's hashes are (see there)
+      rises[#rises + 1], rises[#rises + 2] = '{hashtable}', string.rep('-', 256)
+      redis.call('HSET', hash, unpack(rises))
+    end
   end
 end
 local source, newest = ARGV[1], ARGV[2]
@@ -499,6 +515,10 @@ pub struct RedisStore {
     /// build on each other's states instead of racing for them.
     order: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
+
+/// The field the scripts add to the hashes they look many fields up in, to keep them hash
+/// tables (see [`WRITE_SCRIPT`]); never a SKU or a node, which have no braces.
+const HASHTABLE_FIELD: &str = "{hashtable}";
 
 /// Partitions of the Redis layout: a few large commands per partition and batch, whatever the
 /// number of SKUs, and on a cluster as many slots to spread over its masters.
@@ -638,16 +658,20 @@ impl RedisStore {
 
     async fn watermarks(&self) -> Result<Watermarks, SpeedError> {
         let mut connection = self.connection.clone();
-        let [nodes, sources] = self.watermark_keys();
-        let (nodes, sources) = redis::pipe()
+        let [nodes_key, sources_key] = self.watermark_keys();
+        let (nodes, sources): (BTreeMap<String, String>, _) = redis::pipe()
             .cmd("HGETALL")
-            .arg(nodes)
+            .arg(&nodes_key)
             .cmd("HGETALL")
-            .arg(sources)
+            .arg(sources_key)
             .query_async(&mut connection)
             .await
             .map_err(|e| self.error(e))?;
-        Ok(Watermarks { nodes, sources })
+        let nodes = nodes.into_iter().filter(|(node, _)| node != HASHTABLE_FIELD).map(|(node, arrived)| match arrived.parse() {
+            Ok(arrived) => Ok((node, arrived)),
+            Err(_) => Err(SpeedError::Corrupt { key: format!("{nodes_key} field {node}"), message: format!("watermark '{arrived}' is not milliseconds") }),
+        });
+        Ok(Watermarks { nodes: nodes.collect::<Result<_, _>>()?, sources })
     }
 
     async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), SpeedError> {
@@ -747,7 +771,10 @@ impl RedisStore {
         let mut calls: Calls = Vec::new();
         let mut open: HashMap<u64, usize> = HashMap::new();
         let mut staged = Vec::with_capacity(skus.len());
-        for sku in skus {
+        for (done, sku) in skus.iter().enumerate() {
+            if done % stream::YIELD_EVERY == stream::YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
             let (from, state) = bases.remove(sku).unwrap_or_default();
             let (write, state) = self.apply(events, sku, from, state, &ops[*sku], &folded);
             staged.push((write.sku.clone(), (write.token.clone(), state)));

@@ -2,18 +2,24 @@
 //! when a dedup window bounds them, the SKU's folded event ids ([`SeenIds`]). One value per SKU,
 //! in a compact binary encoding, so one fold writes a SKU with one hash field whatever it did.
 //!
-//! Encoding (integers little-endian, strings as a `u32` length then UTF-8 bytes, an absent
-//! time as `i64::MIN`): version byte `1`; `newest`; node count, then per node its name,
-//! `reserved`, `held`, `last_ts`, `last_arrived`, anchor flag (`0`/`1`) and when set the anchor's
-//! `ts`, `event_id`, `qty` and kind, then the delta count and per delta `ts`, `event_id`, delta;
-//! last the id count and per id the id and its arrival.
+//! Encoding, version 2 (integers as LEB128 varints, signed ones zigzagged; a string as its
+//! length then its UTF-8 bytes; an id as the length of the prefix it shares with the id before
+//! it, then the rest as a string; every time as its difference to `base`, a delta's time to the
+//! delta's before it; every operation wrapping, so any `i64` comes back as it was):
+//! version byte `2`; `base`; presence flags (bit 0: `newest`) and `newest`; node count, then per
+//! node its name, `reserved`, `held`, presence flags (bit 0 `last_ts`, bit 1 `last_arrived`,
+//! bit 2 anchor), those present, the anchor as `ts`, `event_id`, `qty` and kind (its index in
+//! [`EventKind::ALL`]), then the delta count and per delta `ts`, `event_id` and the delta; last
+//! the id count and per id (in order) the id and its arrival. About a third of version 1's
+//! size, which a write sends whole. Version 1 (fixed-width little-endian integers, `u32`
+//! lengths, the kind by name) is still read.
 
 use std::collections::BTreeMap;
 
 use sellable_core::fold::{Anchor, EventKey};
 use sellable_core::{Event, EventKind, FoldConfig, Millis, NodeState, Outcome, SeenIds};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SkuState {
@@ -51,79 +57,54 @@ impl SkuState {
         if self.nodes.is_empty() && ids.is_empty() {
             return Vec::new();
         }
-        let mut out = Vec::with_capacity(64 + 64 * self.nodes.len());
-        out.push(VERSION);
-        put_time(&mut out, if window.is_some() { self.seen.newest } else { None });
-        put_len(&mut out, self.nodes.len());
+        let base = self.nodes.values().find_map(|node| node.last_arrived.or(node.last_event_ts)).unwrap_or(0);
+        let newest = if window.is_some() { self.seen.newest } else { None };
+        let mut out = Writer { out: Vec::with_capacity(32 + 48 * self.nodes.len()), base, last_id: "" };
+        out.out.push(VERSION);
+        out.signed(base);
+        out.flags(&[newest.is_some()]);
+        newest.into_iter().for_each(|newest| out.time(newest));
+        out.unsigned(self.nodes.len() as u64);
         for (node, state) in &self.nodes {
-            put_str(&mut out, node);
-            put_i64(&mut out, state.reserved);
-            put_i64(&mut out, state.held);
-            put_time(&mut out, state.last_event_ts);
-            put_time(&mut out, state.last_arrived);
-            match &state.anchor {
-                None => out.push(0),
-                Some(anchor) => {
-                    out.push(1);
-                    put_i64(&mut out, anchor.key.ts);
-                    put_str(&mut out, &anchor.key.event_id);
-                    put_i64(&mut out, anchor.qty);
-                    put_str(&mut out, anchor.kind.as_str());
-                }
+            out.string(node);
+            out.signed(state.reserved);
+            out.signed(state.held);
+            out.flags(&[state.last_event_ts.is_some(), state.last_arrived.is_some(), state.anchor.is_some()]);
+            state.last_event_ts.into_iter().chain(state.last_arrived).for_each(|time| out.time(time));
+            if let Some(anchor) = &state.anchor {
+                out.time(anchor.key.ts);
+                out.id(&anchor.key.event_id);
+                out.signed(anchor.qty);
+                out.out.push(EventKind::ALL.iter().position(|kind| *kind == anchor.kind).expect("every kind is in ALL") as u8);
             }
-            put_len(&mut out, state.deltas.len());
+            out.unsigned(state.deltas.len() as u64);
+            let mut previous = base;
             for (key, delta) in &state.deltas {
-                put_i64(&mut out, key.ts);
-                put_str(&mut out, &key.event_id);
-                put_i64(&mut out, *delta);
+                out.signed(key.ts.wrapping_sub(previous));
+                previous = key.ts;
+                out.id(&key.event_id);
+                out.signed(*delta);
             }
         }
-        put_len(&mut out, ids.len());
+        out.unsigned(ids.len() as u64);
         for (id, arrived) in ids {
-            put_str(&mut out, id);
-            put_i64(&mut out, *arrived);
+            out.id(id);
+            out.time(*arrived);
         }
-        out
+        out.out
     }
 
     /// Reads the stored form back (empty: a SKU with no state). The error says what is wrong.
     pub fn decode(bytes: &[u8]) -> Result<SkuState, String> {
-        let mut state = SkuState::default();
         if bytes.is_empty() {
-            return Ok(state);
+            return Ok(SkuState::default());
         }
-        let mut reader = Reader { bytes, at: 0 };
-        let version = reader.byte()?;
-        if version != VERSION {
-            return Err(format!("unknown encoding version {version} (this build reads {VERSION})"));
-        }
-        state.seen.newest = reader.time()?;
-        for _ in 0..reader.len()? {
-            let node = reader.string()?;
-            let mut node_state = NodeState {
-                reserved: reader.i64()?,
-                held: reader.i64()?,
-                last_event_ts: reader.time()?,
-                last_arrived: reader.time()?,
-                ..NodeState::default()
-            };
-            if reader.byte()? == 1 {
-                let key = EventKey { ts: reader.i64()?, event_id: reader.string()? };
-                let qty = reader.i64()?;
-                let kind_text = reader.string()?;
-                let kind = EventKind::parse(&kind_text).ok_or_else(|| format!("node {node}: anchor kind '{kind_text}'"))?;
-                node_state.anchor = Some(Anchor { key, qty, kind });
-            }
-            for _ in 0..reader.len()? {
-                let key = EventKey { ts: reader.i64()?, event_id: reader.string()? };
-                node_state.deltas.insert(key, reader.i64()?);
-            }
-            state.nodes.insert(node, node_state);
-        }
-        for _ in 0..reader.len()? {
-            let id = reader.string()?;
-            state.seen.ids.insert(id, reader.i64()?);
-        }
+        let mut reader = Reader { bytes, at: 1, base: 0, last_id: Vec::new() };
+        let state = match bytes[0] {
+            1 => reader.version_1()?,
+            VERSION => reader.version_2()?,
+            version => return Err(format!("unknown encoding version {version} (this build reads 1 and {VERSION})")),
+        };
         if reader.at != bytes.len() {
             return Err(format!("{} bytes left over after the state", bytes.len() - reader.at));
         }
@@ -131,29 +112,122 @@ impl SkuState {
     }
 }
 
-fn put_i64(out: &mut Vec<u8>, value: i64) {
-    out.extend_from_slice(&value.to_le_bytes());
+/// Writes version 2 (see the module docs).
+struct Writer<'a> {
+    out: Vec<u8>,
+    base: Millis,
+    last_id: &'a str,
 }
 
-fn put_time(out: &mut Vec<u8>, value: Option<Millis>) {
-    put_i64(out, value.unwrap_or(Millis::MIN));
-}
+impl<'a> Writer<'a> {
+    fn unsigned(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.out.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        self.out.push(value as u8);
+    }
 
-fn put_len(out: &mut Vec<u8>, len: usize) {
-    out.extend_from_slice(&u32::try_from(len).expect("a SKU state holds fewer than 2^32 items").to_le_bytes());
-}
+    fn signed(&mut self, value: i64) {
+        self.unsigned(((value << 1) ^ (value >> 63)) as u64);
+    }
 
-fn put_str(out: &mut Vec<u8>, text: &str) {
-    put_len(out, text.len());
-    out.extend_from_slice(text.as_bytes());
+    fn time(&mut self, time: Millis) {
+        self.signed(time.wrapping_sub(self.base));
+    }
+
+    fn flags(&mut self, flags: &[bool]) {
+        self.out.push(flags.iter().enumerate().fold(0, |byte, (bit, set)| byte | (u8::from(*set) << bit)));
+    }
+
+    fn string(&mut self, text: &str) {
+        self.unsigned(text.len() as u64);
+        self.out.extend_from_slice(text.as_bytes());
+    }
+
+    fn id(&mut self, id: &'a str) {
+        let shared = id.bytes().zip(self.last_id.bytes()).take_while(|(a, b)| a == b).count();
+        self.unsigned(shared as u64);
+        self.unsigned((id.len() - shared) as u64);
+        self.out.extend_from_slice(&id.as_bytes()[shared..]);
+        self.last_id = id;
+    }
 }
 
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    base: Millis,
+    last_id: Vec<u8>,
 }
 
 impl Reader<'_> {
+    fn version_2(&mut self) -> Result<SkuState, String> {
+        let mut state = SkuState::default();
+        self.base = self.signed()?;
+        let [newest] = self.flags()?;
+        state.seen.newest = self.time_if(newest)?;
+        for _ in 0..self.unsigned()? {
+            let node = self.string()?;
+            let (reserved, held) = (self.signed()?, self.signed()?);
+            let [last_ts, last_arrived, anchor] = self.flags()?;
+            let mut node_state =
+                NodeState { reserved, held, last_event_ts: self.time_if(last_ts)?, last_arrived: self.time_if(last_arrived)?, ..NodeState::default() };
+            if anchor {
+                let key = EventKey { ts: self.time()?, event_id: self.id()? };
+                let qty = self.signed()?;
+                let at = self.at;
+                let kind = *EventKind::ALL.get(usize::from(self.byte()?)).ok_or_else(|| format!("node {node}: anchor kind at byte {at}"))?;
+                node_state.anchor = Some(Anchor { key, qty, kind });
+            }
+            let mut previous = self.base;
+            for _ in 0..self.unsigned()? {
+                let ts = previous.wrapping_add(self.signed()?);
+                previous = ts;
+                let key = EventKey { ts, event_id: self.id()? };
+                node_state.deltas.insert(key, self.signed()?);
+            }
+            state.nodes.insert(node, node_state);
+        }
+        for _ in 0..self.unsigned()? {
+            let id = self.id()?;
+            state.seen.ids.insert(id, self.time()?);
+        }
+        Ok(state)
+    }
+
+    fn version_1(&mut self) -> Result<SkuState, String> {
+        let mut state = SkuState::default();
+        state.seen.newest = self.fixed_time()?;
+        for _ in 0..self.fixed_len()? {
+            let node = self.fixed_string()?;
+            let mut node_state = NodeState {
+                reserved: self.fixed_i64()?,
+                held: self.fixed_i64()?,
+                last_event_ts: self.fixed_time()?,
+                last_arrived: self.fixed_time()?,
+                ..NodeState::default()
+            };
+            if self.byte()? == 1 {
+                let key = EventKey { ts: self.fixed_i64()?, event_id: self.fixed_string()? };
+                let qty = self.fixed_i64()?;
+                let kind_text = self.fixed_string()?;
+                let kind = EventKind::parse(&kind_text).ok_or_else(|| format!("node {node}: anchor kind '{kind_text}'"))?;
+                node_state.anchor = Some(Anchor { key, qty, kind });
+            }
+            for _ in 0..self.fixed_len()? {
+                let key = EventKey { ts: self.fixed_i64()?, event_id: self.fixed_string()? };
+                node_state.deltas.insert(key, self.fixed_i64()?);
+            }
+            state.nodes.insert(node, node_state);
+        }
+        for _ in 0..self.fixed_len()? {
+            let id = self.fixed_string()?;
+            state.seen.ids.insert(id, self.fixed_i64()?);
+        }
+        Ok(state)
+    }
+
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
         let end = self.at.checked_add(n).filter(|end| *end <= self.bytes.len());
         let end = end.ok_or_else(|| format!("truncated at byte {} (wanted {n} more of {})", self.at, self.bytes.len()))?;
@@ -166,22 +240,79 @@ impl Reader<'_> {
         Ok(self.take(1)?[0])
     }
 
-    fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    fn unsigned(&mut self) -> Result<u64, String> {
+        let at = self.at;
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(format!("varint at byte {at} runs past 10 bytes"))
     }
 
-    fn time(&mut self) -> Result<Option<Millis>, String> {
-        Ok(Some(self.i64()?).filter(|value| *value != Millis::MIN))
+    fn signed(&mut self) -> Result<i64, String> {
+        let zigzag = self.unsigned()?;
+        Ok((zigzag >> 1) as i64 ^ -((zigzag & 1) as i64))
     }
 
-    fn len(&mut self) -> Result<usize, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize)
+    fn time(&mut self) -> Result<Millis, String> {
+        Ok(self.base.wrapping_add(self.signed()?))
+    }
+
+    fn time_if(&mut self, present: bool) -> Result<Option<Millis>, String> {
+        present.then(|| self.time()).transpose()
+    }
+
+    fn flags<const N: usize>(&mut self) -> Result<[bool; N], String> {
+        let at = self.at;
+        let byte = self.byte()?;
+        if u32::from(byte) >> N != 0 {
+            return Err(format!("flags at byte {at}: unknown bits in {byte:#010b}"));
+        }
+        Ok(std::array::from_fn(|bit| byte & (1 << bit) != 0))
+    }
+
+    fn utf8(at: usize, bytes: Vec<u8>) -> Result<String, String> {
+        String::from_utf8(bytes).map_err(|_| format!("string at byte {at} is not UTF-8"))
     }
 
     fn string(&mut self) -> Result<String, String> {
         let at = self.at;
-        let len = self.len()?;
-        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| format!("string at byte {at} is not UTF-8"))
+        let len = usize::try_from(self.unsigned()?).map_err(|_| format!("length at byte {at}"))?;
+        Self::utf8(at, self.take(len)?.to_vec())
+    }
+
+    fn id(&mut self) -> Result<String, String> {
+        let at = self.at;
+        let shared = usize::try_from(self.unsigned()?).ok().filter(|shared| *shared <= self.last_id.len());
+        let shared = shared.ok_or_else(|| format!("id at byte {at} shares more than the id before it"))?;
+        let len = usize::try_from(self.unsigned()?).map_err(|_| format!("length at byte {at}"))?;
+        let start = self.at;
+        self.take(len)?;
+        self.last_id.truncate(shared);
+        self.last_id.extend_from_slice(&self.bytes[start..self.at]);
+        Self::utf8(at, self.last_id.clone())
+    }
+
+    fn fixed_i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    fn fixed_time(&mut self) -> Result<Option<Millis>, String> {
+        Ok(Some(self.fixed_i64()?).filter(|value| *value != Millis::MIN))
+    }
+
+    fn fixed_len(&mut self) -> Result<usize, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")) as usize)
+    }
+
+    fn fixed_string(&mut self) -> Result<String, String> {
+        let at = self.at;
+        let len = self.fixed_len()?;
+        Self::utf8(at, self.take(len)?.to_vec())
     }
 }
 
@@ -261,8 +392,59 @@ mod tests {
         longer.push(0);
         assert!(SkuState::decode(&longer).unwrap_err().contains("left over"));
         assert!(SkuState::decode(&[9]).unwrap_err().contains("version 9"));
-        let mut huge = bytes;
-        huge[9..13].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(SkuState::decode(&huge).is_err());
+        // a node count far beyond the bytes there are
+        let mut huge = vec![VERSION, 0, 0];
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(SkuState::decode(&huge).unwrap_err().contains("truncated"));
+        assert!(SkuState::decode(&[VERSION, 0, 0b1000]).unwrap_err().contains("unknown bits"));
+        assert!(SkuState::decode(&[VERSION, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).unwrap_err().contains("past 10 bytes"));
+    }
+
+    #[test]
+    fn extreme_values_and_ids_sharing_part_of_a_character_come_back_as_they_were() {
+        let node = |anchor_ts: Millis, ids: &[(&str, Millis, i64)]| NodeState {
+            anchor: Some(Anchor { key: EventKey { ts: anchor_ts, event_id: "é1".into() }, qty: i64::MIN, kind: EventKind::Unhold }),
+            deltas: ids.iter().map(|(id, ts, delta)| (EventKey { ts: *ts, event_id: id.to_string() }, *delta)).collect(),
+            reserved: i64::MAX,
+            held: -7,
+            last_event_ts: Some(Millis::MIN),
+            last_arrived: None,
+        };
+        let mut state = SkuState::default();
+        // "é" and "ê" share their first UTF-8 byte
+        state.nodes.insert("N1".into(), node(Millis::MAX, &[("é2", Millis::MIN, 1), ("ê", 0, -1), ("ê", Millis::MAX, i64::MAX)]));
+        state.nodes.insert(String::new(), NodeState { last_arrived: Some(Millis::MAX), ..node(-1, &[]) });
+        state.seen.ids = [("ê".to_string(), Millis::MIN), ("é".to_string(), Millis::MAX)].into();
+        state.seen.newest = Some(Millis::MAX);
+        let back = SkuState::decode(&state.encode(Some(Millis::MAX))).unwrap();
+        assert_eq!((back.nodes, back.seen.newest), (state.nodes, Some(Millis::MAX)));
+        // the ids within the window: arrived at or after MAX - MAX = 0
+        assert_eq!(back.seen.ids, [("é".to_string(), Millis::MAX)].into());
+    }
+
+    #[test]
+    fn version_1_is_still_read_and_version_2_is_smaller() {
+        let mut state = SkuState::default();
+        events().iter().for_each(|event| {
+            state.apply(event, FoldConfig::default());
+        });
+        // version 1 of the state of node N2 alone (reserve 3, hold 1; times 16 and 21)
+        let mut one = vec![1];
+        let put_string = |out: &mut Vec<u8>, text: &str| {
+            out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            out.extend_from_slice(text.as_bytes());
+        };
+        one.extend_from_slice(&Millis::MIN.to_le_bytes());
+        one.extend_from_slice(&1u32.to_le_bytes());
+        put_string(&mut one, "N2");
+        [3, 1, 16, 21].iter().for_each(|value: &i64| one.extend_from_slice(&value.to_le_bytes()));
+        one.push(0);
+        one.extend_from_slice(&0u32.to_le_bytes());
+        one.extend_from_slice(&0u32.to_le_bytes());
+        let read = SkuState::decode(&one).unwrap();
+        assert_eq!(read.nodes.into_iter().collect::<Vec<_>>(), vec![("N2".to_string(), state.nodes["N2"].clone())]);
+        let two = state.encode(None);
+        assert_eq!(two[0], VERSION);
+        assert!(two.len() < 70, "{} bytes", two.len());
     }
 }

@@ -138,6 +138,33 @@ async fn fold_recovers_when_redis_forgets_the_script() {
     view.clear().await.unwrap();
 }
 
+/// The hashes that a fold looks hundreds of fields up in at once are hash tables even when they
+/// are small (a listpack, Redis's form of a small hash, scans every field per lookup), and the
+/// field that keeps them so is never taken for a SKU or a node.
+#[tokio::test]
+async fn the_hashes_looked_up_in_bulk_stay_hash_tables_however_small() {
+    let events = simulated_events(17);
+    let view = redis_view("encoding").await;
+    view.fold(&events, "test").await.unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let namespace = format!("sellable-test-encoding-{}", std::process::id());
+    let sku = &events[0].sku;
+    let partition = sellable_speed::partition(sku);
+    let mut keys: Vec<String> = ["states", "tokens"].iter().map(|name| format!("{namespace}:{{p{partition}}}:{name}")).collect();
+    keys.push(format!("{namespace}:{{watermarks}}"));
+    for key in keys {
+        let fields: i64 = redis::cmd("HLEN").arg(&key).query_async(&mut connection).await.unwrap();
+        assert!((2..100).contains(&fields), "{key}: {fields} fields, a listpack's size");
+        let encoding: String = redis::cmd("OBJECT").arg("ENCODING").arg(&key).query_async(&mut connection).await.unwrap();
+        assert_eq!(encoding, "hashtable", "{key}");
+    }
+    assert_matches_core_fold(&view, &events).await;
+    let nodes: std::collections::BTreeSet<&String> = events.iter().map(|event| &event.node).collect();
+    assert_eq!(view.watermarks().await.unwrap().nodes.keys().collect::<std::collections::BTreeSet<_>>(), nodes);
+    view.clear().await.unwrap();
+}
+
 /// Two processes' views of one namespace, each with its own cache of SKU states, fold chunks of
 /// the same SKUs at the same time, then each the other's chunks again: every event counts once.
 /// Without the write script's version check, a view writing from its stale cache would undo the
