@@ -62,6 +62,8 @@ pub struct StreamWorker<'a> {
     reader: Connection,
     /// New entries read, decoded and prepared while the previous batch was folded.
     ahead: Option<Batch>,
+    /// New entries read (not yet decoded) while the previous batch was folded.
+    read_ahead: Option<Vec<Entry>>,
     view: &'a SpeedView,
     pub stats: StreamStats,
 }
@@ -76,6 +78,7 @@ impl<'a> StreamWorker<'a> {
             connection,
             reader,
             ahead: None,
+            read_ahead: None,
             view,
             stats: StreamStats::default(),
         };
@@ -110,44 +113,55 @@ impl<'a> StreamWorker<'a> {
         let batch = match self.ahead.take() {
             Some(batch) => batch,
             None => {
-                let entries = self.next_entries().await?;
+                let entries = match self.read_ahead.take() {
+                    Some(entries) => entries,
+                    None => self.next_entries().await?,
+                };
                 if entries.is_empty() {
                     return Ok(0);
                 }
-                Batch::prepare(self.view, entries).await?
+                let batch = Batch::prepare(self.view, entries).await?;
+                // fill the pipeline below with what is there already, without waiting
+                self.read_ahead = Some(self.read(">", false).await?).filter(|entries| !entries.is_empty());
+                batch
             }
         };
-        // Redis writes this batch while the next one is read, decoded and folded here. Only new
-        // entries are read ahead: pending ones are read when the stream runs dry, when nothing of
-        // this worker's is in flight.
-        let (mut reader, config, view) = (self.reader.clone(), self.config.clone(), self.view);
+        // Redis writes this batch while the next one, read during the last step, is decoded and
+        // folded here, and the one after it is read: so the read does not wait for the writes,
+        // nor the fold here for the read. Only new entries are read ahead: pending ones are read
+        // when the stream runs dry, when nothing of this worker's is in flight.
+        let (mut reader, config, view, unprepared) = (self.reader.clone(), self.config.clone(), self.view, self.read_ahead.take());
         let ahead = async move {
-            let entries = read(&mut reader, &config, ">", false).await.map_err(|error| error.to_string())?;
-            match entries.is_empty() {
-                true => Ok(None),
-                false => Batch::prepare(view, entries).await.map(Some).map_err(|error| error.to_string()),
-            }
+            let read = async { read(&mut reader, &config, ">", true).await.map_err(|error| error.to_string()) };
+            let prepare = async {
+                match unprepared {
+                    Some(entries) => Batch::prepare(view, entries).await.map(Some).map_err(|error| error.to_string()),
+                    None => Ok(None),
+                }
+            };
+            tokio::join!(read, prepare)
         };
-        let (handled, ahead) = tokio::join!(self.handle(batch), ahead);
-        match ahead {
-            Ok(ahead) => self.ahead = ahead,
-            // what the failed read took stays pending: it is read again once the stream runs dry
-            Err(error) => tracing::warn!(%error, stream = %self.config.stream, "reading ahead failed"),
+        let ((read, prepared), handled) = tokio::join!(ahead, self.handle(batch));
+        // what a failed read or fold took stays pending: it is read again once the stream runs dry
+        for failed in [read.as_ref().err(), prepared.as_ref().err()].into_iter().flatten() {
+            tracing::warn!(error = %failed, stream = %self.config.stream, "reading ahead failed");
         }
+        self.ahead = prepared.ok().flatten();
+        self.read_ahead = read.ok().filter(|entries| !entries.is_empty());
         handled
     }
 
     async fn next_entries(&mut self) -> Result<Vec<Entry>, SpeedError> {
-        let own = self.read(">", false).await?;
-        let own = if own.is_empty() { self.read("0", true).await? } else { own };
+        let own = self.read(">", true).await?;
+        let own = if own.is_empty() { self.read("0", false).await? } else { own };
         if !own.is_empty() {
             return Ok(own);
         }
         self.claim().await
     }
 
-    async fn read(&mut self, from: &str, pending: bool) -> Result<Vec<Entry>, SpeedError> {
-        read(&mut self.reader, &self.config, from, pending).await.map_err(|e| self.error(e))
+    async fn read(&mut self, from: &str, wait: bool) -> Result<Vec<Entry>, SpeedError> {
+        read(&mut self.reader, &self.config, from, wait).await.map_err(|e| self.error(e))
     }
 
     async fn claim(&mut self) -> Result<Vec<Entry>, SpeedError> {
@@ -242,11 +256,11 @@ impl Batch {
     }
 }
 
-/// Reads up to a batch of entries: new ones (`>`, waiting up to the block time) or this
-/// consumer's pending ones (`0`).
-async fn read(connection: &mut Connection, config: &StreamConfig, from: &str, pending: bool) -> Result<Vec<Entry>, redis::RedisError> {
+/// Reads up to a batch of entries: new ones (`>`) or this consumer's pending ones (`0`); `wait`:
+/// waiting up to the block time for new ones to come.
+async fn read(connection: &mut Connection, config: &StreamConfig, from: &str, wait: bool) -> Result<Vec<Entry>, redis::RedisError> {
     let mut options = StreamReadOptions::default().group(&config.group, &config.consumer).count(config.batch);
-    if !pending {
+    if wait {
         options = options.block(config.block.as_millis() as usize);
     }
     let reply: Value =
