@@ -1,6 +1,13 @@
 //! `sellable`: the command-line binary. Argument parsing and glue only; the work is done by the
 //! library crates (`core`, `batch`, `speed`, `serving`, `models`, `benchmarks`).
 
+/// jemalloc instead of the system allocator: a stream worker allocates a few small values per
+/// event (reply parsing, decoding, folding), and glibc's malloc and free were about 30% of its
+/// time (fold +20%, training set +25%; the nightly job within noise, peak memory +5-10%:
+/// `docs/benchmarks.md`). mimalloc, tried before, raised the nightly job's peak by 45%.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
