@@ -368,7 +368,7 @@ struct FoldArgs {
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// Stream entries a worker reads at once (at most; fewer when fewer are waiting).
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     batch: u64,
     /// Stop after the stream has had nothing new for this many seconds (default: run until Ctrl-C).
     #[arg(long)]

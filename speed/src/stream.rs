@@ -37,7 +37,7 @@ impl StreamConfig {
             group: group.to_string(),
             consumer: consumer.to_string(),
             dead_letters: format!("{stream}:dead"),
-            batch: 2_000,
+            batch: 4_000,
             block: Duration::from_millis(200),
             claim_after: Duration::from_secs(10),
         }
