@@ -128,11 +128,13 @@ impl<'a> StreamWorker<'a> {
         };
         // Redis writes this batch while the next one, read during the last step, is decoded and
         // folded here, and the one after it is read: so the read does not wait for the writes,
-        // nor the fold here for the read. Only new entries are read ahead: pending ones are read
-        // when the stream runs dry, when nothing of this worker's is in flight.
+        // nor the fold here for the read. Only new entries are read ahead, and without waiting
+        // for them: a worker blocked on an empty stream holds no prepared fold, which the other
+        // workers' folds, sent in the order they were prepared, would wait for. Pending entries
+        // are read when the stream runs dry, when nothing of this worker's is in flight.
         let (mut reader, config, view, unprepared) = (self.reader.clone(), self.config.clone(), self.view, self.read_ahead.take());
         let ahead = async move {
-            let read = async { read(&mut reader, &config, ">", true).await.map_err(|error| error.to_string()) };
+            let read = async { read(&mut reader, &config, ">", false).await.map_err(|error| error.to_string()) };
             let prepare = async {
                 match unprepared {
                     Some(entries) => Batch::prepare(view, entries).await.map(Some).map_err(|error| error.to_string()),
