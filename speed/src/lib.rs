@@ -390,14 +390,13 @@ for k = 1, #skus do
     for j = first[k], last[k] do adds[#adds + 1] = members[j] end
   end
 end
-if #retoken > 0 then
-  retoken[#retoken + 1], retoken[#retoken + 2] = '{hashtable}', string.rep('-', 256)
-  redis.call('HSET', tokens, unpack(retoken))
+local function hset(hash, pairs)
+  if #pairs == 0 then return end
+  pairs[#pairs + 1], pairs[#pairs + 2] = '{hashtable}', string.rep('-', 256)
+  redis.call('HSET', hash, unpack(pairs))
 end
-if #sets > 0 then
-  sets[#sets + 1], sets[#sets + 2] = '{hashtable}', string.rep('-', 256)
-  redis.call('HSET', states, unpack(sets))
-end
+hset(tokens, retoken)
+hset(states, sets)
 if #dels > 0 then redis.call('HDEL', states, unpack(dels)) end
 for s = 1, #adds, 1000 do redis.call('SADD', ids, unpack(adds, s, math.min(s + 999, #adds))) end
 return written

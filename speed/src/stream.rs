@@ -122,7 +122,13 @@ impl<'a> StreamWorker<'a> {
                 }
                 let batch = Batch::prepare(self.view, entries).await?;
                 // fill the pipeline below with what is there already, without waiting
-                self.read_ahead = Some(self.read(">", false).await?).filter(|entries| !entries.is_empty());
+                self.read_ahead = match self.read(">", false).await {
+                    Ok(entries) => Some(entries).filter(|entries| !entries.is_empty()),
+                    Err(error) => {
+                        tracing::warn!(%error, stream = %self.config.stream, "reading ahead failed");
+                        None
+                    }
+                };
                 batch
             }
         };
