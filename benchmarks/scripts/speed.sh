@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Speed-layer throughput in one run: `sellable fold --stream` with 1 and 2 workers on the same
-# Redis, next to redis-benchmark running EVALSHA of a trivial script and XADD (the ceiling of what
-# Redis itself does per call on this machine). Prints entries/s and the ratios.
-# Usage: benchmarks/scripts/speed.sh [EVENTS]   (PROFILE=release for an optimised build)
+# The speed layer in one run, on one Redis:
+#  (a) throughput: `sellable fold --stream` with 1 and 2 workers, next to redis-benchmark running
+#      EVALSHA of a trivial script and XADD (the ceiling of what Redis itself does per call on
+#      this machine); prints events/s and the ratios;
+#  (b) end-to-end freshness: benchmarks/scripts/freshness.sh at a steady rate (p50/p99 from XADD
+#      to the first answer that shows the event).
+# Usage: benchmarks/scripts/speed.sh [EVENTS] [RATE] [SECONDS]   (defaults 200000, 20000 events/s
+#   for 10 s; RATE 0 skips (b); PROFILE=release for an optimised build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 events=${1:-200000}
+rate=${2:-20000}
+seconds=${3:-10}
 profile=${PROFILE:-dev}
 url=${REDIS_URL:-redis://127.0.0.1:6379}
 out=${BENCH_DIR:-target/bench-speed}
@@ -40,3 +46,8 @@ print(f"redis-benchmark XADD, -P 64              {xadd:>12,.0f} calls/s")
 print(f"sellable fold --stream, 1 worker         {one:>12,.0f} events/s   {one / evalsha:.3f}x EVALSHA")
 print(f"sellable fold --stream, 2 workers        {two:>12,.0f} events/s   {two / evalsha:.3f}x EVALSHA   {two / one:.2f}x 1 worker")
 PY
+if [ "$rate" != 0 ]; then
+  echo
+  echo "end-to-end freshness at $rate events/s for $seconds s (benchmarks/scripts/freshness.sh):"
+  PROFILE=$profile REDIS_URL=$url BENCH_DIR="$out/freshness" benchmarks/scripts/freshness.sh "$rate" "$seconds" 2>&1 | tail -5
+fi
