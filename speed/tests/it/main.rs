@@ -17,9 +17,14 @@ async fn redis_view(test: &str) -> SpeedView {
     redis_view_with(test, FoldConfig::default()).await
 }
 
+/// The Redis namespace of a test's view.
+fn namespace(test: &str) -> String {
+    format!("sellable-test-{test}-{}", std::process::id())
+}
+
 async fn redis_view_with(test: &str, config: FoldConfig) -> SpeedView {
     let url = redis_url();
-    let namespace = format!("sellable-test-{test}-{}", std::process::id());
+    let namespace = namespace(test);
     let view = SpeedView::redis(&url, &namespace, config).await.unwrap_or_else(|error| {
         panic!("these tests need a Redis server at {url} ({error}); start one with `redis-server --daemonize yes` or set REDIS_URL")
     });
@@ -148,9 +153,8 @@ async fn the_hashes_looked_up_in_bulk_stay_hash_tables_however_small() {
     view.fold(&events, "test").await.unwrap();
     let client = redis::Client::open(redis_url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let namespace = format!("sellable-test-encoding-{}", std::process::id());
-    let sku = &events[0].sku;
-    let partition = sellable_speed::partition(sku);
+    let namespace = namespace("encoding");
+    let partition = sellable_speed::partition(&events[0].sku);
     let mut keys: Vec<String> = ["states", "tokens"].iter().map(|name| format!("{namespace}:{{p{partition}}}:{name}")).collect();
     keys.push(format!("{namespace}:{{watermarks}}"));
     for key in keys {
@@ -173,7 +177,7 @@ async fn the_hashes_looked_up_in_bulk_stay_hash_tables_however_small() {
 async fn writers_racing_on_the_same_skus_with_their_own_caches_count_each_event_once() {
     // 'static for the two spawned loops: the test's data lives until the process ends
     let events: &'static [Event] = Box::leak(simulated_events(31).into_boxed_slice());
-    let namespace = format!("sellable-test-race-{}", std::process::id());
+    let namespace = namespace("race");
     let first: &'static SpeedView = Box::leak(Box::new(redis_view("race").await));
     let second: &'static SpeedView = Box::leak(Box::new(SpeedView::redis(&redis_url(), &namespace, FoldConfig::default()).await.unwrap()));
     let chunks: Vec<&'static [Event]> = events.chunks(40).collect();
