@@ -771,9 +771,7 @@ impl RedisStore {
         let mut open: HashMap<u64, usize> = HashMap::new();
         let mut staged = Vec::with_capacity(skus.len());
         for (done, sku) in skus.iter().enumerate() {
-            if done % stream::YIELD_EVERY == stream::YIELD_EVERY - 1 {
-                tokio::task::yield_now().await;
-            }
+            stream::let_write_go_on(done + 1).await;
             let (from, state) = bases.remove(sku).unwrap_or_default();
             let (write, state) = self.apply(events, sku, from, state, &ops[*sku], &folded);
             staged.push((write.sku.clone(), (write.token.clone(), state)));

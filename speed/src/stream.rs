@@ -225,7 +225,15 @@ impl<'a> StreamWorker<'a> {
 /// Entries decoded (or SKUs folded, see [`crate::RedisStore`]) between two chances for the
 /// batch being written beside them to go on: a worker prepares one batch while it writes the one
 /// before, both in one task.
-pub(crate) const YIELD_EVERY: usize = 128;
+const YIELD_EVERY: usize = 128;
+
+/// Called after each of `done` items of a batch's preparation: every [`YIELD_EVERY`] of them,
+/// lets the write of the batch before, in the same task, go on meanwhile.
+pub(crate) async fn let_write_go_on(done: usize) {
+    if done % YIELD_EVERY == 0 {
+        tokio::task::yield_now().await;
+    }
+}
 
 /// A batch of entries, decoded, its fold prepared: the entries' ids, each event's entry (its
 /// index in `ids`) and raw payload, and the malformed entries' dead letters.
@@ -255,10 +263,7 @@ impl Batch {
                 Err((error, raw)) => dead.push(DeadLetter { entry: id.clone(), raw: raw.unwrap_or_default(), error, ..DeadLetter::default() }),
             }
             ids.push(id);
-            if ids.len() % YIELD_EVERY == 0 {
-                // this runs beside the write of the batch before: let it go on meanwhile
-                tokio::task::yield_now().await;
-            }
+            let_write_go_on(ids.len()).await;
         }
         Ok(Batch { ids, raws, dead, prepared: view.prepare(events).await? })
     }
