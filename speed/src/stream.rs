@@ -230,7 +230,7 @@ const YIELD_EVERY: usize = 128;
 /// Called after each of `done` items of a batch's preparation: every [`YIELD_EVERY`] of them,
 /// lets the write of the batch before, in the same task, go on meanwhile.
 pub(crate) async fn let_write_go_on(done: usize) {
-    if done % YIELD_EVERY == 0 {
+    if done.is_multiple_of(YIELD_EVERY) {
         tokio::task::yield_now().await;
     }
 }
