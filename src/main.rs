@@ -1064,6 +1064,9 @@ async fn reconcile(args: ReconcileArgs) -> Result<()> {
 
 /// Runs `--workers` consumers of the stream's group until Ctrl-C or `--until-idle`.
 async fn fold_stream(url: &str, speed: SpeedView, stream: &str, args: &FoldArgs) -> Result<()> {
+    if let Some(hazard) = sellable_speed::persistence_hazard(url).await {
+        tracing::warn!("{hazard}");
+    }
     let speed = Arc::new(speed);
     let started = std::time::Instant::now();
     let idle_limit = args.until_idle.map(std::time::Duration::from_secs_f64);

@@ -463,6 +463,29 @@ impl Connection {
     }
 }
 
+/// Why a single Redis server's persistence could lose or replay acknowledged writes after two
+/// crashes, if it could; `None` also when the server does not say (`CONFIG` renamed away, or a
+/// cluster, whose nodes are asked nothing). With an append-only file, Redis 7's own repair of a
+/// torn last write (`aof-load-truncated yes`, its default) can keep half of a Lua script's writes
+/// for the next restart to replay, and lose what came after them: `scripts/redis-durable.sh`
+/// starts Redis so that it cannot.
+pub async fn persistence_hazard(url: &str) -> Option<String> {
+    if url.contains(',') {
+        return None;
+    }
+    let mut connection = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
+    let config: HashMap<String, String> =
+        redis::cmd("CONFIG").arg("GET").arg("appendonly").arg("aof-load-truncated").query_async(&mut connection).await.ok()?;
+    let set = |name: &str| config.get(name).is_some_and(|value| value == "yes");
+    (set("appendonly") && set("aof-load-truncated")).then(|| {
+        format!(
+            "redis at {url} keeps an append-only file with aof-load-truncated yes: after a crash that tears its last write, \
+             the next restart but one can lose acknowledged writes (events folded twice or lost); \
+             start it with scripts/redis-durable.sh, or set aof-load-truncated no (see docs/operations.md, \"Redis persistence\")"
+        )
+    })
+}
+
 impl redis::aio::ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
         match self {
