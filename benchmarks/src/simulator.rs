@@ -258,6 +258,8 @@ const COUNTRIES: [(&str, &str); 6] = [("EU", "DE"), ("EU", "FR"), ("EU", "IT"), 
 
 /// Runs a simulation and writes `skus`, `nodes`, `events` and `truth` Parquet files into `dir`.
 pub fn generate(config: &SimConfig, dir: &Path) -> Result<SimSummary, SimError> {
+    // negated, so that NaN is refused too
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     if config.skus == 0 || config.nodes == 0 || !(config.days > 0.0) || !(config.orders_per_sku_day >= 0.0) {
         return Err(SimError::Config(format!(
             "skus ({}), nodes ({}) and days ({}) must be positive",

@@ -3,6 +3,9 @@
 //! lake half-written; features agree with the fold, backfills with single runs, and training rows
 //! never see the future.
 
+// `Lake::import_events` takes an iterator that owns its events: the copies are needed
+#![allow(clippy::unnecessary_to_owned)]
+
 use std::path::Path;
 
 use sellable_batch::trainset::TrainRow;
