@@ -22,6 +22,10 @@ fi
 dir=$1
 shift
 mkdir -p "$dir"
+command -v redis-check-aof >/dev/null || {
+  echo "redis-durable: redis-check-aof is missing (it comes with redis-server; on Debian, package redis-tools)" >&2
+  exit 1
+}
 manifest="$dir/appendonlydir/appendonly.aof.manifest"
 if [ -f "$manifest" ] && ! check=$(redis-check-aof "$manifest" 2>&1); then
   echo "redis-durable: the append-only file in $dir is torn; dropping its incomplete last write:" >&2

@@ -481,7 +481,6 @@ async fn redis_killed_mid_stream_loses_nothing_with_persistence_on() {
         }
     }
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    for line in redis.start_log().lines().chain(redis.log().lines().filter(|l| l.contains("runcat") || l.contains("short read") || l.contains("MULTI"))) { eprintln!("REDISLOG {line}"); }
     assert!(wrong.is_empty(), "{} of {} sku×nodes wrong, first: {:#?}\nworker log:\n{log}\nredis log:\n{}", wrong.len(), oracle.states.len(), &wrong[..wrong.len().min(3)], redis.log());
 }
 
