@@ -33,9 +33,12 @@ async fn redis_view_with(test: &str, config: FoldConfig) -> SpeedView {
 }
 
 fn simulated_events(seed: u64) -> Vec<Event> {
+    events_of(&SimConfig { seed, skus: 60, nodes: 8, days: 2.0, ..SimConfig::default() })
+}
+
+fn events_of(config: &SimConfig) -> Vec<Event> {
     let dir = tempfile::tempdir().unwrap();
-    let config = SimConfig { seed, skus: 60, nodes: 8, days: 2.0, ..SimConfig::default() };
-    let summary = generate(&config, dir.path()).unwrap();
+    let summary = generate(config, dir.path()).unwrap();
     read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect()
 }
 
@@ -221,10 +224,7 @@ async fn malformed_events_are_reported_with_their_line_and_the_rest_folded() {
 #[test]
 fn every_state_on_the_way_survives_being_stored_and_read_back() {
     use sellable_speed::sku_state::SkuState;
-    let dir = tempfile::tempdir().unwrap();
-    let config = SimConfig { seed: 41, skus: 2_000, nodes: 100, days: 7.0, ..SimConfig::default() };
-    let summary = generate(&config, dir.path()).unwrap();
-    let events: Vec<Event> = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect();
+    let events = events_of(&SimConfig { seed: 41, skus: 2_000, nodes: 100, days: 7.0, ..SimConfig::default() });
     let config = FoldConfig::default();
     let mut states: std::collections::HashMap<&str, SkuState> = std::collections::HashMap::new();
     for (index, event) in events.iter().enumerate() {
