@@ -322,6 +322,10 @@ impl OwnRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection()
+    }
+
     fn restart(&mut self) {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/redis-durable.sh");
         let start_log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("start.log")).unwrap();
@@ -340,7 +344,7 @@ impl OwnRedis {
             if let Some(status) = process.try_wait().unwrap() {
                 panic!("redis-server on port {} exited ({status}):\n{}\n{}", self.port, self.start_log(), self.log());
             }
-            if redis::Client::open(self.url()).and_then(|c| c.get_connection()).and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok() {
+            if self.connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok() {
                 self.process = Some(process);
                 return;
             }
@@ -392,9 +396,8 @@ impl Drop for OwnRedis {
 #[test]
 fn a_torn_write_in_the_append_only_file_costs_nothing_acknowledged_over_two_restarts() {
     let mut redis = OwnRedis::start();
-    let connect = |redis: &OwnRedis| redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
     let get = |connection: &mut redis::Connection, key: &str| redis::cmd("GET").arg(key).query::<Option<String>>(connection).unwrap();
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection().unwrap();
     for value in ["1", "2"] {
         let script = "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[1]); return 1";
         redis::cmd("EVAL").arg(script).arg(2).arg("state").arg("token").arg(value).query::<i64>(&mut connection).unwrap();
@@ -406,14 +409,14 @@ fn a_torn_write_in_the_append_only_file_costs_nothing_acknowledged_over_two_rest
     let file = std::fs::OpenOptions::new().write(true).open(&aof).unwrap();
     file.set_len(file.metadata().unwrap().len() - 30).unwrap();
     redis.restart();
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection().unwrap();
     assert_eq!((get(&mut connection, "state"), get(&mut connection, "token")), (Some("1".into()), Some("1".into())), "the torn write is not applied");
     assert!(redis.start_log().contains("torn"), "{}", redis.start_log());
     // acknowledged after the repair: must survive the next restart
     redis::cmd("SET").arg("later").arg("3").query::<()>(&mut connection).unwrap();
     redis.kill();
     redis.restart();
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection().unwrap();
     let after = ["state", "token", "later"].map(|key| get(&mut connection, key));
     assert_eq!(after, [Some("1".into()), Some("1".into()), Some("3".into())], "{}\n{}", redis.start_log(), redis.log());
 }
@@ -424,7 +427,7 @@ async fn fold_warns_of_a_redis_that_would_repair_a_torn_append_only_file_unsafel
     let redis = OwnRedis::start();
     let url = redis.url();
     assert_eq!(sellable_speed::persistence_hazard(&url).await, None, "started by scripts/redis-durable.sh");
-    let mut connection = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    let mut connection = redis.connection().unwrap();
     redis::cmd("CONFIG").arg("SET").arg("aof-load-truncated").arg("yes").query::<()>(&mut connection).unwrap();
     let hazard = sellable_speed::persistence_hazard(&url).await.expect("a hazard");
     assert!(hazard.contains("aof-load-truncated yes") && hazard.contains("redis-durable.sh"), "{hazard}");
