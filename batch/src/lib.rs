@@ -102,6 +102,20 @@ impl ViewLineage {
 /// Rows per batch written to Lance.
 const WRITE_BATCH: usize = 65_536;
 
+/// The lake is the event log the speed layer catches up from (`sellable_speed::catch_up`).
+impl sellable_core::EventLog for Lake {
+    fn ids_arrived(&self, from: Millis, to: Millis) -> sellable_core::view::BoxFuture<'_, Result<Vec<(String, String)>, sellable_core::ViewError>> {
+        Box::pin(async move { Ok(self.event_ids_arrived(from, to).await?) })
+    }
+
+    fn events_after(
+        &self,
+        cutoff: Millis,
+    ) -> sellable_core::view::BoxFuture<'_, Result<Vec<Result<Event, DecodeError>>, sellable_core::ViewError>> {
+        Box::pin(async move { Ok(Lake::events_after(self, cutoff).await?) })
+    }
+}
+
 /// What an import did.
 #[derive(Debug, Clone)]
 pub struct ImportReport {

@@ -43,18 +43,7 @@ use crate::{int_column, scan, string_column, BatchError, Lake, Progress, EVENTS}
 
 pub(crate) const TRAINSET: &str = "trainset";
 
-pub use sellable_core::features::TrainRow;
-
-/// Where a training set came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lineage {
-    /// `events` dataset version.
-    pub lake_version: u64,
-    /// `features` dataset version.
-    pub features_version: u64,
-    /// The code that computed it: crate version and a fingerprint of the feature definitions.
-    pub code_version: String,
-}
+pub use sellable_core::features::{Lineage, TrainRow, TrainingSet};
 
 /// What building a training set found.
 #[derive(Debug, Clone, Default)]
@@ -288,13 +277,8 @@ impl Lake {
         self.write(TRAINSET, RecordBatchIterator::new(batches.into_iter().map(Ok), schema), WriteMode::Overwrite).await
     }
 
-    /// The version of the latest training set.
-    pub async fn trainset_version(&self) -> Result<u64, BatchError> {
-        Ok(self.dataset(TRAINSET, "build one first (sellable trainset)").await?.version_id())
-    }
-
-    /// The latest training set, with its lineage (`None` for an empty one).
-    pub async fn load_trainset(&self) -> Result<(Vec<TrainRow>, Option<Lineage>), BatchError> {
+    /// The latest training set, with its version and lineage.
+    pub async fn load_trainset(&self) -> Result<TrainingSet, BatchError> {
         let dataset = self.dataset(TRAINSET, "build one first (sellable trainset)").await?;
         let names = features::names();
         let mut rows = Vec::new();
@@ -330,7 +314,7 @@ impl Lake {
                 });
             }
         }
-        Ok((rows, lineage))
+        Ok(TrainingSet { version: dataset.version_id(), rows, lineage })
     }
 }
 

@@ -14,7 +14,7 @@ out=${BENCH_DIR:-target/bench-freshness}
 scripts/setup.sh
 REDIS_URL=$url scripts/ensure-redis.sh
 cargo build --locked --profile "$profile" --bin sellable
-cargo build --locked --profile "$profile" -p sellable-bench --bin freshness
+cargo build --locked --profile "$profile" -p sellable-bench --features load --bin freshness
 dir=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 rm -rf "$out" && mkdir -p "$out"
 host=$(echo "${url#redis://}" | cut -d: -f1); redis_port=$(echo "${url#redis://}" | cut -d: -f2 | cut -d/ -f1)

@@ -1,5 +1,7 @@
-//! sellable-bench: the marketplace simulator (`sellable gen`), and later the load drivers and
-//! reports of `benchmarks/`. Tests of the simulator are in `tests/it/`.
+//! sellable-bench: the marketplace simulator (`sellable gen`, and the data of every test and
+//! benchmark). The load drivers are binaries in `src/bin/`, built with the `load` feature so that
+//! the simulator's users do not build a Redis or HTTP client for them. Tests of the simulator are
+//! in `tests/it/`.
 
 pub mod simulator;
 

@@ -139,6 +139,26 @@ pub struct TrainRow {
     pub features: Vec<f64>,
 }
 
+/// Where a training set came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// `events` dataset version.
+    pub lake_version: u64,
+    /// `features` dataset version.
+    pub features_version: u64,
+    /// The code that computed it: crate version and a fingerprint of the feature definitions.
+    pub code_version: String,
+}
+
+/// A stored training set, as training reads it: its dataset version, its rows, and what it was
+/// computed from (`None` for an empty set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingSet {
+    pub version: u64,
+    pub rows: Vec<TrainRow>,
+    pub lineage: Option<Lineage>,
+}
+
 impl TrainRow {
     /// Equal including the bits of every feature (a NaN equals the same NaN).
     pub fn same_bits(&self, other: &TrainRow) -> bool {

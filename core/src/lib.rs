@@ -15,4 +15,4 @@ pub use catalog::{NodeInfo, NodeKind, SkuInfo};
 pub use decision::{decide, Decision, FulfillmentOption, Verdict};
 pub use event::{DecodeError, Event, EventKind, Millis};
 pub use fold::{fold, known_at, Fold, FoldConfig, FoldStats, NodeState, Outcome, SeenIds};
-pub use view::{merge_views, BatchView, DeadLetter, SpeedSource, Watermarks};
+pub use view::{merge_views, BatchView, DeadLetter, EventLog, SpeedSource, ViewError, Watermarks};

@@ -1,6 +1,7 @@
 //! The two views serving merges, and the pure merge itself. The batch layer produces a
-//! [`BatchView`]; the speed layer implements [`SpeedSource`]; serving only sees these types, so
-//! the three layers never depend on each other.
+//! [`BatchView`] and implements [`EventLog`]; the speed layer implements [`SpeedSource`]; serving
+//! and the speed layer's catch-up only see these types, so the three layers never depend on each
+//! other.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -64,20 +65,36 @@ pub struct DeadLetter {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A failure of a view's store (Redis, the lake), kept whole with its sources: `core` knows
+/// nothing of the stores, so their own error types travel boxed.
+pub type ViewError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The events the lake holds, as the speed layer needs them to start at a batch cutoff: which
+/// events arrived in a window (their ids, so a redelivered copy is a duplicate), and every event
+/// that arrived after the cutoff.
+pub trait EventLog: Send + Sync {
+    /// `(sku, event_id)` of every event that arrived in `(from, to]`.
+    fn ids_arrived(&self, from: Millis, to: Millis) -> BoxFuture<'_, Result<Vec<(String, String)>, ViewError>>;
+
+    /// Every event that arrived after `cutoff`, in arrival order; a row that does not decode is
+    /// an error naming the row and field, not a failure of the whole read.
+    fn events_after(&self, cutoff: Millis) -> BoxFuture<'_, Result<Vec<Result<crate::Event, crate::DecodeError>>, ViewError>>;
+}
+
 /// A speed view serving can read, wherever it lives.
 pub trait SpeedSource: Send + Sync {
     /// The state of every node with events for `sku` since the cutoff, ordered by node.
-    fn sku_states<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, String>>;
+    fn sku_states<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, ViewError>>;
 
     /// Per node and per source, the latest arrival folded: how far behind each feed is.
-    fn watermarks(&self) -> BoxFuture<'_, Result<Watermarks, String>>;
+    fn watermarks(&self) -> BoxFuture<'_, Result<Watermarks, ViewError>>;
 
     /// Folds events that came from `source` into it (`POST /v1/events`): atomic per event and
     /// idempotent. One outcome per event, in order.
-    fn fold<'a>(&'a self, events: &'a [crate::Event], source: &'a str) -> BoxFuture<'a, Result<Vec<crate::Outcome>, String>>;
+    fn fold<'a>(&'a self, events: &'a [crate::Event], source: &'a str) -> BoxFuture<'a, Result<Vec<crate::Outcome>, ViewError>>;
 
     /// Keeps refused input (malformed, too late, expired) where `sellable deadletters` finds it.
-    fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> BoxFuture<'a, Result<(), String>>;
+    fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> BoxFuture<'a, Result<(), ViewError>>;
 
     /// Where it lives, for logs and answers.
     fn describe(&self) -> String;

@@ -100,11 +100,20 @@ impl Default for XgboostConfig {
     }
 }
 
+/// A training configuration that cannot be used, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{origin}: {source}")]
+    Syntax { origin: String, source: toml::de::Error },
+    #[error("{origin}: {}", .problems.join("; "))]
+    Invalid { origin: String, problems: Vec<String> },
+}
+
 impl TrainConfig {
     /// Parses a TOML file's text and checks every value; `origin` names the file in errors.
-    pub fn from_toml(text: &str, origin: &str) -> Result<TrainConfig, String> {
-        let config: TrainConfig = toml::from_str(text).map_err(|error| format!("{origin}: {error}"))?;
-        config.validate().map_err(|problems| format!("{origin}: {}", problems.join("; ")))?;
+    pub fn from_toml(text: &str, origin: &str) -> Result<TrainConfig, ConfigError> {
+        let config: TrainConfig = toml::from_str(text).map_err(|source| ConfigError::Syntax { origin: origin.to_string(), source })?;
+        config.validate().map_err(|problems| ConfigError::Invalid { origin: origin.to_string(), problems })?;
         Ok(config)
     }
 
@@ -170,13 +179,13 @@ mod tests {
 
     #[test]
     fn bad_configs_name_every_problem() {
-        let error = TrainConfig::from_toml("target_oversell_rate = 2\n[xgboost]\neta = 0\nmax_depth = 40", "train.toml").unwrap_err();
+        let error = TrainConfig::from_toml("target_oversell_rate = 2\n[xgboost]\neta = 0\nmax_depth = 40", "train.toml").unwrap_err().to_string();
         assert_eq!(
             error,
             "train.toml: target_oversell_rate must be between 0 and 1, got 2; xgboost.max_depth must be from 1 to 16, got 40; \
              xgboost.eta must be in (0, 1], got 0"
         );
-        let typo = TrainConfig::from_toml("[xgboost]\nmax_dept = 4", "train.toml").unwrap_err();
+        let typo = TrainConfig::from_toml("[xgboost]\nmax_dept = 4", "train.toml").unwrap_err().to_string();
         assert!(typo.starts_with("train.toml: ") && typo.contains("unknown field `max_dept`"), "{typo}");
         assert!(TrainConfig::from_toml("[xgboost]\nscale_pos_weight = \"often\"", "t").is_err());
     }

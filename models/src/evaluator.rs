@@ -331,7 +331,7 @@ fn sigmoid(margin: f32) -> f32 {
     1.0 / (1.0 + (-margin).exp())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "train"))]
 mod tests {
     use super::*;
     use crate::train_fixed;

@@ -9,16 +9,22 @@ use crate::evaluate::{Evaluation, Outcome};
 
 type Drawn = Result<(), Box<dyn std::error::Error>>;
 
+/// A plot of the report could not be drawn (plotters' own errors are not `Send`: their message
+/// is kept).
+#[derive(Debug, thiserror::Error)]
+#[error("drawing the report's plot: {0}")]
+pub struct ReportError(String);
+
 const SIZE: (u32, u32) = (620, 420);
 
 /// Draws one plot into an SVG document.
-fn svg(size: (u32, u32), draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Drawn) -> Result<String, String> {
+fn svg(size: (u32, u32), draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Drawn) -> Result<String, ReportError> {
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
-        draw(&root).map_err(|e| e.to_string())?;
-        root.present().map_err(|e| e.to_string())?;
+        root.fill(&WHITE).map_err(|e| ReportError(e.to_string()))?;
+        draw(&root).map_err(|e| ReportError(e.to_string()))?;
+        root.present().map_err(|e| ReportError(e.to_string()))?;
     }
     Ok(out)
 }
@@ -44,7 +50,7 @@ fn line_key(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
     move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color)
 }
 
-fn operating_curve(evaluation: &Evaluation) -> Result<String, String> {
+fn operating_curve(evaluation: &Evaluation) -> Result<String, ReportError> {
     svg(SIZE, |root| {
         let point = |o: &Outcome| (o.false_deny_rate, o.oversell_rate);
         // the region where the policies differ: up to three times the largest of their false-deny rates
@@ -75,7 +81,7 @@ fn operating_curve(evaluation: &Evaluation) -> Result<String, String> {
     })
 }
 
-fn precision_recall(evaluation: &Evaluation) -> Result<String, String> {
+fn precision_recall(evaluation: &Evaluation) -> Result<String, ReportError> {
     svg(SIZE, |root| {
         let caption = format!("Precision-recall for oversells (PR-AUC {:.3})", evaluation.pr_auc);
         let mut chart = frame(root, caption, 0.0..1.0, 0.0..1.0, "recall (shorted orders flagged)", "precision")?;
@@ -90,7 +96,7 @@ fn precision_recall(evaluation: &Evaluation) -> Result<String, String> {
     })
 }
 
-fn calibration(evaluation: &Evaluation) -> Result<String, String> {
+fn calibration(evaluation: &Evaluation) -> Result<String, ReportError> {
     svg(SIZE, |root| {
         let top = evaluation.calibration.iter().flat_map(|bin| [bin.predicted, bin.observed]).fold(0.05, f64::max).min(1.0) * 1.1;
         let caption = format!("Calibration (expected error {:.4})", evaluation.calibration_error);
@@ -104,7 +110,7 @@ fn calibration(evaluation: &Evaluation) -> Result<String, String> {
     })
 }
 
-fn importance(evaluation: &Evaluation) -> Result<String, String> {
+fn importance(evaluation: &Evaluation) -> Result<String, ReportError> {
     let shown: Vec<&(String, f64)> = evaluation.importance.iter().take(20).collect();
     let rows = shown.len().max(1) as i32;
     svg((SIZE.0, 80 + 22 * rows as u32), |root| {
@@ -152,7 +158,7 @@ fn row(name: &str, outcome: &Outcome) -> String {
 }
 
 /// The whole page. `title` and `details` (name, value) head it: version, lineage, rounds.
-pub fn html(title: &str, details: &[(String, String)], evaluation: &Evaluation) -> Result<String, String> {
+pub fn html(title: &str, details: &[(String, String)], evaluation: &Evaluation) -> Result<String, ReportError> {
     let e = evaluation;
     let compared = &e.at_safety_stock_false_deny_rate;
     let details: String = details.iter().map(|(name, value)| format!("<tr><th>{}</th><td>{}</td></tr>", escape(name), escape(value))).collect();

@@ -13,6 +13,17 @@ use sellable_models::Model;
 
 use crate::{NodeFacts, Serving};
 
+/// Why a backtest stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BacktestError {
+    #[error("order {order_id}: unknown node '{node}'")]
+    UnknownNode { order_id: String, node: String },
+    #[error("writing the backtest CSV: {0}")]
+    Csv(#[from] csv::Error),
+    #[error("writing the backtest CSV: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// The engine's decision for one order (a row of the backtest file).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct BacktestRow {
@@ -68,7 +79,7 @@ impl PolicyCounts {
 impl Serving {
     /// Decides every order as the engine would have at its time. Orders at nodes the catalog
     /// does not know are an error naming them.
-    pub fn backtest(&self, model: Option<&Model>, orders: &[TrainRow], safety_stock: i64) -> Result<(Vec<BacktestRow>, BacktestSummary), String> {
+    pub fn backtest(&self, model: Option<&Model>, orders: &[TrainRow], safety_stock: i64) -> Result<(Vec<BacktestRow>, BacktestSummary), BacktestError> {
         let ruleset = self.rules.current();
         let names = sellable_core::features::names();
         let position = |name: &str| names.iter().position(|n| *n == name).expect("a real-time feature of core; this is a bug");
@@ -76,7 +87,9 @@ impl Serving {
         let mut rows = Vec::with_capacity(orders.len());
         let mut summary = BacktestSummary { safety_stock, ..BacktestSummary::default() };
         for order in orders {
-            let node = self.nodes.get(&order.node).ok_or_else(|| format!("order {}: unknown node '{}'", order.order_id, order.node))?;
+            let _order = tracing::debug_span!("order", order_id = ?order.order_id, sku = ?order.sku, node = ?order.node).entered();
+            let unknown = || BacktestError::UnknownNode { order_id: order.order_id.clone(), node: order.node.clone() };
+            let node = self.nodes.get(&order.node).ok_or_else(unknown)?;
             let value = |at: usize| order.features.get(at).copied().unwrap_or(f64::NAN);
             let hours_since_event = value(since_event);
             let facts = NodeFacts {
@@ -113,10 +126,10 @@ impl Serving {
 }
 
 /// Writes backtest rows as CSV with a header (`ts` in RFC 3339).
-pub fn write_csv(rows: &[BacktestRow], out: impl Write) -> Result<(), String> {
+pub fn write_csv(rows: &[BacktestRow], out: impl Write) -> Result<(), BacktestError> {
     let mut writer = csv::Writer::from_writer(out);
     let header = ["order_id", "ts", "sku", "node", "qty", "decision", "units", "p_fulfill", "rules_fired", "label"];
-    writer.write_record(header).map_err(|error| error.to_string())?;
+    writer.write_record(header)?;
     for row in rows {
         writer
             .write_record([
@@ -130,8 +143,7 @@ pub fn write_csv(rows: &[BacktestRow], out: impl Write) -> Result<(), String> {
                 row.p_fulfill.map(|p| format!("{p:.6}")).unwrap_or_default(),
                 row.rules_fired.clone(),
                 row.label.to_string(),
-            ])
-            .map_err(|error| error.to_string())?;
+            ])?;
     }
-    writer.flush().map_err(|error| error.to_string())
+    Ok(writer.flush()?)
 }

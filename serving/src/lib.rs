@@ -18,10 +18,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use sellable_core::{decide, merge_views, BatchView, Event, Millis, NodeInfo, NodeState, SkuInfo, SpeedSource, Verdict};
+use sellable_core::{decide, merge_views, BatchView, Event, Millis, NodeInfo, NodeState, SkuInfo, SpeedSource, Verdict, ViewError};
 use sellable_dsl::{Facts, RuleSet, Schema, Value};
 
-pub use models::{ModelBook, ModelStatus};
+pub use models::{ModelBook, ModelBookError, ModelStatus};
 pub use rules::{RuleBook, RulesError};
 use sellable_models::Model;
 
@@ -157,7 +157,7 @@ impl Serving {
 
     /// Takes the speed view's node watermarks (the batch view's stand unless newer) and
     /// publishes each node's and each source's lag as metrics. Serving calls it every second.
-    pub async fn refresh_watermarks(&self) -> Result<(), String> {
+    pub async fn refresh_watermarks(&self) -> Result<(), ViewError> {
         let speed = self.speed.watermarks().await?;
         let now = self.now();
         let mut marks = self.watermarks.write().expect("watermarks lock poisoned; this is a bug");
@@ -188,13 +188,14 @@ impl Serving {
         if !self.skus.contains_key(sku) {
             return Err(ApiError::UnknownSku(sku.to_string()));
         }
-        let speed = self.speed.sku_states(sku).await.map_err(ApiError::Unavailable)?;
+        let speed = self.speed.sku_states(sku).await.map_err(ApiError::unavailable)?;
         let merged = merge_views(self.batch.sku_states(sku), &speed);
         let batch = self.batch.features.get(&(sku.to_string(), node.to_string())).map(Vec::as_slice);
         Ok(sellable_core::features::vector(batch, merged.get(node), qty, now))
     }
 
     /// Merges both views for `sku`, keeps the nodes serving `region`, and decides.
+    #[tracing::instrument(name = "availability", skip_all, fields(sku = ?sku, region = ?region, qty))]
     pub async fn availability(&self, sku: &str, region: &str, qty: i64, now: Millis) -> Result<Availability, ApiError> {
         if !self.skus.contains_key(sku) {
             return Err(ApiError::UnknownSku(sku.to_string()));
@@ -211,7 +212,7 @@ impl Serving {
         let speed = match self.speed.sku_states(sku).await {
             Ok(states) => states,
             Err(error) => {
-                tracing::warn!(sku, %error, "speed view unavailable");
+                tracing::warn!(%error, "speed view unavailable");
                 degraded.push(format!("speed view unavailable ({error}): batch view only"));
                 Vec::new()
             }
@@ -231,6 +232,7 @@ impl Serving {
         let mut units = Vec::with_capacity(in_region.len());
         let mut scores = HashMap::with_capacity(in_region.len());
         for (info, state) in &in_region {
+            let _node = tracing::debug_span!("node", node = %info.node).entered();
             // A node whose feed is beyond its SLA may hold phantom stock: promise nothing from it.
             if let Some(lag) = self.stale(info, now) {
                 degraded.push(format!(
@@ -252,7 +254,7 @@ impl Serving {
                     if let Some(live) = facts.p_fulfill {
                         self.metrics.shadow.observe(candidate - live);
                     }
-                    tracing::info!(sku, node = info.node, live = ?facts.p_fulfill, shadow = candidate, shadow_version = shadow.version(), "shadow score");
+                    tracing::info!(live = ?facts.p_fulfill, shadow = candidate, shadow_version = shadow.version(), "shadow score");
                 }
             }
             if let Some(p) = facts.p_fulfill {
@@ -378,7 +380,13 @@ impl Serving {
         facts
     }
 
+    /// The REST API, with every request in a span of its own and a panic answered as a 500.
     pub fn router(self: Arc<Serving>) -> Router {
+        harden(self.routes())
+    }
+
+    /// The routes alone: [`Serving::router`] adds what every route shares.
+    pub fn routes(self: Arc<Serving>) -> Router {
         Router::new()
             .route("/v1/availability/{sku}", get(availability))
             .route("/v1/events", post(post_events))
@@ -392,6 +400,44 @@ impl Serving {
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self)
     }
+}
+
+/// What every route shares: each request runs in a `request` span (its id from an
+/// `x-request-id` header of up to 64 letters, digits, `-` and `_`, else a new one, sent back in the
+/// answer), and a handler that panics is answered as a 500 in the JSON error shape while the
+/// server goes on.
+pub fn harden(router: Router) -> Router {
+    // the span outside, so that a panic is logged inside it and the answer still carries the id
+    router
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(axum::middleware::from_fn(request_span))
+}
+
+/// Runs the request inside its span.
+async fn request_span(mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tracing::Instrument;
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let given = request.headers().get("x-request-id").and_then(|value| value.to_str().ok()).filter(|id| {
+        (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    let id = given.map(str::to_string).unwrap_or_else(|| format!("{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    let header = axum::http::HeaderValue::from_str(&id).expect("the id is ASCII letters, digits, - and _");
+    request.headers_mut().insert("x-request-id", header.clone());
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let mut response = next.run(request).instrument(span).await;
+    response.headers_mut().insert("x-request-id", header);
+    response
+}
+
+/// The answer to a request whose handler panicked (the panic is logged with its message).
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    ApiError::internal("a request handler panicked", message).into_response()
 }
 
 /// The JSON decision of DESIGN.md.
@@ -486,6 +532,10 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     InvalidModel(String),
+    /// A failure that is not the client's: logged in full where it happens, answered with a
+    /// generic message.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -500,14 +550,30 @@ impl ApiError {
             ApiError::InvalidRules(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules"),
             ApiError::InvalidModel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
+    }
+
+    /// The speed view failed: the client may retry.
+    fn unavailable(error: ViewError) -> ApiError {
+        ApiError::Unavailable(error.to_string())
+    }
+
+    /// Logs a failure that is not the client's with everything known about it.
+    fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%error, "{context}");
+        ApiError::Internal(context.to_string())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let body = serde_json::json!({ "error": code, "message": self.to_string() });
+        let message = match &self {
+            ApiError::Internal(_) => "internal error; this is a bug, and it was logged".to_string(),
+            _ => self.to_string(),
+        };
+        let body = serde_json::json!({ "error": code, "message": message });
         (status, Json(body)).into_response()
     }
 }
@@ -558,7 +624,7 @@ async fn metrics(State(serving): State<Arc<Serving>>) -> Result<String, ApiError
     let families = serving.metrics.registry.gather();
     prometheus::TextEncoder::new()
         .encode_to_string(&families)
-        .map_err(|error| ApiError::Unavailable(format!("metrics: {error}")))
+        .map_err(|error| ApiError::internal("encoding the metrics", error))
 }
 
 /// Reads the free-form attributes (a JSON object) the schema declares, as rule facts.
@@ -624,7 +690,7 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
         }
     }
     let events: Vec<Event> = items.iter().filter_map(|(_, _, decoded)| decoded.as_ref().ok().cloned()).collect();
-    let outcomes = serving.speed.fold(&events, "http").await.map_err(ApiError::Unavailable)?;
+    let outcomes = serving.speed.fold(&events, "http").await.map_err(ApiError::unavailable)?;
     let stats = sellable_core::FoldStats::of(&outcomes);
     let mut outcomes = outcomes.into_iter();
     let mut dead = Vec::new();
@@ -642,7 +708,7 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
     }
     if !dead.is_empty() {
         tracing::warn!(rejected = dead.len(), "posted events refused");
-        serving.speed.dead_letter(&dead).await.map_err(ApiError::Unavailable)?;
+        serving.speed.dead_letter(&dead).await.map_err(ApiError::unavailable)?;
     }
     let malformed = rejected.len() as u64 - stats.too_late - stats.expired;
     let counts = [("accepted", stats.applied), ("duplicate", stats.duplicates), ("too_late", stats.too_late), ("expired", stats.expired), ("malformed", malformed)];
@@ -684,10 +750,10 @@ async fn model_reload(State(serving): State<Arc<Serving>>) -> Result<Json<ModelS
     let book = serving.models.clone();
     let reloaded = tokio::task::spawn_blocking(move || book.reload())
         .await
-        .map_err(|error| ApiError::BadRequest(format!("reload interrupted: {error}")))?;
+        .map_err(|error| ApiError::internal("reloading the model", error))?;
     match reloaded {
         Ok(_) => Ok(Json(serving.models.status())),
-        Err(error) => Err(ApiError::InvalidModel(error)),
+        Err(error) => Err(ApiError::InvalidModel(error.to_string())),
     }
 }
 
@@ -713,7 +779,7 @@ async fn rules_reload(State(serving): State<Arc<Serving>>) -> Result<Json<RulesS
     let book = serving.rules.clone();
     let reloaded = tokio::task::spawn_blocking(move || book.reload())
         .await
-        .map_err(|error| ApiError::BadRequest(format!("reload interrupted: {error}")))?;
+        .map_err(|error| ApiError::internal("reloading the rules", error))?;
     match reloaded {
         Ok(_) => Ok(rules_status(State(serving)).await),
         Err(error) => Err(ApiError::InvalidRules(error.to_string())),

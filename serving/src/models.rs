@@ -10,7 +10,18 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sellable_models::{Model, Registry};
+use sellable_models::{Model, Registry, RegistryError};
+
+/// Why a model could not be made live.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelBookError {
+    #[error("shadow model: {0}")]
+    Shadow(#[source] RegistryError),
+    #[error("reading the registry: {0}")]
+    Registry(#[source] RegistryError),
+    #[error("{source}; {kept} keeps serving")]
+    Refused { source: RegistryError, kept: String },
+}
 
 /// What `GET /v1/model` shows.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -54,11 +65,11 @@ impl ModelBook {
 
     /// The registry's live version, loaded now (a failure is kept in the status; answers are
     /// degraded until a version loads), and `shadow`, a candidate scored beside it.
-    pub fn from_registry(registry: Registry, shadow: Option<&str>) -> Result<ModelBook, String> {
+    pub fn from_registry(registry: Registry, shadow: Option<&str>) -> Result<ModelBook, ModelBookError> {
         let book = ModelBook { registry: Some(registry), ..ModelBook::default() };
         if let Some(version) = shadow {
             let registry = book.registry.as_ref().expect("just set");
-            let model = registry.load(version, &sellable_core::features::names()).map_err(|error| format!("shadow model: {error}"))?;
+            let model = registry.load(version, &sellable_core::features::names()).map_err(ModelBookError::Shadow)?;
             write(&book.shadow, Some(Arc::new(model)));
         }
         // a failure is kept for the status; answers are degraded until a version loads
@@ -86,9 +97,9 @@ impl ModelBook {
 
     /// Loads the registry's live version if it is not the one serving. Returns the version
     /// serving afterwards; a failure keeps the current model and is reported.
-    pub fn reload(&self) -> Result<Option<String>, String> {
+    pub fn reload(&self) -> Result<Option<String>, ModelBookError> {
         let Some(registry) = &self.registry else { return Ok(self.current().map(|m| m.version().to_string())) };
-        let wanted = registry.live().map_err(|error| error.to_string())?;
+        let wanted = registry.live().map_err(ModelBookError::Registry)?;
         let serving = self.current().map(|model| model.version().to_string());
         let Some(wanted) = wanted else {
             // nothing promoted (or everything rolled back): keep what serves, if anything
@@ -105,11 +116,11 @@ impl ModelBook {
                 write(&self.failed, None);
                 Ok(Some(wanted))
             }
-            Err(error) => {
-                let message = format!("{error}; {} keeps serving", serving.as_deref().unwrap_or("no model"));
-                tracing::warn!(version = wanted, %error, "model refused");
-                write(&self.failed, Some((wanted, message.clone())));
-                Err(message)
+            Err(source) => {
+                tracing::warn!(version = wanted, error = %source, "model refused");
+                let error = ModelBookError::Refused { source, kept: serving.unwrap_or_else(|| "no model".to_string()) };
+                write(&self.failed, Some((wanted, error.to_string())));
+                Err(error)
             }
         }
     }

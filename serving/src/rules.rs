@@ -39,6 +39,47 @@ fn render(diagnostics: &[Diagnostic]) -> String {
     diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n\n")
 }
 
+/// The `*.rules` files of `dir`, in name order, with what tells a change (modified time, size).
+fn rule_files(dir: &Path) -> Result<Vec<(PathBuf, SystemTime, u64)>, RulesError> {
+    let io = |source| RulesError::Io { path: dir.display().to_string(), source };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.extension().is_some_and(|e| e == "rules") {
+            let metadata = std::fs::metadata(&path).map_err(io)?;
+            files.push((path, metadata.modified().map_err(io)?, metadata.len()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads rule files for the DSL, each named in diagnostics by its path as given (a directory's
+/// files as `DIR/NAME.rules`): the one loader of the server's directory and of the command line.
+fn read_sources<P: AsRef<Path>>(paths: impl IntoIterator<Item = P>) -> Result<Vec<Source>, RulesError> {
+    paths
+        .into_iter()
+        .map(|path| {
+            let path = path.as_ref();
+            let text = std::fs::read_to_string(path).map_err(|source| RulesError::Io { path: path.display().to_string(), source })?;
+            Ok(Source { name: path.display().to_string(), text })
+        })
+        .collect()
+}
+
+/// Reads rule files and directories of them (their `*.rules` files, in name order).
+pub fn read_paths(paths: &[PathBuf]) -> Result<Vec<Source>, RulesError> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            files.extend(rule_files(path)?.into_iter().map(|(file, _, _)| file));
+        } else {
+            files.push(path.clone());
+        }
+    }
+    read_sources(files)
+}
+
 fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -86,32 +127,12 @@ impl RuleBook {
         self.status.read().expect("rules lock poisoned; this is a bug").clone()
     }
 
-    fn files(dir: &Path) -> Result<Vec<(PathBuf, SystemTime, u64)>, RulesError> {
-        let io = |source| RulesError::Io { path: dir.display().to_string(), source };
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(io)? {
-            let path = entry.map_err(io)?.path();
-            if path.extension().is_some_and(|e| e == "rules") {
-                let metadata = std::fs::metadata(&path).map_err(io)?;
-                files.push((path, metadata.modified().map_err(io)?, metadata.len()));
-            }
-        }
-        files.sort();
-        Ok(files)
-    }
-
     /// Reads the directory again. A valid rule set goes live atomically; an invalid one is
     /// rejected, reported in [`RuleBook::status`], and the last good one keeps serving.
     pub fn reload(&self) -> Result<String, RulesError> {
         let Some(dir) = &self.dir else { return Ok("none".to_string()) };
-        let files = RuleBook::files(dir)?;
-        let mut sources = Vec::with_capacity(files.len());
-        for (path, _, _) in &files {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| RulesError::Io { path: path.display().to_string(), source })?;
-            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            sources.push(Source { name, text });
-        }
+        let files = rule_files(dir)?;
+        let sources = read_sources(files.iter().map(|(path, _, _)| path))?;
         *self.fingerprint.write().expect("rules lock poisoned; this is a bug") = files;
         let loaded = load(&sources, &self.schema);
         match loaded.ruleset {
@@ -141,7 +162,7 @@ impl RuleBook {
     /// Whether the files of the directory changed since the last reload.
     fn changed(&self) -> bool {
         let Some(dir) = &self.dir else { return false };
-        match RuleBook::files(dir) {
+        match rule_files(dir) {
             Ok(files) => *self.fingerprint.read().expect("rules lock poisoned; this is a bug") != files,
             Err(_) => false,
         }

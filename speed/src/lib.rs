@@ -21,8 +21,11 @@
 //! Tests: unit tests in [`sku_state`]; the Redis integration tests are in `tests/it/` (need a
 //! real Redis).
 
+mod catch_up;
 pub mod sku_state;
 pub mod stream;
+
+pub use catch_up::{catch_up, CatchUp, CatchUpSource};
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -36,8 +39,9 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use sellable_core::event::DecodeError;
 use sellable_core::fold::watermarks;
+use sellable_core::view::BoxFuture;
 use sku_state::SkuState;
-use sellable_core::{known_at, DeadLetter, Event, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome, SeenIds, Watermarks};
+use sellable_core::{known_at, DeadLetter, Event, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome, SeenIds, ViewError, Watermarks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeedError {
@@ -47,6 +51,10 @@ pub enum SpeedError {
     Corrupt { key: String, message: String },
     #[error("redis state of {key} was changed by other writers {attempts} times in a row while this fold tried to write it")]
     Contended { key: String, attempts: usize },
+    #[error("reading the event log: {0}")]
+    EventLog(#[source] ViewError),
+    #[error("reading {path}: {source}")]
+    File { path: String, source: sellable_core::event::InputError },
 }
 
 /// The speed view: events since the batch cutoff, folded.
@@ -254,23 +262,20 @@ impl SpeedView {
 }
 
 impl sellable_core::SpeedSource for SpeedView {
-    fn sku_states<'a>(
-        &'a self,
-        sku: &'a str,
-    ) -> sellable_core::view::BoxFuture<'a, Result<Vec<(String, NodeState)>, String>> {
-        Box::pin(async move { SpeedView::sku_states(self, sku).await.map_err(|error| error.to_string()) })
+    fn sku_states<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, ViewError>> {
+        Box::pin(async move { Ok(SpeedView::sku_states(self, sku).await?) })
     }
 
-    fn watermarks(&self) -> sellable_core::view::BoxFuture<'_, Result<Watermarks, String>> {
-        Box::pin(async move { SpeedView::watermarks(self).await.map_err(|error| error.to_string()) })
+    fn watermarks(&self) -> BoxFuture<'_, Result<Watermarks, ViewError>> {
+        Box::pin(async move { Ok(SpeedView::watermarks(self).await?) })
     }
 
-    fn fold<'a>(&'a self, events: &'a [Event], source: &'a str) -> sellable_core::view::BoxFuture<'a, Result<Vec<Outcome>, String>> {
-        Box::pin(async move { SpeedView::fold(self, events, source).await.map_err(|error| error.to_string()) })
+    fn fold<'a>(&'a self, events: &'a [Event], source: &'a str) -> BoxFuture<'a, Result<Vec<Outcome>, ViewError>> {
+        Box::pin(async move { Ok(SpeedView::fold(self, events, source).await?) })
     }
 
-    fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> sellable_core::view::BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move { SpeedView::dead_letter(self, letters).await.map_err(|error| error.to_string()) })
+    fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> BoxFuture<'a, Result<(), ViewError>> {
+        Box::pin(async move { Ok(SpeedView::dead_letter(self, letters).await?) })
     }
 
     fn describe(&self) -> String {

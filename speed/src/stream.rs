@@ -222,6 +222,104 @@ impl<'a> StreamWorker<'a> {
     }
 }
 
+/// A group of consumers run in one process by [`run_workers`].
+#[derive(Debug, Clone)]
+pub struct Workers {
+    /// The stream and group; with more than one worker, each is named `<consumer>-<n>`.
+    pub config: StreamConfig,
+    pub count: usize,
+    /// Stop once the stream has had nothing new for this long (`None`: until shutdown).
+    pub idle_limit: Option<Duration>,
+    /// How long a worker waits after a failed step (Redis restarting, failing over) before the
+    /// next one.
+    pub retry_after: Duration,
+}
+
+impl Workers {
+    pub fn new(config: StreamConfig, count: usize) -> Workers {
+        Workers { config, count: count.max(1), idle_limit: None, retry_after: Duration::from_millis(500) }
+    }
+}
+
+/// What the workers did together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkersReport {
+    pub stats: StreamStats,
+    /// From the start to the last step that handled entries: a rate over it leaves out the
+    /// final idle wait.
+    pub busy: Duration,
+}
+
+impl StreamStats {
+    pub fn add(&mut self, other: StreamStats) {
+        self.entries += other.entries;
+        self.fold.add(other.fold);
+        self.dead_lettered += other.dead_lettered;
+    }
+}
+
+/// Runs `workers.count` consumers of the stream's group on `view` until `shutdown` completes or,
+/// with an idle limit, the stream stays quiet that long. A failed step (Redis away) is logged
+/// and retried: what it had taken stays pending and is read again. Only a worker that cannot
+/// start (no Redis at all, no group) ends the run with an error.
+pub async fn run_workers(
+    url: &str,
+    view: std::sync::Arc<SpeedView>,
+    workers: Workers,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<WorkersReport, SpeedError> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let started = std::time::Instant::now();
+    let mut handles = Vec::new();
+    for index in 1..=workers.count.max(1) {
+        let mut config = workers.config.clone();
+        if workers.count > 1 {
+            config.consumer = format!("{}-{index}", config.consumer);
+        }
+        let (view, url, mut stopped, workers) = (view.clone(), url.to_string(), stopped.clone(), workers.clone());
+        handles.push(tokio::spawn(async move {
+            let mut worker = StreamWorker::connect(&url, config, &view).await?;
+            let mut last_work = std::time::Instant::now();
+            loop {
+                tokio::select! {
+                    // (the guard `wait_for` returns is not `Send`: dropped inside)
+                    _ = async { drop(stopped.wait_for(|stop| *stop).await) } => break,
+                    handled = worker.step() => match handled {
+                        Ok(0) if workers.idle_limit.is_some_and(|limit| last_work.elapsed() >= limit) => break,
+                        Ok(0) => {}
+                        Ok(_) => last_work = std::time::Instant::now(),
+                        Err(error) => {
+                            tracing::warn!(%error, stream = %worker.config.stream, "stream step failed; retrying");
+                            tokio::time::sleep(workers.retry_after).await;
+                        }
+                    }
+                }
+            }
+            Ok::<_, SpeedError>((worker.stats, last_work))
+        }));
+    }
+    let mut report = WorkersReport::default();
+    let mut last_work = started;
+    let mut failed = None;
+    for handle in handles {
+        match handle.await {
+            Ok(Ok((stats, worked))) => {
+                report.stats.add(stats);
+                last_work = last_work.max(worked);
+            }
+            Ok(Err(error)) => failed = failed.or(Some(error)),
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+    signal.abort();
+    report.busy = last_work - started;
+    failed.map_or(Ok(report), Err)
+}
+
 /// Entries decoded (or SKUs folded, see [`crate::RedisStore`]) between two chances for the
 /// batch being written beside them to go on: a worker prepares one batch while it writes the one
 /// before, both in one task.

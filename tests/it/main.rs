@@ -12,7 +12,7 @@ use sellable_bench::{generate, SimConfig};
 use sellable_core::event::{encode_json, read_event_file};
 use sellable_core::{fold, Event, Fold, FoldConfig, Millis, NodeInfo};
 use sellable_serving::{Availability, ModelBook, Serving};
-use sellable_speed::SpeedView;
+use sellable_speed::{catch_up, CatchUpSource, SpeedView};
 
 const DAY: Millis = 86_400_000;
 
@@ -128,21 +128,21 @@ async fn end_to_end(speed: SpeedView) {
     let oracle = fold(&market.all_events, FoldConfig::default());
     let (_, nodes) = market.lake.load_catalog().await.unwrap();
 
-    // The speed view starts at the cutoff knowing the batch view's recent event ids.
-    let ids = market.lake.event_ids_arrived(market.cutoff - speed.config().lateness_ms, market.cutoff).await.unwrap();
-    assert!(!ids.is_empty());
-    speed.remember(&ids, market.cutoff).await.unwrap();
-
-    // The malformed line is reported with its line number; every other event is folded.
-    let source = "file:after-cutoff.jsonl";
-    let report = speed.fold_decoded(read_event_file(&market.after_cutoff_jsonl).unwrap(), Some(market.cutoff), source).await.unwrap();
+    // The speed view starts at the cutoff knowing the batch view's recent event ids, and folds a
+    // file of the events after it: the malformed line is reported with its line number; every
+    // other event is folded.
+    let file = CatchUpSource::File(&market.after_cutoff_jsonl);
+    let caught = catch_up(&market.lake, &speed, market.cutoff, file, None).await.unwrap();
+    let source = format!("file:{}", market.after_cutoff_jsonl.display());
+    let report = caught.report;
+    assert_eq!((caught.read, caught.held_back.len()), (market.after_cutoff.len() + 1, 0));
     let rejected: Vec<String> = report.rejected.iter().map(ToString::to_string).collect();
     assert_eq!(rejected, [r#"line 3: field "qty": missing"#]);
     // ... and dead-lettered, like the events stuck past the lateness
     let letters = speed.dead_letters(1_000).await.unwrap();
     assert!(letters.iter().any(|letter| letter.entry == format!("{source} line 3") && letter.error.contains("qty")), "{letters:?}");
     assert_eq!(letters.iter().filter(|letter| letter.error.starts_with("too late")).count() as u64, report.stats.too_late);
-    assert!(speed.watermarks().await.unwrap().sources.contains_key(source));
+    assert!(speed.watermarks().await.unwrap().sources.contains_key(&source));
     assert!(report.stats.applied > 500, "{:?}", report.stats);
 
     let describe = speed.describe();
@@ -494,9 +494,7 @@ async fn reconcile_lists_drift_and_repair_brings_redis_back_to_the_lake() {
     let market = marketplace().await;
     let speed = SpeedView::redis(&url, &namespace, FoldConfig::default()).await.unwrap();
     speed.clear().await.unwrap();
-    let ids = market.lake.event_ids_arrived(market.cutoff - FoldConfig::default().lateness_ms, market.cutoff).await.unwrap();
-    speed.remember(&ids, market.cutoff).await.unwrap();
-    speed.fold(&market.after_cutoff, "test").await.unwrap();
+    catch_up(&market.lake, &speed, market.cutoff, CatchUpSource::Log, None).await.unwrap();
 
     // Drift: one counter bumped behind the engine's back, one sku×node that should not exist.
     let (sku, node) = {
@@ -554,13 +552,9 @@ async fn serving_computes_the_training_rows_feature_vectors_bit_for_bit() {
     for cutoff in [start, market.cutoff] {
         market.lake.compute_batch_view(cutoff, config).await.unwrap();
         for row in sample.iter().filter(|row| row.cutoff == cutoff) {
+            // what was known before the order: arrived before its time
             let speed = SpeedView::memory(config);
-            let ids = market.lake.event_ids_arrived(cutoff - config.lateness_ms, cutoff).await.unwrap();
-            speed.remember(&ids, cutoff).await.unwrap();
-            let replay = market.lake.events_after(cutoff).await.unwrap().into_iter().filter(|event| {
-                event.as_ref().is_ok_and(|event| sellable_core::features::known_before_decision(event, row.ts))
-            });
-            speed.fold_decoded(replay, Some(cutoff), "replay").await.unwrap();
+            catch_up(&market.lake, &speed, cutoff, CatchUpSource::Log, Some(row.ts - 1)).await.unwrap();
             let (base, serving) = serve(&market.lake, Arc::new(speed), row.ts).await;
             let served = serving.features(&row.sku, &row.node, row.qty, row.ts).await.unwrap();
             let bits = |values: &[f64]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
@@ -582,12 +576,13 @@ async fn serving_computes_the_training_rows_feature_vectors_bit_for_bit() {
 }
 
 /// A marketplace of 8 days with features as of every midnight and a training set of the orders
-/// of days 2–8, trained with the default configuration (1 validation day, 1 held-out day).
+/// of days 2–8, trained by the training job with the default configuration (1 validation day, 1
+/// held-out day) and registered as v1, not live.
 struct Trained {
     _dir: tempfile::TempDir,
     lake: Lake,
     registry: sellable_models::Registry,
-    fitted: sellable_models::Fitted,
+    registered: sellable_models::Registered,
     end: Millis,
 }
 
@@ -606,30 +601,16 @@ async fn trained_marketplace() -> Trained {
     lake.compute_features(&midnights, FoldConfig::default(), &progress).await.unwrap();
     let (rows, lineage, _) = lake.build_trainset(start, summary.end, FoldConfig::default(), &progress).await.unwrap();
     lake.write_trainset(&rows, &lineage).await.unwrap();
-    let names = sellable_core::features::names();
-    let mut orders = sellable_models::Orders::new(&names).unwrap();
-    for row in &rows {
-        orders.push(row.ts, &row.features, row.label).unwrap();
-    }
-    let mut rounds = 0;
-    let fitted = sellable_models::fit(&orders, &sellable_models::TrainConfig::default(), |_| rounds += 1).unwrap();
-    assert!(rounds > fitted.model.rounds, "early stopping ran past the best round");
+    let set = lake.load_trainset().await.unwrap();
     let registry = sellable_models::Registry::open(&dir.path().join("models")).unwrap();
-    Trained { _dir: dir, lake, registry, fitted, end: summary.end }
-}
-
-fn register(trained: &Trained, threshold: f64) -> String {
-    let names: Vec<String> = sellable_core::features::names().iter().map(ToString::to_string).collect();
-    let lineage = sellable_models::registry::ModelLineage {
-        trainset_version: 1,
-        lake_version: 1,
-        features_version: 1,
-        trainset_code_version: "test".into(),
-        code_version: "test".into(),
-    };
-    let mut manifest = trained.fitted.manifest(&names, lineage, "2026-11-23T00:00:00Z".into());
-    manifest.threshold = threshold;
-    trained.registry.register(trained.fitted.model.json(), manifest, &trained.fitted.metrics_json(), "<html></html>").unwrap()
+    let config = sellable_models::TrainConfig::default();
+    let job = sellable_models::TrainJob { set: &set, config: &config, code_version: "test".into() };
+    let mut rounds = 0;
+    let registered = job.run(&registry, false, |_| rounds += 1).unwrap();
+    assert!(rounds > registered.fitted.model.rounds, "early stopping ran past the best round");
+    assert_eq!((registered.version.as_str(), registered.orders), ("v1", rows.len()));
+    assert_eq!(registry.live().unwrap(), None, "not promoted");
+    Trained { _dir: dir, lake, registry, registered, end: summary.end }
 }
 
 /// The models issue's bar: on held-out days, allowed no more false denies than the best static
@@ -638,7 +619,7 @@ fn register(trained: &Trained, threshold: f64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
     let trained = trained_marketplace().await;
-    let evaluation = &trained.fitted.evaluation;
+    let evaluation = &trained.registered.fitted.evaluation;
     let compared = &evaluation.at_safety_stock_false_deny_rate;
     eprintln!("held-out days: {:?}; safety stock k={}: {:?}", evaluation.orders, evaluation.safety_stock, compared);
     assert!(evaluation.orders.test > 500 && evaluation.orders.test_shorted > 10, "{:?}", evaluation.orders);
@@ -650,17 +631,17 @@ async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
         compared.false_deny_rate
     );
     assert!(evaluation.pr_auc > 2.0 * evaluation.short_rate, "PR-AUC {} vs no skill {}", evaluation.pr_auc, evaluation.short_rate);
-    assert!(trained.fitted.parity <= sellable_models::PARITY_TOLERANCE);
-    let metrics: serde_json::Value = serde_json::from_str(&trained.fitted.metrics_json()).unwrap();
+    assert!(trained.registered.fitted.parity <= sellable_models::PARITY_TOLERANCE);
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(trained.registry.file("v1", "metrics.json").unwrap()).unwrap()).unwrap();
     assert_eq!(metrics["at_safety_stock_false_deny_rate"]["model_oversells"], compared.model_oversells);
-    let report = sellable_models::report::html("test", &[], evaluation).unwrap();
+    let report = std::fs::read_to_string(trained.registry.file("v1", "report.html").unwrap()).unwrap();
     assert_eq!(report.matches("<svg").count(), 4, "operating curve, PR curve, calibration, importance");
     for title in ["Operating curve", "Precision-recall", "Calibration", "Feature importance"] {
         assert!(report.contains(title), "{title} missing");
     }
 
-    // the command line trains from the lake's training set into the registry (a bad config is
-    // refused first, naming the file and the key), lists, promotes and rolls back
+    // the command line runs the same job (a bad config is refused first, naming the file and the
+    // key), lists, promotes and rolls back
     let sellable = |args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_sellable")).args(args).output().unwrap();
         (output.status.success(), String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr))
@@ -671,22 +652,24 @@ async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
     let (ok, said) = sellable(&["train", "--lake", lake, "--models", models, "--config", bad.to_str().unwrap()]);
     assert!(!ok && said.contains("bad.toml: xgboost.eta must be in (0, 1], got 2"), "{said}");
     let (ok, said) = sellable(&["train", "--lake", lake, "--models", models, "--promote"]);
-    assert!(ok && said.contains("train: v1 is live"), "{said}");
+    assert!(ok && said.contains("train: v2 is live"), "{said}");
     for file in ["model.json", "manifest.json", "metrics.json", "report.html"] {
-        assert!(trained.registry.file("v1", file).unwrap().is_file(), "{file}");
+        assert!(trained.registry.file("v2", file).unwrap().is_file(), "{file}");
     }
-    let manifest = trained.registry.manifest("v1").unwrap();
+    let manifest = trained.registry.manifest("v2").unwrap();
     assert_eq!((manifest.lineage.trainset_version, manifest.features.len()), (1, sellable_core::features::names().len()));
-    assert_eq!(manifest.rounds, trained.fitted.model.rounds, "the same training set and seed train the same model");
+    let job_lineage = sellable_models::registry::ModelLineage { code_version: manifest.lineage.code_version.clone(), ..trained.registered.lineage.clone() };
+    assert_eq!(manifest.lineage, job_lineage, "the same training set behind both");
+    assert_eq!(manifest.rounds, trained.registered.fitted.model.rounds, "the same training set and seed train the same model");
 
     // serving scores every option with the promoted model
-    let version = register(&trained, evaluation.threshold);
+    let version = trained.registered.version.clone();
     let (ok, said) = sellable(&["models", "promote", &version, "--models", models]);
     assert!(ok && said.starts_with(&format!("{version} is live")), "{said}");
     let (ok, said) = sellable(&["models", "list", "--models", models]);
-    assert!(ok && said.contains(&format!("* {version}")) && said.contains("  v1 "), "{said}");
+    assert!(ok && said.contains(&format!("* {version}")) && said.contains("  v2 "), "{said}");
     let (ok, said) = sellable(&["models", "rollback", "--models", models]);
-    assert!(ok && said.starts_with("rolled back: v1 is live again"), "{said}");
+    assert!(ok && said.starts_with("rolled back: v2 is live again"), "{said}");
     trained.registry.promote(&version, &sellable_core::features::names()).unwrap();
     let cutoff = trained.end - DAY;
     trained.lake.compute_batch_view(cutoff, FoldConfig::default()).await.unwrap();

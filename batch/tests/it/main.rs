@@ -429,9 +429,10 @@ async fn trainset_of(dir: &Path, summary: &SimSummary, events: &[Event]) -> Vec<
     let cutoffs: Vec<Millis> = (0..3).map(|day| start + day * DAY).collect();
     lake.compute_features(&cutoffs, FoldConfig::default(), &Progress::hidden()).await.unwrap();
     let (rows, lineage, _) = lake.build_trainset(start, summary.end, FoldConfig::default(), &Progress::hidden()).await.unwrap();
-    lake.write_trainset(&rows, &lineage).await.unwrap();
-    let (stored, stored_lineage) = lake.load_trainset().await.unwrap();
-    assert_eq!(stored_lineage, Some(lineage));
+    let version = lake.write_trainset(&rows, &lineage).await.unwrap();
+    let stored = lake.load_trainset().await.unwrap();
+    assert_eq!((stored.version, stored.lineage), (version, Some(lineage)));
+    let stored = stored.rows;
     assert!(stored.len() == rows.len() && stored.iter().zip(&rows).all(|(a, b)| a.same_bits(b)), "the stored set is the built one");
     rows
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sellable_core::view::BoxFuture;
-use sellable_core::{fold, BatchView, Event, EventKind, FoldConfig, NodeInfo, NodeKind, NodeState, SkuInfo, SpeedSource};
+use sellable_core::{fold, BatchView, Event, EventKind, FoldConfig, NodeInfo, NodeKind, NodeState, SkuInfo, SpeedSource, ViewError};
 use sellable_dsl::Schema;
 use sellable_serving::{Availability, Clock, ModelBook, RuleBook, Serving};
 
@@ -16,17 +16,17 @@ use sellable_serving::{Availability, Clock, ModelBook, RuleBook, Serving};
 struct NothingSinceCutoff;
 
 impl SpeedSource for NothingSinceCutoff {
-    fn sku_states<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, String>> {
+    fn sku_states<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, ViewError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
-    fn watermarks(&self) -> BoxFuture<'_, Result<sellable_core::Watermarks, String>> {
+    fn watermarks(&self) -> BoxFuture<'_, Result<sellable_core::Watermarks, ViewError>> {
         Box::pin(async { Ok(Default::default()) })
     }
-    fn fold<'a>(&'a self, _: &'a [Event], _: &'a str) -> BoxFuture<'a, Result<Vec<sellable_core::Outcome>, String>> {
-        Box::pin(async { Err("this test view folds nothing".to_string()) })
+    fn fold<'a>(&'a self, _: &'a [Event], _: &'a str) -> BoxFuture<'a, Result<Vec<sellable_core::Outcome>, ViewError>> {
+        Box::pin(async { Err("this test view folds nothing".into()) })
     }
-    fn dead_letter<'a>(&'a self, _: &'a [sellable_core::DeadLetter]) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async { Err("this test view keeps nothing".to_string()) })
+    fn dead_letter<'a>(&'a self, _: &'a [sellable_core::DeadLetter]) -> BoxFuture<'a, Result<(), ViewError>> {
+        Box::pin(async { Err("this test view keeps nothing".into()) })
     }
     fn config(&self) -> FoldConfig {
         FoldConfig::default()
@@ -45,6 +45,18 @@ async fn serve(rules: Arc<RuleBook>) -> String {
 }
 
 async fn serve_with(rules: Arc<RuleBook>, models: Arc<ModelBook>) -> String {
+    listen(serving(rules, models).router()).await
+}
+
+/// Serves `router` on a free loopback port; returns its base URL.
+async fn listen(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{address}")
+}
+
+fn serving(rules: Arc<RuleBook>, models: Arc<ModelBook>) -> Arc<Serving> {
     let events = [event("e1", "WH-1", EventKind::Count, 10), event("e2", "SL-1", EventKind::Feed, 6)];
     let batch = BatchView { version: "test".into(), asof: 2_000, states: fold(&events, FoldConfig::default()).states, ..BatchView::default() };
     let skus = vec![SkuInfo {
@@ -66,11 +78,29 @@ async fn serve_with(rules: Arc<RuleBook>, models: Arc<ModelBook>) -> String {
     let nodes = vec![node("WH-1", NodeKind::Warehouse, None), node("SL-1", NodeKind::Seller, Some("S-1042"))];
     // answers as of just after the events, so no feed is beyond its SLA
     let serving = Serving::new(skus, nodes, batch, Arc::new(NothingSinceCutoff), rules).with_models(models);
-    let serving = Arc::new(serving.with_clock(Clock::Fixed(2_000)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, serving.router()).await.unwrap() });
-    format!("http://{address}")
+    Arc::new(serving.with_clock(Clock::Fixed(2_000)))
+}
+
+/// A handler that panics answers 500 in the JSON error shape, without the panic's message, and
+/// the server goes on answering on the same port.
+#[tokio::test]
+async fn a_handler_that_panics_answers_500_as_json_and_the_server_goes_on() {
+    let serving = serving(Arc::new(RuleBook::empty(Schema::standard())), Arc::new(ModelBook::none()));
+    let boom = axum::Router::new().route("/v1/boom", axum::routing::get(|| async { panic!("secret detail") as &str }));
+    let base = listen(sellable_serving::harden(boom.merge(serving.routes()))).await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let response = client.get(format!("{base}/v1/boom")).header("x-request-id", "panicky-1").send().await.unwrap();
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()["x-request-id"], "panicky-1");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "internal", "{body}");
+        assert!(!body["message"].as_str().unwrap().contains("secret"), "{body}");
+        assert_eq!(ask(&client, &base).await.units, 1);
+    }
+    let response = client.get(format!("{base}/healthz")).header("x-request-id", "not an id; {}").send().await.unwrap();
+    let generated = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(generated != "not an id; {}" && !generated.is_empty(), "{generated}");
 }
 
 async fn ask(client: &reqwest::Client, base: &str) -> Availability {
@@ -300,7 +330,7 @@ async fn a_shadow_model_is_scored_beside_the_live_one_and_never_decides() {
     let (v1, v2) = (register(&registry, &json, 0.0), register(&registry, &json, 1.0));
     registry.promote(&v1, &sellable_core::features::names()).unwrap();
     let open = || sellable_models::Registry::open(dir.path()).unwrap();
-    let unknown = ModelBook::from_registry(open(), Some("v9")).err().unwrap();
+    let unknown = ModelBook::from_registry(open(), Some("v9")).err().unwrap().to_string();
     assert!(unknown.starts_with("shadow model: unknown model version 'v9'"), "{unknown}");
     let book = Arc::new(ModelBook::from_registry(open(), Some(&v2)).unwrap());
     let base = serve_with(Arc::new(RuleBook::empty(Schema::standard())), book).await;

@@ -1,0 +1,492 @@
+//! The command line: every command, its arguments and their parsers (clap's derive). Each
+//! argument's `[config: …]` names the configuration key that sets its default (`config.rs`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use sellable_batch::Lake;
+use sellable_core::event::parse_rfc3339;
+use sellable_core::{FoldConfig, Millis};
+use sellable_serving::RuleBook;
+
+use crate::config;
+
+/// sellable: a real-time available-to-promise engine.
+///
+/// Batch computes a view of every sku×node from a lake of events (Lance + DataFusion), speed folds
+/// the events that arrived since into Redis (or memory), and serving merges both to answer
+/// "can we promise qty units of this SKU in this region now?" over REST.
+///
+/// Start with `sellable demo`: it generates a marketplace, runs every layer and serves it.
+#[derive(Parser)]
+#[command(name = "sellable", version, about, long_about)]
+pub struct Cli {
+    /// Configuration file (TOML, see examples/sellable.toml), given before the command. Its
+    /// values, then SELLABLE__<SECTION>__<KEY> environment variables over them, become the
+    /// defaults of the flags; flags win.
+    #[arg(long, env = "SELLABLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log as JSON lines instead of text (filter with RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the whole system locally: generate a marketplace, compute the batch view, fold the
+    /// last day of events into the speed view, and serve REST until Ctrl-C.
+    Demo(DemoArgs),
+    /// Generate a deterministic synthetic marketplace (catalog, events, ground truth) as Parquet.
+    Gen(GenArgs),
+    /// The lake of Lance datasets: import into it, and see what it holds.
+    #[command(subcommand)]
+    Lake(LakeCommand),
+    /// The nightly job: compute the snapshot (batch view) and the features as of a cutoff with
+    /// DataFusion, or only the features of every midnight of a range (a backfill).
+    Batch(BatchArgs),
+    /// Build a training set: one row per order placed in [FROM, TO), labelled by whether it was
+    /// shorted, with the features an answer at that time would have used.
+    Trainset(TrainsetArgs),
+    /// Train the p_fulfill model with XGBoost on the latest training set, evaluate it on held-out
+    /// days against naive ATP and the best static safety stock, and register it (report.html,
+    /// metrics.json) as a new version in the models directory.
+    Train(TrainArgs),
+    /// The model registry: list versions, show one, promote one to live, roll back.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Replay a past period: what the engine (a model version and rule files) would have decided
+    /// for every order, beside what happened and the baselines, as CSV plus a summary.
+    Backtest(BacktestArgs),
+    /// Fold events into the speed view in Redis: those that arrived after the batch cutoff (from
+    /// the lake or a file), or, with --stream, a Redis Stream as a consumer group, until Ctrl-C.
+    Fold(FoldArgs),
+    /// Compare the speed view in Redis with a fold of the lake's events after the cutoff; list
+    /// every drifted sku×node with both values, and with --repair rewrite them atomically.
+    Reconcile(ReconcileArgs),
+    /// Append the events of a Parquet / JSON Lines file to a Redis Stream, one entry each.
+    Publish(PublishArgs),
+    /// List the newest dead letters of a stream: malformed or too-late events, with the reason.
+    Deadletters(DeadlettersArgs),
+    /// Serve the REST API over the lake's batch view and the speed view.
+    Serve(ServeArgs),
+    /// Check, test and explain merchandising rule files.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand)]
+pub enum LakeCommand {
+    /// Import a catalog and events (a `gen` output directory, or one Parquet/JSON Lines events
+    /// file) into the lake as new Lance dataset versions. Bad events are reported with their line
+    /// or row and field, and skipped; an input that cannot be read changes nothing.
+    Import(ImportArgs),
+    /// Every dataset of the lake: version, versions kept, rows, size; the events' time range.
+    Info(LakeArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ModelsCommand {
+    /// Every version: created, rounds, threshold, headline metrics; the live one marked.
+    List(ModelsDirArgs),
+    /// One version's manifest (features, threshold, lineage, metrics) and where its report is.
+    Show(ModelVersionArgs),
+    /// Make a version live (serving picks it up within a second). A version that does not load
+    /// or computes other features is refused and the live one stays.
+    Promote(ModelVersionArgs),
+    /// Go back to the version live before the current one.
+    Rollback(ModelsDirArgs),
+}
+
+#[derive(Args)]
+pub struct ModelsDirArgs {
+    /// The model registry directory [config: models.path].
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ModelVersionArgs {
+    #[command(flatten)]
+    pub dir: ModelsDirArgs,
+    /// A version: v1, v2, …
+    pub version: String,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    #[command(flatten)]
+    pub models: ModelsDirArgs,
+    /// Training configuration (TOML; every key optional, see docs/models.md).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Promote the new version right away.
+    #[arg(long)]
+    pub promote: bool,
+}
+
+#[derive(Args)]
+pub struct BacktestArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    #[command(flatten)]
+    pub models: ModelsDirArgs,
+    /// Model version [default: the live one]; `none` decides with the rules on naive ATP only.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Rule files (or directories of `*.rules` files) to apply on top of the model.
+    #[arg(long)]
+    pub rules: Vec<PathBuf>,
+    #[command(flatten)]
+    pub schema: SchemaArgs,
+    /// First order time (RFC 3339 or milliseconds), included.
+    #[arg(long, value_parser = parse_time)]
+    pub from: Millis,
+    /// Last order time, excluded.
+    #[arg(long, value_parser = parse_time)]
+    pub to: Millis,
+    /// The per-order CSV; the summary goes beside it as FILE.summary.json.
+    #[arg(long, default_value = "backtest.csv")]
+    pub out: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// Report every error and warning of rule files; exit code 1 if there is an error.
+    Check(RuleFilesArgs),
+    /// Run the `test` blocks of rule files; exit code 1 if one fails.
+    Test(RuleFilesArgs),
+    /// Show what the rules decide for one request against the lake's views.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+pub struct RuleFilesArgs {
+    /// Rule files (or directories of `*.rules` files).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub schema: SchemaArgs,
+}
+
+#[derive(Args)]
+pub struct SchemaArgs {
+    /// A free-form catalog attribute rules may use as `sku.NAME`: NAME:bool, NAME:number or
+    /// NAME:text. Repeatable.
+    #[arg(long = "attribute", value_parser = parse_attribute, default_value = "fragile:bool")]
+    pub attributes: Vec<(String, sellable_dsl::Type)>,
+}
+
+impl SchemaArgs {
+    pub fn schema(&self) -> sellable_dsl::Schema {
+        self.attributes
+            .iter()
+            .fold(sellable_dsl::Schema::standard(), |schema, (name, ty)| schema.with_attribute(name, *ty))
+    }
+}
+
+fn parse_attribute(text: &str) -> Result<(String, sellable_dsl::Type), String> {
+    let (name, ty) = text.split_once(':').ok_or_else(|| format!("expected NAME:TYPE, got '{text}'"))?;
+    let ty = match ty {
+        "bool" => sellable_dsl::Type::Bool,
+        "number" => sellable_dsl::Type::Number,
+        "text" => sellable_dsl::Type::Text,
+        other => return Err(format!("unknown type '{other}': use bool, number or text")),
+    };
+    Ok((name.to_string(), ty))
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub files: RuleFilesArgs,
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub models: ModelsDirArgs,
+    #[arg(long)]
+    pub sku: String,
+    #[arg(long)]
+    pub region: String,
+    #[arg(long, default_value_t = 1)]
+    pub qty: i64,
+}
+
+#[derive(Args)]
+pub struct SimArgs {
+    /// Seed: the same seed and sizes give the same files.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 1_000)]
+    pub skus: usize,
+    #[arg(long, default_value_t = 40)]
+    pub nodes: usize,
+    #[arg(long, default_value_t = 7.0)]
+    pub days: f64,
+    /// Mean orders per SKU per day (before popularity, daily cycle and bursts).
+    #[arg(long, default_value_t = 6.0)]
+    pub orders_per_sku_day: f64,
+}
+
+#[derive(Args)]
+pub struct GenArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub sim: SimArgs,
+    /// Simulated start, RFC 3339 or milliseconds since the epoch [default: 2026-01-01T00:00:00Z].
+    #[arg(long, value_parser = parse_time)]
+    pub start: Option<Millis>,
+}
+
+#[derive(Args)]
+pub struct LakeArgs {
+    /// The lake: a directory of Lance datasets [config: lake.path].
+    #[arg(long, default_value = "lake")]
+    pub lake: PathBuf,
+    /// Events arriving more than this many milliseconds after they happened are rejected
+    /// [config: lake.lateness_ms].
+    #[arg(long, default_value_t = FoldConfig::default().lateness_ms)]
+    pub lateness_ms: Millis,
+    /// Remember folded event ids for this many milliseconds of arrival time per SKU; older
+    /// events are refused (dead-lettered) since they could be forgotten replays [default: until
+    /// the next batch cutoff; config: lake.dedup_window_ms].
+    #[arg(long)]
+    pub dedup_window_ms: Option<Millis>,
+    /// Memory (MiB) one DataFusion query may hold before spilling to disk, at least 64 [config:
+    /// lake.memory_mb].
+    #[arg(long, default_value_t = sellable_batch::DEFAULT_MEMORY_LIMIT >> 20, value_parser = memory_mb)]
+    pub memory_mb: usize,
+}
+
+/// Parses `--memory-mb`.
+pub fn memory_mb(text: &str) -> Result<usize, String> {
+    let mb: usize = text.parse().map_err(|_| format!("not a whole number of MiB: '{text}'"))?;
+    if (mb as u64) < sellable_batch::MIN_MEMORY_MB {
+        return Err(format!("{mb} MiB is too little: DataFusion needs at least {}", sellable_batch::MIN_MEMORY_MB));
+    }
+    Ok(mb)
+}
+
+impl LakeArgs {
+    pub fn open(&self) -> Result<Lake> {
+        Ok(Lake::open(&self.lake)?.with_memory_limit(self.memory_mb << 20))
+    }
+
+
+    pub fn fold_config(&self) -> FoldConfig {
+        FoldConfig { lateness_ms: self.lateness_ms, dedup_window_ms: self.dedup_window_ms }
+    }
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    /// A `sellable gen` directory, or a Parquet / JSON Lines file of events.
+    #[arg(long)]
+    pub from: PathBuf,
+}
+
+#[derive(Args)]
+pub struct BatchArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    /// Cutoff, RFC 3339 or milliseconds: the view holds the events that arrived at or before it
+    /// [default: the latest arrival in the lake].
+    #[arg(long, value_parser = parse_time, conflicts_with = "every_day")]
+    pub asof: Option<Millis>,
+    /// Backfill the features as of every midnight (UTC) from FROM to TO, both included:
+    /// `2026-01-02..2026-01-07` or RFC 3339 / millisecond bounds. The batch view is left as is.
+    #[arg(long, value_parser = parse_day_range)]
+    pub every_day: Option<(Millis, Millis)>,
+}
+
+#[derive(Args)]
+pub struct TrainsetArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    /// First order time (RFC 3339 or milliseconds), included.
+    #[arg(long, value_parser = parse_time)]
+    pub from: Millis,
+    /// Last order time, excluded.
+    #[arg(long, value_parser = parse_time)]
+    pub to: Millis,
+}
+
+#[derive(Args)]
+pub struct RedisArgs {
+    /// Redis URL for the speed view; without it, the speed view is embedded in memory
+    /// [config: redis.url, or REDIS_URL].
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Key namespace in Redis [config: redis.namespace].
+    #[arg(long, default_value = "sellable")]
+    pub namespace: String,
+}
+
+#[derive(Args)]
+pub struct FoldArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Fold this Parquet / JSON Lines file instead of the lake's events after the cutoff.
+    #[arg(long, conflicts_with = "stream")]
+    pub from: Option<PathBuf>,
+    /// Consume this Redis Stream (entries written by `sellable publish`) instead.
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Consumer group of the stream.
+    #[arg(long, default_value = "sellable-fold")]
+    pub group: String,
+    /// Consumer name; a restarted worker with the same name resumes its unacknowledged entries.
+    #[arg(long, default_value = "worker")]
+    pub consumer: String,
+    /// Concurrent consumers in this process (named CONSUMER-1 … CONSUMER-N).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Stream entries a worker reads at once (at most; fewer when fewer are waiting).
+    #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
+    /// Stop after the stream has had nothing new for this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub until_idle: Option<f64>,
+}
+
+#[derive(Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    /// The Redis holding the speed view [config: redis.url, or REDIS_URL].
+    #[arg(long, default_value = config::LOCAL_REDIS)]
+    pub redis: String,
+    #[arg(long, default_value = "sellable")]
+    pub namespace: String,
+    /// Rewrite every drifted sku×node with the lake's value.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+#[derive(Args)]
+pub struct PublishArgs {
+    #[arg(long, default_value = config::LOCAL_REDIS)]
+    pub redis: String,
+    #[arg(long)]
+    pub stream: String,
+    /// A Parquet / JSON Lines events file.
+    #[arg(long)]
+    pub from: PathBuf,
+}
+
+#[derive(Args)]
+pub struct DeadlettersArgs {
+    #[arg(long, default_value = config::LOCAL_REDIS)]
+    pub redis: String,
+    /// The stream whose dead letters to list (they are in STREAM:dead) [default: the events
+    /// refused by `POST /v1/events` and `fold --from`, in NAMESPACE:dead].
+    #[arg(long)]
+    pub stream: Option<String>,
+    #[arg(long, default_value = "sellable")]
+    pub namespace: String,
+    #[arg(long, default_value_t = 20)]
+    pub count: usize,
+}
+
+#[derive(Args)]
+pub struct RulesDirArgs {
+    /// A directory of `*.rules` files, applied to every answer and reloaded when it changes
+    /// [config: serve.rules].
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    #[command(flatten)]
+    pub schema: SchemaArgs,
+}
+
+impl RulesDirArgs {
+    pub fn book(&self) -> Result<Arc<RuleBook>> {
+        Ok(Arc::new(match &self.rules {
+            Some(dir) => RuleBook::from_dir(dir, self.schema.schema())?,
+            None => RuleBook::empty(self.schema.schema()),
+        }))
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub rules: RulesDirArgs,
+    #[command(flatten)]
+    pub models: ModelsDirArgs,
+    /// Score this model version in shadow: logged beside the live score, never decides.
+    #[arg(long)]
+    pub shadow: Option<String>,
+    /// Address of the REST API [config: serve.listen].
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Use this Redis for the speed view instead of the embedded store.
+    #[arg(long)]
+    pub redis: Option<String>,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the generated files and the lake go (replaced on every run).
+    #[arg(long, default_value = "demo-data")]
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub rules: RulesDirArgs,
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
+/// `FROM..TO` as midnights: each bound is a date (`2026-01-02`), RFC 3339 or milliseconds,
+/// rounded down to its midnight (UTC).
+fn parse_day_range(text: &str) -> Result<(Millis, Millis), String> {
+    let (from, to) = text.split_once("..").ok_or_else(|| format!("expected FROM..TO, got '{text}'"))?;
+    let day = |bound: &str| {
+        let bound = bound.trim();
+        let time = if bound.len() == 10 { parse_time(&format!("{bound}T00:00:00Z")) } else { parse_time(bound) }?;
+        Ok::<Millis, String>(time - time.rem_euclid(DAY_MS))
+    };
+    let (from, to) = (day(from)?, day(to)?);
+    if to < from {
+        return Err(format!("the range ends before it starts: '{text}'"));
+    }
+    Ok((from, to))
+}
+
+pub const DAY_MS: Millis = 86_400_000;
+
+pub fn parse_time(text: &str) -> Result<Millis, String> {
+    text.parse::<Millis>()
+        .ok()
+        .or_else(|| parse_rfc3339(text))
+        .ok_or_else(|| format!("expected RFC 3339 (2026-01-07T00:00:00Z) or milliseconds, got '{text}'"))
+}
+
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_below_what_datafusion_needs_is_refused_with_the_reason() {
+        assert_eq!(super::memory_mb("64"), Ok(64));
+        assert_eq!(super::memory_mb("32"), Err("32 MiB is too little: DataFusion needs at least 64".to_string()));
+        assert!(super::memory_mb("lots").unwrap_err().contains("'lots'"));
+    }
+}

@@ -1,0 +1,109 @@
+//! `sellable demo`: the whole system on embedded defaults, in one process.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use sellable_batch::{Lake, Progress};
+use sellable_core::{Event, FoldConfig, Millis};
+use sellable_models::TrainConfig;
+use sellable_serving::Serving;
+use sellable_speed::{CatchUpSource, SpeedView};
+
+use crate::cli::{DemoArgs, DAY_MS};
+use crate::commands::{batch, lake, models, serve, speed};
+
+/// Generates a marketplace whose events end about now, imports it, computes the batch view a day
+/// before the end, folds the last day into the speed view (the events still in flight as their
+/// arrival time comes), trains a model, and serves.
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let days_ms = (args.sim.days * DAY_MS as f64) as Millis;
+    let start = (now - days_ms) / 60_000 * 60_000;
+    if args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir).with_context(|| format!("clearing {}", args.dir.display()))?;
+    }
+    let generated = args.dir.join("generated");
+    let summary = lake::gen(&lake::sim_config(&args.sim, start), &generated)?;
+    let lake = Lake::open(&args.dir.join("lake"))?;
+    lake::import(&lake, &generated).await?;
+    // The batch view stops a day before the end; the speed view holds the last day.
+    let fold_config = FoldConfig::default();
+    let cutoff = summary.end - DAY_MS.min(days_ms / 2);
+    batch::nightly(&lake, cutoff, fold_config).await?;
+    let speed = match &args.redis {
+        Some(url) => {
+            let speed = SpeedView::redis(url, "sellable-demo", fold_config).await?;
+            speed.clear().await.context("clearing the demo namespace in Redis")?;
+            speed
+        }
+        None => SpeedView::memory(fold_config),
+    };
+    let in_flight = speed::catch_up(&lake, &speed, cutoff, CatchUpSource::Log, Some(now)).await?;
+    let speed = Arc::new(speed);
+    if !in_flight.is_empty() {
+        eprintln!("demo: {} events are still in flight; each is folded when its arrival time comes", in_flight.len());
+        spawn_live_feed(speed.clone(), in_flight);
+    }
+    let models = serve::model_book(&demo_model(&lake, &args.dir.join("models"), start, cutoff, fold_config).await, None)?;
+    let serving = serve::load_serving(&lake, speed, args.rules.book()?, models).await?;
+    let example = example_request(&serving).await;
+    serve::serve(serving, args.listen, example).await
+}
+
+/// Folds events as their arrival time comes, like a live stream: the demo's last events are
+/// still in flight when it starts (seller feeds lag, some scans are stuck for days).
+fn spawn_live_feed(speed: Arc<SpeedView>, events: Vec<Event>) {
+    tokio::spawn(async move {
+        for event in events {
+            let wait = event.arrival() - chrono::Utc::now().timestamp_millis();
+            if wait > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
+            }
+            match speed.fold(std::slice::from_ref(&event), "demo-live").await {
+                Ok(_) => tracing::debug!(sku = %event.sku, node = %event.node, kind = %event.kind, "folded live"),
+                Err(error) => tracing::warn!(sku = %event.sku, node = %event.node, %error, "live fold failed"),
+            }
+        }
+    });
+}
+
+/// The demo's model: features as of every midnight before the cutoff, a training set of the
+/// orders from the first midnight to the cutoff, the training job, promoted. Returns the registry
+/// directory; if training fails (too few days, say), serving runs degraded and says why.
+async fn demo_model(lake: &Lake, dir: &Path, start: Millis, cutoff: Millis, config: FoldConfig) -> PathBuf {
+    let first = start - start.rem_euclid(DAY_MS) + DAY_MS;
+    let midnights: Vec<Millis> = (first..cutoff).step_by(DAY_MS as usize).collect();
+    let trained = async {
+        lake.compute_features(&midnights, config, &Progress::stderr()).await.context("computing the daily features")?;
+        let (rows, lineage, summary) = lake.build_trainset(first, cutoff, config, &Progress::stderr()).await.context("building the training set")?;
+        lake.write_trainset(&rows, &lineage).await.context("writing the training set")?;
+        eprintln!("demo: training set of {} orders ({} shorted)", summary.rows, summary.positives);
+        models::train_job(lake, dir, &TrainConfig::default(), true).await
+    };
+    if let Err(error) = trained.await {
+        eprintln!("demo: no model ({error:#}); answers will be degraded to naive ATP and rules");
+    }
+    dir.to_path_buf()
+}
+
+/// A request worth pasting: the most popular SKU that can be promised now, in the country of
+/// one of its nodes; failing that (rules may deny everything), the most popular SKU anywhere.
+async fn example_request(serving: &Serving) -> Option<String> {
+    let now = serving.now();
+    let mut skus: Vec<&String> = serving.skus.keys().collect();
+    skus.sort();
+    let mut first = None;
+    for sku in skus.into_iter().take(500) {
+        let countries: Vec<&str> =
+            serving.batch.sku_states(sku).filter_map(|(node, _)| Some(serving.nodes.get(node)?.country.as_str())).collect();
+        for country in countries {
+            let request = format!("/v1/availability/{sku}?region={country}&qty=1");
+            if serving.availability(sku, country, 1, now).await.is_ok_and(|answer| answer.units > 0) {
+                return Some(request);
+            }
+            first.get_or_insert(request);
+        }
+    }
+    first
+}

@@ -1,0 +1,172 @@
+//! `sellable train`, `sellable models` and `sellable backtest`: the model from training set to
+//! registry, and replays of past periods.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use sellable_batch::{Lake, Progress};
+use sellable_models::{Registered, Registry, TrainConfig, TrainJob};
+use sellable_serving::{RuleBook, Serving};
+use sellable_speed::SpeedView;
+
+use crate::cli::{BacktestArgs, ModelsCommand, TrainArgs};
+
+pub async fn train(args: &TrainArgs) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            TrainConfig::from_toml(&text, &path.display().to_string())?
+        }
+        None => TrainConfig::default(),
+    };
+    let registered = train_job(&args.lake.open()?, &args.models.models, &config, args.promote).await?;
+    if !args.promote {
+        eprintln!("train: make it live with `sellable models promote {} --models {}`", registered.version, args.models.models.display());
+    }
+    Ok(())
+}
+
+/// Trains on the lake's latest training set, evaluates, registers a new version in `models`
+/// (live with `promote`), and says how it did: what `train` and the demo run.
+pub async fn train_job(lake: &Lake, models: &Path, config: &TrainConfig, promote: bool) -> Result<Registered> {
+    let registry = Registry::open(models)?;
+    let set = lake.load_trainset().await.context("loading the training set")?;
+    let job = TrainJob { set: &set, config, code_version: format!("sellable {} models", env!("CARGO_PKG_VERSION")) };
+    eprintln!("train: {} orders from training set version {}", set.rows.len(), set.version);
+    let started = std::time::Instant::now();
+    let bar = Progress::stderr().bar("boosting rounds", config.xgboost.rounds as u64);
+    let registered = job.run(&registry, promote, |round| {
+        bar.set_position(round.round as u64 + 1);
+        bar.set_message(format!("validation log loss {:.5}, best round {}", round.validation_log_loss, round.best_round + 1));
+    })?;
+    bar.finish();
+    let (version, e) = (&registered.version, &registered.fitted.evaluation);
+    let compared = &e.at_safety_stock_false_deny_rate;
+    eprintln!(
+        "train: {version} in {:.1} s from {} orders ({} shorted): {} rounds; held-out days: PR-AUC {:.3} (no skill {:.3}), log loss {:.4}, \
+         calibration error {:.4}\n  threshold {:.4} (target oversell rate {}): oversell rate {:.4}, false-deny rate {:.4} (naive ATP {:.4} / {:.4}, \
+         safety stock k={} {:.4} / {:.4})\n  at the safety stock's false-deny rate ({:.4}): {} oversells vs {} (ratio {:.2})\n  report: {}",
+        started.elapsed().as_secs_f64(),
+        registered.orders,
+        registered.positives,
+        registered.fitted.model.rounds,
+        e.pr_auc,
+        e.short_rate,
+        e.log_loss,
+        e.calibration_error,
+        e.threshold,
+        e.target_oversell_rate,
+        e.model.oversell_rate,
+        e.model.false_deny_rate,
+        e.naive_atp.oversell_rate,
+        e.naive_atp.false_deny_rate,
+        e.safety_stock,
+        e.static_safety_stock.oversell_rate,
+        e.static_safety_stock.false_deny_rate,
+        compared.false_deny_rate,
+        compared.model_oversells,
+        compared.safety_stock_oversells,
+        compared.ratio,
+        registry.file(version, "report.html")?.display()
+    );
+    if promote {
+        eprintln!("train: {version} is live");
+    }
+    Ok(registered)
+}
+
+pub fn registry(command: ModelsCommand) -> Result<()> {
+    let features = sellable_core::features::names();
+    match command {
+        ModelsCommand::List(args) => list(&Registry::open(&args.models)?, &args.models),
+        ModelsCommand::Show(args) => {
+            let registry = Registry::open(&args.dir.models)?;
+            println!("{}", serde_json::to_string_pretty(&registry.manifest(&args.version)?)?);
+            println!("report: {}", registry.file(&args.version, "report.html")?.display());
+            Ok(())
+        }
+        ModelsCommand::Promote(args) => {
+            let registry = Registry::open(&args.dir.models)?;
+            let model = registry.promote(&args.version, &features).with_context(|| format!("promoting {}", args.version))?;
+            println!("{} is live (threshold {:.4}); a running server picks it up within a second", model.version(), model.threshold());
+            Ok(())
+        }
+        ModelsCommand::Rollback(args) => {
+            let model = Registry::open(&args.models)?.rollback(&features).context("rolling back")?;
+            println!("rolled back: {} is live again (threshold {:.4})", model.version(), model.threshold());
+            Ok(())
+        }
+    }
+}
+
+fn list(registry: &Registry, dir: &Path) -> Result<()> {
+    let live = registry.live()?;
+    let versions = registry.versions()?;
+    if versions.is_empty() {
+        println!("no model in {}: train one (sellable train)", dir.display());
+    }
+    for version in versions {
+        let mark = if live.as_deref() == Some(version.as_str()) { "*" } else { " " };
+        match registry.manifest(&version) {
+            Ok(m) => println!(
+                "{mark} {version:<5} {}  {:>4} rounds  threshold {:.4}  PR-AUC {:.3}  oversells vs safety stock {:.2}",
+                m.created,
+                m.rounds,
+                m.threshold,
+                m.headline.get("pr_auc").copied().unwrap_or(f64::NAN),
+                m.headline.get("oversells_vs_safety_stock").copied().unwrap_or(f64::NAN)
+            ),
+            Err(error) => println!("{mark} {version:<5} unreadable: {error}"),
+        }
+    }
+    Ok(())
+}
+
+/// Decides every order of a past period as the engine would have, and writes the CSV and summary.
+pub async fn backtest(args: &BacktestArgs) -> Result<()> {
+    let lake = args.lake.open()?;
+    let registry = Registry::open(&args.models.models)?;
+    let version = match args.model.as_deref() {
+        Some("none") => None,
+        Some(version) => Some(version.to_string()),
+        None => Some(registry.live()?.context("no model is live: pass --model V, or --model none for rules on naive ATP")?),
+    };
+    let model = version.as_deref().map(|version| registry.load(version, &sellable_core::features::names())).transpose()?;
+    let safety_stock = model.as_ref().and_then(|m| m.manifest.headline.get("safety_stock")).map_or(0, |k| *k as i64);
+    let schema = args.schema.schema();
+    let rules = if args.rules.is_empty() {
+        RuleBook::empty(schema)
+    } else {
+        let loaded = crate::commands::rules::load(&args.rules, &schema)?;
+        RuleBook::with(loaded.ruleset.context("the rule files have errors: nothing was backtested")?, schema)
+    };
+    let (rows, _, summary) = lake.build_trainset(args.from, args.to, args.lake.fold_config(), &Progress::stderr()).await.context("replaying the period")?;
+    let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
+    let empty = Arc::new(SpeedView::memory(args.lake.fold_config()));
+    let serving = Serving::new(skus, nodes, sellable_core::BatchView::default(), empty, Arc::new(rules));
+    let (decisions, result) = serving.backtest(model.as_ref(), &rows, safety_stock)?;
+    let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    sellable_serving::backtest::write_csv(&decisions, std::io::BufWriter::new(file))?;
+    let summary_path = args.out.with_extension("summary.json");
+    std::fs::write(&summary_path, serde_json::to_string_pretty(&result)?).with_context(|| format!("writing {}", summary_path.display()))?;
+    eprintln!(
+        "backtest: {} orders ({} shorted; {} left out: before the first feature cutoff, released or open) with model {} and {} rule(s)",
+        result.orders,
+        result.shorted,
+        summary.before_first_cutoff + summary.released + summary.no_outcome_yet,
+        version.as_deref().unwrap_or("none"),
+        serving.rules.current().map_or(0, |r| r.len())
+    );
+    let line = |name: &str, counts: &sellable_serving::backtest::PolicyCounts| {
+        eprintln!(
+            "  {name:<28} promised {:>7}  oversells {:>6}  oversells caught {:>6}  wrongly denied {:>6}",
+            counts.promised, counts.oversells, counts.oversells_caught, counts.wrongly_denied
+        )
+    };
+    line("engine (model + rules)", &result.engine);
+    line("naive ATP", &result.naive_atp);
+    line(&format!("static safety stock k={safety_stock}"), &result.static_safety_stock);
+    eprintln!("  -> {} and {}", args.out.display(), summary_path.display());
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! `sellable serve`: the REST API over the lake's batch view and the speed view.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use sellable_batch::Lake;
+use sellable_core::FoldConfig;
+use sellable_models::Registry;
+use sellable_serving::{ModelBook, ModelStatus, RuleBook, Serving};
+use sellable_speed::{CatchUpSource, SpeedView};
+
+use crate::cli::{RedisArgs, ServeArgs};
+use crate::commands::speed::catch_up;
+
+pub async fn run(args: &ServeArgs) -> Result<()> {
+    let lake = args.lake.open()?;
+    let speed = open_speed(&lake, &args.redis, args.lake.fold_config()).await?;
+    let models = model_book(&args.models.models, args.shadow.as_deref())?;
+    let serving = load_serving(&lake, speed, args.rules.book()?, models).await?;
+    serve(serving, args.listen, None).await
+}
+
+/// The speed view to serve from: Redis as it is, or an embedded one that starts empty and
+/// catches up with what arrived after the cutoff.
+pub async fn open_speed(lake: &Lake, redis: &RedisArgs, config: FoldConfig) -> Result<Arc<SpeedView>> {
+    match &redis.redis {
+        Some(url) => Ok(Arc::new(SpeedView::redis(url, &redis.namespace, config).await?)),
+        None => {
+            let speed = SpeedView::memory(config);
+            let cutoff = lake.load_batch_view().await?.asof;
+            catch_up(lake, &speed, cutoff, CatchUpSource::Log, None).await?;
+            Ok(Arc::new(speed))
+        }
+    }
+}
+
+/// The model registry's live version for serving, watched for promotions and rollbacks.
+pub fn model_book(dir: &Path, shadow: Option<&str>) -> Result<Arc<ModelBook>> {
+    let book = Arc::new(ModelBook::from_registry(Registry::open(dir)?, shadow)?);
+    match book.status() {
+        ModelStatus { live: Some(live), .. } => eprintln!("serve: model {live} live from {}", dir.display()),
+        ModelStatus { error: Some(error), .. } => eprintln!("serve: no model live ({error}): answers are degraded to naive ATP and rules"),
+        _ => eprintln!("serve: no model promoted in {}: answers are degraded to naive ATP and rules", dir.display()),
+    }
+    Ok(book)
+}
+
+pub async fn load_serving(lake: &Lake, speed: Arc<SpeedView>, rules: Arc<RuleBook>, models: Arc<ModelBook>) -> Result<Arc<Serving>> {
+    let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
+    let batch = lake.load_batch_view().await.context("loading the batch view")?;
+    if rules.dir().is_some() {
+        rules.clone().watch(std::time::Duration::from_secs(1));
+    }
+    models.clone().watch(std::time::Duration::from_millis(500));
+    let serving = Arc::new(Serving::new(skus, nodes, batch, speed, rules).with_models(models));
+    // before the first answer, not a second later: the batch view alone looks a day old
+    serving.refresh_watermarks().await.map_err(|error| anyhow::anyhow!(error)).context("reading the speed view's watermarks")?;
+    Ok(serving)
+}
+
+/// Serves until Ctrl-C; `example`, a request path, is shown as a `curl` line.
+pub async fn serve(serving: Arc<Serving>, listen: SocketAddr, example: Option<String>) -> Result<()> {
+    // Node watermarks (how far behind each feed is) refresh every second.
+    let refresher = serving.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = refresher.refresh_watermarks().await {
+                tracing::warn!(%error, "could not read the speed view's watermarks");
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let address = listener.local_addr()?;
+    eprintln!("serve: listening on http://{address} ({})", serving.batch.version);
+    if let Some(path) = example {
+        eprintln!("\n  curl -s 'http://{address}{path}'\n\nCtrl-C stops.");
+    }
+    axum::serve(listener, serving.router())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("serve: stopping");
+        })
+        .await
+        .context("serving")
+}
