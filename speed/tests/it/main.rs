@@ -6,6 +6,8 @@ use rand::SeedableRng;
 use sellable_bench::{generate, SimConfig};
 use sellable_core::event::read_event_file;
 use sellable_core::{fold, Event, Fold, FoldConfig, FoldStats, NodeState, Outcome};
+use std::sync::Arc;
+
 use sellable_speed::SpeedView;
 
 fn redis_url() -> String {
@@ -13,6 +15,15 @@ fn redis_url() -> String {
 }
 
 /// A Redis speed view in a namespace of its own, emptied first. Fails loudly without a server.
+/// Runs `workers` consumers of the stream with `sellable fold --stream`'s loop until a step
+/// finds nothing new.
+async fn until_idle(url: &str, view: &Arc<SpeedView>, config: sellable_speed::stream::StreamConfig, workers: usize) -> sellable_speed::stream::StreamStats {
+    let mut workers = sellable_speed::stream::Workers::new(config, workers);
+    workers.idle_limit = Some(std::time::Duration::ZERO);
+    let report = sellable_speed::stream::run_workers(url, view.clone(), workers, std::future::pending()).await.unwrap();
+    report.stats
+}
+
 async fn redis_view(test: &str) -> SpeedView {
     redis_view_with(test, FoldConfig::default()).await
 }
@@ -245,7 +256,7 @@ fn every_state_on_the_way_survives_being_stored_and_read_back() {
 
 mod stream {
     use super::*;
-    use sellable_speed::stream::{dead_letters, publish, StreamConfig, StreamWorker};
+    use sellable_speed::stream::{dead_letters, publish, StreamConfig, StreamStats};
 
     fn names(test: &str) -> (String, String) {
         let stream = format!("sellable-test-stream-{test}-{}", std::process::id());
@@ -258,11 +269,9 @@ mod stream {
         let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut connection).await.unwrap();
     }
 
-    /// Runs one consumer until the stream has nothing more for it.
-    async fn drain(view: &SpeedView, stream: &str, consumer: &str) -> sellable_speed::stream::StreamStats {
-        let mut worker = StreamWorker::connect(&redis_url(), StreamConfig::new(stream, "fold", consumer), view).await.unwrap();
-        while worker.step().await.unwrap() > 0 {}
-        worker.stats
+    /// Runs `workers` consumers (the binary's loop) until the stream has nothing more for them.
+    async fn drain(view: &Arc<SpeedView>, config: StreamConfig, workers: usize) -> StreamStats {
+        until_idle(&redis_url(), view, config, workers).await
     }
 
     #[tokio::test]
@@ -279,8 +288,8 @@ mod stream {
         lines.push(sellable_core::event::encode_json(&late));
         publish(&redis_url(), &stream, lines).await.unwrap();
 
-        let view = redis_view("stream-malformed").await;
-        let stats = drain(&view, &stream, "only").await;
+        let view = Arc::new(redis_view("stream-malformed").await);
+        let stats = drain(&view, StreamConfig::new(&stream, "fold", "only"), 1).await;
         // the simulator's own stuck events are too late as well
         let stuck = events.iter().filter(|e| FoldConfig::default().is_too_late(e)).count() as u64;
         assert_eq!(stats.dead_lettered, 3 + stuck, "{stats:?}");
@@ -305,10 +314,10 @@ mod stream {
         delivered.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(9));
         publish(&redis_url(), &stream, delivered.iter().map(sellable_core::event::encode_json)).await.unwrap();
 
-        let view = redis_view("stream-dupes").await;
-        let (first, second) = tokio::join!(drain(&view, &stream, "a"), drain(&view, &stream, "b"));
-        assert_eq!(first.entries + second.entries, delivered.len() as u64);
-        assert_eq!(first.fold.applied + second.fold.applied, events.len() as u64);
+        let view = Arc::new(redis_view("stream-dupes").await);
+        let both = drain(&view, StreamConfig::new(&stream, "fold", "worker"), 2).await;
+        assert_eq!(both.entries, delivered.len() as u64);
+        assert_eq!(both.fold.applied, events.len() as u64);
         assert_matches_core_fold(&view, &events).await;
         view.clear().await.unwrap();
         delete(&[&stream, &dead]).await;
@@ -320,7 +329,7 @@ mod stream {
         delete(&[&stream, &dead]).await;
         let events = simulated_events(19);
         publish(&redis_url(), &stream, events.iter().map(sellable_core::event::encode_json)).await.unwrap();
-        let view = redis_view("stream-claim").await;
+        let view = Arc::new(redis_view("stream-claim").await);
         // "ghost" reads a batch and dies before acknowledging it
         let client = redis::Client::open(redis_url()).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
@@ -330,9 +339,7 @@ mod stream {
             .query_async(&mut connection).await.unwrap();
         let mut config = StreamConfig::new(&stream, "fold", "survivor");
         config.claim_after = std::time::Duration::from_millis(0);
-        let mut worker = StreamWorker::connect(&redis_url(), config, &view).await.unwrap();
-        while worker.step().await.unwrap() > 0 {}
-        assert_eq!(worker.stats.entries, events.len() as u64);
+        assert_eq!(drain(&view, config, 1).await.entries, events.len() as u64);
         assert_matches_core_fold(&view, &events).await;
         view.clear().await.unwrap();
         delete(&[&stream, &dead]).await;
@@ -422,7 +429,7 @@ impl Drop for LocalCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_folds_into_a_three_master_cluster_exactly_like_core() {
-    use sellable_speed::stream::{publish, StreamConfig, StreamWorker};
+    use sellable_speed::stream::{publish, StreamConfig};
     let cluster = LocalCluster::start();
     let url = cluster.url();
     let events = simulated_events(23);
@@ -431,10 +438,9 @@ async fn a_stream_folds_into_a_three_master_cluster_exactly_like_core() {
     delivered.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(4));
     publish(&url, "inventory", delivered.iter().map(sellable_core::event::encode_json)).await.unwrap();
 
-    let view = SpeedView::redis(&url, "cluster", FoldConfig::default()).await.unwrap();
-    let mut worker = StreamWorker::connect(&url, StreamConfig::new("inventory", "fold", "one"), &view).await.unwrap();
-    while worker.step().await.unwrap() > 0 {}
-    assert_eq!(worker.stats.entries, delivered.len() as u64);
+    let view = Arc::new(SpeedView::redis(&url, "cluster", FoldConfig::default()).await.unwrap());
+    let stats = until_idle(&url, &view, StreamConfig::new("inventory", "fold", "one"), 1).await;
+    assert_eq!(stats.entries, delivered.len() as u64);
     assert_matches_core_fold(&view, &events).await;
 
     // the SKUs really are spread over the three masters
