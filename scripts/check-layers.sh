@@ -7,24 +7,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# crate: the sellable-* crates it may reach (normal dependencies, any depth)
-declare -A allowed=(
-  [sellable-core]=""
-  [sellable-dsl]=""
-  [sellable-models]="sellable-core"
-  [sellable-batch]="sellable-core"
-  [sellable-speed]="sellable-core"
-  [sellable-serving]="sellable-core sellable-dsl sellable-models"
-  [sellable-bench]="sellable-core"
-)
-# crate: outside crates it must never reach
-declare -A forbidden=(
-  [sellable-core]="redis datafusion axum lance"
-  [sellable-dsl]="redis datafusion axum lance xgb"
-  [sellable-models]="redis datafusion axum lance"
-  [sellable-serving]="xgb"
-  [sellable-bench]="redis reqwest datafusion lance"
-)
+# crate | the sellable-* crates it may reach (normal dependencies, any depth) | outside crates it
+# must never reach
+declare -A allowed forbidden
+while IFS='|' read -r crate may never; do
+  crate=$(echo $crate); allowed[$crate]=$(echo $may); forbidden[$crate]=$(echo $never)
+done <<'TABLE'
+sellable-core    |                                           | redis datafusion axum lance
+sellable-dsl     |                                           | redis datafusion axum lance xgb
+sellable-models  | sellable-core                             | redis datafusion axum lance
+sellable-batch   | sellable-core                             |
+sellable-speed   | sellable-core                             |
+sellable-serving | sellable-core sellable-dsl sellable-models | xgb
+sellable-bench   | sellable-core                             | redis reqwest datafusion lance
+TABLE
 
 # check CRATE: reads `cargo tree --prefix none --format {p}` lines of CRATE on stdin; prints
 # every violation; fails if there is one or if the input is empty (cargo tree printed nothing)

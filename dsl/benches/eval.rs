@@ -52,13 +52,7 @@ fn facts(ruleset: &RuleSet) -> Facts {
 /// An XGBoost JSON model of `trees` full trees of `depth` over `features` features, with splits
 /// and leaves spread by a fixed pseudo-random sequence (the shape, not the values, sets the cost).
 fn forest(trees: usize, depth: u32, features: usize) -> String {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % 10_000) as f64 / 10_000.0
-    };
+    let mut next = sellable_models::bench_sequence(0x2545_f491_4f6c_dd1d, 10_000);
     let internal = (1usize << depth) - 1;
     let count = 2 * internal + 1;
     let trees: Vec<String> = (0..trees)

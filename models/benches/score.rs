@@ -14,13 +14,8 @@ use sellable_models::{median_ns, train_fixed};
 fn main() {
     let features = 47;
     let rows = 5_000;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % 100_000) as f32 / 100_000.0
-    };
+    let mut sequence = sellable_models::bench_sequence(0x9e37_79b9_7f4a_7c15, 100_000);
+    let mut next = move || sequence() as f32;
     let data: Vec<f32> = (0..rows * features).map(|_| if next() < 0.05 { f32::NAN } else { next() }).collect();
     let labels: Vec<f32> = (0..rows)
         .map(|r| {

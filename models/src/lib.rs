@@ -31,6 +31,18 @@ pub use registry::{Model, Registry, RegistryError};
 #[cfg(feature = "train")]
 pub use train::{train_fixed, Orders, TrainedModel};
 
+/// The benchmarks' pseudo-random numbers (xorshift64): a fixed sequence from `seed` (not zero) of
+/// values in [0, 1) in steps of 1 / `steps`, so a bench's data is the same on every run.
+pub fn bench_sequence(seed: u64, steps: u64) -> impl FnMut() -> f64 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % steps) as f64 / steps as f64
+    }
+}
+
 /// The benchmarks' timer (`cargo bench -p sellable-models` and `-p sellable-dsl`): median
 /// nanoseconds per call of `work` over 7 batches of `calls`, after a warm-up.
 pub fn median_ns(calls: u32, mut work: impl FnMut()) -> f64 {
