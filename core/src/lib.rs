@@ -9,10 +9,12 @@ pub mod decision;
 pub mod event;
 pub mod features;
 pub mod fold;
+pub mod grade;
 pub mod view;
 
 pub use catalog::{NodeInfo, NodeKind, SkuInfo};
 pub use decision::{decide, Decision, FulfillmentOption, Verdict};
 pub use event::{DecodeError, Event, EventKind, Millis};
+pub use grade::Grade;
 pub use fold::{fold, known_at, Fold, FoldConfig, FoldStats, NodeState, Outcome, SeenIds};
 pub use view::{merge_views, BatchView, DeadLetter, EventLog, SpeedSource, ViewError, Watermarks};

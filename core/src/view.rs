@@ -96,6 +96,12 @@ pub trait SpeedSource: Send + Sync {
     /// Keeps refused input (malformed, too late, expired) where `sellable deadletters` finds it.
     fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> BoxFuture<'a, Result<(), ViewError>>;
 
+    /// The batch cutoff the view was caught up from (every event of the lake that arrived after
+    /// it is in), or `None` when it is not known to be complete: never caught up, or its store
+    /// lost what it held (Redis restarted empty). Serving trusts the view only when this is the
+    /// cutoff of the batch view it merges it with.
+    fn caught_up_to(&self) -> BoxFuture<'_, Result<Option<Millis>, ViewError>>;
+
     /// Where it lives, for logs and answers.
     fn describe(&self) -> String;
 

@@ -99,6 +99,7 @@ impl Serving {
                 held: value(held) as i64,
                 feed_lag_s: hours_since_event.is_finite().then_some(hours_since_event * 3600.0),
                 p_fulfill: model.map(|model| model.p_fulfill(&order.features)),
+                margin: 0,
             };
             let decision = self.decide_at_node(ruleset.as_deref(), model, &order.sku, &node.region, order.qty, node, &facts);
             let promised = decision.units >= order.qty;

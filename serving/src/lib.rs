@@ -6,6 +6,7 @@
 //! the embedded store).
 
 pub mod backtest;
+pub mod grading;
 pub mod models;
 pub mod rules;
 
@@ -18,7 +19,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use sellable_core::{decide, merge_views, BatchView, Event, Millis, NodeInfo, NodeState, SkuInfo, SpeedSource, Verdict, ViewError};
+use sellable_core::{decide, merge_views, BatchView, Event, Grade, Millis, NodeInfo, NodeState, SkuInfo, SpeedSource, Verdict, ViewError};
+use grading::{Grading, Limits};
 use sellable_dsl::{Facts, RuleSet, Schema, Value};
 
 pub use models::{ModelBook, ModelBookError, ModelStatus};
@@ -40,6 +42,9 @@ pub struct Serving {
     /// Per node, the latest arrival folded (batch view and speed view), refreshed by
     /// [`Serving::refresh_watermarks`].
     watermarks: std::sync::RwLock<HashMap<String, Millis>>,
+    /// Why the speed view cannot be trusted now, if it cannot (refreshed with the watermarks).
+    distrust: std::sync::RwLock<Option<String>>,
+    limits: Limits,
     metrics: Metrics,
 }
 
@@ -134,8 +139,24 @@ impl Serving {
             attributes,
             clock: Clock::Wall,
             watermarks: std::sync::RwLock::new(watermarks),
+            distrust: std::sync::RwLock::new(None),
+            limits: Limits::default(),
             metrics: Metrics::new(),
         }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Serving {
+        self.limits = limits;
+        self
+    }
+
+    /// Why the speed view is not used now, if it is not.
+    pub fn speed_distrust(&self) -> Option<String> {
+        self.distrust.read().expect("distrust lock poisoned; this is a bug").clone()
+    }
+
+    fn set_distrust(&self, reason: Option<String>) {
+        *self.distrust.write().expect("distrust lock poisoned; this is a bug") = reason;
     }
 
     pub fn with_models(mut self, models: Arc<ModelBook>) -> Serving {
@@ -158,7 +179,21 @@ impl Serving {
     /// Takes the speed view's node watermarks (the batch view's stand unless newer) and
     /// publishes each node's and each source's lag as metrics. Serving calls it every second.
     pub async fn refresh_watermarks(&self) -> Result<(), ViewError> {
-        let speed = self.speed.watermarks().await?;
+        let timeout = self.limits.speed_timeout.max(std::time::Duration::from_secs(1));
+        let read = async { Ok::<_, ViewError>((self.speed.caught_up_to().await?, self.speed.watermarks().await?)) };
+        let (caught_up, speed) = match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(error)) => {
+                self.set_distrust(Some(format!("speed view unavailable ({error})")));
+                return Err(error);
+            }
+            Err(_) => {
+                let reason = format!("speed view did not answer within {} ms", timeout.as_millis());
+                self.set_distrust(Some(reason.clone()));
+                return Err(reason.into());
+            }
+        };
+        self.set_distrust(grading::distrust(caught_up, self.batch.asof));
         let now = self.now();
         let mut marks = self.watermarks.write().expect("watermarks lock poisoned; this is a bug");
         for (node, arrived) in speed.nodes {
@@ -205,19 +240,15 @@ impl Serving {
         }
         let model = self.models.current();
         let shadow = self.models.shadow();
-        let mut degraded = Vec::new();
+        let mut grading = Grading::default();
+        let mut margin = 0;
         if model.is_none() {
-            degraded.push("model unavailable: naive ATP and rules only".to_string());
+            margin = self.models.fallback_safety_stock();
+            grading.note(format!("model unavailable: the static safety stock ({margin} unit(s) per node) and rules"));
         }
-        let speed = match self.speed.sku_states(sku).await {
-            Ok(states) => states,
-            Err(error) => {
-                tracing::warn!(%error, "speed view unavailable");
-                degraded.push(format!("speed view unavailable ({error}): batch view only"));
-                Vec::new()
-            }
-        };
-        let merged = merge_views(self.batch.sku_states(sku), &speed);
+        let speed = self.read_speed(sku, &mut grading).await;
+        margin += self.grade_batch_age(speed.is_some(), now, &mut grading);
+        let merged = merge_views(self.batch.sku_states(sku), speed.as_deref().unwrap_or(&[]));
         let in_region: Vec<(&NodeInfo, &NodeState)> = merged
             .iter()
             .filter_map(|(node, state)| Some((self.nodes.get(*node)?, state)))
@@ -235,19 +266,22 @@ impl Serving {
             let _node = tracing::debug_span!("node", node = %info.node).entered();
             // A node whose feed is beyond its SLA may hold phantom stock: promise nothing from it.
             if let Some(lag) = self.stale(info, now) {
-                degraded.push(format!(
-                    "feed of {} is {} s behind (SLA {} s): nothing promised from it",
-                    info.node,
-                    lag / 1000,
-                    info.feed_sla_ms / 1000
-                ));
+                let reason = format!("feed of {} is {} s behind (SLA {} s): nothing promised from it", info.node, lag / 1000, info.feed_sla_ms / 1000);
+                grading.lower(Grade::BoundedStale, reason);
                 units.push((info.node.clone(), 0));
                 continue;
             }
-            let mut facts = NodeFacts::of(state, now);
+            if grading.grade == Grade::Unavailable {
+                units.push((info.node.clone(), 0));
+                continue;
+            }
+            let features = self.batch.features.get(&(sku.to_string(), info.node.clone())).map(Vec::as_slice);
+            let mut facts = NodeFacts { margin, ..NodeFacts::of(state, now) };
+            if speed.is_none() {
+                facts.atp = sellable_core::grade::conservative_atp(state, features, self.batch.asof, now);
+            }
             if model.is_some() || shadow.is_some() {
-                let batch = self.batch.features.get(&(sku.to_string(), info.node.clone())).map(Vec::as_slice);
-                let vector = sellable_core::features::vector(batch, Some(state), qty, now);
+                let vector = sellable_core::features::vector(features, Some(state), qty, now);
                 facts.p_fulfill = model.as_ref().map(|model| model.p_fulfill(&vector));
                 if let Some(shadow) = &shadow {
                     let candidate = shadow.p_fulfill(&vector);
@@ -282,8 +316,9 @@ impl Serving {
                 .collect(),
             reasons: decision.reasons,
             rules_fired,
-            degraded: !degraded.is_empty(),
-            degraded_reasons: degraded,
+            grade: grading.grade,
+            degraded: grading.grade != Grade::Fresh || !grading.reasons.is_empty(),
+            degraded_reasons: grading.reasons,
             freshness_ms: newest.map(|t| now - t),
             versions: Versions {
                 batch_view: self.batch.version.clone(),
@@ -292,6 +327,39 @@ impl Serving {
                 ruleset: ruleset_version,
             },
         })
+    }
+
+    /// The speed view's states of `sku`, or `None` when it cannot be used now (not trusted, an
+    /// error, no answer within the timeout): the answer is then graded `conservative`.
+    async fn read_speed(&self, sku: &str, grading: &mut Grading) -> Option<Vec<(String, NodeState)>> {
+        let problem = match self.speed_distrust() {
+            Some(reason) => reason,
+            None => match tokio::time::timeout(self.limits.speed_timeout, self.speed.sku_states(sku)).await {
+                Ok(Ok(states)) => return Some(states),
+                Ok(Err(error)) => format!("speed view unavailable ({error})"),
+                Err(_) => format!("speed view did not answer within {} ms", self.limits.speed_timeout.as_millis()),
+            },
+        };
+        tracing::warn!(%problem, "answering without the speed view");
+        grading.lower(Grade::Conservative, format!("{problem}: the batch view minus what may have left since its cutoff"));
+        None
+    }
+
+    /// Grades the batch view's age; returns the units each node holds back for it.
+    fn grade_batch_age(&self, speed_usable: bool, now: Millis, grading: &mut Grading) -> i64 {
+        let age = now - self.batch.asof;
+        if age <= self.limits.batch_max_age_ms {
+            return 0;
+        }
+        let (hours, expected) = (age / 3_600_000, self.limits.batch_max_age_ms / 3_600_000);
+        if speed_usable {
+            let reason = format!("batch view is {hours} h old (expected at most {expected} h): {} unit(s) held back per node", grading::STALE_BATCH_MARGIN);
+            grading.lower(Grade::BoundedStale, reason);
+            grading::STALE_BATCH_MARGIN
+        } else {
+            grading.lower(Grade::Unavailable, format!("batch view is {hours} h old (expected at most {expected} h) and the speed view cannot be used: nothing promised"));
+            0
+        }
     }
 
     /// One node's answer for an order: the model's gate (a score under the threshold promises
@@ -307,7 +375,7 @@ impl Serving {
         node: &NodeInfo,
         facts: &NodeFacts,
     ) -> NodeDecision {
-        let mut decision = NodeDecision { units: facts.atp.max(0), reasons: Vec::new(), fired: Vec::new() };
+        let mut decision = NodeDecision { units: (facts.atp - facts.margin).max(0), reasons: Vec::new(), fired: Vec::new() };
         if let (Some(model), Some(p)) = (model, facts.p_fulfill) {
             if p < model.threshold() {
                 decision.units = 0;
@@ -455,6 +523,8 @@ pub struct Availability {
     pub options: Vec<OptionJson>,
     pub reasons: Vec<String>,
     pub rules_fired: Vec<RuleFired>,
+    /// How current the inputs are: `fresh`, `bounded_stale`, `conservative` or `unavailable`.
+    pub grade: Grade,
     pub degraded: bool,
     pub degraded_reasons: Vec<String>,
     /// Age of the newest event behind this answer, by arrival; null if no event at all.
@@ -472,6 +542,9 @@ pub struct NodeFacts {
     /// Seconds since the node's newest event arrived.
     pub feed_lag_s: Option<f64>,
     pub p_fulfill: Option<f64>,
+    /// Units held back before the model and the rules: the static safety stock while no model
+    /// is live, and the margin of a batch view older than expected.
+    pub margin: i64,
 }
 
 impl NodeFacts {
@@ -483,6 +556,7 @@ impl NodeFacts {
             held: state.held,
             feed_lag_s: state.last_arrived.map(|arrived| (now - arrived) as f64 / 1000.0),
             p_fulfill: None,
+            margin: 0,
         }
     }
 }

@@ -5,7 +5,9 @@
 //! The live version is the registry's (its `history.json`): [`ModelBook::watch`] polls it and
 //! loads a newly promoted or rolled-back version; a version that does not load is refused, the
 //! error is kept for `GET /v1/model`, and the model already live keeps serving. With no model at
-//! all, answers fall back to naive ATP and the rules, marked `degraded: "model unavailable"`.
+//! all, answers fall back to the static safety stock of the last evaluation (the registry's newest
+//! manifest; none at all when nothing was ever evaluated: naive ATP) and the rules, with the
+//! reason in `degraded_reasons`.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -31,6 +33,9 @@ pub struct ModelStatus {
     pub shadow: Option<String>,
     /// The last load that failed, if the registry still points at it.
     pub error: Option<String>,
+    /// Units each node holds back while no model is live: the static safety stock of the last
+    /// evaluation.
+    pub fallback_safety_stock: i64,
 }
 
 #[derive(Default)]
@@ -40,6 +45,8 @@ pub struct ModelBook {
     shadow: RwLock<Option<Arc<Model>>>,
     /// The registry version whose load failed, and why (not retried until the registry changes).
     failed: RwLock<Option<(String, String)>>,
+    /// The static safety stock of the last evaluation seen (0: none was ever seen).
+    safety_stock: RwLock<i64>,
 }
 
 fn read<T: Clone>(lock: &RwLock<T>) -> T {
@@ -67,6 +74,7 @@ impl ModelBook {
     /// degraded until a version loads), and `shadow`, a candidate scored beside it.
     pub fn from_registry(registry: Registry, shadow: Option<&str>) -> Result<ModelBook, ModelBookError> {
         let book = ModelBook { registry: Some(registry), ..ModelBook::default() };
+        write(&book.safety_stock, book.newest_safety_stock());
         if let Some(version) = shadow {
             let registry = book.registry.as_ref().expect("just set");
             let model = registry.load(version, &sellable_core::features::names()).map_err(ModelBookError::Shadow)?;
@@ -92,7 +100,20 @@ impl ModelBook {
             threshold: live.as_ref().map(|model| model.threshold()),
             shadow: self.shadow().map(|model| model.version().to_string()),
             error: read(&self.failed).map(|(_, error)| error),
+            fallback_safety_stock: self.fallback_safety_stock(),
         }
+    }
+
+    /// What each node holds back while no model is live: the safety stock the last evaluation
+    /// chose (the live model's, else the registry's newest manifest's), 0 if none was ever made.
+    pub fn fallback_safety_stock(&self) -> i64 {
+        read(&self.safety_stock)
+    }
+
+    fn newest_safety_stock(&self) -> i64 {
+        let Some(registry) = &self.registry else { return 0 };
+        let versions = registry.versions().unwrap_or_default();
+        versions.iter().rev().find_map(|version| registry.manifest(version).ok()?.headline.get("safety_stock").map(|k| *k as i64)).unwrap_or(0)
     }
 
     /// Loads the registry's live version if it is not the one serving. Returns the version
@@ -112,6 +133,9 @@ impl ModelBook {
         match registry.load(&wanted, &sellable_core::features::names()) {
             Ok(model) => {
                 tracing::info!(version = wanted, threshold = model.threshold(), "model live");
+                if let Some(k) = model.manifest.headline.get("safety_stock") {
+                    write(&self.safety_stock, *k as i64);
+                }
                 write(&self.live, Some(Arc::new(model)));
                 write(&self.failed, None);
                 Ok(Some(wanted))

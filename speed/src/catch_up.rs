@@ -37,7 +37,8 @@ pub struct CatchUp {
 /// Folds the events that arrived after `cutoff` into `speed`, first remembering the ids of the
 /// log's events that arrived within the allowed lateness before it (a redelivered copy of one of
 /// them is a duplicate; anything older would be refused as too late). With `until`, only the
-/// events known at `until` are folded; the later ones are returned, not folded.
+/// events known at `until` are folded; the later ones are returned, not folded. Last, the view is
+/// marked as caught up from `cutoff` ([`SpeedView::mark_caught_up`]).
 pub async fn catch_up(
     log: &dyn EventLog,
     speed: &SpeedView,
@@ -68,5 +69,6 @@ pub async fn catch_up(
     }
     let read = decoded.len();
     let report = speed.fold_decoded(decoded, Some(cutoff), &label).await?;
+    speed.mark_caught_up(cutoff).await?;
     Ok(CatchUp { source, read, report, held_back })
 }

@@ -254,9 +254,40 @@ impl SpeedView {
                 let mut fold = store.fold.lock().expect("speed view lock poisoned; this is a bug");
                 *fold = Fold::new(fold.config);
                 *store.watermarks.lock().expect("speed view lock poisoned; this is a bug") = Watermarks::default();
+                *store.caught_up.lock().expect("speed view lock poisoned; this is a bug") = None;
                 Ok(())
             }
             SpeedView::Redis(store) => store.clear().await,
+        }
+    }
+
+    /// Records that the view holds every event of the lake that arrived after `cutoff`
+    /// ([`catch_up`] does, last). A view that lost its data (Redis restarted empty) loses the
+    /// mark with it, so readers can tell it is no longer complete.
+    pub async fn mark_caught_up(&self, cutoff: Millis) -> Result<(), SpeedError> {
+        match self {
+            SpeedView::Memory(store) => {
+                *store.caught_up.lock().expect("speed view lock poisoned; this is a bug") = Some(cutoff);
+                Ok(())
+            }
+            SpeedView::Redis(store) => {
+                let mut connection = store.connection.clone();
+                let () = redis::cmd("SET").arg(store.caught_up_key()).arg(cutoff).query_async(&mut connection).await.map_err(|e| store.error(e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The cutoff the view was last caught up from, if its mark is there.
+    pub async fn caught_up_to(&self) -> Result<Option<Millis>, SpeedError> {
+        match self {
+            SpeedView::Memory(store) => Ok(*store.caught_up.lock().expect("speed view lock poisoned; this is a bug")),
+            SpeedView::Redis(store) => {
+                let mut connection = store.connection.clone();
+                let key = store.caught_up_key();
+                let mark: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut connection).await.map_err(|e| store.error(e))?;
+                mark.map(|text| text.parse().map_err(|_| SpeedError::Corrupt { key, message: format!("'{text}' is not milliseconds") })).transpose()
+            }
         }
     }
 }
@@ -276,6 +307,10 @@ impl sellable_core::SpeedSource for SpeedView {
 
     fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> BoxFuture<'a, Result<(), ViewError>> {
         Box::pin(async move { Ok(SpeedView::dead_letter(self, letters).await?) })
+    }
+
+    fn caught_up_to(&self) -> BoxFuture<'_, Result<Option<Millis>, ViewError>> {
+        Box::pin(async move { Ok(SpeedView::caught_up_to(self).await?) })
     }
 
     fn describe(&self) -> String {
@@ -308,6 +343,7 @@ pub struct MemoryStore {
     fold: Mutex<Fold>,
     watermarks: Mutex<Watermarks>,
     dead_letters: Mutex<VecDeque<DeadLetter>>,
+    caught_up: Mutex<Option<Millis>>,
 }
 
 impl MemoryStore {
@@ -316,6 +352,7 @@ impl MemoryStore {
             fold: Mutex::new(Fold::new(config)),
             watermarks: Mutex::new(Watermarks::default()),
             dead_letters: Mutex::new(VecDeque::new()),
+            caught_up: Mutex::new(None),
         }
     }
 
@@ -665,6 +702,12 @@ impl RedisStore {
 
     fn dead_letter_key(&self) -> String {
         format!("{}:dead", self.namespace)
+    }
+
+    /// The cutoff the view was caught up from ([`SpeedView::mark_caught_up`]), beside the
+    /// watermarks.
+    fn caught_up_key(&self) -> String {
+        format!("{}:{{watermarks}}:caught_up", self.namespace)
     }
 
     async fn raise_watermarks(&self, events: &[Event], source: &str) -> Result<(), SpeedError> {

@@ -28,6 +28,9 @@ impl SpeedSource for NothingSinceCutoff {
     fn dead_letter<'a>(&'a self, _: &'a [sellable_core::DeadLetter]) -> BoxFuture<'a, Result<(), ViewError>> {
         Box::pin(async { Err("this test view keeps nothing".into()) })
     }
+    fn caught_up_to(&self) -> BoxFuture<'_, Result<Option<sellable_core::Millis>, ViewError>> {
+        Box::pin(async { Ok(Some(CUTOFF)) })
+    }
     fn config(&self) -> FoldConfig {
         FoldConfig::default()
     }
@@ -56,9 +59,20 @@ async fn listen(router: axum::Router) -> String {
     format!("http://{address}")
 }
 
+/// The test batch view's cutoff.
+const CUTOFF: sellable_core::Millis = 2_000;
+
 fn serving(rules: Arc<RuleBook>, models: Arc<ModelBook>) -> Arc<Serving> {
+    // answers as of just after the events, so no feed is beyond its SLA
+    let serving = serving_over(Arc::new(NothingSinceCutoff), 60_000, rules).with_models(models);
+    Arc::new(serving.with_clock(Clock::Fixed(CUTOFF)))
+}
+
+/// The test marketplace (WH-1 counted 10 units, the seller SL-1 reported 6, both in DE) over
+/// `speed`, the nodes' feeds allowed `sla_ms` of silence.
+fn serving_over(speed: Arc<dyn SpeedSource>, sla_ms: sellable_core::Millis, rules: Arc<RuleBook>) -> Serving {
     let events = [event("e1", "WH-1", EventKind::Count, 10), event("e2", "SL-1", EventKind::Feed, 6)];
-    let batch = BatchView { version: "test".into(), asof: 2_000, states: fold(&events, FoldConfig::default()).states, ..BatchView::default() };
+    let batch = BatchView { version: "test".into(), asof: CUTOFF, states: fold(&events, FoldConfig::default()).states, ..BatchView::default() };
     let skus = vec![SkuInfo {
         sku: "SKU-1".into(),
         category: "toys".into(),
@@ -73,12 +87,10 @@ fn serving(rules: Arc<RuleBook>, models: Arc<ModelBook>) -> Arc<Serving> {
         region: "EU".into(),
         country: "DE".into(),
         seller: seller.map(Into::into),
-        feed_sla_ms: 60_000,
+        feed_sla_ms: sla_ms,
     };
     let nodes = vec![node("WH-1", NodeKind::Warehouse, None), node("SL-1", NodeKind::Seller, Some("S-1042"))];
-    // answers as of just after the events, so no feed is beyond its SLA
-    let serving = Serving::new(skus, nodes, batch, Arc::new(NothingSinceCutoff), rules).with_models(models);
-    Arc::new(serving.with_clock(Clock::Fixed(2_000)))
+    Serving::new(skus, nodes, batch, speed, rules)
 }
 
 /// A handler that panics answers 500 in the JSON error shape, without the panic's message, and
@@ -345,7 +357,7 @@ async fn a_shadow_model_is_scored_beside_the_live_one_and_never_decides() {
     assert!(metrics.contains("sellable_shadow_score_difference_sum 0"), "{metrics}");
 }
 
-/// With no model at all, answers are rules on naive ATP, marked degraded.
+/// With no model ever evaluated, answers are rules on naive ATP, marked degraded.
 #[tokio::test]
 async fn without_a_model_answers_say_model_unavailable() {
     let base = serve(Arc::new(RuleBook::empty(Schema::standard()))).await;
@@ -364,4 +376,92 @@ async fn wait_until<F: std::future::Future<Output = bool>>(done: impl Fn() -> F)
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition never met");
+}
+
+/// A speed view that fails, hangs, or answers from another cutoff.
+enum Broken {
+    Failing,
+    Hanging,
+    OtherCutoff,
+}
+
+impl SpeedSource for Broken {
+    fn sku_states<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, ViewError>> {
+        Box::pin(async move {
+            match self {
+                Broken::Failing => Err("connection refused".into()),
+                Broken::Hanging => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Ok(Vec::new())
+                }
+                // a reservation of all of WH-1 that the batch view does not know of
+                Broken::OtherCutoff => Ok(fold(&[event("r1", "WH-1", EventKind::Reserve, 10)], FoldConfig::default()).states.into_iter().map(|((_, node), state)| (node, state)).collect()),
+            }
+        })
+    }
+    fn watermarks(&self) -> BoxFuture<'_, Result<sellable_core::Watermarks, ViewError>> {
+        Box::pin(async { Ok(Default::default()) })
+    }
+    fn fold<'a>(&'a self, _: &'a [Event], _: &'a str) -> BoxFuture<'a, Result<Vec<sellable_core::Outcome>, ViewError>> {
+        Box::pin(async { Err("broken".into()) })
+    }
+    fn dead_letter<'a>(&'a self, _: &'a [sellable_core::DeadLetter]) -> BoxFuture<'a, Result<(), ViewError>> {
+        Box::pin(async { Err("broken".into()) })
+    }
+    fn caught_up_to(&self) -> BoxFuture<'_, Result<Option<sellable_core::Millis>, ViewError>> {
+        Box::pin(async move { Ok(Some(if matches!(self, Broken::OtherCutoff) { CUTOFF - 1 } else { CUTOFF })) })
+    }
+    fn config(&self) -> FoldConfig {
+        FoldConfig::default()
+    }
+    fn describe(&self) -> String {
+        "broken".into()
+    }
+}
+
+/// Without a usable speed view, answers come back within the timeout, graded `conservative`:
+/// the batch view minus the outflow bound of its features, nothing where no bound is known.
+#[tokio::test]
+async fn a_broken_speed_view_gives_conservative_answers_within_the_timeout() {
+    let hour = 3_600_000;
+    for broken in [Broken::Failing, Broken::Hanging, Broken::OtherCutoff] {
+        let other_cutoff = matches!(broken, Broken::OtherCutoff);
+        let mut serving = serving_over(Arc::new(broken), 10 * hour, Arc::new(RuleBook::empty(Schema::standard())));
+        // WH-1 reserved 1 unit in the hour before the cutoff; SL-1 has no features
+        let mut features = vec![0.0; sellable_core::features::BATCH.len()];
+        features[sellable_core::features::BATCH.iter().position(|name| *name == "reserve_units_1h").unwrap()] = 1.0;
+        serving.batch.features.insert(("SKU-1".into(), "WH-1".into()), features);
+        let serving = Arc::new(serving.with_clock(Clock::Fixed(CUTOFF + hour)));
+        serving.refresh_watermarks().await.unwrap();
+        assert_eq!(serving.speed_distrust().is_some(), other_cutoff);
+        let started = std::time::Instant::now();
+        let answer = serving.availability("SKU-1", "DE", 1, CUTOFF + hour).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5), "the 50 ms timeout was not kept: {:?}", started.elapsed());
+        assert_eq!(answer.grade, sellable_core::Grade::Conservative, "{answer:?}");
+        // 10 units minus 2 × 1 unit/h × 1 h + 1
+        assert_eq!(units_by_node(&answer), BTreeMap::from([("WH-1".to_string(), 7)]), "{answer:?}");
+        assert!(answer.degraded_reasons.iter().any(|r| r.ends_with("the batch view minus what may have left since its cutoff")), "{answer:?}");
+    }
+}
+
+/// With no model live, each node holds back the safety stock of the last evaluation.
+#[tokio::test]
+async fn without_a_live_model_the_last_evaluations_safety_stock_is_held_back() {
+    let json = small_model_json();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = sellable_models::Registry::open(dir.path()).unwrap();
+    let version = register(&registry, &json, 0.0);
+    let manifest_path = registry.file(&version, "manifest.json").unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["headline"]["safety_stock"] = serde_json::json!(3.0);
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    // the version is live in the registry but does not load
+    std::fs::write(dir.path().join("history.json"), format!(r#"["{version}"]"#)).unwrap();
+    std::fs::write(registry.file(&version, "model.json").unwrap(), "not a model").unwrap();
+    let book = Arc::new(ModelBook::from_registry(sellable_models::Registry::open(dir.path()).unwrap(), None).unwrap());
+    assert_eq!((book.current().is_none(), book.fallback_safety_stock()), (true, 3));
+    let base = serve_with(Arc::new(RuleBook::empty(Schema::standard())), book).await;
+    let answer = ask(&reqwest::Client::new(), &base).await;
+    assert_eq!(units_by_node(&answer), BTreeMap::from([("WH-1".to_string(), 7), ("SL-1".to_string(), 3)]), "{answer:?}");
+    assert!(answer.degraded_reasons.iter().any(|r| r.starts_with("model unavailable: the static safety stock (3 unit(s)")), "{answer:?}");
 }
