@@ -102,6 +102,13 @@ pub trait SpeedSource: Send + Sync {
     /// cutoff of the batch view it merges it with.
     fn caught_up_to(&self) -> BoxFuture<'_, Result<Option<Millis>, ViewError>>;
 
+    /// [`SpeedSource::sku_states`] and [`SpeedSource::caught_up_to`] read together, so that an
+    /// answer never merges states the view was not complete for (a store that came back empty
+    /// between two checks). Stores override it to read both in one round trip.
+    fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<(Vec<(String, NodeState)>, Option<Millis>), ViewError>> {
+        Box::pin(async move { Ok((self.sku_states(sku).await?, self.caught_up_to().await?)) })
+    }
+
     /// Where it lives, for logs and answers.
     fn describe(&self) -> String;
 

@@ -209,6 +209,20 @@ impl Serving {
         Ok(())
     }
 
+    /// Refreshes the watermarks and the trust in the speed view every `every` (failures are
+    /// logged; the answers meanwhile say what they could not use).
+    pub fn spawn_refresh(self: Arc<Self>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                ticks.tick().await;
+                if let Err(error) = self.refresh_watermarks().await {
+                    tracing::warn!(%error, "could not read the speed view's watermarks");
+                }
+            }
+        })
+    }
+
     /// How far behind its SLA a node's feed is, if it is.
     fn stale(&self, node: &NodeInfo, now: Millis) -> Option<Millis> {
         let arrived = *self.watermarks.read().expect("watermarks lock poisoned; this is a bug").get(&node.node)?;
@@ -334,8 +348,11 @@ impl Serving {
     async fn read_speed(&self, sku: &str, grading: &mut Grading) -> Option<Vec<(String, NodeState)>> {
         let problem = match self.speed_distrust() {
             Some(reason) => reason,
-            None => match tokio::time::timeout(self.limits.speed_timeout, self.speed.sku_states(sku)).await {
-                Ok(Ok(states)) => return Some(states),
+            None => match tokio::time::timeout(self.limits.speed_timeout, self.speed.sku_read(sku)).await {
+                Ok(Ok((states, caught_up))) => match grading::distrust(caught_up, self.batch.asof) {
+                    None => return Some(states),
+                    Some(reason) => reason,
+                },
                 Ok(Err(error)) => format!("speed view unavailable ({error})"),
                 Err(_) => format!("speed view did not answer within {} ms", self.limits.speed_timeout.as_millis()),
             },

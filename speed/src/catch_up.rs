@@ -72,3 +72,28 @@ pub async fn catch_up(
     speed.mark_caught_up(cutoff).await?;
     Ok(CatchUp { source, read, report, held_back })
 }
+
+/// Keeps `speed` caught up from `cutoff` for as long as the task runs: every `every`, if the view
+/// does not carry the mark of that cutoff (it was never caught up, or its store came back empty),
+/// it is caught up again from `log`. Serving, which reads the same mark, answers conservatively
+/// meanwhile. Failures (the store still away) are logged and tried again at the next tick.
+pub fn keep_caught_up(log: std::sync::Arc<dyn EventLog>, speed: std::sync::Arc<SpeedView>, cutoff: Millis, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            match speed.caught_up_to().await {
+                Ok(Some(mark)) if mark == cutoff => continue,
+                Ok(mark) => tracing::warn!(?mark, cutoff, "the speed view is not caught up from the batch view's cutoff: catching up from the lake"),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the speed view's catch-up mark");
+                    continue;
+                }
+            }
+            match catch_up(log.as_ref(), &speed, cutoff, CatchUpSource::Log, None).await {
+                Ok(caught) => tracing::info!(events = caught.read, applied = caught.report.stats.applied, "the speed view is caught up again"),
+                Err(error) => tracing::warn!(%error, "catching up failed; trying again"),
+            }
+        }
+    })
+}

@@ -25,7 +25,7 @@ mod catch_up;
 pub mod sku_state;
 pub mod stream;
 
-pub use catch_up::{catch_up, CatchUp, CatchUpSource};
+pub use catch_up::{catch_up, keep_caught_up, CatchUp, CatchUpSource};
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -70,7 +70,15 @@ impl SpeedView {
 
     /// Connects to Redis; keys live under `namespace` so several views can share one server.
     pub async fn redis(url: &str, namespace: &str, config: FoldConfig) -> Result<SpeedView, SpeedError> {
-        Ok(SpeedView::Redis(RedisStore::connect(url, namespace, config).await?))
+        Ok(SpeedView::Redis(RedisStore::with(url, namespace, config, Connection::open(url).await?)))
+    }
+
+    /// A view on a Redis that need not be up yet: the connection is made at the first call and
+    /// made again after a failure, each attempt bounded to a second (a server answering while
+    /// Redis is away). A cluster URL connects at once, as [`SpeedView::redis`].
+    pub async fn redis_lazy(url: &str, namespace: &str, config: FoldConfig) -> Result<SpeedView, SpeedError> {
+        let connection = if url.contains(',') { Connection::open(url).await? } else { Connection::open_lazy(url)? };
+        Ok(SpeedView::Redis(RedisStore::with(url, namespace, config, connection)))
     }
 
     pub fn config(&self) -> FoldConfig {
@@ -313,6 +321,15 @@ impl sellable_core::SpeedSource for SpeedView {
         Box::pin(async move { Ok(SpeedView::caught_up_to(self).await?) })
     }
 
+    fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<(Vec<(String, NodeState)>, Option<Millis>), ViewError>> {
+        Box::pin(async move {
+            match self {
+                SpeedView::Memory(store) => Ok((store.sku_states(sku), *store.caught_up.lock().expect("speed view lock poisoned; this is a bug"))),
+                SpeedView::Redis(store) => Ok(store.sku_read(sku).await?),
+            }
+        })
+    }
+
     fn describe(&self) -> String {
         SpeedView::describe(self)
     }
@@ -500,6 +517,16 @@ impl Connection {
         }
     }
 
+    /// One server, connected at the first command.
+    fn open_lazy(url: &str) -> Result<Connection, SpeedError> {
+        let error = |source| SpeedError::Redis { url: url.to_string(), source };
+        let client = redis::Client::open(url).map_err(error)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
+            .set_number_of_retries(1);
+        Ok(Connection::Single(ConnectionManager::new_lazy_with_config(client, config).map_err(error)?))
+    }
+
     fn is_cluster(&self) -> bool {
         matches!(self, Connection::Cluster(_))
     }
@@ -660,9 +687,8 @@ fn id_member(sku: &str, event_id: &str) -> String {
 }
 
 impl RedisStore {
-    pub async fn connect(url: &str, namespace: &str, config: FoldConfig) -> Result<RedisStore, SpeedError> {
-        let connection = Connection::open(url).await?;
-        Ok(RedisStore {
+    fn with(url: &str, namespace: &str, config: FoldConfig, connection: Connection) -> RedisStore {
+        RedisStore {
             url: url.to_string(),
             namespace: namespace.to_string(),
             config,
@@ -673,7 +699,7 @@ impl RedisStore {
             writes: AtomicU64::new(0),
             cache: Mutex::new(HashMap::new()),
             order: tokio::sync::Mutex::new(None),
-        })
+        }
     }
 
     fn error(&self, source: redis::RedisError) -> SpeedError {
@@ -1036,8 +1062,32 @@ impl RedisStore {
         let [states, ..] = self.partition_keys(partition(sku));
         let mut connection = self.connection.clone();
         let stored: Option<Vec<u8>> = redis::cmd("HGET").arg(states).arg(sku).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+        self.decode_states(sku, stored)
+    }
+
+    fn decode_states(&self, sku: &str, stored: Option<Vec<u8>>) -> Result<Vec<(String, NodeState)>, SpeedError> {
         let state = SkuState::decode(&stored.unwrap_or_default()).map_err(|message| self.corrupt(sku, message))?;
         Ok(state.nodes.into_iter().collect())
+    }
+
+    /// The states of `sku` and the catch-up mark, read together: one round trip on one server
+    /// (the two keys are in different slots, so a cluster gets two calls at once).
+    async fn sku_read(&self, sku: &str) -> Result<(Vec<(String, NodeState)>, Option<Millis>), SpeedError> {
+        let [states, ..] = self.partition_keys(partition(sku));
+        let key = self.caught_up_key();
+        let mut connection = self.connection.clone();
+        let (stored, mark): (Option<Vec<u8>>, Option<String>) = if self.connection.is_cluster() {
+            let mut other = self.connection.clone();
+            let (mut read_states, mut read_mark) = (redis::cmd("HGET"), redis::cmd("GET"));
+            read_states.arg(&states).arg(sku);
+            read_mark.arg(&key);
+            let (stored, mark) = tokio::join!(read_states.query_async(&mut connection), read_mark.query_async(&mut other));
+            (stored.map_err(|e| self.error(e))?, mark.map_err(|e| self.error(e))?)
+        } else {
+            redis::pipe().cmd("HGET").arg(&states).arg(sku).cmd("GET").arg(&key).query_async(&mut connection).await.map_err(|e| self.error(e))?
+        };
+        let mark = mark.map(|text| text.parse().map_err(|_| SpeedError::Corrupt { key, message: format!("'{text}' is not milliseconds") })).transpose()?;
+        Ok((self.decode_states(sku, stored)?, mark))
     }
 
     async fn clear(&self) -> Result<(), SpeedError> {

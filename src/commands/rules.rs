@@ -59,7 +59,7 @@ pub async fn run(command: RulesCommand) -> Result<()> {
             Ok(())
         }
         RulesCommand::Explain(args) => {
-            let lake = args.lake.open()?;
+            let lake = Arc::new(args.lake.open()?);
             let speed = serve::open_speed(&lake, &args.redis, args.lake.fold_config()).await?;
             let models = serve::model_book(&args.models.models, None)?;
             let serving = serve::load_serving(&lake, speed, Arc::new(RuleBook::with(ruleset, schema)), models).await?;

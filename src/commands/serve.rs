@@ -15,21 +15,27 @@ use crate::cli::{RedisArgs, ServeArgs};
 use crate::commands::speed::catch_up;
 
 pub async fn run(args: &ServeArgs) -> Result<()> {
-    let lake = args.lake.open()?;
+    let lake = Arc::new(args.lake.open()?);
     let speed = open_speed(&lake, &args.redis, args.lake.fold_config()).await?;
     let models = model_book(&args.models.models, args.shadow.as_deref())?;
     let serving = load_serving(&lake, speed, args.rules.book()?, models).await?;
     serve(serving, args.listen, None).await
 }
 
-/// The speed view to serve from: Redis as it is, or an embedded one that starts empty and
-/// catches up with what arrived after the cutoff.
-pub async fn open_speed(lake: &Lake, redis: &RedisArgs, config: FoldConfig) -> Result<Arc<SpeedView>> {
+/// The speed view to serve from: an embedded one that starts empty and catches up with what
+/// arrived after the cutoff, or Redis, kept caught up from the lake by a task of its own (at
+/// start when the view was never caught up from this cutoff, and whenever Redis comes back
+/// without it). Redis need not be up at start: answers are conservative until it is.
+pub async fn open_speed(lake: &Arc<Lake>, redis: &RedisArgs, config: FoldConfig) -> Result<Arc<SpeedView>> {
+    let cutoff = lake.load_batch_view().await?.asof;
     match &redis.redis {
-        Some(url) => Ok(Arc::new(SpeedView::redis(url, &redis.namespace, config).await?)),
+        Some(url) => {
+            let speed = Arc::new(SpeedView::redis_lazy(url, &redis.namespace, config).await?);
+            sellable_speed::keep_caught_up(lake.clone(), speed.clone(), cutoff, std::time::Duration::from_secs(1));
+            Ok(speed)
+        }
         None => {
             let speed = SpeedView::memory(config);
-            let cutoff = lake.load_batch_view().await?.asof;
             catch_up(lake, &speed, cutoff, CatchUpSource::Log, None).await?;
             Ok(Arc::new(speed))
         }
@@ -55,23 +61,19 @@ pub async fn load_serving(lake: &Lake, speed: Arc<SpeedView>, rules: Arc<RuleBoo
     }
     models.clone().watch(std::time::Duration::from_millis(500));
     let serving = Arc::new(Serving::new(skus, nodes, batch, speed, rules).with_models(models));
-    // before the first answer, not a second later: the batch view alone looks a day old
-    serving.refresh_watermarks().await.map_err(|error| anyhow::anyhow!(error)).context("reading the speed view's watermarks")?;
+    // before the first answer, not a second later: the batch view alone looks a day old (a
+    // speed view that cannot be read now is said in the answers)
+    if let Err(error) = serving.refresh_watermarks().await {
+        eprintln!("serve: the speed view cannot be read now ({error}): answers are conservative until it can");
+    }
     Ok(serving)
 }
 
 /// Serves until Ctrl-C; `example`, a request path, is shown as a `curl` line.
 pub async fn serve(serving: Arc<Serving>, listen: SocketAddr, example: Option<String>) -> Result<()> {
-    // Node watermarks (how far behind each feed is) refresh every second.
-    let refresher = serving.clone();
-    tokio::spawn(async move {
-        loop {
-            if let Err(error) = refresher.refresh_watermarks().await {
-                tracing::warn!(%error, "could not read the speed view's watermarks");
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
-    });
+    // Node watermarks (how far behind each feed is) and the trust in the speed view refresh
+    // every second.
+    serving.clone().spawn_refresh(std::time::Duration::from_secs(1));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
     eprintln!("serve: listening on http://{address} ({})", serving.batch.version);

@@ -723,3 +723,86 @@ async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
     assert!(csv.starts_with("order_id,ts,sku,node,qty,decision,units,p_fulfill,rules_fired,label\n"), "{}", &csv[..200]);
     assert_eq!(csv.lines().count(), orders.len() + 1);
 }
+
+/// Redis lost mid-run: every answer comes back within the timeout, graded, and never promises more
+/// than the fresh answer did; when Redis comes back with its data the answers are fresh again by
+/// themselves, and when it comes back empty they stay conservative until the speed view has been
+/// caught up from the lake again (by itself), then equal the fresh answers once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_redis_makes_answers_conservative_until_the_speed_view_is_whole_again() {
+    use sellable_core::Grade;
+    let market = marketplace().await;
+    let mut redis = OwnRedis::start();
+    let speed = Arc::new(SpeedView::redis_lazy(&redis.url(), "lost", FoldConfig::default()).await.unwrap());
+    let every = std::time::Duration::from_millis(200);
+    let log: Arc<dyn sellable_core::EventLog> = Arc::new(Lake::open(market.lake.root()).unwrap());
+    let _keeper = sellable_speed::keep_caught_up(log, speed.clone(), market.cutoff, every);
+    let now = market.cutoff + 3_600_000;
+    let (_, serving) = serve(&market.lake, speed.clone(), now).await;
+    let _refresher = serving.clone().spawn_refresh(every);
+    let (_, nodes) = market.lake.load_catalog().await.unwrap();
+    let oracle = fold(&market.all_events, FoldConfig::default());
+    let mut sample: Vec<(String, String)> = oracle
+        .states
+        .iter()
+        .filter(|(_, state)| state.atp() > 0)
+        .filter_map(|((sku, node), _)| Some((sku.clone(), nodes.iter().find(|n| n.node == *node)?.country.clone())))
+        .collect();
+    sample.dedup();
+    sample.truncate(40);
+    assert!(sample.len() >= 20, "{}", sample.len());
+    let ask = |serving: Arc<Serving>, sample: Vec<(String, String)>| async move {
+        let mut answers = BTreeMap::new();
+        for (sku, country) in sample {
+            let started = std::time::Instant::now();
+            let answer = serving.availability(&sku, &country, 1, now).await.unwrap();
+            assert!(started.elapsed() < std::time::Duration::from_secs(3), "{sku} in {country}: {:?}", started.elapsed());
+            let units: BTreeMap<String, i64> = answer.options.iter().map(|o| (o.node.clone(), o.units)).collect();
+            answers.insert((sku, country), (answer.grade, units));
+        }
+        answers
+    };
+    let all_fresh = |answers: &BTreeMap<(String, String), (Grade, BTreeMap<String, i64>)>| answers.values().all(|(grade, _)| *grade == Grade::Fresh);
+    // every answer is the fresh one, or a conservative one promising no more at any node
+    let check = |answers: &BTreeMap<(String, String), (Grade, BTreeMap<String, i64>)>, fresh: &BTreeMap<(String, String), (Grade, BTreeMap<String, i64>)>| {
+        for (key, (grade, units)) in answers {
+            let fresh_units = &fresh[key].1;
+            match grade {
+                Grade::Fresh => assert_eq!(units, fresh_units, "{key:?}: a fresh answer that is not the fresh one"),
+                _ => assert!(units.iter().all(|(node, n)| *n <= fresh_units.get(node).copied().unwrap_or(0)), "{key:?}: {units:?} over {fresh_units:?}"),
+            }
+        }
+    };
+    let wait_fresh = |serving: Arc<Serving>, sample: Vec<(String, String)>| async move {
+        for _ in 0..150 {
+            let answers = ask(serving.clone(), sample.clone()).await;
+            if all_fresh(&answers) {
+                return answers;
+            }
+            tokio::time::sleep(every).await;
+        }
+        panic!("the answers never became fresh: {:?}", serving.speed_distrust());
+    };
+    let fresh = wait_fresh(serving.clone(), sample.clone()).await;
+    assert!(fresh.values().any(|(_, units)| !units.is_empty()), "some stock to lose");
+
+    // Redis away
+    redis.kill();
+    tokio::time::sleep(3 * every).await;
+    let away = ask(serving.clone(), sample.clone()).await;
+    assert!(away.values().all(|(grade, _)| *grade == Grade::Conservative), "{away:?}");
+    check(&away, &fresh);
+
+    // back with its data: fresh again by itself, the same answers
+    redis.restart();
+    check(&wait_fresh(serving.clone(), sample.clone()).await, &fresh);
+
+    // back empty: never a wrong fresh answer, and whole again by itself
+    redis.kill();
+    std::fs::remove_dir_all(redis.dir.path().join("data")).unwrap();
+    redis.restart();
+    for _ in 0..10 {
+        check(&ask(serving.clone(), sample.clone()).await, &fresh);
+    }
+    check(&wait_fresh(serving.clone(), sample.clone()).await, &fresh);
+}
