@@ -59,6 +59,7 @@ pub enum Clock {
 struct Metrics {
     registry: prometheus::Registry,
     answers: prometheus::IntCounterVec,
+    grades: prometheus::IntCounterVec,
     degraded: prometheus::IntCounter,
     errors: prometheus::IntCounterVec,
     events: prometheus::IntCounterVec,
@@ -105,6 +106,7 @@ impl Metrics {
             registered(&registry, prometheus::GaugeVec::new(prometheus::Opts::new(name, help), &[label]))
         };
         let answers = counter("sellable_answers_total", "Availability answers, by decision", "decision");
+        let grades = counter("sellable_answers_by_grade_total", "Availability answers, by grade", "grade");
         let errors = counter("sellable_request_errors_total", "Requests refused, by error", "error");
         let events = counter("sellable_posted_events_total", "Events posted to /v1/events, by outcome", "outcome");
         let degraded = registered(&registry, prometheus::IntCounter::new("sellable_degraded_answers_total", "Answers marked degraded"));
@@ -115,7 +117,7 @@ impl Metrics {
             &registry,
             prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("sellable_shadow_score_difference", "Shadow model p_fulfill minus the live model's, per scored node").buckets(buckets)),
         );
-        Metrics { registry, answers, degraded, errors, events, feed_lag, source_lag, shadow }
+        Metrics { registry, answers, grades, degraded, errors, events, feed_lag, source_lag, shadow }
     }
 }
 
@@ -482,7 +484,8 @@ impl Serving {
             .route("/v1/rules:reload", post(rules_reload))
             .route("/v1/rules:check", post(rules_check))
             .route("/metrics", get(metrics))
-            .route("/healthz", get(|| async { "ok" }))
+            .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+            .route("/readyz", get(readyz))
             .with_state(self)
     }
 }
@@ -698,6 +701,7 @@ async fn availability(
                 Verdict::Deny => "deny",
             };
             serving.metrics.answers.with_label_values(&[decision]).inc();
+            serving.metrics.grades.with_label_values(&[answer.grade.as_str()]).inc();
             if answer.degraded {
                 serving.metrics.degraded.inc();
             }
@@ -709,6 +713,52 @@ async fn availability(
         }
     }
     answer.map(Json)
+}
+
+/// What `GET /readyz` says: whether answers can be given now, and at which grade at best.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Readiness {
+    /// Answers can promise something (the best grade is not `unavailable`).
+    pub ready: bool,
+    /// The best grade an answer can have now.
+    pub grade: Grade,
+    pub reasons: Vec<String>,
+    pub batch_view: String,
+    pub batch_view_age_s: i64,
+    pub speed_view: String,
+    pub model: Option<String>,
+}
+
+impl Serving {
+    /// The best grade answers can have now, from what the last refresh saw (no call is made).
+    pub fn readiness(&self) -> Readiness {
+        let mut grading = Grading::default();
+        if let Some(reason) = self.speed_distrust() {
+            grading.lower(Grade::Conservative, reason);
+        }
+        let now = self.now();
+        self.grade_batch_age(grading.grade != Grade::Conservative, now, &mut grading);
+        let model = self.models.current().map(|model| model.version().to_string());
+        if model.is_none() {
+            grading.note(format!("no model live: the static safety stock ({} unit(s) per node)", self.models.fallback_safety_stock()));
+        }
+        Readiness {
+            ready: grading.grade != Grade::Unavailable,
+            grade: grading.grade,
+            reasons: grading.reasons,
+            batch_view: self.batch.version.clone(),
+            batch_view_age_s: (now - self.batch.asof) / 1000,
+            speed_view: self.speed.describe(),
+            model,
+        }
+    }
+}
+
+/// 200 when answers can promise something, 503 when not; the body says at which grade and why.
+async fn readyz(State(serving): State<Arc<Serving>>) -> (StatusCode, Json<Readiness>) {
+    let readiness = serving.readiness();
+    let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(readiness))
 }
 
 async fn metrics(State(serving): State<Arc<Serving>>) -> Result<String, ApiError> {

@@ -791,6 +791,7 @@ async fn losing_redis_makes_answers_conservative_until_the_speed_view_is_whole_a
     tokio::time::sleep(3 * every).await;
     let away = ask(serving.clone(), sample.clone()).await;
     assert!(away.values().all(|(grade, _)| *grade == Grade::Conservative), "{away:?}");
+    assert_eq!((serving.readiness().ready, serving.readiness().grade), (true, Grade::Conservative));
     check(&away, &fresh);
 
     // back with its data: fresh again by itself, the same answers
@@ -805,4 +806,6 @@ async fn losing_redis_makes_answers_conservative_until_the_speed_view_is_whole_a
         check(&ask(serving.clone(), sample.clone()).await, &fresh);
     }
     check(&wait_fresh(serving.clone(), sample.clone()).await, &fresh);
+    tokio::time::sleep(2 * every).await;
+    assert_eq!(serving.readiness().grade, Grade::Fresh, "{:?}", serving.readiness());
 }

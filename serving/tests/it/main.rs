@@ -434,6 +434,7 @@ async fn a_broken_speed_view_gives_conservative_answers_within_the_timeout() {
         let serving = Arc::new(serving.with_clock(Clock::Fixed(CUTOFF + hour)));
         serving.refresh_watermarks().await.unwrap();
         assert_eq!(serving.speed_distrust().is_some(), other_cutoff);
+        assert_eq!(serving.readiness().grade == sellable_core::Grade::Conservative, other_cutoff);
         let started = std::time::Instant::now();
         let answer = serving.availability("SKU-1", "DE", 1, CUTOFF + hour).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(5), "the 50 ms timeout was not kept: {:?}", started.elapsed());
@@ -464,4 +465,31 @@ async fn without_a_live_model_the_last_evaluations_safety_stock_is_held_back() {
     let answer = ask(&reqwest::Client::new(), &base).await;
     assert_eq!(units_by_node(&answer), BTreeMap::from([("WH-1".to_string(), 7), ("SL-1".to_string(), 3)]), "{answer:?}");
     assert!(answer.degraded_reasons.iter().any(|r| r.starts_with("model unavailable: the static safety stock (3 unit(s)")), "{answer:?}");
+}
+
+/// A batch view older than expected: `bounded_stale` with a unit held back per node while the
+/// speed view is usable; `unavailable` (nothing promised, `/readyz` 503) when it is not.
+#[tokio::test]
+async fn an_old_batch_view_holds_a_margin_back_and_alone_promises_nothing() {
+    let late = CUTOFF + 40 * 3_600_000;
+    let rules = || Arc::new(RuleBook::empty(Schema::standard()));
+    let usable = Arc::new(serving_over(Arc::new(NothingSinceCutoff), 100 * 3_600_000, rules()).with_clock(Clock::Fixed(late)));
+    usable.refresh_watermarks().await.unwrap();
+    let answer = usable.availability("SKU-1", "DE", 1, late).await.unwrap();
+    assert_eq!(answer.grade, sellable_core::Grade::BoundedStale, "{answer:?}");
+    assert_eq!(units_by_node(&answer), BTreeMap::from([("WH-1".to_string(), 9), ("SL-1".to_string(), 5)]));
+    assert!(answer.degraded_reasons.iter().any(|r| r.starts_with("batch view is 40 h old (expected at most 36 h)")), "{answer:?}");
+    assert_eq!((usable.readiness().ready, usable.readiness().grade), (true, sellable_core::Grade::BoundedStale));
+
+    let alone = Arc::new(serving_over(Arc::new(Broken::OtherCutoff), 100 * 3_600_000, rules()).with_clock(Clock::Fixed(late)));
+    alone.refresh_watermarks().await.unwrap();
+    let answer = alone.availability("SKU-1", "DE", 1, late).await.unwrap();
+    assert_eq!((answer.grade, answer.available), (sellable_core::Grade::Unavailable, 0), "{answer:?}");
+    let base = listen(alone.router()).await;
+    let response = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!((body["ready"].as_bool(), body["grade"].as_str()), (Some(false), Some("unavailable")), "{body}");
+    let health: serde_json::Value = reqwest::get(format!("{base}/healthz")).await.unwrap().json().await.unwrap();
+    assert_eq!(health, serde_json::json!({ "status": "ok" }));
 }
