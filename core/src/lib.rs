@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod decision;
+pub mod door;
 pub mod event;
 pub mod features;
 pub mod fold;
@@ -14,6 +15,7 @@ pub mod view;
 
 pub use catalog::{NodeInfo, NodeKind, SkuInfo};
 pub use decision::{decide, Decision, FulfillmentOption, Verdict};
+pub use door::{Door, KnownIds, Refusal};
 pub use event::{DecodeError, Event, EventKind, Millis};
 pub use grade::Grade;
 pub use fold::{fold, known_at, Fold, FoldConfig, FoldStats, NodeState, Outcome, SeenIds};

@@ -81,6 +81,9 @@ pub trait EventLog: Send + Sync {
     fn events_after(&self, cutoff: Millis) -> BoxFuture<'_, Result<Vec<Result<crate::Event, crate::DecodeError>>, ViewError>>;
 }
 
+/// The speed view's states of one SKU (by node) and the cutoff it was caught up from, if known.
+pub type SkuRead = (Vec<(String, NodeState)>, Option<Millis>);
+
 /// A speed view serving can read, wherever it lives.
 pub trait SpeedSource: Send + Sync {
     /// The state of every node with events for `sku` since the cutoff, ordered by node.
@@ -105,7 +108,7 @@ pub trait SpeedSource: Send + Sync {
     /// [`SpeedSource::sku_states`] and [`SpeedSource::caught_up_to`] read together, so that an
     /// answer never merges states the view was not complete for (a store that came back empty
     /// between two checks). Stores override it to read both in one round trip.
-    fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<(Vec<(String, NodeState)>, Option<Millis>), ViewError>> {
+    fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<SkuRead, ViewError>> {
         Box::pin(async move { Ok((self.sku_states(sku).await?, self.caught_up_to().await?)) })
     }
 

@@ -38,6 +38,8 @@ pub struct Serving {
     pub models: Arc<ModelBook>,
     /// Declared free-form attributes of each SKU, already resolved to rule slots.
     attributes: HashMap<String, Vec<(usize, Value)>>,
+    /// The catalog's names, as the door of `POST /v1/events` checks them.
+    known: sellable_core::KnownIds,
     clock: Clock,
     /// Per node, the latest arrival folded (batch view and speed view), refreshed by
     /// [`Serving::refresh_watermarks`].
@@ -131,7 +133,9 @@ impl Serving {
     ) -> Serving {
         let attributes = skus.iter().map(|sku| (sku.sku.clone(), attribute_facts(sku, rules.schema()))).collect();
         let watermarks = batch.watermarks().into_iter().collect();
+        let known = sellable_core::KnownIds::of(&skus, &nodes);
         Serving {
+            known,
             skus: skus.into_iter().map(|sku| (sku.sku.clone(), sku)).collect(),
             nodes: nodes.into_iter().map(|node| (node.node.clone(), node)).collect(),
             batch,
@@ -810,8 +814,32 @@ pub struct Rejected {
     pub error: String,
 }
 
+impl Serving {
+    /// The door of `POST /v1/events`: stamps each decoded event's arrival with the server's
+    /// clock, then refuses (in place, with the reason) those from the future or for a SKU or node
+    /// the catalog does not know. Returns how many it refused.
+    fn admit(&self, items: &mut [(u64, String, Result<Event, String>)]) -> u64 {
+        let now = self.now();
+        let door = sellable_core::Door { max_skew_ms: sellable_core::door::DEFAULT_MAX_SKEW_MS, known: Some(&self.known) };
+        let mut refused = 0;
+        for (_, _, decoded) in items.iter_mut() {
+            if let Ok(event) = decoded {
+                sellable_core::Door::stamp(event, now);
+                if let Err(refusal) = door.check(event, now) {
+                    self.metrics.events.with_label_values(&[refusal.label()]).inc();
+                    refused += 1;
+                    *decoded = Err(refusal.to_string());
+                }
+            }
+        }
+        refused
+    }
+}
+
 /// Folds events posted as a JSON array or as NDJSON into the speed view; 202 with what happened
-/// to each. Malformed, too-late and expired items are listed, dead-lettered and skipped; the rest
+/// to each. Each event's `arrived` is the server's clock (a client's value is dropped); events
+/// from the future or for a SKU or node the catalog does not know are refused at the door.
+/// Malformed, refused, too-late and expired items are listed, dead-lettered and skipped; the rest
 /// are folded.
 async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Result<(StatusCode, Json<EventsAccepted>), ApiError> {
     // (item number, raw text, decoded event or the error)
@@ -830,6 +858,7 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
             items.push((index as u64 + 1, line.to_string(), decoded));
         }
     }
+    let refused = serving.admit(&mut items);
     let events: Vec<Event> = items.iter().filter_map(|(_, _, decoded)| decoded.as_ref().ok().cloned()).collect();
     let outcomes = serving.speed.fold(&events, "http").await.map_err(ApiError::unavailable)?;
     let stats = sellable_core::FoldStats::of(&outcomes);
@@ -851,7 +880,7 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
         tracing::warn!(rejected = dead.len(), "posted events refused");
         serving.speed.dead_letter(&dead).await.map_err(ApiError::unavailable)?;
     }
-    let malformed = rejected.len() as u64 - stats.too_late - stats.expired;
+    let malformed = rejected.len() as u64 - stats.too_late - stats.expired - refused;
     let counts = [("accepted", stats.applied), ("duplicate", stats.duplicates), ("too_late", stats.too_late), ("expired", stats.expired), ("malformed", malformed)];
     for (outcome, count) in counts {
         serving.metrics.events.with_label_values(&[outcome]).inc_by(count);

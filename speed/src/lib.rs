@@ -321,7 +321,7 @@ impl sellable_core::SpeedSource for SpeedView {
         Box::pin(async move { Ok(SpeedView::caught_up_to(self).await?) })
     }
 
-    fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<(Vec<(String, NodeState)>, Option<Millis>), ViewError>> {
+    fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<sellable_core::view::SkuRead, ViewError>> {
         Box::pin(async move {
             match self {
                 SpeedView::Memory(store) => Ok((store.sku_states(sku), *store.caught_up.lock().expect("speed view lock poisoned; this is a bug"))),
@@ -1072,7 +1072,7 @@ impl RedisStore {
 
     /// The states of `sku` and the catch-up mark, read together: one round trip on one server
     /// (the two keys are in different slots, so a cluster gets two calls at once).
-    async fn sku_read(&self, sku: &str) -> Result<(Vec<(String, NodeState)>, Option<Millis>), SpeedError> {
+    async fn sku_read(&self, sku: &str) -> Result<sellable_core::view::SkuRead, SpeedError> {
         let [states, ..] = self.partition_keys(partition(sku));
         let key = self.caught_up_key();
         let mut connection = self.connection.clone();

@@ -28,6 +28,11 @@ pub struct StreamConfig {
     pub block: Duration,
     /// Entries pending this long with another consumer are taken over (it is presumed dead).
     pub claim_after: Duration,
+    /// The catalog's names: an event for a SKU or node it does not know is dead-lettered
+    /// (`None`: names are not checked).
+    pub known: Option<std::sync::Arc<sellable_core::KnownIds>>,
+    /// How far past this machine's clock an event's times may be before it is dead-lettered.
+    pub max_skew_ms: sellable_core::Millis,
 }
 
 impl StreamConfig {
@@ -40,6 +45,8 @@ impl StreamConfig {
             batch: 4_000,
             block: Duration::from_millis(200),
             claim_after: Duration::from_secs(10),
+            known: None,
+            max_skew_ms: sellable_core::door::DEFAULT_MAX_SKEW_MS,
         }
     }
 }
@@ -120,7 +127,7 @@ impl<'a> StreamWorker<'a> {
                 if entries.is_empty() {
                     return Ok(0);
                 }
-                let batch = Batch::prepare(self.view, entries).await?;
+                let batch = Batch::prepare(self.view, &self.config, entries).await?;
                 // fill the pipeline below with what is there already, without waiting
                 self.read_ahead = match self.read(">", false).await {
                     Ok(entries) => Some(entries).filter(|entries| !entries.is_empty()),
@@ -143,7 +150,7 @@ impl<'a> StreamWorker<'a> {
             let read = async { read(&mut reader, &config, ">", false).await.map_err(|error| error.to_string()) };
             let prepare = async {
                 match unprepared {
-                    Some(entries) => Batch::prepare(view, entries).await.map(Some).map_err(|error| error.to_string()),
+                    Some(entries) => Batch::prepare(view, &config, entries).await.map(Some).map_err(|error| error.to_string()),
                     None => Ok(None),
                 }
             };
@@ -343,14 +350,21 @@ struct Batch {
 }
 
 impl Batch {
-    async fn prepare(view: &SpeedView, entries: Vec<Entry>) -> Result<Batch, SpeedError> {
+    /// Decodes the entries and checks them at the door (times against this machine's clock,
+    /// names against the catalog, when the config has one).
+    async fn prepare(view: &SpeedView, config: &StreamConfig, entries: Vec<Entry>) -> Result<Batch, SpeedError> {
         let mut events: Vec<Event> = Vec::with_capacity(entries.len());
         let mut raws = Vec::with_capacity(entries.len());
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut ids = Vec::with_capacity(entries.len());
+        let door = sellable_core::Door { max_skew_ms: config.max_skew_ms, known: config.known.as_deref() };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as sellable_core::Millis);
         for Entry { id, event } in entries {
             let decoded = event.and_then(|raw| match decode_json(&raw) {
-                Ok(event) => Ok((event, raw)),
+                Ok(event) => match door.check(&event, now) {
+                    Ok(()) => Ok((event, raw)),
+                    Err(refusal) => Err((refusal.to_string(), Some(raw))),
+                },
                 Err(error) => Err((error.to_string(), Some(raw))),
             });
             match decoded {

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use sellable_batch::Lake;
 use sellable_core::event::{format_millis, read_event_file};
-use sellable_core::{Millis, NodeState};
+use sellable_core::{KnownIds, Millis, NodeState};
 use sellable_speed::stream::{StreamConfig, Workers};
 use sellable_speed::{CatchUpSource, SpeedView};
 
-use crate::cli::{DeadlettersArgs, FoldArgs, PublishArgs, ReconcileArgs};
+use crate::cli::{DeadlettersArgs, FoldArgs, LakeArgs, PublishArgs, ReconcileArgs};
 
 pub async fn fold(args: &FoldArgs) -> Result<()> {
     let Some(url) = &args.redis.redis else {
@@ -67,6 +67,7 @@ async fn fold_stream(url: &str, speed: SpeedView, stream: &str, args: &FoldArgs)
     }
     let mut config = StreamConfig::new(stream, &args.group, &args.consumer);
     config.batch = args.batch as usize;
+    config.known = catalog_names(&args.lake).await;
     let mut workers = Workers::new(config, args.workers);
     workers.idle_limit = args.until_idle.map(std::time::Duration::from_secs_f64);
     let shutdown = async {
@@ -83,6 +84,22 @@ async fn fold_stream(url: &str, speed: SpeedView, stream: &str, args: &FoldArgs)
         total.entries as f64 / seconds.max(1e-9)
     );
     Ok(())
+}
+
+/// The names of the lake's catalog, which the stream's door checks events against; `None` (with a
+/// warning) when there is no lake or no catalog in it.
+async fn catalog_names(lake: &LakeArgs) -> Option<Arc<KnownIds>> {
+    if !lake.lake.exists() {
+        tracing::warn!(lake = %lake.lake.display(), "no lake: events are not checked against a catalog");
+        return None;
+    }
+    match lake.open().ok()?.load_catalog().await {
+        Ok((skus, nodes)) => Some(Arc::new(KnownIds::of(&skus, &nodes))),
+        Err(error) => {
+            tracing::warn!(%error, "no catalog: events are not checked against one");
+            None
+        }
+    }
 }
 
 /// Compares the live speed view with the truth of the lake: the fold of the events that arrived

@@ -214,6 +214,30 @@ async fn end_to_end(speed: SpeedView) {
     assert_eq!((accepted.rejected[0].item, accepted.rejected[0].error.as_str()), (2, r#"field "kind": missing"#));
     let after: Availability = reqwest::get(&url).await.unwrap().json().await.unwrap();
     assert_eq!(after.available, before.available + 7, "{url}");
+
+    // The door: a count dated 9999-12-31 and receipts for a node and a SKU the catalog does not
+    // know are each refused with the reason and change no answer; a receipt claiming to have
+    // arrived in 9999 is taken with the server's clock as its arrival instead.
+    let far = 253_402_214_399_000;
+    let refused = [
+        Event { event_id: "from-the-future".into(), kind: sellable_core::EventKind::Count, qty: 1_000, ts: far, arrived: None, ..receipt.clone() },
+        Event { event_id: "claims-a-late-arrival".into(), arrived: Some(far), ..receipt.clone() },
+        Event { event_id: "ghost-node".into(), node: "GHOST-NODE".into(), ..receipt.clone() },
+        Event { event_id: "ghost-sku".into(), sku: "GHOST-SKU".into(), ..receipt.clone() },
+    ];
+    let body: String = refused.iter().map(|event| encode_json(event) + "\n").collect();
+    let response = reqwest::Client::new().post(format!("{base}/v1/events")).body(body).send().await.unwrap();
+    let accepted: sellable_serving::EventsAccepted = response.json().await.unwrap();
+    let reasons: Vec<&str> = accepted.rejected.iter().map(|r| r.error.as_str()).collect();
+    assert_eq!(accepted.accepted, 1, "{reasons:?}");
+    assert!(reasons[0].starts_with("from the future: ts 253402214399000 is "), "{reasons:?}");
+    assert_eq!(reasons[1..], ["unknown node 'GHOST-NODE': not in the catalog", "unknown sku 'GHOST-SKU': not in the catalog"]);
+    let stamped: Availability = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    assert_eq!((stamped.available, stamped.freshness_ms), (after.available + 7, Some(0)), "arrived is the server's now: {url}");
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("GHOST-NODE"), "no metric series for an unknown node");
+    assert!(metrics.contains("sellable_posted_events_total{outcome=\"future\"} 1"), "{metrics}");
+    assert!(metrics.contains("sellable_posted_events_total{outcome=\"unknown\"} 2"), "{metrics}");
     speed.clear().await.unwrap();
 }
 
@@ -762,9 +786,11 @@ async fn losing_redis_makes_answers_conservative_until_the_speed_view_is_whole_a
         }
         answers
     };
-    let all_fresh = |answers: &BTreeMap<(String, String), (Grade, BTreeMap<String, i64>)>| answers.values().all(|(grade, _)| *grade == Grade::Fresh);
+    // (sku, country) → the answer's grade and units by node
+    type Answers = BTreeMap<(String, String), (Grade, BTreeMap<String, i64>)>;
+    let all_fresh = |answers: &Answers| answers.values().all(|(grade, _)| *grade == Grade::Fresh);
     // every answer is the fresh one, or a conservative one promising no more at any node
-    let check = |answers: &BTreeMap<(String, String), (Grade, BTreeMap<String, i64>)>, fresh: &BTreeMap<(String, String), (Grade, BTreeMap<String, i64>)>| {
+    let check = |answers: &Answers, fresh: &Answers| {
         for (key, (grade, units)) in answers {
             let fresh_units = &fresh[key].1;
             match grade {

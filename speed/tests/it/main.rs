@@ -304,6 +304,40 @@ mod stream {
         delete(&[&stream, &dead]).await;
     }
 
+    /// The stream's door: an event from the future and events for a SKU or node the catalog
+    /// does not know are dead-lettered with the reason; the rest are folded.
+    #[tokio::test]
+    async fn future_and_unknown_events_are_dead_lettered_at_the_door() {
+        let (stream, dead) = names("door");
+        delete(&[&stream, &dead]).await;
+        let events = simulated_events(29);
+        let known = sellable_core::KnownIds {
+            skus: events.iter().map(|e| e.sku.clone()).collect(),
+            nodes: events.iter().map(|e| e.node.clone()).collect(),
+        };
+        let far = Event { event_id: "far".into(), ts: 253_402_214_399_000, ..events[0].clone() };
+        let ghost = Event { event_id: "ghost".into(), node: "GHOST-NODE".into(), ..events[1].clone() };
+        let stranger = Event { event_id: "stranger".into(), sku: "GHOST-SKU".into(), ..events[2].clone() };
+        let mut lines: Vec<String> = events.iter().map(sellable_core::event::encode_json).collect();
+        lines.extend([&far, &ghost, &stranger].map(sellable_core::event::encode_json));
+        publish(&redis_url(), &stream, lines).await.unwrap();
+
+        let view = Arc::new(redis_view("stream-door").await);
+        let mut config = StreamConfig::new(&stream, "fold", "only");
+        config.known = Some(Arc::new(known));
+        let stats = drain(&view, config, 1).await;
+        let stuck = events.iter().filter(|e| FoldConfig::default().is_too_late(e)).count() as u64;
+        assert_eq!(stats.dead_lettered, 3 + stuck, "{stats:?}");
+        assert_matches_core_fold(&view, &events).await;
+        let letters = dead_letters(&redis_url(), &dead, 100).await.unwrap();
+        let reason_of = |id: &str| letters.iter().find(|l| l.raw.contains(&format!("\"event_id\":\"{id}\""))).map(|l| l.error.clone()).unwrap();
+        assert!(reason_of("far").starts_with("from the future: ts 253402214399000"), "{letters:?}");
+        assert_eq!(reason_of("ghost"), "unknown node 'GHOST-NODE': not in the catalog");
+        assert_eq!(reason_of("stranger"), "unknown sku 'GHOST-SKU': not in the catalog");
+        view.clear().await.unwrap();
+        delete(&[&stream, &dead]).await;
+    }
+
     #[tokio::test]
     async fn duplicated_and_shuffled_delivery_through_two_consumers_changes_nothing() {
         let (stream, dead) = names("dupes");
