@@ -102,6 +102,54 @@ impl ViewLineage {
 /// Rows per batch written to Lance.
 const WRITE_BATCH: usize = 65_536;
 
+impl Lake {
+    /// Appends `events` as one new version of `events` whose commit also records `position` under
+    /// `key` (a stream's last archived entry id): the data and the position land together or not
+    /// at all, so an archiver that crashed after the commit knows what it had written.
+    pub async fn append_events_at(&self, events: &[Event], key: &str, position: &str) -> Result<u64, BatchError> {
+        let batch = events_to_batch(events);
+        let schema = batch.schema();
+        let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
+        let properties = std::collections::HashMap::from([(format!("{POSITION_PREFIX}{key}"), position.to_string())]);
+        self.write_with(EVENTS, reader, WriteMode::Append, Some(properties)).await
+    }
+
+    /// The newest position recorded under `key` by [`Lake::append_events_at`], looking back
+    /// through the versions of `events` (newest first); `None` when none recorded one.
+    pub async fn position(&self, key: &str) -> Result<Option<String>, BatchError> {
+        let dataset = match self.dataset(EVENTS, "").await {
+            Ok(dataset) => dataset,
+            Err(BatchError::Missing(..)) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let key = format!("{POSITION_PREFIX}{key}");
+        for version in (1..=dataset.version_id()).rev() {
+            let transaction = dataset.read_transaction_by_version(version).await.map_err(self.lance_error(EVENTS))?;
+            if let Some(position) = transaction.and_then(|t| t.transaction_properties).and_then(|properties| properties.get(&key).cloned()) {
+                return Ok(Some(position));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Prefix of the commit properties that record an archiver's position.
+const POSITION_PREFIX: &str = "sellable.position.";
+
+/// The lake is the archive the speed layer's archiver appends to.
+impl sellable_core::EventArchive for Lake {
+    fn position<'a>(&'a self, key: &'a str) -> sellable_core::view::BoxFuture<'a, Result<Option<String>, sellable_core::ViewError>> {
+        Box::pin(async move { Ok(Lake::position(self, key).await?) })
+    }
+
+    fn append_at<'a>(&'a self, events: &'a [Event], key: &'a str, position: &'a str) -> sellable_core::view::BoxFuture<'a, Result<(), sellable_core::ViewError>> {
+        Box::pin(async move {
+            self.append_events_at(events, key, position).await?;
+            Ok(())
+        })
+    }
+}
+
 /// The lake is the event log the speed layer catches up from (`sellable_speed::catch_up`).
 impl sellable_core::EventLog for Lake {
     fn ids_arrived(&self, from: Millis, to: Millis) -> sellable_core::view::BoxFuture<'_, Result<Vec<(String, String)>, sellable_core::ViewError>> {
@@ -203,10 +251,21 @@ impl Lake {
         reader: impl RecordBatchReader + Send + 'static,
         mode: WriteMode,
     ) -> Result<u64, BatchError> {
+        self.write_with(name, reader, mode, None).await
+    }
+
+    /// [`Lake::write`], recording `properties` in the version's commit (atomically with the data).
+    async fn write_with(
+        &self,
+        name: &str,
+        reader: impl RecordBatchReader + Send + 'static,
+        mode: WriteMode,
+        properties: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<u64, BatchError> {
         // Append and overwrite create a missing dataset anyway; say so instead of being warned.
         let exists = Path::new(&self.uri(name)).exists();
         let mode = if exists { mode } else { WriteMode::Create };
-        let params = WriteParams { mode, ..WriteParams::default() };
+        let params = WriteParams { mode, transaction_properties: properties.map(Arc::new), ..WriteParams::default() };
         let dataset = Dataset::write(reader, self.uri(name).as_str(), Some(params)).await.map_err(self.lance_error(name))?;
         Ok(dataset.version_id())
     }

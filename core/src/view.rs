@@ -52,6 +52,17 @@ pub struct Watermarks {
     pub sources: BTreeMap<String, Millis>,
 }
 
+/// Where accepted events are kept for good (the lake), as an archiver writes to it: in batches,
+/// each recorded together with the position it reached in its source, so that after a crash the
+/// archiver resumes exactly after what was written (a replayed batch adds nothing).
+pub trait EventArchive: Send + Sync {
+    /// The position last recorded under `key` (a stream's last archived entry id), if any.
+    fn position<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, ViewError>>;
+
+    /// Appends `events` and records `position` under `key`, atomically: both or neither.
+    fn append_at<'a>(&'a self, events: &'a [crate::Event], key: &'a str, position: &'a str) -> BoxFuture<'a, Result<(), ViewError>>;
+}
+
 /// Input that was refused, kept with its raw payload and the reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetter {
