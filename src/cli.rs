@@ -65,6 +65,9 @@ pub enum Command {
     /// Fold events into the speed view in Redis: those that arrived after the batch cutoff (from
     /// the lake or a file), or, with --stream, a Redis Stream as a consumer group, until Ctrl-C.
     Fold(FoldArgs),
+    /// Archive a Redis Stream into the lake: every accepted event exactly once (a consumer group of
+    /// its own, beside the fold workers'), in micro-batches, until Ctrl-C.
+    Archive(ArchiveArgs),
     /// Compare the speed view in Redis with a fold of the lake's events after the cutoff; list
     /// every drifted sku×node with both values, and with --repair rewrite them atomically.
     Reconcile(ReconcileArgs),
@@ -359,6 +362,30 @@ pub struct FoldArgs {
     #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub batch: u64,
     /// Stop after the stream has had nothing new for this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub until_idle: Option<f64>,
+}
+
+#[derive(Args)]
+pub struct ArchiveArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    /// The Redis holding the stream [config: redis.url, or REDIS_URL].
+    #[arg(long, default_value = config::LOCAL_REDIS)]
+    pub redis: String,
+    /// The stream to archive (entries written by `sellable publish` or `POST /v1/events`).
+    #[arg(long)]
+    pub stream: String,
+    /// Consumer name in the archive group; run one archiver per stream.
+    #[arg(long, default_value = "archiver")]
+    pub consumer: String,
+    /// Entries per micro-batch at most.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub batch: u64,
+    /// A micro-batch is written at the latest this many milliseconds after its first entry.
+    #[arg(long, default_value_t = 1_000)]
+    pub max_delay_ms: u64,
+    /// Stop after the stream has had nothing new for this many seconds (default: until Ctrl-C).
     #[arg(long)]
     pub until_idle: Option<f64>,
 }

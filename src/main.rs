@@ -44,6 +44,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Models(command) => models::registry(command),
         Command::Backtest(args) => models::backtest(&args).await,
         Command::Fold(args) => speed::fold(&args).await,
+        Command::Archive(args) => speed::archive(&args).await,
         Command::Reconcile(args) => speed::reconcile(&args).await,
         Command::Publish(args) => speed::publish(&args).await,
         Command::Deadletters(args) => speed::dead_letters(&args).await,

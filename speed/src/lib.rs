@@ -21,6 +21,7 @@
 //! Tests: unit tests in [`sku_state`]; the Redis integration tests are in `tests/it/` (need a
 //! real Redis).
 
+pub mod archive;
 mod catch_up;
 pub mod sku_state;
 pub mod stream;

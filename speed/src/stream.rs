@@ -97,20 +97,8 @@ impl<'a> StreamWorker<'a> {
         SpeedError::Redis { url: self.url.clone(), source }
     }
 
-    /// Creates the group at the start of the stream, unless it exists.
     async fn create_group(&mut self) -> Result<(), SpeedError> {
-        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.config.stream)
-            .arg(&self.config.group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.connection)
-            .await;
-        match created {
-            Err(error) if error.to_string().contains("BUSYGROUP") => Ok(()),
-            other => other.map_err(|e| self.error(e)),
-        }
+        create_group(&mut self.connection, &self.config).await.map_err(|e| self.error(e))
     }
 
     /// Processes one round: this consumer's own unacknowledged entries first (after a restart),
@@ -327,6 +315,21 @@ pub async fn run_workers(
     failed.map_or(Ok(report), Err)
 }
 
+/// Creates the config's group at the start of the stream, unless it exists.
+pub(crate) async fn create_group(connection: &mut Connection, config: &StreamConfig) -> Result<(), RedisError> {
+    let created: Result<(), RedisError> =
+        redis::cmd("XGROUP").arg("CREATE").arg(&config.stream).arg(&config.group).arg("0").arg("MKSTREAM").query_async(connection).await;
+    match created {
+        Err(error) if error.to_string().contains("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// This machine's clock, in milliseconds since the epoch: what the door checks times against.
+pub(crate) fn clock_now() -> sellable_core::Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as sellable_core::Millis)
+}
+
 /// Entries decoded (or SKUs folded, see [`crate::RedisStore`]) between two chances for the
 /// batch being written beside them to go on: a worker prepares one batch while it writes the one
 /// before, both in one task.
@@ -358,7 +361,7 @@ impl Batch {
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut ids = Vec::with_capacity(entries.len());
         let door = sellable_core::Door { max_skew_ms: config.max_skew_ms, known: config.known.as_deref() };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as sellable_core::Millis);
+        let now = clock_now();
         for Entry { id, event } in entries {
             let decoded = event.and_then(|raw| match decode_json(&raw) {
                 Ok(event) => match door.check(&event, now) {
@@ -383,7 +386,7 @@ impl Batch {
 
 /// Reads up to a batch of entries: new ones (`>`) or this consumer's pending ones (`0`); `wait`:
 /// waiting up to the block time for new ones to come.
-async fn read(connection: &mut Connection, config: &StreamConfig, from: &str, wait: bool) -> Result<Vec<Entry>, redis::RedisError> {
+pub(crate) async fn read(connection: &mut Connection, config: &StreamConfig, from: &str, wait: bool) -> Result<Vec<Entry>, redis::RedisError> {
     let mut options = StreamReadOptions::default().group(&config.group, &config.consumer).count(config.batch);
     if wait {
         options = options.block(config.block.as_millis() as usize);

@@ -9,7 +9,7 @@ use sellable_core::{KnownIds, Millis, NodeState};
 use sellable_speed::stream::{StreamConfig, Workers};
 use sellable_speed::{CatchUpSource, SpeedView};
 
-use crate::cli::{DeadlettersArgs, FoldArgs, LakeArgs, PublishArgs, ReconcileArgs};
+use crate::cli::{ArchiveArgs, DeadlettersArgs, FoldArgs, LakeArgs, PublishArgs, ReconcileArgs};
 
 pub async fn fold(args: &FoldArgs) -> Result<()> {
     let Some(url) = &args.redis.redis else {
@@ -82,6 +82,32 @@ async fn fold_stream(url: &str, speed: SpeedView, stream: &str, args: &FoldArgs)
         total.fold.duplicates,
         total.dead_lettered,
         total.entries as f64 / seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Archives the stream into the lake until Ctrl-C or `--until-idle`.
+pub async fn archive(args: &ArchiveArgs) -> Result<()> {
+    let lake = args.lake.open()?;
+    let mut config = StreamConfig::new(&args.stream, sellable_speed::archive::ARCHIVE_GROUP, &args.consumer);
+    config.batch = args.batch as usize;
+    config.known = catalog_names(&args.lake).await;
+    let max_delay = std::time::Duration::from_millis(args.max_delay_ms);
+    let idle_limit = args.until_idle.map(std::time::Duration::from_secs_f64);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let started = std::time::Instant::now();
+    let stats = sellable_speed::archive::run_archiver(&args.redis, &lake, config, max_delay, idle_limit, shutdown).await?;
+    eprintln!(
+        "archive: {} entries from {} in {:.1} s: {} events archived in {} batches, {} archived before a restart, {} malformed or refused",
+        stats.entries,
+        args.stream,
+        started.elapsed().as_secs_f64(),
+        stats.archived,
+        stats.batches,
+        stats.already_archived,
+        stats.refused
     );
     Ok(())
 }

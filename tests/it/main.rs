@@ -835,3 +835,53 @@ async fn losing_redis_makes_answers_conservative_until_the_speed_view_is_whole_a
     tokio::time::sleep(2 * every).await;
     assert_eq!(serving.readiness().grade, Grade::Fresh, "{:?}", serving.readiness());
 }
+
+/// The archiver, killed with SIGKILL at random points while it archives a stream and restarted
+/// each time: at the end the lake holds every event of the stream exactly once, and nothing is
+/// left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_archivers_neither_lose_nor_duplicate_events_in_the_lake() {
+    use rand::Rng;
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig { seed: 61, skus: 1_500, nodes: 40, days: 7.0, ..SimConfig::default() };
+    let summary = generate(&config, &dir.path().join("gen")).unwrap();
+    let events: Vec<Event> = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect();
+    let stream = format!("sellable-test-archive-{}", std::process::id());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut connection).await.unwrap();
+    sellable_speed::stream::publish(&url, &stream, events.iter().map(encode_json)).await.unwrap();
+
+    let lake_dir = dir.path().join("lake");
+    let archive = |until_idle: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"));
+        command.args(["archive", "--redis", &url, "--stream", &stream, "--batch", "500", "--max-delay-ms", "200", "--lake"]).arg(&lake_dir);
+        if until_idle {
+            command.args(["--until-idle", "1"]);
+        }
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        command.spawn().unwrap()
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..4 {
+        let mut archiver = archive(false);
+        tokio::time::sleep(std::time::Duration::from_millis(rng.gen_range(150..600))).await;
+        archiver.kill().unwrap(); // SIGKILL
+        archiver.wait().unwrap();
+    }
+    let lake = Lake::open(&lake_dir).unwrap();
+    let before = lake.events_after(Millis::MIN).await.map_or(0, |events| events.len());
+    assert!(before < events.len(), "the kills came before the end: {before} of {}", events.len());
+    assert!(archive(true).wait().unwrap().success());
+
+    let mut archived: Vec<String> = lake.events_after(Millis::MIN).await.unwrap().into_iter().map(|event| event.unwrap().event_id).collect();
+    let mut published: Vec<String> = events.iter().map(|event| event.event_id.clone()).collect();
+    archived.sort();
+    published.sort();
+    assert_eq!(archived.len(), published.len(), "every event exactly once");
+    assert!(archived == published, "the lake holds the stream's events");
+    let pending: redis::Value = redis::cmd("XPENDING").arg(&stream).arg(sellable_speed::archive::ARCHIVE_GROUP).query_async(&mut connection).await.unwrap();
+    assert!(matches!(&pending, redis::Value::Array(v) if v.first() == Some(&redis::Value::Int(0))), "nothing left pending: {pending:?}");
+    let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut connection).await.unwrap();
+}
