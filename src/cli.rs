@@ -461,6 +461,11 @@ pub struct ServeArgs {
     /// Score this model version in shadow: logged beside the live score, never decides.
     #[arg(long)]
     pub shadow: Option<String>,
+    /// Append the events `POST /v1/events` accepts to this Redis Stream (of the --redis server)
+    /// before folding them, so the fold workers and the archiver (`sellable archive`) see them:
+    /// every event then reaches the lake.
+    #[arg(long, requires = "redis")]
+    pub ingest_stream: Option<String>,
     /// Address of the REST API [config: serve.listen].
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,

@@ -63,6 +63,16 @@ pub trait EventArchive: Send + Sync {
     fn append_at<'a>(&'a self, events: &'a [crate::Event], key: &'a str, position: &'a str) -> BoxFuture<'a, Result<(), ViewError>>;
 }
 
+/// Where the platform appends the events it accepted (a Redis Stream), so that every consumer of
+/// them (the fold workers, the archiver) sees each one: the one ingestion path.
+pub trait EventIntake: Send + Sync {
+    /// Appends `events`, in order; all of them or an error.
+    fn append<'a>(&'a self, events: &'a [crate::Event]) -> BoxFuture<'a, Result<(), ViewError>>;
+
+    /// Where it appends, for logs.
+    fn describe(&self) -> String;
+}
+
 /// Input that was refused, kept with its raw payload and the reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetter {

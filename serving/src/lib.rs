@@ -44,6 +44,9 @@ pub struct Serving {
     /// Per node, the latest arrival folded (batch view and speed view), refreshed by
     /// [`Serving::refresh_watermarks`].
     watermarks: std::sync::RwLock<HashMap<String, Millis>>,
+    /// Where accepted events are appended before they are folded (the ingestion stream), if
+    /// anywhere.
+    intake: Option<Arc<dyn sellable_core::EventIntake>>,
     /// Why the speed view cannot be trusted now, if it cannot (refreshed with the watermarks).
     distrust: std::sync::RwLock<Option<String>>,
     limits: Limits,
@@ -145,10 +148,18 @@ impl Serving {
             attributes,
             clock: Clock::Wall,
             watermarks: std::sync::RwLock::new(watermarks),
+            intake: None,
             distrust: std::sync::RwLock::new(None),
             limits: Limits::default(),
             metrics: Metrics::new(),
         }
+    }
+
+    /// `POST /v1/events` appends what it accepts to `intake` (the ingestion stream the fold
+    /// workers and the archiver read) before folding it, so every event also reaches the lake.
+    pub fn with_intake(mut self, intake: Arc<dyn sellable_core::EventIntake>) -> Serving {
+        self.intake = Some(intake);
+        self
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Serving {
@@ -860,6 +871,10 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
     }
     let refused = serving.admit(&mut items);
     let events: Vec<Event> = items.iter().filter_map(|(_, _, decoded)| decoded.as_ref().ok().cloned()).collect();
+    if let Some(intake) = &serving.intake {
+        // not appended, not accepted: the client retries the whole body (ids make it idempotent)
+        intake.append(&events).await.map_err(|error| ApiError::Unavailable(format!("the ingestion {} did not take the events ({error}); nothing was accepted", intake.describe())))?;
+    }
     let outcomes = serving.speed.fold(&events, "http").await.map_err(ApiError::unavailable)?;
     let stats = sellable_core::FoldStats::of(&outcomes);
     let mut outcomes = outcomes.into_iter();

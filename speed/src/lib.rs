@@ -519,7 +519,7 @@ impl Connection {
     }
 
     /// One server, connected at the first command.
-    fn open_lazy(url: &str) -> Result<Connection, SpeedError> {
+    pub(crate) fn open_lazy(url: &str) -> Result<Connection, SpeedError> {
         let error = |source| SpeedError::Redis { url: url.to_string(), source };
         let client = redis::Client::open(url).map_err(error)?;
         let config = redis::aio::ConnectionManagerConfig::new()

@@ -457,8 +457,12 @@ fn unexpected(wanted: &'static str, got: &Value) -> RedisError {
 
 /// Appends events to a stream, one entry each, pipelined.
 pub async fn publish(url: &str, stream: &str, lines: impl IntoIterator<Item = String>) -> Result<u64, SpeedError> {
+    append(url, &mut Connection::open(url).await?, stream, lines).await
+}
+
+/// XADDs `lines` to `stream`, a thousand per round trip.
+async fn append(url: &str, connection: &mut Connection, stream: &str, lines: impl IntoIterator<Item = String>) -> Result<u64, SpeedError> {
     let error = |source| SpeedError::Redis { url: url.to_string(), source };
-    let mut connection = Connection::open(url).await?;
     let mut published = 0u64;
     let mut pipe = redis::pipe();
     let mut pending = 0;
@@ -466,17 +470,46 @@ pub async fn publish(url: &str, stream: &str, lines: impl IntoIterator<Item = St
         pipe.cmd("XADD").arg(stream).arg("*").arg("event").arg(line).ignore();
         pending += 1;
         if pending == 1_000 {
-            let () = pipe.query_async(&mut connection).await.map_err(error)?;
+            let () = pipe.query_async(connection).await.map_err(error)?;
             published += pending;
             pending = 0;
             pipe = redis::pipe();
         }
     }
     if pending > 0 {
-        let () = pipe.query_async(&mut connection).await.map_err(error)?;
+        let () = pipe.query_async(connection).await.map_err(error)?;
         published += pending;
     }
     Ok(published)
+}
+
+/// The ingestion stream `POST /v1/events` appends accepted events to (`sellable serve
+/// --ingest-stream`), one entry each as `sellable publish` writes them.
+pub struct StreamIntake {
+    url: String,
+    stream: String,
+    connection: Connection,
+}
+
+impl StreamIntake {
+    /// Connects at the first append (Redis need not be up yet).
+    pub fn new(url: &str, stream: &str) -> Result<StreamIntake, SpeedError> {
+        Ok(StreamIntake { url: url.to_string(), stream: stream.to_string(), connection: Connection::open_lazy(url)? })
+    }
+}
+
+impl sellable_core::EventIntake for StreamIntake {
+    fn append<'a>(&'a self, events: &'a [Event]) -> sellable_core::view::BoxFuture<'a, Result<(), sellable_core::ViewError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            append(&self.url, &mut connection, &self.stream, events.iter().map(sellable_core::event::encode_json)).await?;
+            Ok(())
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("stream {} at {}", self.stream, self.url)
+    }
 }
 
 /// The newest `count` dead letters of a dead-letter stream, oldest first.

@@ -46,7 +46,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         spawn_live_feed(speed.clone(), in_flight);
     }
     let models = serve::model_book(&demo_model(&lake, &args.dir.join("models"), start, cutoff, fold_config).await, None)?;
-    let serving = serve::load_serving(&lake, speed, args.rules.book()?, models).await?;
+    let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, None).await?;
     let example = example_request(&serving).await;
     serve::serve(serving, args.listen, example).await
 }

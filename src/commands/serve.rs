@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use sellable_batch::Lake;
-use sellable_core::FoldConfig;
+use sellable_core::{EventIntake, FoldConfig};
 use sellable_models::Registry;
 use sellable_serving::{ModelBook, ModelStatus, RuleBook, Serving};
 use sellable_speed::{CatchUpSource, SpeedView};
@@ -18,7 +18,11 @@ pub async fn run(args: &ServeArgs) -> Result<()> {
     let lake = Arc::new(args.lake.open()?);
     let speed = open_speed(&lake, &args.redis, args.lake.fold_config()).await?;
     let models = model_book(&args.models.models, args.shadow.as_deref())?;
-    let serving = load_serving(&lake, speed, args.rules.book()?, models).await?;
+    let intake: Option<Arc<dyn EventIntake>> = match (&args.ingest_stream, &args.redis.redis) {
+        (Some(stream), Some(url)) => Some(Arc::new(sellable_speed::stream::StreamIntake::new(url, stream)?)),
+        _ => None,
+    };
+    let serving = load_serving(&lake, speed, args.rules.book()?, models, intake).await?;
     serve(serving, args.listen, None).await
 }
 
@@ -53,14 +57,24 @@ pub fn model_book(dir: &Path, shadow: Option<&str>) -> Result<Arc<ModelBook>> {
     Ok(book)
 }
 
-pub async fn load_serving(lake: &Lake, speed: Arc<SpeedView>, rules: Arc<RuleBook>, models: Arc<ModelBook>) -> Result<Arc<Serving>> {
+pub async fn load_serving(
+    lake: &Lake,
+    speed: Arc<SpeedView>,
+    rules: Arc<RuleBook>,
+    models: Arc<ModelBook>,
+    intake: Option<Arc<dyn EventIntake>>,
+) -> Result<Arc<Serving>> {
     let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
     let batch = lake.load_batch_view().await.context("loading the batch view")?;
     if rules.dir().is_some() {
         rules.clone().watch(std::time::Duration::from_secs(1));
     }
     models.clone().watch(std::time::Duration::from_millis(500));
-    let serving = Arc::new(Serving::new(skus, nodes, batch, speed, rules).with_models(models));
+    let mut serving = Serving::new(skus, nodes, batch, speed, rules).with_models(models);
+    if let Some(intake) = intake {
+        serving = serving.with_intake(intake);
+    }
+    let serving = Arc::new(serving);
     // before the first answer, not a second later: the batch view alone looks a day old (a
     // speed view that cannot be read now is said in the answers)
     if let Err(error) = serving.refresh_watermarks().await {

@@ -885,3 +885,55 @@ async fn killed_archivers_neither_lose_nor_duplicate_events_in_the_lake() {
     assert!(matches!(&pending, redis::Value::Array(v) if v.first() == Some(&redis::Value::Int(0))), "nothing left pending: {pending:?}");
     let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut connection).await.unwrap();
 }
+
+/// The one ingestion path: `POST /v1/events` appends what it accepts (with the server's arrival)
+/// to the ingestion stream before folding it; the archiver then brings it to the lake, and a fold
+/// worker of the stream finds it folded already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posted_events_reach_the_lake_through_the_ingestion_stream() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let market = marketplace().await;
+    let id = std::process::id();
+    let (stream, namespace) = (format!("sellable-test-intake-{id}"), format!("sellable-test-intake-{id}"));
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut connection).await.unwrap();
+    let speed = Arc::new(SpeedView::redis(&url, &namespace, FoldConfig::default()).await.unwrap());
+    speed.clear().await.unwrap();
+    catch_up(&market.lake, &speed, market.cutoff, CatchUpSource::Log, None).await.unwrap();
+    let now = market.cutoff + 3_600_000;
+    let (skus, nodes) = market.lake.load_catalog().await.unwrap();
+    let rules = Arc::new(sellable_serving::RuleBook::empty(sellable_dsl::Schema::standard()));
+    let intake = Arc::new(sellable_speed::stream::StreamIntake::new(&url, &stream).unwrap());
+    let serving = Serving::new(skus, nodes, market.lake.load_batch_view().await.unwrap(), speed.clone(), rules)
+        .with_intake(intake)
+        .with_clock(sellable_serving::Clock::Fixed(now));
+    let router = Arc::new(serving).router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let template = market.after_cutoff[0].clone();
+    let posted = Event { event_id: "posted-through-the-stream".into(), kind: sellable_core::EventKind::Receipt, qty: 3, ts: now - 1_000, arrived: Some(1), ..template };
+    let response = reqwest::Client::new().post(format!("{base}/v1/events")).body(encode_json(&posted)).send().await.unwrap();
+    let accepted: sellable_serving::EventsAccepted = response.json().await.unwrap();
+    assert_eq!((accepted.accepted, accepted.rejected.len()), (1, 0));
+    let length: i64 = redis::cmd("XLEN").arg(&stream).query_async(&mut connection).await.unwrap();
+    assert_eq!(length, 1);
+
+    let archived = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
+        .args(["archive", "--redis", &url, "--stream", &stream, "--until-idle", "0.5", "--lake"])
+        .arg(market.lake.root())
+        .output()
+        .unwrap();
+    assert!(archived.status.success(), "{}", String::from_utf8_lossy(&archived.stderr));
+    let in_lake: Vec<Event> = market.lake.events_after(market.cutoff).await.unwrap().into_iter().map(Result::unwrap).filter(|e| e.event_id == posted.event_id).collect();
+    assert_eq!(in_lake, [Event { arrived: Some(now), ..posted }], "once, with the server's arrival");
+
+    let mut workers = sellable_speed::stream::Workers::new(sellable_speed::stream::StreamConfig::new(&stream, "fold", "one"), 1);
+    workers.idle_limit = Some(std::time::Duration::ZERO);
+    let folded = sellable_speed::stream::run_workers(&url, speed.clone(), workers, std::future::pending()).await.unwrap();
+    assert_eq!((folded.stats.fold.applied, folded.stats.fold.duplicates), (0, 1));
+    speed.clear().await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut connection).await.unwrap();
+}
