@@ -20,6 +20,7 @@ sellable-batch   | sellable-core                             |
 sellable-speed   | sellable-core                             |
 sellable-serving | sellable-core sellable-dsl sellable-models | xgb
 sellable-bench   | sellable-core                             | redis reqwest datafusion lance
+sellable-lifecycle | sellable-core sellable-batch sellable-speed sellable-serving sellable-dsl sellable-models | xgb
 TABLE
 
 # check CRATE: reads `cargo tree --prefix none --format {p}` lines of CRATE on stdin; prints

@@ -195,6 +195,8 @@ pub struct Lake {
     /// Bytes of the events known at a cutoff the nightly job holds in memory; beyond, it splits
     /// them into shares of the nodes of about that many bytes each.
     scratch_limit: usize,
+    /// Reads of `events` see this version, not the newest ([`Lake::pinned`]).
+    events_at: Option<u64>,
 }
 
 impl Lake {
@@ -207,7 +209,15 @@ impl Lake {
             path: root.display().to_string(),
             source,
         }))?;
-        Ok(Lake { root, memory_limit: 0, scratch_limit: 0 }.with_memory_limit(DEFAULT_MEMORY_LIMIT))
+        Ok(Lake { root, memory_limit: 0, scratch_limit: 0, events_at: None }.with_memory_limit(DEFAULT_MEMORY_LIMIT))
+    }
+
+    /// The same lake, whose reads of `events` see `version` (as `events_version` gave it) while
+    /// appends go on: a cutover computes its batch view and catches its speed view up from one
+    /// version, and the archive's position recorded in that version says which stream entries
+    /// it holds. Writes of other datasets are not affected.
+    pub fn pinned(&self, version: u64) -> Lake {
+        Lake { events_at: Some(version), ..self.clone() }
     }
 
     /// Bounds the memory of each DataFusion query ([`DEFAULT_MEMORY_LIMIT`] unless set): sorts,
@@ -242,7 +252,11 @@ impl Lake {
         if !Path::new(&uri).exists() {
             return Err(BatchError::Missing(self.root.display().to_string(), name, hint));
         }
-        Dataset::open(&uri).await.map_err(self.lance_error(name))
+        let dataset = Dataset::open(&uri).await.map_err(self.lance_error(name))?;
+        match self.events_at.filter(|_| name == EVENTS) {
+            Some(version) if version != dataset.version_id() => dataset.checkout_version(version).await.map_err(self.lance_error(name)),
+            _ => Ok(dataset),
+        }
     }
 
     async fn write(

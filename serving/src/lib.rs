@@ -32,8 +32,8 @@ use sellable_models::Model;
 pub struct Serving {
     pub skus: HashMap<String, SkuInfo>,
     pub nodes: HashMap<String, NodeInfo>,
-    pub batch: BatchView,
-    pub speed: Arc<dyn SpeedSource>,
+    /// The batch view and the speed view merged with it, swapped together at a cutover.
+    epoch: std::sync::RwLock<Arc<Epoch>>,
     pub rules: Arc<RuleBook>,
     pub models: Arc<ModelBook>,
     /// Declared free-form attributes of each SKU, already resolved to rule slots.
@@ -51,6 +51,14 @@ pub struct Serving {
     distrust: std::sync::RwLock<Option<String>>,
     limits: Limits,
     metrics: Metrics,
+}
+
+/// A batch view and the speed view that holds exactly the events after its cutoff. A request
+/// takes the epoch once ([`Serving::epoch`]), so a cutover ([`Serving::swap_epoch`]) never mixes
+/// the two of one epoch with those of another, and never fails a request.
+pub struct Epoch {
+    pub batch: BatchView,
+    pub speed: Arc<dyn SpeedSource>,
 }
 
 /// What "now" is for answers: the wall clock, or a fixed instant (replays, tests).
@@ -141,8 +149,7 @@ impl Serving {
             known,
             skus: skus.into_iter().map(|sku| (sku.sku.clone(), sku)).collect(),
             nodes: nodes.into_iter().map(|node| (node.node.clone(), node)).collect(),
-            batch,
-            speed,
+            epoch: std::sync::RwLock::new(Arc::new(Epoch { batch, speed })),
             rules,
             models: Arc::new(ModelBook::none()),
             attributes,
@@ -165,6 +172,27 @@ impl Serving {
     pub fn with_limits(mut self, limits: Limits) -> Serving {
         self.limits = limits;
         self
+    }
+
+    /// The epoch answers are computed from now.
+    pub fn epoch(&self) -> Arc<Epoch> {
+        self.epoch.read().expect("epoch lock poisoned; this is a bug").clone()
+    }
+
+    /// Makes `batch` and `speed` (caught up from the batch view's cutoff) the epoch of every
+    /// answer from now on, atomically. The node watermarks keep the newest of both views.
+    pub fn swap_epoch(&self, batch: BatchView, speed: Arc<dyn SpeedSource>) {
+        {
+            let mut marks = self.watermarks.write().expect("watermarks lock poisoned; this is a bug");
+            for (node, arrived) in batch.watermarks() {
+                let mark = marks.entry(node).or_insert(arrived);
+                *mark = (*mark).max(arrived);
+            }
+        }
+        let (from, to) = (self.epoch().batch.version.clone(), batch.version.clone());
+        *self.epoch.write().expect("epoch lock poisoned; this is a bug") = Arc::new(Epoch { batch, speed });
+        self.set_distrust(None);
+        tracing::info!(from, to, "cutover: answers now merge the new batch view with its speed view");
     }
 
     /// Why the speed view is not used now, if it is not.
@@ -197,7 +225,8 @@ impl Serving {
     /// publishes each node's and each source's lag as metrics. Serving calls it every second.
     pub async fn refresh_watermarks(&self) -> Result<(), ViewError> {
         let timeout = self.limits.speed_timeout.max(std::time::Duration::from_secs(1));
-        let read = async { Ok::<_, ViewError>((self.speed.caught_up_to().await?, self.speed.watermarks().await?)) };
+        let epoch = self.epoch();
+        let read = async { Ok::<_, ViewError>((epoch.speed.caught_up_to().await?, epoch.speed.watermarks().await?)) };
         let (caught_up, speed) = match tokio::time::timeout(timeout, read).await {
             Ok(Ok(read)) => read,
             Ok(Err(error)) => {
@@ -210,7 +239,7 @@ impl Serving {
                 return Err(reason.into());
             }
         };
-        self.set_distrust(grading::distrust(caught_up, self.batch.asof));
+        self.set_distrust(grading::distrust(caught_up, epoch.batch.asof));
         let now = self.now();
         let mut marks = self.watermarks.write().expect("watermarks lock poisoned; this is a bug");
         for (node, arrived) in speed.nodes {
@@ -254,9 +283,10 @@ impl Serving {
         if !self.skus.contains_key(sku) {
             return Err(ApiError::UnknownSku(sku.to_string()));
         }
-        let speed = self.speed.sku_states(sku).await.map_err(ApiError::unavailable)?;
-        let merged = merge_views(self.batch.sku_states(sku), &speed);
-        let batch = self.batch.features.get(&(sku.to_string(), node.to_string())).map(Vec::as_slice);
+        let epoch = self.epoch();
+        let speed = epoch.speed.sku_states(sku).await.map_err(ApiError::unavailable)?;
+        let merged = merge_views(epoch.batch.sku_states(sku), &speed);
+        let batch = epoch.batch.features.get(&(sku.to_string(), node.to_string())).map(Vec::as_slice);
         Ok(sellable_core::features::vector(batch, merged.get(node), qty, now))
     }
 
@@ -277,9 +307,10 @@ impl Serving {
             margin = self.models.fallback_safety_stock();
             grading.note(format!("model unavailable: the static safety stock ({margin} unit(s) per node) and rules"));
         }
-        let speed = self.read_speed(sku, &mut grading).await;
-        margin += self.grade_batch_age(speed.is_some(), now, &mut grading);
-        let merged = merge_views(self.batch.sku_states(sku), speed.as_deref().unwrap_or(&[]));
+        let epoch = self.epoch();
+        let speed = self.read_speed(&epoch, sku, &mut grading).await;
+        margin += self.grade_batch_age(&epoch.batch, speed.is_some(), now, &mut grading);
+        let merged = merge_views(epoch.batch.sku_states(sku), speed.as_deref().unwrap_or(&[]));
         let in_region: Vec<(&NodeInfo, &NodeState)> = merged
             .iter()
             .filter_map(|(node, state)| Some((self.nodes.get(*node)?, state)))
@@ -306,10 +337,10 @@ impl Serving {
                 units.push((info.node.clone(), 0));
                 continue;
             }
-            let features = self.batch.features.get(&(sku.to_string(), info.node.clone())).map(Vec::as_slice);
+            let features = epoch.batch.features.get(&(sku.to_string(), info.node.clone())).map(Vec::as_slice);
             let mut facts = NodeFacts { margin, ..NodeFacts::of(state, now) };
             if speed.is_none() {
-                facts.atp = sellable_core::grade::conservative_atp(state, features, self.batch.asof, now);
+                facts.atp = sellable_core::grade::conservative_atp(state, features, epoch.batch.asof, now);
             }
             if model.is_some() || shadow.is_some() {
                 let vector = sellable_core::features::vector(features, Some(state), qty, now);
@@ -352,8 +383,8 @@ impl Serving {
             degraded_reasons: grading.reasons,
             freshness_ms: newest.map(|t| now - t),
             versions: Versions {
-                batch_view: self.batch.version.clone(),
-                speed_view: self.speed.describe(),
+                batch_view: epoch.batch.version.clone(),
+                speed_view: epoch.speed.describe(),
                 model: model.map(|model| model.version().to_string()),
                 ruleset: ruleset_version,
             },
@@ -362,11 +393,11 @@ impl Serving {
 
     /// The speed view's states of `sku`, or `None` when it cannot be used now (not trusted, an
     /// error, no answer within the timeout): the answer is then graded `conservative`.
-    async fn read_speed(&self, sku: &str, grading: &mut Grading) -> Option<Vec<(String, NodeState)>> {
+    async fn read_speed(&self, epoch: &Epoch, sku: &str, grading: &mut Grading) -> Option<Vec<(String, NodeState)>> {
         let problem = match self.speed_distrust() {
             Some(reason) => reason,
-            None => match tokio::time::timeout(self.limits.speed_timeout, self.speed.sku_read(sku)).await {
-                Ok(Ok((states, caught_up))) => match grading::distrust(caught_up, self.batch.asof) {
+            None => match tokio::time::timeout(self.limits.speed_timeout, epoch.speed.sku_read(sku)).await {
+                Ok(Ok((states, caught_up))) => match grading::distrust(caught_up, epoch.batch.asof) {
                     None => return Some(states),
                     Some(reason) => reason,
                 },
@@ -380,8 +411,8 @@ impl Serving {
     }
 
     /// Grades the batch view's age; returns the units each node holds back for it.
-    fn grade_batch_age(&self, speed_usable: bool, now: Millis, grading: &mut Grading) -> i64 {
-        let age = now - self.batch.asof;
+    fn grade_batch_age(&self, batch: &BatchView, speed_usable: bool, now: Millis, grading: &mut Grading) -> i64 {
+        let age = now - batch.asof;
         if age <= self.limits.batch_max_age_ms {
             return 0;
         }
@@ -752,7 +783,8 @@ impl Serving {
             grading.lower(Grade::Conservative, reason);
         }
         let now = self.now();
-        self.grade_batch_age(grading.grade != Grade::Conservative, now, &mut grading);
+        let epoch = self.epoch();
+        self.grade_batch_age(&epoch.batch, grading.grade != Grade::Conservative, now, &mut grading);
         let model = self.models.current().map(|model| model.version().to_string());
         if model.is_none() {
             grading.note(format!("no model live: the static safety stock ({} unit(s) per node)", self.models.fallback_safety_stock()));
@@ -761,9 +793,9 @@ impl Serving {
             ready: grading.grade != Grade::Unavailable,
             grade: grading.grade,
             reasons: grading.reasons,
-            batch_view: self.batch.version.clone(),
-            batch_view_age_s: (now - self.batch.asof) / 1000,
-            speed_view: self.speed.describe(),
+            batch_view: epoch.batch.version.clone(),
+            batch_view_age_s: (now - epoch.batch.asof) / 1000,
+            speed_view: epoch.speed.describe(),
             model,
         }
     }
@@ -875,7 +907,8 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
         // not appended, not accepted: the client retries the whole body (ids make it idempotent)
         intake.append(&events).await.map_err(|error| ApiError::Unavailable(format!("the ingestion {} did not take the events ({error}); nothing was accepted", intake.describe())))?;
     }
-    let outcomes = serving.speed.fold(&events, "http").await.map_err(ApiError::unavailable)?;
+    let speed = serving.epoch().speed.clone();
+    let outcomes = speed.fold(&events, "http").await.map_err(ApiError::unavailable)?;
     let stats = sellable_core::FoldStats::of(&outcomes);
     let mut outcomes = outcomes.into_iter();
     let mut dead = Vec::new();
@@ -883,7 +916,7 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
     for (item, raw, decoded) in items {
         let error = match decoded {
             Err(error) => error,
-            Ok(event) => match outcomes.next().and_then(|outcome| outcome.refusal(&event, serving.speed.config())) {
+            Ok(event) => match outcomes.next().and_then(|outcome| outcome.refusal(&event, speed.config())) {
                 Some(reason) => reason,
                 None => continue,
             },
@@ -893,7 +926,7 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
     }
     if !dead.is_empty() {
         tracing::warn!(rejected = dead.len(), "posted events refused");
-        serving.speed.dead_letter(&dead).await.map_err(ApiError::unavailable)?;
+        speed.dead_letter(&dead).await.map_err(ApiError::unavailable)?;
     }
     let malformed = rejected.len() as u64 - stats.too_late - stats.expired - refused;
     let counts = [("accepted", stats.applied), ("duplicate", stats.duplicates), ("too_late", stats.too_late), ("expired", stats.expired), ("malformed", malformed)];

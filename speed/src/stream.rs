@@ -33,6 +33,9 @@ pub struct StreamConfig {
     pub known: Option<std::sync::Arc<sellable_core::KnownIds>>,
     /// How far past this machine's clock an event's times may be before it is dead-lettered.
     pub max_skew_ms: sellable_core::Millis,
+    /// Where a new group starts: `0`, the whole stream, or an entry id (the group reads the
+    /// entries after it). A group that exists keeps its own position.
+    pub start: String,
 }
 
 impl StreamConfig {
@@ -47,6 +50,7 @@ impl StreamConfig {
             claim_after: Duration::from_secs(10),
             known: None,
             max_skew_ms: sellable_core::door::DEFAULT_MAX_SKEW_MS,
+            start: "0".to_string(),
         }
     }
 }
@@ -318,11 +322,42 @@ pub async fn run_workers(
 /// Creates the config's group at the start of the stream, unless it exists.
 pub(crate) async fn create_group(connection: &mut Connection, config: &StreamConfig) -> Result<(), RedisError> {
     let created: Result<(), RedisError> =
-        redis::cmd("XGROUP").arg("CREATE").arg(&config.stream).arg(&config.group).arg("0").arg("MKSTREAM").query_async(connection).await;
+        redis::cmd("XGROUP").arg("CREATE").arg(&config.stream).arg(&config.group).arg(&config.start).arg("MKSTREAM").query_async(connection).await;
     match created {
         Err(error) if error.to_string().contains("BUSYGROUP") => Ok(()),
         other => other,
     }
+}
+
+/// Whether `group` has read and acknowledged every entry the stream holds now (its last entry at
+/// or before the group's last delivered one, nothing pending).
+pub async fn group_caught_up(url: &str, stream: &str, group: &str) -> Result<bool, SpeedError> {
+    let error = |source| SpeedError::Redis { url: url.to_string(), source };
+    let mut connection = Connection::open(url).await?;
+    let last: Value = redis::cmd("XREVRANGE").arg(stream).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut connection).await.map_err(error)?;
+    let Some(last) = entries(last).map_err(error)?.into_iter().next().map(|entry| entry.id) else { return Ok(true) };
+    let groups: Vec<std::collections::HashMap<String, Value>> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut connection).await.map_err(error)?;
+    let text = |value: Option<&Value>| match value {
+        Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        Some(Value::SimpleString(text)) => text.clone(),
+        _ => String::new(),
+    };
+    let order = |id: &str| {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (ms.parse::<u64>().unwrap_or(0), seq.parse::<u64>().unwrap_or(0))
+    };
+    Ok(groups.iter().any(|info| {
+        text(info.get("name")) == group
+            && matches!(info.get("pending"), Some(Value::Int(0)))
+            && order(&text(info.get("last-delivered-id"))) >= order(&last)
+    }))
+}
+
+/// Removes `group` from `stream` (a retired epoch's fold workers).
+pub async fn destroy_group(url: &str, stream: &str, group: &str) -> Result<(), SpeedError> {
+    let mut connection = Connection::open(url).await?;
+    let _: i64 = redis::cmd("XGROUP").arg("DESTROY").arg(stream).arg(group).query_async(&mut connection).await.map_err(|source| SpeedError::Redis { url: url.to_string(), source })?;
+    Ok(())
 }
 
 /// This machine's clock, in milliseconds since the epoch: what the door checks times against.

@@ -94,9 +94,10 @@ async fn example_request(serving: &Serving) -> Option<String> {
     let mut skus: Vec<&String> = serving.skus.keys().collect();
     skus.sort();
     let mut first = None;
+    let epoch = serving.epoch();
     for sku in skus.into_iter().take(500) {
         let countries: Vec<&str> =
-            serving.batch.sku_states(sku).filter_map(|(node, _)| Some(serving.nodes.get(node)?.country.as_str())).collect();
+            epoch.batch.sku_states(sku).filter_map(|(node, _)| Some(serving.nodes.get(node)?.country.as_str())).collect();
         for country in countries {
             let request = format!("/v1/availability/{sku}?region={country}&qty=1");
             if serving.availability(sku, country, 1, now).await.is_ok_and(|answer| answer.units > 0) {

@@ -90,7 +90,7 @@ pub async fn serve(serving: Arc<Serving>, listen: SocketAddr, example: Option<St
     serving.clone().spawn_refresh(std::time::Duration::from_secs(1));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
-    eprintln!("serve: listening on http://{address} ({})", serving.batch.version);
+    eprintln!("serve: listening on http://{address} ({})", serving.epoch().batch.version);
     if let Some(path) = example {
         eprintln!("\n  curl -s 'http://{address}{path}'\n\nCtrl-C stops.");
     }

@@ -703,7 +703,7 @@ async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
     let (_, serving) = serve_with(&trained.lake, Arc::new(SpeedView::memory(FoldConfig::default())), cutoff + 1, models).await;
     let mut scored = 0;
     for sku in serving.skus.keys().take(60) {
-        for (node, _) in serving.batch.sku_states(sku) {
+        for (node, _) in serving.epoch().batch.sku_states(sku) {
             let region = serving.nodes[node].country.clone();
             let answer = serving.availability(sku, &region, 1, cutoff + 1).await.unwrap();
             assert_eq!(answer.versions.model.as_deref(), Some(version.as_str()));

@@ -426,11 +426,14 @@ async fn a_broken_speed_view_gives_conservative_answers_within_the_timeout() {
     let hour = 3_600_000;
     for broken in [Broken::Failing, Broken::Hanging, Broken::OtherCutoff] {
         let other_cutoff = matches!(broken, Broken::OtherCutoff);
-        let mut serving = serving_over(Arc::new(broken), 10 * hour, Arc::new(RuleBook::empty(Schema::standard())));
+        let speed: Arc<dyn SpeedSource> = Arc::new(broken);
+        let serving = serving_over(speed.clone(), 10 * hour, Arc::new(RuleBook::empty(Schema::standard())));
         // WH-1 reserved 1 unit in the hour before the cutoff; SL-1 has no features
         let mut features = vec![0.0; sellable_core::features::BATCH.len()];
         features[sellable_core::features::BATCH.iter().position(|name| *name == "reserve_units_1h").unwrap()] = 1.0;
-        serving.batch.features.insert(("SKU-1".into(), "WH-1".into()), features);
+        let mut batch = serving.epoch().batch.clone();
+        batch.features.insert(("SKU-1".into(), "WH-1".into()), features);
+        serving.swap_epoch(batch, speed);
         let serving = Arc::new(serving.with_clock(Clock::Fixed(CUTOFF + hour)));
         serving.refresh_watermarks().await.unwrap();
         assert_eq!(serving.speed_distrust().is_some(), other_cutoff);

@@ -1,0 +1,179 @@
+//! sellable-lifecycle: the loop between the layers. It is the one library crate that sees the
+//! batch layer, the speed layer and serving together (they meet only through `core`'s traits);
+//! the binary's long-running commands and the lifecycle tests call it.
+//!
+//! An **epoch** is a batch view as of a cutoff `C` and the speed view that holds exactly the
+//! events the batch view does not: its own Redis namespace (`<namespace>:e<C>`), caught up from
+//! the lake, and its own consumer group on the ingestion stream (`<namespace>-e<C>`).
+//!
+//! **The cutover** to a new cutoff `C` ([`cutover`]) never loses nor counts twice an event:
+//! 1. it pins the lake's `events` at its current version `V` and reads the archiver's position
+//!    recorded in it, `P`: the stream entries at or before `P` are in `V`, none after;
+//! 2. the nightly job computes the batch view of `C` from `V` (the events of `V` known at `C`);
+//! 3. the new speed view folds the events of `V` that arrived after `C` (`speed::catch_up`) and
+//!    every stream entry after `P`, whatever its arrival, through its own fold workers: together
+//!    with the batch view, every accepted event exactly once;
+//! 4. once its workers have read the whole stream, serving swaps to the new epoch atomically
+//!    (`Serving::swap_epoch`: a request sees one epoch or the other, never a mix);
+//! 5. the old epoch's workers stop, its group and its namespace are dropped.
+//!
+//! Tests: `tests/it/` (events streamed across two cutovers, every answer checked against `core`'s
+//! fold of the events accepted so far, and the lake against the stream).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sellable_batch::{BatchError, Lake, Progress};
+use sellable_core::{FoldConfig, KnownIds, Millis};
+use sellable_serving::Serving;
+use sellable_speed::stream::{StreamConfig, Workers, WorkersReport};
+use sellable_speed::{catch_up, CatchUpSource, SpeedError, SpeedView};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error(transparent)]
+    Speed(#[from] SpeedError),
+    #[error("the speed view of cutoff {cutoff} did not read the whole stream within {seconds} s; the old epoch keeps serving")]
+    NotCaughtUp { cutoff: Millis, seconds: u64 },
+    #[error("the fold workers of cutoff {cutoff} stopped: {reason}")]
+    Workers { cutoff: Millis, reason: String },
+}
+
+/// Where the epochs live and how they fold.
+#[derive(Debug, Clone)]
+pub struct LifecycleConfig {
+    /// The Redis of the speed views and of the ingestion stream.
+    pub url: String,
+    /// The ingestion stream (`POST /v1/events` with an intake, `sellable publish`).
+    pub stream: String,
+    /// Prefix of every epoch's namespace and consumer group.
+    pub namespace: String,
+    pub fold: FoldConfig,
+    /// Fold workers per epoch.
+    pub workers: usize,
+    /// The catalog names the fold workers' door checks, if any.
+    pub known: Option<Arc<KnownIds>>,
+    /// How long a new epoch may take to read the whole stream before the cutover gives up.
+    pub catch_up_timeout: Duration,
+}
+
+/// One epoch's speed view and the fold workers that keep it current.
+pub struct EpochSpeed {
+    pub cutoff: Millis,
+    pub namespace: String,
+    pub group: String,
+    pub speed: Arc<SpeedView>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    workers: tokio::task::JoinHandle<Result<WorkersReport, SpeedError>>,
+}
+
+impl EpochSpeed {
+    /// Opens the speed view of `cutoff`: caught up from `lake` (pinned to the version the batch
+    /// view was computed from), and fold workers for the stream entries after `position`.
+    pub async fn open(lake: &Lake, config: &LifecycleConfig, cutoff: Millis, position: &str) -> Result<EpochSpeed, LifecycleError> {
+        let namespace = format!("{}:e{cutoff}", config.namespace);
+        let group = format!("{}-e{cutoff}", config.namespace);
+        let speed = Arc::new(SpeedView::redis(&config.url, &namespace, config.fold).await?);
+        let caught = catch_up(lake, &speed, cutoff, CatchUpSource::Log, None).await?;
+        tracing::info!(cutoff, events = caught.read, position, "epoch caught up from the lake; folding the stream after the archived position");
+        let mut stream = StreamConfig::new(&config.stream, &group, "lifecycle");
+        stream.start = position.to_string();
+        stream.known = config.known.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let (url, view, workers) = (config.url.clone(), speed.clone(), Workers::new(stream, config.workers));
+        let workers = tokio::spawn(async move { sellable_speed::stream::run_workers(&url, view, workers, shutdown).await });
+        Ok(EpochSpeed { cutoff, namespace, group, speed, stop, workers })
+    }
+
+    /// Waits until the epoch's workers have read and folded every entry the stream holds.
+    pub async fn wait_caught_up(&self, config: &LifecycleConfig) -> Result<(), LifecycleError> {
+        let started = Instant::now();
+        loop {
+            if sellable_speed::stream::group_caught_up(&config.url, &config.stream, &self.group).await? {
+                return Ok(());
+            }
+            if self.workers.is_finished() {
+                return Err(LifecycleError::Workers { cutoff: self.cutoff, reason: "they ended".to_string() });
+            }
+            if started.elapsed() > config.catch_up_timeout {
+                return Err(LifecycleError::NotCaughtUp { cutoff: self.cutoff, seconds: config.catch_up_timeout.as_secs() });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the workers, drops the group and the namespace.
+    pub async fn close(self, config: &LifecycleConfig) -> Result<(), LifecycleError> {
+        let _ = self.stop.send(());
+        match self.workers.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, cutoff = self.cutoff, "the retired epoch's workers had failed"),
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+        sellable_speed::stream::destroy_group(&config.url, &config.stream, &self.group).await?;
+        if let Err(error) = self.speed.clear().await {
+            tracing::warn!(%error, namespace = self.namespace, "could not clear the retired epoch's namespace");
+        }
+        Ok(())
+    }
+}
+
+/// The lake pinned to its current version, and the archiver's position recorded in it.
+async fn pin(lake: &Lake, stream: &str) -> Result<(Lake, String), LifecycleError> {
+    let pinned = lake.pinned(lake.events_version().await?);
+    let position = pinned.position(&sellable_speed::archive::position_key(stream)).await?.unwrap_or_else(|| "0".to_string());
+    Ok((pinned, position))
+}
+
+/// The epoch of the lake's current batch view (at start-up).
+pub async fn start(lake: &Lake, config: &LifecycleConfig) -> Result<EpochSpeed, LifecycleError> {
+    let (pinned, position) = pin(lake, &config.stream).await?;
+    let cutoff = lake.load_batch_view().await?.asof;
+    let epoch = EpochSpeed::open(&pinned, config, cutoff, &position).await?;
+    epoch.wait_caught_up(config).await?;
+    Ok(epoch)
+}
+
+/// What a cutover did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutoverReport {
+    pub from: Millis,
+    pub to: Millis,
+    pub events_version: u64,
+    pub position: String,
+    pub elapsed: Duration,
+}
+
+/// The cutover of `serving` from `old` to the epoch of `cutoff` (the module's steps). On an
+/// error the old epoch keeps serving, and the new one is dropped.
+pub async fn cutover(lake: &Lake, serving: &Serving, old: EpochSpeed, config: &LifecycleConfig, cutoff: Millis) -> Result<(EpochSpeed, CutoverReport), (EpochSpeed, LifecycleError)> {
+    let started = Instant::now();
+    let prepared = async {
+        let (pinned, position) = pin(lake, &config.stream).await?;
+        pinned.nightly(cutoff, config.fold, &Progress::hidden()).await?;
+        let batch = pinned.load_batch_view().await?;
+        let epoch = EpochSpeed::open(&pinned, config, cutoff, &position).await?;
+        if let Err(error) = epoch.wait_caught_up(config).await {
+            let _ = epoch.close(config).await;
+            return Err(error);
+        }
+        Ok::<_, LifecycleError>((batch, epoch, pinned.events_version().await?, position))
+    };
+    let (batch, epoch, events_version, position) = match prepared.await {
+        Ok(prepared) => prepared,
+        Err(error) => return Err((old, error)),
+    };
+    serving.swap_epoch(batch, epoch.speed.clone());
+    let from = old.cutoff;
+    if let Err(error) = old.close(config).await {
+        tracing::warn!(%error, from, "could not retire the old epoch");
+    }
+    let report = CutoverReport { from, to: cutoff, events_version, position, elapsed: started.elapsed() };
+    tracing::info!(?report, "cutover done");
+    Ok((epoch, report))
+}

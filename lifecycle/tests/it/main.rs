@@ -1,0 +1,152 @@
+//! The loop, run for real against Redis and a Lance lake: a marketplace's events stream in (in
+//! chunks of arrival time) while fold workers and the archiver run, with two cutovers on the way.
+//! After every chunk and every cutover, every answer for a sample of SKUs and countries equals
+//! `core`'s fold of the events accepted so far; at the end the lake holds every event exactly once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sellable_batch::{Lake, Progress};
+use sellable_bench::{generate, SimConfig};
+use sellable_core::event::{encode_json, read_event_file};
+use sellable_core::{fold, Event, FoldConfig, Grade, Millis, NodeInfo};
+use sellable_lifecycle::{cutover, start, LifecycleConfig};
+use sellable_serving::{RuleBook, Serving};
+use sellable_speed::archive::{run_archiver, ARCHIVE_GROUP};
+use sellable_speed::stream::{group_caught_up, publish, StreamConfig};
+
+const HOUR: Millis = 3_600_000;
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
+}
+
+/// Waits (bounded) until `group` has read the whole stream.
+async fn drained(stream: &str, group: &str) {
+    for _ in 0..1_500 {
+        if group_caught_up(&redis_url(), stream, group).await.unwrap() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{group} never read the whole of {stream}");
+}
+
+/// Every answer of the sample against the fold of `accepted`, as of `now`: units by node (naive
+/// ATP: no model, no rules), nodes beyond their feed SLA excluded. Returns the units compared.
+async fn check(serving: &Serving, accepted: &[Event], nodes: &[NodeInfo], sample: &[(String, String)], now: Millis, when: &str) -> i64 {
+    serving.refresh_watermarks().await.unwrap();
+    let oracle = fold(accepted, FoldConfig::default());
+    let marks = sellable_core::fold::watermarks(accepted, FoldConfig::default());
+    let stale: BTreeSet<&str> =
+        nodes.iter().filter(|node| marks.get(&node.node).is_some_and(|arrived| now - arrived > node.feed_sla_ms)).map(|node| node.node.as_str()).collect();
+    let mut compared = 0;
+    for (sku, country) in sample {
+        let answer = serving.availability(sku, country, 1, now).await.unwrap();
+        assert!(matches!(answer.grade, Grade::Fresh | Grade::BoundedStale), "{when}: {answer:?}");
+        let served: BTreeMap<String, i64> = answer.options.iter().map(|o| (o.node.clone(), o.units)).collect();
+        let expected: BTreeMap<String, i64> = nodes
+            .iter()
+            .filter(|node| node.country == *country && !stale.contains(node.node.as_str()))
+            .filter_map(|node| Some((node.node.clone(), oracle.state(sku, &node.node)?.atp())))
+            .filter(|(_, atp)| *atp > 0)
+            .collect();
+        assert_eq!(served, expected, "{when}: {sku} in {country}");
+        compared += served.values().sum::<i64>();
+    }
+    compared
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimConfig { seed: 23, skus: 150, nodes: 12, days: 4.0, ..SimConfig::default() };
+    let summary = generate(&sim, &dir.path().join("gen")).unwrap();
+    let events: Vec<Event> = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect();
+    let lake = Arc::new(Lake::open(&dir.path().join("lake")).unwrap());
+    let skus = sellable_core::catalog::read_parquet(&summary.paths.skus, sellable_core::catalog::skus_from_batch).unwrap();
+    let nodes = sellable_core::catalog::read_parquet(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch).unwrap();
+    lake.import_catalog(&skus, &nodes).await.unwrap();
+
+    // the first day comes by file; the rest streams in
+    let first_cutoff = sim.start + 24 * HOUR;
+    let (imported, streamed): (Vec<Event>, Vec<Event>) = events.iter().cloned().partition(|e| e.arrival() <= first_cutoff);
+    lake.import_events(imported.clone().into_iter().map(Ok)).await.unwrap();
+    lake.nightly(first_cutoff, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+
+    let id = std::process::id();
+    let config = LifecycleConfig {
+        url: redis_url(),
+        stream: format!("sellable-test-lifecycle-{id}"),
+        namespace: format!("sellable-test-lifecycle-{id}"),
+        fold: FoldConfig::default(),
+        workers: 2,
+        known: None,
+        catch_up_timeout: Duration::from_secs(60),
+    };
+    let client = redis::Client::open(config.url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&config.stream).query_async(&mut connection).await.unwrap();
+
+    let mut epoch = start(&lake, &config).await.unwrap();
+    let rules = Arc::new(RuleBook::empty(sellable_dsl::Schema::standard()));
+    // the cutovers here are 12 to 42 hours apart: no margin for an old batch view
+    let limits = sellable_serving::grading::Limits { batch_max_age_ms: 7 * 24 * HOUR, ..Default::default() };
+    let serving = Serving::new(skus.clone(), nodes.clone(), lake.load_batch_view().await.unwrap(), epoch.speed.clone(), rules).with_limits(limits);
+    let (stop_archiver, archiver_stopped) = tokio::sync::oneshot::channel::<()>();
+    let archiver = {
+        let (lake, url, stream) = (lake.clone(), config.url.clone(), StreamConfig::new(&config.stream, ARCHIVE_GROUP, "archiver"));
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = archiver_stopped.await;
+            };
+            run_archiver(&url, lake.as_ref(), stream, Duration::from_millis(100), None, shutdown).await
+        })
+    };
+
+    let oracle = fold(&events, FoldConfig::default());
+    let mut sample: Vec<(String, String)> = oracle
+        .states
+        .iter()
+        .filter(|(_, state)| state.atp() > 0)
+        .filter_map(|((sku, node), _)| Some((sku.clone(), nodes.iter().find(|n| n.node == *node)?.country.clone())))
+        .collect();
+    sample.dedup();
+    sample.truncate(60);
+
+    // six chunks of 12 hours of arrivals; a cutover after the second and the fourth, at the middle
+    // of the chunk before it (so some of the lake's events are after the cutoff)
+    let mut accepted = imported.clone();
+    let mut compared = 0;
+    for chunk in 0..6 {
+        let (from, to) = (first_cutoff + chunk * 12 * HOUR, first_cutoff + (chunk + 1) * 12 * HOUR);
+        let lines = streamed.iter().filter(|e| e.arrival() > from && e.arrival() <= to);
+        accepted.extend(lines.clone().cloned());
+        publish(&config.url, &config.stream, lines.map(encode_json)).await.unwrap();
+        drained(&config.stream, &epoch.group).await;
+        drained(&config.stream, ARCHIVE_GROUP).await;
+        compared += check(&serving, &accepted, &nodes, &sample, to, &format!("after chunk {chunk}")).await;
+        if chunk == 1 || chunk == 3 {
+            let cutoff = from - 6 * HOUR;
+            let (next, report) = cutover(&lake, &serving, epoch, &config, cutoff).await.map_err(|(_, error)| error).unwrap();
+            assert_eq!((report.to, serving.epoch().batch.asof, next.cutoff), (cutoff, cutoff, cutoff));
+            assert_ne!(report.position, "0", "the archive had recorded its position");
+            epoch = next;
+            compared += check(&serving, &accepted, &nodes, &sample, to, &format!("after the cutover to {cutoff}")).await;
+        }
+    }
+    assert!(compared > 100, "the checks compared real stock: {compared} units");
+
+    // the lake holds every event exactly once
+    let _ = stop_archiver.send(());
+    archiver.await.unwrap().unwrap();
+    let mut in_lake: Vec<String> = lake.events_after(Millis::MIN).await.unwrap().into_iter().map(|e| e.unwrap().event_id).collect();
+    let mut all: Vec<String> = accepted.iter().map(|e| e.event_id.clone()).collect();
+    in_lake.sort();
+    all.sort();
+    assert_eq!(in_lake.len(), all.len());
+    assert!(in_lake == all, "the lake holds the accepted events");
+    epoch.close(&config).await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&config.stream).query_async(&mut connection).await.unwrap();
+}
