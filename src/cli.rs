@@ -77,6 +77,9 @@ pub enum Command {
     Deadletters(DeadlettersArgs),
     /// Serve the REST API over the lake's batch view and the speed view.
     Serve(ServeArgs),
+    /// The whole loop in one process, on Redis and the lake: HTTP ingestion into a stream, fold
+    /// workers, the archiver, the nightly job and cutover on a schedule, model reload, serving.
+    Run(RunArgs),
     /// Check, test and explain merchandising rule files.
     #[command(subcommand)]
     Rules(RulesCommand),
@@ -466,6 +469,34 @@ pub struct ServeArgs {
     /// every event then reaches the lake.
     #[arg(long, requires = "redis")]
     pub ingest_stream: Option<String>,
+    /// Address of the REST API [config: serve.listen].
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub lake: LakeArgs,
+    /// The Redis of the speed views and the ingestion stream [config: redis.url, or REDIS_URL].
+    #[arg(long, default_value = config::LOCAL_REDIS)]
+    pub redis: String,
+    /// Prefix of the epochs' namespaces and consumer groups in Redis [config: redis.namespace].
+    #[arg(long, default_value = "sellable")]
+    pub namespace: String,
+    /// The ingestion stream: `POST /v1/events` appends to it, and producers may too.
+    #[arg(long, default_value = "sellable-events")]
+    pub stream: String,
+    /// Fold workers of the current epoch.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Seconds between nightly jobs (each computes the batch view as of its start and cuts over).
+    #[arg(long, default_value_t = 86_400.0)]
+    pub nightly_every: f64,
+    #[command(flatten)]
+    pub rules: RulesDirArgs,
+    #[command(flatten)]
+    pub models: ModelsDirArgs,
     /// Address of the REST API [config: serve.listen].
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,

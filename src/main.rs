@@ -49,6 +49,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Publish(args) => speed::publish(&args).await,
         Command::Deadletters(args) => speed::dead_letters(&args).await,
         Command::Serve(args) => serve::run(&args).await,
+        Command::Run(args) => run::run(&args).await,
         Command::Rules(command) => rules::run(command).await,
     }
 }

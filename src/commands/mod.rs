@@ -6,5 +6,6 @@ pub mod demo;
 pub mod lake;
 pub mod models;
 pub mod rules;
+pub mod run;
 pub mod serve;
 pub mod speed;

@@ -937,3 +937,93 @@ async fn posted_events_reach_the_lake_through_the_ingestion_stream() {
     speed.clear().await.unwrap();
     let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut connection).await.unwrap();
 }
+
+/// `sellable run`: events posted over HTTP are answered at once, survive cutovers (a nightly job
+/// every second here), and reach the lake through the ingestion stream and the archiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sellable_run_keeps_posted_events_across_cutovers_and_archives_them() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let market = marketplace().await;
+    let id = std::process::id();
+    let (stream, namespace) = (format!("sellable-test-run-{id}"), format!("sellable-test-run-{id}"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log_path = market.lake.root().with_file_name("run.log");
+    let _run = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
+            .args(["run", "--redis", &url, "--stream", &stream, "--namespace", &namespace, "--nightly-every", "1"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--lake"])
+            .arg(market.lake.root())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..300 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+
+    let (sku, node) = market.after_cutoff.iter().map(|e| (e.sku.clone(), e.node.clone())).next().unwrap();
+    let (_, nodes) = market.lake.load_catalog().await.unwrap();
+    let country = nodes.iter().find(|n| n.node == node).unwrap().country.clone();
+    let units_at = |answer: &serde_json::Value| answer["options"].as_array().unwrap().iter().find(|o| o["node"] == node.as_str()).map_or(0, |o| o["units"].as_i64().unwrap());
+    let url_of = format!("{base}/v1/availability/{sku}?region={country}&qty=1");
+    let before: serde_json::Value = client.get(&url_of).send().await.unwrap().json().await.unwrap();
+    let now = chrono_now();
+    let receipt = Event { event_id: format!("run-receipt-{id}"), ts: now, sku: sku.clone(), node: node.clone(), kind: sellable_core::EventKind::Receipt, qty: 1_000, order_id: None, arrived: None };
+    let posted = client.post(format!("{base}/v1/events")).body(encode_json(&receipt)).send().await.unwrap();
+    assert_eq!(posted.status(), 202);
+    // the node's feed is fresh again at the next refresh of the watermarks (every second)
+    let mut after = serde_json::Value::Null;
+    for _ in 0..50 {
+        after = client.get(&url_of).send().await.unwrap().json().await.unwrap();
+        if units_at(&after) > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(units_at(&after) >= 1_000, "{before}\n{after}");
+
+    // two cutovers later, the receipt still counts once, and the lake holds it
+    let mut cutovers = 0;
+    for _ in 0..300 {
+        cutovers = std::fs::read_to_string(&log_path).unwrap_or_default().matches("run: cutover to").count();
+        if cutovers >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(cutovers >= 2, "{}", std::fs::read_to_string(&log_path).unwrap_or_default());
+    let later: serde_json::Value = client.get(&url_of).send().await.unwrap().json().await.unwrap();
+    // the same stock, without the margin of the old batch view the first answer held back
+    assert!(units_at(&later) >= 1_000 && units_at(&later) <= units_at(&after) + 1, "{after}\n{later}");
+    assert_eq!(later["grade"], "fresh", "{later}");
+    assert_ne!(later["versions"]["batch_view"], after["versions"]["batch_view"], "{later}");
+    let in_lake = market.lake.events_after(market.cutoff).await.unwrap().into_iter().filter(|e| e.as_ref().is_ok_and(|e| e.event_id == receipt.event_id)).count();
+    assert_eq!(in_lake, 1);
+    drop(_run);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{namespace}*")).query_async(&mut connection).await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&stream).arg(keys).query_async(&mut connection).await.unwrap();
+}
+
+/// A child process killed when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chrono_now() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as Millis
+}

@@ -1,0 +1,95 @@
+//! `sellable run`: the whole loop in one process (sellable-lifecycle), on Redis and the lake.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sellable_core::EventIntake;
+use sellable_lifecycle::{EpochSpeed, LifecycleConfig};
+use sellable_serving::Serving;
+use sellable_speed::stream::StreamConfig;
+
+use crate::cli::RunArgs;
+use crate::commands::{batch, serve};
+
+pub async fn run(args: &RunArgs) -> Result<()> {
+    let lake = Arc::new(args.lake.open()?);
+    if lake.load_batch_view().await.is_err() {
+        let asof = lake.last_arrival().await?.context("the lake has no events: import some first (sellable lake import)")?;
+        batch::nightly(&lake, asof, args.lake.fold_config()).await?;
+    }
+    let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
+    let config = LifecycleConfig {
+        url: args.redis.clone(),
+        stream: args.stream.clone(),
+        namespace: args.namespace.clone(),
+        fold: args.lake.fold_config(),
+        workers: args.workers.max(1),
+        known: Some(Arc::new(sellable_core::KnownIds::of(&skus, &nodes))),
+        catch_up_timeout: Duration::from_secs(600),
+    };
+    let epoch = sellable_lifecycle::start(&lake, &config).await?;
+    eprintln!("run: epoch of cutoff {} caught up", sellable_core::event::format_millis(epoch.cutoff));
+    let intake: Arc<dyn EventIntake> = Arc::new(sellable_speed::stream::StreamIntake::new(&config.url, &config.stream)?);
+    let models = serve::model_book(&args.models.models, None)?;
+    let serving = serve::load_serving(&lake, epoch.speed.clone(), args.rules.book()?, models, Some(intake)).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let archiver = spawn_archiver(lake.clone(), &config, stopped.clone());
+    let nightly = spawn_nightly(lake, serving.clone(), config, epoch, Duration::from_secs_f64(args.nightly_every), stopped);
+    let served = serve::serve(serving, args.listen, None).await;
+    let _ = stop.send(true);
+    nightly.await.context("the nightly task panicked; this is a bug")?;
+    archiver.await.context("the archiver panicked; this is a bug")??;
+    served
+}
+
+fn spawn_archiver(lake: Arc<sellable_batch::Lake>, config: &LifecycleConfig, mut stopped: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<Result<()>> {
+    let mut stream = StreamConfig::new(&config.stream, sellable_speed::archive::ARCHIVE_GROUP, "archiver");
+    stream.known = config.known.clone();
+    let url = config.url.clone();
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let stats = sellable_speed::archive::run_archiver(&url, lake.as_ref(), stream, Duration::from_secs(1), None, shutdown).await?;
+        eprintln!("run: archived {} events in {} batches", stats.archived, stats.batches);
+        Ok(())
+    })
+}
+
+/// Every `every`, the nightly job as of now and the cutover to it; a failed cutover keeps the
+/// epoch that serves, and is tried again at the next tick.
+fn spawn_nightly(
+    lake: Arc<sellable_batch::Lake>,
+    serving: Arc<Serving>,
+    config: LifecycleConfig,
+    mut epoch: EpochSpeed,
+    every: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|stop| *stop) => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let cutoff = chrono::Utc::now().timestamp_millis();
+            epoch = match sellable_lifecycle::cutover(&lake, &serving, epoch, &config, cutoff).await {
+                Ok((next, report)) => {
+                    eprintln!(
+                        "run: cutover to {} in {:.1} s (events version {}, stream after {})",
+                        sellable_core::event::format_millis(report.to),
+                        report.elapsed.as_secs_f64(),
+                        report.events_version,
+                        report.position
+                    );
+                    next
+                }
+                Err((old, error)) => {
+                    eprintln!("run: cutover to {} failed ({error}); the epoch of {} keeps serving", sellable_core::event::format_millis(cutoff), sellable_core::event::format_millis(old.cutoff));
+                    old
+                }
+            };
+        }
+    })
+}
