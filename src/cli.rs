@@ -504,9 +504,19 @@ pub struct RunArgs {
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Use this Redis for the speed view instead of the embedded store.
+    /// Run the living system on this Redis (`sellable run`'s loop): the last day of the
+    /// marketplace is replayed into it through the ingestion stream at --replay-speed, with a
+    /// nightly cutover every --nightly-every simulated hours. Without it, the speed view is
+    /// embedded and the last day is folded at start.
     #[arg(long)]
     pub redis: Option<String>,
+    /// With --redis: how many times faster than real time the last day is replayed (60: one
+    /// simulated hour per minute).
+    #[arg(long, default_value_t = 60.0)]
+    pub replay_speed: f64,
+    /// With --redis: simulated hours between nightly jobs and cutovers.
+    #[arg(long, default_value_t = 2.0)]
+    pub nightly_every: f64,
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Where the generated files and the lake go (replaced on every run).

@@ -66,6 +66,19 @@ pub struct Epoch {
 pub enum Clock {
     Wall,
     Fixed(Millis),
+    /// Simulated time running `speed` times faster than the wall clock, `start` at `wall` (the
+    /// demo's replay of a day in minutes).
+    Scaled { wall: Millis, start: Millis, speed: f64 },
+}
+
+impl Clock {
+    pub fn now(self) -> Millis {
+        match self {
+            Clock::Wall => chrono::Utc::now().timestamp_millis(),
+            Clock::Fixed(now) => now,
+            Clock::Scaled { wall, start, speed } => start + ((chrono::Utc::now().timestamp_millis() - wall) as f64 * speed) as Millis,
+        }
+    }
 }
 
 /// Prometheus metrics of the server (`GET /metrics`).
@@ -215,10 +228,7 @@ impl Serving {
     }
 
     pub fn now(&self) -> Millis {
-        match self.clock {
-            Clock::Wall => chrono::Utc::now().timestamp_millis(),
-            Clock::Fixed(now) => now,
-        }
+        self.clock.now()
     }
 
     /// Takes the speed view's node watermarks (the batch view's stand unless newer) and

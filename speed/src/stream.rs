@@ -353,6 +353,13 @@ pub async fn group_caught_up(url: &str, stream: &str, group: &str) -> Result<boo
     }))
 }
 
+/// Deletes `stream` with its consumer groups.
+pub async fn delete_stream(url: &str, stream: &str) -> Result<(), SpeedError> {
+    let mut connection = Connection::open(url).await?;
+    let _: i64 = redis::cmd("DEL").arg(stream).query_async(&mut connection).await.map_err(|source| SpeedError::Redis { url: url.to_string(), source })?;
+    Ok(())
+}
+
 /// Removes `group` from `stream` (a retired epoch's fold workers).
 pub async fn destroy_group(url: &str, stream: &str, group: &str) -> Result<(), SpeedError> {
     let mut connection = Connection::open(url).await?;

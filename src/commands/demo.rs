@@ -11,11 +11,11 @@ use sellable_serving::Serving;
 use sellable_speed::{CatchUpSource, SpeedView};
 
 use crate::cli::{DemoArgs, DAY_MS};
-use crate::commands::{batch, lake, models, serve, speed};
+use crate::commands::{batch, lake, models, run, serve, speed};
 
-/// Generates a marketplace whose events end about now, imports it, computes the batch view a day
-/// before the end, folds the last day into the speed view (the events still in flight as their
-/// arrival time comes), trains a model, and serves.
+/// Generates a marketplace whose events end about now, computes the batch view a day before the
+/// end, trains a model on the days before, and serves: embedded (the last day folded at start)
+/// or, with `--redis`, as the living system that replays the last day.
 pub async fn run(args: DemoArgs) -> Result<()> {
     let now = chrono::Utc::now().timestamp_millis();
     let days_ms = (args.sim.days * DAY_MS as f64) as Millis;
@@ -26,29 +26,91 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let generated = args.dir.join("generated");
     let summary = lake::gen(&lake::sim_config(&args.sim, start), &generated)?;
     let lake = Lake::open(&args.dir.join("lake"))?;
-    lake::import(&lake, &generated).await?;
     // The batch view stops a day before the end; the speed view holds the last day.
     let fold_config = FoldConfig::default();
     let cutoff = summary.end - DAY_MS.min(days_ms / 2);
+    let later = lake::import_until(&lake, &generated, args.redis.is_some().then_some(cutoff)).await?;
     batch::nightly(&lake, cutoff, fold_config).await?;
-    let speed = match &args.redis {
-        Some(url) => {
-            let speed = SpeedView::redis(url, "sellable-demo", fold_config).await?;
-            speed.clear().await.context("clearing the demo namespace in Redis")?;
-            speed
-        }
-        None => SpeedView::memory(fold_config),
-    };
+    let models = serve::model_book(&demo_model(&lake, &args.dir.join("models"), start, cutoff, fold_config).await, None)?;
+    if let Some(url) = &args.redis {
+        return live(&args, url, lake, models, cutoff, later).await;
+    }
+    let speed = SpeedView::memory(fold_config);
     let in_flight = speed::catch_up(&lake, &speed, cutoff, CatchUpSource::Log, Some(now)).await?;
     let speed = Arc::new(speed);
     if !in_flight.is_empty() {
         eprintln!("demo: {} events are still in flight; each is folded when its arrival time comes", in_flight.len());
         spawn_live_feed(speed.clone(), in_flight);
     }
-    let models = serve::model_book(&demo_model(&lake, &args.dir.join("models"), start, cutoff, fold_config).await, None)?;
     let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, None).await?;
     let example = example_request(&serving).await;
     serve::serve(serving, args.listen, example).await
+}
+
+/// The living demo: `sellable run`'s loop on Redis, its clock running `--replay-speed` times
+/// faster from the cutoff, the last day's events published to the ingestion stream as that clock
+/// reaches their arrival, and a cutover every `--nightly-every` simulated hours.
+async fn live(args: &DemoArgs, url: &str, lake: Lake, models: Arc<sellable_serving::ModelBook>, cutoff: Millis, later: Vec<Event>) -> Result<()> {
+    let lake = Arc::new(lake);
+    let (skus, nodes) = lake.load_catalog().await?;
+    let config = sellable_lifecycle::LifecycleConfig {
+        url: url.to_string(),
+        stream: "sellable-demo-events".to_string(),
+        namespace: "sellable-demo".to_string(),
+        fold: FoldConfig::default(),
+        workers: 1,
+        known: Some(Arc::new(sellable_core::KnownIds::of(&skus, &nodes))),
+        catch_up_timeout: std::time::Duration::from_secs(600),
+    };
+    forget_previous_demo(&config).await?;
+    let epoch = sellable_lifecycle::start(&lake, &config).await?;
+    let clock = sellable_serving::Clock::Scaled { wall: chrono::Utc::now().timestamp_millis(), start: cutoff, speed: args.replay_speed };
+    let intake: Arc<dyn sellable_core::EventIntake> = Arc::new(sellable_speed::stream::StreamIntake::new(url, &config.stream)?);
+    let serving = serve::load_serving_with_clock(&lake, epoch.speed.clone(), args.rules.book()?, models, Some(intake), clock).await?;
+    eprintln!(
+        "demo: replaying the last day's {} events at {}x (one simulated hour every {:.0} s), a cutover every {} simulated hours",
+        later.len(),
+        args.replay_speed,
+        3_600.0 / args.replay_speed,
+        args.nightly_every
+    );
+    spawn_replay(url.to_string(), config.stream.clone(), later, clock);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let archiver = run::spawn_archiver(lake.clone(), &config, stopped.clone());
+    let every = std::time::Duration::from_secs_f64(args.nightly_every * 3_600.0 / args.replay_speed);
+    let nightly = run::spawn_nightly(lake, serving.clone(), config, epoch, every, stopped);
+    let example = example_request(&serving).await;
+    let served = serve::serve(serving, args.listen, example).await;
+    let _ = stop.send(true);
+    nightly.await.context("the nightly task panicked; this is a bug")?;
+    archiver.await.context("the archiver panicked; this is a bug")??;
+    served
+}
+
+/// Drops what an earlier living demo left in Redis: its stream (and the groups on it) and every
+/// epoch's namespace.
+async fn forget_previous_demo(config: &sellable_lifecycle::LifecycleConfig) -> Result<()> {
+    SpeedView::redis(&config.url, &config.namespace, config.fold).await?.clear().await.context("clearing the demo's namespaces")?;
+    sellable_speed::stream::delete_stream(&config.url, &config.stream).await?;
+    Ok(())
+}
+
+/// Publishes each event to the ingestion stream when the demo's clock reaches its arrival.
+fn spawn_replay(url: String, stream: String, events: Vec<Event>, clock: sellable_serving::Clock) {
+    tokio::spawn(async move {
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let now = clock.now();
+            let due: Vec<String> = std::iter::from_fn(|| events.next_if(|event| event.arrival() <= now)).map(|event| sellable_core::event::encode_json(&event)).collect();
+            if !due.is_empty() {
+                if let Err(error) = sellable_speed::stream::publish(&url, &stream, due).await {
+                    tracing::warn!(%error, "the replay could not publish; retrying");
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        eprintln!("demo: the replay is over; the marketplace is quiet now");
+    });
 }
 
 /// Folds events as their arrival time comes, like a live stream: the demo's last events are

@@ -1,6 +1,7 @@
 //! `sellable gen` and `sellable lake`: the simulated marketplace and the lake of Lance datasets.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use sellable_batch::Lake;
@@ -46,6 +47,12 @@ pub fn gen(config: &SimConfig, out: &Path) -> Result<SimSummary> {
 
 /// Imports a `gen` directory (catalog and events) or one events file.
 pub async fn import(lake: &Lake, from: &Path) -> Result<()> {
+    import_until(lake, from, None).await.map(|_| ())
+}
+
+/// [`import`], keeping out the events that arrive after `until` (if given): they are returned, in
+/// the file's order (arrival order for a `gen` directory).
+pub async fn import_until(lake: &Lake, from: &Path, until: Option<Millis>) -> Result<Vec<sellable_core::Event>> {
     let events_file = if from.is_dir() {
         let paths = sellable_bench::SimPaths::in_dir(from);
         let skus = read_parquet(&paths.skus, skus_from_batch).with_context(|| format!("reading {}", paths.skus.display()))?;
@@ -57,6 +64,15 @@ pub async fn import(lake: &Lake, from: &Path) -> Result<()> {
         from.to_path_buf()
     };
     let events = read_event_file(&events_file).with_context(|| format!("reading {}", events_file.display()))?;
+    let later = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held = later.clone();
+    let events = events.filter(move |event| match (event, until) {
+        (Ok(event), Some(until)) if !sellable_core::known_at(event, until) => {
+            held.lock().expect("import lock poisoned; this is a bug").push(event.clone());
+            false
+        }
+        _ => true,
+    });
     let report = lake.import_events(events).await.with_context(|| format!("importing {}", events_file.display()))?;
     for error in report.rejected.iter().take(20) {
         eprintln!("import: rejected {}: {error}", events_file.display());
@@ -70,7 +86,8 @@ pub async fn import(lake: &Lake, from: &Path) -> Result<()> {
         report.rejected.len(),
         report.version
     );
-    Ok(())
+    let later = std::mem::take(&mut *later.lock().expect("import lock poisoned; this is a bug"));
+    Ok(later)
 }
 
 pub async fn info(lake: &Lake) -> Result<()> {

@@ -43,7 +43,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     served
 }
 
-fn spawn_archiver(lake: Arc<sellable_batch::Lake>, config: &LifecycleConfig, mut stopped: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<Result<()>> {
+pub fn spawn_archiver(lake: Arc<sellable_batch::Lake>, config: &LifecycleConfig, mut stopped: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<Result<()>> {
     let mut stream = StreamConfig::new(&config.stream, sellable_speed::archive::ARCHIVE_GROUP, "archiver");
     stream.known = config.known.clone();
     let url = config.url.clone();
@@ -59,7 +59,7 @@ fn spawn_archiver(lake: Arc<sellable_batch::Lake>, config: &LifecycleConfig, mut
 
 /// Every `every`, the nightly job as of now and the cutover to it; a failed cutover keeps the
 /// epoch that serves, and is tried again at the next tick.
-fn spawn_nightly(
+pub fn spawn_nightly(
     lake: Arc<sellable_batch::Lake>,
     serving: Arc<Serving>,
     config: LifecycleConfig,
@@ -73,7 +73,7 @@ fn spawn_nightly(
                 _ = stopped.wait_for(|stop| *stop) => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            let cutoff = chrono::Utc::now().timestamp_millis();
+            let cutoff = serving.now();
             epoch = match sellable_lifecycle::cutover(&lake, &serving, epoch, &config, cutoff).await {
                 Ok((next, report)) => {
                     eprintln!(

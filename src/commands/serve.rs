@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use sellable_batch::Lake;
 use sellable_core::{EventIntake, FoldConfig};
 use sellable_models::Registry;
-use sellable_serving::{ModelBook, ModelStatus, RuleBook, Serving};
+use sellable_serving::{Clock, ModelBook, ModelStatus, RuleBook, Serving};
 use sellable_speed::{CatchUpSource, SpeedView};
 
 use crate::cli::{RedisArgs, ServeArgs};
@@ -64,13 +64,25 @@ pub async fn load_serving(
     models: Arc<ModelBook>,
     intake: Option<Arc<dyn EventIntake>>,
 ) -> Result<Arc<Serving>> {
+    load_serving_with_clock(lake, speed, rules, models, intake, Clock::Wall).await
+}
+
+/// [`load_serving`] answering as of `clock`.
+pub async fn load_serving_with_clock(
+    lake: &Lake,
+    speed: Arc<SpeedView>,
+    rules: Arc<RuleBook>,
+    models: Arc<ModelBook>,
+    intake: Option<Arc<dyn EventIntake>>,
+    clock: Clock,
+) -> Result<Arc<Serving>> {
     let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
     let batch = lake.load_batch_view().await.context("loading the batch view")?;
     if rules.dir().is_some() {
         rules.clone().watch(std::time::Duration::from_secs(1));
     }
     models.clone().watch(std::time::Duration::from_millis(500));
-    let mut serving = Serving::new(skus, nodes, batch, speed, rules).with_models(models);
+    let mut serving = Serving::new(skus, nodes, batch, speed, rules).with_models(models).with_clock(clock);
     if let Some(intake) = intake {
         serving = serving.with_intake(intake);
     }
