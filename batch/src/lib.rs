@@ -630,6 +630,13 @@ impl Lake {
         Ok(BatchSummary { asof, sku_nodes: sku_nodes as u64, deltas: delta_count as u64, version, shares: computed.shares })
     }
 
+    /// The version of `events` the stored batch view was computed from, if its lineage says
+    /// (a speed view that completes it must start from that version: `sellable-lifecycle`).
+    pub fn batch_view_events_version(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(self.root.join(VIEW_LINEAGE)).ok()?;
+        ViewLineage::parse(&text).map(|lineage| lineage.events_version)
+    }
+
     /// Loads the latest batch view into memory, for serving.
     pub async fn load_batch_view(&self) -> Result<BatchView, BatchError> {
         let hint = "compute one first (sellable batch)";

@@ -71,11 +71,15 @@ pub struct EpochSpeed {
 
 impl EpochSpeed {
     /// Opens the speed view of `cutoff`: caught up from `lake` (pinned to the version the batch
-    /// view was computed from), and fold workers for the stream entries after `position`.
+    /// view was computed from), and fold workers for the stream entries after `position`. It
+    /// starts clean: whatever an interrupted attempt left in its namespace and group (built from
+    /// another version of the lake, perhaps) is dropped first.
     pub async fn open(lake: &Lake, config: &LifecycleConfig, cutoff: Millis, position: &str) -> Result<EpochSpeed, LifecycleError> {
         let namespace = format!("{}:e{cutoff}", config.namespace);
         let group = format!("{}-e{cutoff}", config.namespace);
         let speed = Arc::new(SpeedView::redis(&config.url, &namespace, config.fold).await?);
+        speed.clear().await?;
+        sellable_speed::stream::destroy_group(&config.url, &config.stream, &group).await?;
         let caught = catch_up(lake, &speed, cutoff, CatchUpSource::Log, None).await?;
         tracing::info!(cutoff, events = caught.read, position, "epoch caught up from the lake; folding the stream after the archived position");
         let mut stream = StreamConfig::new(&config.stream, &group, "lifecycle");
@@ -123,16 +127,23 @@ impl EpochSpeed {
     }
 }
 
-/// The lake pinned to its current version, and the archiver's position recorded in it.
-async fn pin(lake: &Lake, stream: &str) -> Result<(Lake, String), LifecycleError> {
-    let pinned = lake.pinned(lake.events_version().await?);
+/// The lake pinned to `version` (its current one if `None`), and the archiver's position
+/// recorded in it.
+async fn pin(lake: &Lake, stream: &str, version: Option<u64>) -> Result<(Lake, String), LifecycleError> {
+    let version = match version {
+        Some(version) => version,
+        None => lake.events_version().await?,
+    };
+    let pinned = lake.pinned(version);
     let position = pinned.position(&sellable_speed::archive::position_key(stream)).await?.unwrap_or_else(|| "0".to_string());
     Ok((pinned, position))
 }
 
-/// The epoch of the lake's current batch view (at start-up).
+/// The epoch of the lake's current batch view, at start-up (a first start, or after a crash,
+/// even in the middle of a cutover): its speed view is rebuilt from the version of the lake the
+/// batch view was computed from, and the stream after that version's archive position.
 pub async fn start(lake: &Lake, config: &LifecycleConfig) -> Result<EpochSpeed, LifecycleError> {
-    let (pinned, position) = pin(lake, &config.stream).await?;
+    let (pinned, position) = pin(lake, &config.stream, lake.batch_view_events_version()).await?;
     let cutoff = lake.load_batch_view().await?.asof;
     let epoch = EpochSpeed::open(&pinned, config, cutoff, &position).await?;
     epoch.wait_caught_up(config).await?;
@@ -154,7 +165,7 @@ pub struct CutoverReport {
 pub async fn cutover(lake: &Lake, serving: &Serving, old: EpochSpeed, config: &LifecycleConfig, cutoff: Millis) -> Result<(EpochSpeed, CutoverReport), (EpochSpeed, LifecycleError)> {
     let started = Instant::now();
     let prepared = async {
-        let (pinned, position) = pin(lake, &config.stream).await?;
+        let (pinned, position) = pin(lake, &config.stream, None).await?;
         pinned.nightly(cutoff, config.fold, &Progress::hidden()).await?;
         let batch = pinned.load_batch_view().await?;
         let epoch = EpochSpeed::open(&pinned, config, cutoff, &position).await?;

@@ -360,11 +360,15 @@ pub async fn delete_stream(url: &str, stream: &str) -> Result<(), SpeedError> {
     Ok(())
 }
 
-/// Removes `group` from `stream` (a retired epoch's fold workers).
+/// Removes `group` from `stream` (a retired epoch's fold workers); a missing stream or group is
+/// not an error.
 pub async fn destroy_group(url: &str, stream: &str, group: &str) -> Result<(), SpeedError> {
     let mut connection = Connection::open(url).await?;
-    let _: i64 = redis::cmd("XGROUP").arg("DESTROY").arg(stream).arg(group).query_async(&mut connection).await.map_err(|source| SpeedError::Redis { url: url.to_string(), source })?;
-    Ok(())
+    let destroyed: Result<i64, RedisError> = redis::cmd("XGROUP").arg("DESTROY").arg(stream).arg(group).query_async(&mut connection).await;
+    match destroyed {
+        Err(error) if error.to_string().contains("requires the key to exist") => Ok(()),
+        other => other.map(|_| ()).map_err(|source| SpeedError::Redis { url: url.to_string(), source }),
+    }
 }
 
 /// This machine's clock, in milliseconds since the epoch: what the door checks times against.

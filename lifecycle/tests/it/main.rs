@@ -90,20 +90,28 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
     let _: i64 = redis::cmd("DEL").arg(&config.stream).query_async(&mut connection).await.unwrap();
 
     let mut epoch = start(&lake, &config).await.unwrap();
-    let rules = Arc::new(RuleBook::empty(sellable_dsl::Schema::standard()));
     // the cutovers here are 12 to 42 hours apart: no margin for an old batch view
     let limits = sellable_serving::grading::Limits { batch_max_age_ms: 7 * 24 * HOUR, ..Default::default() };
-    let serving = Serving::new(skus.clone(), nodes.clone(), lake.load_batch_view().await.unwrap(), epoch.speed.clone(), rules).with_limits(limits);
-    let (stop_archiver, archiver_stopped) = tokio::sync::oneshot::channel::<()>();
-    let archiver = {
+    let serving_of = |lake: Arc<Lake>, speed: Arc<dyn sellable_core::SpeedSource>| {
+        let (skus, nodes) = (skus.clone(), nodes.clone());
+        async move {
+            let rules = Arc::new(RuleBook::empty(sellable_dsl::Schema::standard()));
+            Serving::new(skus, nodes, lake.load_batch_view().await.unwrap(), speed, rules).with_limits(limits)
+        }
+    };
+    let mut serving = Arc::new(serving_of(lake.clone(), epoch.speed.clone()).await);
+    let archive = || {
         let (lake, url, stream) = (lake.clone(), config.url.clone(), StreamConfig::new(&config.stream, ARCHIVE_GROUP, "archiver"));
-        tokio::spawn(async move {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
             let shutdown = async move {
-                let _ = archiver_stopped.await;
+                let _ = stopped.await;
             };
             run_archiver(&url, lake.as_ref(), stream, Duration::from_millis(100), None, shutdown).await
-        })
+        });
+        (stop, task)
     };
+    let (mut stop_archiver, mut archiver) = archive();
 
     let oracle = fold(&events, FoldConfig::default());
     let mut sample: Vec<(String, String)> = oracle
@@ -116,7 +124,8 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
     sample.truncate(60);
 
     // six chunks of 12 hours of arrivals; a cutover after the second and the fourth, at the middle
-    // of the chunk before it (so some of the lake's events are after the cutoff)
+    // of the chunk before it (so some of the lake's events are after the cutoff); the archiver
+    // crashes in the third chunk, and the process in the middle of a cutover in the fourth
     let mut accepted = imported.clone();
     let mut compared = 0;
     for chunk in 0..6 {
@@ -124,6 +133,24 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
         let lines = streamed.iter().filter(|e| e.arrival() > from && e.arrival() <= to);
         accepted.extend(lines.clone().cloned());
         publish(&config.url, &config.stream, lines.map(encode_json)).await.unwrap();
+        if chunk == 2 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            archiver.abort(); // as a crash: nothing flushed, nothing acknowledged after this
+            let _ = archiver.await;
+            (stop_archiver, archiver) = archive();
+        }
+        if chunk == 3 {
+            // a crash in the middle of a cutover: the process restarts from the lake
+            let (crashing_lake, crashing_config, crashing_serving) = (lake.clone(), config.clone(), serving.clone());
+            let interrupted = tokio::spawn(async move {
+                let _ = cutover(&crashing_lake, &crashing_serving, epoch, &crashing_config, from - 3 * HOUR).await;
+            });
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            interrupted.abort();
+            let _ = interrupted.await;
+            epoch = start(&lake, &config).await.unwrap();
+            serving = Arc::new(serving_of(lake.clone(), epoch.speed.clone()).await);
+        }
         drained(&config.stream, &epoch.group).await;
         drained(&config.stream, ARCHIVE_GROUP).await;
         compared += check(&serving, &accepted, &nodes, &sample, to, &format!("after chunk {chunk}")).await;
