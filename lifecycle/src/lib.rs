@@ -81,6 +81,8 @@ impl EpochSpeed {
         speed.clear().await?;
         sellable_speed::stream::destroy_group(&config.url, &config.stream, &group).await?;
         let caught = catch_up(lake, &speed, cutoff, CatchUpSource::Log, None).await?;
+        // complete only once the stream after `position` is folded too ([`EpochSpeed::wait_caught_up`])
+        speed.unmark_caught_up().await?;
         tracing::info!(cutoff, events = caught.read, position, "epoch caught up from the lake; folding the stream after the archived position");
         let mut stream = StreamConfig::new(&config.stream, &group, "lifecycle");
         stream.start = position.to_string();
@@ -94,11 +96,13 @@ impl EpochSpeed {
         Ok(EpochSpeed { cutoff, namespace, group, speed, stop, workers })
     }
 
-    /// Waits until the epoch's workers have read and folded every entry the stream holds.
+    /// Waits until the epoch's workers have read and folded every entry the stream holds, then
+    /// marks the view caught up from its cutoff (serving trusts it from then on).
     pub async fn wait_caught_up(&self, config: &LifecycleConfig) -> Result<(), LifecycleError> {
         let started = Instant::now();
         loop {
             if sellable_speed::stream::group_caught_up(&config.url, &config.stream, &self.group).await? {
+                self.speed.mark_caught_up(self.cutoff).await?;
                 return Ok(());
             }
             if self.workers.is_finished() {
@@ -113,17 +117,24 @@ impl EpochSpeed {
 
     /// Stops the workers, drops the group and the namespace.
     pub async fn close(self, config: &LifecycleConfig) -> Result<(), LifecycleError> {
+        let (group, speed, namespace) = (self.group.clone(), self.speed.clone(), self.namespace.clone());
+        self.stop().await;
+        sellable_speed::stream::destroy_group(&config.url, &config.stream, &group).await?;
+        if let Err(error) = speed.clear().await {
+            tracing::warn!(%error, namespace, "could not clear the retired epoch's namespace");
+        }
+        Ok(())
+    }
+
+    /// Stops the workers and leaves the group and the namespace as they are (an epoch about to
+    /// be rebuilt in place).
+    pub async fn stop(self) {
         let _ = self.stop.send(());
         match self.workers.await {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(%error, cutoff = self.cutoff, "the retired epoch's workers had failed"),
+            Ok(Err(error)) => tracing::warn!(%error, cutoff = self.cutoff, "the epoch's workers had failed"),
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
-        sellable_speed::stream::destroy_group(&config.url, &config.stream, &self.group).await?;
-        if let Err(error) = self.speed.clear().await {
-            tracing::warn!(%error, namespace = self.namespace, "could not clear the retired epoch's namespace");
-        }
-        Ok(())
     }
 }
 

@@ -82,6 +82,12 @@ pub async fn run_archiver(
             let entries = match read {
                 Ok(entries) => entries,
                 Err(source) => {
+                    // a Redis that came back empty lost the group with the stream: make it again
+                    if source.to_string().contains("NOGROUP") {
+                        stream::create_group(&mut connection, &config).await.map_err(error)?;
+                        from = "0";
+                        continue;
+                    }
                     tracing::warn!(error = %error(source), "reading the stream to archive failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;

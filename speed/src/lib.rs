@@ -287,6 +287,22 @@ impl SpeedView {
         }
     }
 
+    /// Takes the mark of [`SpeedView::mark_caught_up`] away: the view is not to be trusted
+    /// until it is marked again (an epoch whose stream part is still being folded).
+    pub async fn unmark_caught_up(&self) -> Result<(), SpeedError> {
+        match self {
+            SpeedView::Memory(store) => {
+                *store.caught_up.lock().expect("speed view lock poisoned; this is a bug") = None;
+                Ok(())
+            }
+            SpeedView::Redis(store) => {
+                let mut connection = store.connection.clone();
+                let _: i64 = redis::cmd("DEL").arg(store.caught_up_key()).query_async(&mut connection).await.map_err(|e| store.error(e))?;
+                Ok(())
+            }
+        }
+    }
+
     /// The cutoff the view was last caught up from, if its mark is there.
     pub async fn caught_up_to(&self) -> Result<Option<Millis>, SpeedError> {
         match self {

@@ -9,6 +9,8 @@ use sellable_lifecycle::{EpochSpeed, LifecycleConfig};
 use sellable_serving::Serving;
 use sellable_speed::stream::StreamConfig;
 
+use sellable_core::event::format_millis;
+
 use crate::cli::RunArgs;
 use crate::commands::{batch, serve};
 
@@ -29,7 +31,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         catch_up_timeout: Duration::from_secs(600),
     };
     let epoch = sellable_lifecycle::start(&lake, &config).await?;
-    eprintln!("run: epoch of cutoff {} caught up", sellable_core::event::format_millis(epoch.cutoff));
+    eprintln!("run: epoch of cutoff {} caught up", format_millis(epoch.cutoff));
     let intake: Arc<dyn EventIntake> = Arc::new(sellable_speed::stream::StreamIntake::new(&config.url, &config.stream)?);
     let models = serve::model_book(&args.models.models, None)?;
     let serving = serve::load_serving(&lake, epoch.speed.clone(), args.rules.book()?, models, Some(intake)).await?;
@@ -58,7 +60,10 @@ pub fn spawn_archiver(lake: Arc<sellable_batch::Lake>, config: &LifecycleConfig,
 }
 
 /// Every `every`, the nightly job as of now and the cutover to it; a failed cutover keeps the
-/// epoch that serves, and is tried again at the next tick.
+/// epoch that serves, and is tried again at the next tick. Every second in between, the epoch's
+/// speed view is checked: one that lost its catch-up mark (Redis came back empty, its stream with
+/// it) is replaced at once by a cutover to now, which rebuilds everything from the lake as it is
+/// (answers are conservative meanwhile).
 pub fn spawn_nightly(
     lake: Arc<sellable_batch::Lake>,
     serving: Arc<Serving>,
@@ -68,25 +73,37 @@ pub fn spawn_nightly(
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut next = tokio::time::Instant::now() + every;
         loop {
             tokio::select! {
                 _ = stopped.wait_for(|stop| *stop) => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+            // Redis away: nothing to rebuild from yet (answers are conservative meanwhile)
+            let lost = matches!(epoch.speed.caught_up_to().await, Ok(mark) if mark != Some(epoch.cutoff));
+            if lost {
+                eprintln!("run: the speed view of {} lost what it held (Redis came back empty?): rebuilding from the lake", format_millis(epoch.cutoff));
+            } else if tokio::time::Instant::now() < next {
+                continue;
+            }
+            next = tokio::time::Instant::now() + every;
             let cutoff = serving.now();
             epoch = match sellable_lifecycle::cutover(&lake, &serving, epoch, &config, cutoff).await {
                 Ok((next, report)) => {
                     eprintln!(
                         "run: cutover to {} in {:.1} s (events version {}, stream after {})",
-                        sellable_core::event::format_millis(report.to),
+                        format_millis(report.to),
                         report.elapsed.as_secs_f64(),
                         report.events_version,
                         report.position
                     );
+                    if lost {
+                        eprintln!("run: the speed view of {} is whole again", format_millis(next.cutoff));
+                    }
                     next
                 }
                 Err((old, error)) => {
-                    eprintln!("run: cutover to {} failed ({error}); the epoch of {} keeps serving", sellable_core::event::format_millis(cutoff), sellable_core::event::format_millis(old.cutoff));
+                    eprintln!("run: cutover to {} failed ({error}); the epoch of {} keeps serving", format_millis(cutoff), format_millis(old.cutoff));
                     old
                 }
             };

@@ -1027,3 +1027,79 @@ impl Drop for KillOnDrop {
 fn chrono_now() -> Millis {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as Millis
 }
+
+/// `sellable run` on a Redis that comes back empty (stream, groups and speed views gone): answers
+/// are never fresh and wrong meanwhile, and the speed view is rebuilt from the lake by itself, with
+/// the receipt posted (and archived) before the loss still counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sellable_run_rebuilds_its_speed_view_when_redis_comes_back_empty() {
+    let market = marketplace().await;
+    let mut redis = OwnRedis::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log_path = market.lake.root().with_file_name("run.log");
+    let _run = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
+            .args(["run", "--redis", &redis.url(), "--nightly-every", "2", "--listen", &format!("127.0.0.1:{port}"), "--lake"])
+            .arg(market.lake.root())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..300 {
+        up = client.get(format!("{base}/healthz")).send().await.is_ok();
+        if up {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "{}", log());
+    let (sku, node) = market.after_cutoff.iter().map(|e| (e.sku.clone(), e.node.clone())).next().unwrap();
+    let (_, nodes) = market.lake.load_catalog().await.unwrap();
+    let country = nodes.iter().find(|n| n.node == node).unwrap().country.clone();
+    let url = format!("{base}/v1/availability/{sku}?region={country}&qty=1");
+    let answer = |client: reqwest::Client, url: String| async move {
+        let answer: serde_json::Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        answer
+    };
+    let units_at = |answer: &serde_json::Value| answer["options"].as_array().unwrap().iter().find(|o| o["node"] == node.as_str()).map_or(0, |o| o["units"].as_i64().unwrap());
+    let receipt = Event { event_id: "before-the-loss".into(), ts: chrono_now(), sku: sku.clone(), node: node.clone(), kind: sellable_core::EventKind::Receipt, qty: 1_000, order_id: None, arrived: None };
+    assert_eq!(client.post(format!("{base}/v1/events")).body(encode_json(&receipt)).send().await.unwrap().status(), 202);
+    // archived, and counted once in a fresh answer
+    let mut fresh = serde_json::Value::Null;
+    for _ in 0..200 {
+        let archived = market.lake.events_after(market.cutoff).await.unwrap().into_iter().any(|e| e.is_ok_and(|e| e.event_id == receipt.event_id));
+        fresh = answer(client.clone(), url.clone()).await;
+        if archived && fresh["grade"] == "fresh" && units_at(&fresh) >= 1_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(fresh["grade"] == "fresh" && units_at(&fresh) >= 1_000, "{fresh}\n{}", log());
+
+    redis.kill();
+    std::fs::remove_dir_all(redis.dir.path().join("data")).unwrap();
+    redis.restart();
+    let mut whole_again = false;
+    for _ in 0..300 {
+        let now = answer(client.clone(), url.clone()).await;
+        if now["grade"] == "fresh" {
+            assert_eq!(units_at(&now), units_at(&fresh), "a fresh answer must be the whole one: {now}\n{}", log());
+            whole_again = true;
+            break;
+        }
+        assert!(units_at(&now) <= units_at(&fresh), "{now}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(whole_again, "{}", log());
+    for _ in 0..100 {
+        if log().contains("is whole again") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the rebuild is not in the log: {}", log());
+}
