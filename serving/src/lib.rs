@@ -91,6 +91,13 @@ struct Metrics {
     events: prometheus::IntCounterVec,
     feed_lag: prometheus::GaugeVec,
     source_lag: prometheus::GaugeVec,
+    /// Now minus the batch view's cutoff (refreshed every second).
+    batch_age: prometheus::Gauge,
+    /// Cutovers done, and how long the last one took.
+    cutovers: prometheus::IntCounter,
+    cutover_seconds: prometheus::Gauge,
+    /// Now minus the arrival time the archiver has reached (the stream's entry time).
+    archive_lag: prometheus::Gauge,
     /// Shadow score minus live score, per scored node.
     shadow: prometheus::Histogram,
 }
@@ -143,7 +150,12 @@ impl Metrics {
             &registry,
             prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("sellable_shadow_score_difference", "Shadow model p_fulfill minus the live model's, per scored node").buckets(buckets)),
         );
-        Metrics { registry, answers, grades, degraded, errors, events, feed_lag, source_lag, shadow }
+        let plain = |name: &str, help: &str| registered(&registry, prometheus::Gauge::new(name, help));
+        let batch_age = plain("sellable_batch_view_age_seconds", "Now minus the cutoff of the batch view answers merge");
+        let cutover_seconds = plain("sellable_cutover_seconds", "How long the last cutover to a new epoch took, from the nightly job to the swap");
+        let archive_lag = plain("sellable_archive_lag_seconds", "Now minus the time of the last stream entry the archiver has brought to the lake");
+        let cutovers = registered(&registry, prometheus::IntCounter::new("sellable_cutovers_total", "Cutovers to a new epoch"));
+        Metrics { registry, answers, grades, degraded, errors, events, feed_lag, source_lag, batch_age, cutovers, cutover_seconds, archive_lag, shadow }
     }
 }
 
@@ -208,6 +220,17 @@ impl Serving {
         tracing::info!(from, to, "cutover: answers now merge the new batch view with its speed view");
     }
 
+    /// Records a cutover that took `seconds` (`sellable_cutovers_total`, `sellable_cutover_seconds`).
+    pub fn record_cutover(&self, seconds: f64) {
+        self.metrics.cutovers.inc();
+        self.metrics.cutover_seconds.set(seconds);
+    }
+
+    /// Records how far behind now the archiver is (`sellable_archive_lag_seconds`).
+    pub fn record_archive_lag(&self, seconds: f64) {
+        self.metrics.archive_lag.set(seconds);
+    }
+
     /// Why the speed view is not used now, if it is not.
     pub fn speed_distrust(&self) -> Option<String> {
         self.distrust.read().expect("distrust lock poisoned; this is a bug").clone()
@@ -250,6 +273,7 @@ impl Serving {
             }
         };
         self.set_distrust(grading::distrust(caught_up, epoch.batch.asof));
+        self.metrics.batch_age.set((self.now() - epoch.batch.asof) as f64 / 1000.0);
         let now = self.now();
         let mut marks = self.watermarks.write().expect("watermarks lock poisoned; this is a bug");
         for (node, arrived) in speed.nodes {

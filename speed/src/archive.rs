@@ -51,13 +51,15 @@ fn entry_order(id: &str) -> (u64, u64) {
 /// Archives the stream of `config` (its group is replaced by [`ARCHIVE_GROUP`]) into `archive`
 /// until `shutdown` completes or, with `idle_limit`, the stream has had nothing new that long.
 /// A micro-batch is written when `config.batch` entries are waiting, or at the latest `max_delay`
-/// after its first entry was read.
+/// after its first entry was read. `progress`, if given, holds the time (ms) of the last entry
+/// archived and acknowledged.
 pub async fn run_archiver(
     url: &str,
     archive: &dyn EventArchive,
     config: StreamConfig,
     max_delay: Duration,
     idle_limit: Option<Duration>,
+    progress: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<ArchiveStats, SpeedError> {
     let config = StreamConfig { group: ARCHIVE_GROUP.to_string(), block: config.block.min(max_delay), ..config };
@@ -101,6 +103,10 @@ pub async fn run_archiver(
                 break;
             }
             batch.extend(entries);
+            // pending entries stay pending until written: reading them again would repeat them
+            if from == "0" {
+                break;
+            }
         }
         if batch.is_empty() {
             if idle_limit.is_some_and(|limit| last_work.elapsed() >= limit) {
@@ -109,11 +115,14 @@ pub async fn run_archiver(
             continue;
         }
         last_work = Instant::now();
+        let last = batch.iter().map(|entry| entry_order(&entry.id)).max();
         if let Err(error) = write(url, &mut connection, archive, &config, &mut archived_to, batch, &mut stats).await {
             // what was not acknowledged stays pending: read again from this consumer's own
             tracing::warn!(%error, stream = %config.stream, "archiving a batch failed; retrying");
             tokio::time::sleep(Duration::from_millis(500)).await;
             from = "0";
+        } else if let (Some(progress), Some((ms, _))) = (&progress, last) {
+            progress.store(ms as i64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -76,9 +76,10 @@ async fn live(args: &DemoArgs, url: &str, lake: Lake, models: Arc<sellable_servi
     );
     spawn_replay(url.to_string(), config.stream.clone(), later, clock);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let archiver = run::spawn_archiver(lake.clone(), &config, stopped.clone());
+    let progress = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let archiver = run::spawn_archiver(lake.clone(), &config, progress.clone(), stopped.clone());
     let every = std::time::Duration::from_secs_f64(args.nightly_every * 3_600.0 / args.replay_speed);
-    let nightly = run::spawn_nightly(lake, serving.clone(), config, epoch, every, stopped);
+    let nightly = run::spawn_nightly(lake, serving.clone(), config, epoch, progress, every, stopped);
     let example = example_request(&serving).await;
     let served = serve::serve(serving, args.listen, example).await;
     let _ = stop.send(true);

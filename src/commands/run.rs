@@ -1,5 +1,6 @@
 //! `sellable run`: the whole loop in one process (sellable-lifecycle), on Redis and the lake.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,8 +37,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     let models = serve::model_book(&args.models.models, None)?;
     let serving = serve::load_serving(&lake, epoch.speed.clone(), args.rules.book()?, models, Some(intake)).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let archiver = spawn_archiver(lake.clone(), &config, stopped.clone());
-    let nightly = spawn_nightly(lake, serving.clone(), config, epoch, Duration::from_secs_f64(args.nightly_every), stopped);
+    let progress = Arc::new(AtomicI64::new(0));
+    let archiver = spawn_archiver(lake.clone(), &config, progress.clone(), stopped.clone());
+    let nightly = spawn_nightly(lake, serving.clone(), config, epoch, progress, Duration::from_secs_f64(args.nightly_every), stopped);
     let served = serve::serve(serving, args.listen, None).await;
     let _ = stop.send(true);
     nightly.await.context("the nightly task panicked; this is a bug")?;
@@ -45,7 +47,14 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     served
 }
 
-pub fn spawn_archiver(lake: Arc<sellable_batch::Lake>, config: &LifecycleConfig, mut stopped: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<Result<()>> {
+/// The archiver of the ingestion stream, as a task; `progress` holds the time of the last entry
+/// it archived.
+pub fn spawn_archiver(
+    lake: Arc<sellable_batch::Lake>,
+    config: &LifecycleConfig,
+    progress: Arc<AtomicI64>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<()>> {
     let mut stream = StreamConfig::new(&config.stream, sellable_speed::archive::ARCHIVE_GROUP, "archiver");
     stream.known = config.known.clone();
     let url = config.url.clone();
@@ -53,7 +62,7 @@ pub fn spawn_archiver(lake: Arc<sellable_batch::Lake>, config: &LifecycleConfig,
         let shutdown = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        let stats = sellable_speed::archive::run_archiver(&url, lake.as_ref(), stream, Duration::from_secs(1), None, shutdown).await?;
+        let stats = sellable_speed::archive::run_archiver(&url, lake.as_ref(), stream, Duration::from_secs(1), None, Some(progress), shutdown).await?;
         eprintln!("run: archived {} events in {} batches", stats.archived, stats.batches);
         Ok(())
     })
@@ -69,6 +78,7 @@ pub fn spawn_nightly(
     serving: Arc<Serving>,
     config: LifecycleConfig,
     mut epoch: EpochSpeed,
+    archived: Arc<AtomicI64>,
     every: Duration,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -79,6 +89,7 @@ pub fn spawn_nightly(
                 _ = stopped.wait_for(|stop| *stop) => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+            record_archive_lag(&serving, &config, &archived).await;
             // Redis away: nothing to rebuild from yet (answers are conservative meanwhile)
             let lost = matches!(epoch.speed.caught_up_to().await, Ok(mark) if mark != Some(epoch.cutoff));
             if lost {
@@ -90,6 +101,7 @@ pub fn spawn_nightly(
             let cutoff = serving.now();
             epoch = match sellable_lifecycle::cutover(&lake, &serving, epoch, &config, cutoff).await {
                 Ok((next, report)) => {
+                    serving.record_cutover(report.elapsed.as_secs_f64());
                     eprintln!(
                         "run: cutover to {} in {:.1} s (events version {}, stream after {})",
                         format_millis(report.to),
@@ -109,4 +121,15 @@ pub fn spawn_nightly(
             };
         }
     })
+}
+
+/// The archiver's lag: 0 once it has read the whole stream, else now minus the time of the last
+/// entry it archived.
+async fn record_archive_lag(serving: &Serving, config: &LifecycleConfig, archived: &AtomicI64) {
+    let group = sellable_speed::archive::ARCHIVE_GROUP;
+    let lag = match sellable_speed::stream::group_caught_up(&config.url, &config.stream, group).await {
+        Ok(true) => 0.0,
+        _ => (chrono::Utc::now().timestamp_millis() - archived.load(Ordering::Relaxed)).max(0) as f64 / 1000.0,
+    };
+    serving.record_archive_lag(lag);
 }

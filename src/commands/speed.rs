@@ -98,7 +98,7 @@ pub async fn archive(args: &ArchiveArgs) -> Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     };
     let started = std::time::Instant::now();
-    let stats = sellable_speed::archive::run_archiver(&args.redis, &lake, config, max_delay, idle_limit, shutdown).await?;
+    let stats = sellable_speed::archive::run_archiver(&args.redis, &lake, config, max_delay, idle_limit, None, shutdown).await?;
     eprintln!(
         "archive: {} entries from {} in {:.1} s: {} events archived in {} batches, {} archived before a restart, {} malformed or refused",
         stats.entries,

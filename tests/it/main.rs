@@ -1007,6 +1007,12 @@ async fn sellable_run_keeps_posted_events_across_cutovers_and_archives_them() {
     assert_ne!(later["versions"]["batch_view"], after["versions"]["batch_view"], "{later}");
     let in_lake = market.lake.events_after(market.cutoff).await.unwrap().into_iter().filter(|e| e.as_ref().is_ok_and(|e| e.event_id == receipt.event_id)).count();
     assert_eq!(in_lake, 1);
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok());
+    assert!(value("sellable_cutovers_total").is_some_and(|n| n >= 2.0), "{metrics}");
+    assert!(value("sellable_cutover_seconds").is_some_and(|s| s > 0.0), "{metrics}");
+    assert!(value("sellable_archive_lag_seconds").is_some_and(|s| s < 60.0), "{metrics}");
+    assert!(value("sellable_batch_view_age_seconds").is_some_and(|s| s < 60.0), "{metrics}");
     drop(_run);
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();

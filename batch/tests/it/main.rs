@@ -464,3 +464,19 @@ async fn corrupting_every_event_after_an_order_does_not_change_its_training_row(
     let later = |rows: &[TrainRow]| rows.iter().filter(|row| row.ts > order.ts + DAY / 2).map(|row| row.features.clone()).collect::<Vec<_>>();
     assert!(later(&rows).iter().zip(later(&corrupted_rows)).any(|(a, b)| !same_bits(a, &b)));
 }
+
+/// An archiver's position is committed with its events, and read back after later appends.
+#[tokio::test]
+async fn an_appends_position_is_read_back_from_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, events) = simulate(&dir.path().join("gen"), 5);
+    let lake = lake_of(&dir.path().join("lake"), &summary, &events[..10]).await;
+    assert_eq!(lake.position("stream:s").await.unwrap(), None);
+    lake.append_events_at(&events[10..20], "stream:s", "5-0").await.unwrap();
+    lake.append_events_at(&events[20..30], "stream:t", "7-1").await.unwrap();
+    lake.import_events(events[30..40].to_vec().into_iter().map(Ok)).await.unwrap();
+    assert_eq!(lake.position("stream:s").await.unwrap().as_deref(), Some("5-0"));
+    assert_eq!(lake.position("stream:t").await.unwrap().as_deref(), Some("7-1"));
+    let pinned = lake.pinned(2);
+    assert_eq!((pinned.position("stream:t").await.unwrap(), pinned.events_after(Millis::MIN).await.unwrap().len()), (None, 20));
+}

@@ -107,7 +107,7 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            run_archiver(&url, lake.as_ref(), stream, Duration::from_millis(100), None, shutdown).await
+            run_archiver(&url, lake.as_ref(), stream, Duration::from_millis(100), None, None, shutdown).await
         });
         (stop, task)
     };
@@ -135,7 +135,7 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
         publish(&config.url, &config.stream, lines.map(encode_json)).await.unwrap();
         if chunk == 2 {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            archiver.abort(); // as a crash: nothing flushed, nothing acknowledged after this
+            archiver.abort(); // as a crash: nothing acknowledged after this
             let _ = archiver.await;
             (stop_archiver, archiver) = archive();
         }
