@@ -393,15 +393,24 @@ pub struct ArchiveArgs {
     pub until_idle: Option<f64>,
 }
 
+/// A Redis that must be there, and the key namespace in it.
+#[derive(Args)]
+pub struct RedisServerArgs {
+    /// The Redis [config: redis.url, or REDIS_URL].
+    #[arg(long, default_value = config::LOCAL_REDIS)]
+    pub redis: String,
+    /// Key namespace in Redis (the prefix of every key, and of `run`'s epochs and groups)
+    /// [config: redis.namespace].
+    #[arg(long, default_value = "sellable")]
+    pub namespace: String,
+}
+
 #[derive(Args)]
 pub struct ReconcileArgs {
     #[command(flatten)]
     pub lake: LakeArgs,
-    /// The Redis holding the speed view [config: redis.url, or REDIS_URL].
-    #[arg(long, default_value = config::LOCAL_REDIS)]
-    pub redis: String,
-    #[arg(long, default_value = "sellable")]
-    pub namespace: String,
+    #[command(flatten)]
+    pub server: RedisServerArgs,
     /// Rewrite every drifted sku×node with the lake's value.
     #[arg(long)]
     pub repair: bool,
@@ -478,12 +487,8 @@ pub struct ServeArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub lake: LakeArgs,
-    /// The Redis of the speed views and the ingestion stream [config: redis.url, or REDIS_URL].
-    #[arg(long, default_value = config::LOCAL_REDIS)]
-    pub redis: String,
-    /// Prefix of the epochs' namespaces and consumer groups in Redis [config: redis.namespace].
-    #[arg(long, default_value = "sellable")]
-    pub namespace: String,
+    #[command(flatten)]
+    pub server: RedisServerArgs,
     /// The ingestion stream: `POST /v1/events` appends to it, and producers may too.
     #[arg(long, default_value = "sellable-events")]
     pub stream: String,

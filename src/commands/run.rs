@@ -23,9 +23,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     }
     let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
     let config = LifecycleConfig {
-        url: args.redis.clone(),
+        url: args.server.redis.clone(),
         stream: args.stream.clone(),
-        namespace: args.namespace.clone(),
+        namespace: args.server.namespace.clone(),
         fold: args.lake.fold_config(),
         workers: args.workers.max(1),
         known: Some(Arc::new(sellable_core::KnownIds::of(&skus, &nodes))),

@@ -133,7 +133,7 @@ async fn catalog_names(lake: &LakeArgs) -> Option<Arc<KnownIds>> {
 pub async fn reconcile(args: &ReconcileArgs) -> Result<()> {
     let lake = args.lake.open()?;
     let config = args.lake.fold_config();
-    let live = SpeedView::redis(&args.redis, &args.namespace, config).await?;
+    let live = SpeedView::redis(&args.server.redis, &args.server.namespace, config).await?;
     let cutoff = lake.load_batch_view().await?.asof;
     let truth = SpeedView::memory(config);
     catch_up(&lake, &truth, cutoff, CatchUpSource::Log, None).await?;

@@ -262,7 +262,6 @@ async fn served_atp_equals_core_fold_with_redis() {
 /// each time; at the end the Redis state equals the `core` fold of the stream exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_fold_workers_neither_lose_nor_double_count_events() {
-    use rand::Rng;
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
     let target: usize = std::env::var("SELLABLE_CRASH_EVENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
@@ -283,23 +282,9 @@ async fn killed_fold_workers_neither_lose_nor_double_count_events() {
     let speed = SpeedView::redis(&url, &namespace, FoldConfig::default()).await.unwrap();
     speed.clear().await.unwrap();
 
-    let fold = |until_idle: bool| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"));
-        command.args(["fold", "--redis", &url, "--namespace", &namespace, "--stream", &stream, "--consumer", "crashy"]);
-        if until_idle {
-            command.args(["--until-idle", "1"]);
-        }
-        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-        command.spawn().unwrap()
-    };
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    for _ in 0..5 {
-        let mut worker = fold(false);
-        tokio::time::sleep(std::time::Duration::from_millis(rng.gen_range(500..3_000))).await;
-        worker.kill().unwrap(); // SIGKILL
-        worker.wait().unwrap();
-    }
-    let status = fold(true).wait().unwrap();
+    let fold = ["fold", "--redis", &url, "--namespace", &namespace, "--stream", &stream, "--consumer", "crashy"];
+    kill_repeatedly(&fold, 5, 500..3_000, 5).await;
+    let status = run_until_idle(&fold);
     assert!(status.success());
 
     let oracle = fold_all(&events);
@@ -318,6 +303,31 @@ async fn killed_fold_workers_neither_lose_nor_double_count_events() {
     assert!(matches!(&pending, redis::Value::Array(v) if v.first() == Some(&redis::Value::Int(0))), "nothing left pending: {pending:?}");
     speed.clear().await.unwrap();
     let _: i64 = redis::cmd("DEL").arg(&stream).arg(format!("{stream}:dead")).query_async(&mut connection).await.unwrap();
+}
+
+/// Runs `sellable ARGS` `times` times, each killed with SIGKILL after a random time in `window`
+/// (milliseconds, from `seed`).
+async fn kill_repeatedly(args: &[&str], times: usize, window: std::ops::Range<u64>, seed: u64) {
+    use rand::Rng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for _ in 0..times {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(rng.gen_range(window.clone()))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+}
+
+/// Runs `sellable ARGS --until-idle 1` to its end.
+fn run_until_idle(args: &[&str]) -> std::process::ExitStatus {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"));
+    command.args(args).args(["--until-idle", "1"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    command.status().unwrap()
 }
 
 fn fold_all(events: &[Event]) -> Fold {
@@ -766,14 +776,7 @@ async fn losing_redis_makes_answers_conservative_until_the_speed_view_is_whole_a
     let _refresher = serving.clone().spawn_refresh(every);
     let (_, nodes) = market.lake.load_catalog().await.unwrap();
     let oracle = fold(&market.all_events, FoldConfig::default());
-    let mut sample: Vec<(String, String)> = oracle
-        .states
-        .iter()
-        .filter(|(_, state)| state.atp() > 0)
-        .filter_map(|((sku, node), _)| Some((sku.clone(), nodes.iter().find(|n| n.node == *node)?.country.clone())))
-        .collect();
-    sample.dedup();
-    sample.truncate(40);
+    let sample = sellable_bench::stocked_requests(&oracle, &nodes, 40);
     assert!(sample.len() >= 20, "{}", sample.len());
     let ask = |serving: Arc<Serving>, sample: Vec<(String, String)>| async move {
         let mut answers = BTreeMap::new();
@@ -841,7 +844,6 @@ async fn losing_redis_makes_answers_conservative_until_the_speed_view_is_whole_a
 /// left pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_archivers_neither_lose_nor_duplicate_events_in_the_lake() {
-    use rand::Rng;
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
     let dir = tempfile::tempdir().unwrap();
     let config = SimConfig { seed: 61, skus: 1_500, nodes: 40, days: 7.0, ..SimConfig::default() };
@@ -854,26 +856,13 @@ async fn killed_archivers_neither_lose_nor_duplicate_events_in_the_lake() {
     sellable_speed::stream::publish(&url, &stream, events.iter().map(encode_json)).await.unwrap();
 
     let lake_dir = dir.path().join("lake");
-    let archive = |until_idle: bool| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"));
-        command.args(["archive", "--redis", &url, "--stream", &stream, "--batch", "500", "--max-delay-ms", "200", "--lake"]).arg(&lake_dir);
-        if until_idle {
-            command.args(["--until-idle", "1"]);
-        }
-        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-        command.spawn().unwrap()
-    };
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    for _ in 0..4 {
-        let mut archiver = archive(false);
-        tokio::time::sleep(std::time::Duration::from_millis(rng.gen_range(150..600))).await;
-        archiver.kill().unwrap(); // SIGKILL
-        archiver.wait().unwrap();
-    }
+    let lake_path = lake_dir.to_str().unwrap();
+    let archive = ["archive", "--redis", &url, "--stream", &stream, "--batch", "500", "--max-delay-ms", "200", "--lake", lake_path];
+    kill_repeatedly(&archive, 4, 150..600, 3).await;
     let lake = Lake::open(&lake_dir).unwrap();
     let before = lake.events_after(Millis::MIN).await.map_or(0, |events| events.len());
     assert!(before < events.len(), "the kills came before the end: {before} of {}", events.len());
-    assert!(archive(true).wait().unwrap().success());
+    assert!(run_until_idle(&archive).success());
 
     let mut archived: Vec<String> = lake.events_after(Millis::MIN).await.unwrap().into_iter().map(|event| event.unwrap().event_id).collect();
     let mut published: Vec<String> = events.iter().map(|event| event.event_id.clone()).collect();

@@ -114,14 +114,7 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
     let (mut stop_archiver, mut archiver) = archive();
 
     let oracle = fold(&events, FoldConfig::default());
-    let mut sample: Vec<(String, String)> = oracle
-        .states
-        .iter()
-        .filter(|(_, state)| state.atp() > 0)
-        .filter_map(|((sku, node), _)| Some((sku.clone(), nodes.iter().find(|n| n.node == *node)?.country.clone())))
-        .collect();
-    sample.dedup();
-    sample.truncate(60);
+    let sample = sellable_bench::stocked_requests(&oracle, &nodes, 60);
 
     // six chunks of 12 hours of arrivals; a cutover after the second and the fourth, at the middle
     // of the chunk before it (so some of the lake's events are after the cutoff); the archiver
