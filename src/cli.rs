@@ -483,8 +483,25 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 }
 
+/// What a `sellable run` process does.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Every role below, in one process.
+    All,
+    /// The nightly job and cutover on a schedule, and the current epoch's fold workers.
+    Batch,
+    /// The REST API (with `POST /v1/events` into the stream), following the batch role's epochs.
+    Serve,
+    /// The archiver: the stream into the lake.
+    Archive,
+}
+
 #[derive(Args)]
 pub struct RunArgs {
+    /// What this process does; a deployment runs one `batch`, one `archive` and any number of
+    /// `serve` processes on one Redis and one lake.
+    #[arg(long, value_enum, default_value = "all")]
+    pub role: Role,
     #[command(flatten)]
     pub lake: LakeArgs,
     #[command(flatten)]

@@ -637,6 +637,12 @@ impl Lake {
         ViewLineage::parse(&text).map(|lineage| lineage.events_version)
     }
 
+    /// The cutoff of the stored batch view, from its lineage (a cheap check for a new one).
+    pub fn batch_view_asof(&self) -> Option<Millis> {
+        let text = std::fs::read_to_string(self.root.join(VIEW_LINEAGE)).ok()?;
+        ViewLineage::parse(&text).map(|lineage| lineage.asof)
+    }
+
     /// Loads the latest batch view into memory, for serving.
     pub async fn load_batch_view(&self) -> Result<BatchView, BatchError> {
         let hint = "compute one first (sellable batch)";

@@ -57,6 +57,9 @@ pub struct LifecycleConfig {
     pub known: Option<Arc<KnownIds>>,
     /// How long a new epoch may take to read the whole stream before the cutover gives up.
     pub catch_up_timeout: Duration,
+    /// How long the old epoch stays readable after a cutover, for the serving processes that
+    /// follow the epochs ([`follow`]) to swap too.
+    pub retire_after: Duration,
 }
 
 /// One epoch's speed view and the fold workers that keep it current.
@@ -192,10 +195,46 @@ pub async fn cutover(lake: &Lake, serving: &Serving, old: EpochSpeed, config: &L
     };
     serving.swap_epoch(batch, epoch.speed.clone());
     let from = old.cutoff;
+    tokio::time::sleep(config.retire_after).await;
     if let Err(error) = old.close(config).await {
         tracing::warn!(%error, from, "could not retire the old epoch");
     }
     let report = CutoverReport { from, to: cutoff, events_version, position, elapsed: started.elapsed() };
     tracing::info!(?report, "cutover done");
     Ok((epoch, report))
+}
+
+/// The speed view of the epoch of `cutoff`, as a serving process that does not run the cutover
+/// reads it (the batch role's workers keep it).
+pub async fn epoch_speed(config: &LifecycleConfig, cutoff: Millis) -> Result<Arc<SpeedView>, LifecycleError> {
+    Ok(Arc::new(SpeedView::redis_lazy(&config.url, &format!("{}:e{cutoff}", config.namespace), config.fold).await?))
+}
+
+/// For a serving process beside the batch role: every `every`, if the lake has a new batch view
+/// and its epoch's speed view is marked caught up, swaps `serving` to them.
+pub fn follow(lake: Arc<Lake>, serving: Arc<Serving>, config: LifecycleConfig, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(cutoff) = lake.batch_view_asof() else { continue };
+            if cutoff == serving.epoch().batch.asof {
+                continue;
+            }
+            let followed = async {
+                let speed = epoch_speed(&config, cutoff).await?;
+                if speed.caught_up_to().await? != Some(cutoff) {
+                    return Ok::<_, LifecycleError>(false);
+                }
+                let batch = lake.load_batch_view().await?;
+                // the lake may have moved on meanwhile: swap only to the pair of one cutoff
+                if batch.asof == cutoff {
+                    serving.swap_epoch(batch, speed);
+                }
+                Ok(true)
+            };
+            if let Err(error) = followed.await {
+                tracing::warn!(%error, cutoff, "could not follow the new epoch yet");
+            }
+        }
+    })
 }

@@ -61,6 +61,7 @@ async fn live(args: &DemoArgs, url: &str, lake: Lake, models: Arc<sellable_servi
         workers: 1,
         known: Some(Arc::new(sellable_core::KnownIds::of(&skus, &nodes))),
         catch_up_timeout: std::time::Duration::from_secs(600),
+        retire_after: std::time::Duration::ZERO,
     };
     forget_previous_demo(&config).await?;
     let epoch = sellable_lifecycle::start(&lake, &config).await?;

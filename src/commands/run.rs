@@ -12,12 +12,12 @@ use sellable_speed::stream::StreamConfig;
 
 use sellable_core::event::format_millis;
 
-use crate::cli::RunArgs;
+use crate::cli::{Role, RunArgs};
 use crate::commands::{batch, serve};
 
 pub async fn run(args: &RunArgs) -> Result<()> {
     let lake = Arc::new(args.lake.open()?);
-    if lake.load_batch_view().await.is_err() {
+    if lake.load_batch_view().await.is_err() && matches!(args.role, Role::All | Role::Batch) {
         let asof = lake.last_arrival().await?.context("the lake has no events: import some first (sellable lake import)")?;
         batch::nightly(&lake, asof, args.lake.fold_config()).await?;
     }
@@ -30,21 +30,49 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         workers: args.workers.max(1),
         known: Some(Arc::new(sellable_core::KnownIds::of(&skus, &nodes))),
         catch_up_timeout: Duration::from_secs(600),
+        // serving processes beside this one follow within a second
+        retire_after: if args.role == Role::Batch { Duration::from_secs(3) } else { Duration::ZERO },
     };
-    let epoch = sellable_lifecycle::start(&lake, &config).await?;
-    eprintln!("run: epoch of cutoff {} caught up", format_millis(epoch.cutoff));
-    let intake: Arc<dyn EventIntake> = Arc::new(sellable_speed::stream::StreamIntake::new(&config.url, &config.stream)?);
-    let models = serve::model_book(&args.models.models, None)?;
-    let serving = serve::load_serving(&lake, epoch.speed.clone(), args.rules.book()?, models, Some(intake)).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let progress = Arc::new(AtomicI64::new(0));
-    let archiver = spawn_archiver(lake.clone(), &config, progress.clone(), stopped.clone());
-    let nightly = spawn_nightly(lake, serving.clone(), config, epoch, progress, Duration::from_secs_f64(args.nightly_every), stopped);
-    let served = serve::serve(serving, args.listen, None).await;
+    let mut tasks = Vec::new();
+    if matches!(args.role, Role::All | Role::Archive) {
+        tasks.push(spawn_archiver(lake.clone(), &config, progress.clone(), stopped.clone()));
+    }
+    let served = match args.role {
+        Role::Archive => wait_for_ctrl_c().await,
+        Role::Serve => {
+            let cutoff = lake.load_batch_view().await.context("waiting for the batch role's first batch view")?.asof;
+            let speed = sellable_lifecycle::epoch_speed(&config, cutoff).await?;
+            let intake: Arc<dyn EventIntake> = Arc::new(sellable_speed::stream::StreamIntake::new(&config.url, &config.stream)?);
+            let models = serve::model_book(&args.models.models, None)?;
+            let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, Some(intake)).await?;
+            sellable_lifecycle::follow(lake.clone(), serving.clone(), config, Duration::from_secs(1));
+            serve::serve(serving, args.listen, None).await
+        }
+        Role::All | Role::Batch => {
+            let epoch = sellable_lifecycle::start(&lake, &config).await?;
+            eprintln!("run: epoch of cutoff {} caught up", format_millis(epoch.cutoff));
+            let intake: Arc<dyn EventIntake> = Arc::new(sellable_speed::stream::StreamIntake::new(&config.url, &config.stream)?);
+            let models = serve::model_book(&args.models.models, None)?;
+            let serving = serve::load_serving(&lake, epoch.speed.clone(), args.rules.book()?, models, Some(intake)).await?;
+            let every = Duration::from_secs_f64(args.nightly_every);
+            let nightly = spawn_nightly(lake.clone(), serving.clone(), config, epoch, progress, every, stopped.clone());
+            let served = if args.role == Role::All { serve::serve(serving, args.listen, None).await } else { wait_for_ctrl_c().await };
+            let _ = stop.send(true);
+            nightly.await.context("the nightly task panicked; this is a bug")?;
+            served
+        }
+    };
     let _ = stop.send(true);
-    nightly.await.context("the nightly task panicked; this is a bug")?;
-    archiver.await.context("the archiver panicked; this is a bug")??;
+    for task in tasks {
+        task.await.context("the archiver panicked; this is a bug")??;
+    }
     served
+}
+
+async fn wait_for_ctrl_c() -> Result<()> {
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
 }
 
 /// The archiver of the ingestion stream, as a task; `progress` holds the time of the last entry

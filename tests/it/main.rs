@@ -1098,3 +1098,83 @@ async fn sellable_run_rebuilds_its_speed_view_when_redis_comes_back_empty() {
     }
     panic!("the rebuild is not in the log: {}", log());
 }
+
+/// `sellable run` as three processes on one Redis and one lake: `batch` (nightly cutovers and the
+/// fold workers), `archive`, and `serve` (HTTP, following the epochs): a receipt posted to the
+/// server is answered, stays counted once across two cutovers, and reaches the lake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sellable_run_roles_in_three_processes_keep_one_truth() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let market = marketplace().await;
+    let id = std::process::id();
+    let (stream, namespace) = (format!("sellable-test-roles-{id}"), format!("sellable-test-roles-{id}"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let lake = market.lake.root().to_str().unwrap().to_string();
+    let common = ["--redis", &url, "--stream", &stream, "--namespace", &namespace, "--lake", &lake];
+    let role = |role: &str, extra: &[&str], log: &std::path::Path| {
+        KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
+                .args(["run", "--role", role])
+                .args(common)
+                .args(extra)
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let batch_log = market.lake.root().with_file_name("batch.log");
+    let _batch = role("batch", &["--nightly-every", "2"], &batch_log);
+    let _archive = role("archive", &[], &market.lake.root().with_file_name("archive.log"));
+    let serve_log = market.lake.root().with_file_name("serve.log");
+    let _serve = role("serve", &["--listen", &format!("127.0.0.1:{port}")], &serve_log);
+    let logs = || format!("batch:\n{}\nserve:\n{}", std::fs::read_to_string(&batch_log).unwrap_or_default(), std::fs::read_to_string(&serve_log).unwrap_or_default());
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let (sku, node) = market.after_cutoff.iter().map(|e| (e.sku.clone(), e.node.clone())).next().unwrap();
+    let (_, nodes) = market.lake.load_catalog().await.unwrap();
+    let country = nodes.iter().find(|n| n.node == node).unwrap().country.clone();
+    let url_of = format!("{base}/v1/availability/{sku}?region={country}&qty=1");
+    let units_at = |answer: &serde_json::Value| answer["options"].as_array().map_or(0, |options| options.iter().find(|o| o["node"] == node.as_str()).map_or(0, |o| o["units"].as_i64().unwrap()));
+    // the server answers, and follows the first cutover (a batch view of now)
+    let initial = serde_json::json!(market.lake.load_batch_view().await.unwrap().version);
+    let mut first = serde_json::Value::Null;
+    for _ in 0..300 {
+        if let Ok(response) = client.get(&url_of).send().await {
+            first = response.json().await.unwrap();
+            if first["versions"]["batch_view"] != initial {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_ne!(first["versions"]["batch_view"], initial, "{first}\n{}", logs());
+    let receipt = Event { event_id: format!("roles-receipt-{id}"), ts: chrono_now(), sku: sku.clone(), node: node.clone(), kind: sellable_core::EventKind::Receipt, qty: 1_000, order_id: None, arrived: None };
+    let posted: serde_json::Value = client.post(format!("{base}/v1/events")).body(encode_json(&receipt)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(posted["accepted"], 1, "{posted}");
+    // the node's feed is fresh again at the next refresh of the watermarks
+    let mut fresh = serde_json::Value::Null;
+    for _ in 0..50 {
+        fresh = client.get(&url_of).send().await.unwrap().json().await.unwrap();
+        if units_at(&fresh) >= 1_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(units_at(&fresh) >= 1_000, "{fresh}\n{}", logs());
+    let (with_receipt, version) = (units_at(&fresh), fresh["versions"]["batch_view"].clone());
+    // two cutovers later (followed by the server), the receipt is still counted once
+    let mut later = serde_json::Value::Null;
+    for _ in 0..300 {
+        later = client.get(&url_of).send().await.unwrap().json().await.unwrap();
+        let cutovers = std::fs::read_to_string(&batch_log).unwrap_or_default().matches("run: cutover to").count();
+        if cutovers >= 3 && later["versions"]["batch_view"] != version && later["grade"] == "fresh" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_ne!(later["versions"]["batch_view"], version, "{later}\n{}", logs());
+    assert_eq!(later["grade"], "fresh", "{later}\n{}", logs());
+    assert_eq!(units_at(&later), with_receipt, "counted once: {later}\n{}", logs());
+    let in_lake = market.lake.events_after(market.cutoff).await.unwrap().into_iter().filter(|e| e.as_ref().is_ok_and(|e| e.event_id == receipt.event_id)).count();
+    assert_eq!(in_lake, 1);
+}

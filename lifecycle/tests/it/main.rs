@@ -84,6 +84,7 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
         workers: 2,
         known: None,
         catch_up_timeout: Duration::from_secs(60),
+        retire_after: Duration::ZERO,
     };
     let client = redis::Client::open(config.url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
