@@ -880,13 +880,11 @@ async fn killed_archivers_neither_lose_nor_duplicate_events_in_the_lake() {
 /// worker of the stream finds it folded already.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posted_events_reach_the_lake_through_the_ingestion_stream() {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let (url, stream, namespace) = redis_names("intake");
     let market = marketplace().await;
-    let id = std::process::id();
-    let (stream, namespace) = (format!("sellable-test-intake-{id}"), format!("sellable-test-intake-{id}"));
+    forget(&url, &stream, &namespace).await;
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut connection).await.unwrap();
     let speed = Arc::new(SpeedView::redis(&url, &namespace, FoldConfig::default()).await.unwrap());
     speed.clear().await.unwrap();
     catch_up(&market.lake, &speed, market.cutoff, CatchUpSource::Log, None).await.unwrap();
@@ -923,18 +921,16 @@ async fn posted_events_reach_the_lake_through_the_ingestion_stream() {
     workers.idle_limit = Some(std::time::Duration::ZERO);
     let folded = sellable_speed::stream::run_workers(&url, speed.clone(), workers, std::future::pending()).await.unwrap();
     assert_eq!((folded.stats.fold.applied, folded.stats.fold.duplicates), (0, 1));
-    speed.clear().await.unwrap();
-    let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut connection).await.unwrap();
+    forget(&url, &stream, &namespace).await;
 }
 
 /// `sellable run`: events posted over HTTP are answered at once, survive cutovers (a nightly job
 /// every second here), and reach the lake through the ingestion stream and the archiver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sellable_run_keeps_posted_events_across_cutovers_and_archives_them() {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let (url, stream, namespace) = redis_names("run");
     let market = marketplace().await;
     let id = std::process::id();
-    let (stream, namespace) = (format!("sellable-test-run-{id}"), format!("sellable-test-run-{id}"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let log_path = market.lake.root().with_file_name("run.log");
     let _run = KillOnDrop(
@@ -946,38 +942,11 @@ async fn sellable_run_keeps_posted_events_across_cutovers_and_archives_them() {
             .spawn()
             .unwrap(),
     );
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..300 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(up, "{}", std::fs::read_to_string(&log_path).unwrap_or_default());
-
-    let (sku, node) = market.after_cutoff.iter().map(|e| (e.sku.clone(), e.node.clone())).next().unwrap();
-    let (_, nodes) = market.lake.load_catalog().await.unwrap();
-    let country = nodes.iter().find(|n| n.node == node).unwrap().country.clone();
-    let units_at = |answer: &serde_json::Value| answer["options"].as_array().unwrap().iter().find(|o| o["node"] == node.as_str()).map_or(0, |o| o["units"].as_i64().unwrap());
-    let url_of = format!("{base}/v1/availability/{sku}?region={country}&qty=1");
-    let before: serde_json::Value = client.get(&url_of).send().await.unwrap().json().await.unwrap();
-    let now = chrono_now();
-    let receipt = Event { event_id: format!("run-receipt-{id}"), ts: now, sku: sku.clone(), node: node.clone(), kind: sellable_core::EventKind::Receipt, qty: 1_000, order_id: None, arrived: None };
-    let posted = client.post(format!("{base}/v1/events")).body(encode_json(&receipt)).send().await.unwrap();
-    assert_eq!(posted.status(), 202);
-    // the node's feed is fresh again at the next refresh of the watermarks (every second)
-    let mut after = serde_json::Value::Null;
-    for _ in 0..50 {
-        after = client.get(&url_of).send().await.unwrap().json().await.unwrap();
-        if units_at(&after) > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(units_at(&after) >= 1_000, "{before}\n{after}");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let probe = Probe::new(&market, port, &format!("run-receipt-{id}")).await;
+    probe.wait_up(log).await;
+    probe.post().await;
+    let after = probe.answer_with_receipt(log).await;
 
     // two cutovers later, the receipt still counts once, and the lake holds it
     let mut cutovers = 0;
@@ -988,25 +957,102 @@ async fn sellable_run_keeps_posted_events_across_cutovers_and_archives_them() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(cutovers >= 2, "{}", std::fs::read_to_string(&log_path).unwrap_or_default());
-    let later: serde_json::Value = client.get(&url_of).send().await.unwrap().json().await.unwrap();
+    assert!(cutovers >= 2, "{}", log());
+    let later = probe.answer().await;
     // the same stock, without the margin of the old batch view the first answer held back
-    assert!(units_at(&later) >= 1_000 && units_at(&later) <= units_at(&after) + 1, "{after}\n{later}");
+    assert!(probe.units(&later) >= 1_000 && probe.units(&later) <= probe.units(&after) + 1, "{after}\n{later}");
     assert_eq!(later["grade"], "fresh", "{later}");
     assert_ne!(later["versions"]["batch_view"], after["versions"]["batch_view"], "{later}");
-    let in_lake = market.lake.events_after(market.cutoff).await.unwrap().into_iter().filter(|e| e.as_ref().is_ok_and(|e| e.event_id == receipt.event_id)).count();
+    let in_lake = market.lake.events_after(market.cutoff).await.unwrap().into_iter().filter(|e| e.as_ref().is_ok_and(|e| e.event_id == probe.receipt.event_id)).count();
     assert_eq!(in_lake, 1);
-    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{}/metrics", probe.base)).await.unwrap().text().await.unwrap();
     let value = |name: &str| metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok());
     assert!(value("sellable_cutovers_total").is_some_and(|n| n >= 2.0), "{metrics}");
     assert!(value("sellable_cutover_seconds").is_some_and(|s| s > 0.0), "{metrics}");
     assert!(value("sellable_archive_lag_seconds").is_some_and(|s| s < 60.0), "{metrics}");
     assert!(value("sellable_batch_view_age_seconds").is_some_and(|s| s < 60.0), "{metrics}");
     drop(_run);
-    let client = redis::Client::open(url.as_str()).unwrap();
+    forget(&url, &stream, &namespace).await;
+}
+
+/// A `sellable run` process under test, and the sku×node its test posts a receipt for: the first
+/// one the marketplace's last day touches, asked in the node's country.
+struct Probe {
+    base: String,
+    node: String,
+    url: String,
+    receipt: Event,
+}
+
+impl Probe {
+    async fn new(market: &Marketplace, port: u16, event_id: &str) -> Probe {
+        let (sku, node) = market.after_cutoff.iter().map(|e| (e.sku.clone(), e.node.clone())).next().unwrap();
+        let (_, nodes) = market.lake.load_catalog().await.unwrap();
+        let country = nodes.iter().find(|n| n.node == node).unwrap().country.clone();
+        let base = format!("http://127.0.0.1:{port}");
+        let url = format!("{base}/v1/availability/{sku}?region={country}&qty=1");
+        let receipt = Event { event_id: event_id.into(), ts: chrono_now(), sku, node: node.clone(), kind: sellable_core::EventKind::Receipt, qty: 1_000, order_id: None, arrived: None };
+        Probe { base, node, url, receipt }
+    }
+
+    /// Waits (bounded) until the process answers `/healthz`.
+    async fn wait_up(&self, log: impl Fn() -> String) {
+        for _ in 0..300 {
+            if reqwest::get(format!("{}/healthz", self.base)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the server never answered:\n{}", log());
+    }
+
+    async fn answer(&self) -> serde_json::Value {
+        reqwest::get(&self.url).await.unwrap().json().await.unwrap()
+    }
+
+    /// Posts the receipt (1,000 units) and checks the server took it. It is appended to the
+    /// stream first: a fold worker may fold it before the server's own fold does, which then
+    /// finds it folded already (a duplicate).
+    async fn post(&self) {
+        let client = reqwest::Client::new();
+        let posted: serde_json::Value =
+            client.post(format!("{}/v1/events", self.base)).body(encode_json(&self.receipt)).send().await.unwrap().json().await.unwrap();
+        assert_eq!(posted["accepted"].as_u64().unwrap() + posted["duplicates"].as_u64().unwrap(), 1, "{posted}");
+    }
+
+    /// The units the answer offers at the probed node.
+    fn units(&self, answer: &serde_json::Value) -> i64 {
+        let options = answer["options"].as_array().map(Vec::as_slice).unwrap_or_default();
+        options.iter().find(|o| o["node"] == self.node.as_str()).map_or(0, |o| o["units"].as_i64().unwrap())
+    }
+
+    /// Waits (bounded) for an answer that offers the receipt's units (the node's feed is fresh
+    /// again at the next refresh of the watermarks).
+    async fn answer_with_receipt(&self, log: impl Fn() -> String) -> serde_json::Value {
+        for _ in 0..100 {
+            let answer = self.answer().await;
+            if self.units(&answer) >= 1_000 {
+                return answer;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the receipt never showed: {}\n{}", self.answer().await, log());
+    }
+}
+
+/// The tests' Redis, and a stream and a namespace of this test's own.
+fn redis_names(test: &str) -> (String, String, String) {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let name = format!("sellable-test-{test}-{}", std::process::id());
+    (url, name.clone(), name)
+}
+
+/// Deletes a test's stream and every key of its namespace.
+async fn forget(url: &str, stream: &str, namespace: &str) {
+    let client = redis::Client::open(url).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{namespace}*")).query_async(&mut connection).await.unwrap();
-    let _: i64 = redis::cmd("DEL").arg(&stream).arg(keys).query_async(&mut connection).await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(stream).arg(keys).query_async(&mut connection).await.unwrap();
 }
 
 /// A child process killed when the test ends, passed or failed.
@@ -1041,52 +1087,33 @@ async fn sellable_run_rebuilds_its_speed_view_when_redis_comes_back_empty() {
             .unwrap(),
     );
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..300 {
-        up = client.get(format!("{base}/healthz")).send().await.is_ok();
-        if up {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(up, "{}", log());
-    let (sku, node) = market.after_cutoff.iter().map(|e| (e.sku.clone(), e.node.clone())).next().unwrap();
-    let (_, nodes) = market.lake.load_catalog().await.unwrap();
-    let country = nodes.iter().find(|n| n.node == node).unwrap().country.clone();
-    let url = format!("{base}/v1/availability/{sku}?region={country}&qty=1");
-    let answer = |client: reqwest::Client, url: String| async move {
-        let answer: serde_json::Value = client.get(&url).send().await.unwrap().json().await.unwrap();
-        answer
-    };
-    let units_at = |answer: &serde_json::Value| answer["options"].as_array().unwrap().iter().find(|o| o["node"] == node.as_str()).map_or(0, |o| o["units"].as_i64().unwrap());
-    let receipt = Event { event_id: "before-the-loss".into(), ts: chrono_now(), sku: sku.clone(), node: node.clone(), kind: sellable_core::EventKind::Receipt, qty: 1_000, order_id: None, arrived: None };
-    assert_eq!(client.post(format!("{base}/v1/events")).body(encode_json(&receipt)).send().await.unwrap().status(), 202);
+    let probe = Probe::new(&market, port, "before-the-loss").await;
+    probe.wait_up(log).await;
+    probe.post().await;
     // archived, and counted once in a fresh answer
     let mut fresh = serde_json::Value::Null;
     for _ in 0..200 {
-        let archived = market.lake.events_after(market.cutoff).await.unwrap().into_iter().any(|e| e.is_ok_and(|e| e.event_id == receipt.event_id));
-        fresh = answer(client.clone(), url.clone()).await;
-        if archived && fresh["grade"] == "fresh" && units_at(&fresh) >= 1_000 {
+        let archived = market.lake.events_after(market.cutoff).await.unwrap().into_iter().any(|e| e.is_ok_and(|e| e.event_id == probe.receipt.event_id));
+        fresh = probe.answer().await;
+        if archived && fresh["grade"] == "fresh" && probe.units(&fresh) >= 1_000 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(fresh["grade"] == "fresh" && units_at(&fresh) >= 1_000, "{fresh}\n{}", log());
+    assert!(fresh["grade"] == "fresh" && probe.units(&fresh) >= 1_000, "{fresh}\n{}", log());
 
     redis.kill();
     std::fs::remove_dir_all(redis.dir.path().join("data")).unwrap();
     redis.restart();
     let mut whole_again = false;
     for _ in 0..300 {
-        let now = answer(client.clone(), url.clone()).await;
+        let now = probe.answer().await;
         if now["grade"] == "fresh" {
-            assert_eq!(units_at(&now), units_at(&fresh), "a fresh answer must be the whole one: {now}\n{}", log());
+            assert_eq!(probe.units(&now), probe.units(&fresh), "a fresh answer must be the whole one: {now}\n{}", log());
             whole_again = true;
             break;
         }
-        assert!(units_at(&now) <= units_at(&fresh), "{now}");
+        assert!(probe.units(&now) <= probe.units(&fresh), "{now}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(whole_again, "{}", log());
@@ -1104,10 +1131,9 @@ async fn sellable_run_rebuilds_its_speed_view_when_redis_comes_back_empty() {
 /// server is answered, stays counted once across two cutovers, and reaches the lake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sellable_run_roles_in_three_processes_keep_one_truth() {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let (url, stream, namespace) = redis_names("roles");
     let market = marketplace().await;
     let id = std::process::id();
-    let (stream, namespace) = (format!("sellable-test-roles-{id}"), format!("sellable-test-roles-{id}"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let lake = market.lake.root().to_str().unwrap().to_string();
     let common = ["--redis", &url, "--stream", &stream, "--namespace", &namespace, "--lake", &lake];
@@ -1128,44 +1154,24 @@ async fn sellable_run_roles_in_three_processes_keep_one_truth() {
     let serve_log = market.lake.root().with_file_name("serve.log");
     let _serve = role("serve", &["--listen", &format!("127.0.0.1:{port}")], &serve_log);
     let logs = || format!("batch:\n{}\nserve:\n{}", std::fs::read_to_string(&batch_log).unwrap_or_default(), std::fs::read_to_string(&serve_log).unwrap_or_default());
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let (sku, node) = market.after_cutoff.iter().map(|e| (e.sku.clone(), e.node.clone())).next().unwrap();
-    let (_, nodes) = market.lake.load_catalog().await.unwrap();
-    let country = nodes.iter().find(|n| n.node == node).unwrap().country.clone();
-    let url_of = format!("{base}/v1/availability/{sku}?region={country}&qty=1");
-    let units_at = |answer: &serde_json::Value| answer["options"].as_array().map_or(0, |options| options.iter().find(|o| o["node"] == node.as_str()).map_or(0, |o| o["units"].as_i64().unwrap()));
-    // the server answers, and follows the first cutover (a batch view of now)
+    let probe = Probe::new(&market, port, &format!("roles-receipt-{id}")).await;
+    probe.wait_up(logs).await;
+    // the server follows the first cutover (a batch view of now)
     let initial = serde_json::json!(market.lake.load_batch_view().await.unwrap().version);
-    let mut first = serde_json::Value::Null;
     for _ in 0..300 {
-        if let Ok(response) = client.get(&url_of).send().await {
-            first = response.json().await.unwrap();
-            if first["versions"]["batch_view"] != initial {
-                break;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_ne!(first["versions"]["batch_view"], initial, "{first}\n{}", logs());
-    let receipt = Event { event_id: format!("roles-receipt-{id}"), ts: chrono_now(), sku: sku.clone(), node: node.clone(), kind: sellable_core::EventKind::Receipt, qty: 1_000, order_id: None, arrived: None };
-    let posted: serde_json::Value = client.post(format!("{base}/v1/events")).body(encode_json(&receipt)).send().await.unwrap().json().await.unwrap();
-    assert_eq!(posted["accepted"], 1, "{posted}");
-    // the node's feed is fresh again at the next refresh of the watermarks
-    let mut fresh = serde_json::Value::Null;
-    for _ in 0..50 {
-        fresh = client.get(&url_of).send().await.unwrap().json().await.unwrap();
-        if units_at(&fresh) >= 1_000 {
+        if probe.answer().await["versions"]["batch_view"] != initial {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(units_at(&fresh) >= 1_000, "{fresh}\n{}", logs());
-    let (with_receipt, version) = (units_at(&fresh), fresh["versions"]["batch_view"].clone());
+    probe.post().await;
+    let fresh = probe.answer_with_receipt(logs).await;
+    let (with_receipt, version) = (probe.units(&fresh), fresh["versions"]["batch_view"].clone());
+    assert_ne!(version, initial, "{fresh}\n{}", logs());
     // two cutovers later (followed by the server), the receipt is still counted once
     let mut later = serde_json::Value::Null;
     for _ in 0..300 {
-        later = client.get(&url_of).send().await.unwrap().json().await.unwrap();
+        later = probe.answer().await;
         let cutovers = std::fs::read_to_string(&batch_log).unwrap_or_default().matches("run: cutover to").count();
         if cutovers >= 3 && later["versions"]["batch_view"] != version && later["grade"] == "fresh" {
             break;
@@ -1174,7 +1180,9 @@ async fn sellable_run_roles_in_three_processes_keep_one_truth() {
     }
     assert_ne!(later["versions"]["batch_view"], version, "{later}\n{}", logs());
     assert_eq!(later["grade"], "fresh", "{later}\n{}", logs());
-    assert_eq!(units_at(&later), with_receipt, "counted once: {later}\n{}", logs());
-    let in_lake = market.lake.events_after(market.cutoff).await.unwrap().into_iter().filter(|e| e.as_ref().is_ok_and(|e| e.event_id == receipt.event_id)).count();
+    assert_eq!(probe.units(&later), with_receipt, "counted once: {later}\n{}", logs());
+    let in_lake = market.lake.events_after(market.cutoff).await.unwrap().into_iter().filter(|e| e.as_ref().is_ok_and(|e| e.event_id == probe.receipt.event_id)).count();
     assert_eq!(in_lake, 1);
+    drop((_batch, _archive, _serve));
+    forget(&url, &stream, &namespace).await;
 }
