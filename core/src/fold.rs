@@ -339,6 +339,11 @@ impl Fold {
         self.seen.entry(sku.to_string()).or_default().insert(event_id, arrival, window);
     }
 
+    /// Whether an event with this id was folded (or remembered) for `sku`.
+    pub fn knows(&self, sku: &str, event_id: &str) -> bool {
+        self.seen.get(sku).is_some_and(|seen| seen.ids.contains_key(event_id))
+    }
+
     pub fn state(&self, sku: &str, node: &str) -> Option<&NodeState> {
         self.states.get(&(sku.to_string(), node.to_string()))
     }

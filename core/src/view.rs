@@ -133,6 +133,12 @@ pub trait SpeedSource: Send + Sync {
         Box::pin(async move { Ok((self.sku_states(sku).await?, self.caught_up_to().await?)) })
     }
 
+    /// Whether each event's id was folded (or remembered) already for its SKU, in order; stores
+    /// that cannot tell say `false` (not known).
+    fn known<'a>(&'a self, events: &'a [crate::Event]) -> BoxFuture<'a, Result<Vec<bool>, ViewError>> {
+        Box::pin(async move { Ok(vec![false; events.len()]) })
+    }
+
     /// Where it lives, for logs and answers.
     fn describe(&self) -> String;
 

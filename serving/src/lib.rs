@@ -937,11 +937,14 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
     }
     let refused = serving.admit(&mut items);
     let events: Vec<Event> = items.iter().filter_map(|(_, _, decoded)| decoded.as_ref().ok().cloned()).collect();
-    if let Some(intake) = &serving.intake {
-        // not appended, not accepted: the client retries the whole body (ids make it idempotent)
-        intake.append(&events).await.map_err(|error| ApiError::Unavailable(format!("the ingestion {} did not take the events ({error}); nothing was accepted", intake.describe())))?;
-    }
     let speed = serving.epoch().speed.clone();
+    if let Some(intake) = &serving.intake {
+        // what the view knows already (a retried body) is not appended again: the lake gets each
+        // event once; not appended, not accepted: the client retries the whole body
+        let known = speed.known(&events).await.map_err(ApiError::unavailable)?;
+        let new: Vec<Event> = events.iter().zip(known).filter(|(_, known)| !known).map(|(event, _)| event.clone()).collect();
+        intake.append(&new).await.map_err(|error| ApiError::Unavailable(format!("the ingestion {} did not take the events ({error}); nothing was accepted", intake.describe())))?;
+    }
     let outcomes = speed.fold(&events, "http").await.map_err(ApiError::unavailable)?;
     let stats = sellable_core::FoldStats::of(&outcomes);
     let mut outcomes = outcomes.into_iter();

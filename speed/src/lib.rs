@@ -338,6 +338,18 @@ impl sellable_core::SpeedSource for SpeedView {
         Box::pin(async move { Ok(SpeedView::caught_up_to(self).await?) })
     }
 
+    fn known<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<Vec<bool>, ViewError>> {
+        Box::pin(async move {
+            match self {
+                SpeedView::Memory(store) => {
+                    let fold = store.fold.lock().expect("speed view lock poisoned; this is a bug");
+                    Ok(events.iter().map(|event| fold.knows(&event.sku, &event.event_id)).collect())
+                }
+                SpeedView::Redis(store) => Ok(store.known(events).await?),
+            }
+        })
+    }
+
     fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<sellable_core::view::SkuRead, ViewError>> {
         Box::pin(async move {
             match self {
@@ -1080,6 +1092,41 @@ impl RedisStore {
         let mut connection = self.connection.clone();
         let stored: Option<Vec<u8>> = redis::cmd("HGET").arg(states).arg(sku).query_async(&mut connection).await.map_err(|e| self.error(e))?;
         self.decode_states(sku, stored)
+    }
+
+    /// Whether each event's id was folded (or remembered) for its SKU: in the SKUs' states with a
+    /// dedup window, in the partitions' id sets without.
+    async fn known(&self, events: &[Event]) -> Result<Vec<bool>, SpeedError> {
+        let mut connection = self.connection.clone();
+        let mut known = vec![false; events.len()];
+        if self.config.dedup_window_ms.is_some() {
+            let mut states: HashMap<&str, SkuState> = HashMap::new();
+            for (index, event) in events.iter().enumerate() {
+                if !states.contains_key(event.sku.as_str()) {
+                    let [key, ..] = self.partition_keys(partition(&event.sku));
+                    let stored: Option<Vec<u8>> = redis::cmd("HGET").arg(key).arg(&event.sku).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+                    let state = SkuState::decode(&stored.unwrap_or_default()).map_err(|message| self.corrupt(&event.sku, message))?;
+                    states.insert(event.sku.as_str(), state);
+                }
+                known[index] = states[event.sku.as_str()].seen.ids.contains_key(&event.event_id);
+            }
+            return Ok(known);
+        }
+        let mut by_partition: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (index, event) in events.iter().enumerate() {
+            by_partition.entry(partition(&event.sku)).or_default().push(index);
+        }
+        for (partition, indices) in by_partition {
+            let [_, _, ids_key] = self.partition_keys(partition);
+            for chunk in indices.chunks(IDS_PER_COMMAND) {
+                let members: Vec<String> = chunk.iter().map(|index| id_member(&events[*index].sku, &events[*index].event_id)).collect();
+                let found: Vec<bool> = redis::cmd("SMISMEMBER").arg(&ids_key).arg(members).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+                for (index, found) in chunk.iter().zip(found) {
+                    known[*index] = found;
+                }
+            }
+        }
+        Ok(known)
     }
 
     fn decode_states(&self, sku: &str, stored: Option<Vec<u8>>) -> Result<Vec<(String, NodeState)>, SpeedError> {

@@ -905,6 +905,10 @@ async fn posted_events_reach_the_lake_through_the_ingestion_stream() {
     let response = reqwest::Client::new().post(format!("{base}/v1/events")).body(encode_json(&posted)).send().await.unwrap();
     let accepted: sellable_serving::EventsAccepted = response.json().await.unwrap();
     assert_eq!((accepted.accepted, accepted.rejected.len()), (1, 0));
+    // a retried body: a duplicate, and not appended again (the lake gets each event once)
+    let response = reqwest::Client::new().post(format!("{base}/v1/events")).body(encode_json(&posted)).send().await.unwrap();
+    let retried: sellable_serving::EventsAccepted = response.json().await.unwrap();
+    assert_eq!((retried.accepted, retried.duplicates), (0, 1));
     let length: i64 = redis::cmd("XLEN").arg(&stream).query_async(&mut connection).await.unwrap();
     assert_eq!(length, 1);
 

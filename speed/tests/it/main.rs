@@ -486,3 +486,31 @@ async fn a_stream_folds_into_a_three_master_cluster_exactly_like_core() {
     }
     assert_eq!(masters_with_keys, 3);
 }
+
+/// What the view knows of events it folded (or remembered), with and without a dedup window:
+/// what `POST /v1/events` leaves out of the ingestion stream on a retry.
+#[tokio::test]
+async fn the_view_knows_the_ids_it_folded_and_remembered() {
+    use sellable_core::SpeedSource;
+    let events = simulated_events(31);
+    let (folded, rest) = events.split_at(40);
+    for (name, window) in [("known-set", None), ("known-window", Some(7 * 86_400_000))] {
+        let view = redis_view_with(name, FoldConfig { dedup_window_ms: window, ..FoldConfig::default() }).await;
+        view.fold(folded, "test").await.unwrap();
+        view.remember(&[(rest[0].sku.clone(), rest[0].event_id.clone())], rest[0].arrival()).await.unwrap();
+        let asked: Vec<Event> = folded.iter().take(5).chain(&rest[..3]).cloned().collect();
+        let known = SpeedSource::known(&view, &asked).await.unwrap();
+        // the folded ones that were not too late, the remembered one, not the two others
+        let expected: Vec<bool> = asked
+            .iter()
+            .enumerate()
+            .map(|(index, event)| if index < 5 { !FoldConfig::default().is_too_late(event) } else { index == 5 })
+            .collect();
+        assert_eq!(known, expected, "{name}");
+        let memory = SpeedView::memory(FoldConfig { dedup_window_ms: window, ..FoldConfig::default() });
+        memory.fold(folded, "test").await.unwrap();
+        memory.remember(&[(rest[0].sku.clone(), rest[0].event_id.clone())], rest[0].arrival()).await.unwrap();
+        assert_eq!(SpeedSource::known(&memory, &asked).await.unwrap(), expected, "{name}, embedded");
+        view.clear().await.unwrap();
+    }
+}
