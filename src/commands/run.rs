@@ -1,4 +1,5 @@
-//! `sellable run`: the whole loop in one process (sellable-lifecycle), on Redis and the lake.
+//! `sellable run`: the loop between the layers (sellable-lifecycle) on Redis and the lake, all of
+//! it in one process or one role of it (`--role batch|archive|serve`).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
