@@ -43,7 +43,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     let served = match args.role {
         Role::Archive => wait_for_ctrl_c().await,
         Role::Serve => {
-            let cutoff = lake.load_batch_view().await.context("waiting for the batch role's first batch view")?.asof;
+            let cutoff = first_batch_view(&lake).await;
             let speed = sellable_lifecycle::epoch_speed(&config, cutoff).await?;
             let intake: Arc<dyn EventIntake> = Arc::new(sellable_speed::stream::StreamIntake::new(&config.url, &config.stream)?);
             let models = serve::model_book(&args.models.models, None)?;
@@ -70,6 +70,19 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         task.await.context("the archiver panicked; this is a bug")??;
     }
     served
+}
+
+/// The cutoff of the lake's batch view, waiting (and saying so) until the batch role has made one.
+async fn first_batch_view(lake: &sellable_batch::Lake) -> sellable_core::Millis {
+    loop {
+        match lake.batch_view_asof() {
+            Some(asof) => return asof,
+            None => {
+                eprintln!("run: no batch view in {} yet: waiting for the batch role", lake.root().display());
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
 }
 
 async fn wait_for_ctrl_c() -> Result<()> {
