@@ -550,7 +550,7 @@ impl Lake {
     /// The stored batch view's states, if its lineage says it is the view as of `asof` of the
     /// lake's events as they are now, with `config`'s lateness.
     async fn stored_batch_states(&self, asof: Millis, config: FoldConfig) -> Result<Option<BTreeMap<SkuNode, NodeState>>, BatchError> {
-        let Some(recorded) = std::fs::read_to_string(self.root.join(VIEW_LINEAGE)).ok().and_then(|text| ViewLineage::parse(&text)) else {
+        let Some(recorded) = self.stored_lineage() else {
             return Ok(None);
         };
         let (view, deltas) = match (self.dataset(BATCH_VIEW, "").await, self.dataset(BATCH_DELTAS, "").await) {
@@ -633,14 +633,17 @@ impl Lake {
     /// The version of `events` the stored batch view was computed from, if its lineage says
     /// (a speed view that completes it must start from that version: `sellable-lifecycle`).
     pub fn batch_view_events_version(&self) -> Option<u64> {
-        let text = std::fs::read_to_string(self.root.join(VIEW_LINEAGE)).ok()?;
-        ViewLineage::parse(&text).map(|lineage| lineage.events_version)
+        self.stored_lineage().map(|lineage| lineage.events_version)
     }
 
     /// The cutoff of the stored batch view, from its lineage (a cheap check for a new one).
     pub fn batch_view_asof(&self) -> Option<Millis> {
-        let text = std::fs::read_to_string(self.root.join(VIEW_LINEAGE)).ok()?;
-        ViewLineage::parse(&text).map(|lineage| lineage.asof)
+        self.stored_lineage().map(|lineage| lineage.asof)
+    }
+
+    /// The lineage written with the stored batch view, if it reads as one.
+    fn stored_lineage(&self) -> Option<ViewLineage> {
+        ViewLineage::parse(&std::fs::read_to_string(self.root.join(VIEW_LINEAGE)).ok()?)
     }
 
     /// Loads the latest batch view into memory, for serving.

@@ -62,6 +62,13 @@ pub struct LifecycleConfig {
     pub retire_after: Duration,
 }
 
+impl LifecycleConfig {
+    /// The Redis namespace and the consumer group of the epoch of `cutoff`.
+    pub fn epoch_names(&self, cutoff: Millis) -> (String, String) {
+        (format!("{}:e{cutoff}", self.namespace), format!("{}-e{cutoff}", self.namespace))
+    }
+}
+
 /// One epoch's speed view and the fold workers that keep it current.
 pub struct EpochSpeed {
     pub cutoff: Millis,
@@ -78,8 +85,7 @@ impl EpochSpeed {
     /// starts clean: whatever an interrupted attempt left in its namespace and group (built from
     /// another version of the lake, perhaps) is dropped first.
     pub async fn open(lake: &Lake, config: &LifecycleConfig, cutoff: Millis, position: &str) -> Result<EpochSpeed, LifecycleError> {
-        let namespace = format!("{}:e{cutoff}", config.namespace);
-        let group = format!("{}-e{cutoff}", config.namespace);
+        let (namespace, group) = config.epoch_names(cutoff);
         let speed = Arc::new(SpeedView::redis(&config.url, &namespace, config.fold).await?);
         speed.clear().await?;
         sellable_speed::stream::destroy_group(&config.url, &config.stream, &group).await?;
@@ -103,8 +109,9 @@ impl EpochSpeed {
     /// marks the view caught up from its cutoff (serving trusts it from then on).
     pub async fn wait_caught_up(&self, config: &LifecycleConfig) -> Result<(), LifecycleError> {
         let started = Instant::now();
+        let mut probe = sellable_speed::stream::GroupProbe::open(&config.url).await?;
         loop {
-            if sellable_speed::stream::group_caught_up(&config.url, &config.stream, &self.group).await? {
+            if probe.caught_up(&config.stream, &self.group).await? {
                 self.speed.mark_caught_up(self.cutoff).await?;
                 return Ok(());
             }
@@ -120,24 +127,17 @@ impl EpochSpeed {
 
     /// Stops the workers, drops the group and the namespace.
     pub async fn close(self, config: &LifecycleConfig) -> Result<(), LifecycleError> {
-        let (group, speed, namespace) = (self.group.clone(), self.speed.clone(), self.namespace.clone());
-        self.stop().await;
-        sellable_speed::stream::destroy_group(&config.url, &config.stream, &group).await?;
-        if let Err(error) = speed.clear().await {
-            tracing::warn!(%error, namespace, "could not clear the retired epoch's namespace");
-        }
-        Ok(())
-    }
-
-    /// Stops the workers and leaves the group and the namespace as they are (an epoch about to
-    /// be rebuilt in place).
-    pub async fn stop(self) {
         let _ = self.stop.send(());
         match self.workers.await {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(%error, cutoff = self.cutoff, "the epoch's workers had failed"),
+            Ok(Err(error)) => tracing::warn!(%error, cutoff = self.cutoff, "the retired epoch's workers had failed"),
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
+        sellable_speed::stream::destroy_group(&config.url, &config.stream, &self.group).await?;
+        if let Err(error) = self.speed.clear().await {
+            tracing::warn!(%error, namespace = self.namespace, "could not clear the retired epoch's namespace");
+        }
+        Ok(())
     }
 }
 
@@ -207,7 +207,7 @@ pub async fn cutover(lake: &Lake, serving: &Serving, old: EpochSpeed, config: &L
 /// The speed view of the epoch of `cutoff`, as a serving process that does not run the cutover
 /// reads it (the batch role's workers keep it).
 pub async fn epoch_speed(config: &LifecycleConfig, cutoff: Millis) -> Result<Arc<SpeedView>, LifecycleError> {
-    Ok(Arc::new(SpeedView::redis_lazy(&config.url, &format!("{}:e{cutoff}", config.namespace), config.fold).await?))
+    Ok(Arc::new(SpeedView::redis_lazy(&config.url, &config.epoch_names(cutoff).0, config.fold).await?))
 }
 
 /// For a serving process beside the batch role: every `every`, if the lake has a new batch view

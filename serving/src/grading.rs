@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use sellable_core::{Grade, Millis};
+use sellable_core::{Grade, Millis, ViewError};
 
 /// The bounds serving answers within.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,5 +57,15 @@ pub fn distrust(caught_up: Option<Millis>, cutoff: Millis) -> Option<String> {
         Some(mark) if mark == cutoff => None,
         Some(mark) => Some(format!("speed view was caught up from cutoff {mark}, not the batch view's {cutoff}")),
         None => Some("speed view is not known to be complete (never caught up, or its store lost what it held)".to_string()),
+    }
+}
+
+/// Reads the speed view within `timeout`; a failure or a timeout becomes the reason an answer
+/// gives for going without it.
+pub async fn within<T>(timeout: Duration, read: impl std::future::Future<Output = Result<T, ViewError>>) -> Result<T, String> {
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(format!("speed view unavailable ({error})")),
+        Err(_) => Err(format!("speed view did not answer within {} ms", timeout.as_millis())),
     }
 }

@@ -207,17 +207,20 @@ impl Serving {
     /// Makes `batch` and `speed` (caught up from the batch view's cutoff) the epoch of every
     /// answer from now on, atomically. The node watermarks keep the newest of both views.
     pub fn swap_epoch(&self, batch: BatchView, speed: Arc<dyn SpeedSource>) {
-        {
-            let mut marks = self.watermarks.write().expect("watermarks lock poisoned; this is a bug");
-            for (node, arrived) in batch.watermarks() {
-                let mark = marks.entry(node).or_insert(arrived);
-                *mark = (*mark).max(arrived);
-            }
-        }
+        self.raise_watermarks(batch.watermarks());
         let (from, to) = (self.epoch().batch.version.clone(), batch.version.clone());
         *self.epoch.write().expect("epoch lock poisoned; this is a bug") = Arc::new(Epoch { batch, speed });
         self.set_distrust(None);
         tracing::info!(from, to, "cutover: answers now merge the new batch view with its speed view");
+    }
+
+    /// Keeps, per node, the newest of its watermark and `marks`'.
+    fn raise_watermarks(&self, marks: impl IntoIterator<Item = (String, Millis)>) {
+        let mut known = self.watermarks.write().expect("watermarks lock poisoned; this is a bug");
+        for (node, arrived) in marks {
+            let mark = known.entry(node).or_insert(arrived);
+            *mark = (*mark).max(arrived);
+        }
     }
 
     /// Records a cutover that took `seconds` (`sellable_cutovers_total`, `sellable_cutover_seconds`).
@@ -260,26 +263,18 @@ impl Serving {
         let timeout = self.limits.speed_timeout.max(std::time::Duration::from_secs(1));
         let epoch = self.epoch();
         let read = async { Ok::<_, ViewError>((epoch.speed.caught_up_to().await?, epoch.speed.watermarks().await?)) };
-        let (caught_up, speed) = match tokio::time::timeout(timeout, read).await {
-            Ok(Ok(read)) => read,
-            Ok(Err(error)) => {
-                self.set_distrust(Some(format!("speed view unavailable ({error})")));
-                return Err(error);
-            }
-            Err(_) => {
-                let reason = format!("speed view did not answer within {} ms", timeout.as_millis());
+        let (caught_up, speed) = match grading::within(timeout, read).await {
+            Ok(read) => read,
+            Err(reason) => {
                 self.set_distrust(Some(reason.clone()));
                 return Err(reason.into());
             }
         };
         self.set_distrust(grading::distrust(caught_up, epoch.batch.asof));
-        self.metrics.batch_age.set((self.now() - epoch.batch.asof) as f64 / 1000.0);
         let now = self.now();
-        let mut marks = self.watermarks.write().expect("watermarks lock poisoned; this is a bug");
-        for (node, arrived) in speed.nodes {
-            let mark = marks.entry(node).or_insert(arrived);
-            *mark = (*mark).max(arrived);
-        }
+        self.metrics.batch_age.set((now - epoch.batch.asof) as f64 / 1000.0);
+        self.raise_watermarks(speed.nodes);
+        let marks = self.watermarks.read().expect("watermarks lock poisoned; this is a bug");
         for (node, arrived) in marks.iter() {
             self.metrics.feed_lag.with_label_values(&[node.as_str()]).set((now - arrived) as f64 / 1000.0);
         }
@@ -430,13 +425,12 @@ impl Serving {
     async fn read_speed(&self, epoch: &Epoch, sku: &str, grading: &mut Grading) -> Option<Vec<(String, NodeState)>> {
         let problem = match self.speed_distrust() {
             Some(reason) => reason,
-            None => match tokio::time::timeout(self.limits.speed_timeout, epoch.speed.sku_read(sku)).await {
-                Ok(Ok((states, caught_up))) => match grading::distrust(caught_up, epoch.batch.asof) {
+            None => match grading::within(self.limits.speed_timeout, epoch.speed.sku_read(sku)).await {
+                Ok((states, caught_up)) => match grading::distrust(caught_up, epoch.batch.asof) {
                     None => return Some(states),
                     Some(reason) => reason,
                 },
-                Ok(Err(error)) => format!("speed view unavailable ({error})"),
-                Err(_) => format!("speed view did not answer within {} ms", self.limits.speed_timeout.as_millis()),
+                Err(reason) => reason,
             },
         };
         tracing::warn!(%problem, "answering without the speed view");

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sellable_core::event::decode_json;
 use sellable_core::{Event, EventArchive};
 
-use crate::stream::{self, Entry, StreamConfig};
+use crate::stream::{self, entry_order, Entry, StreamConfig};
 use crate::{Connection, SpeedError};
 
 /// The consumer group the archiver reads a stream with.
@@ -40,12 +40,6 @@ pub struct ArchiveStats {
 /// The key the archive records a stream's position under.
 pub fn position_key(stream: &str) -> String {
     format!("stream:{stream}")
-}
-
-/// Orders stream entry ids (`<ms>-<seq>`) as Redis does.
-fn entry_order(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 /// Archives the stream of `config` (its group is replaced by [`ARCHIVE_GROUP`]) into `archive`

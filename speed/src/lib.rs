@@ -311,10 +311,15 @@ impl SpeedView {
                 let mut connection = store.connection.clone();
                 let key = store.caught_up_key();
                 let mark: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut connection).await.map_err(|e| store.error(e))?;
-                mark.map(|text| text.parse().map_err(|_| SpeedError::Corrupt { key, message: format!("'{text}' is not milliseconds") })).transpose()
+                parse_mark(key, mark)
             }
         }
     }
+}
+
+/// The catch-up mark as stored under `key` (milliseconds), if there is one.
+fn parse_mark(key: String, mark: Option<String>) -> Result<Option<Millis>, SpeedError> {
+    mark.map(|text| text.parse().map_err(|_| SpeedError::Corrupt { key, message: format!("'{text}' is not milliseconds") })).transpose()
 }
 
 impl sellable_core::SpeedSource for SpeedView {
@@ -1150,8 +1155,7 @@ impl RedisStore {
         } else {
             redis::pipe().cmd("HGET").arg(&states).arg(sku).cmd("GET").arg(&key).query_async(&mut connection).await.map_err(|e| self.error(e))?
         };
-        let mark = mark.map(|text| text.parse().map_err(|_| SpeedError::Corrupt { key, message: format!("'{text}' is not milliseconds") })).transpose()?;
-        Ok((self.decode_states(sku, stored)?, mark))
+        Ok((self.decode_states(sku, stored)?, parse_mark(key, mark)?))
     }
 
     async fn clear(&self) -> Result<(), SpeedError> {

@@ -329,28 +329,44 @@ pub(crate) async fn create_group(connection: &mut Connection, config: &StreamCon
     }
 }
 
-/// Whether `group` has read and acknowledged every entry the stream holds now (its last entry at
-/// or before the group's last delivered one, nothing pending).
-pub async fn group_caught_up(url: &str, stream: &str, group: &str) -> Result<bool, SpeedError> {
-    let error = |source| SpeedError::Redis { url: url.to_string(), source };
-    let mut connection = Connection::open(url).await?;
-    let last: Value = redis::cmd("XREVRANGE").arg(stream).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut connection).await.map_err(error)?;
-    let Some(last) = entries(last).map_err(error)?.into_iter().next().map(|entry| entry.id) else { return Ok(true) };
-    let groups: Vec<std::collections::HashMap<String, Value>> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut connection).await.map_err(error)?;
-    let text = |value: Option<&Value>| match value {
-        Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-        Some(Value::SimpleString(text)) => text.clone(),
-        _ => String::new(),
-    };
-    let order = |id: &str| {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (ms.parse::<u64>().unwrap_or(0), seq.parse::<u64>().unwrap_or(0))
-    };
-    Ok(groups.iter().any(|info| {
-        text(info.get("name")) == group
-            && matches!(info.get("pending"), Some(Value::Int(0)))
-            && order(&text(info.get("last-delivered-id"))) >= order(&last)
-    }))
+/// Orders stream entry ids (`<ms>-<seq>`) as Redis does.
+pub(crate) fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Asks a stream how far its consumer groups are, over one connection kept for the purpose
+/// (the lifecycle polls it while a new epoch reads the stream).
+pub struct GroupProbe {
+    url: String,
+    connection: Connection,
+}
+
+impl GroupProbe {
+    pub async fn open(url: &str) -> Result<GroupProbe, SpeedError> {
+        Ok(GroupProbe { url: url.to_string(), connection: Connection::open(url).await? })
+    }
+
+    /// Whether `group` has read and acknowledged every entry `stream` holds now (its last entry
+    /// at or before the group's last delivered one, nothing pending).
+    pub async fn caught_up(&mut self, stream: &str, group: &str) -> Result<bool, SpeedError> {
+        let url = &self.url;
+        let error = |source| SpeedError::Redis { url: url.clone(), source };
+        let last: Value = redis::cmd("XREVRANGE").arg(stream).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut self.connection).await.map_err(error)?;
+        let Some(last) = entries(last).map_err(error)?.into_iter().next().map(|entry| entry.id) else { return Ok(true) };
+        let groups: Vec<std::collections::HashMap<String, Value>> =
+            redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut self.connection).await.map_err(error)?;
+        let text = |value: Option<&Value>| match value {
+            Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            Some(Value::SimpleString(text)) => text.clone(),
+            _ => String::new(),
+        };
+        Ok(groups.iter().any(|info| {
+            text(info.get("name")) == group
+                && matches!(info.get("pending"), Some(Value::Int(0)))
+                && entry_order(&text(info.get("last-delivered-id"))) >= entry_order(&last)
+        }))
+    }
 }
 
 /// Deletes `stream` with its consumer groups.

@@ -52,22 +52,20 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 /// reaches their arrival, and a cutover every `--nightly-every` simulated hours.
 async fn live(args: &DemoArgs, url: &str, lake: Lake, models: Arc<sellable_serving::ModelBook>, cutoff: Millis, later: Vec<Event>) -> Result<()> {
     let lake = Arc::new(lake);
-    let (skus, nodes) = lake.load_catalog().await?;
     let config = sellable_lifecycle::LifecycleConfig {
         url: url.to_string(),
         stream: "sellable-demo-events".to_string(),
         namespace: "sellable-demo".to_string(),
         fold: FoldConfig::default(),
         workers: 1,
-        known: Some(Arc::new(sellable_core::KnownIds::of(&skus, &nodes))),
+        known: Some(speed::known_names(&lake).await?),
         catch_up_timeout: std::time::Duration::from_secs(600),
         retire_after: std::time::Duration::ZERO,
     };
     forget_previous_demo(&config).await?;
     let epoch = sellable_lifecycle::start(&lake, &config).await?;
     let clock = sellable_serving::Clock::Scaled { wall: chrono::Utc::now().timestamp_millis(), start: cutoff, speed: args.replay_speed };
-    let intake: Arc<dyn sellable_core::EventIntake> = Arc::new(sellable_speed::stream::StreamIntake::new(url, &config.stream)?);
-    let serving = serve::load_serving_with_clock(&lake, epoch.speed.clone(), args.rules.book()?, models, Some(intake), clock).await?;
+    let serving = serve::load_serving_with_clock(&lake, epoch.speed.clone(), args.rules.book()?, models, Some(run::intake(&config)?), clock).await?;
     eprintln!(
         "demo: replaying the last day's {} events at {}x (one simulated hour every {:.0} s), a cutover every {} simulated hours",
         later.len(),
@@ -76,17 +74,9 @@ async fn live(args: &DemoArgs, url: &str, lake: Lake, models: Arc<sellable_servi
         args.nightly_every
     );
     spawn_replay(url.to_string(), config.stream.clone(), later, clock);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let progress = Arc::new(std::sync::atomic::AtomicI64::new(0));
-    let archiver = run::spawn_archiver(lake.clone(), &config, progress.clone(), stopped.clone());
     let every = std::time::Duration::from_secs_f64(args.nightly_every * 3_600.0 / args.replay_speed);
-    let nightly = run::spawn_nightly(lake, serving.clone(), config, epoch, progress, every, stopped);
     let example = example_request(&serving).await;
-    let served = serve::serve(serving, args.listen, example).await;
-    let _ = stop.send(true);
-    nightly.await.context("the nightly task panicked; this is a bug")?;
-    archiver.await.context("the archiver panicked; this is a bug")??;
-    served
+    run::serve_loop(lake, serving, config, epoch, every, args.listen, example).await
 }
 
 /// Drops what an earlier living demo left in Redis: its stream (and the groups on it) and every

@@ -14,7 +14,7 @@ use sellable_speed::stream::StreamConfig;
 use sellable_core::event::format_millis;
 
 use crate::cli::{Role, RunArgs};
-use crate::commands::{batch, serve};
+use crate::commands::{batch, serve, speed};
 
 pub async fn run(args: &RunArgs) -> Result<()> {
     let lake = Arc::new(args.lake.open()?);
@@ -22,53 +22,77 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         let asof = lake.last_arrival().await?.context("the lake has no events: import some first (sellable lake import)")?;
         batch::nightly(&lake, asof, args.lake.fold_config()).await?;
     }
-    let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
     let config = LifecycleConfig {
         url: args.server.redis.clone(),
         stream: args.stream.clone(),
         namespace: args.server.namespace.clone(),
         fold: args.lake.fold_config(),
         workers: args.workers.max(1),
-        known: Some(Arc::new(sellable_core::KnownIds::of(&skus, &nodes))),
+        known: Some(speed::known_names(&lake).await?),
         catch_up_timeout: Duration::from_secs(600),
         // serving processes beside this one follow within a second
         retire_after: if args.role == Role::Batch { Duration::from_secs(3) } else { Duration::ZERO },
     };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let progress = Arc::new(AtomicI64::new(0));
-    let mut tasks = Vec::new();
-    if matches!(args.role, Role::All | Role::Archive) {
-        tasks.push(spawn_archiver(lake.clone(), &config, progress.clone(), stopped.clone()));
-    }
-    let served = match args.role {
-        Role::Archive => wait_for_ctrl_c().await,
+    match args.role {
+        Role::Archive => {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let archiver = spawn_archiver(lake, &config, None, stopped);
+            let waited = wait_for_ctrl_c().await;
+            let _ = stop.send(true);
+            archiver.await.context("the archiver panicked; this is a bug")??;
+            waited
+        }
         Role::Serve => {
             let cutoff = first_batch_view(&lake).await;
             let speed = sellable_lifecycle::epoch_speed(&config, cutoff).await?;
-            let intake: Arc<dyn EventIntake> = Arc::new(sellable_speed::stream::StreamIntake::new(&config.url, &config.stream)?);
             let models = serve::model_book(&args.models.models, None)?;
-            let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, Some(intake)).await?;
+            let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, Some(intake(&config)?)).await?;
             sellable_lifecycle::follow(lake.clone(), serving.clone(), config, Duration::from_secs(1));
             serve::serve(serving, args.listen, None).await
         }
         Role::All | Role::Batch => {
             let epoch = sellable_lifecycle::start(&lake, &config).await?;
             eprintln!("run: epoch of cutoff {} caught up", format_millis(epoch.cutoff));
-            let intake: Arc<dyn EventIntake> = Arc::new(sellable_speed::stream::StreamIntake::new(&config.url, &config.stream)?);
             let models = serve::model_book(&args.models.models, None)?;
-            let serving = serve::load_serving(&lake, epoch.speed.clone(), args.rules.book()?, models, Some(intake)).await?;
+            let serving = serve::load_serving(&lake, epoch.speed.clone(), args.rules.book()?, models, Some(intake(&config)?)).await?;
             let every = Duration::from_secs_f64(args.nightly_every);
-            let nightly = spawn_nightly(lake.clone(), serving.clone(), config, epoch, progress, every, stopped.clone());
-            let served = if args.role == Role::All { serve::serve(serving, args.listen, None).await } else { wait_for_ctrl_c().await };
+            if args.role == Role::All {
+                return serve_loop(lake, serving, config, epoch, every, args.listen, None).await;
+            }
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let nightly = spawn_nightly(lake, serving, config, epoch, every, stopped);
+            let waited = wait_for_ctrl_c().await;
             let _ = stop.send(true);
             nightly.await.context("the nightly task panicked; this is a bug")?;
-            served
+            waited
         }
-    };
-    let _ = stop.send(true);
-    for task in tasks {
-        task.await.context("the archiver panicked; this is a bug")??;
     }
+}
+
+/// The ingestion stream of `config`, which `POST /v1/events` appends to.
+pub fn intake(config: &LifecycleConfig) -> Result<Arc<dyn EventIntake>> {
+    Ok(Arc::new(sellable_speed::stream::StreamIntake::new(&config.url, &config.stream)?))
+}
+
+/// Every role in one process: the archiver (its lag in `serving`'s metrics), the nightly
+/// cutovers over `epoch`, and the REST API on `listen` (printing `example` as a `curl` line), until
+/// Ctrl-C.
+pub async fn serve_loop(
+    lake: Arc<sellable_batch::Lake>,
+    serving: Arc<Serving>,
+    config: LifecycleConfig,
+    epoch: EpochSpeed,
+    every: Duration,
+    listen: std::net::SocketAddr,
+    example: Option<String>,
+) -> Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let archiver = spawn_archiver(lake.clone(), &config, Some(serving.clone()), stopped.clone());
+    let nightly = spawn_nightly(lake, serving.clone(), config, epoch, every, stopped);
+    let served = serve::serve(serving, listen, example).await;
+    let _ = stop.send(true);
+    nightly.await.context("the nightly task panicked; this is a bug")?;
+    archiver.await.context("the archiver panicked; this is a bug")??;
     served
 }
 
@@ -89,16 +113,20 @@ async fn wait_for_ctrl_c() -> Result<()> {
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
 }
 
-/// The archiver of the ingestion stream, as a task; `progress` holds the time of the last entry
-/// it archived.
-pub fn spawn_archiver(
+/// The archiver of the ingestion stream, as a task; with a `serving`, its lag is recorded in
+/// that server's metrics every second.
+fn spawn_archiver(
     lake: Arc<sellable_batch::Lake>,
     config: &LifecycleConfig,
-    progress: Arc<AtomicI64>,
+    serving: Option<Arc<Serving>>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Result<()>> {
     let mut stream = StreamConfig::new(&config.stream, sellable_speed::archive::ARCHIVE_GROUP, "archiver");
     stream.known = config.known.clone();
+    let progress = Arc::new(AtomicI64::new(0));
+    if let Some(serving) = serving {
+        tokio::spawn(record_archive_lag(serving, config.clone(), progress.clone(), stopped.clone()));
+    }
     let url = config.url.clone();
     tokio::spawn(async move {
         let shutdown = async move {
@@ -110,17 +138,43 @@ pub fn spawn_archiver(
     })
 }
 
+/// Every second until stopped, the archiver's lag: 0 once it has read the whole stream, else
+/// now minus the time of the last entry it archived (`archived`).
+async fn record_archive_lag(serving: Arc<Serving>, config: LifecycleConfig, archived: Arc<AtomicI64>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut probe = None;
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if probe.is_none() {
+            probe = sellable_speed::stream::GroupProbe::open(&config.url).await.ok();
+        }
+        let caught_up = match probe.as_mut() {
+            Some(probe) => probe.caught_up(&config.stream, sellable_speed::archive::ARCHIVE_GROUP).await,
+            None => Ok(false),
+        };
+        if caught_up.is_err() {
+            probe = None; // connect again at the next tick
+        }
+        let lag = match caught_up {
+            Ok(true) => 0.0,
+            _ => (chrono::Utc::now().timestamp_millis() - archived.load(Ordering::Relaxed)).max(0) as f64 / 1000.0,
+        };
+        serving.record_archive_lag(lag);
+    }
+}
+
 /// Every `every`, the nightly job as of now and the cutover to it; a failed cutover keeps the
 /// epoch that serves, and is tried again at the next tick. Every second in between, the epoch's
 /// speed view is checked: one that lost its catch-up mark (Redis came back empty, its stream with
 /// it) is replaced at once by a cutover to now, which rebuilds everything from the lake as it is
 /// (answers are conservative meanwhile).
-pub fn spawn_nightly(
+fn spawn_nightly(
     lake: Arc<sellable_batch::Lake>,
     serving: Arc<Serving>,
     config: LifecycleConfig,
     mut epoch: EpochSpeed,
-    archived: Arc<AtomicI64>,
     every: Duration,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -131,7 +185,6 @@ pub fn spawn_nightly(
                 _ = stopped.wait_for(|stop| *stop) => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            record_archive_lag(&serving, &config, &archived).await;
             // Redis away: nothing to rebuild from yet (answers are conservative meanwhile)
             let lost = matches!(epoch.speed.caught_up_to().await, Ok(mark) if mark != Some(epoch.cutoff));
             if lost {
@@ -165,13 +218,3 @@ pub fn spawn_nightly(
     })
 }
 
-/// The archiver's lag: 0 once it has read the whole stream, else now minus the time of the last
-/// entry it archived.
-async fn record_archive_lag(serving: &Serving, config: &LifecycleConfig, archived: &AtomicI64) {
-    let group = sellable_speed::archive::ARCHIVE_GROUP;
-    let lag = match sellable_speed::stream::group_caught_up(&config.url, &config.stream, group).await {
-        Ok(true) => 0.0,
-        _ => (chrono::Utc::now().timestamp_millis() - archived.load(Ordering::Relaxed)).max(0) as f64 / 1000.0,
-    };
-    serving.record_archive_lag(lag);
-}

@@ -119,13 +119,19 @@ async fn catalog_names(lake: &LakeArgs) -> Option<Arc<KnownIds>> {
         tracing::warn!(lake = %lake.lake.display(), "no lake: events are not checked against a catalog");
         return None;
     }
-    match lake.open().ok()?.load_catalog().await {
-        Ok((skus, nodes)) => Some(Arc::new(KnownIds::of(&skus, &nodes))),
+    match known_names(&lake.open().ok()?).await {
+        Ok(names) => Some(names),
         Err(error) => {
             tracing::warn!(%error, "no catalog: events are not checked against one");
             None
         }
     }
+}
+
+/// The names of the lake's catalog, as the door checks events against them.
+pub async fn known_names(lake: &Lake) -> Result<Arc<KnownIds>> {
+    let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
+    Ok(Arc::new(KnownIds::of(&skus, &nodes)))
 }
 
 /// Compares the live speed view with the truth of the lake: the fold of the events that arrived

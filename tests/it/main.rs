@@ -345,8 +345,7 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start() -> OwnRedis {
-        // a port nothing listens on right now
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let mut redis = OwnRedis { port, dir: tempfile::tempdir().unwrap(), process: None };
         redis.restart();
         redis
@@ -935,7 +934,7 @@ async fn sellable_run_keeps_posted_events_across_cutovers_and_archives_them() {
     let (url, stream, namespace) = redis_names("run");
     let market = marketplace().await;
     let id = std::process::id();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let log_path = market.lake.root().with_file_name("run.log");
     let _run = KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
@@ -1044,6 +1043,11 @@ impl Probe {
     }
 }
 
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// The tests' Redis, and a stream and a namespace of this test's own.
 fn redis_names(test: &str) -> (String, String, String) {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
@@ -1080,7 +1084,7 @@ fn chrono_now() -> Millis {
 async fn sellable_run_rebuilds_its_speed_view_when_redis_comes_back_empty() {
     let market = marketplace().await;
     let mut redis = OwnRedis::start();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let log_path = market.lake.root().with_file_name("run.log");
     let _run = KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
@@ -1138,7 +1142,7 @@ async fn sellable_run_roles_in_three_processes_keep_one_truth() {
     let (url, stream, namespace) = redis_names("roles");
     let market = marketplace().await;
     let id = std::process::id();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let lake = market.lake.root().to_str().unwrap().to_string();
     let common = ["--redis", &url, "--stream", &stream, "--namespace", &namespace, "--lake", &lake];
     let role = |role: &str, extra: &[&str], log: &std::path::Path| {

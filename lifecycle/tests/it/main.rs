@@ -14,7 +14,7 @@ use sellable_core::{fold, Event, FoldConfig, Grade, Millis, NodeInfo};
 use sellable_lifecycle::{cutover, start, LifecycleConfig};
 use sellable_serving::{RuleBook, Serving};
 use sellable_speed::archive::{run_archiver, ARCHIVE_GROUP};
-use sellable_speed::stream::{group_caught_up, publish, StreamConfig};
+use sellable_speed::stream::{publish, GroupProbe, StreamConfig};
 
 const HOUR: Millis = 3_600_000;
 
@@ -24,8 +24,9 @@ fn redis_url() -> String {
 
 /// Waits (bounded) until `group` has read the whole stream.
 async fn drained(stream: &str, group: &str) {
+    let mut probe = GroupProbe::open(&redis_url()).await.unwrap();
     for _ in 0..1_500 {
-        if group_caught_up(&redis_url(), stream, group).await.unwrap() {
+        if probe.caught_up(stream, group).await.unwrap() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

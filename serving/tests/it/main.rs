@@ -12,12 +12,29 @@ use sellable_core::{fold, BatchView, Event, EventKind, FoldConfig, NodeInfo, Nod
 use sellable_dsl::Schema;
 use sellable_serving::{Availability, Clock, ModelBook, RuleBook, Serving};
 
-/// A speed view with no event since the cutoff.
-struct NothingSinceCutoff;
+/// The speed views of these tests: one with no event since the cutoff, and broken ones that fail,
+/// hang, or answer from another cutoff.
+enum FakeSpeed {
+    NothingSinceCutoff,
+    Failing,
+    Hanging,
+    OtherCutoff,
+}
 
-impl SpeedSource for NothingSinceCutoff {
+impl SpeedSource for FakeSpeed {
     fn sku_states<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, ViewError>> {
-        Box::pin(async { Ok(Vec::new()) })
+        Box::pin(async move {
+            match self {
+                FakeSpeed::NothingSinceCutoff => Ok(Vec::new()),
+                FakeSpeed::Failing => Err("connection refused".into()),
+                FakeSpeed::Hanging => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Ok(Vec::new())
+                }
+                // a reservation of all of WH-1 that the batch view does not know of
+                FakeSpeed::OtherCutoff => Ok(fold(&[event("r1", "WH-1", EventKind::Reserve, 10)], FoldConfig::default()).states.into_iter().map(|((_, node), state)| (node, state)).collect()),
+            }
+        })
     }
     fn watermarks(&self) -> BoxFuture<'_, Result<sellable_core::Watermarks, ViewError>> {
         Box::pin(async { Ok(Default::default()) })
@@ -29,13 +46,13 @@ impl SpeedSource for NothingSinceCutoff {
         Box::pin(async { Err("this test view keeps nothing".into()) })
     }
     fn caught_up_to(&self) -> BoxFuture<'_, Result<Option<sellable_core::Millis>, ViewError>> {
-        Box::pin(async { Ok(Some(CUTOFF)) })
+        Box::pin(async move { Ok(Some(if matches!(self, FakeSpeed::OtherCutoff) { CUTOFF - 1 } else { CUTOFF })) })
     }
     fn config(&self) -> FoldConfig {
         FoldConfig::default()
     }
     fn describe(&self) -> String {
-        "empty".into()
+        "test".into()
     }
 }
 
@@ -64,7 +81,7 @@ const CUTOFF: sellable_core::Millis = 2_000;
 
 fn serving(rules: Arc<RuleBook>, models: Arc<ModelBook>) -> Arc<Serving> {
     // answers as of just after the events, so no feed is beyond its SLA
-    let serving = serving_over(Arc::new(NothingSinceCutoff), 60_000, rules).with_models(models);
+    let serving = serving_over(Arc::new(FakeSpeed::NothingSinceCutoff), 60_000, rules).with_models(models);
     Arc::new(serving.with_clock(Clock::Fixed(CUTOFF)))
 }
 
@@ -378,54 +395,13 @@ async fn wait_until<F: std::future::Future<Output = bool>>(done: impl Fn() -> F)
     panic!("condition never met");
 }
 
-/// A speed view that fails, hangs, or answers from another cutoff.
-enum Broken {
-    Failing,
-    Hanging,
-    OtherCutoff,
-}
-
-impl SpeedSource for Broken {
-    fn sku_states<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, ViewError>> {
-        Box::pin(async move {
-            match self {
-                Broken::Failing => Err("connection refused".into()),
-                Broken::Hanging => {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    Ok(Vec::new())
-                }
-                // a reservation of all of WH-1 that the batch view does not know of
-                Broken::OtherCutoff => Ok(fold(&[event("r1", "WH-1", EventKind::Reserve, 10)], FoldConfig::default()).states.into_iter().map(|((_, node), state)| (node, state)).collect()),
-            }
-        })
-    }
-    fn watermarks(&self) -> BoxFuture<'_, Result<sellable_core::Watermarks, ViewError>> {
-        Box::pin(async { Ok(Default::default()) })
-    }
-    fn fold<'a>(&'a self, _: &'a [Event], _: &'a str) -> BoxFuture<'a, Result<Vec<sellable_core::Outcome>, ViewError>> {
-        Box::pin(async { Err("broken".into()) })
-    }
-    fn dead_letter<'a>(&'a self, _: &'a [sellable_core::DeadLetter]) -> BoxFuture<'a, Result<(), ViewError>> {
-        Box::pin(async { Err("broken".into()) })
-    }
-    fn caught_up_to(&self) -> BoxFuture<'_, Result<Option<sellable_core::Millis>, ViewError>> {
-        Box::pin(async move { Ok(Some(if matches!(self, Broken::OtherCutoff) { CUTOFF - 1 } else { CUTOFF })) })
-    }
-    fn config(&self) -> FoldConfig {
-        FoldConfig::default()
-    }
-    fn describe(&self) -> String {
-        "broken".into()
-    }
-}
-
 /// Without a usable speed view, answers come back within the timeout, graded `conservative`:
 /// the batch view minus the outflow bound of its features, nothing where no bound is known.
 #[tokio::test]
 async fn a_broken_speed_view_gives_conservative_answers_within_the_timeout() {
     let hour = 3_600_000;
-    for broken in [Broken::Failing, Broken::Hanging, Broken::OtherCutoff] {
-        let other_cutoff = matches!(broken, Broken::OtherCutoff);
+    for broken in [FakeSpeed::Failing, FakeSpeed::Hanging, FakeSpeed::OtherCutoff] {
+        let other_cutoff = matches!(broken, FakeSpeed::OtherCutoff);
         let speed: Arc<dyn SpeedSource> = Arc::new(broken);
         let serving = serving_over(speed.clone(), 10 * hour, Arc::new(RuleBook::empty(Schema::standard())));
         // WH-1 reserved 1 unit in the hour before the cutoff; SL-1 has no features
@@ -476,7 +452,7 @@ async fn without_a_live_model_the_last_evaluations_safety_stock_is_held_back() {
 async fn an_old_batch_view_holds_a_margin_back_and_alone_promises_nothing() {
     let late = CUTOFF + 40 * 3_600_000;
     let rules = || Arc::new(RuleBook::empty(Schema::standard()));
-    let usable = Arc::new(serving_over(Arc::new(NothingSinceCutoff), 100 * 3_600_000, rules()).with_clock(Clock::Fixed(late)));
+    let usable = Arc::new(serving_over(Arc::new(FakeSpeed::NothingSinceCutoff), 100 * 3_600_000, rules()).with_clock(Clock::Fixed(late)));
     usable.refresh_watermarks().await.unwrap();
     let answer = usable.availability("SKU-1", "DE", 1, late).await.unwrap();
     assert_eq!(answer.grade, sellable_core::Grade::BoundedStale, "{answer:?}");
@@ -484,7 +460,7 @@ async fn an_old_batch_view_holds_a_margin_back_and_alone_promises_nothing() {
     assert!(answer.degraded_reasons.iter().any(|r| r.starts_with("batch view is 40 h old (expected at most 36 h)")), "{answer:?}");
     assert_eq!((usable.readiness().ready, usable.readiness().grade), (true, sellable_core::Grade::BoundedStale));
 
-    let alone = Arc::new(serving_over(Arc::new(Broken::OtherCutoff), 100 * 3_600_000, rules()).with_clock(Clock::Fixed(late)));
+    let alone = Arc::new(serving_over(Arc::new(FakeSpeed::OtherCutoff), 100 * 3_600_000, rules()).with_clock(Clock::Fixed(late)));
     alone.refresh_watermarks().await.unwrap();
     let answer = alone.availability("SKU-1", "DE", 1, late).await.unwrap();
     assert_eq!((answer.grade, answer.available), (sellable_core::Grade::Unavailable, 0), "{answer:?}");
