@@ -488,8 +488,12 @@ pub struct ServeArgs {
 pub enum Role {
     /// Every role below, in one process.
     All,
-    /// The nightly job and cutover on a schedule, and the current epoch's fold workers.
+    /// The nightly job and cutover on a schedule, and (unless `--workers 0`) the open epochs'
+    /// fold workers.
     Batch,
+    /// Fold workers of every open epoch, following the batch role's cutovers (scale by running
+    /// more of them).
+    Fold,
     /// The REST API (with `POST /v1/events` into the stream), following the batch role's epochs.
     Serve,
     /// The archiver: the stream into the lake.
@@ -499,7 +503,7 @@ pub enum Role {
 #[derive(Args)]
 pub struct RunArgs {
     /// What this process does; a deployment runs one `batch`, one `archive` and any number of
-    /// `serve` processes on one Redis and one lake.
+    /// `fold` and `serve` processes on one Redis and one lake.
     #[arg(long, value_enum, default_value = "all")]
     pub role: Role,
     #[command(flatten)]
@@ -509,9 +513,15 @@ pub struct RunArgs {
     /// The ingestion stream: `POST /v1/events` appends to it, and producers may too.
     #[arg(long, default_value = "sellable-events")]
     pub stream: String,
-    /// Fold workers of the current epoch.
+    /// Fold workers per open epoch in this process (`all` runs at least one; `batch` with 0
+    /// leaves folding to `fold` processes).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// With `--role fold`: the name of this process's consumers in each epoch's group. Keep it
+    /// across restarts (a restarted consumer reads what it had taken first); give each fold
+    /// process its own.
+    #[arg(long, default_value = "fold")]
+    pub consumer: String,
     /// Seconds between nightly jobs (each computes the batch view as of its start and cuts over).
     #[arg(long, default_value_t = 86_400.0)]
     pub nightly_every: f64,

@@ -196,6 +196,9 @@ pub enum Outcome {
     TooLate,
     /// Arrived before the dedup window of its SKU: not folded (see [`FoldConfig`]).
     Expired,
+    /// Reuses the `event_id` of an event folded before with different content: not folded, and
+    /// the first stays (a client bug or a forgery, never a silent duplicate).
+    Conflict,
 }
 
 impl Outcome {
@@ -214,6 +217,10 @@ impl Outcome {
                 config.dedup_window_ms.unwrap_or_default(),
                 event.sku
             )),
+            Outcome::Conflict => Some(format!(
+                "conflict: event_id '{}' of sku '{}' was folded before with different content; this copy is not",
+                event.event_id, event.sku
+            )),
         }
     }
 }
@@ -224,6 +231,7 @@ pub struct FoldStats {
     pub duplicates: u64,
     pub too_late: u64,
     pub expired: u64,
+    pub conflicts: u64,
 }
 
 impl FoldStats {
@@ -239,6 +247,7 @@ impl FoldStats {
         self.duplicates += other.duplicates;
         self.too_late += other.too_late;
         self.expired += other.expired;
+        self.conflicts += other.conflicts;
     }
 
     pub fn count(&mut self, outcome: Outcome) {
@@ -247,55 +256,60 @@ impl FoldStats {
             Outcome::Duplicate => self.duplicates += 1,
             Outcome::TooLate => self.too_late += 1,
             Outcome::Expired => self.expired += 1,
+            Outcome::Conflict => self.conflicts += 1,
         }
     }
 }
 
-/// The `event_id`s folded for one SKU, with their arrival, and the newest arrival: what decides
-/// whether an event of that SKU is folded ([`SeenIds::admit`]). [`Fold`] keeps one per SKU; the
-/// Redis speed view keeps one per SKU too, in the SKU's state when a dedup window bounds it.
+/// The `event_id`s folded for one SKU, with their arrival and their content's [`Event::print`],
+/// and the newest arrival: what decides whether an event of that SKU is folded
+/// ([`SeenIds::admit`]). [`Fold`] keeps one per SKU; the Redis speed view keeps one per SKU too,
+/// in the SKU's state when a dedup window bounds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SeenIds {
     pub newest: Option<Millis>,
-    pub ids: HashMap<String, Millis>,
+    /// Per id: its arrival and print ([`UNKNOWN_PRINT`] for an id whose content was not kept,
+    /// such as one folded into the batch view: any copy of it is then a duplicate).
+    pub ids: HashMap<String, (Millis, u32)>,
     /// Size after the last trim: trimming waits until the set has doubled (amortised O(1)).
     trimmed_at: usize,
 }
 
 impl SeenIds {
     /// Whether `event` is folded, and if so records its id: too late, outside the dedup window,
-    /// a duplicate, or applied (the caller then applies it to its node's state).
+    /// a duplicate, a conflict, or applied (the caller then applies it to its node's state).
     pub fn admit(&mut self, event: &Event, config: FoldConfig) -> Outcome {
         let window = config.dedup_window_ms;
         if config.is_too_late(event) {
             Outcome::TooLate
         } else if self.is_expired(event.arrival(), window) {
             Outcome::Expired
-        } else if !self.insert(&event.event_id, event.arrival(), window) {
-            Outcome::Duplicate
         } else {
-            Outcome::Applied
+            self.insert(&event.event_id, event.arrival(), event.print(), window)
         }
     }
 
-    /// Records an id; false if it was there. The caller checked the window first, so whether
-    /// an id older than the window is still in the map changes no outcome.
-    pub fn insert(&mut self, event_id: &str, arrival: Millis, window: Option<Millis>) -> bool {
-        if self.ids.contains_key(event_id) {
-            return false;
+    /// Records an id with its print: [`Outcome::Applied`] if it was new, else
+    /// [`Outcome::Duplicate`] or, when both prints are known and differ, [`Outcome::Conflict`].
+    /// The caller checked the window first, so whether an id older than the window is still in
+    /// the map changes no outcome.
+    pub fn insert(&mut self, event_id: &str, arrival: Millis, print: u32, window: Option<Millis>) -> Outcome {
+        if let Some((_, first)) = self.ids.get(event_id) {
+            let known = *first != UNKNOWN_PRINT && print != UNKNOWN_PRINT;
+            return if known && *first != print { Outcome::Conflict } else { Outcome::Duplicate };
         }
-        self.ids.insert(event_id.to_string(), arrival);
+        self.ids.insert(event_id.to_string(), (arrival, print));
         self.newest = self.newest.max(Some(arrival));
         if let Some(window) = window.filter(|_| self.ids.len() >= 2 * self.trimmed_at.max(1024)) {
             self.trim(window);
         }
-        true
+        Outcome::Applied
     }
 
     /// Forgets the ids that arrived before the window (no outcome depends on them any more).
     pub fn trim(&mut self, window: Millis) {
         if let Some(newest) = self.newest {
-            self.ids.retain(|_, arrived| *arrived >= newest - window);
+            self.ids.retain(|_, (arrived, _)| *arrived >= newest - window);
         }
         self.trimmed_at = self.ids.len();
     }
@@ -304,6 +318,9 @@ impl SeenIds {
         matches!((window, self.newest), (Some(window), Some(newest)) if arrival < newest - window)
     }
 }
+
+/// The print of an id whose content is not known ([`SeenIds::ids`]).
+pub const UNKNOWN_PRINT: u32 = 0;
 
 pub type SkuNode = (String, String);
 
@@ -336,7 +353,7 @@ impl Fold {
     /// so a redelivered copy is a duplicate here too.
     pub fn remember(&mut self, sku: &str, event_id: &str, arrival: Millis) {
         let window = self.config.dedup_window_ms;
-        self.seen.entry(sku.to_string()).or_default().insert(event_id, arrival, window);
+        self.seen.entry(sku.to_string()).or_default().insert(event_id, arrival, UNKNOWN_PRINT, window);
     }
 
     /// Whether an event with this id was folded (or remembered) for `sku`.
@@ -496,6 +513,26 @@ mod tests {
         assert_eq!((fold.stats.applied, fold.stats.duplicates, fold.stats.expired), (3, 1, 1));
         let reason = Outcome::Expired.refusal(&first, config).unwrap();
         assert!(reason.contains("dedup window") && reason.contains("'S'"), "{reason}");
+    }
+
+    #[test]
+    fn a_reused_event_id_with_other_content_is_a_conflict_and_changes_nothing() {
+        let mut fold = Fold::new(FoldConfig::default());
+        let first = event(1, 10, 0, EventKind::Receipt, 5);
+        let mut retry = first.clone();
+        retry.arrived = Some(99);
+        let mut forged = first.clone();
+        forged.qty = 500_000;
+        assert_eq!(fold.apply(&first), Outcome::Applied);
+        assert_eq!(fold.apply(&retry), Outcome::Duplicate, "a copy that arrived later is the same event");
+        assert_eq!(fold.apply(&forged), Outcome::Conflict);
+        assert_eq!(fold.state("S", "N0").unwrap().on_hand(), 5);
+        assert_eq!((fold.stats.applied, fold.stats.duplicates, fold.stats.conflicts), (1, 1, 1));
+        let reason = Outcome::Conflict.refusal(&forged, fold.config).unwrap();
+        assert!(reason.contains("conflict") && reason.contains("e00001"), "{reason}");
+        // an id remembered without its content (folded into the batch view) is a duplicate
+        fold.remember("S", "e00009", 10);
+        assert_eq!(fold.apply(&event(9, 10, 0, EventKind::Receipt, 7)), Outcome::Duplicate);
     }
 
     #[test]

@@ -17,6 +17,10 @@
 //!    (`Serving::swap_epoch`: a request sees one epoch or the other, never a mix);
 //! 5. the old epoch's workers stop, its group and its namespace are dropped.
 //!
+//! An epoch's fold workers run in the process that opened it (`LifecycleConfig::workers`), in
+//! processes of their own that follow the registry of open epochs ([`fold_role`],
+//! `sellable run --role fold`), or both: they are consumers of one group.
+//!
 //! Tests: `tests/it/` (events streamed across two cutovers, every answer checked against `core`'s
 //! fold of the events accepted so far, and the lake against the stream).
 
@@ -26,6 +30,7 @@ use std::time::{Duration, Instant};
 use sellable_batch::{BatchError, Lake, Progress};
 use sellable_core::{FoldConfig, KnownIds, Millis};
 use sellable_serving::Serving;
+use sellable_speed::registry::Registry;
 use sellable_speed::stream::{StreamConfig, Workers, WorkersReport};
 use sellable_speed::{catch_up, CatchUpSource, SpeedError, SpeedView};
 
@@ -51,7 +56,7 @@ pub struct LifecycleConfig {
     /// Prefix of every epoch's namespace and consumer group.
     pub namespace: String,
     pub fold: FoldConfig,
-    /// Fold workers per epoch.
+    /// Fold workers per epoch in the process that opens it (0: only fold roles fold it).
     pub workers: usize,
     /// The catalog names the fold workers' door checks, if any.
     pub known: Option<Arc<KnownIds>>,
@@ -67,6 +72,48 @@ impl LifecycleConfig {
     pub fn epoch_names(&self, cutoff: Millis) -> (String, String) {
         (format!("{}:e{cutoff}", self.namespace), format!("{}-e{cutoff}", self.namespace))
     }
+
+    /// The registry of open epochs ([`Registry`]) that fold roles follow.
+    pub fn registry_key(&self) -> String {
+        format!("{}:{{epochs}}", self.namespace)
+    }
+
+    /// The stream config of the epoch of `cutoff`'s group, starting after `start`, for `consumer`.
+    fn stream_config(&self, cutoff: Millis, start: &str, consumer: &str) -> StreamConfig {
+        let mut stream = StreamConfig::new(&self.stream, &self.epoch_names(cutoff).1, consumer);
+        stream.start = start.to_string();
+        stream.known = self.known.clone();
+        stream
+    }
+}
+
+/// Fold workers of one epoch, running until stopped.
+struct Folding {
+    stop: tokio::sync::oneshot::Sender<()>,
+    workers: tokio::task::JoinHandle<Result<WorkersReport, SpeedError>>,
+}
+
+impl Folding {
+    fn spawn(config: &LifecycleConfig, speed: Arc<SpeedView>, stream: StreamConfig, count: usize) -> Folding {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let (url, workers) = (config.url.clone(), Workers::new(stream, count));
+        let workers = tokio::spawn(async move { sellable_speed::stream::run_workers(&url, speed, workers, shutdown).await });
+        Folding { stop, workers }
+    }
+
+    /// Stops the workers after their current step; their failure is logged.
+    async fn stop(self, cutoff: Millis) {
+        let _ = self.stop.send(());
+        match self.workers.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, cutoff, "the epoch's fold workers had failed"),
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => {}
+        }
+    }
 }
 
 /// One epoch's speed view and the fold workers that keep it current.
@@ -75,15 +122,17 @@ pub struct EpochSpeed {
     pub namespace: String,
     pub group: String,
     pub speed: Arc<SpeedView>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    workers: tokio::task::JoinHandle<Result<WorkersReport, SpeedError>>,
+    /// The workers this process runs for it (none with `LifecycleConfig::workers` 0).
+    local: Option<Folding>,
+    registry: Registry,
 }
 
 impl EpochSpeed {
     /// Opens the speed view of `cutoff`: caught up from `lake` (pinned to the version the batch
-    /// view was computed from), and fold workers for the stream entries after `position`. It
-    /// starts clean: whatever an interrupted attempt left in its namespace and group (built from
-    /// another version of the lake, perhaps) is dropped first.
+    /// view was computed from), and its group for the stream entries after `position`, opened in
+    /// the registry for fold roles and folded here by `config.workers` workers. It starts clean:
+    /// whatever an interrupted attempt left in its namespace and group (built from another
+    /// version of the lake, perhaps) is dropped first.
     pub async fn open(lake: &Lake, config: &LifecycleConfig, cutoff: Millis, position: &str) -> Result<EpochSpeed, LifecycleError> {
         let (namespace, group) = config.epoch_names(cutoff);
         let speed = Arc::new(SpeedView::redis(&config.url, &namespace, config.fold).await?);
@@ -93,16 +142,12 @@ impl EpochSpeed {
         // complete only once the stream after `position` is folded too ([`EpochSpeed::wait_caught_up`])
         speed.unmark_caught_up().await?;
         tracing::info!(cutoff, events = caught.read, position, "epoch caught up from the lake; folding the stream after the archived position");
-        let mut stream = StreamConfig::new(&config.stream, &group, "lifecycle");
-        stream.start = position.to_string();
-        stream.known = config.known.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        let (url, view, workers) = (config.url.clone(), speed.clone(), Workers::new(stream, config.workers));
-        let workers = tokio::spawn(async move { sellable_speed::stream::run_workers(&url, view, workers, shutdown).await });
-        Ok(EpochSpeed { cutoff, namespace, group, speed, stop, workers })
+        let stream = config.stream_config(cutoff, position, "lifecycle");
+        sellable_speed::stream::ensure_group(&config.url, &stream).await?;
+        let registry = Registry::connect(&config.url, &config.registry_key()).await?;
+        registry.open(cutoff, position).await?;
+        let local = (config.workers > 0).then(|| Folding::spawn(config, speed.clone(), stream, config.workers));
+        Ok(EpochSpeed { cutoff, namespace, group, speed, local, registry })
     }
 
     /// Waits until the epoch's workers have read and folded every entry the stream holds, then
@@ -115,7 +160,7 @@ impl EpochSpeed {
                 self.speed.mark_caught_up(self.cutoff).await?;
                 return Ok(());
             }
-            if self.workers.is_finished() {
+            if self.local.as_ref().is_some_and(|local| local.workers.is_finished()) {
                 return Err(LifecycleError::Workers { cutoff: self.cutoff, reason: "they ended".to_string() });
             }
             if started.elapsed() > config.catch_up_timeout {
@@ -125,20 +170,28 @@ impl EpochSpeed {
         }
     }
 
-    /// Stops the workers, drops the group and the namespace.
+    /// Closes it in the registry, stops the workers, drops the group and the namespace (after
+    /// fold roles have had the time to see it closed and stop theirs).
     pub async fn close(self, config: &LifecycleConfig) -> Result<(), LifecycleError> {
-        let _ = self.stop.send(());
-        match self.workers.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(%error, cutoff = self.cutoff, "the retired epoch's workers had failed"),
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        self.registry.close(self.cutoff).await?;
+        if let Some(local) = self.local {
+            local.stop(self.cutoff).await;
         }
-        sellable_speed::stream::destroy_group(&config.url, &config.stream, &self.group).await?;
-        if let Err(error) = self.speed.clear().await {
-            tracing::warn!(%error, namespace = self.namespace, "could not clear the retired epoch's namespace");
-        }
-        Ok(())
+        tokio::time::sleep(4 * FOLLOW_EVERY).await;
+        retire(config, self.cutoff, &self.speed).await
     }
+}
+
+/// How often fold roles read the registry of open epochs.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+
+/// Drops the group and the namespace of the epoch of `cutoff`.
+async fn retire(config: &LifecycleConfig, cutoff: Millis, speed: &SpeedView) -> Result<(), LifecycleError> {
+    sellable_speed::stream::destroy_group(&config.url, &config.stream, &config.epoch_names(cutoff).1).await?;
+    if let Err(error) = speed.clear().await {
+        tracing::warn!(%error, cutoff, "could not clear the retired epoch's namespace");
+    }
+    Ok(())
 }
 
 /// The lake pinned to `version` (its current one if `None`), and the archiver's position
@@ -160,6 +213,12 @@ pub async fn start(lake: &Lake, config: &LifecycleConfig) -> Result<EpochSpeed, 
     let (pinned, position) = pin(lake, &config.stream, lake.batch_view_events_version()).await?;
     let cutoff = lake.load_batch_view().await?.asof;
     let epoch = EpochSpeed::open(&pinned, config, cutoff, &position).await?;
+    // epochs a stopped process left open (a cutover it did not finish) are closed
+    for stale in epoch.registry.list().await?.into_keys().filter(|stale| *stale != cutoff) {
+        epoch.registry.close(stale).await?;
+        tracing::info!(stale, "closing an epoch left open by an earlier run");
+        retire(config, stale, &*epoch_speed(config, stale).await?).await?;
+    }
     epoch.wait_caught_up(config).await?;
     Ok(epoch)
 }
@@ -237,4 +296,48 @@ pub fn follow(lake: Arc<Lake>, serving: Arc<Serving>, config: LifecycleConfig, e
             }
         }
     })
+}
+
+/// Fold workers for every open epoch in the registry, as a process of its own (`sellable run
+/// --role fold`), with consumers named `consumer`: every [`FOLLOW_EVERY`] it starts
+/// `config.workers` workers for each epoch opened since (or whose workers ended) and stops those
+/// of epochs closed, until `shutdown`. A consumer that died with entries pending is replaced by
+/// one of the same name (which reads them first) or, after a while, by any other.
+pub async fn fold_role(config: &LifecycleConfig, consumer: &str, shutdown: impl std::future::Future<Output = ()>) -> Result<(), LifecycleError> {
+    let registry = Registry::connect(&config.url, &config.registry_key()).await?;
+    let mut running: std::collections::BTreeMap<Millis, Folding> = std::collections::BTreeMap::new();
+    tokio::pin!(shutdown);
+    loop {
+        match registry.list().await {
+            Ok(open) => {
+                let (closed, ended): (Vec<Millis>, Vec<Millis>) = (
+                    running.keys().filter(|cutoff| !open.contains_key(cutoff)).copied().collect(),
+                    running.iter().filter(|(_, folding)| folding.workers.is_finished()).map(|(cutoff, _)| *cutoff).collect(),
+                );
+                for cutoff in closed.into_iter().chain(ended) {
+                    if let Some(folding) = running.remove(&cutoff) {
+                        folding.stop(cutoff).await;
+                        tracing::info!(cutoff, "stopped folding the epoch");
+                    }
+                }
+                for (cutoff, start) in open {
+                    if running.contains_key(&cutoff) {
+                        continue;
+                    }
+                    let speed = epoch_speed(config, cutoff).await?;
+                    running.insert(cutoff, Folding::spawn(config, speed, config.stream_config(cutoff, &start, consumer), config.workers));
+                    tracing::info!(cutoff, consumer, "folding the epoch");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading the open epochs failed; retrying"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+    }
+    for (cutoff, folding) in running {
+        folding.stop(cutoff).await;
+    }
+    Ok(())
 }

@@ -874,7 +874,9 @@ pub struct EventsAccepted {
     pub too_late: u64,
     /// Events that arrived before their SKU's dedup window: not folded.
     pub expired: u64,
-    /// Malformed, too-late and expired items, by position (0-based for a JSON array, 1-based
+    /// Events that reuse the `event_id` of one folded before with other content: not folded.
+    pub conflicts: u64,
+    /// Malformed, too-late, expired and conflicting items, by position (0-based for a JSON array, 1-based
     /// line for NDJSON), each with the reason. They are also dead-lettered.
     pub rejected: Vec<Rejected>,
 }
@@ -959,12 +961,26 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
         tracing::warn!(rejected = dead.len(), "posted events refused");
         speed.dead_letter(&dead).await.map_err(ApiError::unavailable)?;
     }
-    let malformed = rejected.len() as u64 - stats.too_late - stats.expired - refused;
-    let counts = [("accepted", stats.applied), ("duplicate", stats.duplicates), ("too_late", stats.too_late), ("expired", stats.expired), ("malformed", malformed)];
+    let malformed = rejected.len() as u64 - stats.too_late - stats.expired - stats.conflicts - refused;
+    let counts = [
+        ("accepted", stats.applied),
+        ("duplicate", stats.duplicates),
+        ("too_late", stats.too_late),
+        ("expired", stats.expired),
+        ("conflict", stats.conflicts),
+        ("malformed", malformed),
+    ];
     for (outcome, count) in counts {
         serving.metrics.events.with_label_values(&[outcome]).inc_by(count);
     }
-    let accepted = EventsAccepted { accepted: stats.applied, duplicates: stats.duplicates, too_late: stats.too_late, expired: stats.expired, rejected };
+    let accepted = EventsAccepted {
+        accepted: stats.applied,
+        duplicates: stats.duplicates,
+        too_late: stats.too_late,
+        expired: stats.expired,
+        conflicts: stats.conflicts,
+        rejected,
+    };
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 

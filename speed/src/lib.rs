@@ -9,8 +9,9 @@
 //!   as [`sku_state`] describes (with a dedup window, it also holds the SKU's ids within it)
 //! - `<ns>:{p<n>}:tokens` hash: per SKU, the token of its stored state (`<writer>.<n>`, new with
 //!   every write), which a write names to be sure nobody changed the state since it was read
-//! - `<ns>:{p<n>}:ids`    set of folded `(sku, event_id)`s (idempotency) when no dedup window
-//!   is set (keep one setting per namespace)
+//! - `<ns>:{p<n>}:seen`   hash of folded `(sku, event_id)`s (idempotency), each with its
+//!   content's print ([`Event::print`]; `0` for an id folded into the batch view), when no dedup
+//!   window is set (keep one setting per namespace)
 //! - `<ns>:{watermarks}` and `<ns>:{watermarks}:sources`: latest arrival folded per node and per
 //!   source; `<ns>:dead`: the dead-letter stream of events refused outside a stream worker
 //!
@@ -22,6 +23,7 @@
 //! real Redis).
 
 pub mod archive;
+pub mod registry;
 mod catch_up;
 pub mod sku_state;
 pub mod stream;
@@ -42,6 +44,7 @@ use sellable_core::event::DecodeError;
 use sellable_core::fold::watermarks;
 use sellable_core::view::BoxFuture;
 use sku_state::SkuState;
+use sellable_core::fold::UNKNOWN_PRINT;
 use sellable_core::{known_at, DeadLetter, Event, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome, SeenIds, ViewError, Watermarks};
 
 #[derive(Debug, thiserror::Error)]
@@ -433,14 +436,14 @@ impl MemoryStore {
 }
 
 /// Writes the new states of a batch of SKUs of one partition, each only if nobody changed it
-/// since it was read. KEYS: the partition's hash of states, hash of tokens and set of folded
+/// since it was read. KEYS: the partition's hash of states, hash of tokens and hash of folded
 /// ids. ARGV, per SKU: the SKU, the token of the state it was folded from (empty: none yet), the
 /// new state's token (unique to this write), its new state (empty: remove it), the number of ids
-/// it folds, then those ids (as [`id_member`] spells them). A SKU is written, its token replaced
-/// and its ids added only if its token is still the one it was folded from and none of its ids
-/// was folded meanwhile. The reply has one flag per SKU: 1 written, 0 not (read it again and
-/// fold again). Commands per call: HMGET, SMISMEMBER, HSET (two), HDEL, SADD (one each per 1,000
-/// ids), whatever the number of SKUs.
+/// it folds, then those ids (as [`id_member`] spells them) each followed by its print. A SKU is
+/// written, its token replaced and its ids added only if its token is still the one it was
+/// folded from and none of its ids was folded meanwhile. The reply has one flag per SKU: 1
+/// written, 0 not (read it again and fold again). Commands per call: HMGET (two), HSET (three),
+/// HDEL (one each per 1,000 ids), whatever the number of SKUs.
 ///
 /// Both hashes also hold the field `{hashtable}` (no SKU or node has braces) with a value longer
 /// than Redis keeps in a listpack (`hash-max-listpack-value`, 64 bytes by default), which makes
@@ -449,28 +452,28 @@ impl MemoryStore {
 /// call looks hundreds up (a quarter of the script's time at 150 SKUs per partition).
 const WRITE_SCRIPT: &str = r#"
 local states, tokens, ids = KEYS[1], KEYS[2], KEYS[3]
-local skus, from, token, to, members, first, last = {}, {}, {}, {}, {}, {}, {}
+local skus, from, token, to, members, prints, first, last = {}, {}, {}, {}, {}, {}, {}, {}
 local i = 1
 while i <= #ARGV do
   local k = #skus + 1
   skus[k], from[k], token[k], to[k] = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local n = tonumber(ARGV[i + 4])
   first[k], last[k] = #members + 1, #members + n
-  for j = 1, n do members[#members + 1] = ARGV[i + 4 + j] end
-  i = i + 5 + n
+  for j = 1, n do members[#members + 1], prints[#members + 1] = ARGV[i + 3 + 2 * j], ARGV[i + 4 + 2 * j] end
+  i = i + 5 + 2 * n
 end
 local current = redis.call('HMGET', tokens, unpack(skus))
 -- Lua unpacks a few thousand values at most: the ids go 1000 per command
 local known = {}
 for s = 1, #members, 1000 do
-  local part = redis.call('SMISMEMBER', ids, unpack(members, s, math.min(s + 999, #members)))
+  local part = redis.call('HMGET', ids, unpack(members, s, math.min(s + 999, #members)))
   for j = 1, #part do known[s + j - 1] = part[j] end
 end
 local written, retoken, sets, dels, adds = {}, {}, {}, {}, {}
 for k = 1, #skus do
   local ok = (current[k] or '') == from[k]
   for j = first[k], last[k] do
-    if known[j] == 1 then ok = false end
+    if known[j] then ok = false end
   end
   written[k] = ok and 1 or 0
   if ok then
@@ -480,7 +483,7 @@ for k = 1, #skus do
     else
       sets[#sets + 1], sets[#sets + 2] = skus[k], to[k]
     end
-    for j = first[k], last[k] do adds[#adds + 1] = members[j] end
+    for j = first[k], last[k] do adds[#adds + 1], adds[#adds + 2] = members[j], prints[j] end
   end
 end
 local function hset(hash, pairs)
@@ -491,7 +494,7 @@ end
 hset(tokens, retoken)
 hset(states, sets)
 if #dels > 0 then redis.call('HDEL', states, unpack(dels)) end
-for s = 1, #adds, 1000 do redis.call('SADD', ids, unpack(adds, s, math.min(s + 999, #adds))) end
+for s = 1, #adds, 1000 do redis.call('HSET', ids, unpack(adds, s, math.min(s + 999, #adds))) end
 return written
 "#;
 
@@ -677,13 +680,13 @@ enum Op<'a> {
 type Ops<'a> = BTreeMap<String, Vec<(usize, Op<'a>)>>;
 
 /// One SKU's write: the token of the state it was folded from ('' for none) and of the new one,
-/// the new state's stored form, the ids it adds, and the outcomes of its ops.
+/// the new state's stored form, the ids it adds with their prints, and the outcomes of its ops.
 struct Write {
     sku: String,
     from: String,
     token: String,
     to: Vec<u8>,
-    ids: Vec<String>,
+    ids: Vec<(String, u32)>,
     outcomes: Vec<(usize, Outcome)>,
 }
 
@@ -741,10 +744,10 @@ impl RedisStore {
     }
 
     /// A partition's hash of SKU states (field: the SKU), hash of their tokens (new with every
-    /// write) and set of folded ids (used when no dedup window is set; with one, the ids are kept
-    /// in each SKU's state, trimmed to it).
+    /// write) and hash of folded ids with their prints (used when no dedup window is set; with
+    /// one, the ids are kept in each SKU's state, trimmed to it).
     fn partition_keys(&self, partition: u64) -> [String; 3] {
-        ["states", "tokens", "ids"].map(|name| format!("{}:{{p{partition}}}:{name}", self.namespace))
+        ["states", "tokens", "seen"].map(|name| format!("{}:{{p{partition}}}:{name}", self.namespace))
     }
 
     fn corrupt(&self, sku: &str, message: String) -> SpeedError {
@@ -957,7 +960,10 @@ impl RedisStore {
             let mut command = redis::cmd(verb);
             command.arg(script).arg(3).arg(&self.partition_keys(partition));
             for write in chunk {
-                command.arg(&write.sku).arg(&write.from).arg(&write.token).arg(&write.to[..]).arg(write.ids.len()).arg(&write.ids);
+                command.arg(&write.sku).arg(&write.from).arg(&write.token).arg(&write.to[..]).arg(write.ids.len());
+                for (id, print) in &write.ids {
+                    command.arg(id).arg(print);
+                }
             }
             command
         };
@@ -971,16 +977,16 @@ impl RedisStore {
     }
 
     /// Reads the tokens and stored states of `skus` into `bases` and, without a dedup window,
-    /// which of the ids their ops fold are folded already (as [`id_member`]s): per partition,
-    /// two `HMGET`s and one `SMISMEMBER`, the tokens first (a state newer than its token read is
-    /// then refused by the write, never an older one taken for newer).
+    /// which of the ids their ops fold are folded already (as [`id_member`]s, with their prints):
+    /// per partition, three `HMGET`s, the tokens first (a state newer than its token read is then
+    /// refused by the write, never an older one taken for newer).
     async fn read<'a>(
         &self,
         events: &[Event],
         skus: &[&'a str],
         ops: &Ops<'_>,
         bases: &mut HashMap<&'a str, (String, SkuState)>,
-    ) -> Result<HashSet<String>, SpeedError> {
+    ) -> Result<HashMap<String, u32>, SpeedError> {
         let mut by_partition: BTreeMap<u64, (Vec<&'a str>, Vec<String>)> = BTreeMap::new();
         for sku in skus {
             let (skus, ids) = by_partition.entry(partition(sku)).or_default();
@@ -999,12 +1005,12 @@ impl RedisStore {
             pipe.cmd("HMGET").arg(tokens).arg(skus).cmd("HMGET").arg(states).arg(skus);
             let with_ids = !ids.is_empty();
             if with_ids {
-                pipe.cmd("SMISMEMBER").arg(ids_key).arg(ids);
+                pipe.cmd("HMGET").arg(ids_key).arg(ids);
             }
             let mut connection = self.connection.clone();
             async move {
                 if with_ids {
-                    pipe.query_async::<(Vec<Option<String>>, Vec<Option<Vec<u8>>>, Vec<i64>)>(&mut connection).await
+                    pipe.query_async::<(Vec<Option<String>>, Vec<Option<Vec<u8>>>, Vec<Option<u32>>)>(&mut connection).await
                 } else {
                     let (tokens, states) = pipe.query_async::<Stored>(&mut connection).await?;
                     Ok((tokens, states, Vec::new()))
@@ -1012,21 +1018,21 @@ impl RedisStore {
             }
         }))
         .await;
-        let mut folded = HashSet::new();
+        let mut folded = HashMap::new();
         for ((_, (skus, ids)), reply) in by_partition.into_iter().zip(replies) {
             let (tokens, states, known) = reply.map_err(|e| self.error(e))?;
             for ((sku, token), stored) in skus.into_iter().zip(tokens).zip(states) {
                 let state = SkuState::decode(&stored.unwrap_or_default()).map_err(|message| self.corrupt(sku, message))?;
                 bases.insert(sku, (token.unwrap_or_default(), state));
             }
-            folded.extend(ids.into_iter().zip(known).filter(|(_, known)| *known == 1).map(|(id, _)| id));
+            folded.extend(ids.into_iter().zip(known).filter_map(|(id, print)| Some((id, print?))));
         }
         Ok(folded)
     }
 
     /// Folds one SKU's ops into its `state` (token `from`); `folded` holds ids known to be folded
-    /// already. Returns the write and the new state as the cache keeps it.
-    fn apply(&self, events: &[Event], sku: &str, from: String, mut state: SkuState, ops: &[(usize, Op)], folded: &HashSet<String>) -> (Write, SkuState) {
+    /// already, with their prints. Returns the write and the new state as the cache keeps it.
+    fn apply(&self, events: &[Event], sku: &str, from: String, mut state: SkuState, ops: &[(usize, Op)], folded: &HashMap<String, u32>) -> (Write, SkuState) {
         let window = self.config.dedup_window_ms;
         let mut ids = Vec::new();
         let mut outcomes = Vec::new();
@@ -1035,17 +1041,17 @@ impl RedisStore {
                 Op::Fold(event) => {
                     let event = &events[*event];
                     let id = (window.is_none()).then(|| id_member(sku, &event.event_id));
-                    if id.as_ref().is_some_and(|id| folded.contains(id)) {
-                        state.seen.insert(&event.event_id, event.arrival(), window);
+                    if let Some(print) = id.as_ref().and_then(|id| folded.get(id)) {
+                        state.seen.insert(&event.event_id, event.arrival(), *print, window);
                     }
                     let outcome = state.apply(event, self.config);
                     if outcome == Outcome::Applied {
-                        ids.extend(id);
+                        ids.extend(id.map(|id| (id, event.print())));
                     }
                     outcomes.push((*index, outcome));
                 }
                 Op::Remember(event_id, arrival) => {
-                    state.seen.insert(event_id, *arrival, window);
+                    state.seen.insert(event_id, *arrival, UNKNOWN_PRINT, window);
                 }
                 Op::Replace(node, None) => drop(state.nodes.remove(*node)),
                 Op::Replace(node, Some(node_state)) => drop(state.nodes.insert(node.to_string(), (*node_state).clone())),
@@ -1065,8 +1071,9 @@ impl RedisStore {
         self.update(&BTreeMap::from([(sku.to_string(), vec![(0, Op::Replace(node, state))])])).await
     }
 
-    /// Records ids folded into the batch view: without a dedup window, added to their
-    /// partitions' id sets; with one, into their SKUs' states (which keep the window's ids).
+    /// Records ids folded into the batch view (their content not kept: any copy is a duplicate):
+    /// without a dedup window, added to their partitions' id hashes; with one, into their SKUs'
+    /// states (which keep the window's ids).
     async fn remember(&self, ids: &[(String, String)], arrival: Millis) -> Result<(), SpeedError> {
         if self.config.dedup_window_ms.is_some() {
             let mut ops: Ops = BTreeMap::new();
@@ -1083,7 +1090,12 @@ impl RedisStore {
             members.chunks(IDS_PER_COMMAND).map(move |chunk| {
                 let [_, _, ids_key] = self.partition_keys(*partition);
                 let mut connection = self.connection.clone();
-                async move { redis::cmd("SADD").arg(ids_key).arg(chunk).query_async::<i64>(&mut connection).await }
+                let mut command = redis::cmd("HSET");
+                command.arg(ids_key);
+                for member in chunk {
+                    command.arg(member).arg(UNKNOWN_PRINT);
+                }
+                async move { command.query_async::<i64>(&mut connection).await }
             })
         });
         for added in futures::future::join_all(adds).await {
@@ -1125,9 +1137,9 @@ impl RedisStore {
             let [_, _, ids_key] = self.partition_keys(partition);
             for chunk in indices.chunks(IDS_PER_COMMAND) {
                 let members: Vec<String> = chunk.iter().map(|index| id_member(&events[*index].sku, &events[*index].event_id)).collect();
-                let found: Vec<bool> = redis::cmd("SMISMEMBER").arg(&ids_key).arg(members).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+                let found: Vec<Option<u32>> = redis::cmd("HMGET").arg(&ids_key).arg(members).query_async(&mut connection).await.map_err(|e| self.error(e))?;
                 for (index, found) in chunk.iter().zip(found) {
-                    known[*index] = found;
+                    known[*index] = found.is_some();
                 }
             }
         }
@@ -1159,12 +1171,18 @@ impl RedisStore {
     }
 
     async fn clear(&self) -> Result<(), SpeedError> {
-        if self.connection.is_cluster() {
-            let message = "clearing is not supported on a cluster: start a new namespace instead".to_string();
-            return Err(SpeedError::Corrupt { key: format!("{}:*", self.namespace), message });
-        }
         self.cache().clear();
         let mut connection = self.connection.clone();
+        if self.connection.is_cluster() {
+            // no one keyspace to scan: every key of the layout, by name, each in its own slot
+            let mut keys: Vec<String> = (0..PARTITIONS).flat_map(|partition| self.partition_keys(partition)).collect();
+            keys.extend(self.watermark_keys());
+            keys.extend([self.dead_letter_key(), self.caught_up_key()]);
+            for key in keys {
+                let _: i64 = redis::cmd("UNLINK").arg(key).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+            }
+            return Ok(());
+        }
         let pattern = format!("{}:*", self.namespace);
         let mut cursor: u64 = 0;
         loop {

@@ -2,24 +2,26 @@
 //! when a dedup window bounds them, the SKU's folded event ids ([`SeenIds`]). One value per SKU,
 //! in a compact binary encoding, so one fold writes a SKU with one hash field whatever it did.
 //!
-//! Encoding, version 2 (integers as LEB128 varints, signed ones zigzagged; a string as its
+//! Encoding, version 3 (integers as LEB128 varints, signed ones zigzagged; a string as its
 //! length then its UTF-8 bytes; an id as the length of the prefix it shares with the id before
 //! it, then the rest as a string; every time as its difference to `base`, a delta's time to the
 //! delta's before it; every operation wrapping, so any `i64` comes back as it was):
-//! version byte `2`; `base`; presence flags (bit 0: `newest`) and `newest`; node count, then per
+//! version byte `3`; `base`; presence flags (bit 0: `newest`) and `newest`; node count, then per
 //! node its name, `reserved`, `held`, presence flags (bit 0 `last_ts`, bit 1 `last_arrived`,
 //! bit 2 anchor), those present, the anchor as `ts`, `event_id`, `qty` and kind (its index in
 //! [`EventKind::ALL`]), then the delta count and per delta `ts`, `event_id` and the delta; last
-//! the id count and per id (in order) the id and its arrival. About two fifths of version 1's
-//! size (113 against 288 bytes per SKU on `speed.sh`'s workload), which a write sends whole.
-//! Version 1 (fixed-width little-endian integers, `u32` lengths, the kind by name) is still read.
+//! the id count and per id (in order) the id, its arrival and its content's print
+//! ([`Event::print`], 4 bytes little-endian). About two fifths of version 1's size (113 against
+//! 288 bytes per SKU on `speed.sh`'s workload), which a write sends whole. Versions 2 (the same
+//! without prints: read as prints not known) and 1 (fixed-width little-endian integers, `u32`
+//! lengths, the kind by name) are still read.
 
 use std::collections::BTreeMap;
 
-use sellable_core::fold::{Anchor, EventKey};
+use sellable_core::fold::{Anchor, EventKey, UNKNOWN_PRINT};
 use sellable_core::{Event, EventKind, FoldConfig, Millis, NodeState, Outcome, SeenIds};
 
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SkuState {
@@ -45,10 +47,10 @@ impl SkuState {
     /// The stored form; empty when there is nothing to keep. The ids are kept only with a
     /// dedup window, trimmed to it.
     pub fn encode(&self, window: Option<Millis>) -> Vec<u8> {
-        let ids: Vec<(&String, &Millis)> = match window {
+        let ids: Vec<(&String, &(Millis, u32))> = match window {
             Some(window) => {
                 let floor = self.seen.newest.map_or(Millis::MIN, |newest| newest - window);
-                let mut ids: Vec<_> = self.seen.ids.iter().filter(|(_, arrived)| **arrived >= floor).collect();
+                let mut ids: Vec<_> = self.seen.ids.iter().filter(|(_, (arrived, _))| *arrived >= floor).collect();
                 ids.sort();
                 ids
             }
@@ -87,9 +89,10 @@ impl SkuState {
             }
         }
         out.unsigned(ids.len() as u64);
-        for (id, arrived) in ids {
+        for (id, (arrived, print)) in ids {
             out.id(id);
             out.time(*arrived);
+            out.out.extend_from_slice(&print.to_le_bytes());
         }
         out.out
     }
@@ -102,8 +105,9 @@ impl SkuState {
         let mut reader = Reader { bytes, at: 1, base: 0, last_id: Vec::new() };
         let state = match bytes[0] {
             1 => reader.version_1()?,
-            VERSION => reader.version_2()?,
-            version => return Err(format!("unknown encoding version {version} (this build reads 1 and {VERSION})")),
+            2 => reader.varints(false)?,
+            VERSION => reader.varints(true)?,
+            version => return Err(format!("unknown encoding version {version} (this build reads 1 to {VERSION})")),
         };
         if reader.at != bytes.len() {
             return Err(format!("{} bytes left over after the state", bytes.len() - reader.at));
@@ -162,7 +166,8 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn version_2(&mut self) -> Result<SkuState, String> {
+    /// Versions 2 and 3 (`prints`: the ids carry their prints).
+    fn varints(&mut self, prints: bool) -> Result<SkuState, String> {
         let mut state = SkuState::default();
         self.base = self.signed()?;
         let [newest] = self.flags()?;
@@ -191,7 +196,9 @@ impl Reader<'_> {
         }
         for _ in 0..self.unsigned()? {
             let id = self.id()?;
-            state.seen.ids.insert(id, self.time()?);
+            let arrived = self.time()?;
+            let print = if prints { u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")) } else { UNKNOWN_PRINT };
+            state.seen.ids.insert(id, (arrived, print));
         }
         Ok(state)
     }
@@ -223,7 +230,7 @@ impl Reader<'_> {
         }
         for _ in 0..self.fixed_len()? {
             let id = self.fixed_string()?;
-            state.seen.ids.insert(id, self.fixed_i64()?);
+            state.seen.ids.insert(id, (self.fixed_i64()?, UNKNOWN_PRINT));
         }
         Ok(state)
     }
@@ -414,12 +421,12 @@ mod tests {
         // "é" and "ê" share their first UTF-8 byte
         state.nodes.insert("N1".into(), node(Millis::MAX, &[("é2", Millis::MIN, 1), ("ê", 0, -1), ("ê", Millis::MAX, i64::MAX)]));
         state.nodes.insert(String::new(), NodeState { last_arrived: Some(Millis::MAX), ..node(-1, &[]) });
-        state.seen.ids = [("ê".to_string(), Millis::MIN), ("é".to_string(), Millis::MAX)].into();
+        state.seen.ids = [("ê".to_string(), (Millis::MIN, 7)), ("é".to_string(), (Millis::MAX, u32::MAX))].into();
         state.seen.newest = Some(Millis::MAX);
         let back = SkuState::decode(&state.encode(Some(Millis::MAX))).unwrap();
         assert_eq!((back.nodes, back.seen.newest), (state.nodes, Some(Millis::MAX)));
         // the ids within the window: arrived at or after MAX - MAX = 0
-        assert_eq!(back.seen.ids, [("é".to_string(), Millis::MAX)].into());
+        assert_eq!(back.seen.ids, [("é".to_string(), (Millis::MAX, u32::MAX))].into());
     }
 
     #[test]

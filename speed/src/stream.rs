@@ -376,6 +376,13 @@ pub async fn delete_stream(url: &str, stream: &str) -> Result<(), SpeedError> {
     Ok(())
 }
 
+/// Creates the group of `config` at `config.start` unless it exists (an epoch's group, before
+/// fold workers elsewhere join it).
+pub async fn ensure_group(url: &str, config: &StreamConfig) -> Result<(), SpeedError> {
+    let mut connection = Connection::open(url).await?;
+    create_group(&mut connection, config).await.map_err(|source| SpeedError::Redis { url: url.to_string(), source })
+}
+
 /// Removes `group` from `stream` (a retired epoch's fold workers); a missing stream or group is
 /// not an error.
 pub async fn destroy_group(url: &str, stream: &str, group: &str) -> Result<(), SpeedError> {

@@ -1,5 +1,5 @@
 //! `sellable run`: the loop between the layers (sellable-lifecycle) on Redis and the lake, all of
-//! it in one process or one role of it (`--role batch|archive|serve`).
+//! it in one process or one role of it (`--role batch|fold|archive|serve`).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -27,13 +27,23 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         stream: args.stream.clone(),
         namespace: args.server.namespace.clone(),
         fold: args.lake.fold_config(),
-        workers: args.workers.max(1),
+        workers: if args.role == Role::All { args.workers.max(1) } else { args.workers },
         known: Some(speed::known_names(&lake).await?),
         catch_up_timeout: Duration::from_secs(600),
         // serving processes beside this one follow within a second
         retire_after: if args.role == Role::Batch { Duration::from_secs(3) } else { Duration::ZERO },
     };
     match args.role {
+        Role::Fold => {
+            let workers = config.workers.max(1);
+            let config = LifecycleConfig { workers, ..config };
+            eprintln!("run: {workers} fold worker(s) named {} per open epoch of {}", args.consumer, config.registry_key());
+            sellable_lifecycle::fold_role(&config, &args.consumer, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+            Ok(())
+        }
         Role::Archive => {
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let archiver = spawn_archiver(lake, &config, None, stopped);

@@ -45,7 +45,7 @@ pub async fn catch_up(
     let stats = report.stats;
     eprintln!(
         "fold: {} events from {source} after {} into the {} speed view: {} applied, {} duplicates, {} too late, \
-         {} expired, {} before the cutoff, {} malformed in {seconds:.1} s ({:.0} events/s)",
+         {} expired, {} conflicting, {} before the cutoff, {} malformed in {seconds:.1} s ({:.0} events/s)",
         caught.read,
         format_millis(cutoff),
         speed.describe(),
@@ -53,6 +53,7 @@ pub async fn catch_up(
         stats.duplicates,
         stats.too_late,
         stats.expired,
+        stats.conflicts,
         report.before_cutoff,
         report.rejected.len(),
         caught.read as f64 / seconds.max(1e-9)

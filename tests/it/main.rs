@@ -215,15 +215,17 @@ async fn end_to_end(speed: SpeedView) {
     let after: Availability = reqwest::get(&url).await.unwrap().json().await.unwrap();
     assert_eq!(after.available, before.available + 7, "{url}");
 
-    // The door: a count dated 9999-12-31 and receipts for a node and a SKU the catalog does not
-    // know are each refused with the reason and change no answer; a receipt claiming to have
-    // arrived in 9999 is taken with the server's clock as its arrival instead.
+    // The door: a count dated 9999-12-31, receipts for a node and a SKU the catalog does not
+    // know and a receipt of a million units reusing the first receipt's id are each refused with
+    // the reason and change no answer; a receipt claiming to have arrived in 9999 is taken with
+    // the server's clock as its arrival instead.
     let far = 253_402_214_399_000;
     let refused = [
         Event { event_id: "from-the-future".into(), kind: sellable_core::EventKind::Count, qty: 1_000, ts: far, arrived: None, ..receipt.clone() },
         Event { event_id: "claims-a-late-arrival".into(), arrived: Some(far), ..receipt.clone() },
         Event { event_id: "ghost-node".into(), node: "GHOST-NODE".into(), ..receipt.clone() },
         Event { event_id: "ghost-sku".into(), sku: "GHOST-SKU".into(), ..receipt.clone() },
+        Event { qty: 1_000_000, ..receipt.clone() },
     ];
     let body: String = refused.iter().map(|event| encode_json(event) + "\n").collect();
     let response = reqwest::Client::new().post(format!("{base}/v1/events")).body(body).send().await.unwrap();
@@ -231,13 +233,16 @@ async fn end_to_end(speed: SpeedView) {
     let reasons: Vec<&str> = accepted.rejected.iter().map(|r| r.error.as_str()).collect();
     assert_eq!(accepted.accepted, 1, "{reasons:?}");
     assert!(reasons[0].starts_with("from the future: ts 253402214399000 is "), "{reasons:?}");
-    assert_eq!(reasons[1..], ["unknown node 'GHOST-NODE': not in the catalog", "unknown sku 'GHOST-SKU': not in the catalog"]);
+    assert_eq!(reasons[1..3], ["unknown node 'GHOST-NODE': not in the catalog", "unknown sku 'GHOST-SKU': not in the catalog"]);
+    assert_eq!(reasons[3], format!("conflict: event_id 'posted-receipt' of sku '{sku}' was folded before with different content; this copy is not"));
+    assert_eq!(accepted.conflicts, 1);
     let stamped: Availability = reqwest::get(&url).await.unwrap().json().await.unwrap();
     assert_eq!((stamped.available, stamped.freshness_ms), (after.available + 7, Some(0)), "arrived is the server's now: {url}");
     let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     assert!(!metrics.contains("GHOST-NODE"), "no metric series for an unknown node");
     assert!(metrics.contains("sellable_posted_events_total{outcome=\"future\"} 1"), "{metrics}");
     assert!(metrics.contains("sellable_posted_events_total{outcome=\"unknown\"} 2"), "{metrics}");
+    assert!(metrics.contains("sellable_posted_events_total{outcome=\"conflict\"} 1"), "{metrics}");
     speed.clear().await.unwrap();
 }
 
@@ -1134,11 +1139,12 @@ async fn sellable_run_rebuilds_its_speed_view_when_redis_comes_back_empty() {
     panic!("the rebuild is not in the log: {}", log());
 }
 
-/// `sellable run` as three processes on one Redis and one lake: `batch` (nightly cutovers and the
-/// fold workers), `archive`, and `serve` (HTTP, following the epochs): a receipt posted to the
-/// server is answered, stays counted once across two cutovers, and reaches the lake.
+/// `sellable run` as four processes on one Redis and one lake: `batch` (nightly cutovers, no fold
+/// workers of its own), `fold` (following the epochs), `archive`, and `serve` (HTTP, following the
+/// epochs), the fold and archive processes `SIGKILL`ed mid-run and restarted: a receipt posted to
+/// the server is answered, stays counted once across two cutovers, and reaches the lake once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sellable_run_roles_in_three_processes_keep_one_truth() {
+async fn sellable_run_roles_in_four_processes_keep_one_truth_through_kills() {
     let (url, stream, namespace) = redis_names("roles");
     let market = marketplace().await;
     let id = std::process::id();
@@ -1157,11 +1163,17 @@ async fn sellable_run_roles_in_three_processes_keep_one_truth() {
         )
     };
     let batch_log = market.lake.root().with_file_name("batch.log");
-    let _batch = role("batch", &["--nightly-every", "2"], &batch_log);
-    let _archive = role("archive", &[], &market.lake.root().with_file_name("archive.log"));
+    let _batch = role("batch", &["--nightly-every", "2", "--workers", "0"], &batch_log);
+    let fold_log = market.lake.root().with_file_name("fold.log");
+    let mut fold = role("fold", &["--consumer", "fold-a"], &fold_log);
+    let archive_log = market.lake.root().with_file_name("archive.log");
+    let mut archive = role("archive", &[], &archive_log);
     let serve_log = market.lake.root().with_file_name("serve.log");
     let _serve = role("serve", &["--listen", &format!("127.0.0.1:{port}")], &serve_log);
-    let logs = || format!("batch:\n{}\nserve:\n{}", std::fs::read_to_string(&batch_log).unwrap_or_default(), std::fs::read_to_string(&serve_log).unwrap_or_default());
+    let logs = || {
+        let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+        format!("batch:\n{}\nfold:\n{}\nserve:\n{}", read(&batch_log), read(&fold_log), read(&serve_log))
+    };
     let probe = Probe::new(&market, port, &format!("roles-receipt-{id}")).await;
     probe.wait_up(logs).await;
     // the server follows the first cutover (a batch view of now)
@@ -1173,6 +1185,10 @@ async fn sellable_run_roles_in_three_processes_keep_one_truth() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     probe.post().await;
+    // SIGKILL (KillOnDrop) the fold and archive processes right after the post, and restart them
+    drop((fold, archive));
+    fold = role("fold", &["--consumer", "fold-a"], &fold_log);
+    archive = role("archive", &[], &archive_log);
     let fresh = probe.answer_with_receipt(logs).await;
     let (with_receipt, version) = (probe.units(&fresh), fresh["versions"]["batch_view"].clone());
     assert_ne!(version, initial, "{fresh}\n{}", logs());
@@ -1191,6 +1207,6 @@ async fn sellable_run_roles_in_three_processes_keep_one_truth() {
     assert_eq!(probe.units(&later), with_receipt, "counted once: {later}\n{}", logs());
     let in_lake = market.lake.events_after(market.cutoff).await.unwrap().into_iter().filter(|e| e.as_ref().is_ok_and(|e| e.event_id == probe.receipt.event_id)).count();
     assert_eq!(in_lake, 1);
-    drop((_batch, _archive, _serve));
+    drop((_batch, fold, archive, _serve));
     forget(&url, &stream, &namespace).await;
 }

@@ -1,7 +1,9 @@
 //! The loop, run for real against Redis and a Lance lake: a marketplace's events stream in (in
-//! chunks of arrival time) while fold workers and the archiver run, with two cutovers on the way.
-//! After every chunk and every cutover, every answer for a sample of SKUs and countries equals
-//! `core`'s fold of the events accepted so far; at the end the lake holds every event exactly once.
+//! chunks of arrival time, one of them half through `POST /v1/events`) while fold workers (the
+//! epoch's own and a fold role's) and the archiver run, with two cutovers on the way, the fold
+//! role and the archiver crashing and a cutover interrupted. After every chunk and every cutover,
+//! every answer for a sample of SKUs and countries equals `core`'s fold of the events accepted so
+//! far; at the end the lake holds every event exactly once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -11,10 +13,10 @@ use sellable_batch::{Lake, Progress};
 use sellable_bench::{generate, SimConfig};
 use sellable_core::event::{encode_json, read_event_file};
 use sellable_core::{fold, Event, FoldConfig, Grade, Millis, NodeInfo};
-use sellable_lifecycle::{cutover, start, LifecycleConfig};
+use sellable_lifecycle::{cutover, fold_role, start, LifecycleConfig};
 use sellable_serving::{RuleBook, Serving};
 use sellable_speed::archive::{run_archiver, ARCHIVE_GROUP};
-use sellable_speed::stream::{publish, GroupProbe, StreamConfig};
+use sellable_speed::stream::{publish, GroupProbe, StreamConfig, StreamIntake};
 
 const HOUR: Millis = 3_600_000;
 
@@ -114,25 +116,43 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
         (stop, task)
     };
     let (mut stop_archiver, mut archiver) = archive();
+    // a fold role beside the epoch's own workers: consumers of the same groups
+    let folder = || {
+        let config = LifecycleConfig { workers: 1, ..config.clone() };
+        tokio::spawn(async move { fold_role(&config, "fold-role", std::future::pending()).await })
+    };
+    let mut fold_role_task = folder();
 
     let oracle = fold(&events, FoldConfig::default());
     let sample = sellable_bench::stocked_requests(&oracle, &nodes, 60);
 
     // six chunks of 12 hours of arrivals; a cutover after the second and the fourth, at the middle
     // of the chunk before it (so some of the lake's events are after the cutoff); the archiver
-    // crashes in the third chunk, and the process in the middle of a cutover in the fourth
+    // and the fold role crash in the third chunk, and the process in the middle of a cutover in
+    // the fourth; half of the fifth chunk is posted over HTTP (arriving at the chunk's end)
     let mut accepted = imported.clone();
     let mut compared = 0;
     for chunk in 0..6 {
         let (from, to) = (first_cutoff + chunk * 12 * HOUR, first_cutoff + (chunk + 1) * 12 * HOUR);
-        let lines = streamed.iter().filter(|e| e.arrival() > from && e.arrival() <= to);
-        accepted.extend(lines.clone().cloned());
-        publish(&config.url, &config.stream, lines.map(encode_json)).await.unwrap();
+        let arrived: Vec<Event> = streamed.iter().filter(|e| e.arrival() > from && e.arrival() <= to).cloned().collect();
+        let (posted, published) = arrived.split_at(if chunk == 4 { arrived.len() / 2 } else { 0 });
+        accepted.extend(published.iter().cloned());
+        publish(&config.url, &config.stream, published.iter().map(encode_json)).await.unwrap();
+        if !posted.is_empty() {
+            let server = serving_of(lake.clone(), epoch.speed.clone()).await;
+            let intake = Arc::new(StreamIntake::new(&config.url, &config.stream).unwrap());
+            let server = Arc::new(server.with_clock(sellable_serving::Clock::Fixed(to)).with_intake(intake));
+            accepted.extend(post_events(server, posted).await.into_iter().map(|event| Event { arrived: Some(to), ..event }));
+        }
         if chunk == 2 {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            archiver.abort(); // as a crash: nothing acknowledged after this
+            // as crashes: nothing acknowledged after this
+            archiver.abort();
+            fold_role_task.abort();
             let _ = archiver.await;
+            let _ = fold_role_task.await;
             (stop_archiver, archiver) = archive();
+            fold_role_task = folder();
         }
         if chunk == 3 {
             // a crash in the middle of a cutover: the process restarts from the lake
@@ -169,6 +189,26 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
     all.sort();
     assert_eq!(in_lake.len(), all.len());
     assert!(in_lake == all, "the lake holds the accepted events");
+    fold_role_task.abort();
     epoch.close(&config).await.unwrap();
     let _: i64 = redis::cmd("DEL").arg(&config.stream).query_async(&mut connection).await.unwrap();
+}
+
+/// Posts `events` to `POST /v1/events` of `server` (run on a port of its own) as NDJSON, in
+/// bodies of 500, and checks every one was taken: applied, a duplicate (a fold worker folded its
+/// stream copy first) or too late by the server's clock. Returns them.
+async fn post_events(server: Arc<Serving>, events: &[Event]) -> Vec<Event> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let served = tokio::spawn(async move { axum::serve(listener, server.router()).await });
+    let client = reqwest::Client::new();
+    for body in events.chunks(500) {
+        let ndjson: String = body.iter().map(|event| encode_json(event) + "\n").collect();
+        let answer: serde_json::Value = client.post(format!("{base}/v1/events")).body(ndjson).send().await.unwrap().json().await.unwrap();
+        let taken = ["accepted", "duplicates", "too_late"].iter().map(|field| answer[field].as_u64().unwrap()).sum::<u64>();
+        assert_eq!(taken, body.len() as u64, "{answer}");
+        assert!(answer["accepted"].as_u64().unwrap() > 0, "{answer}");
+    }
+    served.abort();
+    events.to_vec()
 }

@@ -14,7 +14,6 @@ fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
 }
 
-/// A Redis speed view in a namespace of its own, emptied first. Fails loudly without a server.
 /// Runs `workers` consumers of the stream with `sellable fold --stream`'s loop until a step
 /// finds nothing new.
 async fn until_idle(url: &str, view: &Arc<SpeedView>, config: sellable_speed::stream::StreamConfig, workers: usize) -> sellable_speed::stream::StreamStats {
@@ -33,6 +32,7 @@ fn namespace(test: &str) -> String {
     format!("sellable-test-{test}-{}", std::process::id())
 }
 
+/// A Redis speed view in a namespace of its own, emptied first. Fails loudly without a server.
 async fn redis_view_with(test: &str, config: FoldConfig) -> SpeedView {
     let url = redis_url();
     let namespace = namespace(test);
@@ -304,8 +304,9 @@ mod stream {
         delete(&[&stream, &dead]).await;
     }
 
-    /// The stream's door: an event from the future and events for a SKU or node the catalog
-    /// does not know are dead-lettered with the reason; the rest are folded.
+    /// The stream's door: an event from the future, events for a SKU or node the catalog does
+    /// not know and one that reuses another's `event_id` with other content are dead-lettered with
+    /// the reason; the rest are folded.
     #[tokio::test]
     async fn future_and_unknown_events_are_dead_lettered_at_the_door() {
         let (stream, dead) = names("door");
@@ -318,8 +319,10 @@ mod stream {
         let far = Event { event_id: "far".into(), ts: 253_402_214_399_000, ..events[0].clone() };
         let ghost = Event { event_id: "ghost".into(), node: "GHOST-NODE".into(), ..events[1].clone() };
         let stranger = Event { event_id: "stranger".into(), sku: "GHOST-SKU".into(), ..events[2].clone() };
+        let taken = events.iter().find(|e| !FoldConfig::default().is_too_late(e)).unwrap();
+        let impostor = Event { qty: taken.qty + 1_000, ..taken.clone() };
         let mut lines: Vec<String> = events.iter().map(sellable_core::event::encode_json).collect();
-        lines.extend([&far, &ghost, &stranger].map(sellable_core::event::encode_json));
+        lines.extend([&far, &ghost, &stranger, &impostor].map(sellable_core::event::encode_json));
         publish(&redis_url(), &stream, lines).await.unwrap();
 
         let view = Arc::new(redis_view("stream-door").await);
@@ -327,10 +330,13 @@ mod stream {
         config.known = Some(Arc::new(known));
         let stats = drain(&view, config, 1).await;
         let stuck = events.iter().filter(|e| FoldConfig::default().is_too_late(e)).count() as u64;
-        assert_eq!(stats.dead_lettered, 3 + stuck, "{stats:?}");
+        assert_eq!(stats.dead_lettered, 4 + stuck, "{stats:?}");
+        assert_eq!(stats.fold.conflicts, 1, "{stats:?}");
         assert_matches_core_fold(&view, &events).await;
         let letters = dead_letters(&redis_url(), &dead, 100).await.unwrap();
         let reason_of = |id: &str| letters.iter().find(|l| l.raw.contains(&format!("\"event_id\":\"{id}\""))).map(|l| l.error.clone()).unwrap();
+        let conflict = letters.iter().find(|l| l.raw.contains(&format!("\"qty\":{}", impostor.qty))).unwrap();
+        assert!(conflict.error.starts_with(&format!("conflict: event_id '{}'", taken.event_id)), "{conflict:?}");
         assert!(reason_of("far").starts_with("from the future: ts 253402214399000"), "{letters:?}");
         assert_eq!(reason_of("ghost"), "unknown node 'GHOST-NODE': not in the catalog");
         assert_eq!(reason_of("stranger"), "unknown sku 'GHOST-SKU': not in the catalog");
@@ -485,6 +491,38 @@ async fn a_stream_folds_into_a_three_master_cluster_exactly_like_core() {
         masters_with_keys += (count > 0) as u32;
     }
     assert_eq!(masters_with_keys, 3);
+
+    // a new epoch on a cluster starts clean: clearing finds every key on every master
+    view.clear().await.unwrap();
+    for port in &cluster.ports {
+        let keys = std::process::Command::new("redis-cli").args(["-p", &port.to_string(), "--scan", "--pattern", "cluster:*"]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&keys.stdout).trim(), "", "master {port} kept keys");
+    }
+    assert!(view.sku_states(&events[0].sku).await.unwrap().is_empty());
+}
+
+/// An event that reuses the id of one folded before with other content is a conflict, refused
+/// and counted, and changes no state, with and without a dedup window; a copy is a duplicate.
+#[tokio::test]
+async fn a_reused_event_id_with_other_content_is_a_conflict_in_redis_too() {
+    let events = simulated_events(37);
+    let first = events.iter().find(|event| !FoldConfig::default().is_too_late(event)).unwrap().clone();
+    let mut copy = first.clone();
+    copy.arrived = Some(first.arrival() + 1_000);
+    let mut forged = first.clone();
+    forged.qty += 1_000;
+    for (name, window) in [("conflict-set", None), ("conflict-window", Some(7 * 86_400_000))] {
+        let config = FoldConfig { dedup_window_ms: window, ..FoldConfig::default() };
+        let view = redis_view_with(name, config).await;
+        view.fold(std::slice::from_ref(&first), "test").await.unwrap();
+        let before = view.sku_states(&first.sku).await.unwrap();
+        // in one batch and in a batch of their own (read back from Redis, not from the cache)
+        let outcomes = view.fold(&[copy.clone(), forged.clone()], "test").await.unwrap();
+        assert_eq!(outcomes, vec![Outcome::Duplicate, Outcome::Conflict], "{name}");
+        let other = SpeedView::redis(&redis_url(), &namespace(name), config).await.unwrap();
+        assert_eq!(other.fold(std::slice::from_ref(&forged), "test").await.unwrap(), vec![Outcome::Conflict], "{name}");
+        assert_eq!(view.sku_states(&first.sku).await.unwrap(), before, "{name}");
+    }
 }
 
 /// What the view knows of events it folded (or remembered), with and without a dedup window:
