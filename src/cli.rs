@@ -522,6 +522,10 @@ pub struct RunArgs {
     /// process its own.
     #[arg(long, default_value = "fold")]
     pub consumer: String,
+    /// Partitions (Redis hash slots used) of each new epoch's speed view; 0 sizes them by the
+    /// catalog (about 5,000 SKUs each, 16 to 16,384). A new count takes effect at the next cutover.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=16_384))]
+    pub partitions: u64,
     /// Seconds between nightly jobs (each computes the batch view as of its start and cuts over).
     #[arg(long, default_value_t = 86_400.0)]
     pub nightly_every: f64,

@@ -60,6 +60,9 @@ pub struct LifecycleConfig {
     pub workers: usize,
     /// The catalog names the fold workers' door checks, if any.
     pub known: Option<Arc<KnownIds>>,
+    /// Partitions of each new epoch's namespace (0: sized by the catalog, `speed::partitions_for`).
+    /// A new count takes effect at the next epoch: the cutover is the migration.
+    pub partitions: u64,
     /// How long a new epoch may take to read the whole stream before the cutover gives up.
     pub catch_up_timeout: Duration,
     /// How long the old epoch stays readable after a cutover, for the serving processes that
@@ -71,6 +74,15 @@ impl LifecycleConfig {
     /// The Redis namespace and the consumer group of the epoch of `cutoff`.
     pub fn epoch_names(&self, cutoff: Millis) -> (String, String) {
         (format!("{}:e{cutoff}", self.namespace), format!("{}-e{cutoff}", self.namespace))
+    }
+
+    /// The partition count of a new epoch's namespace.
+    pub fn epoch_partitions(&self) -> u64 {
+        match (self.partitions, &self.known) {
+            (0, Some(known)) => sellable_speed::partitions_for(known.skus.len()),
+            (0, None) => sellable_speed::PARTITIONS,
+            (partitions, _) => partitions,
+        }
     }
 
     /// The registry of open epochs ([`Registry`]) that fold roles follow.
@@ -137,6 +149,7 @@ impl EpochSpeed {
         let (namespace, group) = config.epoch_names(cutoff);
         let speed = Arc::new(SpeedView::redis(&config.url, &namespace, config.fold).await?);
         speed.clear().await?;
+        speed.set_partitions(config.epoch_partitions()).await?;
         sellable_speed::stream::destroy_group(&config.url, &config.stream, &group).await?;
         let caught = catch_up(lake, &speed, cutoff, CatchUpSource::Log, None).await?;
         // complete only once the stream after `position` is folded too ([`EpochSpeed::wait_caught_up`])

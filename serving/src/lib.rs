@@ -40,6 +40,9 @@ pub struct Serving {
     attributes: HashMap<String, Vec<(usize, Value)>>,
     /// The catalog's names, as the door of `POST /v1/events` checks them.
     known: sellable_core::KnownIds,
+    /// Per region and per country, the nodes that serve it (`NodeInfo::serves`), computed once:
+    /// a request costs the same whatever the number of nodes in the catalog.
+    regions: HashMap<String, std::collections::HashSet<String>>,
     clock: Clock,
     /// Per node, the latest arrival folded (batch view and speed view), refreshed by
     /// [`Serving::refresh_watermarks`].
@@ -170,8 +173,15 @@ impl Serving {
         let attributes = skus.iter().map(|sku| (sku.sku.clone(), attribute_facts(sku, rules.schema()))).collect();
         let watermarks = batch.watermarks().into_iter().collect();
         let known = sellable_core::KnownIds::of(&skus, &nodes);
+        let mut regions: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+        for node in &nodes {
+            for region in [&node.region, &node.country] {
+                regions.entry(region.clone()).or_default().insert(node.node.clone());
+            }
+        }
         Serving {
             known,
+            regions,
             skus: skus.into_iter().map(|sku| (sku.sku.clone(), sku)).collect(),
             nodes: nodes.into_iter().map(|node| (node.node.clone(), node)).collect(),
             epoch: std::sync::RwLock::new(Arc::new(Epoch { batch, speed })),
@@ -325,9 +335,9 @@ impl Serving {
         if !self.skus.contains_key(sku) {
             return Err(ApiError::UnknownSku(sku.to_string()));
         }
-        if !self.nodes.values().any(|node| node.serves(region)) {
+        let Some(serving_region) = self.regions.get(region) else {
             return Err(ApiError::BadRequest(format!("unknown region '{region}': no node serves it")));
-        }
+        };
         let model = self.models.current();
         let shadow = self.models.shadow();
         let mut grading = Grading::default();
@@ -342,8 +352,8 @@ impl Serving {
         let merged = merge_views(epoch.batch.sku_states(sku), speed.as_deref().unwrap_or(&[]));
         let in_region: Vec<(&NodeInfo, &NodeState)> = merged
             .iter()
+            .filter(|(node, _)| serving_region.contains(**node))
             .filter_map(|(node, state)| Some((self.nodes.get(*node)?, state)))
-            .filter(|(info, _)| info.serves(region))
             .collect();
         let newest = in_region.iter().filter_map(|(_, state)| state.last_arrived).max();
 

@@ -2,9 +2,10 @@
 //! a [`SpeedView`]: Redis in production, or the embedded in-memory store that `sellable demo`
 //! uses when no Redis URL is configured. Both give exactly the state of `core`'s fold.
 //!
-//! Redis layout: every SKU belongs to one of [`PARTITIONS`] partitions ([`partition`]), and the
-//! keys of a partition share the hash tag `{p<n>}`, so a Redis Cluster keeps them in one slot and
-//! no script crosses slots:
+//! Redis layout: every SKU belongs to one of the namespace's partitions ([`partition`]; their
+//! number is recorded in `<ns>:{layout}`, [`PARTITIONS`] when none is, and an epoch sizes it by
+//! its catalog, [`partitions_for`]), and the keys of a partition share the hash tag `{p<n>}`, so a
+//! Redis Cluster keeps them in one slot and no script crosses slots:
 //! - `<ns>:{p<n>}:states` hash: per SKU (the field), the [`SkuState`] of all its nodes, encoded
 //!   as [`sku_state`] describes (with a dedup window, it also holds the SKU's ids within it)
 //! - `<ns>:{p<n>}:tokens` hash: per SKU, the token of its stored state (`<writer>.<n>`, new with
@@ -12,8 +13,9 @@
 //! - `<ns>:{p<n>}:seen`   hash of folded `(sku, event_id)`s (idempotency), each with its
 //!   content's print ([`Event::print`]; `0` for an id folded into the batch view), when no dedup
 //!   window is set (keep one setting per namespace)
-//! - `<ns>:{watermarks}` and `<ns>:{watermarks}:sources`: latest arrival folded per node and per
-//!   source; `<ns>:dead`: the dead-letter stream of events refused outside a stream worker
+//! - `<ns>:{w<n>}`: latest arrival folded per node, the nodes spread over
+//!   [`watermark_partitions`] hashes by [`partition`] of their name; `<ns>:{watermarks}:sources`:
+//!   per source; `<ns>:dead`: the dead-letter stream of events refused outside a stream worker
 //!
 //! A fold reads its SKUs' states (or takes them from its cache), applies the events with
 //! `core`'s rules, and writes each SKU back with [`WRITE_SCRIPT`] only if it is unchanged: a
@@ -259,6 +261,23 @@ impl SpeedView {
         }
     }
 
+    /// Sets the partition count of a Redis namespace that holds nothing yet (just cleared); the
+    /// embedded view has no partitions.
+    pub async fn set_partitions(&self, partitions: u64) -> Result<(), SpeedError> {
+        match self {
+            SpeedView::Memory(_) => Ok(()),
+            SpeedView::Redis(store) => store.set_partitions(partitions).await,
+        }
+    }
+
+    /// The partition count of a Redis namespace as recorded in it (`None` for the embedded view).
+    pub async fn partitions(&self) -> Result<Option<u64>, SpeedError> {
+        match self {
+            SpeedView::Memory(_) => Ok(None),
+            SpeedView::Redis(store) => store.layout(false).await.map(Some),
+        }
+    }
+
     /// Forgets everything (a new batch cutoff starts a new speed view).
     pub async fn clear(&self) -> Result<(), SpeedError> {
         match self {
@@ -498,10 +517,9 @@ for s = 1, #adds, 1000 do redis.call('HSET', ids, unpack(adds, s, math.min(s + 9
 return written
 "#;
 
-/// Raises watermarks: KEYS are the node hash `<ns>:{watermarks}` and the source hash
-/// `<ns>:{watermarks}:sources` (one slot); ARGV is the source and its arrival, then node/arrival
-/// pairs. A watermark never goes back. One `HMGET` and one `HSET` per 1,000 nodes (a fold raises
-/// hundreds), not one of each per node.
+/// Raises watermarks: KEYS[1] is a hash of watermarks (nodes of one watermark partition, or the
+/// sources); ARGV is name/arrival pairs. A watermark never goes back. One `HMGET` and one `HSET`
+/// per 1,000 names (a fold raises hundreds), not one of each per name.
 const WATERMARK_SCRIPT: &str = r#"
 local function raise(hash, first)
   local fields, arrivals = {}, {}
@@ -526,10 +544,7 @@ local function raise(hash, first)
     end
   end
 end
-local source, newest = ARGV[1], ARGV[2]
-local current = redis.call('HGET', KEYS[2], source)
-if not current or tonumber(newest) > tonumber(current) then redis.call('HSET', KEYS[2], source, newest) end
-if #ARGV > 2 then raise(KEYS[1], 3) end
+raise(KEYS[1], 1)
 return 1
 "#;
 
@@ -629,6 +644,8 @@ pub struct RedisStore {
     namespace: String,
     config: FoldConfig,
     connection: Connection,
+    /// The namespace's partition count as read from (or written to) `<ns>:{layout}`; 0 until then.
+    partitions: AtomicU64,
     script: redis::Script,
     watermark_script: redis::Script,
     /// Names this store's writes: a SKU's token is `<writer>.<n>`, unique to the write.
@@ -648,9 +665,26 @@ pub struct RedisStore {
 /// tables (see [`WRITE_SCRIPT`]); never a SKU or a node, which have no braces.
 const HASHTABLE_FIELD: &str = "{hashtable}";
 
-/// Partitions of the Redis layout: a few large commands per partition and batch, whatever the
-/// number of SKUs, and on a cluster as many slots to spread over its masters.
+/// Partitions of a namespace that records none: a few large commands per partition and batch,
+/// whatever the number of SKUs, and on a cluster as many slots to spread over its masters.
 pub const PARTITIONS: u64 = 16;
+
+/// SKUs per partition that [`partitions_for`] aims at.
+const SKUS_PER_PARTITION: u64 = 5_000;
+
+/// The partition count for a catalog of `skus` SKUs: about [`SKUS_PER_PARTITION`] SKUs each, a
+/// power of two from [`PARTITIONS`] to 16,384 (a Redis Cluster's slots), so that the keys spread
+/// over every master of a cluster and no one hash grows without bound (120M SKUs: 16,384
+/// partitions of 7,300).
+pub fn partitions_for(skus: usize) -> u64 {
+    (skus as u64).div_ceil(SKUS_PER_PARTITION).next_power_of_two().clamp(PARTITIONS, 16_384)
+}
+
+/// Hashes the node watermarks are spread over, for `partitions` partitions: as many, up to 64
+/// (serving reads them all every second).
+pub fn watermark_partitions(partitions: u64) -> u64 {
+    partitions.clamp(1, 64)
+}
 
 /// SKUs per call of the write script: the call's cost is shared by many SKUs, and its arguments
 /// stay far below Lua's limit on unpacking.
@@ -711,10 +745,11 @@ impl Prepared<'_> {
     }
 }
 
-/// The partition of a SKU: FNV-1a of its bytes, so every process and version agrees.
-pub fn partition(sku: &str) -> u64 {
-    let hash = sku.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
-    hash % PARTITIONS
+/// The partition of a SKU (or a node's watermark) among `partitions`: FNV-1a of its bytes, so
+/// every process and version agrees.
+pub fn partition(name: &str, partitions: u64) -> u64 {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+    hash % partitions.max(1)
 }
 
 /// A member of a partition's set of folded ids: the SKU's length, then the SKU and the id, so no
@@ -730,6 +765,7 @@ impl RedisStore {
             namespace: namespace.to_string(),
             config,
             connection,
+            partitions: AtomicU64::new(0),
             script: redis::Script::new(WRITE_SCRIPT),
             watermark_script: redis::Script::new(WATERMARK_SCRIPT),
             writer: format!("{:016x}", RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))),
@@ -743,6 +779,54 @@ impl RedisStore {
         SpeedError::Redis { url: self.url.clone(), source }
     }
 
+    fn layout_key(&self) -> String {
+        format!("{}:{{layout}}", self.namespace)
+    }
+
+    /// Reads the namespace's partition count, once: every call that places a SKU or a node
+    /// starts here. With none recorded, a writer records [`PARTITIONS`]; a reader takes it
+    /// without keeping it (and asks again next time), so it never keeps a count that a writer is
+    /// about to set.
+    async fn layout(&self, writing: bool) -> Result<u64, SpeedError> {
+        let known = self.partitions.load(Ordering::Relaxed);
+        if known != 0 {
+            return Ok(known);
+        }
+        let mut connection = self.connection.clone();
+        let key = self.layout_key();
+        if writing {
+            let _: Option<String> = redis::cmd("SET").arg(&key).arg(PARTITIONS).arg("NX").query_async(&mut connection).await.map_err(|e| self.error(e))?;
+        }
+        let stored: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+        let Some(stored) = stored else { return Ok(PARTITIONS) };
+        let partitions = stored.parse::<u64>().ok().filter(|count| (1..=16_384).contains(count));
+        let partitions = partitions.ok_or_else(|| SpeedError::Corrupt { key, message: format!("partition count '{stored}' is not a number from 1 to 16384") })?;
+        self.partitions.store(partitions, Ordering::Relaxed);
+        Ok(partitions)
+    }
+
+    /// Records the partition count of a namespace that holds nothing yet (after [`Self::clear`]).
+    async fn set_partitions(&self, partitions: u64) -> Result<(), SpeedError> {
+        let partitions = partitions.clamp(1, 16_384);
+        let mut connection = self.connection.clone();
+        redis::cmd("SET").arg(self.layout_key()).arg(partitions).query_async::<()>(&mut connection).await.map_err(|e| self.error(e))?;
+        self.partitions.store(partitions, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The partition of `sku` under the layout [`Self::layout`] read.
+    fn partition(&self, sku: &str) -> u64 {
+        partition(sku, self.partition_count())
+    }
+
+    /// The partition count [`Self::layout`] read ([`PARTITIONS`] if none is recorded).
+    fn partition_count(&self) -> u64 {
+        match self.partitions.load(Ordering::Relaxed) {
+            0 => PARTITIONS,
+            known => known,
+        }
+    }
+
     /// A partition's hash of SKU states (field: the SKU), hash of their tokens (new with every
     /// write) and hash of folded ids with their prints (used when no dedup window is set; with
     /// one, the ids are kept in each SKU's state, trimmed to it).
@@ -751,7 +835,7 @@ impl RedisStore {
     }
 
     fn corrupt(&self, sku: &str, message: String) -> SpeedError {
-        let [states, ..] = self.partition_keys(partition(sku));
+        let [states, ..] = self.partition_keys(self.partition(sku));
         SpeedError::Corrupt { key: format!("{states} field {sku}"), message }
     }
 
@@ -759,8 +843,10 @@ impl RedisStore {
         self.cache.lock().expect("speed view lock poisoned; this is a bug")
     }
 
-    fn watermark_keys(&self) -> [String; 2] {
-        [format!("{}:{{watermarks}}", self.namespace), format!("{}:{{watermarks}}:sources", self.namespace)]
+    /// The hashes of node watermarks (one per watermark partition), then that of the sources.
+    fn watermark_keys(&self) -> (Vec<String>, String) {
+        let nodes = (0..watermark_partitions(self.partition_count())).map(|partition| format!("{}:{{w{partition}}}", self.namespace)).collect();
+        (nodes, format!("{}:{{watermarks}}:sources", self.namespace))
     }
 
     fn dead_letter_key(&self) -> String {
@@ -773,38 +859,51 @@ impl RedisStore {
         format!("{}:{{watermarks}}:caught_up", self.namespace)
     }
 
+    /// Raises the watermarks of the events' nodes and of `source`: one script call per
+    /// watermark partition touched and one for the source, sent together.
     async fn raise_watermarks(&self, events: &[Event], source: &str) -> Result<(), SpeedError> {
         let marks = watermarks(events, self.config);
-        let Some(newest) = marks.values().max() else { return Ok(()) };
-        let mut invocation = self.watermark_script.prepare_invoke();
-        self.watermark_keys().into_iter().for_each(|key| {
-            invocation.key(key);
-        });
-        invocation.arg(source).arg(*newest);
-        for (node, arrived) in marks {
-            invocation.arg(node).arg(arrived);
+        let Some(newest) = marks.values().max().copied() else { return Ok(()) };
+        let (node_keys, sources_key) = self.watermark_keys();
+        let mut by_key: BTreeMap<&str, Vec<(&str, Millis)>> = BTreeMap::from([(sources_key.as_str(), vec![(source, newest)])]);
+        for (node, arrived) in &marks {
+            by_key.entry(node_keys[partition(node, node_keys.len() as u64) as usize].as_str()).or_default().push((node, *arrived));
         }
-        let mut connection = self.connection.clone();
-        let _: i64 = invocation.invoke_async(&mut connection).await.map_err(|e| self.error(e))?;
+        let calls = by_key.into_iter().map(|(key, marks)| {
+            let mut invocation = self.watermark_script.prepare_invoke();
+            invocation.key(key);
+            for (name, arrived) in marks {
+                invocation.arg(name).arg(arrived);
+            }
+            let mut connection = self.connection.clone();
+            async move { invocation.invoke_async::<i64>(&mut connection).await }
+        });
+        for raised in futures::future::join_all(calls).await {
+            raised.map_err(|e| self.error(e))?;
+        }
         Ok(())
     }
 
     async fn watermarks(&self) -> Result<Watermarks, SpeedError> {
-        let mut connection = self.connection.clone();
-        let [nodes_key, sources_key] = self.watermark_keys();
-        let (nodes, sources): (BTreeMap<String, String>, _) = redis::pipe()
-            .cmd("HGETALL")
-            .arg(&nodes_key)
-            .cmd("HGETALL")
-            .arg(sources_key)
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| self.error(e))?;
-        let nodes = nodes.into_iter().filter(|(node, _)| node != HASHTABLE_FIELD).map(|(node, arrived)| match arrived.parse() {
-            Ok(arrived) => Ok((node, arrived)),
-            Err(_) => Err(SpeedError::Corrupt { key: format!("{nodes_key} field {node}"), message: format!("watermark '{arrived}' is not milliseconds") }),
+        self.layout(false).await?;
+        let (node_keys, sources_key) = self.watermark_keys();
+        let reads = node_keys.iter().chain([&sources_key]).map(|key| {
+            let mut connection = self.connection.clone();
+            async move { redis::cmd("HGETALL").arg(key).query_async::<BTreeMap<String, String>>(&mut connection).await }
         });
-        Ok(Watermarks { nodes: nodes.collect::<Result<_, _>>()?, sources })
+        let mut read = Vec::with_capacity(node_keys.len() + 1);
+        for hash in futures::future::join_all(reads).await {
+            read.push(hash.map_err(|e| self.error(e))?);
+        }
+        let (mut nodes, mut sources) = (BTreeMap::new(), BTreeMap::new());
+        for (index, (key, hash)) in node_keys.iter().chain([&sources_key]).zip(read).enumerate() {
+            let marks = if index < node_keys.len() { &mut nodes } else { &mut sources };
+            for (name, arrived) in hash.into_iter().filter(|(name, _)| name != HASHTABLE_FIELD) {
+                let parsed = arrived.parse().map_err(|_| SpeedError::Corrupt { key: format!("{key} field {name}"), message: format!("watermark '{arrived}' is not milliseconds") })?;
+                marks.insert(name, parsed);
+            }
+        }
+        Ok(Watermarks { nodes, sources })
     }
 
     async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), SpeedError> {
@@ -820,6 +919,7 @@ impl RedisStore {
     /// the next fold can be prepared while this one is sent. If this one's write of a SKU is
     /// refused, the next one's is too (it names a token that never landed) and is done again.
     async fn prepare<'e>(&self, events: Cow<'e, [Event]>) -> Result<Prepared<'e>, SpeedError> {
+        self.layout(true).await?;
         // too-late events change nothing: they are answered at commit and never sent
         let mut ops: Ops = BTreeMap::new();
         for (index, event) in events.iter().enumerate().filter(|(_, event)| !self.config.is_too_late(event)) {
@@ -858,6 +958,7 @@ impl RedisStore {
 
     /// Applies `ops` (none of them `Op::Fold`) to their SKUs.
     async fn update(&self, ops: &Ops<'_>) -> Result<(), SpeedError> {
+        self.layout(true).await?;
         let skus: Vec<&str> = ops.keys().map(String::as_str).collect();
         let calls = self.stage(&[], ops, &skus, &HashSet::new()).await?;
         self.run(&[], ops, calls, None).await.map(drop)
@@ -882,7 +983,7 @@ impl RedisStore {
             let skus: Vec<&str> = stale.iter().copied().collect();
             calls = self.stage(events, ops, &skus, &stale).await?;
         }
-        let [states, ..] = self.partition_keys(partition(&refused[0]));
+        let [states, ..] = self.partition_keys(self.partition(&refused[0]));
         Err(SpeedError::Contended { key: format!("{states} field {}", refused[0]), attempts: ATTEMPTS })
     }
 
@@ -909,7 +1010,7 @@ impl RedisStore {
             let (from, state) = bases.remove(sku).unwrap_or_default();
             let (write, state) = self.apply(events, sku, from, state, &ops[*sku], &folded);
             staged.push((write.sku.clone(), (write.token.clone(), state)));
-            let partition = partition(sku);
+            let partition = self.partition(sku);
             let call = match open.get(&partition) {
                 Some(call) if calls[*call].1.len() < SKUS_PER_CALL => *call,
                 _ => {
@@ -989,7 +1090,7 @@ impl RedisStore {
     ) -> Result<HashMap<String, u32>, SpeedError> {
         let mut by_partition: BTreeMap<u64, (Vec<&'a str>, Vec<String>)> = BTreeMap::new();
         for sku in skus {
-            let (skus, ids) = by_partition.entry(partition(sku)).or_default();
+            let (skus, ids) = by_partition.entry(self.partition(sku)).or_default();
             skus.push(*sku);
             if self.config.dedup_window_ms.is_none() {
                 ids.extend(ops[*sku].iter().filter_map(|(_, op)| match op {
@@ -1075,6 +1176,7 @@ impl RedisStore {
     /// without a dedup window, added to their partitions' id hashes; with one, into their SKUs'
     /// states (which keep the window's ids).
     async fn remember(&self, ids: &[(String, String)], arrival: Millis) -> Result<(), SpeedError> {
+        self.layout(true).await?;
         if self.config.dedup_window_ms.is_some() {
             let mut ops: Ops = BTreeMap::new();
             for (sku, event_id) in ids {
@@ -1084,7 +1186,7 @@ impl RedisStore {
         }
         let mut by_partition: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (sku, event_id) in ids {
-            by_partition.entry(partition(sku)).or_default().push(id_member(sku, event_id));
+            by_partition.entry(self.partition(sku)).or_default().push(id_member(sku, event_id));
         }
         let adds = by_partition.iter().flat_map(|(partition, members)| {
             members.chunks(IDS_PER_COMMAND).map(move |chunk| {
@@ -1105,7 +1207,8 @@ impl RedisStore {
     }
 
     async fn sku_states(&self, sku: &str) -> Result<Vec<(String, NodeState)>, SpeedError> {
-        let [states, ..] = self.partition_keys(partition(sku));
+        self.layout(false).await?;
+        let [states, ..] = self.partition_keys(self.partition(sku));
         let mut connection = self.connection.clone();
         let stored: Option<Vec<u8>> = redis::cmd("HGET").arg(states).arg(sku).query_async(&mut connection).await.map_err(|e| self.error(e))?;
         self.decode_states(sku, stored)
@@ -1114,13 +1217,14 @@ impl RedisStore {
     /// Whether each event's id was folded (or remembered) for its SKU: in the SKUs' states with a
     /// dedup window, in the partitions' id sets without.
     async fn known(&self, events: &[Event]) -> Result<Vec<bool>, SpeedError> {
+        self.layout(false).await?;
         let mut connection = self.connection.clone();
         let mut known = vec![false; events.len()];
         if self.config.dedup_window_ms.is_some() {
             let mut states: HashMap<&str, SkuState> = HashMap::new();
             for (index, event) in events.iter().enumerate() {
                 if !states.contains_key(event.sku.as_str()) {
-                    let [key, ..] = self.partition_keys(partition(&event.sku));
+                    let [key, ..] = self.partition_keys(self.partition(&event.sku));
                     let stored: Option<Vec<u8>> = redis::cmd("HGET").arg(key).arg(&event.sku).query_async(&mut connection).await.map_err(|e| self.error(e))?;
                     let state = SkuState::decode(&stored.unwrap_or_default()).map_err(|message| self.corrupt(&event.sku, message))?;
                     states.insert(event.sku.as_str(), state);
@@ -1131,7 +1235,7 @@ impl RedisStore {
         }
         let mut by_partition: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
         for (index, event) in events.iter().enumerate() {
-            by_partition.entry(partition(&event.sku)).or_default().push(index);
+            by_partition.entry(self.partition(&event.sku)).or_default().push(index);
         }
         for (partition, indices) in by_partition {
             let [_, _, ids_key] = self.partition_keys(partition);
@@ -1154,7 +1258,8 @@ impl RedisStore {
     /// The states of `sku` and the catch-up mark, read together: one round trip on one server
     /// (the two keys are in different slots, so a cluster gets two calls at once).
     async fn sku_read(&self, sku: &str) -> Result<sellable_core::view::SkuRead, SpeedError> {
-        let [states, ..] = self.partition_keys(partition(sku));
+        self.layout(false).await?;
+        let [states, ..] = self.partition_keys(self.partition(sku));
         let key = self.caught_up_key();
         let mut connection = self.connection.clone();
         let (stored, mark): (Option<Vec<u8>>, Option<String>) = if self.connection.is_cluster() {
@@ -1173,16 +1278,20 @@ impl RedisStore {
     async fn clear(&self) -> Result<(), SpeedError> {
         self.cache().clear();
         let mut connection = self.connection.clone();
+        self.layout(false).await?;
         if self.connection.is_cluster() {
             // no one keyspace to scan: every key of the layout, by name, each in its own slot
-            let mut keys: Vec<String> = (0..PARTITIONS).flat_map(|partition| self.partition_keys(partition)).collect();
-            keys.extend(self.watermark_keys());
-            keys.extend([self.dead_letter_key(), self.caught_up_key()]);
+            let mut keys: Vec<String> = (0..self.partition_count()).flat_map(|partition| self.partition_keys(partition)).collect();
+            let (node_keys, sources_key) = self.watermark_keys();
+            keys.extend(node_keys);
+            keys.extend([sources_key, self.dead_letter_key(), self.caught_up_key(), self.layout_key()]);
+            self.partitions.store(0, Ordering::Relaxed);
             for key in keys {
                 let _: i64 = redis::cmd("UNLINK").arg(key).query_async(&mut connection).await.map_err(|e| self.error(e))?;
             }
             return Ok(());
         }
+        self.partitions.store(0, Ordering::Relaxed);
         let pattern = format!("{}:*", self.namespace);
         let mut cursor: u64 = 0;
         loop {

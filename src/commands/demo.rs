@@ -59,6 +59,7 @@ async fn live(args: &DemoArgs, url: &str, lake: Lake, models: Arc<sellable_servi
         fold: FoldConfig::default(),
         workers: 1,
         known: Some(speed::known_names(&lake).await?),
+        partitions: 0,
         catch_up_timeout: std::time::Duration::from_secs(600),
         retire_after: std::time::Duration::ZERO,
     };

@@ -29,6 +29,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         fold: args.lake.fold_config(),
         workers: if args.role == Role::All { args.workers.max(1) } else { args.workers },
         known: Some(speed::known_names(&lake).await?),
+        partitions: args.partitions,
         catch_up_timeout: Duration::from_secs(600),
         // serving processes beside this one follow within a second
         retire_after: if args.role == Role::Batch { Duration::from_secs(3) } else { Duration::ZERO },

@@ -542,7 +542,7 @@ async fn reconcile_lists_drift_and_repair_brings_redis_back_to_the_lake() {
     speed.replace(&sku, "GHOST-NODE", Some(&sellable_core::NodeState { reserved: 1, ..Default::default() })).await.unwrap();
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let states = format!("{namespace}:{{p{}}}:states", sellable_speed::partition(&sku));
+    let states = format!("{namespace}:{{p{}}}:states", sellable_speed::partition(&sku, sellable_speed::PARTITIONS));
     let stored: Vec<u8> = redis::cmd("HGET").arg(&states).arg(&sku).query_async(&mut connection).await.unwrap();
     let mut bumped = sellable_speed::sku_state::SkuState::decode(&stored).unwrap();
     bumped.nodes.get_mut(&node).unwrap().reserved += 5;

@@ -79,13 +79,14 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
     lake.nightly(first_cutoff, FoldConfig::default(), &Progress::hidden()).await.unwrap();
 
     let id = std::process::id();
-    let config = LifecycleConfig {
+    let mut config = LifecycleConfig {
         url: redis_url(),
         stream: format!("sellable-test-lifecycle-{id}"),
         namespace: format!("sellable-test-lifecycle-{id}"),
         fold: FoldConfig::default(),
         workers: 2,
         known: None,
+        partitions: 4,
         catch_up_timeout: Duration::from_secs(60),
         retire_after: Duration::ZERO,
     };
@@ -104,8 +105,9 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
         }
     };
     let mut serving = Arc::new(serving_of(lake.clone(), epoch.speed.clone()).await);
+    let (url, stream_name) = (config.url.clone(), config.stream.clone());
     let archive = || {
-        let (lake, url, stream) = (lake.clone(), config.url.clone(), StreamConfig::new(&config.stream, ARCHIVE_GROUP, "archiver"));
+        let (lake, url, stream) = (lake.clone(), url.clone(), StreamConfig::new(&stream_name, ARCHIVE_GROUP, "archiver"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async move {
@@ -117,8 +119,9 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
     };
     let (mut stop_archiver, mut archiver) = archive();
     // a fold role beside the epoch's own workers: consumers of the same groups
+    let fold_config = LifecycleConfig { workers: 1, ..config.clone() };
     let folder = || {
-        let config = LifecycleConfig { workers: 1, ..config.clone() };
+        let config = fold_config.clone();
         tokio::spawn(async move { fold_role(&config, "fold-role", std::future::pending()).await })
     };
     let mut fold_role_task = folder();
@@ -129,7 +132,9 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
     // six chunks of 12 hours of arrivals; a cutover after the second and the fourth, at the middle
     // of the chunk before it (so some of the lake's events are after the cutoff); the archiver
     // and the fold role crash in the third chunk, and the process in the middle of a cutover in
-    // the fourth; half of the fifth chunk is posted over HTTP (arriving at the chunk's end)
+    // the fourth; half of the fifth chunk is posted over HTTP (arriving at the chunk's end). The
+    // epochs after the first cutover have 64 partitions instead of 4: a new count migrates
+    // the speed view at a cutover, and every answer stays exact
     let mut accepted = imported.clone();
     let mut compared = 0;
     for chunk in 0..6 {
@@ -171,7 +176,11 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
         compared += check(&serving, &accepted, &nodes, &sample, to, &format!("after chunk {chunk}")).await;
         if chunk == 1 || chunk == 3 {
             let cutoff = from - 6 * HOUR;
+            let partitions = if chunk == 3 { 64 } else { 4 };
+            assert_eq!(epoch.speed.partitions().await.unwrap(), Some(4));
+            config.partitions = partitions;
             let (next, report) = cutover(&lake, &serving, epoch, &config, cutoff).await.map_err(|(_, error)| error).unwrap();
+            assert_eq!(next.speed.partitions().await.unwrap(), Some(partitions));
             assert_eq!((report.to, serving.epoch().batch.asof, next.cutoff), (cutoff, cutoff, cutoff));
             assert_ne!(report.position, "0", "the archive had recorded its position");
             epoch = next;

@@ -168,9 +168,10 @@ async fn the_hashes_looked_up_in_bulk_stay_hash_tables_however_small() {
     let client = redis::Client::open(redis_url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let namespace = namespace("encoding");
-    let partition = sellable_speed::partition(&events[0].sku);
+    let partition = sellable_speed::partition(&events[0].sku, sellable_speed::PARTITIONS);
     let mut keys: Vec<String> = ["states", "tokens"].iter().map(|name| format!("{namespace}:{{p{partition}}}:{name}")).collect();
-    keys.push(format!("{namespace}:{{watermarks}}"));
+    let watermarks = sellable_speed::partition(&events[0].node, sellable_speed::watermark_partitions(sellable_speed::PARTITIONS));
+    keys.push(format!("{namespace}:{{w{watermarks}}}"));
     for key in keys {
         let fields: i64 = redis::cmd("HLEN").arg(&key).query_async(&mut connection).await.unwrap();
         assert!((2..100).contains(&fields), "{key}: {fields} fields, a listpack's size");
@@ -479,6 +480,10 @@ async fn a_stream_folds_into_a_three_master_cluster_exactly_like_core() {
     publish(&url, "inventory", delivered.iter().map(sellable_core::event::encode_json)).await.unwrap();
 
     let view = Arc::new(SpeedView::redis(&url, "cluster", FoldConfig::default()).await.unwrap());
+    // sized by the catalog, as an epoch is
+    let skus: std::collections::BTreeSet<&str> = events.iter().map(|e| e.sku.as_str()).collect();
+    view.set_partitions(sellable_speed::partitions_for(skus.len())).await.unwrap();
+    assert_eq!(view.partitions().await.unwrap(), Some(sellable_speed::PARTITIONS));
     let stats = until_idle(&url, &view, StreamConfig::new("inventory", "fold", "one"), 1).await;
     assert_eq!(stats.entries, delivered.len() as u64);
     assert_matches_core_fold(&view, &events).await;
@@ -549,6 +554,28 @@ async fn the_view_knows_the_ids_it_folded_and_remembered() {
         memory.fold(folded, "test").await.unwrap();
         memory.remember(&[(rest[0].sku.clone(), rest[0].event_id.clone())], rest[0].arrival()).await.unwrap();
         assert_eq!(SpeedSource::known(&memory, &asked).await.unwrap(), expected, "{name}, embedded");
+        view.clear().await.unwrap();
+    }
+}
+
+/// The partition count of a namespace is sized by the catalog and recorded in the namespace:
+/// whatever it is, the view folds exactly like `core`, and a view opened later reads it back.
+#[tokio::test]
+async fn any_partition_count_folds_like_core_and_is_read_back() {
+    assert_eq!(sellable_speed::partitions_for(0), sellable_speed::PARTITIONS);
+    assert_eq!(sellable_speed::partitions_for(80_000), 16);
+    assert_eq!(sellable_speed::partitions_for(80_001), 32);
+    assert_eq!(sellable_speed::partitions_for(120_000_000), 16_384);
+    let events = simulated_events(41);
+    for partitions in [1, 4, 64] {
+        let name = format!("partitions-{partitions}");
+        let view = redis_view(&name).await;
+        view.set_partitions(partitions).await.unwrap();
+        view.fold(&events, "test").await.unwrap();
+        assert_matches_core_fold(&view, &events).await;
+        let later = SpeedView::redis(&redis_url(), &namespace(&name), FoldConfig::default()).await.unwrap();
+        assert_eq!(later.partitions().await.unwrap(), Some(partitions));
+        assert_matches_core_fold(&later, &events).await;
         view.clear().await.unwrap();
     }
 }
