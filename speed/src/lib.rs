@@ -14,7 +14,7 @@
 //!   content's print ([`Event::print`]; `0` for an id folded into the batch view), when no dedup
 //!   window is set (keep one setting per namespace)
 //! - `<ns>:{w<n>}`: latest arrival folded per node, the nodes spread over
-//!   [`watermark_partitions`] hashes by [`partition`] of their name; `<ns>:{watermarks}:sources`:
+//!   [`watermark_partitions`] hashes by [`partition`] of their name; `<ns>:{w0}:sources`:
 //!   per source; `<ns>:dead`: the dead-letter stream of events refused outside a stream worker
 //!
 //! A fold reads its SKUs' states (or takes them from its cache), applies the events with
@@ -517,13 +517,14 @@ for s = 1, #adds, 1000 do redis.call('HSET', ids, unpack(adds, s, math.min(s + 9
 return written
 "#;
 
-/// Raises watermarks: KEYS[1] is a hash of watermarks (nodes of one watermark partition, or the
-/// sources); ARGV is name/arrival pairs. A watermark never goes back. One `HMGET` and one `HSET`
+/// Raises watermarks: KEYS are hashes of watermarks in one slot (the nodes of one watermark
+/// partition, and with the first partition the sources' hash); ARGV is, per key, the number of
+/// name/arrival pairs, then the pairs. A watermark never goes back. One `HMGET` and one `HSET`
 /// per 1,000 names (a fold raises hundreds), not one of each per name.
 const WATERMARK_SCRIPT: &str = r#"
-local function raise(hash, first)
+local function raise(hash, first, last)
   local fields, arrivals = {}, {}
-  for i = first, #ARGV, 2 do
+  for i = first, last, 2 do
     fields[#fields + 1], arrivals[#arrivals + 1] = ARGV[i], ARGV[i + 1]
   end
   -- Lua unpacks a few thousand values at most: 1000 nodes per command
@@ -544,7 +545,12 @@ local function raise(hash, first)
     end
   end
 end
-raise(KEYS[1], 1)
+local at = 1
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[at])
+  raise(KEYS[k], at + 1, at + 2 * n)
+  at = at + 1 + 2 * n
+end
 return 1
 "#;
 
@@ -680,10 +686,11 @@ pub fn partitions_for(skus: usize) -> u64 {
     (skus as u64).div_ceil(SKUS_PER_PARTITION).next_power_of_two().clamp(PARTITIONS, 16_384)
 }
 
-/// Hashes the node watermarks are spread over, for `partitions` partitions: as many, up to 64
-/// (serving reads them all every second).
+/// Hashes the node watermarks are spread over, for `partitions` partitions: one per 256
+/// partitions, 1 to 64 (a fold raises each hash it touches with a call of its own, and serving
+/// reads them all every second).
 pub fn watermark_partitions(partitions: u64) -> u64 {
-    partitions.clamp(1, 64)
+    (partitions / 256).clamp(1, 64)
 }
 
 /// SKUs per call of the write script: the call's cost is shared by many SKUs, and its arguments
@@ -843,10 +850,11 @@ impl RedisStore {
         self.cache.lock().expect("speed view lock poisoned; this is a bug")
     }
 
-    /// The hashes of node watermarks (one per watermark partition), then that of the sources.
+    /// The hashes of node watermarks (one per watermark partition), then that of the sources (in
+    /// the first one's slot).
     fn watermark_keys(&self) -> (Vec<String>, String) {
         let nodes = (0..watermark_partitions(self.partition_count())).map(|partition| format!("{}:{{w{partition}}}", self.namespace)).collect();
-        (nodes, format!("{}:{{watermarks}}:sources", self.namespace))
+        (nodes, format!("{}:{{w0}}:sources", self.namespace))
     }
 
     fn dead_letter_key(&self) -> String {
@@ -860,20 +868,29 @@ impl RedisStore {
     }
 
     /// Raises the watermarks of the events' nodes and of `source`: one script call per
-    /// watermark partition touched and one for the source, sent together.
+    /// watermark partition touched (the source's with the first), sent together.
     async fn raise_watermarks(&self, events: &[Event], source: &str) -> Result<(), SpeedError> {
         let marks = watermarks(events, self.config);
         let Some(newest) = marks.values().max().copied() else { return Ok(()) };
         let (node_keys, sources_key) = self.watermark_keys();
-        let mut by_key: BTreeMap<&str, Vec<(&str, Millis)>> = BTreeMap::from([(sources_key.as_str(), vec![(source, newest)])]);
+        // per watermark partition, its hashes with their marks
+        let mut by_slot: BTreeMap<u64, Vec<(&str, Vec<(&str, Millis)>)>> = BTreeMap::from([(0, vec![(sources_key.as_str(), vec![(source, newest)])])]);
         for (node, arrived) in &marks {
-            by_key.entry(node_keys[partition(node, node_keys.len() as u64) as usize].as_str()).or_default().push((node, *arrived));
+            let slot = partition(node, node_keys.len() as u64);
+            let hashes = by_slot.entry(slot).or_default();
+            match hashes.iter_mut().find(|(key, _)| *key == node_keys[slot as usize]) {
+                Some((_, marks)) => marks.push((node, *arrived)),
+                None => hashes.push((node_keys[slot as usize].as_str(), vec![(node, *arrived)])),
+            }
         }
-        let calls = by_key.into_iter().map(|(key, marks)| {
+        let calls = by_slot.into_values().map(|hashes| {
             let mut invocation = self.watermark_script.prepare_invoke();
-            invocation.key(key);
-            for (name, arrived) in marks {
-                invocation.arg(name).arg(arrived);
+            for (key, marks) in hashes {
+                invocation.key(key);
+                invocation.arg(marks.len());
+                for (name, arrived) in marks {
+                    invocation.arg(name).arg(arrived);
+                }
             }
             let mut connection = self.connection.clone();
             async move { invocation.invoke_async::<i64>(&mut connection).await }

@@ -567,12 +567,19 @@ async fn any_partition_count_folds_like_core_and_is_read_back() {
     assert_eq!(sellable_speed::partitions_for(80_001), 32);
     assert_eq!(sellable_speed::partitions_for(120_000_000), 16_384);
     let events = simulated_events(41);
-    for partitions in [1, 4, 64] {
+    let marks = sellable_core::fold::watermarks(&events, FoldConfig::default());
+    // 1,024 partitions spread the node watermarks over 4 hashes
+    for partitions in [1, 4, 64, 1_024] {
         let name = format!("partitions-{partitions}");
         let view = redis_view(&name).await;
         view.set_partitions(partitions).await.unwrap();
-        view.fold(&events, "test").await.unwrap();
+        for part in events.chunks(500) {
+            view.fold(part, "test").await.unwrap();
+        }
         assert_matches_core_fold(&view, &events).await;
+        let read = view.watermarks().await.unwrap();
+        assert_eq!(read.nodes, marks, "{partitions} partitions");
+        assert_eq!(read.sources.get("test"), marks.values().max(), "{partitions} partitions");
         let later = SpeedView::redis(&redis_url(), &namespace(&name), FoldConfig::default()).await.unwrap();
         assert_eq!(later.partitions().await.unwrap(), Some(partitions));
         assert_matches_core_fold(&later, &events).await;
