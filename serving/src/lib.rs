@@ -886,8 +886,8 @@ pub struct EventsAccepted {
     pub expired: u64,
     /// Events that reuse the `event_id` of one folded before with other content: not folded.
     pub conflicts: u64,
-    /// Malformed, too-late, expired and conflicting items, by position (0-based for a JSON array, 1-based
-    /// line for NDJSON), each with the reason. They are also dead-lettered.
+    /// Malformed, refused, too-late, expired and conflicting items, by position (0-based for a
+    /// JSON array, 1-based line for NDJSON), each with the reason. They are also dead-lettered.
     pub rejected: Vec<Rejected>,
 }
 
@@ -922,7 +922,7 @@ impl Serving {
 /// Folds events posted as a JSON array or as NDJSON into the speed view; 202 with what happened
 /// to each. Each event's `arrived` is the server's clock (a client's value is dropped); events
 /// from the future or for a SKU or node the catalog does not know are refused at the door.
-/// Malformed, refused, too-late and expired items are listed, dead-lettered and skipped; the rest
+/// Malformed, refused, too-late, expired and conflicting items are listed, dead-lettered and skipped; the rest
 /// are folded.
 async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Result<(StatusCode, Json<EventsAccepted>), ApiError> {
     // (item number, raw text, decoded event or the error)

@@ -62,6 +62,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             serve::serve(serving, args.listen, None).await
         }
         Role::All | Role::Batch => {
+            if config.workers == 0 {
+                eprintln!("run: no fold workers in this process (--workers 0): each epoch waits for `--role fold` processes to fold it");
+            }
             let epoch = sellable_lifecycle::start(&lake, &config).await?;
             eprintln!("run: epoch of cutoff {} caught up", format_millis(epoch.cutoff));
             let models = serve::model_book(&args.models.models, None)?;
