@@ -1,10 +1,12 @@
 //! sellable-bench: the marketplace simulator (`sellable gen`, and the data of every test and
-//! benchmark). The load drivers are binaries in `src/bin/`, built with the `load` feature so that
+//! benchmark), and a local Redis Cluster for the tests that need one. The load drivers are binaries in `src/bin/`, built with the `load` feature so that
 //! the simulator's users do not build a Redis or HTTP client for them. Tests of the simulator are
 //! in `tests/it/`.
 
+pub mod local_cluster;
 pub mod simulator;
 
+pub use local_cluster::LocalCluster;
 pub use simulator::{generate, SimConfig, SimError, SimPaths, SimSummary};
 
 /// Requests worth asking of a marketplace: up to `count` (sku, country) pairs whose SKU has stock

@@ -26,7 +26,11 @@ fn redis_url() -> String {
 
 /// Waits (bounded) until `group` has read the whole stream.
 async fn drained(stream: &str, group: &str) {
-    let mut probe = GroupProbe::open(&redis_url()).await.unwrap();
+    drained_at(&redis_url(), stream, group).await
+}
+
+async fn drained_at(url: &str, stream: &str, group: &str) {
+    let mut probe = GroupProbe::open(url).await.unwrap();
     for _ in 0..1_500 {
         if probe.caught_up(stream, group).await.unwrap() {
             return;
@@ -220,4 +224,83 @@ async fn post_events(server: Arc<Serving>, events: &[Event]) -> Vec<Event> {
     }
     served.abort();
     events.to_vec()
+}
+
+/// The loop on a three-master Redis Cluster: the epochs' namespaces are sized by the catalog and
+/// spread over every master, clearing and retiring them works across slots, and the answers equal
+/// `core`'s fold before and after a cutover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_runs_on_a_redis_cluster() {
+    let cluster = sellable_bench::LocalCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimConfig { seed: 29, skus: 60, nodes: 8, days: 3.0, ..SimConfig::default() };
+    let summary = generate(&sim, &dir.path().join("gen")).unwrap();
+    let events: Vec<Event> = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect();
+    let lake = Arc::new(Lake::open(&dir.path().join("lake")).unwrap());
+    let skus = sellable_core::catalog::read_parquet(&summary.paths.skus, sellable_core::catalog::skus_from_batch).unwrap();
+    let nodes = sellable_core::catalog::read_parquet(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch).unwrap();
+    lake.import_catalog(&skus, &nodes).await.unwrap();
+    let first_cutoff = sim.start + 24 * HOUR;
+    let (imported, streamed): (Vec<Event>, Vec<Event>) = events.iter().cloned().partition(|e| e.arrival() <= first_cutoff);
+    lake.import_events(imported.clone().into_iter().map(Ok)).await.unwrap();
+    lake.nightly(first_cutoff, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+
+    let config = LifecycleConfig {
+        url: cluster.url(),
+        stream: "inventory".to_string(),
+        namespace: "cluster".to_string(),
+        fold: FoldConfig::default(),
+        workers: 1,
+        known: Some(Arc::new(sellable_core::KnownIds::of(&skus, &nodes))),
+        partitions: 0,
+        catch_up_timeout: Duration::from_secs(60),
+        retire_after: Duration::ZERO,
+    };
+    let mut epoch = start(&lake, &config).await.unwrap();
+    assert_eq!(epoch.speed.partitions().await.unwrap(), Some(sellable_speed::partitions_for(skus.len())));
+    let limits = sellable_serving::grading::Limits { batch_max_age_ms: 7 * 24 * HOUR, ..Default::default() };
+    let rules = Arc::new(RuleBook::empty(sellable_dsl::Schema::standard()));
+    let serving = Serving::new(skus.clone(), nodes.clone(), lake.load_batch_view().await.unwrap(), epoch.speed.clone(), rules).with_limits(limits);
+    let (stop_archiver, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (archive_lake, url) = (lake.clone(), config.url.clone());
+    let archiver = tokio::spawn(async move {
+        let stream = StreamConfig::new("inventory", ARCHIVE_GROUP, "archiver");
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        run_archiver(&url, archive_lake.as_ref(), stream, Duration::from_millis(100), None, None, shutdown).await
+    });
+    let sample = sellable_bench::stocked_requests(&fold(&events, FoldConfig::default()), &nodes, 30);
+    let mut accepted = imported;
+    let mut compared = 0;
+    for chunk in 0..2 {
+        let (from, to) = (first_cutoff + chunk * 24 * HOUR, first_cutoff + (chunk + 1) * 24 * HOUR);
+        let lines: Vec<Event> = streamed.iter().filter(|e| e.arrival() > from && e.arrival() <= to).cloned().collect();
+        publish(&config.url, &config.stream, lines.iter().map(encode_json)).await.unwrap();
+        accepted.extend(lines);
+        drained_at(&config.url, &config.stream, &epoch.group).await;
+        drained_at(&config.url, &config.stream, ARCHIVE_GROUP).await;
+        compared += check(&serving, &accepted, &nodes, &sample, to, &format!("cluster, after chunk {chunk}")).await;
+        if chunk == 0 {
+            let cutoff = to - 6 * HOUR;
+            let (next, _) = cutover(&lake, &serving, epoch, &config, cutoff).await.map_err(|(_, error)| error).unwrap();
+            epoch = next;
+            compared += check(&serving, &accepted, &nodes, &sample, to, "cluster, after the cutover").await;
+        }
+    }
+    assert!(compared > 20, "the checks compared real stock: {compared} units");
+    // the epoch's keys are on every master; the retired epoch's are gone from all of them
+    for port in cluster.ports {
+        let keys = |pattern: String| {
+            let out = std::process::Command::new("redis-cli").args(["-p", &port.to_string(), "--scan", "--pattern", &pattern]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        };
+        assert!(keys(format!("{}:*", epoch.namespace)) > 0, "master {port} holds none of the epoch's keys");
+        assert_eq!(keys(format!("cluster:e{first_cutoff}:*")), 0, "master {port} kept the retired epoch's keys");
+    }
+    let _ = stop_archiver.send(());
+    archiver.await.unwrap().unwrap();
+    let in_lake = lake.events_after(Millis::MIN).await.unwrap().len();
+    assert_eq!(in_lake, accepted.len(), "the lake holds every event once");
+    epoch.close(&config).await.unwrap();
 }
