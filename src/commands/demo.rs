@@ -137,7 +137,7 @@ async fn demo_model(lake: &Lake, dir: &Path, start: Millis, cutoff: Millis, conf
         models::train_job(lake, dir, &TrainConfig::default(), true).await
     };
     if let Err(error) = trained.await {
-        eprintln!("demo: no model ({error:#}); answers will be degraded to naive ATP and rules");
+        eprintln!("demo: no model ({error:#}); answers hold back the static safety stock of the last evaluation, if any, and apply the rules");
     }
     dir.to_path_buf()
 }
