@@ -874,7 +874,7 @@ impl RedisStore {
         let Some(newest) = marks.values().max().copied() else { return Ok(()) };
         let (node_keys, sources_key) = self.watermark_keys();
         // per watermark partition, its hashes with their marks
-        let mut by_slot: BTreeMap<u64, Vec<(&str, Vec<(&str, Millis)>)>> = BTreeMap::from([(0, vec![(sources_key.as_str(), vec![(source, newest)])])]);
+        let mut by_slot: BTreeMap<u64, Vec<HashMarks>> = BTreeMap::from([(0, vec![(sources_key.as_str(), vec![(source, newest)])])]);
         for (node, arrived) in &marks {
             let slot = partition(node, node_keys.len() as u64);
             let hashes = by_slot.entry(slot).or_default();
@@ -1341,6 +1341,9 @@ fn dead_letter_pipe(stream: &str, letters: &[DeadLetter]) -> redis::Pipeline {
     }
     pipe
 }
+
+/// A hash of watermarks and the marks a fold raises in it.
+type HashMarks<'a> = (&'a str, Vec<(&'a str, Millis)>);
 
 /// Raises a watermark; it never goes back.
 fn raise(marks: &mut BTreeMap<String, Millis>, key: String, arrived: Millis) {

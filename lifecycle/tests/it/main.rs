@@ -65,22 +65,38 @@ async fn check(serving: &Serving, accepted: &[Event], nodes: &[NodeInfo], sample
     compared
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
+/// A generated marketplace in a lake: its first day imported and batched as of one day after the
+/// start, the rest of its events (`streamed`) to come.
+struct Market {
+    _dir: tempfile::TempDir,
+    events: Vec<Event>,
+    lake: Arc<Lake>,
+    skus: Vec<sellable_core::SkuInfo>,
+    nodes: Vec<NodeInfo>,
+    first_cutoff: Millis,
+    imported: Vec<Event>,
+    streamed: Vec<Event>,
+}
+
+async fn market(sim: SimConfig) -> Market {
     let dir = tempfile::tempdir().unwrap();
-    let sim = SimConfig { seed: 23, skus: 150, nodes: 12, days: 4.0, ..SimConfig::default() };
     let summary = generate(&sim, &dir.path().join("gen")).unwrap();
     let events: Vec<Event> = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect();
     let lake = Arc::new(Lake::open(&dir.path().join("lake")).unwrap());
     let skus = sellable_core::catalog::read_parquet(&summary.paths.skus, sellable_core::catalog::skus_from_batch).unwrap();
     let nodes = sellable_core::catalog::read_parquet(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch).unwrap();
     lake.import_catalog(&skus, &nodes).await.unwrap();
-
-    // the first day comes by file; the rest streams in
     let first_cutoff = sim.start + 24 * HOUR;
     let (imported, streamed): (Vec<Event>, Vec<Event>) = events.iter().cloned().partition(|e| e.arrival() <= first_cutoff);
     lake.import_events(imported.clone().into_iter().map(Ok)).await.unwrap();
     lake.nightly(first_cutoff, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+    Market { _dir: dir, events, lake, skus, nodes, first_cutoff, imported, streamed }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
+    let Market { _dir, events, lake, skus, nodes, first_cutoff, imported, streamed } =
+        market(SimConfig { seed: 23, skus: 150, nodes: 12, days: 4.0, ..SimConfig::default() }).await;
 
     let id = std::process::id();
     let mut config = LifecycleConfig {
@@ -232,18 +248,8 @@ async fn post_events(server: Arc<Serving>, events: &[Event]) -> Vec<Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_runs_on_a_redis_cluster() {
     let cluster = sellable_bench::LocalCluster::start();
-    let dir = tempfile::tempdir().unwrap();
-    let sim = SimConfig { seed: 29, skus: 60, nodes: 8, days: 3.0, ..SimConfig::default() };
-    let summary = generate(&sim, &dir.path().join("gen")).unwrap();
-    let events: Vec<Event> = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect();
-    let lake = Arc::new(Lake::open(&dir.path().join("lake")).unwrap());
-    let skus = sellable_core::catalog::read_parquet(&summary.paths.skus, sellable_core::catalog::skus_from_batch).unwrap();
-    let nodes = sellable_core::catalog::read_parquet(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch).unwrap();
-    lake.import_catalog(&skus, &nodes).await.unwrap();
-    let first_cutoff = sim.start + 24 * HOUR;
-    let (imported, streamed): (Vec<Event>, Vec<Event>) = events.iter().cloned().partition(|e| e.arrival() <= first_cutoff);
-    lake.import_events(imported.clone().into_iter().map(Ok)).await.unwrap();
-    lake.nightly(first_cutoff, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+    let Market { _dir, events, lake, skus, nodes, first_cutoff, imported, streamed } =
+        market(SimConfig { seed: 29, skus: 60, nodes: 8, days: 3.0, ..SimConfig::default() }).await;
 
     let config = LifecycleConfig {
         url: cluster.url(),
