@@ -12,16 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 sizes=("$@"); [ ${#sizes[@]} -eq 0 ] && sizes=(20000 200000)
 requests=${REQUESTS:-2000}
-profile=${PROFILE:-dev}
-url=${REDIS_URL:-redis://127.0.0.1:6379}
-out=${BENCH_DIR:-target/bench-scale}
-scripts/setup.sh
-REDIS_URL=$url scripts/ensure-redis.sh
-cargo build --locked --profile "$profile" --bin sellable
-bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")/sellable
-rm -rf "$out" && mkdir -p "$out"
-host=$(echo "${url#redis://}" | cut -d: -f1); port=$(echo "${url#redis://}" | cut -d: -f2 | cut -d/ -f1)
-cli() { redis-cli -h "$host" -p "$port" "$@"; }
+source benchmarks/scripts/common.sh scale
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 used() { cli info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r'; }
 

@@ -15,16 +15,7 @@ cd "$(dirname "$0")/../.."
 events=${1:-200000}
 rate=${2:-20000}
 seconds=${3:-10}
-profile=${PROFILE:-dev}
-url=${REDIS_URL:-redis://127.0.0.1:6379}
-out=${BENCH_DIR:-target/bench-speed}
-scripts/setup.sh
-REDIS_URL=$url scripts/ensure-redis.sh
-cargo build --locked --profile "$profile" --bin sellable
-bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")/sellable
-rm -rf "$out" && mkdir -p "$out"
-host=$(echo "${url#redis://}" | cut -d: -f1); port=$(echo "${url#redis://}" | cut -d: -f2 | cut -d/ -f1)
-cli() { redis-cli -h "$host" -p "$port" "$@"; }
+source benchmarks/scripts/common.sh speed
 
 "$bin" gen --out "$out/gen" --skus $((events / 85 + 1)) --nodes 200 --days 7 2>/dev/null
 rate() { grep -o '([0-9]* entries/s)' "$1" | tr -dc '0-9'; }
