@@ -55,9 +55,15 @@ pub struct NodeInfo {
 }
 
 impl NodeInfo {
+    /// The names a request's `region` may give to be served by this node: its shipping region
+    /// and its country.
+    pub fn served(&self) -> [&str; 2] {
+        [&self.region, &self.country]
+    }
+
     /// A request's `region` names either a shipping region or a country.
     pub fn serves(&self, region: &str) -> bool {
-        self.region == region || self.country == region
+        self.served().contains(&region)
     }
 }
 

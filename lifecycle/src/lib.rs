@@ -323,11 +323,10 @@ pub async fn fold_role(config: &LifecycleConfig, consumer: &str, shutdown: impl 
     loop {
         match registry.list().await {
             Ok(open) => {
-                let (closed, ended): (Vec<Millis>, Vec<Millis>) = (
-                    running.keys().filter(|cutoff| !open.contains_key(cutoff)).copied().collect(),
-                    running.iter().filter(|(_, folding)| folding.workers.is_finished()).map(|(cutoff, _)| *cutoff).collect(),
-                );
-                for cutoff in closed.into_iter().chain(ended) {
+                // epochs closed, and epochs whose workers ended (started again below if still open)
+                let done: Vec<Millis> =
+                    running.iter().filter(|(cutoff, folding)| !open.contains_key(*cutoff) || folding.workers.is_finished()).map(|(cutoff, _)| *cutoff).collect();
+                for cutoff in done {
                     if let Some(folding) = running.remove(&cutoff) {
                         folding.stop(cutoff).await;
                         tracing::info!(cutoff, "stopped folding the epoch");

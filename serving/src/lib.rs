@@ -175,8 +175,8 @@ impl Serving {
         let known = sellable_core::KnownIds::of(&skus, &nodes);
         let mut regions: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
         for node in &nodes {
-            for region in [&node.region, &node.country] {
-                regions.entry(region.clone()).or_default().insert(node.node.clone());
+            for region in node.served() {
+                regions.entry(region.to_string()).or_default().insert(node.node.clone());
             }
         }
         Serving {
@@ -922,8 +922,8 @@ impl Serving {
 /// Folds events posted as a JSON array or as NDJSON into the speed view; 202 with what happened
 /// to each. Each event's `arrived` is the server's clock (a client's value is dropped); events
 /// from the future or for a SKU or node the catalog does not know are refused at the door.
-/// Malformed, refused, too-late, expired and conflicting items are listed, dead-lettered and skipped; the rest
-/// are folded.
+/// Malformed, refused, too-late, expired and conflicting items are listed, dead-lettered and
+/// skipped; the rest are folded.
 async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Result<(StatusCode, Json<EventsAccepted>), ApiError> {
     // (item number, raw text, decoded event or the error)
     let mut items: Vec<(u64, String, Result<Event, String>)> = Vec::new();

@@ -131,8 +131,7 @@ async fn write(
     batch: Vec<Entry>,
     stats: &mut ArchiveStats,
 ) -> Result<(), SpeedError> {
-    let door = sellable_core::Door { max_skew_ms: config.max_skew_ms, known: config.known.as_deref() };
-    let now = stream::clock_now();
+    let (door, now) = (config.door(), stream::clock_now());
     let ids: Vec<String> = batch.iter().map(|entry| entry.id.clone()).collect();
     let mut events: Vec<Event> = Vec::new();
     let mut already = 0;

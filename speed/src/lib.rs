@@ -873,18 +873,18 @@ impl RedisStore {
         let marks = watermarks(events, self.config);
         let Some(newest) = marks.values().max().copied() else { return Ok(()) };
         let (node_keys, sources_key) = self.watermark_keys();
-        // per watermark partition, its hashes with their marks
-        let mut by_slot: BTreeMap<u64, Vec<HashMarks>> = BTreeMap::from([(0, vec![(sources_key.as_str(), vec![(source, newest)])])]);
+        // per watermark partition, its nodes' marks; the first one's call raises the source too
+        let mut by_slot: Vec<Vec<(&str, Millis)>> = vec![Vec::new(); node_keys.len()];
         for (node, arrived) in &marks {
-            let slot = partition(node, node_keys.len() as u64);
-            let hashes = by_slot.entry(slot).or_default();
-            match hashes.iter_mut().find(|(key, _)| *key == node_keys[slot as usize]) {
-                Some((_, marks)) => marks.push((node, *arrived)),
-                None => hashes.push((node_keys[slot as usize].as_str(), vec![(node, *arrived)])),
-            }
+            by_slot[partition(node, node_keys.len() as u64) as usize].push((node, *arrived));
         }
-        let calls = by_slot.into_values().map(|hashes| {
+        let sources = vec![(source, newest)];
+        let calls = by_slot.into_iter().enumerate().filter(|(slot, nodes)| *slot == 0 || !nodes.is_empty()).map(|(slot, nodes)| {
             let mut invocation = self.watermark_script.prepare_invoke();
+            let mut hashes = vec![(node_keys[slot].as_str(), nodes)];
+            if slot == 0 {
+                hashes.push((sources_key.as_str(), sources.clone()));
+            }
             for (key, marks) in hashes {
                 invocation.key(key);
                 invocation.arg(marks.len());
@@ -912,13 +912,19 @@ impl RedisStore {
         for hash in futures::future::join_all(reads).await {
             read.push(hash.map_err(|e| self.error(e))?);
         }
-        let (mut nodes, mut sources) = (BTreeMap::new(), BTreeMap::new());
-        for (index, (key, hash)) in node_keys.iter().chain([&sources_key]).zip(read).enumerate() {
-            let marks = if index < node_keys.len() { &mut nodes } else { &mut sources };
-            for (name, arrived) in hash.into_iter().filter(|(name, _)| name != HASHTABLE_FIELD) {
-                let parsed = arrived.parse().map_err(|_| SpeedError::Corrupt { key: format!("{key} field {name}"), message: format!("watermark '{arrived}' is not milliseconds") })?;
-                marks.insert(name, parsed);
-            }
+        let parse = |key: &str, hash: BTreeMap<String, String>| -> Result<BTreeMap<String, Millis>, SpeedError> {
+            hash.into_iter()
+                .filter(|(name, _)| name != HASHTABLE_FIELD)
+                .map(|(name, arrived)| match arrived.parse() {
+                    Ok(arrived) => Ok((name, arrived)),
+                    Err(_) => Err(SpeedError::Corrupt { key: format!("{key} field {name}"), message: format!("watermark '{arrived}' is not milliseconds") }),
+                })
+                .collect()
+        };
+        let sources = parse(&sources_key, read.pop().unwrap_or_default())?;
+        let mut nodes = BTreeMap::new();
+        for (key, hash) in node_keys.iter().zip(read) {
+            nodes.extend(parse(key, hash)?);
         }
         Ok(Watermarks { nodes, sources })
     }
@@ -1296,19 +1302,21 @@ impl RedisStore {
         self.cache().clear();
         let mut connection = self.connection.clone();
         self.layout(false).await?;
-        if self.connection.is_cluster() {
-            // no one keyspace to scan: every key of the layout, by name, each in its own slot
+        // a cluster has no one keyspace to scan: every key of the layout, by name, each in its slot
+        let named = self.connection.is_cluster().then(|| {
             let mut keys: Vec<String> = (0..self.partition_count()).flat_map(|partition| self.partition_keys(partition)).collect();
             let (node_keys, sources_key) = self.watermark_keys();
             keys.extend(node_keys);
             keys.extend([sources_key, self.dead_letter_key(), self.caught_up_key(), self.layout_key()]);
-            self.partitions.store(0, Ordering::Relaxed);
+            keys
+        });
+        self.partitions.store(0, Ordering::Relaxed);
+        if let Some(keys) = named {
             for key in keys {
                 let _: i64 = redis::cmd("UNLINK").arg(key).query_async(&mut connection).await.map_err(|e| self.error(e))?;
             }
             return Ok(());
         }
-        self.partitions.store(0, Ordering::Relaxed);
         let pattern = format!("{}:*", self.namespace);
         let mut cursor: u64 = 0;
         loop {
@@ -1341,9 +1349,6 @@ fn dead_letter_pipe(stream: &str, letters: &[DeadLetter]) -> redis::Pipeline {
     }
     pipe
 }
-
-/// A hash of watermarks and the marks a fold raises in it.
-type HashMarks<'a> = (&'a str, Vec<(&'a str, Millis)>);
 
 /// Raises a watermark; it never goes back.
 fn raise(marks: &mut BTreeMap<String, Millis>, key: String, arrived: Millis) {

@@ -53,6 +53,11 @@ impl StreamConfig {
             start: "0".to_string(),
         }
     }
+
+    /// The door a worker or the archiver checks each entry's event at.
+    pub(crate) fn door(&self) -> sellable_core::Door<'_> {
+        sellable_core::Door { max_skew_ms: self.max_skew_ms, known: self.known.as_deref() }
+    }
 }
 
 /// What a worker did so far.
@@ -319,7 +324,7 @@ pub async fn run_workers(
     failed.map_or(Ok(report), Err)
 }
 
-/// Creates the config's group at the start of the stream, unless it exists.
+/// Creates the config's group at `config.start`, unless it exists.
 pub(crate) async fn create_group(connection: &mut Connection, config: &StreamConfig) -> Result<(), RedisError> {
     let created: Result<(), RedisError> =
         redis::cmd("XGROUP").arg("CREATE").arg(&config.stream).arg(&config.group).arg(&config.start).arg("MKSTREAM").query_async(connection).await;
@@ -429,8 +434,7 @@ impl Batch {
         let mut raws = Vec::with_capacity(entries.len());
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut ids = Vec::with_capacity(entries.len());
-        let door = sellable_core::Door { max_skew_ms: config.max_skew_ms, known: config.known.as_deref() };
-        let now = clock_now();
+        let (door, now) = (config.door(), clock_now());
         for Entry { id, event } in entries {
             let decoded = event.and_then(|raw| match decode_json(&raw) {
                 Ok(event) => match door.check(&event, now) {

@@ -49,13 +49,11 @@ pub async fn open_speed(lake: &Arc<Lake>, redis: &RedisArgs, config: FoldConfig)
 /// The model registry's live version for serving, watched for promotions and rollbacks.
 pub fn model_book(dir: &Path, shadow: Option<&str>) -> Result<Arc<ModelBook>> {
     let book = Arc::new(ModelBook::from_registry(Registry::open(dir)?, shadow)?);
-    let fallback = book.fallback_safety_stock();
+    let fallback = format!("answers hold back the static safety stock ({} unit(s) per node) and apply the rules", book.fallback_safety_stock());
     match book.status() {
         ModelStatus { live: Some(live), .. } => eprintln!("serve: model {live} live from {}", dir.display()),
-        ModelStatus { error: Some(error), .. } => {
-            eprintln!("serve: no model live ({error}): answers hold back the static safety stock ({fallback} unit(s) per node) and apply the rules")
-        }
-        _ => eprintln!("serve: no model promoted in {}: answers hold back the static safety stock ({fallback} unit(s) per node) and apply the rules", dir.display()),
+        ModelStatus { error: Some(error), .. } => eprintln!("serve: no model live ({error}): {fallback}"),
+        _ => eprintln!("serve: no model promoted in {}: {fallback}", dir.display()),
     }
     Ok(book)
 }
