@@ -27,7 +27,7 @@ use lance::dataset::{Dataset, WriteMode, WriteParams};
 use sellable_core::catalog::{node_schema, nodes_from_batch, nodes_to_batch, sku_schema, skus_from_batch, skus_to_batch};
 use sellable_core::event::{event_schema, events_from_batch, events_to_batch, DecodeError, InputError};
 use sellable_core::fold::{effect, Anchor, EventKey, SkuNode};
-use sellable_core::{BatchView, Event, EventKind, FoldConfig, Millis, NodeInfo, NodeState, SkuInfo};
+use sellable_core::{BatchMeta, BatchView, Event, EventKind, FoldConfig, Millis, NodeInfo, NodeState, SkuInfo, SkuRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -319,16 +319,20 @@ impl Lake {
     }
 
     pub async fn load_catalog(&self) -> Result<(Vec<SkuInfo>, Vec<NodeInfo>), BatchError> {
-        let hint = "import a catalog first (sellable import)";
         let mut skus = Vec::new();
-        for batch in scan(&self.dataset(SKUS, hint).await?, SKUS).await? {
+        for batch in scan(&self.dataset(SKUS, CATALOG_HINT).await?, SKUS).await? {
             skus.extend(skus_from_batch(&batch)?);
         }
+        Ok((skus, self.load_nodes().await?))
+    }
+
+    /// The catalog's nodes alone (what a serving process keeps).
+    pub async fn load_nodes(&self) -> Result<Vec<NodeInfo>, BatchError> {
         let mut nodes = Vec::new();
-        for batch in scan(&self.dataset(NODES, hint).await?, NODES).await? {
+        for batch in scan(&self.dataset(NODES, CATALOG_HINT).await?, NODES).await? {
             nodes.extend(nodes_from_batch(&batch)?);
         }
-        Ok((skus, nodes))
+        Ok(nodes)
     }
 
     /// A DataFusion session over the lake's events (and node catalog, when there is one).
@@ -647,6 +651,14 @@ impl Lake {
     }
 
     /// Loads the latest batch view into memory, for serving.
+    /// The batch view as an epoch publishes it ([`BatchView::rows`]): its metadata, and a row per
+    /// SKU of the catalog.
+    pub async fn load_published(&self) -> Result<(BatchMeta, Vec<SkuRow>), BatchError> {
+        let (skus, _) = self.load_catalog().await?;
+        let batch = self.load_batch_view().await?;
+        Ok((batch.meta(), batch.rows(&skus).collect()))
+    }
+
     pub async fn load_batch_view(&self) -> Result<BatchView, BatchError> {
         let hint = "compute one first (sellable batch)";
         let dataset = self.dataset(BATCH_VIEW, hint).await?;
@@ -666,6 +678,8 @@ impl Lake {
         Ok(BatchView { version, asof, states, features })
     }
 }
+
+const CATALOG_HINT: &str = "import a catalog first (sellable import)";
 
 /// One dataset of the lake, for `sellable lake info`.
 #[derive(Debug, Clone)]

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
+use crate::catalog::SkuInfo;
 use crate::event::Millis;
 use crate::fold::{NodeState, SkuNode};
 
@@ -22,7 +24,60 @@ pub struct BatchView {
     pub features: std::collections::HashMap<SkuNode, Vec<f64>>,
 }
 
+/// What serving keeps of a batch view: its name, its cutoff and its node watermarks. The rows
+/// themselves are published beside the epoch's speed view ([`SkuRow`], [`SpeedSource::sku_read`])
+/// and read per request, so a serving process's memory does not grow with the catalog.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BatchMeta {
+    pub version: String,
+    pub asof: Millis,
+    /// Per node, the latest arrival the view holds.
+    pub watermarks: BTreeMap<String, Millis>,
+}
+
+/// One SKU of a published batch view: its catalog entry, the batch state of every node that
+/// stocks it, and the batch features of each sku×node the feature store has.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SkuRow {
+    pub info: SkuInfo,
+    /// Ordered by node.
+    pub states: Vec<(String, NodeState)>,
+    /// Ordered by node, in the order of [`crate::features::BATCH`].
+    pub features: Vec<(String, Vec<f64>)>,
+}
+
+impl SkuRow {
+    /// The batch features of `node`, if the feature store has them.
+    pub fn features_of(&self, node: &str) -> Option<&[f64]> {
+        self.features.iter().find(|(name, _)| name == node).map(|(_, features)| features.as_slice())
+    }
+
+    /// The batch states, as [`merge_views`] takes them.
+    pub fn states(&self) -> impl Iterator<Item = (&str, &NodeState)> {
+        self.states.iter().map(|(node, state)| (node.as_str(), state))
+    }
+}
+
 impl BatchView {
+    pub fn meta(&self) -> BatchMeta {
+        BatchMeta { version: self.version.clone(), asof: self.asof, watermarks: self.watermarks() }
+    }
+
+    /// One row per SKU of the catalog `skus` (a SKU with no state has an empty row), in the
+    /// order of `skus`: what an epoch publishes.
+    pub fn rows<'a>(&'a self, skus: &'a [SkuInfo]) -> impl Iterator<Item = SkuRow> + 'a {
+        let mut features: std::collections::HashMap<&str, Vec<(String, Vec<f64>)>> = std::collections::HashMap::new();
+        for ((sku, node), values) in &self.features {
+            features.entry(sku.as_str()).or_default().push((node.clone(), values.clone()));
+        }
+        skus.iter().map(move |info| {
+            let mut features = features.remove(info.sku.as_str()).unwrap_or_default();
+            features.sort_by(|a, b| a.0.cmp(&b.0));
+            let states = self.sku_states(&info.sku).map(|(node, state)| (node.to_string(), state.clone())).collect();
+            SkuRow { info: info.clone(), states, features }
+        })
+    }
+
     /// Per node, the latest arrival the view holds.
     pub fn watermarks(&self) -> BTreeMap<String, Millis> {
         let mut marks: BTreeMap<String, Millis> = BTreeMap::new();
@@ -102,10 +157,18 @@ pub trait EventLog: Send + Sync {
     fn events_after(&self, cutoff: Millis) -> BoxFuture<'_, Result<Vec<Result<crate::Event, crate::DecodeError>>, ViewError>>;
 }
 
-/// The speed view's states of one SKU (by node) and the cutoff it was caught up from, if known.
-pub type SkuRead = (Vec<(String, NodeState)>, Option<Millis>);
+/// What serving reads of one SKU in one round trip: its row of the epoch's batch view (`None`:
+/// not published, an unknown SKU when the view is complete), the speed view's states (by node)
+/// and the cutoff the view was caught up from, if known.
+#[derive(Debug, Clone, Default)]
+pub struct SkuRead {
+    pub row: Option<Arc<SkuRow>>,
+    pub speed: Vec<(String, NodeState)>,
+    pub caught_up: Option<Millis>,
+}
 
-/// A speed view serving can read, wherever it lives.
+/// An epoch's store as serving reads it, wherever it lives: the speed view, and beside it the
+/// batch view's rows and metadata that the epoch published ([`BatchMeta`], [`SkuRow`]).
 pub trait SpeedSource: Send + Sync {
     /// The state of every node with events for `sku` since the cutoff, ordered by node.
     fn sku_states<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, ViewError>>;
@@ -126,12 +189,16 @@ pub trait SpeedSource: Send + Sync {
     /// cutoff of the batch view it merges it with.
     fn caught_up_to(&self) -> BoxFuture<'_, Result<Option<Millis>, ViewError>>;
 
-    /// [`SpeedSource::sku_states`] and [`SpeedSource::caught_up_to`] read together, so that an
-    /// answer never merges states the view was not complete for (a store that came back empty
-    /// between two checks). Stores override it to read both in one round trip.
-    fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<SkuRead, ViewError>> {
-        Box::pin(async move { Ok((self.sku_states(sku).await?, self.caught_up_to().await?)) })
-    }
+    /// The SKU's published batch row, its speed states and the catch-up mark, read together, so
+    /// that an answer never merges states the view was not complete for (a store that came back
+    /// empty between two checks).
+    fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<SkuRead, ViewError>>;
+
+    /// The metadata of the batch view published beside the speed view, if one is.
+    fn batch_meta(&self) -> BoxFuture<'_, Result<Option<BatchMeta>, ViewError>>;
+
+    /// Whether each SKU has a row in the published batch view (is in the epoch's catalog).
+    fn skus_known<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<bool>, ViewError>>;
 
     /// Whether each event's id was folded (or remembered) already for its SKU, in order; stores
     /// that cannot tell say `false` (not known).

@@ -9,7 +9,9 @@
 //! **The cutover** to a new cutoff `C` ([`cutover`]) never loses nor counts twice an event:
 //! 1. it pins the lake's `events` at its current version `V` and reads the archiver's position
 //!    recorded in it, `P`: the stream entries at or before `P` are in `V`, none after;
-//! 2. the nightly job computes the batch view of `C` from `V` (the events of `V` known at `C`);
+//! 2. the nightly job computes the batch view of `C` from `V` (the events of `V` known at `C`),
+//!    and it is published into the new epoch's namespace, one row per SKU of the catalog beside
+//!    the SKU's speed state (serving reads both per request and holds neither);
 //! 3. the new speed view folds the events of `V` that arrived after `C` (`speed::catch_up`) and
 //!    every stream entry after `P`, whatever its arrival, through its own fold workers: together
 //!    with the batch view, every accepted event exactly once;
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sellable_batch::{BatchError, Lake, Progress};
-use sellable_core::{FoldConfig, KnownIds, Millis};
+use sellable_core::{BatchMeta, FoldConfig, KnownIds, Millis};
 use sellable_serving::Serving;
 use sellable_speed::registry::Registry;
 use sellable_speed::stream::{StreamConfig, Workers, WorkersReport};
@@ -131,6 +133,8 @@ impl Folding {
 /// One epoch's speed view and the fold workers that keep it current.
 pub struct EpochSpeed {
     pub cutoff: Millis,
+    /// The batch view published into its namespace.
+    pub batch: BatchMeta,
     pub namespace: String,
     pub group: String,
     pub speed: Arc<SpeedView>,
@@ -140,16 +144,21 @@ pub struct EpochSpeed {
 }
 
 impl EpochSpeed {
-    /// Opens the speed view of `cutoff`: caught up from `lake` (pinned to the version the batch
-    /// view was computed from), and its group for the stream entries after `position`, opened in
-    /// the registry for fold roles and folded here by `config.workers` workers. It starts clean:
-    /// whatever an interrupted attempt left in its namespace and group (built from another
-    /// version of the lake, perhaps) is dropped first.
-    pub async fn open(lake: &Lake, config: &LifecycleConfig, cutoff: Millis, position: &str) -> Result<EpochSpeed, LifecycleError> {
+    /// Opens the epoch of `batch`: the batch view published into its namespace (a row per SKU
+    /// of the lake's catalog), its speed view caught up from `lake` (pinned to the version the
+    /// batch view was computed from), and its group for the stream entries after `position`,
+    /// opened in the registry for fold roles and folded here by `config.workers` workers. It
+    /// starts clean: whatever an interrupted attempt left in its namespace and group (built from
+    /// another version of the lake, perhaps) is dropped first.
+    pub async fn open(lake: &Lake, config: &LifecycleConfig, position: &str) -> Result<EpochSpeed, LifecycleError> {
+        let (batch, rows) = lake.load_published().await?;
+        let cutoff = batch.asof;
         let (namespace, group) = config.epoch_names(cutoff);
         let speed = Arc::new(SpeedView::redis(&config.url, &namespace, config.fold).await?);
         speed.clear().await?;
         speed.set_partitions(config.epoch_partitions()).await?;
+        let published = speed.publish(&batch, rows).await?;
+        tracing::info!(cutoff, skus = published, "batch view published into the epoch's namespace");
         sellable_speed::stream::destroy_group(&config.url, &config.stream, &group).await?;
         let caught = catch_up(lake, &speed, cutoff, CatchUpSource::Log, None).await?;
         // complete only once the stream after `position` is folded too ([`EpochSpeed::wait_caught_up`])
@@ -160,7 +169,7 @@ impl EpochSpeed {
         let registry = Registry::connect(&config.url, &config.registry_key()).await?;
         registry.open(cutoff, position).await?;
         let local = (config.workers > 0).then(|| Folding::spawn(config, speed.clone(), stream, config.workers));
-        Ok(EpochSpeed { cutoff, namespace, group, speed, local, registry })
+        Ok(EpochSpeed { cutoff, batch, namespace, group, speed, local, registry })
     }
 
     /// Waits until the epoch's workers have read and folded every entry the stream holds, then
@@ -224,8 +233,8 @@ async fn pin(lake: &Lake, stream: &str, version: Option<u64>) -> Result<(Lake, S
 /// batch view was computed from, and the stream after that version's archive position.
 pub async fn start(lake: &Lake, config: &LifecycleConfig) -> Result<EpochSpeed, LifecycleError> {
     let (pinned, position) = pin(lake, &config.stream, lake.batch_view_events_version()).await?;
-    let cutoff = lake.load_batch_view().await?.asof;
-    let epoch = EpochSpeed::open(&pinned, config, cutoff, &position).await?;
+    let epoch = EpochSpeed::open(&pinned, config, &position).await?;
+    let cutoff = epoch.cutoff;
     // epochs a stopped process left open (a cutover it did not finish) are closed
     for stale in epoch.registry.list().await?.into_keys().filter(|stale| *stale != cutoff) {
         epoch.registry.close(stale).await?;
@@ -253,19 +262,18 @@ pub async fn cutover(lake: &Lake, serving: &Serving, old: EpochSpeed, config: &L
     let prepared = async {
         let (pinned, position) = pin(lake, &config.stream, None).await?;
         pinned.nightly(cutoff, config.fold, &Progress::hidden()).await?;
-        let batch = pinned.load_batch_view().await?;
-        let epoch = EpochSpeed::open(&pinned, config, cutoff, &position).await?;
+        let epoch = EpochSpeed::open(&pinned, config, &position).await?;
         if let Err(error) = epoch.wait_caught_up(config).await {
             let _ = epoch.close(config).await;
             return Err(error);
         }
-        Ok::<_, LifecycleError>((batch, epoch, pinned.events_version().await?, position))
+        Ok::<_, LifecycleError>((epoch, pinned.events_version().await?, position))
     };
-    let (batch, epoch, events_version, position) = match prepared.await {
+    let (epoch, events_version, position) = match prepared.await {
         Ok(prepared) => prepared,
         Err(error) => return Err((old, error)),
     };
-    serving.swap_epoch(batch, epoch.speed.clone());
+    serving.swap_epoch(epoch.batch.clone(), epoch.speed.clone());
     let from = old.cutoff;
     tokio::time::sleep(config.retire_after).await;
     if let Err(error) = old.close(config).await {
@@ -297,11 +305,11 @@ pub fn follow(lake: Arc<Lake>, serving: Arc<Serving>, config: LifecycleConfig, e
                 if speed.caught_up_to().await? != Some(cutoff) {
                     return Ok::<_, LifecycleError>(false);
                 }
-                let batch = lake.load_batch_view().await?;
-                // the lake may have moved on meanwhile: swap only to the pair of one cutoff
-                if batch.asof == cutoff {
-                    serving.swap_epoch(batch, speed);
-                }
+                // the batch view published with the epoch: the pair of one cutoff
+                let Some(batch) = speed.batch_meta().await?.filter(|batch| batch.asof == cutoff) else {
+                    return Ok(false);
+                };
+                serving.swap_epoch(batch, speed);
                 Ok(true)
             };
             if let Err(error) = followed.await {

@@ -5,10 +5,11 @@
 //! the order's replayed feature vector (the training-set builder's, itself computed by the
 //! serving code path): the model's score gates the node, then the rules apply.
 
+use std::collections::HashMap;
 use std::io::Write;
 
 use sellable_core::features::TrainRow;
-use sellable_core::Millis;
+use sellable_core::{Millis, SkuInfo};
 use sellable_models::Model;
 
 use crate::{NodeFacts, Serving};
@@ -79,7 +80,13 @@ impl PolicyCounts {
 impl Serving {
     /// Decides every order as the engine would have at its time. Orders at nodes the catalog
     /// does not know are an error naming them.
-    pub fn backtest(&self, model: Option<&Model>, orders: &[TrainRow], safety_stock: i64) -> Result<(Vec<BacktestRow>, BacktestSummary), BacktestError> {
+    pub fn backtest(
+        &self,
+        skus: &HashMap<String, SkuInfo>,
+        model: Option<&Model>,
+        orders: &[TrainRow],
+        safety_stock: i64,
+    ) -> Result<(Vec<BacktestRow>, BacktestSummary), BacktestError> {
         let ruleset = self.rules.current();
         let names = sellable_core::features::names();
         let position = |name: &str| names.iter().position(|n| *n == name).expect("a real-time feature of core; this is a bug");
@@ -101,7 +108,7 @@ impl Serving {
                 p_fulfill: model.map(|model| model.p_fulfill(&order.features)),
                 margin: 0,
             };
-            let decision = self.decide_at_node(ruleset.as_deref(), model, &order.sku, &node.region, order.qty, node, &facts);
+            let decision = self.decide_at_node(ruleset.as_deref(), model, skus.get(&order.sku), &node.region, order.qty, node, &facts);
             let promised = decision.units >= order.qty;
             let shorted = order.label == 1;
             summary.orders += 1;

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use sellable_core::{decide, merge_views, BatchView, Event, Grade, Millis, NodeInfo, NodeState, SkuInfo, SpeedSource, Verdict, ViewError};
+use sellable_core::{decide, merge_views, BatchMeta, Event, Grade, Millis, NodeInfo, NodeState, SkuInfo, SkuRow, SpeedSource, Verdict, ViewError};
 use grading::{Grading, Limits};
 use sellable_dsl::{Facts, RuleSet, Schema, Value};
 
@@ -27,19 +27,19 @@ pub use models::{ModelBook, ModelBookError, ModelStatus};
 pub use rules::{RuleBook, RulesError};
 use sellable_models::Model;
 
-/// Everything an answer is computed from. Immutable except for the speed view, which changes
-/// underneath as events are folded, and the rules and the model, which swap atomically.
+/// Everything an answer is computed from. Immutable except for the epoch's store, which changes
+/// underneath as events are folded, and the epoch, the rules and the model, which swap
+/// atomically. What grows with the catalog (each SKU's catalog entry, batch state and features)
+/// is not held here: it is read per request from the epoch's store, beside the speed view, and
+/// only a bounded cache of recently read SKUs is kept ([`HOT_ROWS`]).
 pub struct Serving {
-    pub skus: HashMap<String, SkuInfo>,
     pub nodes: HashMap<String, NodeInfo>,
     /// The batch view and the speed view merged with it, swapped together at a cutover.
     epoch: std::sync::RwLock<Arc<Epoch>>,
     pub rules: Arc<RuleBook>,
     pub models: Arc<ModelBook>,
-    /// Declared free-form attributes of each SKU, already resolved to rule slots.
-    attributes: HashMap<String, Vec<(usize, Value)>>,
-    /// The catalog's names, as the door of `POST /v1/events` checks them.
-    known: sellable_core::KnownIds,
+    /// The batch rows read last, per SKU, for answers while the store cannot be read.
+    hot: std::sync::Mutex<HashMap<String, Arc<SkuRow>>>,
     /// Per region and per country, the nodes that serve it (`NodeInfo::serves`), computed once:
     /// a request costs the same whatever the number of nodes in the catalog.
     regions: HashMap<String, std::collections::HashSet<String>>,
@@ -56,12 +56,25 @@ pub struct Serving {
     metrics: Metrics,
 }
 
-/// A batch view and the speed view that holds exactly the events after its cutoff. A request
-/// takes the epoch once ([`Serving::epoch`]), so a cutover ([`Serving::swap_epoch`]) never mixes
-/// the two of one epoch with those of another, and never fails a request.
+/// A batch view and the speed view that holds exactly the events after its cutoff, in one store
+/// (the batch view's rows published beside the speed view). A request takes the epoch once
+/// ([`Serving::epoch`]), so a cutover ([`Serving::swap_epoch`]) never mixes the two of one epoch
+/// with those of another, and never fails a request.
 pub struct Epoch {
-    pub batch: BatchView,
+    pub batch: BatchMeta,
     pub speed: Arc<dyn SpeedSource>,
+}
+
+/// SKUs whose batch rows a server keeps from its last reads (past that it starts again empty):
+/// what it can still answer conservatively for while the epoch's store cannot be read.
+pub const HOT_ROWS: usize = 10_000;
+
+/// What one read of a SKU gave an answer to build on.
+enum SkuView {
+    /// The batch row, and the speed states when they can be trusted (else why not).
+    Row(Arc<SkuRow>, Result<Vec<(String, NodeState)>, String>),
+    /// Neither the row nor a remembered copy of it: why.
+    Nothing(String),
 }
 
 /// What "now" is for answers: the wall clock, or a fixed instant (replays, tests).
@@ -163,16 +176,10 @@ impl Metrics {
 }
 
 impl Serving {
-    pub fn new(
-        skus: Vec<SkuInfo>,
-        nodes: Vec<NodeInfo>,
-        batch: BatchView,
-        speed: Arc<dyn SpeedSource>,
-        rules: Arc<RuleBook>,
-    ) -> Serving {
-        let attributes = skus.iter().map(|sku| (sku.sku.clone(), attribute_facts(sku, rules.schema()))).collect();
-        let watermarks = batch.watermarks().into_iter().collect();
-        let known = sellable_core::KnownIds::of(&skus, &nodes);
+    /// Serving over `nodes` and the epoch of `batch` whose rows `speed`'s store holds
+    /// ([`sellable_core::SpeedSource::sku_read`]).
+    pub fn new(nodes: Vec<NodeInfo>, batch: BatchMeta, speed: Arc<dyn SpeedSource>, rules: Arc<RuleBook>) -> Serving {
+        let watermarks = batch.watermarks.clone().into_iter().collect();
         let mut regions: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
         for node in &nodes {
             for region in node.served() {
@@ -180,14 +187,12 @@ impl Serving {
             }
         }
         Serving {
-            known,
             regions,
-            skus: skus.into_iter().map(|sku| (sku.sku.clone(), sku)).collect(),
             nodes: nodes.into_iter().map(|node| (node.node.clone(), node)).collect(),
             epoch: std::sync::RwLock::new(Arc::new(Epoch { batch, speed })),
             rules,
             models: Arc::new(ModelBook::none()),
-            attributes,
+            hot: std::sync::Mutex::new(HashMap::new()),
             clock: Clock::Wall,
             watermarks: std::sync::RwLock::new(watermarks),
             intake: None,
@@ -216,10 +221,11 @@ impl Serving {
 
     /// Makes `batch` and `speed` (caught up from the batch view's cutoff) the epoch of every
     /// answer from now on, atomically. The node watermarks keep the newest of both views.
-    pub fn swap_epoch(&self, batch: BatchView, speed: Arc<dyn SpeedSource>) {
-        self.raise_watermarks(batch.watermarks());
+    pub fn swap_epoch(&self, batch: BatchMeta, speed: Arc<dyn SpeedSource>) {
+        self.raise_watermarks(batch.watermarks.clone());
         let (from, to) = (self.epoch().batch.version.clone(), batch.version.clone());
         *self.epoch.write().expect("epoch lock poisoned; this is a bug") = Arc::new(Epoch { batch, speed });
+        self.hot().clear();
         self.set_distrust(None);
         tracing::info!(from, to, "cutover: answers now merge the new batch view with its speed view");
     }
@@ -319,22 +325,18 @@ impl Serving {
     /// batch features of the batch view's cutoff and the real-time features of the merged state
     /// (`core::features`, the same function the training-set builder calls).
     pub async fn features(&self, sku: &str, node: &str, qty: i64, now: Millis) -> Result<Vec<f64>, ApiError> {
-        if !self.skus.contains_key(sku) {
-            return Err(ApiError::UnknownSku(sku.to_string()));
-        }
         let epoch = self.epoch();
-        let speed = epoch.speed.sku_states(sku).await.map_err(ApiError::unavailable)?;
-        let merged = merge_views(epoch.batch.sku_states(sku), &speed);
-        let batch = epoch.batch.features.get(&(sku.to_string(), node.to_string())).map(Vec::as_slice);
-        Ok(sellable_core::features::vector(batch, merged.get(node), qty, now))
+        let (row, speed) = match self.read_sku(&epoch, sku).await? {
+            SkuView::Row(row, Ok(speed)) => (row, speed),
+            SkuView::Row(_, Err(reason)) | SkuView::Nothing(reason) => return Err(ApiError::Unavailable(reason)),
+        };
+        let merged = merge_views(row.states(), &speed);
+        Ok(sellable_core::features::vector(row.features_of(node), merged.get(node), qty, now))
     }
 
     /// Merges both views for `sku`, keeps the nodes serving `region`, and decides.
     #[tracing::instrument(name = "availability", skip_all, fields(sku = ?sku, region = ?region, qty))]
     pub async fn availability(&self, sku: &str, region: &str, qty: i64, now: Millis) -> Result<Availability, ApiError> {
-        if !self.skus.contains_key(sku) {
-            return Err(ApiError::UnknownSku(sku.to_string()));
-        }
         let Some(serving_region) = self.regions.get(region) else {
             return Err(ApiError::BadRequest(format!("unknown region '{region}': no node serves it")));
         };
@@ -347,9 +349,21 @@ impl Serving {
             grading.note(format!("model unavailable: the static safety stock ({margin} unit(s) per node) and rules"));
         }
         let epoch = self.epoch();
-        let speed = self.read_speed(&epoch, sku, &mut grading).await;
+        let (row, speed) = match self.read_sku(&epoch, sku).await? {
+            SkuView::Row(row, Ok(speed)) => (row, Some(speed)),
+            SkuView::Row(row, Err(problem)) => {
+                tracing::warn!(%problem, "answering without the speed view");
+                grading.lower(Grade::Conservative, format!("{problem}: the batch view minus what may have left since its cutoff"));
+                (row, None)
+            }
+            SkuView::Nothing(problem) => {
+                tracing::warn!(%problem, "answering without the batch view or the speed view");
+                grading.lower(Grade::Unavailable, format!("{problem}, and this server has not read the SKU's batch view lately: nothing promised"));
+                (Arc::new(SkuRow { info: SkuInfo { sku: sku.to_string(), ..SkuInfo::default() }, ..SkuRow::default() }), None)
+            }
+        };
         margin += self.grade_batch_age(&epoch.batch, speed.is_some(), now, &mut grading);
-        let merged = merge_views(epoch.batch.sku_states(sku), speed.as_deref().unwrap_or(&[]));
+        let merged = merge_views(row.states(), speed.as_deref().unwrap_or(&[]));
         let in_region: Vec<(&NodeInfo, &NodeState)> = merged
             .iter()
             .filter(|(node, _)| serving_region.contains(**node))
@@ -376,7 +390,7 @@ impl Serving {
                 units.push((info.node.clone(), 0));
                 continue;
             }
-            let features = epoch.batch.features.get(&(sku.to_string(), info.node.clone())).map(Vec::as_slice);
+            let features = row.features_of(&info.node);
             let mut facts = NodeFacts { margin, ..NodeFacts::of(state, now) };
             if speed.is_none() {
                 facts.atp = sellable_core::grade::conservative_atp(state, features, epoch.batch.asof, now);
@@ -395,7 +409,7 @@ impl Serving {
             if let Some(p) = facts.p_fulfill {
                 scores.insert(info.node.clone(), p);
             }
-            let decision = self.decide_at_node(ruleset.as_deref(), model.as_deref(), sku, region, qty, info, &facts);
+            let decision = self.decide_at_node(ruleset.as_deref(), model.as_deref(), Some(&row.info), region, qty, info, &facts);
             node_reasons.extend(decision.reasons);
             rules_fired.extend(decision.fired);
             units.push((info.node.clone(), decision.units));
@@ -430,26 +444,52 @@ impl Serving {
         })
     }
 
-    /// The speed view's states of `sku`, or `None` when it cannot be used now (not trusted, an
-    /// error, no answer within the timeout): the answer is then graded `conservative`.
-    async fn read_speed(&self, epoch: &Epoch, sku: &str, grading: &mut Grading) -> Option<Vec<(String, NodeState)>> {
-        let problem = match self.speed_distrust() {
-            Some(reason) => reason,
-            None => match grading::within(self.limits.speed_timeout, epoch.speed.sku_read(sku)).await {
-                Ok((states, caught_up)) => match grading::distrust(caught_up, epoch.batch.asof) {
-                    None => return Some(states),
-                    Some(reason) => reason,
-                },
-                Err(reason) => reason,
-            },
+    /// The SKU's batch row and speed states, read together from the epoch's store. The speed
+    /// states are not used when the view is not trusted (not caught up from this epoch's cutoff,
+    /// an error, no answer within the timeout); the row then comes from the read if it has it,
+    /// else from the rows read lately ([`HOT_ROWS`]). A SKU the complete store has no row for is
+    /// not in the catalog.
+    async fn read_sku(&self, epoch: &Epoch, sku: &str) -> Result<SkuView, ApiError> {
+        let distrust = self.speed_distrust();
+        let remembered = self.hot().get(sku).cloned();
+        let read = match (&distrust, remembered) {
+            // the store is known to be away or incomplete: no need to wait for it
+            (Some(reason), Some(row)) => return Ok(SkuView::Row(row, Err(reason.clone()))),
+            _ => grading::within(self.limits.speed_timeout, epoch.speed.sku_read(sku)).await,
         };
-        tracing::warn!(%problem, "answering without the speed view");
-        grading.lower(Grade::Conservative, format!("{problem}: the batch view minus what may have left since its cutoff"));
-        None
+        let problem = match read {
+            Ok(read) => match (distrust.or_else(|| grading::distrust(read.caught_up, epoch.batch.asof)), read.row) {
+                (None, Some(row)) => {
+                    self.remember(sku, &row);
+                    return Ok(SkuView::Row(row, Ok(read.speed)));
+                }
+                (None, None) => return Err(ApiError::UnknownSku(sku.to_string())),
+                (Some(reason), Some(row)) => return Ok(SkuView::Row(row, Err(reason))),
+                (Some(reason), None) => reason,
+            },
+            Err(reason) => reason,
+        };
+        Ok(match self.hot().get(sku) {
+            Some(row) => SkuView::Row(row.clone(), Err(problem)),
+            None => SkuView::Nothing(problem),
+        })
+    }
+
+    fn hot(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<SkuRow>>> {
+        self.hot.lock().expect("hot rows lock poisoned; this is a bug")
+    }
+
+    /// Keeps `row` among the rows read lately.
+    fn remember(&self, sku: &str, row: &Arc<SkuRow>) {
+        let mut hot = self.hot();
+        if hot.len() >= HOT_ROWS && !hot.contains_key(sku) {
+            hot.clear();
+        }
+        hot.insert(sku.to_string(), row.clone());
     }
 
     /// Grades the batch view's age; returns the units each node holds back for it.
-    fn grade_batch_age(&self, batch: &BatchView, speed_usable: bool, now: Millis, grading: &mut Grading) -> i64 {
+    fn grade_batch_age(&self, batch: &BatchMeta, speed_usable: bool, now: Millis, grading: &mut Grading) -> i64 {
         let age = now - batch.asof;
         if age <= self.limits.batch_max_age_ms {
             return 0;
@@ -472,7 +512,7 @@ impl Serving {
         &self,
         ruleset: Option<&RuleSet>,
         model: Option<&Model>,
-        sku: &str,
+        sku: Option<&SkuInfo>,
         region: &str,
         qty: i64,
         node: &NodeInfo,
@@ -509,7 +549,7 @@ impl Serving {
     /// The facts rules see for one node. Unknown facts (no model score, no demand features yet)
     /// stay unset: rules that need them do not fire, and `require` denies.
     #[allow(clippy::too_many_arguments)]
-    fn facts(&self, ruleset: &RuleSet, sku: &str, region: &str, qty: i64, node: &NodeInfo, numbers: &NodeFacts) -> Facts {
+    fn facts(&self, ruleset: &RuleSet, sku: Option<&SkuInfo>, region: &str, qty: i64, node: &NodeInfo, numbers: &NodeFacts) -> Facts {
         let schema = ruleset.schema();
         let mut facts = ruleset.facts();
         let mut set = |name: &str, value: Value| {
@@ -517,7 +557,7 @@ impl Serving {
                 facts.set(slot, value);
             }
         };
-        if let Some(info) = self.skus.get(sku) {
+        if let Some(info) = sku {
             set("sku.id", Value::Text(info.sku.as_str().into()));
             set("sku.category", Value::Text(info.category.as_str().into()));
             if let Some(seller) = &info.seller {
@@ -545,8 +585,8 @@ impl Serving {
         set("on_hand", Value::Number(numbers.on_hand as f64));
         set("reserved", Value::Number(numbers.reserved as f64));
         set("held", Value::Number(numbers.held as f64));
-        for (slot, value) in self.attributes.get(sku).into_iter().flatten() {
-            facts.set(*slot, value.clone());
+        for (slot, value) in sku.map(|info| attribute_facts(info, schema)).into_iter().flatten() {
+            facts.set(slot, value);
         }
         facts
     }
@@ -900,22 +940,34 @@ pub struct Rejected {
 impl Serving {
     /// The door of `POST /v1/events`: stamps each decoded event's arrival with the server's
     /// clock, then refuses (in place, with the reason) those from the future or for a SKU or node
-    /// the catalog does not know. Returns how many it refused.
-    fn admit(&self, items: &mut [(u64, String, Result<Event, String>)]) -> u64 {
+    /// the catalog does not know (the SKUs are looked up in the epoch's published batch view).
+    /// Returns how many it refused.
+    async fn admit(&self, epoch: &Epoch, items: &mut [(u64, String, Result<Event, String>)]) -> Result<u64, ApiError> {
         let now = self.now();
-        let door = sellable_core::Door { max_skew_ms: sellable_core::door::DEFAULT_MAX_SKEW_MS, known: Some(&self.known) };
+        let door = sellable_core::Door { max_skew_ms: sellable_core::door::DEFAULT_MAX_SKEW_MS, known: None };
+        let skus: std::collections::BTreeSet<&str> = items.iter().filter_map(|(_, _, decoded)| Some(decoded.as_ref().ok()?.sku.as_str())).collect();
+        let skus: Vec<&str> = skus.into_iter().collect();
+        let found = epoch.speed.skus_known(&skus).await.map_err(ApiError::unavailable)?;
+        let unknown: std::collections::HashSet<String> = skus.iter().zip(found).filter(|(_, found)| !found).map(|(sku, _)| sku.to_string()).collect();
         let mut refused = 0;
         for (_, _, decoded) in items.iter_mut() {
             if let Ok(event) = decoded {
                 sellable_core::Door::stamp(event, now);
-                if let Err(refusal) = door.check(event, now) {
+                let named = if unknown.contains(&event.sku) {
+                    Err(sellable_core::Refusal::UnknownSku(event.sku.clone()))
+                } else if !self.nodes.contains_key(&event.node) {
+                    Err(sellable_core::Refusal::UnknownNode(event.node.clone()))
+                } else {
+                    Ok(())
+                };
+                if let Err(refusal) = door.check(event, now).and(named) {
                     self.metrics.events.with_label_values(&[refusal.label()]).inc();
                     refused += 1;
                     *decoded = Err(refusal.to_string());
                 }
             }
         }
-        refused
+        Ok(refused)
     }
 }
 
@@ -941,9 +993,10 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
             items.push((index as u64 + 1, line.to_string(), decoded));
         }
     }
-    let refused = serving.admit(&mut items);
+    let epoch = serving.epoch();
+    let refused = serving.admit(&epoch, &mut items).await?;
     let events: Vec<Event> = items.iter().filter_map(|(_, _, decoded)| decoded.as_ref().ok().cloned()).collect();
-    let speed = serving.epoch().speed.clone();
+    let speed = epoch.speed.clone();
     if let Some(intake) = &serving.intake {
         // what the view knows already (a retried body) is not appended again: the lake gets each
         // event once; not appended, not accepted: the client retries the whole body

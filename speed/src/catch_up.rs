@@ -9,7 +9,8 @@
 
 use std::path::Path;
 
-use sellable_core::{known_at, Event, EventLog, Millis};
+use sellable_core::view::BoxFuture;
+use sellable_core::{known_at, BatchMeta, Event, EventLog, Millis, SkuRow, ViewError};
 
 use crate::{FoldReport, SpeedError, SpeedView};
 
@@ -73,11 +74,22 @@ pub async fn catch_up(
     Ok(CatchUp { source, read, report, held_back })
 }
 
+/// Loads the batch view a speed view continues (its metadata and its rows), to publish it again
+/// into a store that lost it.
+pub type BatchRows = std::sync::Arc<dyn Fn() -> BoxFuture<'static, Result<(BatchMeta, Vec<SkuRow>), ViewError>> + Send + Sync>;
+
 /// Keeps `speed` caught up from `cutoff` for as long as the task runs: every `every`, if the view
 /// does not carry the mark of that cutoff (it was never caught up, or its store came back empty),
+/// the batch view of `cutoff` is published into it again if it is not there ([`BatchRows`]) and
 /// it is caught up again from `log`. Serving, which reads the same mark, answers conservatively
 /// meanwhile. Failures (the store still away) are logged and tried again at the next tick.
-pub fn keep_caught_up(log: std::sync::Arc<dyn EventLog>, speed: std::sync::Arc<SpeedView>, cutoff: Millis, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+pub fn keep_caught_up(
+    log: std::sync::Arc<dyn EventLog>,
+    speed: std::sync::Arc<SpeedView>,
+    cutoff: Millis,
+    rows: BatchRows,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         loop {
@@ -90,7 +102,14 @@ pub fn keep_caught_up(log: std::sync::Arc<dyn EventLog>, speed: std::sync::Arc<S
                     continue;
                 }
             }
-            match catch_up(log.as_ref(), &speed, cutoff, CatchUpSource::Log, None).await {
+            let restored = async {
+                if speed.batch_meta().await?.is_none_or(|meta| meta.asof != cutoff) {
+                    let (meta, rows) = rows().await.map_err(SpeedError::EventLog)?;
+                    speed.publish(&meta, rows).await?;
+                }
+                catch_up(log.as_ref(), &speed, cutoff, CatchUpSource::Log, None).await
+            };
+            match restored.await {
                 Ok(caught) => tracing::info!(events = caught.read, applied = caught.report.stats.applied, "the speed view is caught up again"),
                 Err(error) => tracing::warn!(%error, "catching up failed; trying again"),
             }

@@ -16,6 +16,10 @@
 //! - `<ns>:{w<n>}`: latest arrival folded per node, the nodes spread over
 //!   [`watermark_partitions`] hashes by [`partition`] of their name; `<ns>:{w0}:sources`:
 //!   per source; `<ns>:dead`: the dead-letter stream of events refused outside a stream worker
+//! - `<ns>:{p<n>}:batch` hash: per SKU of the epoch's catalog, its row of the batch view the
+//!   speed view continues ([`SpeedView::publish`]; encoded as [`sku_state::encode_row`]), in the
+//!   slot of its speed state so that one round trip reads both; `<ns>:{batch}:meta`: that batch
+//!   view's name, cutoff and node watermarks (JSON), written last
 //!
 //! A fold reads its SKUs' states (or takes them from its cache), applies the events with
 //! `core`'s rules, and writes each SKU back with [`WRITE_SCRIPT`] only if it is unchanged: a
@@ -30,7 +34,7 @@ mod catch_up;
 pub mod sku_state;
 pub mod stream;
 
-pub use catch_up::{catch_up, keep_caught_up, CatchUp, CatchUpSource};
+pub use catch_up::{catch_up, keep_caught_up, BatchRows, CatchUp, CatchUpSource};
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -47,7 +51,8 @@ use sellable_core::fold::watermarks;
 use sellable_core::view::BoxFuture;
 use sku_state::SkuState;
 use sellable_core::fold::UNKNOWN_PRINT;
-use sellable_core::{known_at, DeadLetter, Event, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome, SeenIds, ViewError, Watermarks};
+use sellable_core::{known_at, BatchMeta, DeadLetter, Event, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome, SeenIds, SkuRead, SkuRow, ViewError, Watermarks};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeedError {
@@ -235,6 +240,29 @@ impl SpeedView {
         }
     }
 
+    /// Publishes the batch view this speed view continues: its `rows` (one per SKU of the
+    /// catalog) then its `meta`, which readers take as the sign that every row is there. Call it
+    /// on a view that holds no other batch view (after [`SpeedView::clear`]).
+    pub async fn publish(&self, meta: &BatchMeta, rows: impl IntoIterator<Item = SkuRow>) -> Result<u64, SpeedError> {
+        match self {
+            SpeedView::Memory(store) => {
+                let mut published = store.published.lock().expect("speed view lock poisoned; this is a bug");
+                published.rows = rows.into_iter().map(|row| (row.info.sku.clone(), Arc::new(row))).collect();
+                published.meta = Some(meta.clone());
+                Ok(published.rows.len() as u64)
+            }
+            SpeedView::Redis(store) => store.publish(meta, rows).await,
+        }
+    }
+
+    /// The metadata of the published batch view, if one is published.
+    pub async fn batch_meta(&self) -> Result<Option<BatchMeta>, SpeedError> {
+        match self {
+            SpeedView::Memory(store) => Ok(store.published.lock().expect("speed view lock poisoned; this is a bug").meta.clone()),
+            SpeedView::Redis(store) => store.batch_meta().await,
+        }
+    }
+
     /// The state of every node that has one for `sku`, ordered by node.
     pub async fn sku_states(&self, sku: &str) -> Result<Vec<(String, NodeState)>, SpeedError> {
         match self {
@@ -286,6 +314,7 @@ impl SpeedView {
                 *fold = Fold::new(fold.config);
                 *store.watermarks.lock().expect("speed view lock poisoned; this is a bug") = Watermarks::default();
                 *store.caught_up.lock().expect("speed view lock poisoned; this is a bug") = None;
+                *store.published.lock().expect("speed view lock poisoned; this is a bug") = Published::default();
                 Ok(())
             }
             SpeedView::Redis(store) => store.clear().await,
@@ -377,11 +406,31 @@ impl sellable_core::SpeedSource for SpeedView {
         })
     }
 
-    fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<sellable_core::view::SkuRead, ViewError>> {
+    fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<SkuRead, ViewError>> {
         Box::pin(async move {
             match self {
-                SpeedView::Memory(store) => Ok((store.sku_states(sku), *store.caught_up.lock().expect("speed view lock poisoned; this is a bug"))),
+                SpeedView::Memory(store) => Ok(SkuRead {
+                    row: store.published.lock().expect("speed view lock poisoned; this is a bug").rows.get(sku).cloned(),
+                    speed: store.sku_states(sku),
+                    caught_up: *store.caught_up.lock().expect("speed view lock poisoned; this is a bug"),
+                }),
                 SpeedView::Redis(store) => Ok(store.sku_read(sku).await?),
+            }
+        })
+    }
+
+    fn batch_meta(&self) -> BoxFuture<'_, Result<Option<BatchMeta>, ViewError>> {
+        Box::pin(async move { Ok(SpeedView::batch_meta(self).await?) })
+    }
+
+    fn skus_known<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<bool>, ViewError>> {
+        Box::pin(async move {
+            match self {
+                SpeedView::Memory(store) => {
+                    let published = store.published.lock().expect("speed view lock poisoned; this is a bug");
+                    Ok(skus.iter().map(|sku| published.rows.contains_key(*sku)).collect())
+                }
+                SpeedView::Redis(store) => Ok(store.skus_known(skus).await?),
             }
         })
     }
@@ -417,6 +466,14 @@ pub struct MemoryStore {
     watermarks: Mutex<Watermarks>,
     dead_letters: Mutex<VecDeque<DeadLetter>>,
     caught_up: Mutex<Option<Millis>>,
+    published: Mutex<Published>,
+}
+
+/// The batch view published in an embedded view.
+#[derive(Default)]
+struct Published {
+    meta: Option<BatchMeta>,
+    rows: HashMap<String, Arc<SkuRow>>,
 }
 
 impl MemoryStore {
@@ -426,6 +483,7 @@ impl MemoryStore {
             watermarks: Mutex::new(Watermarks::default()),
             dead_letters: Mutex::new(VecDeque::new()),
             caught_up: Mutex::new(None),
+            published: Mutex::new(Published::default()),
         }
     }
 
@@ -857,6 +915,16 @@ impl RedisStore {
         (nodes, format!("{}:{{w0}}:sources", self.namespace))
     }
 
+    /// A partition's hash of published batch rows (field: the SKU), in the slot of its states.
+    fn batch_key(&self, partition: u64) -> String {
+        format!("{}:{{p{partition}}}:batch", self.namespace)
+    }
+
+    /// The published batch view's metadata, written after its rows.
+    fn meta_key(&self) -> String {
+        format!("{}:{{batch}}:meta", self.namespace)
+    }
+
     fn dead_letter_key(&self) -> String {
         format!("{}:dead", self.namespace)
     }
@@ -1278,24 +1346,101 @@ impl RedisStore {
         Ok(state.nodes.into_iter().collect())
     }
 
-    /// The states of `sku` and the catch-up mark, read together: one round trip on one server
-    /// (the two keys are in different slots, so a cluster gets two calls at once).
-    async fn sku_read(&self, sku: &str) -> Result<sellable_core::view::SkuRead, SpeedError> {
+    /// The published row of `sku`, its speed states and the catch-up mark, read together: one
+    /// round trip on one server (on a cluster, the row and the states share a slot and the mark
+    /// is elsewhere: two calls at once).
+    async fn sku_read(&self, sku: &str) -> Result<SkuRead, SpeedError> {
         self.layout(false).await?;
-        let [states, ..] = self.partition_keys(self.partition(sku));
+        let partition = self.partition(sku);
+        let [states, ..] = self.partition_keys(partition);
+        let batch = self.batch_key(partition);
         let key = self.caught_up_key();
         let mut connection = self.connection.clone();
-        let (stored, mark): (Option<Vec<u8>>, Option<String>) = if self.connection.is_cluster() {
+        let mut both = redis::pipe();
+        both.cmd("HGET").arg(&states).arg(sku).cmd("HGET").arg(&batch).arg(sku);
+        let ((stored, row), mark): ((Option<Vec<u8>>, Option<Vec<u8>>), Option<String>) = if self.connection.is_cluster() {
             let mut other = self.connection.clone();
-            let (mut read_states, mut read_mark) = (redis::cmd("HGET"), redis::cmd("GET"));
-            read_states.arg(&states).arg(sku);
+            let mut read_mark = redis::cmd("GET");
             read_mark.arg(&key);
-            let (stored, mark) = tokio::join!(read_states.query_async(&mut connection), read_mark.query_async(&mut other));
-            (stored.map_err(|e| self.error(e))?, mark.map_err(|e| self.error(e))?)
+            let (both, mark) = tokio::join!(both.query_async(&mut connection), read_mark.query_async(&mut other));
+            (both.map_err(|e| self.error(e))?, mark.map_err(|e| self.error(e))?)
         } else {
-            redis::pipe().cmd("HGET").arg(&states).arg(sku).cmd("GET").arg(&key).query_async(&mut connection).await.map_err(|e| self.error(e))?
+            let (stored, row, mark) = both.cmd("GET").arg(&key).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+            ((stored, row), mark)
         };
-        Ok((self.decode_states(sku, stored)?, parse_mark(key, mark)?))
+        let row = row.map(|bytes| sku_state::decode_row(&bytes).map_err(|message| SpeedError::Corrupt { key: format!("{batch} field {sku}"), message }));
+        Ok(SkuRead { row: row.transpose()?.map(Arc::new), speed: self.decode_states(sku, stored)?, caught_up: parse_mark(key, mark)? })
+    }
+
+    /// Writes the rows per partition, [`SKUS_PER_CALL`] per command and a few partitions at
+    /// once, then the metadata. Returns the rows written.
+    async fn publish(&self, meta: &BatchMeta, rows: impl IntoIterator<Item = SkuRow>) -> Result<u64, SpeedError> {
+        use futures::StreamExt;
+        self.layout(true).await?;
+        let mut by_partition: BTreeMap<u64, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+        let mut written = 0;
+        for row in rows {
+            by_partition.entry(self.partition(&row.info.sku)).or_default().push((row.info.sku.clone(), sku_state::encode_row(&row)));
+            written += 1;
+        }
+        let commands = by_partition.into_iter().flat_map(|(partition, fields)| {
+            let key = self.batch_key(partition);
+            let chunks: Vec<Vec<(String, Vec<u8>)>> = fields.chunks(SKUS_PER_CALL).map(<[_]>::to_vec).collect();
+            chunks.into_iter().map(move |chunk| {
+                let mut command = redis::cmd("HSET");
+                command.arg(&key);
+                for (sku, row) in chunk {
+                    command.arg(sku).arg(row);
+                }
+                command
+            })
+        });
+        let mut sent = futures::stream::iter(commands)
+            .map(|command| {
+                let mut connection = self.connection.clone();
+                async move { command.query_async::<i64>(&mut connection).await }
+            })
+            .buffer_unordered(8);
+        while let Some(done) = sent.next().await {
+            done.map_err(|e| self.error(e))?;
+        }
+        let json = serde_json::to_string(meta).expect("batch metadata serialises");
+        let mut connection = self.connection.clone();
+        let () = redis::cmd("SET").arg(self.meta_key()).arg(json).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+        Ok(written)
+    }
+
+    async fn batch_meta(&self) -> Result<Option<BatchMeta>, SpeedError> {
+        let mut connection = self.connection.clone();
+        let key = self.meta_key();
+        let stored: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+        stored.map(|json| serde_json::from_str(&json).map_err(|error| SpeedError::Corrupt { key, message: error.to_string() })).transpose()
+    }
+
+    /// Whether each SKU has a published row: one pipeline of `HEXISTS` per partition, all at once.
+    async fn skus_known(&self, skus: &[&str]) -> Result<Vec<bool>, SpeedError> {
+        self.layout(false).await?;
+        let mut by_partition: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (index, sku) in skus.iter().enumerate() {
+            by_partition.entry(self.partition(sku)).or_default().push(index);
+        }
+        let reads = by_partition.into_iter().map(|(partition, indices)| {
+            let key = self.batch_key(partition);
+            let mut pipe = redis::pipe();
+            for index in &indices {
+                pipe.cmd("HEXISTS").arg(&key).arg(skus[*index]);
+            }
+            let mut connection = self.connection.clone();
+            async move { pipe.query_async::<Vec<bool>>(&mut connection).await.map(|found| (indices, found)) }
+        });
+        let mut known = vec![false; skus.len()];
+        for read in futures::future::join_all(reads).await {
+            let (indices, found) = read.map_err(|e| self.error(e))?;
+            for (index, found) in indices.into_iter().zip(found) {
+                known[index] = found;
+            }
+        }
+        Ok(known)
     }
 
     async fn clear(&self) -> Result<(), SpeedError> {
@@ -1304,10 +1449,11 @@ impl RedisStore {
         self.layout(false).await?;
         // a cluster has no one keyspace to scan: every key of the layout, by name, each in its slot
         let named = self.connection.is_cluster().then(|| {
-            let mut keys: Vec<String> = (0..self.partition_count()).flat_map(|partition| self.partition_keys(partition)).collect();
+            let mut keys: Vec<String> =
+                (0..self.partition_count()).flat_map(|partition| self.partition_keys(partition).into_iter().chain([self.batch_key(partition)])).collect();
             let (node_keys, sources_key) = self.watermark_keys();
             keys.extend(node_keys);
-            keys.extend([sources_key, self.dead_letter_key(), self.caught_up_key(), self.layout_key()]);
+            keys.extend([sources_key, self.dead_letter_key(), self.caught_up_key(), self.meta_key(), self.layout_key()]);
             keys
         });
         self.partitions.store(0, Ordering::Relaxed);

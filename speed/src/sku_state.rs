@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use sellable_core::fold::{Anchor, EventKey, UNKNOWN_PRINT};
-use sellable_core::{Event, EventKind, FoldConfig, Millis, NodeState, Outcome, SeenIds};
+use sellable_core::{Event, EventKind, FoldConfig, Millis, NodeState, Outcome, SeenIds, SkuInfo, SkuRow};
 
 const VERSION: u8 = 3;
 
@@ -116,7 +116,70 @@ impl SkuState {
     }
 }
 
-/// Writes version 2 (see the module docs).
+/// Version of a published batch row's encoding ([`encode_row`]).
+const ROW_VERSION: u8 = 1;
+
+/// The stored form of a SKU's row of a published batch view: version byte `1`; the catalog entry
+/// (the SKU, the category, presence flags (bit 0 seller, bit 1 hazmat), the seller if present,
+/// the price as 8 bytes little-endian, the attributes); the length of the states' encoding, then
+/// the states as [`SkuState::encode`] writes them (no ids); the count of nodes with features,
+/// then per node its name, the count of features and each as 8 bytes little-endian.
+pub fn encode_row(row: &SkuRow) -> Vec<u8> {
+    let mut out = Writer { out: Vec::with_capacity(64 + 64 * row.states.len() + 80 * row.features.len()), base: 0, last_id: "" };
+    out.out.push(ROW_VERSION);
+    let info = &row.info;
+    out.string(&info.sku);
+    out.string(&info.category);
+    out.flags(&[info.seller.is_some(), info.hazmat]);
+    if let Some(seller) = &info.seller {
+        out.string(seller);
+    }
+    out.out.extend_from_slice(&info.price.to_le_bytes());
+    out.string(&info.attributes);
+    let states = SkuState { nodes: row.states.iter().cloned().collect(), seen: SeenIds::default() }.encode(None);
+    out.unsigned(states.len() as u64);
+    out.out.extend_from_slice(&states);
+    out.unsigned(row.features.len() as u64);
+    for (node, features) in &row.features {
+        out.string(node);
+        out.unsigned(features.len() as u64);
+        for value in features {
+            out.out.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    out.out
+}
+
+/// Reads a published batch row back ([`encode_row`]). The error says what is wrong.
+pub fn decode_row(bytes: &[u8]) -> Result<SkuRow, String> {
+    let mut reader = Reader { bytes, at: 1, base: 0, last_id: Vec::new() };
+    match bytes.first() {
+        Some(&ROW_VERSION) => {}
+        Some(version) => return Err(format!("unknown row encoding version {version} (this build reads {ROW_VERSION})")),
+        None => return Err("empty row".to_string()),
+    }
+    let (sku, category) = (reader.string()?, reader.string()?);
+    let [has_seller, hazmat] = reader.flags()?;
+    let seller = has_seller.then(|| reader.string()).transpose()?;
+    let price = reader.f64()?;
+    let info = SkuInfo { sku, category, seller, hazmat, price, attributes: reader.string()? };
+    let at = reader.at;
+    let len = usize::try_from(reader.unsigned()?).map_err(|_| format!("length at byte {at}"))?;
+    let states = SkuState::decode(reader.take(len)?).map_err(|message| format!("states at byte {at}: {message}"))?;
+    let mut features = Vec::new();
+    for _ in 0..reader.unsigned()? {
+        let node = reader.string()?;
+        let count = reader.unsigned()?;
+        let values = (0..count).map(|_| reader.f64()).collect::<Result<Vec<f64>, String>>()?;
+        features.push((node, values));
+    }
+    if reader.at != bytes.len() {
+        return Err(format!("{} bytes left over after the row", bytes.len() - reader.at));
+    }
+    Ok(SkuRow { info, states: states.nodes.into_iter().collect(), features })
+}
+
+/// Writes version 3 (see the module docs).
 struct Writer<'a> {
     out: Vec<u8>,
     base: Millis,
@@ -245,6 +308,10 @@ impl Reader<'_> {
 
     fn byte(&mut self) -> Result<u8, String> {
         Ok(self.take(1)?[0])
+    }
+
+    fn f64(&mut self) -> Result<f64, String> {
+        Ok(f64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 
     fn unsigned(&mut self) -> Result<u64, String> {
@@ -453,5 +520,22 @@ mod tests {
         let two = state.encode(None);
         assert_eq!(two[0], VERSION);
         assert!(two.len() < 70, "{} bytes", two.len());
+    }
+
+    #[test]
+    fn a_batch_row_comes_back_as_it_was_and_a_damaged_one_says_where() {
+        let mut state = SkuState::default();
+        events().iter().for_each(|event| {
+            state.apply(event, FoldConfig::default());
+        });
+        let info = SkuInfo { sku: "S".into(), category: "toys".into(), seller: Some("S-1".into()), hazmat: true, price: 12.5, attributes: r#"{"a":1}"#.into() };
+        let row = SkuRow { info, states: state.nodes.into_iter().collect(), features: vec![("N1".into(), vec![1.5, -0.0, f64::MAX]), ("N2".into(), vec![])] };
+        let bytes = encode_row(&row);
+        assert_eq!(decode_row(&bytes).unwrap(), row);
+        let bare = SkuRow { info: SkuInfo { seller: None, hazmat: false, ..row.info.clone() }, ..SkuRow::default() };
+        assert_eq!(decode_row(&encode_row(&bare)).unwrap(), bare);
+        assert!(decode_row(&bytes[..bytes.len() - 3]).unwrap_err().contains("truncated"));
+        assert!(decode_row(&[9]).unwrap_err().contains("unknown row encoding version 9"));
+        assert!(decode_row(&[bytes.as_slice(), &[0]].concat()).unwrap_err().contains("left over"));
     }
 }

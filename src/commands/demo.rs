@@ -43,7 +43,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         spawn_live_feed(speed.clone(), in_flight);
     }
     let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, None).await?;
-    let example = example_request(&serving).await;
+    let example = example_request(&lake, &serving).await;
     serve::serve(serving, args.listen, example).await
 }
 
@@ -76,7 +76,7 @@ async fn live(args: &DemoArgs, url: &str, lake: Lake, models: Arc<sellable_servi
     );
     spawn_replay(url.to_string(), config.stream.clone(), later, clock);
     let every = std::time::Duration::from_secs_f64(args.nightly_every * 3_600.0 / args.replay_speed);
-    let example = example_request(&serving).await;
+    let example = example_request(&lake, &serving).await;
     run::serve_loop(lake, serving, config, epoch, every, args.listen, example).await
 }
 
@@ -142,18 +142,17 @@ async fn demo_model(lake: &Lake, dir: &Path, start: Millis, cutoff: Millis, conf
     dir.to_path_buf()
 }
 
-/// A request worth pasting: the most popular SKU that can be promised now, in the country of
-/// one of its nodes; failing that (rules may deny everything), the most popular SKU anywhere.
-async fn example_request(serving: &Serving) -> Option<String> {
+/// A request worth pasting: the most popular SKU that can be promised now in a country of the
+/// catalog; failing that (rules may deny everything), the most popular SKU anywhere.
+async fn example_request(lake: &Lake, serving: &Serving) -> Option<String> {
     let now = serving.now();
-    let mut skus: Vec<&String> = serving.skus.keys().collect();
+    let (skus, _) = lake.load_catalog().await.ok()?;
+    let mut skus: Vec<String> = skus.into_iter().map(|info| info.sku).collect();
     skus.sort();
+    let countries: std::collections::BTreeSet<&str> = serving.nodes.values().map(|node| node.country.as_str()).collect();
     let mut first = None;
-    let epoch = serving.epoch();
-    for sku in skus.into_iter().take(500) {
-        let countries: Vec<&str> =
-            epoch.batch.sku_states(sku).filter_map(|(node, _)| Some(serving.nodes.get(node)?.country.as_str())).collect();
-        for country in countries {
+    for sku in skus.iter().take(100) {
+        for country in countries.iter().copied() {
             let request = format!("/v1/availability/{sku}?region={country}&qty=1");
             if serving.availability(sku, country, 1, now).await.is_ok_and(|answer| answer.units > 0) {
                 return Some(request);

@@ -144,8 +144,9 @@ pub async fn backtest(args: &BacktestArgs) -> Result<()> {
     let (rows, _, summary) = lake.build_trainset(args.from, args.to, args.lake.fold_config(), &Progress::stderr()).await.context("replaying the period")?;
     let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
     let empty = Arc::new(SpeedView::memory(args.lake.fold_config()));
-    let serving = Serving::new(skus, nodes, sellable_core::BatchView::default(), empty, Arc::new(rules));
-    let (decisions, result) = serving.backtest(model.as_ref(), &rows, safety_stock)?;
+    let serving = Serving::new(nodes, sellable_core::BatchMeta::default(), empty, Arc::new(rules));
+    let skus = skus.into_iter().map(|info| (info.sku.clone(), info)).collect();
+    let (decisions, result) = serving.backtest(&skus, model.as_ref(), &rows, safety_stock)?;
     let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     sellable_serving::backtest::write_csv(&decisions, std::io::BufWriter::new(file))?;
     let summary_path = args.out.with_extension("summary.json");

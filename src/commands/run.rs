@@ -18,7 +18,7 @@ use crate::commands::{batch, serve, speed};
 
 pub async fn run(args: &RunArgs) -> Result<()> {
     let lake = Arc::new(args.lake.open()?);
-    if lake.load_batch_view().await.is_err() && matches!(args.role, Role::All | Role::Batch) {
+    if matches!(args.role, Role::All | Role::Batch) && lake.batch_view_asof().is_none() {
         let asof = lake.last_arrival().await?.context("the lake has no events: import some first (sellable lake import)")?;
         batch::nightly(&lake, asof, args.lake.fold_config()).await?;
     }
@@ -56,6 +56,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         Role::Serve => {
             let cutoff = first_batch_view(&lake).await;
             let speed = sellable_lifecycle::epoch_speed(&config, cutoff).await?;
+            wait_published(&speed, cutoff).await;
             let models = serve::model_book(&args.models.models, None)?;
             let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, Some(intake(&config)?)).await?;
             sellable_lifecycle::follow(lake.clone(), serving.clone(), config, Duration::from_secs(1));
@@ -120,6 +121,19 @@ async fn first_batch_view(lake: &sellable_batch::Lake) -> sellable_core::Millis 
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
+    }
+}
+
+/// Waits (and says so) until the batch role has published the batch view of `cutoff` into its
+/// epoch's namespace: a serving process reads the rows there and keeps none itself.
+async fn wait_published(speed: &sellable_speed::SpeedView, cutoff: sellable_core::Millis) {
+    loop {
+        match speed.batch_meta().await {
+            Ok(Some(meta)) if meta.asof == cutoff => return,
+            Ok(_) => eprintln!("run: the batch view of {} is not published yet: waiting for the batch role", format_millis(cutoff)),
+            Err(error) => eprintln!("run: cannot read the epoch's namespace yet ({error}): waiting"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

@@ -26,24 +26,35 @@ pub async fn run(args: &ServeArgs) -> Result<()> {
     serve(serving, args.listen, None).await
 }
 
-/// The speed view to serve from: an embedded one that starts empty and catches up with what
-/// arrived after the cutoff, or Redis, kept caught up from the lake by a task of its own (at
-/// start when the view was never caught up from this cutoff, and whenever Redis comes back
-/// without it). Redis need not be up at start: answers are conservative until it is.
+/// The store to serve from, holding the lake's batch view (published into it) and the speed
+/// view: an embedded one, filled at start with the batch view and what arrived after its cutoff,
+/// or Redis, kept so from the lake by a task of its own (at start when it does not hold this
+/// cutoff's, and whenever Redis comes back without it). Redis need not be up at start: answers
+/// are conservative until it is.
 pub async fn open_speed(lake: &Arc<Lake>, redis: &RedisArgs, config: FoldConfig) -> Result<Arc<SpeedView>> {
-    let cutoff = lake.load_batch_view().await?.asof;
+    let cutoff = lake.batch_view_asof().context("the lake has no batch view: compute one first (sellable batch)")?;
     match &redis.redis {
         Some(url) => {
             let speed = Arc::new(SpeedView::redis_lazy(url, &redis.namespace, config).await?);
-            sellable_speed::keep_caught_up(lake.clone(), speed.clone(), cutoff, std::time::Duration::from_secs(1));
+            sellable_speed::keep_caught_up(lake.clone(), speed.clone(), cutoff, batch_rows(lake.clone()), std::time::Duration::from_secs(1));
             Ok(speed)
         }
         None => {
             let speed = SpeedView::memory(config);
+            let (meta, rows) = lake.load_published().await.context("loading the batch view")?;
+            speed.publish(&meta, rows).await?;
             catch_up(lake, &speed, cutoff, CatchUpSource::Log, None).await?;
             Ok(Arc::new(speed))
         }
     }
+}
+
+/// The lake's batch view as [`sellable_speed::keep_caught_up`] publishes it again.
+fn batch_rows(lake: Arc<Lake>) -> sellable_speed::BatchRows {
+    Arc::new(move || {
+        let lake = lake.clone();
+        Box::pin(async move { Ok(lake.load_published().await?) })
+    })
 }
 
 /// The model registry's live version for serving, watched for promotions and rollbacks.
@@ -77,13 +88,24 @@ pub async fn load_serving_with_clock(
     intake: Option<Arc<dyn EventIntake>>,
     clock: Clock,
 ) -> Result<Arc<Serving>> {
-    let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
-    let batch = lake.load_batch_view().await.context("loading the batch view")?;
+    let nodes = lake.load_nodes().await.context("loading the catalog's nodes")?;
+    let batch = match speed.batch_meta().await {
+        Ok(Some(batch)) if Some(batch.asof) == lake.batch_view_asof() => batch,
+        // not published there yet (a namespace folded without it), or not reachable now: the
+        // lake's, published if the store takes it (else the keeper above does, later)
+        _ => {
+            let (meta, rows) = lake.load_published().await.context("loading the batch view")?;
+            if let Err(error) = speed.publish(&meta, rows).await {
+                eprintln!("serve: could not publish the batch view into the speed view's store now ({error}); answers are conservative until it is");
+            }
+            meta
+        }
+    };
     if rules.dir().is_some() {
         rules.clone().watch(std::time::Duration::from_secs(1));
     }
     models.clone().watch(std::time::Duration::from_millis(500));
-    let mut serving = Serving::new(skus, nodes, batch, speed, rules).with_models(models).with_clock(clock);
+    let mut serving = Serving::new(nodes, batch, speed, rules).with_models(models).with_clock(clock);
     if let Some(intake) = intake {
         serving = serving.with_intake(intake);
     }

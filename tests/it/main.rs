@@ -48,16 +48,23 @@ async fn marketplace() -> Marketplace {
     Marketplace { _dir: dir, lake, cutoff, all_events, after_cutoff_jsonl, after_cutoff }
 }
 
+/// Publishes the lake's batch view into `speed`'s store, as an epoch does; returns its metadata.
+async fn publish(lake: &Lake, speed: &SpeedView) -> sellable_core::BatchMeta {
+    let (batch, rows) = lake.load_published().await.unwrap();
+    speed.publish(&batch, rows).await.unwrap();
+    batch
+}
+
 /// Serves on a free loopback port, answering as of `now`; returns the base URL and the server.
 async fn serve(lake: &Lake, speed: Arc<SpeedView>, now: Millis) -> (String, Arc<Serving>) {
     serve_with(lake, speed, now, Arc::new(ModelBook::none())).await
 }
 
 async fn serve_with(lake: &Lake, speed: Arc<SpeedView>, now: Millis, models: Arc<ModelBook>) -> (String, Arc<Serving>) {
-    let (skus, nodes) = lake.load_catalog().await.unwrap();
-    let batch = lake.load_batch_view().await.unwrap();
+    let nodes = lake.load_nodes().await.unwrap();
+    let batch = publish(lake, &speed).await;
     let rules = Arc::new(sellable_serving::RuleBook::empty(sellable_dsl::Schema::standard()));
-    let serving = Serving::new(skus, nodes, batch, speed, rules).with_models(models);
+    let serving = Serving::new(nodes, batch, speed, rules).with_models(models);
     let serving = Arc::new(serving.with_clock(sellable_serving::Clock::Fixed(now)));
     serving.refresh_watermarks().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -716,8 +723,10 @@ async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
     let models = Arc::new(ModelBook::from_registry(registry, None).unwrap());
     let (_, serving) = serve_with(&trained.lake, Arc::new(SpeedView::memory(FoldConfig::default())), cutoff + 1, models).await;
     let mut scored = 0;
-    for sku in serving.skus.keys().take(60) {
-        for (node, _) in serving.epoch().batch.sku_states(sku) {
+    let batch = trained.lake.load_batch_view().await.unwrap();
+    let (skus, _) = trained.lake.load_catalog().await.unwrap();
+    for sku in skus.iter().take(60).map(|info| info.sku.as_str()) {
+        for (node, _) in batch.sku_states(sku) {
             let region = serving.nodes[node].country.clone();
             let answer = serving.availability(sku, &region, 1, cutoff + 1).await.unwrap();
             assert_eq!(answer.versions.model.as_deref(), Some(version.as_str()));
@@ -739,8 +748,9 @@ async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
     let ruleset = sellable_dsl::load(&[sellable_dsl::Source { name: "t.rules".into(), text: rules.into() }], &schema).ruleset.unwrap();
     let (skus, nodes) = trained.lake.load_catalog().await.unwrap();
     let book = Arc::new(sellable_serving::RuleBook::with(ruleset, schema));
-    let replay = Serving::new(skus, nodes, Default::default(), Arc::new(SpeedView::memory(FoldConfig::default())), book);
-    let (decisions, summary) = replay.backtest(Some(&model), &orders, evaluation.safety_stock).unwrap();
+    let replay = Serving::new(nodes, Default::default(), Arc::new(SpeedView::memory(FoldConfig::default())), book);
+    let skus = skus.into_iter().map(|info| (info.sku.clone(), info)).collect();
+    let (decisions, summary) = replay.backtest(&skus, Some(&model), &orders, evaluation.safety_stock).unwrap();
     assert_eq!(decisions.len(), orders.len());
     let named = |row: &sellable_batch::trainset::TrainRow, name: &str| row.features[sellable_core::features::names().iter().position(|n| *n == name).unwrap()];
     let mut capped = 0;
@@ -774,7 +784,12 @@ async fn losing_redis_makes_answers_conservative_until_the_speed_view_is_whole_a
     let speed = Arc::new(SpeedView::redis_lazy(&redis.url(), "lost", FoldConfig::default()).await.unwrap());
     let every = std::time::Duration::from_millis(200);
     let log: Arc<dyn sellable_core::EventLog> = Arc::new(Lake::open(market.lake.root()).unwrap());
-    let _keeper = sellable_speed::keep_caught_up(log, speed.clone(), market.cutoff, every);
+    let lake = Arc::new(Lake::open(market.lake.root()).unwrap());
+    let rows: sellable_speed::BatchRows = Arc::new(move || {
+        let lake = lake.clone();
+        Box::pin(async move { Ok(lake.load_published().await?) })
+    });
+    let _keeper = sellable_speed::keep_caught_up(log, speed.clone(), market.cutoff, rows, every);
     let now = market.cutoff + 3_600_000;
     let (_, serving) = serve(&market.lake, speed.clone(), now).await;
     let _refresher = serving.clone().spawn_refresh(every);
@@ -893,10 +908,11 @@ async fn posted_events_reach_the_lake_through_the_ingestion_stream() {
     speed.clear().await.unwrap();
     catch_up(&market.lake, &speed, market.cutoff, CatchUpSource::Log, None).await.unwrap();
     let now = market.cutoff + 3_600_000;
-    let (skus, nodes) = market.lake.load_catalog().await.unwrap();
+    let nodes = market.lake.load_nodes().await.unwrap();
     let rules = Arc::new(sellable_serving::RuleBook::empty(sellable_dsl::Schema::standard()));
     let intake = Arc::new(sellable_speed::stream::StreamIntake::new(&url, &stream).unwrap());
-    let serving = Serving::new(skus, nodes, market.lake.load_batch_view().await.unwrap(), speed.clone(), rules)
+    let batch = publish(&market.lake, &speed).await;
+    let serving = Serving::new(nodes, batch, speed.clone(), rules)
         .with_intake(intake)
         .with_clock(sellable_serving::Clock::Fixed(now));
     let router = Arc::new(serving).router();

@@ -95,7 +95,7 @@ async fn market(sim: SimConfig) -> Market {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
-    let Market { _dir, events, lake, skus, nodes, first_cutoff, imported, streamed } =
+    let Market { _dir, events, lake, skus: _, nodes, first_cutoff, imported, streamed } =
         market(SimConfig { seed: 23, skus: 150, nodes: 12, days: 4.0, ..SimConfig::default() }).await;
 
     let id = std::process::id();
@@ -117,14 +117,16 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
     let mut epoch = start(&lake, &config).await.unwrap();
     // the cutovers here are 12 to 42 hours apart: no margin for an old batch view
     let limits = sellable_serving::grading::Limits { batch_max_age_ms: 7 * 24 * HOUR, ..Default::default() };
-    let serving_of = |lake: Arc<Lake>, speed: Arc<dyn sellable_core::SpeedSource>| {
-        let (skus, nodes) = (skus.clone(), nodes.clone());
+    // a serving process as `--role serve` starts: the batch view from the epoch's namespace
+    let serving_of = |speed: Arc<dyn sellable_core::SpeedSource>| {
+        let nodes = nodes.clone();
         async move {
             let rules = Arc::new(RuleBook::empty(sellable_dsl::Schema::standard()));
-            Serving::new(skus, nodes, lake.load_batch_view().await.unwrap(), speed, rules).with_limits(limits)
+            let batch = speed.batch_meta().await.unwrap().expect("the epoch publishes its batch view");
+            Serving::new(nodes, batch, speed, rules).with_limits(limits)
         }
     };
-    let mut serving = Arc::new(serving_of(lake.clone(), epoch.speed.clone()).await);
+    let mut serving = Arc::new(serving_of(epoch.speed.clone()).await);
     let (url, stream_name) = (config.url.clone(), config.stream.clone());
     let archive = || {
         let (lake, url, stream) = (lake.clone(), url.clone(), StreamConfig::new(&stream_name, ARCHIVE_GROUP, "archiver"));
@@ -164,7 +166,7 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
         accepted.extend(published.iter().cloned());
         publish(&config.url, &config.stream, published.iter().map(encode_json)).await.unwrap();
         if !posted.is_empty() {
-            let server = serving_of(lake.clone(), epoch.speed.clone()).await;
+            let server = serving_of(epoch.speed.clone()).await;
             let intake = Arc::new(StreamIntake::new(&config.url, &config.stream).unwrap());
             let server = Arc::new(server.with_clock(sellable_serving::Clock::Fixed(to)).with_intake(intake));
             accepted.extend(post_events(server, posted).await.into_iter().map(|event| Event { arrived: Some(to), ..event }));
@@ -189,7 +191,7 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
             interrupted.abort();
             let _ = interrupted.await;
             epoch = start(&lake, &config).await.unwrap();
-            serving = Arc::new(serving_of(lake.clone(), epoch.speed.clone()).await);
+            serving = Arc::new(serving_of(epoch.speed.clone()).await);
         }
         drained(&config.stream, &epoch.group).await;
         drained(&config.stream, ARCHIVE_GROUP).await;
@@ -266,7 +268,7 @@ async fn the_loop_runs_on_a_redis_cluster() {
     assert_eq!(epoch.speed.partitions().await.unwrap(), Some(sellable_speed::partitions_for(skus.len())));
     let limits = sellable_serving::grading::Limits { batch_max_age_ms: 7 * 24 * HOUR, ..Default::default() };
     let rules = Arc::new(RuleBook::empty(sellable_dsl::Schema::standard()));
-    let serving = Serving::new(skus.clone(), nodes.clone(), lake.load_batch_view().await.unwrap(), epoch.speed.clone(), rules).with_limits(limits);
+    let serving = Serving::new(nodes.clone(), epoch.batch.clone(), epoch.speed.clone(), rules).with_limits(limits);
     let (stop_archiver, stopped) = tokio::sync::oneshot::channel::<()>();
     let (archive_lake, url) = (lake.clone(), config.url.clone());
     let archiver = tokio::spawn(async move {

@@ -8,33 +8,77 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sellable_core::view::BoxFuture;
-use sellable_core::{fold, BatchView, Event, EventKind, FoldConfig, NodeInfo, NodeKind, NodeState, SkuInfo, SpeedSource, ViewError};
+use sellable_core::{fold, BatchMeta, BatchView, Event, EventKind, FoldConfig, NodeInfo, NodeKind, NodeState, SkuInfo, SkuRead, SkuRow, SpeedSource, ViewError};
 use sellable_dsl::Schema;
 use sellable_serving::{Availability, Clock, ModelBook, RuleBook, Serving};
 
-/// The speed views of these tests: one with no event since the cutoff, and broken ones that fail,
-/// hang, or answer from another cutoff.
-enum FakeSpeed {
+/// The epoch stores of these tests: the test batch view's row of SKU-1 published ([`test_batch`])
+/// beside a speed view with no event since the cutoff; or, once `broken`, a store that fails,
+/// hangs, or (from the start) answers from another cutoff.
+struct FakeSpeed {
+    mode: Mode,
+    row: Arc<SkuRow>,
+    broken: AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
     NothingSinceCutoff,
     Failing,
     Hanging,
     OtherCutoff,
 }
 
+impl FakeSpeed {
+    /// A store in `mode`, working until [`FakeSpeed::breaks`] (`OtherCutoff`: broken from the start),
+    /// WH-1's batch features set to `features`, if any.
+    fn new(mode: Mode, features: Option<Vec<f64>>) -> FakeSpeed {
+        let (batch, skus) = test_batch();
+        let mut row = batch.rows(&skus).next().unwrap();
+        row.features = features.into_iter().map(|features| ("WH-1".to_string(), features)).collect();
+        FakeSpeed { mode, row: Arc::new(row), broken: AtomicBool::new(matches!(mode, Mode::OtherCutoff)) }
+    }
+
+    fn breaks(&self) {
+        self.broken.store(true, Ordering::SeqCst);
+    }
+
+    fn mode(&self) -> Mode {
+        if self.broken.load(Ordering::SeqCst) {
+            self.mode
+        } else {
+            Mode::NothingSinceCutoff
+        }
+    }
+}
+
 impl SpeedSource for FakeSpeed {
-    fn sku_states<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, ViewError>> {
+    fn sku_states<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, ViewError>> {
+        Box::pin(async move { Ok(self.sku_read(sku).await?.speed) })
+    }
+    fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<SkuRead, ViewError>> {
         Box::pin(async move {
-            match self {
-                FakeSpeed::NothingSinceCutoff => Ok(Vec::new()),
-                FakeSpeed::Failing => Err("connection refused".into()),
-                FakeSpeed::Hanging => {
+            let row = (sku == "SKU-1").then(|| self.row.clone());
+            match self.mode() {
+                Mode::NothingSinceCutoff => Ok(SkuRead { row, speed: Vec::new(), caught_up: Some(CUTOFF) }),
+                Mode::Failing => Err("connection refused".into()),
+                Mode::Hanging => {
                     tokio::time::sleep(Duration::from_secs(30)).await;
-                    Ok(Vec::new())
+                    Err("too late".into())
                 }
                 // a reservation of all of WH-1 that the batch view does not know of
-                FakeSpeed::OtherCutoff => Ok(fold(&[event("r1", "WH-1", EventKind::Reserve, 10)], FoldConfig::default()).states.into_iter().map(|((_, node), state)| (node, state)).collect()),
+                Mode::OtherCutoff => {
+                    let speed = fold(&[event("r1", "WH-1", EventKind::Reserve, 10)], FoldConfig::default()).states.into_iter().map(|((_, node), state)| (node, state)).collect();
+                    Ok(SkuRead { row, speed, caught_up: Some(CUTOFF - 1) })
+                }
             }
         })
+    }
+    fn batch_meta(&self) -> BoxFuture<'_, Result<Option<BatchMeta>, ViewError>> {
+        Box::pin(async { Ok(Some(test_batch().0.meta())) })
+    }
+    fn skus_known<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<bool>, ViewError>> {
+        Box::pin(async move { Ok(skus.iter().map(|sku| *sku == "SKU-1").collect()) })
     }
     fn watermarks(&self) -> BoxFuture<'_, Result<sellable_core::Watermarks, ViewError>> {
         Box::pin(async { Ok(Default::default()) })
@@ -46,7 +90,13 @@ impl SpeedSource for FakeSpeed {
         Box::pin(async { Err("this test view keeps nothing".into()) })
     }
     fn caught_up_to(&self) -> BoxFuture<'_, Result<Option<sellable_core::Millis>, ViewError>> {
-        Box::pin(async move { Ok(Some(if matches!(self, FakeSpeed::OtherCutoff) { CUTOFF - 1 } else { CUTOFF })) })
+        Box::pin(async move {
+            match self.mode() {
+                Mode::Failing | Mode::Hanging => Err("connection refused".into()),
+                Mode::OtherCutoff => Ok(Some(CUTOFF - 1)),
+                Mode::NothingSinceCutoff => Ok(Some(CUTOFF)),
+            }
+        })
     }
     fn config(&self) -> FoldConfig {
         FoldConfig::default()
@@ -81,13 +131,12 @@ const CUTOFF: sellable_core::Millis = 2_000;
 
 fn serving(rules: Arc<RuleBook>, models: Arc<ModelBook>) -> Arc<Serving> {
     // answers as of just after the events, so no feed is beyond its SLA
-    let serving = serving_over(Arc::new(FakeSpeed::NothingSinceCutoff), 60_000, rules).with_models(models);
+    let serving = serving_over(Arc::new(FakeSpeed::new(Mode::NothingSinceCutoff, None)), 60_000, rules).with_models(models);
     Arc::new(serving.with_clock(Clock::Fixed(CUTOFF)))
 }
 
-/// The test marketplace (WH-1 counted 10 units, the seller SL-1 reported 6, both in DE) over
-/// `speed`, the nodes' feeds allowed `sla_ms` of silence.
-fn serving_over(speed: Arc<dyn SpeedSource>, sla_ms: sellable_core::Millis, rules: Arc<RuleBook>) -> Serving {
+/// The test batch view (WH-1 counted 10 units, the seller SL-1 reported 6) and its catalog.
+fn test_batch() -> (BatchView, Vec<SkuInfo>) {
     let events = [event("e1", "WH-1", EventKind::Count, 10), event("e2", "SL-1", EventKind::Feed, 6)];
     let batch = BatchView { version: "test".into(), asof: CUTOFF, states: fold(&events, FoldConfig::default()).states, ..BatchView::default() };
     let skus = vec![SkuInfo {
@@ -98,6 +147,12 @@ fn serving_over(speed: Arc<dyn SpeedSource>, sla_ms: sellable_core::Millis, rule
         price: 10.0,
         attributes: r#"{"fragile":true}"#.into(),
     }];
+    (batch, skus)
+}
+
+/// The test marketplace (the test batch view, both nodes in DE) over `speed`, the nodes' feeds
+/// allowed `sla_ms` of silence.
+fn serving_over(speed: Arc<dyn SpeedSource>, sla_ms: sellable_core::Millis, rules: Arc<RuleBook>) -> Serving {
     let node = |id: &str, kind, seller: Option<&str>| NodeInfo {
         node: id.into(),
         kind,
@@ -107,7 +162,7 @@ fn serving_over(speed: Arc<dyn SpeedSource>, sla_ms: sellable_core::Millis, rule
         feed_sla_ms: sla_ms,
     };
     let nodes = vec![node("WH-1", NodeKind::Warehouse, None), node("SL-1", NodeKind::Seller, Some("S-1042"))];
-    Serving::new(skus, nodes, batch, speed, rules)
+    Serving::new(nodes, test_batch().0.meta(), speed, rules)
 }
 
 /// A handler that panics answers 500 in the JSON error shape, without the panic's message, and
@@ -396,24 +451,27 @@ async fn wait_until<F: std::future::Future<Output = bool>>(done: impl Fn() -> F)
 }
 
 /// Without a usable speed view, answers come back within the timeout, graded `conservative`:
-/// the batch view minus the outflow bound of its features, nothing where no bound is known.
+/// the batch view minus the outflow bound of its features, nothing where no bound is known. The
+/// batch row comes from the store when it answers, else from the rows this server read lately;
+/// a SKU it never read while the store is away gets nothing promised.
 #[tokio::test]
 async fn a_broken_speed_view_gives_conservative_answers_within_the_timeout() {
     let hour = 3_600_000;
-    for broken in [FakeSpeed::Failing, FakeSpeed::Hanging, FakeSpeed::OtherCutoff] {
-        let other_cutoff = matches!(broken, FakeSpeed::OtherCutoff);
-        let speed: Arc<dyn SpeedSource> = Arc::new(broken);
-        let serving = serving_over(speed.clone(), 10 * hour, Arc::new(RuleBook::empty(Schema::standard())));
-        // WH-1 reserved 1 unit in the hour before the cutoff; SL-1 has no features
-        let mut features = vec![0.0; sellable_core::features::BATCH.len()];
-        features[sellable_core::features::BATCH.iter().position(|name| *name == "reserve_units_1h").unwrap()] = 1.0;
-        let mut batch = serving.epoch().batch.clone();
-        batch.features.insert(("SKU-1".into(), "WH-1".into()), features);
-        serving.swap_epoch(batch, speed);
-        let serving = Arc::new(serving.with_clock(Clock::Fixed(CUTOFF + hour)));
-        serving.refresh_watermarks().await.unwrap();
-        assert_eq!(serving.speed_distrust().is_some(), other_cutoff);
-        assert_eq!(serving.readiness().grade == sellable_core::Grade::Conservative, other_cutoff);
+    // WH-1 reserved 1 unit in the hour before the cutoff; SL-1 has no features
+    let mut features = vec![0.0; sellable_core::features::BATCH.len()];
+    features[sellable_core::features::BATCH.iter().position(|name| *name == "reserve_units_1h").unwrap()] = 1.0;
+    for mode in [Mode::Failing, Mode::Hanging, Mode::OtherCutoff] {
+        let other_cutoff = matches!(mode, Mode::OtherCutoff);
+        let store = Arc::new(FakeSpeed::new(mode, Some(features.clone())));
+        let speed: Arc<dyn SpeedSource> = store.clone();
+        let serving = Arc::new(serving_over(speed.clone(), 10 * hour, Arc::new(RuleBook::empty(Schema::standard()))).with_clock(Clock::Fixed(CUTOFF + hour)));
+        // a SKU read while the store answered, then the store breaks
+        let fresh = serving.availability("SKU-1", "DE", 1, CUTOFF + hour).await.unwrap();
+        assert_eq!(fresh.grade == sellable_core::Grade::Conservative, other_cutoff, "{fresh:?}");
+        store.breaks();
+        assert_eq!(serving.refresh_watermarks().await.is_err(), !other_cutoff);
+        assert!(serving.speed_distrust().is_some());
+        assert_eq!(serving.readiness().grade, sellable_core::Grade::Conservative);
         let started = std::time::Instant::now();
         let answer = serving.availability("SKU-1", "DE", 1, CUTOFF + hour).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(5), "the 50 ms timeout was not kept: {:?}", started.elapsed());
@@ -421,6 +479,19 @@ async fn a_broken_speed_view_gives_conservative_answers_within_the_timeout() {
         // 10 units minus 2 × 1 unit/h × 1 h + 1
         assert_eq!(units_by_node(&answer), BTreeMap::from([("WH-1".to_string(), 7)]), "{answer:?}");
         assert!(answer.degraded_reasons.iter().any(|r| r.ends_with("the batch view minus what may have left since its cutoff")), "{answer:?}");
+
+        // a server that never read the SKU before the store went away promises nothing
+        let store = Arc::new(FakeSpeed::new(mode, Some(features.clone())));
+        store.breaks();
+        let cold = serving_over(store, 10 * hour, Arc::new(RuleBook::empty(Schema::standard()))).with_clock(Clock::Fixed(CUTOFF + hour));
+        let answer = cold.availability("SKU-1", "DE", 1, CUTOFF + hour).await.unwrap();
+        if other_cutoff {
+            // the store answers, with the row, but not for this cutoff: the row alone
+            assert_eq!((answer.grade, units_by_node(&answer)), (sellable_core::Grade::Conservative, BTreeMap::from([("WH-1".to_string(), 7)])), "{answer:?}");
+        } else {
+            assert_eq!((answer.grade, answer.units, answer.available), (sellable_core::Grade::Unavailable, 0, 0), "{answer:?}");
+            assert!(answer.degraded_reasons.iter().any(|r| r.ends_with("has not read the SKU's batch view lately: nothing promised")), "{answer:?}");
+        }
     }
 }
 
@@ -452,7 +523,7 @@ async fn without_a_live_model_the_last_evaluations_safety_stock_is_held_back() {
 async fn an_old_batch_view_holds_a_margin_back_and_alone_promises_nothing() {
     let late = CUTOFF + 40 * 3_600_000;
     let rules = || Arc::new(RuleBook::empty(Schema::standard()));
-    let usable = Arc::new(serving_over(Arc::new(FakeSpeed::NothingSinceCutoff), 100 * 3_600_000, rules()).with_clock(Clock::Fixed(late)));
+    let usable = Arc::new(serving_over(Arc::new(FakeSpeed::new(Mode::NothingSinceCutoff, None)), 100 * 3_600_000, rules()).with_clock(Clock::Fixed(late)));
     usable.refresh_watermarks().await.unwrap();
     let answer = usable.availability("SKU-1", "DE", 1, late).await.unwrap();
     assert_eq!(answer.grade, sellable_core::Grade::BoundedStale, "{answer:?}");
@@ -460,7 +531,7 @@ async fn an_old_batch_view_holds_a_margin_back_and_alone_promises_nothing() {
     assert!(answer.degraded_reasons.iter().any(|r| r.starts_with("batch view is 40 h old (expected at most 36 h)")), "{answer:?}");
     assert_eq!((usable.readiness().ready, usable.readiness().grade), (true, sellable_core::Grade::BoundedStale));
 
-    let alone = Arc::new(serving_over(Arc::new(FakeSpeed::OtherCutoff), 100 * 3_600_000, rules()).with_clock(Clock::Fixed(late)));
+    let alone = Arc::new(serving_over(Arc::new(FakeSpeed::new(Mode::OtherCutoff, None)), 100 * 3_600_000, rules()).with_clock(Clock::Fixed(late)));
     alone.refresh_watermarks().await.unwrap();
     let answer = alone.availability("SKU-1", "DE", 1, late).await.unwrap();
     assert_eq!((answer.grade, answer.available), (sellable_core::Grade::Unavailable, 0), "{answer:?}");

@@ -6,6 +6,7 @@ use rand::SeedableRng;
 use sellable_bench::{generate, SimConfig};
 use sellable_core::event::read_event_file;
 use sellable_core::{fold, Event, Fold, FoldConfig, FoldStats, NodeState, Outcome};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use sellable_speed::SpeedView;
@@ -502,6 +503,37 @@ async fn any_partition_count_folds_like_core_and_is_read_back() {
         let later = SpeedView::redis(&redis_url(), &namespace(&name), FoldConfig::default()).await.unwrap();
         assert_eq!(later.partitions().await.unwrap(), Some(partitions));
         assert_matches_core_fold(&later, &events).await;
+        assert_publishes_and_reads_back(&view, &events).await;
         view.clear().await.unwrap();
+        assert_eq!(view.batch_meta().await.unwrap(), None, "clear drops the published batch view");
     }
+    let embedded = SpeedView::memory(FoldConfig::default());
+    embedded.fold(&events, "test").await.unwrap();
+    assert_publishes_and_reads_back(&embedded, &events).await;
+}
+
+/// Publishes a batch view of `events` (a catalog of their SKUs and one more without events) into
+/// `view`, and reads every row back with the SKU's speed states and the catch-up mark.
+async fn assert_publishes_and_reads_back(view: &SpeedView, events: &[Event]) {
+    use sellable_core::{BatchView, SkuInfo, SpeedSource};
+    let half = &events[..events.len() / 2];
+    let states = sellable_core::fold(half, FoldConfig::default()).states;
+    let features = states.keys().map(|key| (key.clone(), vec![key.0.len() as f64, 0.5])).collect();
+    let batch = BatchView { version: "test".into(), asof: 5, states, features };
+    let mut names: Vec<String> = events.iter().map(|event| event.sku.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    names.push("SKU-NO-EVENTS".into());
+    let skus: Vec<SkuInfo> = names.iter().map(|sku| SkuInfo { sku: sku.clone(), category: "c".into(), price: 1.0, ..SkuInfo::default() }).collect();
+    assert_eq!(view.publish(&batch.meta(), batch.rows(&skus)).await.unwrap(), skus.len() as u64);
+    assert_eq!(view.batch_meta().await.unwrap(), Some(batch.meta()));
+    view.mark_caught_up(5).await.unwrap();
+    for (row, info) in batch.rows(&skus).zip(&skus) {
+        let read = view.sku_read(&info.sku).await.unwrap();
+        assert_eq!(read.row.as_deref(), Some(&row), "{}", info.sku);
+        assert_eq!(read.speed, view.sku_states(&info.sku).await.unwrap());
+        assert_eq!(read.caught_up, Some(5));
+    }
+    let unknown = view.sku_read("SKU-UNKNOWN").await.unwrap();
+    assert!(unknown.row.is_none());
+    let asked = [names[0].as_str(), "SKU-UNKNOWN", "SKU-NO-EVENTS"];
+    assert_eq!(view.skus_known(&asked).await.unwrap(), vec![true, false, true]);
 }
