@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# How serving and the speed view grow with the catalog, in one run: for each catalog size, a
+# How serving and the Redis store grow with the catalog, in one run: for each catalog size, a
 # marketplace of that many SKUs (one simulated day, one node per 100 SKUs, at least 40) is
-# generated, imported and batched; `sellable serve` (embedded speed view) is started on it and its
-# resident memory read from /proc after start and after the requests; availability is asked for
-# REQUESTS (sku, country) pairs one at a time (client-side p50/p99 and requests/s); the day's
-# events are folded into Redis and Redis's memory per SKU is read from INFO. Every figure is
-# printed with its ratio to the first (smallest) size: the baseline of the run.
-# Usage: benchmarks/scripts/scale.sh [SKUS...]   (default 20000 200000; REQUESTS=2000;
+# generated, imported and batched; `sellable run --role batch` opens its epoch on Redis (the batch
+# view published there, the speed view caught up) and `sellable run --role serve` answers from
+# it, holding no SKU; the serve process's resident memory is read from /proc after start and
+# after the requests; availability is asked for REQUESTS (sku, country) pairs one at a time
+# (client-side p50/p99 and requests/s); Redis's memory per SKU is read from INFO for the
+# published epoch, then for the whole day folded into a speed view. Every figure is printed with
+# its ratio to the first (smallest) size: the baseline of the run.
+# Usage: benchmarks/scripts/scale.sh [SKUS...]   (default 50000 500000; REQUESTS=2000;
 #   PROFILE=release for an optimised build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-sizes=("$@"); [ ${#sizes[@]} -eq 0 ] && sizes=(20000 200000)
+sizes=("$@"); [ ${#sizes[@]} -eq 0 ] && sizes=(50000 500000)
 requests=${REQUESTS:-2000}
 source benchmarks/scripts/common.sh scale
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
@@ -25,8 +27,21 @@ for skus in "${sizes[@]}"; do
   step gen "$bin" gen --out "$dir/gen" --skus "$skus" --nodes "$nodes" --days 1
   step import "$bin" lake import --lake "$dir/lake" --from "$dir/gen"
   step batch "$bin" batch --lake "$dir/lake"
+  namespace="sellable-bench-scale-$skus"; roles=(--lake "$dir/lake" --redis "$url" --namespace "$namespace" --stream "$namespace-events")
+  clear_namespace() { cli --scan --pattern "$namespace*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null; }
+  clear_namespace
+  before=$(used)
+  started=$(date +%s)
+  "$bin" run --role batch --workers 1 "${roles[@]}" 2>"$dir/batch-role.log" & batch_pid=$!
+  until grep -q "caught up" "$dir/batch-role.log"; do
+    kill -0 "$batch_pid" 2>/dev/null || { echo "scale: the batch role stopped:"; tail -5 "$dir/batch-role.log"; exit 1; }
+    sleep 1
+  done
+  epoch_s=$(( $(date +%s) - started ))
+  batch_hwm=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$batch_pid/status")
+  published=$(( ($(used) - before) / skus ))
   listen=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$bin" serve --lake "$dir/lake" --listen "$listen" 2>"$dir/serve.log" & pid=$!
+  "$bin" run --role serve "${roles[@]}" --listen "$listen" 2>"$dir/serve.log" & pid=$!
   for _ in $(seq 1 600); do curl -sf "http://$listen/healthz" >/dev/null && break; sleep 0.5; done
   rss_start=$(rss_mb "$pid")
   latency=$(python3 - "$listen" "$skus" "$requests" <<'PY'
@@ -53,15 +68,14 @@ print(f"{times[len(times) // 2] * 1000:.2f} {times[int(len(times) * 0.99)] * 100
 PY
 )
   rss_end=$(rss_mb "$pid")
-  kill "$pid"; wait "$pid" 2>/dev/null || true
-  namespace="sellable-bench-scale-$skus"
-  cli --scan --pattern "$namespace:*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null
+  kill "$pid" "$batch_pid"; wait "$pid" "$batch_pid" 2>/dev/null || true
+  clear_namespace
   before=$(used)
   step empty-batch "$bin" batch --lake "$dir/lake" --asof 0
   step fold "$bin" fold --lake "$dir/lake" --redis "$url" --namespace "$namespace"
   per_sku=$(( ($(used) - before) / skus ))
-  cli --scan --pattern "$namespace:*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null
-  echo -e "$skus\t$nodes\t$rss_start\t$rss_end\t$latency\t$per_sku" | tr ' ' '\t' >> "$results"
+  clear_namespace
+  echo -e "$skus\t$nodes\t$epoch_s\t$batch_hwm\t$rss_start\t$rss_end\t$latency\t$published\t$per_sku" | tr ' ' '\t' >> "$results"
 done
 python3 - "$results" "$profile" <<'PY'
 import sys
@@ -69,9 +83,9 @@ rows = [line.split("\t") for line in open(sys.argv[1]).read().split("\n") if lin
 base = rows[0]
 ratio = lambda value, base: f"{float(value) / float(base):.2f}x" if float(base) else ""
 print(f"profile {sys.argv[2]}; ratios against the first size")
-print(f"{'skus':>10} {'nodes':>7} {'rss start MB':>13} {'rss after MB':>13} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'redis B/sku':>11}")
+print(f"{'skus':>10} {'nodes':>7} {'epoch s':>8} {'batch MB':>9} {'serve MB':>9} {'after MB':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'epoch B/sku':>11} {'day B/sku':>10}")
+widths = [10, 7, 8, 9, 9, 9, 8, 8, 7, 11, 10]
 for row in rows:
-    skus, nodes, rss0, rss1, p50, p99, rate, per_sku = row
-    print(f"{skus:>10} {nodes:>7} {rss0:>13} {rss1:>13} {p50:>8} {p99:>8} {rate:>7} {per_sku:>11}")
-    print(f"{'':>10} {'':>7} {ratio(rss0, base[2]):>13} {ratio(rss1, base[3]):>13} {ratio(p50, base[4]):>8} {ratio(p99, base[5]):>8} {ratio(rate, base[6]):>7} {ratio(per_sku, base[7]):>11}")
+    print(" ".join(f"{value:>{width}}" for value, width in zip(row, widths)))
+    print(" ".join(f"{ratio(value, first) if index > 1 else '':>{width}}" for index, (value, first, width) in enumerate(zip(row, base, widths))))
 PY

@@ -1358,7 +1358,8 @@ impl RedisStore {
         let mut connection = self.connection.clone();
         let mut both = redis::pipe();
         both.cmd("HGET").arg(&states).arg(sku).cmd("HGET").arg(&batch).arg(sku);
-        let ((stored, row), mark): ((Option<Vec<u8>>, Option<Vec<u8>>), Option<String>) = if self.connection.is_cluster() {
+        type Stored = Option<Vec<u8>>;
+        let ((stored, row), mark): ((Stored, Stored), Option<String>) = if self.connection.is_cluster() {
             let mut other = self.connection.clone();
             let mut read_mark = redis::cmd("GET");
             read_mark.arg(&key);
