@@ -11,6 +11,7 @@ pub mod event;
 pub mod features;
 pub mod fold;
 pub mod grade;
+pub mod holds;
 pub mod view;
 
 pub use catalog::{NodeInfo, NodeKind, SkuInfo};

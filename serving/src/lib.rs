@@ -8,6 +8,7 @@
 pub mod backtest;
 pub mod grading;
 pub mod models;
+pub mod reservations;
 pub mod rules;
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ pub struct Serving {
     pub models: Arc<ModelBook>,
     /// The batch rows read last, per SKU, for answers while the store cannot be read.
     hot: std::sync::Mutex<HashMap<String, Arc<SkuRow>>>,
+    /// Where reservations hold units, if anywhere (none: `POST /v1/reservations` answers 503).
+    holds: Option<Arc<dyn sellable_core::holds::HoldStore>>,
     /// Per region and per country, the nodes that serve it (`NodeInfo::serves`), computed once:
     /// a request costs the same whatever the number of nodes in the catalog.
     regions: HashMap<String, std::collections::HashSet<String>>,
@@ -193,6 +196,7 @@ impl Serving {
             rules,
             models: Arc::new(ModelBook::none()),
             hot: std::sync::Mutex::new(HashMap::new()),
+            holds: None,
             clock: Clock::Wall,
             watermarks: std::sync::RwLock::new(watermarks),
             intake: None,
@@ -206,6 +210,12 @@ impl Serving {
     /// workers and the archiver read) before folding it, so every event also reaches the lake.
     pub fn with_intake(mut self, intake: Arc<dyn sellable_core::EventIntake>) -> Serving {
         self.intake = Some(intake);
+        self
+    }
+
+    /// Reservations hold units in `holds`, and answers subtract their live holds.
+    pub fn with_holds(mut self, holds: Arc<dyn sellable_core::holds::HoldStore>) -> Serving {
+        self.holds = Some(holds);
         self
     }
 
@@ -334,9 +344,26 @@ impl Serving {
         Ok(sellable_core::features::vector(row.features_of(node), merged.get(node), qty, now))
     }
 
-    /// Merges both views for `sku`, keeps the nodes serving `region`, and decides.
+    /// Merges both views for `sku`, keeps the nodes serving `region`, and decides; live
+    /// reservations' holds are subtracted from what each node can promise.
     #[tracing::instrument(name = "availability", skip_all, fields(sku = ?sku, region = ?region, qty))]
     pub async fn availability(&self, sku: &str, region: &str, qty: i64, now: Millis) -> Result<Availability, ApiError> {
+        Ok(self.decide_sku(sku, region, None, qty, now, true).await?.0)
+    }
+
+    /// The answer for `qty` units of `sku` in `region` (at `only` that node, if given), and per
+    /// node the units it can promise before live holds are subtracted (the model's gate and the
+    /// rules applied), ranked by `p_fulfill`, then units, then node. With `subtract_holds`, the
+    /// answer subtracts the live holds; a reservation leaves that to the store, atomically.
+    pub(crate) async fn decide_sku(
+        &self,
+        sku: &str,
+        region: &str,
+        only: Option<&str>,
+        qty: i64,
+        now: Millis,
+        subtract_holds: bool,
+    ) -> Result<(Availability, Vec<(String, i64)>), ApiError> {
         let Some(serving_region) = self.regions.get(region) else {
             return Err(ApiError::BadRequest(format!("unknown region '{region}': no node serves it")));
         };
@@ -349,7 +376,19 @@ impl Serving {
             grading.note(format!("model unavailable: the static safety stock ({margin} unit(s) per node) and rules"));
         }
         let epoch = self.epoch();
-        let (row, speed) = match self.read_sku(&epoch, sku).await? {
+        let holds = async {
+            match (&self.holds, subtract_holds) {
+                (Some(holds), true) => grading::within(self.limits.speed_timeout, holds.held(sku)).await.map(Some),
+                _ => Ok(None),
+            }
+        };
+        let (read, held) = tokio::join!(self.read_sku(&epoch, sku), holds);
+        let (read, held) = match (read?, held) {
+            (read, Ok(held)) => (read, held.unwrap_or_default()),
+            (SkuView::Row(row, Ok(_)), Err(problem)) => (SkuView::Row(row, Err(format!("live reservations cannot be read ({problem})"))), Vec::new()),
+            (read, Err(_)) => (read, Vec::new()),
+        };
+        let (row, speed) = match read {
             SkuView::Row(row, Ok(speed)) => (row, Some(speed)),
             SkuView::Row(row, Err(problem)) => {
                 tracing::warn!(%problem, "answering without the speed view");
@@ -366,7 +405,7 @@ impl Serving {
         let merged = merge_views(row.states(), speed.as_deref().unwrap_or(&[]));
         let in_region: Vec<(&NodeInfo, &NodeState)> = merged
             .iter()
-            .filter(|(node, _)| serving_region.contains(**node))
+            .filter(|(node, _)| serving_region.contains(**node) && only.is_none_or(|only| only == **node))
             .filter_map(|(node, state)| Some((self.nodes.get(*node)?, state)))
             .collect();
         let newest = in_region.iter().filter_map(|(_, state)| state.last_arrived).max();
@@ -414,10 +453,22 @@ impl Serving {
             rules_fired.extend(decision.fired);
             units.push((info.node.clone(), decision.units));
         }
+        let mut promisable = units.clone();
+        promisable.sort_by(|(a, units_a), (b, units_b)| {
+            let (p_a, p_b) = (scores.get(a).copied().unwrap_or(0.0), scores.get(b).copied().unwrap_or(0.0));
+            p_b.total_cmp(&p_a).then(units_b.cmp(units_a)).then(a.cmp(b))
+        });
+        for (node, units) in &mut units {
+            let taken: i64 = held.iter().filter(|(held_at, _)| held_at == node).map(|(_, units)| units).sum();
+            if taken > 0 {
+                node_reasons.push(format!("{node}: {taken} unit(s) held by live reservations"));
+                *units = (*units - taken).max(0);
+            }
+        }
         let mut decision = decide(qty, units);
         decision.reasons.extend(node_reasons);
         let ruleset_version = ruleset.map(|r| format!("{}@{}", r.name, r.version));
-        Ok(Availability {
+        let answer = Availability {
             sku: sku.to_string(),
             region: region.to_string(),
             qty,
@@ -441,7 +492,8 @@ impl Serving {
                 model: model.map(|model| model.version().to_string()),
                 ruleset: ruleset_version,
             },
-        })
+        };
+        Ok((answer, promisable))
     }
 
     /// The SKU's batch row and speed states, read together from the epoch's store. The speed
@@ -601,6 +653,10 @@ impl Serving {
         Router::new()
             .route("/v1/availability/{sku}", get(availability))
             .route("/v1/events", post(post_events))
+            .route("/v1/reservations", post(reservations::create))
+            .route("/v1/reservations/{id}", get(reservations::show).delete(reservations::release))
+            .route("/v1/reservations/{id}/extend", post(reservations::extend))
+            .route("/v1/reservations/{id}/confirm", post(reservations::confirm))
             .route("/v1/features/{sku}", get(features))
             .route("/v1/model", get(model_status))
             .route("/v1/model:reload", post(model_reload))
@@ -750,6 +806,14 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     InvalidModel(String),
+    /// A reservation refused without taking anything: the client may retry later.
+    #[error("{0}")]
+    Refused(String),
+    #[error("unknown reservation '{0}'")]
+    UnknownReservation(String),
+    /// The request is valid but the resource's state does not allow it.
+    #[error("{0}")]
+    Conflict(String),
     /// A failure that is not the client's: logged in full where it happens, answered with a
     /// generic message.
     #[error("internal error: {0}")]
@@ -767,13 +831,15 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::InvalidRules(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules"),
             ApiError::InvalidModel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unavailable(_) | ApiError::Refused(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::UnknownReservation(_) => (StatusCode::NOT_FOUND, "unknown_reservation"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 
     /// The speed view failed: the client may retry.
-    fn unavailable(error: ViewError) -> ApiError {
+    pub(crate) fn unavailable(error: ViewError) -> ApiError {
         ApiError::Unavailable(error.to_string())
     }
 
@@ -797,7 +863,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Largest quantity one request may ask for; anything above is a client bug.
-const MAX_QTY: i64 = 1_000_000;
+pub(crate) const MAX_QTY: i64 = 1_000_000;
 
 fn parse_qty(text: Option<&String>) -> Result<i64, ApiError> {
     let Some(text) = text else { return Ok(1) };
@@ -938,6 +1004,20 @@ pub struct Rejected {
 }
 
 impl Serving {
+    /// The one ingestion path of events accepted over HTTP: appended to the intake (the stream
+    /// every fold worker and the archiver read), if any, then folded into the epoch's speed view.
+    /// One outcome per event.
+    pub(crate) async fn ingest(&self, epoch: &Epoch, events: &[Event]) -> Result<Vec<sellable_core::Outcome>, ApiError> {
+        if let Some(intake) = &self.intake {
+            // what the view knows already (a retried body) is not appended again: the lake gets each
+            // event once; not appended, not accepted: the client retries the whole body
+            let known = epoch.speed.known(events).await.map_err(ApiError::unavailable)?;
+            let new: Vec<Event> = events.iter().zip(known).filter(|(_, known)| !known).map(|(event, _)| event.clone()).collect();
+            intake.append(&new).await.map_err(|error| ApiError::Unavailable(format!("the ingestion {} did not take the events ({error}); nothing was accepted", intake.describe())))?;
+        }
+        epoch.speed.fold(events, "http").await.map_err(ApiError::unavailable)
+    }
+
     /// The door of `POST /v1/events`: stamps each decoded event's arrival with the server's
     /// clock, then refuses (in place, with the reason) those from the future or for a SKU or node
     /// the catalog does not know (the SKUs are looked up in the epoch's published batch view).
@@ -997,14 +1077,7 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
     let refused = serving.admit(&epoch, &mut items).await?;
     let events: Vec<Event> = items.iter().filter_map(|(_, _, decoded)| decoded.as_ref().ok().cloned()).collect();
     let speed = epoch.speed.clone();
-    if let Some(intake) = &serving.intake {
-        // what the view knows already (a retried body) is not appended again: the lake gets each
-        // event once; not appended, not accepted: the client retries the whole body
-        let known = speed.known(&events).await.map_err(ApiError::unavailable)?;
-        let new: Vec<Event> = events.iter().zip(known).filter(|(_, known)| !known).map(|(event, _)| event.clone()).collect();
-        intake.append(&new).await.map_err(|error| ApiError::Unavailable(format!("the ingestion {} did not take the events ({error}); nothing was accepted", intake.describe())))?;
-    }
-    let outcomes = speed.fold(&events, "http").await.map_err(ApiError::unavailable)?;
+    let outcomes = serving.ingest(&epoch, &events).await?;
     let stats = sellable_core::FoldStats::of(&outcomes);
     let mut outcomes = outcomes.into_iter();
     let mut dead = Vec::new();

@@ -29,6 +29,7 @@
 //! real Redis).
 
 pub mod archive;
+pub mod holds;
 pub mod registry;
 mod catch_up;
 pub mod sku_state;

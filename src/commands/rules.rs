@@ -62,7 +62,7 @@ pub async fn run(command: RulesCommand) -> Result<()> {
             let lake = Arc::new(args.lake.open()?);
             let speed = serve::open_speed(&lake, &args.redis, args.lake.fold_config()).await?;
             let models = serve::model_book(&args.models.models, None)?;
-            let serving = serve::load_serving(&lake, speed, Arc::new(RuleBook::with(ruleset, schema)), models, None).await?;
+            let serving = serve::load_serving(&lake, speed, Arc::new(RuleBook::with(ruleset, schema)), models, serve::Writes::default()).await?;
             let now = chrono::Utc::now().timestamp_millis();
             let answer = serving.availability(&args.sku, &args.region, args.qty, now).await?;
             println!("{}", serde_json::to_string_pretty(&answer)?);

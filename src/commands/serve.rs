@@ -18,11 +18,14 @@ pub async fn run(args: &ServeArgs) -> Result<()> {
     let lake = Arc::new(args.lake.open()?);
     let speed = open_speed(&lake, &args.redis, args.lake.fold_config()).await?;
     let models = model_book(&args.models.models, args.shadow.as_deref())?;
-    let intake: Option<Arc<dyn EventIntake>> = match (&args.ingest_stream, &args.redis.redis) {
-        (Some(stream), Some(url)) => Some(Arc::new(sellable_speed::stream::StreamIntake::new(url, stream)?)),
-        _ => None,
-    };
-    let serving = load_serving(&lake, speed, args.rules.book()?, models, intake).await?;
+    let mut writes = Writes::default();
+    if let Some(url) = &args.redis.redis {
+        if let Some(stream) = &args.ingest_stream {
+            writes.intake = Some(Arc::new(sellable_speed::stream::StreamIntake::new(url, stream)?));
+        }
+        writes.holds = Some(Arc::new(sellable_speed::holds::RedisHolds::connect(url, &args.redis.namespace).await?));
+    }
+    let serving = load_serving(&lake, speed, args.rules.book()?, models, writes).await?;
     serve(serving, args.listen, None).await
 }
 
@@ -57,6 +60,14 @@ fn batch_rows(lake: Arc<Lake>) -> sellable_speed::BatchRows {
     })
 }
 
+/// Where a server writes: the ingestion stream `POST /v1/events` appends to, and the hold store
+/// of reservations (without one, `POST /v1/reservations` answers 503).
+#[derive(Default)]
+pub struct Writes {
+    pub intake: Option<Arc<dyn EventIntake>>,
+    pub holds: Option<Arc<dyn sellable_core::holds::HoldStore>>,
+}
+
 /// The model registry's live version for serving, watched for promotions and rollbacks.
 pub fn model_book(dir: &Path, shadow: Option<&str>) -> Result<Arc<ModelBook>> {
     let book = Arc::new(ModelBook::from_registry(Registry::open(dir)?, shadow)?);
@@ -74,9 +85,9 @@ pub async fn load_serving(
     speed: Arc<SpeedView>,
     rules: Arc<RuleBook>,
     models: Arc<ModelBook>,
-    intake: Option<Arc<dyn EventIntake>>,
+    writes: Writes,
 ) -> Result<Arc<Serving>> {
-    load_serving_with_clock(lake, speed, rules, models, intake, Clock::Wall).await
+    load_serving_with_clock(lake, speed, rules, models, writes, Clock::Wall).await
 }
 
 /// [`load_serving`] answering as of `clock`.
@@ -85,7 +96,7 @@ pub async fn load_serving_with_clock(
     speed: Arc<SpeedView>,
     rules: Arc<RuleBook>,
     models: Arc<ModelBook>,
-    intake: Option<Arc<dyn EventIntake>>,
+    writes: Writes,
     clock: Clock,
 ) -> Result<Arc<Serving>> {
     let nodes = lake.load_nodes().await.context("loading the catalog's nodes")?;
@@ -106,8 +117,11 @@ pub async fn load_serving_with_clock(
     }
     models.clone().watch(std::time::Duration::from_millis(500));
     let mut serving = Serving::new(nodes, batch, speed, rules).with_models(models).with_clock(clock);
-    if let Some(intake) = intake {
+    if let Some(intake) = writes.intake {
         serving = serving.with_intake(intake);
+    }
+    if let Some(holds) = writes.holds {
+        serving = serving.with_holds(holds);
     }
     let serving = Arc::new(serving);
     // before the first answer, not a second later: the batch view alone looks a day old (a

@@ -1,0 +1,77 @@
+//! Reservations as the store keeps them: per SKU, the units each live reservation holds at each
+//! node, taken atomically against what serving would promise. Serving decides what is
+//! promisable; the store ([`HoldStore`], Redis in `sellable-speed`) takes a SKU's lines of a cart
+//! all or none, against its live holds, and forgets a hold when it expires, by the store's own
+//! clock, without a sweeper.
+
+use crate::event::Millis;
+use crate::view::{BoxFuture, ViewError};
+
+/// One line of a cart as the store takes it: `qty` units of the SKU from the nodes of `options`
+/// (in preference order, each with the units serving would promise there now, live holds not
+/// subtracted), from one node, or split over several when `split`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldLine {
+    /// The line's index in the cart.
+    pub line: usize,
+    pub qty: i64,
+    pub split: bool,
+    pub options: Vec<(String, i64)>,
+}
+
+/// Units of a line taken at one node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Taken {
+    pub node: String,
+    pub units: i64,
+}
+
+/// What taking a SKU's lines did: per line (in the order given) where its units were taken, or,
+/// when any line could not be met, per line that could not, the units it could have had (and
+/// nothing was taken).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HoldOutcome {
+    Held(Vec<(usize, Vec<Taken>)>),
+    Short(Vec<(usize, i64)>),
+}
+
+/// What `begin` found under a reservation id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Begun {
+    /// Nothing: the caller owns the id now (the record says `pending`).
+    Owner,
+    /// A record: the answer given before, or a pending one (another request on it, or one that
+    /// died before answering), with its age.
+    Found { record: String, pending_ms: Option<Millis> },
+}
+
+/// The reservations' store.
+pub trait HoldStore: Send + Sync {
+    /// The store's clock (every expiry is on it, whichever server asks).
+    fn now(&self) -> BoxFuture<'_, Result<Millis, ViewError>>;
+
+    /// Claims the id with a pending record kept `keep_ms`, unless a record is there.
+    fn begin<'a>(&'a self, id: &'a str, keep_ms: Millis) -> BoxFuture<'a, Result<Begun, ViewError>>;
+
+    /// Writes the record of the id (its answer), kept `keep_ms`.
+    fn record<'a>(&'a self, id: &'a str, record: &'a str, keep_ms: Millis) -> BoxFuture<'a, Result<(), ViewError>>;
+
+    /// The record of the id, if any.
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<String>, ViewError>>;
+
+    /// Forgets the id's record (a request that could not be answered, to be retried).
+    fn forget<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ViewError>>;
+
+    /// Takes the lines of one SKU for reservation `id` until `expires` (store clock), all or
+    /// none. Idempotent: lines the id holds already are answered as they were taken.
+    fn hold<'a>(&'a self, id: &'a str, sku: &'a str, lines: &'a [HoldLine], expires: Millis) -> BoxFuture<'a, Result<HoldOutcome, ViewError>>;
+
+    /// Sets the expiry of every live hold of `id` on `sku` to `expires`; how many there were.
+    fn extend<'a>(&'a self, id: &'a str, sku: &'a str, expires: Millis) -> BoxFuture<'a, Result<u64, ViewError>>;
+
+    /// Drops every hold of `id` on `sku`.
+    fn release<'a>(&'a self, id: &'a str, sku: &'a str) -> BoxFuture<'a, Result<(), ViewError>>;
+
+    /// Per node, the units live holds take of `sku` now.
+    fn held<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, i64)>, ViewError>>;
+}
