@@ -33,6 +33,9 @@ pub struct Taken {
 pub enum HoldOutcome {
     Held(Vec<(usize, Vec<Taken>)>),
     Short(Vec<(usize, i64)>),
+    /// A confirmation released holds of the SKU since the decision was made: nothing was taken;
+    /// decide again.
+    Stale,
 }
 
 /// What `begin` found under a reservation id.
@@ -62,15 +65,21 @@ pub trait HoldStore: Send + Sync {
     /// Forgets the id's record (a request that could not be answered, to be retried).
     fn forget<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), ViewError>>;
 
+    /// How many confirmations have turned holds of `sku` into events so far: read before a
+    /// decision, and given to [`HoldStore::hold`] with it.
+    fn confirms<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<u64, ViewError>>;
+
     /// Takes the lines of one SKU for reservation `id` until `expires` (store clock), all or
-    /// none. Idempotent: lines the id holds already are answered as they were taken.
-    fn hold<'a>(&'a self, id: &'a str, sku: &'a str, lines: &'a [HoldLine], expires: Millis) -> BoxFuture<'a, Result<HoldOutcome, ViewError>>;
+    /// none, if no confirmation of the SKU came after `confirms` (else [`HoldOutcome::Stale`]).
+    /// Idempotent: lines the id holds already are answered as they were taken.
+    fn hold<'a>(&'a self, id: &'a str, sku: &'a str, lines: &'a [HoldLine], expires: Millis, confirms: u64) -> BoxFuture<'a, Result<HoldOutcome, ViewError>>;
 
     /// Sets the expiry of every live hold of `id` on `sku` to `expires`; how many there were.
     fn extend<'a>(&'a self, id: &'a str, sku: &'a str, expires: Millis) -> BoxFuture<'a, Result<u64, ViewError>>;
 
-    /// Drops every hold of `id` on `sku`.
-    fn release<'a>(&'a self, id: &'a str, sku: &'a str) -> BoxFuture<'a, Result<(), ViewError>>;
+    /// Drops every hold of `id` on `sku`; `confirmed`: their units are events now (counted in
+    /// [`HoldStore::confirms`]).
+    fn release<'a>(&'a self, id: &'a str, sku: &'a str, confirmed: bool) -> BoxFuture<'a, Result<(), ViewError>>;
 
     /// Per node, the units live holds take of `sku` now.
     fn held<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, i64)>, ViewError>>;

@@ -198,7 +198,7 @@ pub async fn create(State(serving): State<Arc<Serving>>, headers: HeaderMap, bod
     match reserve(&serving, holds, &id, &key, &request, ttl_s).await {
         Ok(answer) => {
             let response = answer.response();
-            let keep = if answer.status == 201 { ttl_s * 1000 + RETAIN_MS } else { ttl_s * 1000 };
+            let keep = ttl_s * 1000 + RETAIN_MS;
             let record = serde_json::to_string(&answer).map_err(|error| ApiError::internal("writing a reservation's record", error))?;
             holds.record(&id, &record, keep).await.map_err(unavailable)?;
             Ok(response)
@@ -211,9 +211,30 @@ pub async fn create(State(serving): State<Arc<Serving>>, headers: HeaderMap, bod
     }
 }
 
-/// Decides every line, takes them SKU by SKU, and releases what was taken if any is short.
+/// Decisions made again, at most, when confirmations keep changing what they were made on.
+const ATTEMPTS: usize = 5;
+
+/// [`attempt`], again while a confirmation changed a SKU between its decision and its hold.
 async fn reserve(serving: &Serving, holds: &Arc<dyn HoldStore>, id: &str, key: &str, request: &ReservationRequest, ttl_s: i64) -> Result<Answer, ApiError> {
+    for _ in 0..ATTEMPTS {
+        if let Some(answer) = attempt(serving, holds, id, key, request, ttl_s).await? {
+            return Ok(answer);
+        }
+    }
+    Err(ApiError::Refused(format!("the SKUs of this cart were confirmed by other orders {ATTEMPTS} times while it was decided: nothing was reserved; retry")))
+}
+
+/// Decides every line, takes them SKU by SKU, and releases what was taken if any is short;
+/// `None` when a SKU was confirmed by another order since its decision (nothing is held then).
+async fn attempt(serving: &Serving, holds: &Arc<dyn HoldStore>, id: &str, key: &str, request: &ReservationRequest, ttl_s: i64) -> Result<Option<Answer>, ApiError> {
     let now = serving.now();
+    // what each SKU's confirmations had done before its decision (read first)
+    let mut confirms: BTreeMap<&str, u64> = BTreeMap::new();
+    for line in &request.lines {
+        if !confirms.contains_key(line.sku.as_str()) {
+            confirms.insert(&line.sku, holds.confirms(&line.sku).await.map_err(unavailable)?);
+        }
+    }
     let mut by_sku: BTreeMap<&str, Vec<HoldLine>> = BTreeMap::new();
     for (index, line) in request.lines.iter().enumerate() {
         let region = match (&line.region, &line.node) {
@@ -238,7 +259,7 @@ async fn reserve(serving: &Serving, holds: &Arc<dyn HoldStore>, id: &str, key: &
     let mut short = Vec::new();
     let mut touched = Vec::new();
     for (sku, lines) in &by_sku {
-        let outcome = match holds.hold(id, sku, lines, expires).await {
+        let outcome = match holds.hold(id, sku, lines, expires, confirms[sku]).await {
             Ok(outcome) => outcome,
             Err(error) => {
                 release_all(holds, id, &touched).await;
@@ -251,6 +272,10 @@ async fn reserve(serving: &Serving, holds: &Arc<dyn HoldStore>, id: &str, key: &
                 taken.extend(lines);
             }
             HoldOutcome::Short(lines) => short.extend(lines),
+            HoldOutcome::Stale => {
+                release_all(holds, id, &touched).await;
+                return Ok(None);
+            }
         }
     }
     if !short.is_empty() {
@@ -264,17 +289,17 @@ async fn reserve(serving: &Serving, holds: &Arc<dyn HoldStore>, id: &str, key: &
             .collect();
         let message = lines.iter().map(|line| format!("line {} ({}): {} of {} available", line.line, line.sku, line.available, line.qty)).collect::<Vec<_>>().join("; ");
         let body = Insufficient { id: id.to_string(), error: "insufficient".into(), message: format!("nothing was reserved: {message}"), lines };
-        return Ok(Answer { key: key.to_string(), status: 409, body: serde_json::to_value(body).expect("serialises") });
+        return Ok(Some(Answer { key: key.to_string(), status: 409, body: serde_json::to_value(body).expect("serialises") }));
     }
     let lines = request.lines.iter().enumerate().map(|(index, line)| LineHeld { request: line.clone(), taken: taken.remove(&index).unwrap_or_default() }).collect();
     let reservation = Reservation { id: id.to_string(), order_id: request.order_id.clone(), status: Status::Held, created_at: created, expires_at: expires, ttl_s, lines };
-    Ok(Answer { key: key.to_string(), status: 201, body: serde_json::to_value(reservation).expect("serialises") })
+    Ok(Some(Answer { key: key.to_string(), status: 201, body: serde_json::to_value(reservation).expect("serialises") }))
 }
 
 /// Drops the holds of `id` on `skus` (best effort: what is not dropped expires).
 async fn release_all(holds: &Arc<dyn HoldStore>, id: &str, skus: &[&str]) {
     for sku in skus {
-        if let Err(error) = holds.release(id, sku).await {
+        if let Err(error) = holds.release(id, sku, false).await {
             tracing::warn!(%error, id, sku, "could not release a hold; it expires with its TTL");
         }
     }
@@ -384,7 +409,7 @@ pub async fn confirm(State(serving): State<Arc<Serving>>, Path(id): Path<String>
     }
     serving.ingest(&serving.epoch(), &events).await?;
     for sku in skus(&reservation) {
-        holds.release(&id, sku).await.map_err(unavailable)?;
+        holds.release(&id, sku, true).await.map_err(unavailable)?;
     }
     reservation.status = Status::Confirmed;
     save(holds, answer, &reservation).await
@@ -402,7 +427,7 @@ pub async fn release(State(serving): State<Arc<Serving>>, Path(id): Path<String>
         Status::Held | Status::Expired => {}
     }
     for sku in skus(&reservation) {
-        holds.release(&id, sku).await.map_err(unavailable)?;
+        holds.release(&id, sku, false).await.map_err(unavailable)?;
     }
     reservation.status = Status::Released;
     save(holds, answer, &reservation).await

@@ -6,6 +6,11 @@
 //!   past its expiry (by the Redis server's clock, `TIME`) no longer counts from that
 //!   millisecond on: every script that reads the hash drops it first, and the key itself expires
 //!   with its last hold, so nothing can fall behind and a crash leaks nothing.
+//! - the field `#confirms` of the same hash: how many confirmations released holds of the SKU
+//!   (their units are `reserve` events now). A reservation reads it before it decides and its
+//!   hold script refuses to take anything if it changed meanwhile (the decision may predate the
+//!   events of a confirmation whose holds are gone): serving decides again. A confirmation keeps
+//!   the hash for ten minutes at least, so the count never silently restarts under a decision.
 //! - `<ns>:reservation:{<id>}` string: the reservation's record (its answer, to replay for a
 //!   retry), `pending:<ms>` while the request that claimed the id has not answered yet.
 //!
@@ -35,11 +40,13 @@ return {2, record}
 "#;
 
 /// Takes one SKU's lines of a cart, all or none. KEYS: the SKU's holds. ARGV: the reservation
-/// id, the expiry (ms, server clock), the line count, then per line its index, qty, split flag
+/// id, the expiry (ms, server clock), the `#confirms` count the decision was made after, the
+/// line count, then per line its index, qty, split flag
 /// (`1`), option count and per option the node and its promisable units. Live holds of other
 /// reservations are subtracted from each node's units (and a line's take from the next line's);
 /// expired holds are dropped. Reply: `{1, line, node, units, …}` taken (the id's existing holds
-/// if it has any: a replay), or `{0, line, available, …}` for the lines that could not be met.
+/// if it has any: a replay), `{0, line, available, …}` for the lines that could not be met, or
+/// `{2}` when `#confirms` changed since the decision (nothing taken: decide again).
 const HOLD_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -48,23 +55,28 @@ local held, mine, latest = {}, {}, expires
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local owner, line, node = string.match(all[i], '^(.-)/(%d+)/(.*)$')
-  local units, ends = string.match(all[i + 1], '^(%d+):(%d+)$')
-  units, ends = tonumber(units), tonumber(ends)
-  if ends <= now then
-    redis.call('HDEL', KEYS[1], all[i])
-  elseif owner == id then
-    table.insert(mine, line); table.insert(mine, node); table.insert(mine, tostring(units))
-  else
-    held[node] = (held[node] or 0) + units
-    if ends > latest then latest = ends end
+  if owner then
+    local units, ends = string.match(all[i + 1], '^(%d+):(%d+)$')
+    units, ends = tonumber(units), tonumber(ends)
+    if ends <= now then
+      redis.call('HDEL', KEYS[1], all[i])
+    elseif owner == id then
+      table.insert(mine, line); table.insert(mine, node); table.insert(mine, tostring(units))
+    else
+      held[node] = (held[node] or 0) + units
+      if ends > latest then latest = ends end
+    end
   end
 end
 if #mine > 0 then
   table.insert(mine, 1, 1)
   return mine
 end
-local at, taken, short = 4, {}, {}
-for _ = 1, tonumber(ARGV[3]) do
+if (redis.call('HGET', KEYS[1], '#confirms') or '0') ~= ARGV[3] then
+  return {2}
+end
+local at, taken, short = 5, {}, {}
+for _ = 1, tonumber(ARGV[4]) do
   local line, qty, split, n = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2] == '1', tonumber(ARGV[at + 3])
   at = at + 4
   local free, got, need, most, total = {}, {}, qty, 0, 0
@@ -102,7 +114,7 @@ end
 for i = 1, #taken, 3 do
   redis.call('HSET', KEYS[1], id .. '/' .. taken[i] .. '/' .. taken[i + 1], taken[i + 2] .. ':' .. expires)
 end
-redis.call('PEXPIREAT', KEYS[1], latest)
+if redis.call('PEXPIRETIME', KEYS[1]) < latest then redis.call('PEXPIREAT', KEYS[1], latest) end
 table.insert(taken, 1, 1)
 return taken
 "#;
@@ -116,7 +128,8 @@ local prefix, expires, count = ARGV[1] .. '/', tonumber(ARGV[2]), 0
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local units, ends = string.match(all[i + 1], '^(%d+):(%d+)$')
-  if tonumber(ends) <= now then
+  if not ends or string.sub(all[i], 1, 1) == '#' then
+  elseif tonumber(ends) <= now then
     redis.call('HDEL', KEYS[1], all[i])
   elseif string.sub(all[i], 1, #prefix) == prefix then
     redis.call('HSET', KEYS[1], all[i], units .. ':' .. expires)
@@ -129,12 +142,18 @@ end
 return count
 "#;
 
-/// Drops the id's holds. KEYS: the SKU's holds. ARGV: the id.
+/// Drops the id's holds. KEYS: the SKU's holds. ARGV: the id, `1` when they were confirmed
+/// (their units are events now: `#confirms` counts up, and the hash is kept ten minutes at least).
 const RELEASE_SCRIPT: &str = r#"
 local prefix = ARGV[1] .. '/'
 local fields = redis.call('HKEYS', KEYS[1])
 for _, field in ipairs(fields) do
   if string.sub(field, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], field) end
+end
+if ARGV[2] == '1' then
+  redis.call('HINCRBY', KEYS[1], '#confirms', 1)
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl < 600000 then redis.call('PEXPIRE', KEYS[1], 600000) end
 end
 return 0
 "#;
@@ -147,7 +166,7 @@ local all, reply = redis.call('HGETALL', KEYS[1]), {}
 for i = 1, #all, 2 do
   local node = string.match(all[i], '^.-/%d+/(.*)$')
   local units, ends = string.match(all[i + 1], '^(%d+):(%d+)$')
-  if tonumber(ends) > now then table.insert(reply, node); table.insert(reply, units) end
+  if node and tonumber(ends) > now then table.insert(reply, node); table.insert(reply, units) end
 end
 return reply
 "#;
@@ -252,12 +271,20 @@ impl HoldStore for RedisHolds {
         })
     }
 
-    fn hold<'a>(&'a self, id: &'a str, sku: &'a str, lines: &'a [HoldLine], expires: Millis) -> BoxFuture<'a, Result<HoldOutcome, ViewError>> {
+    fn confirms<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<u64, ViewError>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let count: Option<u64> = redis::cmd("HGET").arg(self.holds_key(sku)).arg("#confirms").query_async(&mut connection).await.map_err(|e| self.error(e))?;
+            Ok(count.unwrap_or(0))
+        })
+    }
+
+    fn hold<'a>(&'a self, id: &'a str, sku: &'a str, lines: &'a [HoldLine], expires: Millis, confirms: u64) -> BoxFuture<'a, Result<HoldOutcome, ViewError>> {
         Box::pin(async move {
             let key = self.holds_key(sku);
             let reply: Vec<redis::Value> = self
                 .run(1, |call| {
-                    call.key(&key).arg(id).arg(expires).arg(lines.len());
+                    call.key(&key).arg(id).arg(expires).arg(confirms).arg(lines.len());
                     for line in lines {
                         call.arg(line.line).arg(line.qty).arg(u8::from(line.split)).arg(line.options.len());
                         for (node, units) in &line.options {
@@ -268,6 +295,9 @@ impl HoldStore for RedisHolds {
                 .await?;
             let bad = || self.corrupt(key.clone(), "an unexpected reply to a hold");
             let flag: i64 = reply.first().and_then(|value| redis::from_redis_value_ref(value).ok()).ok_or_else(bad)?;
+            if flag == 2 {
+                return Ok(HoldOutcome::Stale);
+            }
             if flag == 0 {
                 let pairs: Option<Vec<(usize, i64)>> = reply[1..]
                     .chunks(2)
@@ -298,11 +328,11 @@ impl HoldStore for RedisHolds {
         })
     }
 
-    fn release<'a>(&'a self, id: &'a str, sku: &'a str) -> BoxFuture<'a, Result<(), ViewError>> {
+    fn release<'a>(&'a self, id: &'a str, sku: &'a str, confirmed: bool) -> BoxFuture<'a, Result<(), ViewError>> {
         Box::pin(async move {
             let key = self.holds_key(sku);
             self.run::<i64>(3, |call| {
-                call.key(&key).arg(id);
+                call.key(&key).arg(id).arg(u8::from(confirmed));
             })
             .await?;
             Ok(())

@@ -14,6 +14,8 @@ use sellable_core::{fold, Event, Fold, FoldConfig, Millis, NodeInfo};
 use sellable_serving::{Availability, ModelBook, Serving};
 use sellable_speed::{catch_up, CatchUpSource, SpeedView};
 
+mod reservations;
+
 const DAY: Millis = 86_400_000;
 
 struct Marketplace {

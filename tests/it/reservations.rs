@@ -1,0 +1,312 @@
+//! Checkout against real Redis (a single server and a 3-master cluster): carts reserved all or
+//! nothing under concurrency never hold more than was promisable, retries get the first answer,
+//! holds expire by themselves, and the contract of every endpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use sellable_core::holds::HoldStore;
+use sellable_serving::reservations::{Reservation, Status};
+use sellable_serving::Serving;
+use sellable_speed::holds::RedisHolds;
+
+use super::*;
+
+/// The marketplace served as of an hour after its cutoff (embedded speed view), with its
+/// reservations in Redis at `url` under a namespace of this run.
+async fn shop(market: &Marketplace, url: &str) -> (String, Arc<Serving>, Arc<SpeedView>, Arc<RedisHolds>) {
+    let speed = Arc::new(SpeedView::memory(FoldConfig::default()));
+    catch_up(&market.lake, &speed, market.cutoff, CatchUpSource::Log, None).await.unwrap();
+    let nodes = market.lake.load_nodes().await.unwrap();
+    let batch = publish(&market.lake, &speed).await;
+    let rules = Arc::new(sellable_serving::RuleBook::empty(sellable_dsl::Schema::standard()));
+    let namespace = format!("checkout-{}-{}", std::process::id(), chrono_now());
+    let holds = Arc::new(RedisHolds::connect(url, &namespace).await.unwrap());
+    let serving = Serving::new(nodes, batch, speed.clone(), rules).with_holds(holds.clone()).with_clock(sellable_serving::Clock::Fixed(market.cutoff + 3_600_000));
+    let serving = Arc::new(serving);
+    serving.refresh_watermarks().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = serving.clone().router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (base, serving, speed, holds)
+}
+
+/// SKUs with a few promisable units in a country: (sku, country) → units per node, as answered
+/// before any reservation.
+async fn scarce(serving: &Serving, market: &Marketplace, count: usize) -> BTreeMap<(String, String), BTreeMap<String, i64>> {
+    let (_, nodes) = market.lake.load_catalog().await.unwrap();
+    let oracle = fold(&market.all_events, FoldConfig::default());
+    let mut found = BTreeMap::new();
+    for (sku, country) in sellable_bench::stocked_requests(&oracle, &nodes, 400) {
+        let answer = serving.availability(&sku, &country, 1, serving.now()).await.unwrap();
+        if (2..=12).contains(&answer.available) && !found.keys().any(|(known, _): &(String, String)| *known == sku) {
+            found.insert((sku, country), answer.options.iter().map(|option| (option.node.clone(), option.units)).collect());
+        }
+        if found.len() == count {
+            break;
+        }
+    }
+    assert_eq!(found.len(), count, "not enough scarce SKUs");
+    found
+}
+
+async fn post(client: &reqwest::Client, url: String, body: serde_json::Value, key: Option<&str>) -> (u16, serde_json::Value) {
+    let mut request = client.post(url).json(&body);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// Thousands of concurrent carts (with retries of a key, releases, confirmations and expiries)
+/// over a few scarce SKUs: at every check the units held plus the units confirmed never exceed
+/// what was promisable at any node, every answer is a 201 or a 409, a key's answers all name the
+/// same reservation and the same units, the confirmed units are `reserve` events in the speed
+/// view, and once the TTLs have passed nothing is held.
+async fn no_oversell(url: &str) {
+    let market = marketplace().await;
+    let (base, serving, speed, holds) = shop(&market, url).await;
+    let promisable = Arc::new(scarce(&serving, &market, 12).await);
+    let mut reserved_before: HashMap<(String, String), i64> = HashMap::new();
+    for ((sku, _), nodes) in promisable.iter() {
+        for node in nodes.keys() {
+            reserved_before.insert((sku.clone(), node.clone()), speed_reserved(&speed, sku, node).await);
+        }
+    }
+    let confirmed: Arc<Mutex<HashMap<(String, String), i64>>> = Arc::default();
+    let answers: Arc<Mutex<HashMap<String, (String, serde_json::Value)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // the checker: held + confirmed ≤ promisable, at every node, all along
+    let checker = {
+        let (holds, promisable, confirmed, stop) = (holds.clone(), promisable.clone(), confirmed.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut checks = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for ((sku, _), nodes) in promisable.iter() {
+                    // confirmed first: a confirmation releases its holds before it is counted here
+                    let confirmed = confirmed.lock().unwrap().clone();
+                    let held: HashMap<String, i64> = holds.held(sku).await.unwrap().into_iter().collect();
+                    for (node, units) in nodes {
+                        let (held, done) = (held.get(node).copied().unwrap_or(0), confirmed.get(&(sku.clone(), node.clone())).copied().unwrap_or(0));
+                        assert!(held + done <= *units, "{sku} at {node}: {held} held + {done} confirmed > {units} promisable");
+                    }
+                    assert!(held.keys().all(|node| nodes.contains_key(node)), "{sku}: held at a node that promised nothing: {held:?}");
+                }
+                checks += 1;
+            }
+            checks
+        })
+    };
+    let mut tasks = Vec::new();
+    for task in 0..24u64 {
+        let (base, promisable, confirmed, answers) = (base.clone(), promisable.clone(), confirmed.clone(), answers.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(task);
+            let items: Vec<&(String, String)> = promisable.keys().collect();
+            let mut counts = [0usize; 2];
+            for round in 0..100 {
+                // a retry of a key used before (perhaps by another task, perhaps still in flight)
+                let retry = rng.gen_bool(0.2).then(|| {
+                    let keys: Vec<String> = answers.lock().unwrap().keys().cloned().collect();
+                    (!keys.is_empty()).then(|| keys[rng.gen_range(0..keys.len())].clone())
+                });
+                let retry = retry.flatten();
+                let key = retry.clone().unwrap_or_else(|| format!("cart-{task}-{round}"));
+                let lines: Vec<serde_json::Value> = (0..rng.gen_range(1..=3))
+                    .map(|_| {
+                        let (sku, country) = items[rng.gen_range(0..items.len())];
+                        serde_json::json!({ "sku": sku, "region": country, "qty": rng.gen_range(1..=3), "split": rng.gen_bool(0.5) })
+                    })
+                    .collect();
+                let (status, body) = post(&client, format!("{base}/v1/reservations"), serde_json::json!({ "lines": lines, "ttl_s": 10 }), Some(&key)).await;
+                assert!(status == 201 || status == 409, "{status} {body}");
+                counts[usize::from(status == 409)] += 1;
+                let id = body["id"].as_str().unwrap().to_string();
+                let lines_taken = body["lines"].clone();
+                {
+                    let mut answers = answers.lock().unwrap();
+                    match answers.get(&key) {
+                        Some((first_id, first_lines)) => {
+                            assert_eq!(first_id, &id, "a retry of {key} named another reservation");
+                            assert_eq!(first_lines, &lines_taken, "a retry of {key} got other units");
+                        }
+                        None => {
+                            answers.insert(key.clone(), (id.clone(), lines_taken.clone()));
+                        }
+                    }
+                }
+                if status == 201 {
+                    for line in lines_taken.as_array().unwrap() {
+                        let taken: i64 = line["taken"].as_array().unwrap().iter().map(|take| take["units"].as_i64().unwrap()).sum();
+                        assert_eq!(taken, line["qty"].as_i64().unwrap(), "{body}");
+                    }
+                }
+                if status != 201 || retry.is_some() {
+                    continue;
+                }
+                match rng.gen_range(0..20) {
+                    0..=16 => {
+                        let response = client.delete(format!("{base}/v1/reservations/{id}")).send().await.unwrap();
+                        assert_eq!(response.status(), 200);
+                    }
+                    17 => {
+                        let (status, confirmed_body) = post(&client, format!("{base}/v1/reservations/{id}/confirm"), serde_json::json!({}), None).await;
+                        assert_eq!(status, 200, "{confirmed_body}");
+                        assert_eq!(confirmed_body["status"], "confirmed");
+                        let mut confirmed = confirmed.lock().unwrap();
+                        for line in lines_taken.as_array().unwrap() {
+                            for take in line["taken"].as_array().unwrap() {
+                                *confirmed.entry((line["sku"].as_str().unwrap().to_string(), take["node"].as_str().unwrap().to_string())).or_default() += take["units"].as_i64().unwrap();
+                            }
+                        }
+                    }
+                    _ => {} // left to expire
+                }
+            }
+            counts
+        }));
+    }
+    let mut counts = [0usize; 2];
+    for task in tasks {
+        let [held, refused] = task.await.unwrap();
+        counts[0] += held;
+        counts[1] += refused;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let checks = checker.await.unwrap();
+    assert!(counts[0] > 100 && counts[1] > 100 && checks > 10, "held {}, refused {}, checks {checks}", counts[0], counts[1]);
+    // the confirmed units are reserve events of the speed view
+    let confirmed = confirmed.lock().unwrap().clone();
+    for ((sku, node), units) in &confirmed {
+        assert_eq!(speed_reserved(&speed, sku, node).await - reserved_before[&(sku.clone(), node.clone())], *units, "{sku} at {node}");
+    }
+    // every TTL passes: nothing is held, without anything sweeping
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    for (sku, _) in promisable.keys() {
+        assert_eq!(holds.held(sku).await.unwrap(), vec![], "{sku}");
+    }
+}
+
+async fn speed_reserved(speed: &SpeedView, sku: &str, node: &str) -> i64 {
+    let states = speed.sku_states(sku).await.unwrap();
+    states.into_iter().find(|(name, _)| name == node).map_or(0, |(_, state)| state.reserved)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_carts_never_hold_more_than_was_promisable() {
+    no_oversell(&std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_carts_spanning_slots_never_oversell_on_a_cluster() {
+    let cluster = sellable_bench::LocalCluster::start();
+    no_oversell(&cluster.url()).await;
+}
+
+/// Every endpoint's contract: a 409 names the lines and what each could have had and takes
+/// nothing; a hold shows in availability answers; extend, confirm, release and get; bad input is
+/// a 400; a store that cannot be used, or a speed view that cannot be trusted, refuses with 503.
+#[tokio::test]
+async fn reservations_answer_as_documented() {
+    let market = marketplace().await;
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let (base, serving, _, holds) = shop(&market, &url).await;
+    let scarce = scarce(&serving, &market, 1).await;
+    let ((sku, country), nodes) = scarce.iter().next().unwrap();
+    let total: i64 = nodes.values().sum();
+    let client = reqwest::Client::new();
+    let line = |qty: i64, split: bool| serde_json::json!({ "sku": sku, "region": country, "qty": qty, "split": split });
+    let reserve = |body: serde_json::Value, key: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move { post(&client, format!("{base}/v1/reservations"), body, Some(key)).await }
+    };
+
+    // more than there is: 409, the line named with what it could have had, nothing taken
+    let (status, body) = reserve(serde_json::json!({ "lines": [line(1, false), line(total + 1, true)] }), "too-many").await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("insufficient")), "{body}");
+    assert_eq!(body["lines"], serde_json::json!([{ "line": 1, "sku": sku, "qty": total + 1, "available": total - 1 }]), "the first line took one unit: {body}");
+    assert_eq!(holds.held(sku).await.unwrap(), vec![]);
+
+    // all of it, split: the answers show it held
+    let (status, body) = reserve(serde_json::json!({ "order_id": "o-1", "lines": [line(total, true)], "ttl_s": 60 }), "all-of-it").await;
+    assert_eq!(status, 201, "{body}");
+    let reservation: Reservation = serde_json::from_value(body.clone()).unwrap();
+    assert_eq!((reservation.status, reservation.ttl_s, reservation.expires_at - reservation.created_at), (Status::Held, 60, 60_000));
+    let answer = serving.availability(sku, country, 1, serving.now()).await.unwrap();
+    assert_eq!((answer.available, answer.decision), (0, sellable_core::Verdict::Deny), "{answer:?}");
+    assert!(answer.reasons.iter().any(|reason| reason.ends_with("held by live reservations")), "{answer:?}");
+    // a second cart finds nothing; the retry of the first gets the first answer
+    let (status, _) = reserve(serde_json::json!({ "lines": [line(1, false)] }), "late").await;
+    assert_eq!(status, 409);
+    let (status, again) = reserve(serde_json::json!({ "lines": [line(1, false)] }), "all-of-it").await;
+    assert_eq!((status, &again), (201, &body));
+
+    // extend, get, release (twice), and the units are back
+    let id = reservation.id.clone();
+    let (status, extended) = post(&client, format!("{base}/v1/reservations/{id}/extend"), serde_json::json!({ "ttl_s": 120 }), None).await;
+    assert_eq!(status, 200, "{extended}");
+    assert!(extended["expires_at"].as_i64().unwrap() >= reservation.expires_at + 59_000, "{extended}");
+    let shown: serde_json::Value = client.get(format!("{base}/v1/reservations/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(shown, extended);
+    for _ in 0..2 {
+        let released: serde_json::Value = client.delete(format!("{base}/v1/reservations/{id}")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(released["status"], "released", "{released}");
+    }
+    assert_eq!(holds.held(sku).await.unwrap(), vec![]);
+    let (status, _) = post(&client, format!("{base}/v1/reservations/{id}/confirm"), serde_json::json!({}), None).await;
+    assert_eq!(status, 409, "a released reservation is not confirmed");
+
+    // bad input: 400 with the reason; unknown ids: 404
+    for (body, key, says) in [
+        (serde_json::json!({ "lines": [] }), Some("k1"), "1 to 100 lines"),
+        (serde_json::json!({ "lines": [line(0, false)] }), Some("k2"), "qty must be"),
+        (serde_json::json!({ "lines": [line(1, false)] }), None, "a client key"),
+        (serde_json::json!({ "lines": [line(1, false)], "ttl_s": 5 }), Some("k3"), "ttl_s must be"),
+        (serde_json::json!({ "lines": [{ "sku": sku, "qty": 1 }] }), Some("k4"), "give a region"),
+        (serde_json::json!({ "lines": [line(1, false)], "colour": "red" }), Some("k5"), "unknown field"),
+    ] {
+        let (status, answer) = post(&client, format!("{base}/v1/reservations"), body, key).await;
+        assert_eq!((status, answer["error"].as_str()), (400, Some("bad_request")), "{answer}");
+        assert!(answer["message"].as_str().unwrap().contains(says), "{answer}");
+    }
+    let (status, answer) = reserve(serde_json::json!({ "lines": [{ "sku": "SKU-NOPE", "region": country, "qty": 1 }] }), "unknown-sku").await;
+    assert_eq!((status, answer["error"].as_str()), (404, Some("unknown_sku")), "{answer}");
+    let response = client.get(format!("{base}/v1/reservations/r0000000000000000")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+
+    // a hold store that cannot be reached: 503, nothing taken
+    let away = Arc::new(RedisHolds::connect("redis://127.0.0.1:1", "away").await.unwrap());
+    let nodes = market.lake.load_nodes().await.unwrap();
+    let speed = Arc::new(SpeedView::memory(FoldConfig::default()));
+    let batch = publish(&market.lake, &speed).await;
+    let rules = Arc::new(sellable_serving::RuleBook::empty(sellable_dsl::Schema::standard()));
+    let cut_off = Arc::new(Serving::new(nodes, batch, speed.clone(), rules).with_holds(away).with_clock(sellable_serving::Clock::Fixed(market.cutoff + 3_600_000)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let away_base = format!("http://{}", listener.local_addr().unwrap());
+    let router = cut_off.clone().router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (status, answer) = post(&client, format!("{away_base}/v1/reservations"), serde_json::json!({ "lines": [line(1, false)] }), Some("away")).await;
+    assert_eq!((status, answer["error"].as_str()), (503, Some("unavailable")), "{answer}");
+    // that speed view was never caught up: even with a reachable store, nothing is decided on it
+    let untrusted = Arc::new(
+        Serving::new(market.lake.load_nodes().await.unwrap(), publish(&market.lake, &speed).await, speed, Arc::new(sellable_serving::RuleBook::empty(sellable_dsl::Schema::standard())))
+            .with_holds(holds.clone())
+            .with_clock(sellable_serving::Clock::Fixed(market.cutoff + 3_600_000)),
+    );
+    untrusted.refresh_watermarks().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let untrusted_base = format!("http://{}", listener.local_addr().unwrap());
+    let router = untrusted.clone().router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (status, answer) = post(&client, format!("{untrusted_base}/v1/reservations"), serde_json::json!({ "lines": [line(1, false)] }), Some("untrusted")).await;
+    assert_eq!((status, answer["error"].as_str()), (503, Some("unavailable")), "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("cannot be decided safely"), "{answer}");
+    assert_eq!(holds.held(sku).await.unwrap(), vec![]);
+}
