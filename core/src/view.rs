@@ -194,6 +194,18 @@ pub trait SpeedSource: Send + Sync {
     /// empty between two checks).
     fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<SkuRead, ViewError>>;
 
+    /// [`SpeedSource::sku_read`] of several SKUs at once, in order: one round trip where the
+    /// store can (a listing page's batch).
+    fn sku_reads<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<SkuRead>, ViewError>> {
+        Box::pin(async move {
+            let mut reads = Vec::with_capacity(skus.len());
+            for sku in skus {
+                reads.push(self.sku_read(sku).await?);
+            }
+            Ok(reads)
+        })
+    }
+
     /// The metadata of the batch view published beside the speed view, if one is.
     fn batch_meta(&self) -> BoxFuture<'_, Result<Option<BatchMeta>, ViewError>>;
 

@@ -364,16 +364,8 @@ impl Serving {
         now: Millis,
         subtract_holds: bool,
     ) -> Result<(Availability, Vec<(String, i64)>), ApiError> {
-        let Some(serving_region) = self.regions.get(region) else {
+        if !self.regions.contains_key(region) {
             return Err(ApiError::BadRequest(format!("unknown region '{region}': no node serves it")));
-        };
-        let model = self.models.current();
-        let shadow = self.models.shadow();
-        let mut grading = Grading::default();
-        let mut margin = 0;
-        if model.is_none() {
-            margin = self.models.fallback_safety_stock();
-            grading.note(format!("model unavailable: the static safety stock ({margin} unit(s) per node) and rules"));
         }
         let epoch = self.epoch();
         let holds = async {
@@ -383,8 +375,65 @@ impl Serving {
             }
         };
         let (read, held) = tokio::join!(self.read_sku(&epoch, sku), holds);
-        let (read, held) = match (read?, held) {
-            (read, Ok(held)) => (read, held.unwrap_or_default()),
+        self.decide_read(&epoch, sku, region, only, qty, now, read?, held.map(Option::unwrap_or_default))
+    }
+
+    /// Up to [`MAX_BATCH`] answers for a listing page, in order, one per item: the SKUs are read
+    /// from the epoch's store in one call (and their holds in another, at the same time); an item
+    /// that cannot be answered (an unknown SKU or region) is an error of its own.
+    pub async fn availability_batch(&self, items: &[(String, String, i64)], now: Millis) -> Vec<Result<Availability, ApiError>> {
+        let epoch = self.epoch();
+        let distrust = self.speed_distrust();
+        let skus: Vec<&str> = items.iter().map(|(sku, _, _)| sku.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let holds = async {
+            match &self.holds {
+                Some(holds) => grading::within(self.limits.speed_timeout, holds.held_many(&skus)).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (reads, held) = tokio::join!(grading::within(self.limits.speed_timeout, epoch.speed.sku_reads(&skus)), holds);
+        items
+            .iter()
+            .map(|(sku, region, qty)| {
+                if !self.regions.contains_key(region.as_str()) {
+                    return Err(ApiError::BadRequest(format!("unknown region '{region}': no node serves it")));
+                }
+                let index = skus.binary_search(&sku.as_str()).expect("every item's SKU is read");
+                let read = reads.as_ref().map(|reads| reads[index].clone()).map_err(Clone::clone);
+                let view = self.judge(&epoch, sku, distrust.clone(), read)?;
+                let held = match &held {
+                    Ok(held) => Ok(held.as_ref().map(|held| held[index].clone()).unwrap_or_default()),
+                    Err(problem) => Err(problem.clone()),
+                };
+                Ok(self.decide_read(&epoch, sku, region, None, *qty, now, view, held)?.0)
+            })
+            .collect()
+    }
+
+    /// [`Self::decide_sku`] from what was read of the SKU and of its live holds.
+    #[allow(clippy::too_many_arguments)]
+    fn decide_read(
+        &self,
+        epoch: &Epoch,
+        sku: &str,
+        region: &str,
+        only: Option<&str>,
+        qty: i64,
+        now: Millis,
+        read: SkuView,
+        held: Result<Vec<(String, i64)>, String>,
+    ) -> Result<(Availability, Vec<(String, i64)>), ApiError> {
+        let serving_region = &self.regions[region];
+        let model = self.models.current();
+        let shadow = self.models.shadow();
+        let mut grading = Grading::default();
+        let mut margin = 0;
+        if model.is_none() {
+            margin = self.models.fallback_safety_stock();
+            grading.note(format!("model unavailable: the static safety stock ({margin} unit(s) per node) and rules"));
+        }
+        let (read, held) = match (read, held) {
+            (read, Ok(held)) => (read, held),
             (SkuView::Row(row, Ok(_)), Err(problem)) => (SkuView::Row(row, Err(format!("live reservations cannot be read ({problem})"))), Vec::new()),
             (read, Err(_)) => (read, Vec::new()),
         };
@@ -509,6 +558,11 @@ impl Serving {
             (Some(reason), Some(row)) => return Ok(SkuView::Row(row, Err(reason.clone()))),
             _ => grading::within(self.limits.speed_timeout, epoch.speed.sku_read(sku)).await,
         };
+        self.judge(epoch, sku, distrust, read)
+    }
+
+    /// What a read of the SKU (or its failure) gives an answer to build on ([`Self::read_sku`]).
+    fn judge(&self, epoch: &Epoch, sku: &str, distrust: Option<String>, read: Result<sellable_core::SkuRead, String>) -> Result<SkuView, ApiError> {
         let problem = match read {
             Ok(read) => match (distrust.or_else(|| grading::distrust(read.caught_up, epoch.batch.asof)), read.row) {
                 (None, Some(row)) => {
@@ -652,6 +706,7 @@ impl Serving {
     pub fn routes(self: Arc<Serving>) -> Router {
         Router::new()
             .route("/v1/availability/{sku}", get(availability))
+            .route("/v1/availability:batch", post(availability_batch))
             .route("/v1/events", post(post_events))
             .route("/v1/reservations", post(reservations::create))
             .route("/v1/reservations/{id}", get(reservations::show).delete(reservations::release))
@@ -850,17 +905,69 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let message = match &self {
+impl ApiError {
+    /// The JSON error body: `{"error": code, "message": text}`.
+    fn body(&self) -> serde_json::Value {
+        let message = match self {
             ApiError::Internal(_) => "internal error; this is a bug, and it was logged".to_string(),
             _ => self.to_string(),
         };
-        let body = serde_json::json!({ "error": code, "message": message });
-        (status, Json(body)).into_response()
+        serde_json::json!({ "error": self.code(), "message": message })
     }
 }
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status_and_code().0, Json(self.body())).into_response()
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    items: Vec<BatchItem>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem {
+    sku: String,
+    region: String,
+    #[serde(default = "one")]
+    qty: i64,
+}
+
+/// `POST /v1/availability:batch`: up to [`MAX_BATCH`] items answered in order, one entry each (an
+/// answer, or the error body of the item alone).
+async fn availability_batch(State(serving): State<Arc<Serving>>, body: String) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: BatchRequest = serde_json::from_str(&body).map_err(|error| ApiError::BadRequest(format!("the body is not a batch of items: {error}")))?;
+    if request.items.is_empty() || request.items.len() > MAX_BATCH {
+        return Err(ApiError::BadRequest(format!("a batch has 1 to {MAX_BATCH} items, got {}", request.items.len())));
+    }
+    let mut items = Vec::with_capacity(request.items.len());
+    for (index, item) in request.items.into_iter().enumerate() {
+        if !(1..=MAX_QTY).contains(&item.qty) {
+            return Err(ApiError::BadRequest(format!("item {index}: qty must be an integer from 1 to {MAX_QTY}, got {}", item.qty)));
+        }
+        items.push((item.sku, item.region, item.qty));
+    }
+    let answers = serving.availability_batch(&items, serving.now()).await;
+    let answers: Vec<serde_json::Value> = items
+        .iter()
+        .zip(answers)
+        .map(|((sku, region, qty), answer)| {
+            serving.count(sku, region, *qty, &answer);
+            match answer {
+                Ok(answer) => serde_json::to_value(answer).expect("an answer serialises"),
+                Err(error) => error.body(),
+            }
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "answers": answers })))
+}
+
+/// Items of one `POST /v1/availability:batch`, at most.
+pub const MAX_BATCH: usize = 200;
 
 /// Largest quantity one request may ask for; anything above is a client bug.
 pub(crate) const MAX_QTY: i64 = 1_000_000;
@@ -884,25 +991,32 @@ async fn availability(
         .filter(|region| !region.is_empty())
         .ok_or_else(|| ApiError::BadRequest("region is required, e.g. ?region=DE".to_string()))?;
     let answer = serving.availability(&sku, region, qty, serving.now()).await;
-    match &answer {
-        Ok(answer) => {
-            let decision = match answer.decision {
-                Verdict::Promise => "promise",
-                Verdict::Deny => "deny",
-            };
-            serving.metrics.answers.with_label_values(&[decision]).inc();
-            serving.metrics.grades.with_label_values(&[answer.grade.as_str()]).inc();
-            if answer.degraded {
-                serving.metrics.degraded.inc();
+    serving.count(&sku, region, qty, &answer);
+    answer.map(Json)
+}
+
+impl Serving {
+    /// Counts an answer (or its error) in the metrics, and logs it.
+    fn count(&self, sku: &str, region: &str, qty: i64, answer: &Result<Availability, ApiError>) {
+        match answer {
+            Ok(answer) => {
+                let decision = match answer.decision {
+                    Verdict::Promise => "promise",
+                    Verdict::Deny => "deny",
+                };
+                self.metrics.answers.with_label_values(&[decision]).inc();
+                self.metrics.grades.with_label_values(&[answer.grade.as_str()]).inc();
+                if answer.degraded {
+                    self.metrics.degraded.inc();
+                }
+                tracing::debug!(sku, region, qty, decision, "answered");
             }
-            tracing::debug!(sku, region, qty, decision, "answered");
-        }
-        Err(error) => {
-            serving.metrics.errors.with_label_values(&[error.code()]).inc();
-            tracing::info!(sku, region, qty, %error, "rejected");
+            Err(error) => {
+                self.metrics.errors.with_label_values(&[error.code()]).inc();
+                tracing::info!(sku, region, qty, %error, "rejected");
+            }
         }
     }
-    answer.map(Json)
 }
 
 /// What `GET /readyz` says: whether answers can be given now, and at which grade at best.

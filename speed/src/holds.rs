@@ -158,25 +158,12 @@ end
 return 0
 "#;
 
-/// The live holds of a SKU as `{node, units, …}`. KEYS: the SKU's holds.
-const HELD_SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local all, reply = redis.call('HGETALL', KEYS[1]), {}
-for i = 1, #all, 2 do
-  local node = string.match(all[i], '^.-/%d+/(.*)$')
-  local units, ends = string.match(all[i + 1], '^(%d+):(%d+)$')
-  if node and tonumber(ends) > now then table.insert(reply, node); table.insert(reply, units) end
-end
-return reply
-"#;
-
 /// Reservations in Redis, under `namespace`.
 pub struct RedisHolds {
     url: String,
     namespace: String,
     connection: Connection,
-    scripts: [redis::Script; 5],
+    scripts: [redis::Script; 4],
 }
 
 impl RedisHolds {
@@ -184,7 +171,7 @@ impl RedisHolds {
     /// server need not be up yet: it is connected at the first call (reservations fail closed
     /// meanwhile).
     pub async fn connect(url: &str, namespace: &str) -> Result<RedisHolds, SpeedError> {
-        let scripts = [BEGIN_SCRIPT, HOLD_SCRIPT, EXTEND_SCRIPT, RELEASE_SCRIPT, HELD_SCRIPT].map(redis::Script::new);
+        let scripts = [BEGIN_SCRIPT, HOLD_SCRIPT, EXTEND_SCRIPT, RELEASE_SCRIPT].map(redis::Script::new);
         let connection = if url.contains(',') { Connection::open(url).await? } else { Connection::open_lazy(url)? };
         Ok(RedisHolds { url: url.to_string(), namespace: namespace.to_string(), connection, scripts })
     }
@@ -339,24 +326,53 @@ impl HoldStore for RedisHolds {
         })
     }
 
-    fn held<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, i64)>, ViewError>> {
+    fn held_many<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Vec<(String, i64)>>, ViewError>> {
         Box::pin(async move {
-            let key = self.holds_key(sku);
-            let reply: Vec<String> = self
-                .run(4, |call| {
-                    call.key(&key);
-                })
-                .await?;
-            let mut held: Vec<(String, i64)> = Vec::new();
-            for pair in reply.chunks(2) {
-                let [node, units] = pair else { return Err(self.corrupt(key, "an odd reply to a read of holds")) };
-                let units: i64 = units.parse().map_err(|_| self.corrupt(key.clone(), "units that are not a number"))?;
-                match held.iter_mut().find(|(name, _)| name == node) {
-                    Some((_, total)) => *total += units,
-                    None => held.push((node.clone(), units)),
+            // the holds and the server's clock: one pipeline on a server, one call per SKU (each
+            // in its slot) at once on a cluster
+            let mut connection = self.connection.clone();
+            let (seconds, micros, stored): (i64, i64, Vec<Vec<(String, String)>>) = if self.connection.is_cluster() {
+                let reads = skus.iter().map(|sku| {
+                    let mut connection = self.connection.clone();
+                    let key = self.holds_key(sku);
+                    async move { redis::cmd("HGETALL").arg(key).query_async::<Vec<(String, String)>>(&mut connection).await }
+                });
+                let time = redis::cmd("TIME");
+                let (time, reads) = tokio::join!(time.query_async::<(i64, i64)>(&mut connection), futures::future::join_all(reads));
+                let (seconds, micros) = time.map_err(|e| self.error(e))?;
+                (seconds, micros, reads.into_iter().collect::<Result<_, _>>().map_err(|e| self.error(e))?)
+            } else {
+                let mut pipe = redis::pipe();
+                pipe.cmd("TIME");
+                for sku in skus {
+                    pipe.cmd("HGETALL").arg(self.holds_key(sku));
                 }
+                let mut replies: Vec<redis::Value> = pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?;
+                let bad = |_| self.corrupt(self.holds_key(skus.first().copied().unwrap_or_default()), "an unexpected reply to a read of holds");
+                let stored = replies.split_off(1).into_iter().map(|value| redis::from_redis_value(value).map_err(bad)).collect::<Result<_, _>>()?;
+                let (seconds, micros): (i64, i64) = redis::from_redis_value(replies.remove(0)).map_err(bad)?;
+                (seconds, micros, stored)
+            };
+            let now = seconds * 1000 + micros / 1000;
+            let mut held_of = Vec::with_capacity(skus.len());
+            for (sku, fields) in skus.iter().zip(stored) {
+                let mut held: Vec<(String, i64)> = Vec::new();
+                for (field, value) in fields.iter().filter(|(field, _)| !field.starts_with('#')) {
+                    let parsed = field.split_once('/').and_then(|(_, rest)| rest.split_once('/')).zip(value.split_once(':'));
+                    let Some(((_, node), (units, ends))) = parsed else { return Err(self.corrupt(self.holds_key(sku), "a hold that does not read as one")) };
+                    let (Ok(units), Ok(ends)) = (units.parse::<i64>(), ends.parse::<Millis>()) else {
+                        return Err(self.corrupt(self.holds_key(sku), "a hold whose units or expiry are not numbers"));
+                    };
+                    if ends > now {
+                        match held.iter_mut().find(|(name, _)| name == node) {
+                            Some((_, total)) => *total += units,
+                            None => held.push((node.to_string(), units)),
+                        }
+                    }
+                }
+                held_of.push(held);
             }
-            Ok(held)
+            Ok(held_of)
         })
     }
 }

@@ -420,6 +420,21 @@ impl sellable_core::SpeedSource for SpeedView {
         })
     }
 
+    fn sku_reads<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<SkuRead>, ViewError>> {
+        Box::pin(async move {
+            match self {
+                SpeedView::Memory(_) => {
+                    let mut reads = Vec::with_capacity(skus.len());
+                    for sku in skus {
+                        reads.push(self.sku_read(sku).await?);
+                    }
+                    Ok(reads)
+                }
+                SpeedView::Redis(store) => Ok(store.sku_reads(skus).await?),
+            }
+        })
+    }
+
     fn batch_meta(&self) -> BoxFuture<'_, Result<Option<BatchMeta>, ViewError>> {
         Box::pin(async move { Ok(SpeedView::batch_meta(self).await?) })
     }
@@ -1372,6 +1387,65 @@ impl RedisStore {
         };
         let row = row.map(|bytes| sku_state::decode_row(&bytes).map_err(|message| SpeedError::Corrupt { key: format!("{batch} field {sku}"), message }));
         Ok(SkuRead { row: row.transpose()?.map(Arc::new), speed: self.decode_states(sku, stored)?, caught_up: parse_mark(key, mark)? })
+    }
+
+    /// [`Self::sku_read`] of several SKUs: one pipeline on one server; on a cluster one pipeline
+    /// per partition (each in its slot) and the mark, all at once.
+    async fn sku_reads(&self, skus: &[&str]) -> Result<Vec<SkuRead>, SpeedError> {
+        type Stored = Option<Vec<u8>>;
+        self.layout(false).await?;
+        let key = self.caught_up_key();
+        let read = |skus: &[&str]| {
+            let mut pipe = redis::pipe();
+            for sku in skus {
+                let partition = self.partition(sku);
+                pipe.cmd("HGET").arg(&self.partition_keys(partition)[0]).arg(*sku).cmd("HGET").arg(self.batch_key(partition)).arg(*sku);
+            }
+            pipe
+        };
+        let mut connection = self.connection.clone();
+        let (stored, mark): (Vec<(Stored, Stored)>, Option<String>) = if self.connection.is_cluster() {
+            let mut by_partition: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+            for (index, sku) in skus.iter().enumerate() {
+                by_partition.entry(self.partition(sku)).or_default().push(index);
+            }
+            let reads = by_partition.into_values().map(|indices| {
+                let pipe = read(&indices.iter().map(|index| skus[*index]).collect::<Vec<_>>());
+                let mut connection = self.connection.clone();
+                async move { pipe.query_async::<Vec<(Stored, Stored)>>(&mut connection).await.map(|stored| (indices, stored)) }
+            });
+            let mut read_mark = redis::cmd("GET");
+            read_mark.arg(&key);
+            let (reads, mark) = tokio::join!(futures::future::join_all(reads), read_mark.query_async(&mut connection));
+            let mut stored = vec![(None, None); skus.len()];
+            for read in reads {
+                let (indices, values) = read.map_err(|e| self.error(e))?;
+                for (index, value) in indices.into_iter().zip(values) {
+                    stored[index] = value;
+                }
+            }
+            (stored, mark.map_err(|e| self.error(e))?)
+        } else {
+            let mut pipe = read(skus);
+            pipe.cmd("GET").arg(&key);
+            let mut values: Vec<redis::Value> = pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?;
+            let mark = redis::from_redis_value(values.pop().unwrap_or(redis::Value::Nil)).map_err(|e| self.error(e.into()))?;
+            let stored = values
+                .chunks(2)
+                .map(|pair| Ok((redis::from_redis_value_ref(&pair[0])?, redis::from_redis_value_ref(&pair[1])?)))
+                .collect::<Result<Vec<(Stored, Stored)>, redis::ParsingError>>()
+                .map_err(|e| self.error(e.into()))?;
+            (stored, mark)
+        };
+        let caught_up = parse_mark(key, mark)?;
+        skus.iter()
+            .zip(stored)
+            .map(|(sku, (states, row))| {
+                let batch = self.batch_key(self.partition(sku));
+                let row = row.map(|bytes| sku_state::decode_row(&bytes).map_err(|message| SpeedError::Corrupt { key: format!("{batch} field {sku}"), message }));
+                Ok(SkuRead { row: row.transpose()?.map(Arc::new), speed: self.decode_states(sku, states)?, caught_up })
+            })
+            .collect()
     }
 
     /// Writes the rows per partition, [`SKUS_PER_CALL`] per command and a few partitions at

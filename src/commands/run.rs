@@ -28,7 +28,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         namespace: args.server.namespace.clone(),
         fold: args.lake.fold_config(),
         workers: if args.role == Role::All { args.workers.max(1) } else { args.workers },
-        known: Some(speed::known_names(&lake).await?),
+        // the catalog's names, for the doors of the fold workers and the archiver; a serving
+        // process reads SKUs from its epoch's store and keeps none of them
+        known: if args.role == Role::Serve { None } else { Some(speed::known_names(&lake).await?) },
         partitions: args.partitions,
         catch_up_timeout: Duration::from_secs(600),
         // serving processes beside this one follow within a second

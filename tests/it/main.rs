@@ -116,6 +116,31 @@ async fn check_every_answer(base: &str, oracle: &Fold, nodes: &[NodeInfo], stale
 }
 
 /// Bad requests get a JSON error with the right status, naming what is wrong.
+/// A listing page's batch answers each item as the single request does, in order; an unknown SKU
+/// or region is an error entry of its own; a batch of more than 200 items is a 400.
+async fn check_batch(base: &str, oracle: &Fold, nodes: &[NodeInfo]) {
+    let client = reqwest::Client::new();
+    let mut items: Vec<(String, String)> = sellable_bench::stocked_requests(oracle, nodes, 150);
+    items.insert(3, ("SKU-NOPE".into(), items[0].1.clone()));
+    items.insert(7, (items[0].0.clone(), "ATLANTIS".into()));
+    items.push(items[1].clone());
+    let body = serde_json::json!({ "items": items.iter().map(|(sku, region)| serde_json::json!({ "sku": sku, "region": region, "qty": 2 })).collect::<Vec<_>>() });
+    let response = client.post(format!("{base}/v1/availability:batch")).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answers: serde_json::Value = response.json().await.unwrap();
+    let answers = answers["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), items.len());
+    for ((sku, region), answer) in items.iter().zip(answers) {
+        let single: serde_json::Value = client.get(format!("{base}/v1/availability/{sku}?region={region}&qty=2")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(answer, &single, "{sku} in {region}");
+    }
+    assert_eq!(answers[3]["error"], "unknown_sku");
+    assert_eq!(answers[7]["error"], "bad_request");
+    let too_many = serde_json::json!({ "items": vec![serde_json::json!({ "sku": items[0].0, "region": items[0].1 }); 201] });
+    let response = client.post(format!("{base}/v1/availability:batch")).json(&too_many).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+}
+
 async fn check_errors(base: &str) {
     let cases = [
         ("/v1/availability/NO-SUCH-SKU?region=DE&qty=1", 404, "unknown_sku", "unknown sku 'NO-SUCH-SKU'"),
@@ -164,6 +189,7 @@ async fn end_to_end(speed: SpeedView) {
     check_errors(&base).await;
     let with_units = check_every_answer(&base, &oracle, &nodes, &stale).await;
     assert!(with_units > 100, "too few sku×nodes with stock to be a real check: {with_units} ({describe})");
+    check_batch(&base, &oracle, &nodes).await;
 
     // Replaying the post-cutoff events twice, shuffled, and redelivering events of the batch
     // view after the cutoff, changes no answer.
