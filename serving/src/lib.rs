@@ -517,6 +517,29 @@ impl Serving {
         let mut decision = decide(qty, units);
         decision.reasons.extend(node_reasons);
         let ruleset_version = ruleset.map(|r| format!("{}@{}", r.name, r.version));
+        let mut options: Vec<OptionJson> = decision
+            .options
+            .into_iter()
+            .map(|option| OptionJson { p_fulfill: scores.get(&option.node).copied(), node: option.node, units: option.units })
+            .collect();
+        options.sort_by(|a, b| b.p_fulfill.unwrap_or(0.0).total_cmp(&a.p_fulfill.unwrap_or(0.0)).then(b.units.cmp(&a.units)).then(a.node.cmp(&b.node)));
+        let plan = match decision.verdict {
+            Verdict::Deny => Vec::new(),
+            Verdict::Promise => match options.iter().find(|option| option.units >= qty) {
+                Some(option) => vec![sellable_core::holds::Taken { node: option.node.clone(), units: qty }],
+                None => {
+                    let mut left = qty;
+                    options
+                        .iter()
+                        .map_while(|option| {
+                            let units = option.units.min(left);
+                            left -= units;
+                            (units > 0).then(|| sellable_core::holds::Taken { node: option.node.clone(), units })
+                        })
+                        .collect()
+                }
+            },
+        };
         let answer = Availability {
             sku: sku.to_string(),
             region: region.to_string(),
@@ -524,11 +547,8 @@ impl Serving {
             decision: decision.verdict,
             units: decision.units,
             available: decision.available,
-            options: decision
-                .options
-                .into_iter()
-                .map(|option| OptionJson { p_fulfill: scores.get(&option.node).copied(), node: option.node, units: option.units })
-                .collect(),
+            options,
+            plan,
             reasons: decision.reasons,
             rules_fired,
             grade: grading.grade,
@@ -775,7 +795,11 @@ pub struct Availability {
     pub units: i64,
     /// Units available in the region, all options together.
     pub available: i64,
+    /// Ranked by expected fulfilment: `p_fulfill` (when a model scores), then units, then node.
     pub options: Vec<OptionJson>,
+    /// Where the order would be served from on a promise: the first option that can serve `qty`
+    /// alone, else a split over the ranked options; empty on a deny.
+    pub plan: Vec<sellable_core::holds::Taken>,
     pub reasons: Vec<String>,
     pub rules_fired: Vec<RuleFired>,
     /// How current the inputs are: `fresh`, `bounded_stale`, `conservative` or `unavailable`.

@@ -543,3 +543,18 @@ async fn an_old_batch_view_holds_a_margin_back_and_alone_promises_nothing() {
     let health: serde_json::Value = reqwest::get(format!("{base}/healthz")).await.unwrap().json().await.unwrap();
     assert_eq!(health, serde_json::json!({ "status": "ok" }));
 }
+
+/// Options are ranked by expected fulfilment (with no model: units, then node), and the plan
+/// serves the order from one node when one can, else split over the ranked options.
+#[tokio::test]
+async fn the_plan_takes_one_node_when_it_can_and_splits_when_none_can() {
+    let serving = serving(Arc::new(RuleBook::empty(Schema::standard())), Arc::new(ModelBook::none()));
+    let plan = |answer: &Availability| answer.plan.iter().map(|taken| (taken.node.clone(), taken.units)).collect::<Vec<_>>();
+    let one = serving.availability("SKU-1", "DE", 3, CUTOFF).await.unwrap();
+    assert_eq!(one.options.iter().map(|option| option.node.as_str()).collect::<Vec<_>>(), ["WH-1", "SL-1"]);
+    assert_eq!(plan(&one), [("WH-1".to_string(), 3)]);
+    let split = serving.availability("SKU-1", "DE", 12, CUTOFF).await.unwrap();
+    assert_eq!(plan(&split), [("WH-1".to_string(), 10), ("SL-1".to_string(), 2)]);
+    let denied = serving.availability("SKU-1", "DE", 17, CUTOFF).await.unwrap();
+    assert!(denied.plan.is_empty(), "{denied:?}");
+}
