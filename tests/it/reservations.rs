@@ -310,3 +310,93 @@ async fn reservations_answer_as_documented() {
     assert!(answer["message"].as_str().unwrap().contains("cannot be decided safely"), "{answer}");
     assert_eq!(holds.held(sku).await.unwrap(), vec![]);
 }
+
+/// A marketplace whose events end now (answers by the wall clock find fresh feeds), batched an
+/// hour before its end.
+async fn live_marketplace() -> (tempfile::TempDir, Lake) {
+    let dir = tempfile::tempdir().unwrap();
+    let start = (chrono_now() - 2 * DAY) / 60_000 * 60_000;
+    let config = SimConfig { seed: 11, skus: 40, nodes: 6, days: 2.0, start, ..SimConfig::default() };
+    let summary = generate(&config, &dir.path().join("gen")).unwrap();
+    let lake = Lake::open(&dir.path().join("lake")).unwrap();
+    let skus = sellable_core::catalog::read_parquet(&summary.paths.skus, sellable_core::catalog::skus_from_batch).unwrap();
+    let nodes = sellable_core::catalog::read_parquet(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch).unwrap();
+    lake.import_catalog(&skus, &nodes).await.unwrap();
+    lake.import_events(read_event_file(&summary.paths.events).unwrap()).await.unwrap();
+    lake.compute_batch_view(summary.end - 3_600_000, FoldConfig::default()).await.unwrap();
+    (dir, lake)
+}
+
+/// `sellable serve --redis` on `port`, once it answers at better than `conservative`.
+async fn serve_process(lake: &Lake, url: &str, namespace: &str, port: u16) -> KillOnDrop {
+    let args = ["serve", "--lake", lake.root().to_str().unwrap(), "--redis", url, "--namespace", namespace, "--listen", &format!("127.0.0.1:{port}")];
+    let child = KillOnDrop(std::process::Command::new(env!("CARGO_BIN_EXE_sellable")).args(args).stderr(std::process::Stdio::null()).spawn().unwrap());
+    for _ in 0..300 {
+        if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
+            let body: serde_json::Value = response.json().await.unwrap();
+            if body["grade"] == "fresh" || body["grade"] == "bounded_stale" {
+                return child;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("sellable serve never became ready");
+}
+
+/// The serving process killed (SIGKILL) while hundreds of carts are being reserved: after a
+/// restart, a retry of every cart gets a clear 201 or 409, the first answer where one was given,
+/// and once the TTLs have passed nothing is held (no half-reserved cart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_leaves_no_half_reserved_cart_and_retries_get_the_first_answer() {
+    let (_dir, lake) = live_marketplace().await;
+    let (url, _, namespace) = redis_names("checkout-kill");
+    let (port, later_port) = (free_port(), free_port());
+    let mut server = serve_process(&lake, &url, &namespace, port).await;
+    let (skus, _) = lake.load_catalog().await.unwrap();
+    let skus: Vec<String> = skus.into_iter().map(|info| info.sku).take(12).collect();
+    let cart = |index: usize| {
+        let lines: Vec<serde_json::Value> =
+            (0..3).map(|line| serde_json::json!({ "sku": skus[(index * 7 + line * 5) % skus.len()], "region": "EU", "qty": 1 + (index + line) % 3, "split": true })).collect();
+        serde_json::json!({ "order_id": format!("order-{index}"), "lines": lines, "ttl_s": 10 })
+    };
+    let client = reqwest::Client::new();
+    let sent: Vec<_> = (0..300)
+        .map(|index| {
+            let (client, body) = (client.clone(), cart(index));
+            tokio::spawn(async move {
+                let response = client.post(format!("http://127.0.0.1:{port}/v1/reservations")).json(&body).send().await.ok()?;
+                let status = response.status().as_u16();
+                Some((status, response.json::<serde_json::Value>().await.ok()?))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.0.kill().unwrap();
+    let _ = server.0.wait();
+    let mut first = HashMap::new();
+    for (index, sent) in sent.into_iter().enumerate() {
+        if let Some((status, body)) = sent.await.unwrap() {
+            assert!(status == 201 || status == 409, "{status} {body}");
+            first.insert(index, (status, body));
+        }
+    }
+    assert!(!first.is_empty() && first.len() < 300, "the kill should come in the middle: {} of 300 answered", first.len());
+
+    let _server = serve_process(&lake, &url, &namespace, later_port).await;
+    let mut held = 0;
+    for index in 0..300 {
+        let (status, body) = post(&client, format!("http://127.0.0.1:{later_port}/v1/reservations"), cart(index), None).await;
+        assert!(status == 201 || status == 409, "{status} {body}");
+        held += usize::from(status == 201);
+        if let Some((first_status, first_body)) = first.get(&index) {
+            assert_eq!((status, &body["id"], &body["lines"]), (*first_status, &first_body["id"], &first_body["lines"]), "order-{index}");
+        }
+    }
+    assert!(held > 10, "{held} carts held");
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    let holds = RedisHolds::connect(&url, &namespace).await.unwrap();
+    for sku in &skus {
+        assert_eq!(holds.held(sku).await.unwrap(), vec![], "{sku}");
+    }
+    forget(&url, "none", &namespace).await;
+}
