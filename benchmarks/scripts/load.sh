@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The REST API under load, beside Redis itself, in one run: a marketplace of SKUS SKUs and NODES
+# nodes whose events end now is generated, imported and batched; `sellable serve --redis` serves
+# it; wrk drives CONNECTIONS connections for SECONDS seconds per scenario with random SKUs and
+# countries: single availability, batch availability (BATCH items per request; rates per item
+# too), and reservations (one line, random keys, 10 s TTL: 201s while units last, then 409s,
+# both through the hold script; wrk counts the 409s as non-2xx). `redis-benchmark` GET with the same connection count on the same
+# Redis is the baseline: every rate is printed with its ratio to it.
+# Usage: benchmarks/scripts/load.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 DURATION=15 BATCH=50;
+#   PROFILE=release for an optimised build; wrk is installed from Debian's packages if missing)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+skus=${SKUS:-20000}; nodes=${NODES:-200}; connections=${CONNECTIONS:-64}; seconds=${DURATION:-15}; batch=${BATCH:-50}
+source benchmarks/scripts/common.sh load
+if ! command -v wrk >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
+fi
+namespace="sellable-bench-load"
+cli --scan --pattern "$namespace*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null
+now=$(date +%s)000
+"$bin" gen --out "$out/gen" --skus "$skus" --nodes "$nodes" --days 2 --start $(( now - 2 * 86400000 )) 2>"$out/gen.log"
+"$bin" lake import --lake "$out/lake" --from "$out/gen" 2>"$out/import.log"
+"$bin" batch --lake "$out/lake" 2>"$out/batch.log"
+listen=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$bin" serve --lake "$out/lake" --redis "$url" --namespace "$namespace" --listen "$listen" 2>"$out/serve.log" & pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+  curl -sf "http://$listen/readyz" | grep -qE '"grade":"(fresh|bounded_stale)"' && break; sleep 0.5
+done
+
+# the request mix of each scenario, and latency percentiles (µs) and counts at the end
+cat >"$out/common.lua" <<LUA
+local skus, countries = $skus, {"DE", "FR", "IT", "ES", "NL", "US"}
+math.randomseed(os.time())
+function sku() return string.format("SKU-%06d", math.random(0, skus - 1)) end
+function country() return countries[math.random(#countries)] end
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format("RESULT %d %.1f %d %d %d %d %d\n", summary.requests, summary.duration / 1e6,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), summary.errors.status, errors))
+end
+LUA
+cat >"$out/single.lua" <<'LUA'
+dofile(os.getenv("COMMON"))
+request = function() return wrk.format("GET", "/v1/availability/" .. sku() .. "?region=" .. country() .. "&qty=1") end
+LUA
+cat >"$out/batch.lua" <<LUA
+dofile(os.getenv("COMMON"))
+request = function()
+  local items = {}
+  for i = 1, $batch do items[i] = string.format('{"sku":"%s","region":"%s"}', sku(), country()) end
+  return wrk.format("POST", "/v1/availability:batch", {["Content-Type"] = "application/json"}, '{"items":[' .. table.concat(items, ",") .. ']}')
+end
+LUA
+cat >"$out/reserve.lua" <<'LUA'
+dofile(os.getenv("COMMON"))
+local counter = 0
+request = function()
+  counter = counter + 1
+  local body = string.format('{"order_id":"load-%d-%d-%d","ttl_s":10,"lines":[{"sku":"%s","region":"%s","qty":1}]}', os.time(), math.random(1e9), counter, sku(), country())
+  return wrk.format("POST", "/v1/reservations", {["Content-Type"] = "application/json"}, body)
+end
+LUA
+threads=2
+run() {
+  COMMON="$out/common.lua" wrk -t$threads -c"$connections" -d"${seconds}s" -s "$out/$1.lua" "http://$listen" | grep '^RESULT' | cut -d' ' -f2-
+}
+single=$(run single); batched=$(run batch); reserved=$(run reserve)
+redis_rate=$(redis-benchmark -h "$host" -p "$port" -c "$connections" -n 400000 -t get -q | tr '\r' '\n' | awk '/requests per second/ {print $2}' | tail -1)
+python3 - "$single" "$batched" "$reserved" "$redis_rate" "$batch" "$profile" "$skus" "$nodes" "$connections" <<'PY'
+import sys
+single, batched, reserved, redis_rate, batch, profile, skus, nodes, connections = sys.argv[1:]
+redis_rate, batch = float(redis_rate), int(batch)
+print(f"profile {profile}; {skus} SKUs, {nodes} nodes, {connections} connections; ratios against redis-benchmark GET ({redis_rate:,.0f}/s)")
+print(f"{'scenario':<24} {'rate/s':>10} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8} {'errors':>7}")
+def row(name, line, per=1):
+    requests, duration, p50, p99, p999, status, errors = map(float, line.split())
+    rate = requests / duration * per
+    print(f"{name:<24} {rate:>10,.0f} {rate / redis_rate:>6.2f}x {p50 / 1000:>8.2f} {p99 / 1000:>8.2f} {p999 / 1000:>9.2f} {status:>8.0f} {errors:>7.0f}")
+row("single availability", single)
+row(f"batch ({batch} items), requests", batched)
+row(f"batch, items", batched, batch)
+row("reservations (201|409)", reserved)
+print(f"{'redis-benchmark GET':<24} {redis_rate:>10,.0f} {1:>6.2f}x")
+PY
