@@ -28,16 +28,22 @@ struct Marketplace {
     after_cutoff: Vec<Event>,
 }
 
-async fn marketplace() -> Marketplace {
-    let dir = tempfile::tempdir().unwrap();
-    let config = SimConfig { seed: 7, skus: 120, nodes: 12, days: 3.0, ..SimConfig::default() };
-    let summary = generate(&config, &dir.path().join("gen")).unwrap();
-    let lake = Lake::open(&dir.path().join("lake")).unwrap();
+/// Generates `config`'s marketplace in `dir` and imports its catalog and events into a lake there.
+async fn generated_lake(config: &SimConfig, dir: &std::path::Path) -> (sellable_bench::SimSummary, Lake) {
+    let summary = generate(config, &dir.join("gen")).unwrap();
+    let lake = Lake::open(&dir.join("lake")).unwrap();
     let skus = sellable_core::catalog::read_parquet(&summary.paths.skus, sellable_core::catalog::skus_from_batch).unwrap();
     let nodes = sellable_core::catalog::read_parquet(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch).unwrap();
     lake.import_catalog(&skus, &nodes).await.unwrap();
-    let all_events: Vec<Event> = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect();
     lake.import_events(read_event_file(&summary.paths.events).unwrap()).await.unwrap();
+    (summary, lake)
+}
+
+async fn marketplace() -> Marketplace {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig { seed: 7, skus: 120, nodes: 12, days: 3.0, ..SimConfig::default() };
+    let (summary, lake) = generated_lake(&config, dir.path()).await;
+    let all_events: Vec<Event> = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).collect();
     let cutoff = summary.end - DAY;
     lake.compute_batch_view(cutoff, FoldConfig::default()).await.unwrap();
 
@@ -662,12 +668,7 @@ struct Trained {
 async fn trained_marketplace() -> Trained {
     let dir = tempfile::tempdir().unwrap();
     let config = SimConfig { seed: 11, skus: 300, nodes: 16, days: 8.0, ..SimConfig::default() };
-    let summary = generate(&config, &dir.path().join("gen")).unwrap();
-    let lake = Lake::open(&dir.path().join("lake")).unwrap();
-    let skus = sellable_core::catalog::read_parquet(&summary.paths.skus, sellable_core::catalog::skus_from_batch).unwrap();
-    let nodes = sellable_core::catalog::read_parquet(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch).unwrap();
-    lake.import_catalog(&skus, &nodes).await.unwrap();
-    lake.import_events(read_event_file(&summary.paths.events).unwrap()).await.unwrap();
+    let (summary, lake) = generated_lake(&config, dir.path()).await;
     let start = config.start - config.start.rem_euclid(DAY) + DAY;
     let midnights: Vec<Millis> = (start..summary.end).step_by(DAY as usize).collect();
     let progress = sellable_batch::Progress::hidden();

@@ -317,12 +317,7 @@ async fn live_marketplace() -> (tempfile::TempDir, Lake) {
     let dir = tempfile::tempdir().unwrap();
     let start = (chrono_now() - 2 * DAY) / 60_000 * 60_000;
     let config = SimConfig { seed: 11, skus: 40, nodes: 6, days: 2.0, start, ..SimConfig::default() };
-    let summary = generate(&config, &dir.path().join("gen")).unwrap();
-    let lake = Lake::open(&dir.path().join("lake")).unwrap();
-    let skus = sellable_core::catalog::read_parquet(&summary.paths.skus, sellable_core::catalog::skus_from_batch).unwrap();
-    let nodes = sellable_core::catalog::read_parquet(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch).unwrap();
-    lake.import_catalog(&skus, &nodes).await.unwrap();
-    lake.import_events(read_event_file(&summary.paths.events).unwrap()).await.unwrap();
+    let (summary, lake) = generated_lake(&config, dir.path()).await;
     lake.compute_batch_view(summary.end - 3_600_000, FoldConfig::default()).await.unwrap();
     (dir, lake)
 }
