@@ -170,9 +170,6 @@ pub struct SkuRead {
 /// An epoch's store as serving reads it, wherever it lives: the speed view, and beside it the
 /// batch view's rows and metadata that the epoch published ([`BatchMeta`], [`SkuRow`]).
 pub trait SpeedSource: Send + Sync {
-    /// The state of every node with events for `sku` since the cutoff, ordered by node.
-    fn sku_states<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, ViewError>>;
-
     /// Per node and per source, the latest arrival folded: how far behind each feed is.
     fn watermarks(&self) -> BoxFuture<'_, Result<Watermarks, ViewError>>;
 

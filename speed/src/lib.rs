@@ -375,10 +375,6 @@ fn parse_mark(key: String, mark: Option<String>) -> Result<Option<Millis>, Speed
 }
 
 impl sellable_core::SpeedSource for SpeedView {
-    fn sku_states<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, ViewError>> {
-        Box::pin(async move { Ok(SpeedView::sku_states(self, sku).await?) })
-    }
-
     fn watermarks(&self) -> BoxFuture<'_, Result<Watermarks, ViewError>> {
         Box::pin(async move { Ok(SpeedView::watermarks(self).await?) })
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sellable_core::view::BoxFuture;
-use sellable_core::{fold, BatchMeta, BatchView, Event, EventKind, FoldConfig, NodeInfo, NodeKind, NodeState, SkuInfo, SkuRead, SkuRow, SpeedSource, ViewError};
+use sellable_core::{fold, BatchMeta, BatchView, Event, EventKind, FoldConfig, NodeInfo, NodeKind, SkuInfo, SkuRead, SkuRow, SpeedSource, ViewError};
 use sellable_dsl::Schema;
 use sellable_serving::{Availability, Clock, ModelBook, RuleBook, Serving};
 
@@ -53,9 +53,6 @@ impl FakeSpeed {
 }
 
 impl SpeedSource for FakeSpeed {
-    fn sku_states<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, NodeState)>, ViewError>> {
-        Box::pin(async move { Ok(self.sku_read(sku).await?.speed) })
-    }
     fn sku_read<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<SkuRead, ViewError>> {
         Box::pin(async move {
             let row = (sku == "SKU-1").then(|| self.row.clone());
