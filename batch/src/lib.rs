@@ -27,7 +27,7 @@ use lance::dataset::{Dataset, WriteMode, WriteParams};
 use sellable_core::catalog::{node_schema, nodes_from_batch, nodes_to_batch, sku_schema, skus_from_batch, skus_to_batch};
 use sellable_core::event::{event_schema, events_from_batch, events_to_batch, DecodeError, InputError};
 use sellable_core::fold::{effect, Anchor, EventKey, SkuNode};
-use sellable_core::{BatchMeta, BatchView, Event, EventKind, FoldConfig, Millis, NodeInfo, NodeState, SkuInfo, SkuRow};
+use sellable_core::{BatchMeta, BatchView, Event, EventKind, FoldConfig, Millis, NodeInfo, NodeState, SkuInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -653,10 +653,10 @@ impl Lake {
     /// Loads the latest batch view into memory, for serving.
     /// The batch view as an epoch publishes it ([`BatchView::rows`]): its metadata, and a row per
     /// SKU of the catalog.
-    pub async fn load_published(&self) -> Result<(BatchMeta, Vec<SkuRow>), BatchError> {
+    pub async fn load_published(&self) -> Result<(BatchMeta, sellable_core::view::Rows), BatchError> {
         let (skus, _) = self.load_catalog().await?;
         let batch = self.load_batch_view().await?;
-        Ok((batch.meta(), batch.rows(&skus).collect()))
+        Ok((batch.meta(), batch.into_rows(skus)))
     }
 
     pub async fn load_batch_view(&self) -> Result<BatchView, BatchError> {

@@ -64,18 +64,28 @@ impl BatchView {
     }
 
     /// One row per SKU of the catalog `skus` (a SKU with no state has an empty row), in the
-    /// order of `skus`: what an epoch publishes.
-    pub fn rows<'a>(&'a self, skus: &'a [SkuInfo]) -> impl Iterator<Item = SkuRow> + 'a {
-        let mut features: std::collections::HashMap<&str, Vec<(String, Vec<f64>)>> = std::collections::HashMap::new();
-        for ((sku, node), values) in &self.features {
-            features.entry(sku.as_str()).or_default().push((node.clone(), values.clone()));
+    /// order of `skus`: what an epoch publishes. The view's states and features move into the
+    /// rows, which are made one at a time as they are taken.
+    pub fn into_rows(self, skus: Vec<SkuInfo>) -> Rows {
+        type ByNode<T> = std::collections::HashMap<String, Vec<(String, T)>>;
+        let mut states: ByNode<NodeState> = ByNode::new();
+        for ((sku, node), state) in self.states {
+            states.entry(sku).or_default().push((node, state));
         }
-        skus.iter().map(move |info| {
-            let mut features = features.remove(info.sku.as_str()).unwrap_or_default();
+        let mut features: ByNode<Vec<f64>> = ByNode::new();
+        for ((sku, node), values) in self.features {
+            features.entry(sku).or_default().push((node, values));
+        }
+        Box::new(skus.into_iter().map(move |info| {
+            let mut features = features.remove(&info.sku).unwrap_or_default();
             features.sort_by(|a, b| a.0.cmp(&b.0));
-            let states = self.sku_states(&info.sku).map(|(node, state)| (node.to_string(), state.clone())).collect();
-            SkuRow { info: info.clone(), states, features }
-        })
+            SkuRow { states: states.remove(&info.sku).unwrap_or_default(), info, features }
+        }))
+    }
+
+    /// [`BatchView::into_rows`] of a copy.
+    pub fn rows(&self, skus: &[SkuInfo]) -> Rows {
+        self.clone().into_rows(skus.to_vec())
     }
 
     /// Per node, the latest arrival the view holds.
@@ -156,6 +166,9 @@ pub trait EventLog: Send + Sync {
     /// an error naming the row and field, not a failure of the whole read.
     fn events_after(&self, cutoff: Millis) -> BoxFuture<'_, Result<Vec<Result<crate::Event, crate::DecodeError>>, ViewError>>;
 }
+
+/// A published batch view's rows, made as they are taken.
+pub type Rows = Box<dyn Iterator<Item = SkuRow> + Send>;
 
 /// What serving reads of one SKU in one round trip: its row of the epoch's batch view (`None`:
 /// not published, an unknown SKU when the view is complete), the speed view's states (by node)

@@ -9,8 +9,8 @@
 
 use std::path::Path;
 
-use sellable_core::view::BoxFuture;
-use sellable_core::{known_at, BatchMeta, Event, EventLog, Millis, SkuRow, ViewError};
+use sellable_core::view::{BoxFuture, Rows};
+use sellable_core::{known_at, BatchMeta, Event, EventLog, Millis, ViewError};
 
 use crate::{FoldReport, SpeedError, SpeedView};
 
@@ -76,7 +76,7 @@ pub async fn catch_up(
 
 /// Loads the batch view a speed view continues (its metadata and its rows), to publish it again
 /// into a store that lost it.
-pub type BatchRows = std::sync::Arc<dyn Fn() -> BoxFuture<'static, Result<(BatchMeta, Vec<SkuRow>), ViewError>> + Send + Sync>;
+pub type BatchRows = std::sync::Arc<dyn Fn() -> BoxFuture<'static, Result<(BatchMeta, Rows), ViewError>> + Send + Sync>;
 
 /// Keeps `speed` caught up from `cutoff` for as long as the task runs: every `every`, if the view
 /// does not carry the mark of that cutoff (it was never caught up, or its store came back empty),

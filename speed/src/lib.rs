@@ -767,6 +767,9 @@ pub fn watermark_partitions(partitions: u64) -> u64 {
 /// stay far below Lua's limit on unpacking.
 const SKUS_PER_CALL: usize = 500;
 
+/// Rows encoded and sent at a time when a batch view is published.
+const PUBLISH_CHUNK: usize = 20_000;
+
 /// Ids per command when recording ids folded into the batch view.
 const IDS_PER_COMMAND: usize = 2_000;
 
@@ -1444,17 +1447,28 @@ impl RedisStore {
             .collect()
     }
 
-    /// Writes the rows per partition, [`SKUS_PER_CALL`] per command and a few partitions at
-    /// once, then the metadata. Returns the rows written.
+    /// Writes the rows [`PUBLISH_CHUNK`] at a time (per partition, [`SKUS_PER_CALL`] per
+    /// command, a few commands at once), then the metadata. Returns the rows written.
     async fn publish(&self, meta: &BatchMeta, rows: impl IntoIterator<Item = SkuRow>) -> Result<u64, SpeedError> {
-        use futures::StreamExt;
         self.layout(true).await?;
-        let mut by_partition: BTreeMap<u64, Vec<(String, Vec<u8>)>> = BTreeMap::new();
         let mut written = 0;
-        for row in rows {
-            by_partition.entry(self.partition(&row.info.sku)).or_default().push((row.info.sku.clone(), sku_state::encode_row(&row)));
-            written += 1;
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let mut by_partition: BTreeMap<u64, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+            for row in rows.by_ref().take(PUBLISH_CHUNK) {
+                by_partition.entry(self.partition(&row.info.sku)).or_default().push((row.info.sku.clone(), sku_state::encode_row(&row)));
+                written += 1;
+            }
+            self.publish_chunk(by_partition).await?;
         }
+        let json = serde_json::to_string(meta).expect("batch metadata serialises");
+        let mut connection = self.connection.clone();
+        let () = redis::cmd("SET").arg(self.meta_key()).arg(json).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+        Ok(written)
+    }
+
+    async fn publish_chunk(&self, by_partition: BTreeMap<u64, Vec<(String, Vec<u8>)>>) -> Result<(), SpeedError> {
+        use futures::StreamExt;
         let commands = by_partition.into_iter().flat_map(|(partition, fields)| {
             let key = self.batch_key(partition);
             let chunks: Vec<Vec<(String, Vec<u8>)>> = fields.chunks(SKUS_PER_CALL).map(<[_]>::to_vec).collect();
@@ -1476,10 +1490,7 @@ impl RedisStore {
         while let Some(done) = sent.next().await {
             done.map_err(|e| self.error(e))?;
         }
-        let json = serde_json::to_string(meta).expect("batch metadata serialises");
-        let mut connection = self.connection.clone();
-        let () = redis::cmd("SET").arg(self.meta_key()).arg(json).query_async(&mut connection).await.map_err(|e| self.error(e))?;
-        Ok(written)
+        Ok(())
     }
 
     async fn batch_meta(&self) -> Result<Option<BatchMeta>, SpeedError> {
