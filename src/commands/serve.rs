@@ -35,7 +35,7 @@ pub async fn run(args: &ServeArgs) -> Result<()> {
 /// cutoff's, and whenever Redis comes back without it). Redis need not be up at start: answers
 /// are conservative until it is.
 pub async fn open_speed(lake: &Arc<Lake>, redis: &RedisArgs, config: FoldConfig) -> Result<Arc<SpeedView>> {
-    let cutoff = lake.batch_view_asof().context("the lake has no batch view: compute one first (sellable batch)")?;
+    let cutoff = crate::commands::speed::batch_cutoff(lake)?;
     match &redis.redis {
         Some(url) => {
             let speed = Arc::new(SpeedView::redis_lazy(url, &redis.namespace, config).await?);
