@@ -383,10 +383,14 @@ pub async fn confirm(State(serving): State<Arc<Serving>>, Path(id): Path<String>
         Status::Held => {}
         status => return Err(ApiError::Conflict(format!("reservation {id} is {status:?}: only a held reservation is confirmed").to_lowercase())),
     }
-    // the holds keep counting while the events are written (a minute at least)
+    // the holds keep counting while the events are written (a minute at least); a SKU whose
+    // holds lapsed meanwhile holds nothing to confirm
     let grace = holds.now().await.map_err(unavailable)? + 60_000;
     for sku in skus(&reservation) {
-        holds.extend(&id, sku, grace.max(reservation.expires_at)).await.map_err(unavailable)?;
+        if holds.extend(&id, sku, grace.max(reservation.expires_at)).await.map_err(unavailable)? == 0 {
+            release_all(holds, &id, &skus(&reservation)).await;
+            return Err(ApiError::Conflict(format!("reservation {id} has expired: its units are no longer held")));
+        }
     }
     let now = serving.now();
     let order = reservation.order_id.clone().unwrap_or_else(|| id.clone());
