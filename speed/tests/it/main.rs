@@ -407,6 +407,7 @@ async fn a_stream_folds_into_a_three_master_cluster_exactly_like_core() {
     let stats = until_idle(&url, &view, StreamConfig::new("inventory", "fold", "one"), 1).await;
     assert_eq!(stats.entries, delivered.len() as u64);
     assert_matches_core_fold(&view, &events).await;
+    assert_publishes_and_reads_back(&view, &events).await;
 
     // the SKUs really are spread over the three masters
     let mut masters_with_keys = 0;
@@ -534,6 +535,15 @@ async fn assert_publishes_and_reads_back(view: &SpeedView, events: &[Event]) {
     }
     let unknown = view.sku_read("SKU-UNKNOWN").await.unwrap();
     assert!(unknown.row.is_none());
+    // a listing page's batch reads the same, in one call
+    let mut asked: Vec<&str> = skus.iter().map(|info| info.sku.as_str()).collect();
+    asked.insert(1, "SKU-UNKNOWN");
+    let reads = view.sku_reads(&asked).await.unwrap();
+    assert_eq!(reads.len(), asked.len());
+    for (sku, read) in asked.iter().zip(&reads) {
+        let alone = view.sku_read(sku).await.unwrap();
+        assert_eq!((&read.row, &read.speed, read.caught_up), (&alone.row, &alone.speed, alone.caught_up), "{sku}");
+    }
     let asked = [names[0].as_str(), "SKU-UNKNOWN", "SKU-NO-EVENTS"];
     assert_eq!(view.skus_known(&asked).await.unwrap(), vec![true, false, true]);
 }
