@@ -59,7 +59,7 @@ async fn check(serving: &Serving, accepted: &[Event], nodes: &[NodeInfo], sample
             .filter_map(|node| Some((node.node.clone(), oracle.state(sku, &node.node)?.atp())))
             .filter(|(_, atp)| *atp > 0)
             .collect();
-        assert_eq!(served, expected, "{when}: {sku} in {country}");
+        assert_eq!(served, expected, "{when}: {sku} in {country}; the answer: {answer:?}; the speed view's watermarks: {:?}", serving.epoch().speed.watermarks().await);
         compared += served.values().sum::<i64>();
     }
     compared
