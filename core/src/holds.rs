@@ -48,6 +48,9 @@ pub enum Begun {
     Found { record: String, pending_ms: Option<Millis> },
 }
 
+/// Per node, the units live holds take of one SKU.
+pub type Held = Vec<(String, i64)>;
+
 /// The reservations' store.
 pub trait HoldStore: Send + Sync {
     /// The store's clock (every expiry is on it, whichever server asks).
@@ -82,10 +85,10 @@ pub trait HoldStore: Send + Sync {
     fn release<'a>(&'a self, id: &'a str, sku: &'a str, confirmed: bool) -> BoxFuture<'a, Result<(), ViewError>>;
 
     /// Per node, the units live holds take of `sku` now.
-    fn held<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Vec<(String, i64)>, ViewError>> {
+    fn held<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<Held, ViewError>> {
         Box::pin(async move { Ok(self.held_many(&[sku]).await?.pop().unwrap_or_default()) })
     }
 
     /// [`HoldStore::held`] of several SKUs at once, in order.
-    fn held_many<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Vec<(String, i64)>>, ViewError>>;
+    fn held_many<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Held>, ViewError>>;
 }

@@ -207,13 +207,7 @@ pub trait SpeedSource: Send + Sync {
     /// [`SpeedSource::sku_read`] of several SKUs at once, in order: one round trip where the
     /// store can (a listing page's batch).
     fn sku_reads<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<SkuRead>, ViewError>> {
-        Box::pin(async move {
-            let mut reads = Vec::with_capacity(skus.len());
-            for sku in skus {
-                reads.push(self.sku_read(sku).await?);
-            }
-            Ok(reads)
-        })
+        Box::pin(read_each(self, skus))
     }
 
     /// The metadata of the batch view published beside the speed view, if one is.
@@ -233,6 +227,16 @@ pub trait SpeedSource: Send + Sync {
 
     /// The lateness and dedup window it folds with.
     fn config(&self) -> crate::FoldConfig;
+}
+
+/// [`SpeedSource::sku_read`] of each SKU in turn: [`SpeedSource::sku_reads`] for a store that
+/// cannot read several at once.
+pub async fn read_each<S: SpeedSource + ?Sized>(source: &S, skus: &[&str]) -> Result<Vec<SkuRead>, ViewError> {
+    let mut reads = Vec::with_capacity(skus.len());
+    for sku in skus {
+        reads.push(source.sku_read(sku).await?);
+    }
+    Ok(reads)
 }
 
 /// Merges the batch and speed states of one SKU into one state per node (exact: see

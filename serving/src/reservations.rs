@@ -135,6 +135,11 @@ fn store(serving: &Serving) -> Result<&Arc<dyn HoldStore>, ApiError> {
     serving.holds.as_ref().ok_or_else(|| ApiError::Refused("reservations need the Redis hold store (serve with --redis, or sellable run): nothing was reserved".into()))
 }
 
+/// A reservation whose holds lapsed: nothing of it is held any more.
+fn expired(id: &str) -> ApiError {
+    ApiError::Conflict(format!("reservation {id} has expired: its units are no longer held"))
+}
+
 fn unavailable(error: sellable_core::ViewError) -> ApiError {
     ApiError::Refused(format!("the hold store cannot be used ({error}): nothing was reserved"))
 }
@@ -366,7 +371,7 @@ pub async fn extend(State(serving): State<Arc<Serving>>, Path(id): Path<String>,
         live += holds.extend(&id, sku, expires).await.map_err(unavailable)?;
     }
     if live == 0 {
-        return Err(ApiError::Conflict(format!("reservation {id} has expired: its units are no longer held")));
+        return Err(expired(&id));
     }
     reservation.expires_at = expires;
     save(holds, answer, &reservation).await
@@ -389,7 +394,7 @@ pub async fn confirm(State(serving): State<Arc<Serving>>, Path(id): Path<String>
     for sku in skus(&reservation) {
         if holds.extend(&id, sku, grace.max(reservation.expires_at)).await.map_err(unavailable)? == 0 {
             release_all(holds, &id, &skus(&reservation)).await;
-            return Err(ApiError::Conflict(format!("reservation {id} has expired: its units are no longer held")));
+            return Err(expired(&id));
         }
     }
     let now = serving.now();

@@ -17,7 +17,7 @@
 //! A cart whose lines span SKUs (hence slots) takes them SKU by SKU; serving releases what it
 //! took when a later SKU is short (`docs/consistency.md`).
 
-use sellable_core::holds::{Begun, HoldLine, HoldOutcome, HoldStore, Taken};
+use sellable_core::holds::{Begun, Held, HoldLine, HoldOutcome, HoldStore, Taken};
 use sellable_core::view::BoxFuture;
 use sellable_core::{Millis, ViewError};
 
@@ -326,7 +326,7 @@ impl HoldStore for RedisHolds {
         })
     }
 
-    fn held_many<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Vec<(String, i64)>>, ViewError>> {
+    fn held_many<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Held>, ViewError>> {
         Box::pin(async move {
             // the holds and the server's clock: one pipeline on a server, one call per SKU (each
             // in its slot) at once on a cluster

@@ -411,7 +411,7 @@ impl sellable_core::SpeedSource for SpeedView {
                     speed: store.sku_states(sku),
                     caught_up: *store.caught_up.lock().expect("speed view lock poisoned; this is a bug"),
                 }),
-                SpeedView::Redis(store) => Ok(store.sku_read(sku).await?),
+                SpeedView::Redis(store) => Ok(store.sku_reads(&[sku]).await?.pop().expect("one read per SKU")),
             }
         })
     }
@@ -419,13 +419,7 @@ impl sellable_core::SpeedSource for SpeedView {
     fn sku_reads<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<SkuRead>, ViewError>> {
         Box::pin(async move {
             match self {
-                SpeedView::Memory(_) => {
-                    let mut reads = Vec::with_capacity(skus.len());
-                    for sku in skus {
-                        reads.push(self.sku_read(sku).await?);
-                    }
-                    Ok(reads)
-                }
+                SpeedView::Memory(_) => sellable_core::view::read_each(self, skus).await,
                 SpeedView::Redis(store) => Ok(store.sku_reads(skus).await?),
             }
         })
@@ -1361,35 +1355,9 @@ impl RedisStore {
         Ok(state.nodes.into_iter().collect())
     }
 
-    /// The published row of `sku`, its speed states and the catch-up mark, read together: one
-    /// round trip on one server (on a cluster, the row and the states share a slot and the mark
-    /// is elsewhere: two calls at once).
-    async fn sku_read(&self, sku: &str) -> Result<SkuRead, SpeedError> {
-        self.layout(false).await?;
-        let partition = self.partition(sku);
-        let [states, ..] = self.partition_keys(partition);
-        let batch = self.batch_key(partition);
-        let key = self.caught_up_key();
-        let mut connection = self.connection.clone();
-        let mut both = redis::pipe();
-        both.cmd("HGET").arg(&states).arg(sku).cmd("HGET").arg(&batch).arg(sku);
-        type Stored = Option<Vec<u8>>;
-        let ((stored, row), mark): ((Stored, Stored), Option<String>) = if self.connection.is_cluster() {
-            let mut other = self.connection.clone();
-            let mut read_mark = redis::cmd("GET");
-            read_mark.arg(&key);
-            let (both, mark) = tokio::join!(both.query_async(&mut connection), read_mark.query_async(&mut other));
-            (both.map_err(|e| self.error(e))?, mark.map_err(|e| self.error(e))?)
-        } else {
-            let (stored, row, mark) = both.cmd("GET").arg(&key).query_async(&mut connection).await.map_err(|e| self.error(e))?;
-            ((stored, row), mark)
-        };
-        let row = row.map(|bytes| sku_state::decode_row(&bytes).map_err(|message| SpeedError::Corrupt { key: format!("{batch} field {sku}"), message }));
-        Ok(SkuRead { row: row.transpose()?.map(Arc::new), speed: self.decode_states(sku, stored)?, caught_up: parse_mark(key, mark)? })
-    }
-
-    /// [`Self::sku_read`] of several SKUs: one pipeline on one server; on a cluster one pipeline
-    /// per partition (each in its slot) and the mark, all at once.
+    /// The published rows of `skus`, their speed states and the catch-up mark, read together:
+    /// one pipeline on one server; on a cluster one pipeline per partition (a SKU's row and states
+    /// share its slot) and the mark, all at once.
     async fn sku_reads(&self, skus: &[&str]) -> Result<Vec<SkuRead>, SpeedError> {
         type Stored = Option<Vec<u8>>;
         self.layout(false).await?;
