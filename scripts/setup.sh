@@ -2,6 +2,7 @@
 # Installs what a fresh machine lacks to build and run sellable; does nothing that is already done.
 #   - system packages (apt-get, only when missing): protoc for lance, libclang for bindgen, redis
 #   - XGBoost 3.4.1 as a shared library from the xgboost-cpu wheel on PyPI, into .deps/xgboost
+#   - schemathesis (the contract test of the REST API) into the virtual environment .deps/venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,4 +42,17 @@ if [ ! -e "$XGB_LIB/libxgboost.so.3" ]; then
   # the library's SONAME is libxgboost.so.3: the loader looks for that name
   ln -sf libxgboost.so "$XGB_LIB/libxgboost.so.3"
   rm -rf "$tmp"
+fi
+
+# The Python clients of the tests, in a virtual environment of the project's own: schemathesis
+# checks the REST API against its OpenAPI document.
+VENV=.deps/venv
+if [ ! -x "$VENV/bin/st" ]; then
+  echo "setup: installing schemathesis 4.32.5 into $VENV"
+  python3 -m venv "$VENV" 2>/dev/null || {
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  }
+  "$VENV/bin/pip" install -q --disable-pip-version-check schemathesis==4.32.5
 fi

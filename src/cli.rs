@@ -83,6 +83,26 @@ pub enum Command {
     /// Check, test and explain merchandising rule files.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// API keys of the REST API.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Make a new random key: prints the key once (give it to its client) and the entry to add to
+    /// `[[serve.keys]]` of the configuration file (only the key's SHA-256 is kept there).
+    New(KeysNewArgs),
+}
+
+#[derive(Args)]
+pub struct KeysNewArgs {
+    /// Who holds the key (named in logs and metrics instead of the key).
+    #[arg(long)]
+    pub name: String,
+    /// What the key may do: read, reserve, ingest, admin (commas between several).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub scope: Vec<sellable_serving::door::Scope>,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +190,25 @@ pub enum RulesCommand {
     Test(RuleFilesArgs),
     /// Show what the rules decide for one request against the lake's views.
     Explain(ExplainArgs),
+    /// Publish a directory of rule files to the directory a server reads, whole: check it, run
+    /// its tests, refuse it if it drops a whole ruleset or most rules (unless --force), copy it
+    /// beside the live one and swap a link to it in one step.
+    Publish(PublishRulesArgs),
+}
+
+#[derive(Args)]
+pub struct PublishRulesArgs {
+    /// The directory of `*.rules` files to publish.
+    pub dir: PathBuf,
+    /// The directory the server reads (`serve.rules`): made a link to the published copy (copies
+    /// are kept in `LIVE.releases/`).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Publish even if it drops a whole ruleset or most rules.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub schema: SchemaArgs,
 }
 
 #[derive(Args)]

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sellable_core::{FoldConfig, Millis};
+use sellable_serving::door::{DoorConfig, KeyEntry, Limits};
 
 /// Everything the commands read that an operator may want to set once instead of per command.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -89,12 +90,42 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// A directory of `*.rules` files, applied to every answer; none: no rules.
     pub rules: Option<PathBuf>,
+    /// API keys (`sellable keys new`); none: the server makes one for itself at start and prints
+    /// it once.
+    pub keys: Vec<KeyEntry>,
+    /// Paths answered without a key.
+    pub open: Vec<String>,
+    /// Names the `Host` header may carry; `*` takes any.
+    pub hosts: Vec<String>,
+    /// Timeouts, sizes and rates (docs/operations.md).
+    pub limits: Limits,
 }
 
 impl Default for ServeConfig {
     fn default() -> ServeConfig {
-        ServeConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), rules: None }
+        let door = DoorConfig::default();
+        ServeConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), rules: None, keys: door.keys, open: door.open, hosts: door.hosts, limits: door.limits }
     }
+}
+
+impl ServeConfig {
+    /// What the server's door lets through.
+    pub fn door(&self) -> DoorConfig {
+        DoorConfig { keys: self.keys.clone(), open: self.open.clone(), hosts: self.hosts.clone(), limits: self.limits.clone() }
+    }
+}
+
+/// The configuration `main` loaded, for the commands that read more of it than their flags.
+static LOADED: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+
+/// Keeps `config` as the one [`loaded`] returns (the first kept stays).
+pub fn keep(config: Config) {
+    let _ = LOADED.set(config);
+}
+
+/// The configuration `main` loaded; the embedded defaults before (and in `demo`).
+pub fn loaded() -> Config {
+    LOADED.get().cloned().unwrap_or_default()
 }
 
 /// Whether a value of `section` deserialises (keys known, types right), as the section's error.
@@ -196,6 +227,7 @@ impl Config {
         if self.redis.namespace.is_empty() || self.redis.namespace.contains(|c: char| c.is_whitespace() || c == '{' || c == '}') {
             problems.push(format!("redis.namespace = {:?}: must be non-empty, without spaces or braces", self.redis.namespace));
         }
+        problems.extend(self.serve.door().problems());
         if let Some(url) = self.redis.url.as_deref().filter(|url| !url.split(',').all(|url| url.trim().starts_with("redis://") || url.trim().starts_with("rediss://"))) {
             problems.push(format!("redis.url = {url:?}: expected redis://HOST:PORT (commas between the nodes of a cluster)"));
         }

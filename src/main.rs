@@ -18,7 +18,7 @@ mod cli;
 mod commands;
 mod config;
 
-use cli::{Cli, Command, LakeCommand};
+use cli::{Cli, Command, KeysCommand, LakeCommand};
 use config::Config;
 
 fn main() {
@@ -51,6 +51,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Serve(args) => serve::run(&args).await,
         Command::Run(args) => run::run(&args).await,
         Command::Rules(command) => rules::run(command).await,
+        Command::Keys(KeysCommand::New(args)) => keys::new(&args),
     }
 }
 
@@ -70,6 +71,7 @@ fn parse_cli() -> Cli {
         std::process::exit(1);
     });
     let command = with_defaults(Cli::command(), &config.flag_defaults());
+    config::keep(config);
     Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit())
 }
 
@@ -111,10 +113,60 @@ fn with_defaults(mut command: clap::Command, defaults: &[(&'static str, String)]
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lance=warn,datafusion=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| OneLine(std::io::stderr()));
     if json {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// A log writer that keeps each record on one line: a line break or carriage return inside a
+/// record (a client's SKU, path or message carrying CR/LF) is written as `\n` or `\r`, so no
+/// input can forge a log line. The formatter writes each record whole, in one call.
+struct OneLine<W>(W);
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, record: &[u8]) -> std::io::Result<usize> {
+        let (body, ended) = match record.strip_suffix(b"\n") {
+            Some(body) => (body, true),
+            None => (record, false),
+        };
+        if !body.iter().any(|b| *b == b'\n' || *b == b'\r') {
+            self.0.write_all(record)?;
+            return Ok(record.len());
+        }
+        let mut escaped = Vec::with_capacity(record.len() + 16);
+        for byte in body {
+            match byte {
+                b'\n' => escaped.extend_from_slice(b"\\n"),
+                b'\r' => escaped.extend_from_slice(b"\\r"),
+                other => escaped.push(*other),
+            }
+        }
+        if ended {
+            escaped.push(b'\n');
+        }
+        self.0.write_all(&escaped)?;
+        Ok(record.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    #[test]
+    fn a_record_stays_on_one_line() {
+        let mut out = super::OneLine(Vec::new());
+        out.write_all(b"INFO rejected sku=\"SKU-1\r\nERROR forged\" error=x\n").unwrap();
+        out.write_all(b"INFO plain\n").unwrap();
+        let text = String::from_utf8(out.0).unwrap();
+        assert_eq!(text, "INFO rejected sku=\"SKU-1\\r\\nERROR forged\" error=x\nINFO plain\n");
+        assert_eq!(text.lines().count(), 2);
     }
 }

@@ -1,6 +1,7 @@
 # Sourced by the Redis benchmarks, with the name of their output directory: sets up the machine,
 # starts Redis at REDIS_URL if none answers, builds `sellable` in PROFILE (default dev) and sets
-# profile, url, out (target/bench-<name> or BENCH_DIR, emptied), bin, host, port and `cli`.
+# profile, url, out (target/bench-<name> or BENCH_DIR, emptied), bin, host, port and `cli`, and an
+# API key for the servers it starts (key.sh).
 profile=${PROFILE:-dev}
 url=${REDIS_URL:-redis://127.0.0.1:6379}
 out=${BENCH_DIR:-target/bench-$1}
@@ -11,3 +12,4 @@ bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")/sellable
 rm -rf "$out" && mkdir -p "$out"
 host=$(echo "${url#redis://}" | cut -d: -f1); port=$(echo "${url#redis://}" | cut -d: -f2 | cut -d/ -f1)
 cli() { redis-cli -h "$host" -p "$port" "$@"; }
+source benchmarks/scripts/key.sh

@@ -17,6 +17,7 @@ cargo build --locked --profile "$profile" --bin sellable
 cargo build --locked --profile "$profile" -p sellable-bench --features load --bin freshness
 dir=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 rm -rf "$out" && mkdir -p "$out"
+source benchmarks/scripts/key.sh
 host=$(echo "${url#redis://}" | cut -d: -f1); redis_port=$(echo "${url#redis://}" | cut -d: -f2 | cut -d/ -f1)
 namespace=sellable-fresh; stream=sellable-fresh-stream
 redis-cli -h "$host" -p "$redis_port" del "$stream" "$stream:dead" >/dev/null

@@ -32,6 +32,7 @@ done
 # the request mix of each scenario, and latency percentiles (µs) and counts at the end
 cat >"$out/common.lua" <<LUA
 local skus, countries = $skus, {"DE", "FR", "IT", "ES", "NL", "US"}
+auth = "Bearer $SELLABLE_API_KEY"
 math.randomseed(os.time())
 function sku() return string.format("SKU-%06d", math.random(0, skus - 1)) end
 function country() return countries[math.random(#countries)] end
@@ -43,14 +44,14 @@ end
 LUA
 cat >"$out/single.lua" <<'LUA'
 dofile(os.getenv("COMMON"))
-request = function() return wrk.format("GET", "/v1/availability/" .. sku() .. "?region=" .. country() .. "&qty=1") end
+request = function() return wrk.format("GET", "/v1/availability/" .. sku() .. "?region=" .. country() .. "&qty=1", {["Authorization"] = auth}) end
 LUA
 cat >"$out/batch.lua" <<LUA
 dofile(os.getenv("COMMON"))
 request = function()
   local items = {}
   for i = 1, $batch do items[i] = string.format('{"sku":"%s","region":"%s"}', sku(), country()) end
-  return wrk.format("POST", "/v1/availability:batch", {["Content-Type"] = "application/json"}, '{"items":[' .. table.concat(items, ",") .. ']}')
+  return wrk.format("POST", "/v1/availability:batch", {["Content-Type"] = "application/json", ["Authorization"] = auth}, '{"items":[' .. table.concat(items, ",") .. ']}')
 end
 LUA
 cat >"$out/reserve.lua" <<'LUA'
@@ -59,18 +60,21 @@ local counter = 0
 request = function()
   counter = counter + 1
   local body = string.format('{"order_id":"load-%d-%d-%d","ttl_s":10,"lines":[{"sku":"%s","region":"%s","qty":1}]}', os.time(), math.random(1e9), counter, sku(), country())
-  return wrk.format("POST", "/v1/reservations", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/v1/reservations", {["Content-Type"] = "application/json", ["Authorization"] = auth}, body)
 end
 LUA
 threads=2
+# each scenario between two reads of the server's latency histogram (metrics-<scenario>-{0,1})
 run() {
+  curl -sf "http://$listen/metrics" >"$out/metrics-$1-0"
   COMMON="$out/common.lua" wrk -t$threads -c"$connections" -d"${seconds}s" -s "$out/$1.lua" "http://$listen" | grep '^RESULT' | cut -d' ' -f2-
+  curl -sf "http://$listen/metrics" >"$out/metrics-$1-1"
 }
 single=$(run single); batched=$(run batch); reserved=$(run reserve)
 redis_rate=$(redis-benchmark -h "$host" -p "$port" -c "$connections" -n 400000 -t get -q | tr '\r' '\n' | awk '/requests per second/ {print $2}' | tail -1)
-python3 - "$single" "$batched" "$reserved" "$redis_rate" "$batch" "$profile" "$skus" "$nodes" "$connections" <<'PY'
-import sys
-single, batched, reserved, redis_rate, batch, profile, skus, nodes, connections = sys.argv[1:]
+python3 - "$single" "$batched" "$reserved" "$redis_rate" "$batch" "$profile" "$skus" "$nodes" "$connections" "$out" <<'PY'
+import re, sys
+single, batched, reserved, redis_rate, batch, profile, skus, nodes, connections, out = sys.argv[1:]
 redis_rate, batch = float(redis_rate), int(batch)
 print(f"profile {profile}; {skus} SKUs, {nodes} nodes, {connections} connections; ratios against redis-benchmark GET ({redis_rate:,.0f}/s)")
 print(f"{'scenario':<24} {'rate/s':>10} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8} {'errors':>7}")
@@ -83,4 +87,33 @@ row(f"batch ({batch} items), requests", batched)
 row(f"batch, items", batched, batch)
 row("reservations (201|409)", reserved)
 print(f"{'redis-benchmark GET':<24} {redis_rate:>10,.0f} {1:>6.2f}x")
+
+# the same latencies as the server measured them: the bucket of its histogram
+# (sellable_http_request_duration_seconds) that holds each percentile, from the counts the
+# scenario added; the client's figure should fall in (or next to) it
+def buckets(path, route, method):
+    counts = {}
+    pattern = re.compile(r'sellable_http_request_duration_seconds_bucket\{(.*)\} (\S+)')
+    for line in open(path):
+        match = pattern.match(line)
+        if match and f'route="{route}"' in match.group(1) and f'method="{method}"' in match.group(1):
+            bound = re.search(r'le="([^"]+)"', match.group(1)).group(1)
+            counts[bound] = counts.get(bound, 0) + float(match.group(2))
+    return counts
+def server(scenario, route, method, q):
+    before, after = buckets(f"{out}/metrics-{scenario}-0", route, method), buckets(f"{out}/metrics-{scenario}-1", route, method)
+    added = sorted(((float(b), after[b] - before.get(b, 0)) for b in after), key=lambda pair: pair[0])
+    total = added[-1][1] if added else 0
+    lower = 0.0
+    for bound, count in added:
+        if total and count >= q * total:
+            return f"{lower * 1000:.1f}-{bound * 1000:.1f}"
+        lower = bound
+    return "-"
+print(f"\nserver's histogram (ms, the bucket holding the percentile) beside the client's figures above")
+print(f"{'scenario':<24} {'p50':>12} {'p99':>12}")
+for name, scenario, route, method in [("single availability", "single", "/v1/availability/{sku}", "GET"),
+                                      ("batch, requests", "batch", "/v1/availability:batch", "POST"),
+                                      ("reservations", "reserve", "/v1/reservations", "POST")]:
+    print(f"{name:<24} {server(scenario, route, method, 0.5):>12} {server(scenario, route, method, 0.99):>12}")
 PY

@@ -45,7 +45,7 @@ for skus in "${sizes[@]}"; do
   for _ in $(seq 1 600); do curl -sf "http://$listen/healthz" >/dev/null && break; sleep 0.5; done
   rss_start=$(rss_mb "$pid")
   latency=$(python3 - "$listen" "$skus" "$requests" <<'PY'
-import http.client, random, sys, time
+import http.client, os, random, sys, time
 listen, skus, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 # the simulator's names: SKU-000000 on, nodes in these countries
 skus = [f"SKU-{index:06}" for index in range(skus)]
@@ -58,7 +58,7 @@ began = time.perf_counter()
 for _ in range(count):
     path = f"/v1/availability/{rng.choice(skus)}?region={rng.choice(countries)}&qty=1"
     start = time.perf_counter()
-    connection.request("GET", path)
+    connection.request("GET", path, headers={"Authorization": f"Bearer {os.environ['SELLABLE_API_KEY']}"})
     response = connection.getresponse(); response.read()
     assert response.status == 200, (path, response.status)
     times.append(time.perf_counter() - start)

@@ -20,7 +20,7 @@ use crate::fold::NodeState;
 use crate::event::Millis;
 
 /// How current an answer's inputs are, from best to worst.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Grade {
     /// Batch view and speed view both current: the exact merged state.

@@ -20,7 +20,7 @@ pub struct HoldLine {
 }
 
 /// Units of a line taken at one node.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Taken {
     pub node: String,
     pub units: i64,

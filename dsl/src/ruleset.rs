@@ -728,6 +728,15 @@ impl RuleSet {
         self.rules.is_empty()
     }
 
+    /// How many rules each source file holds (files without rules are not listed).
+    pub fn rules_per_file(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for rule in &self.rules {
+            *counts.entry(rule.file.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
     pub fn facts(&self) -> Facts {
         Facts::new(&self.schema)
     }

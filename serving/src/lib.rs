@@ -6,8 +6,10 @@
 //! the embedded store).
 
 pub mod backtest;
+pub mod door;
 pub mod grading;
 pub mod models;
+pub mod openapi;
 pub mod reservations;
 pub mod rules;
 
@@ -119,6 +121,10 @@ struct Metrics {
     archive_lag: prometheus::Gauge,
     /// Shadow score minus live score, per scored node.
     shadow: prometheus::Histogram,
+    /// Request latency per route, method and status.
+    http: prometheus::HistogramVec,
+    /// Requests the door refused, by reason.
+    refused: prometheus::IntCounterVec,
 }
 
 /// Every `every`, if `changed`, runs `reload` on a blocking thread: reloads read and parse
@@ -148,6 +154,10 @@ fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &prome
     metric
 }
 
+/// Bounds of the request latency histogram, in seconds: they resolve 0.5 ms to 100 ms finely
+/// (the 80 ms budget of an answer), then coarsely to the longest timeout.
+pub const HTTP_BUCKETS: [f64; 17] = [0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.1, 0.5, 2.0];
+
 impl Metrics {
     fn new() -> Metrics {
         let registry = prometheus::Registry::new();
@@ -174,7 +184,15 @@ impl Metrics {
         let cutover_seconds = plain("sellable_cutover_seconds", "How long the last cutover to a new epoch took, from the nightly job to the swap");
         let archive_lag = plain("sellable_archive_lag_seconds", "Now minus the time of the last stream entry the archiver has brought to the lake");
         let cutovers = registered(&registry, prometheus::IntCounter::new("sellable_cutovers_total", "Cutovers to a new epoch"));
-        Metrics { registry, answers, grades, degraded, errors, events, feed_lag, source_lag, batch_age, cutovers, cutover_seconds, archive_lag, shadow }
+        let http = registered(
+            &registry,
+            prometheus::HistogramVec::new(
+                prometheus::HistogramOpts::new("sellable_http_request_duration_seconds", "Time from a request's head to its answer, per route, method and status").buckets(HTTP_BUCKETS.to_vec()),
+                &["route", "method", "status"],
+            ),
+        );
+        let refused = counter("sellable_http_refused_total", "Requests the door refused before a handler saw them, by reason", "reason");
+        Metrics { registry, answers, grades, degraded, errors, events, feed_lag, source_lag, batch_age, cutovers, cutover_seconds, archive_lag, shadow, http, refused }
     }
 }
 
@@ -717,43 +735,87 @@ impl Serving {
         facts
     }
 
-    /// The REST API, with every request in a span of its own and a panic answered as a 500.
+    /// The REST API with what every route shares ([`Serving::harden`]) and no door: every route
+    /// open, the default body limits. What `sellable serve` answers is [`Serving::guarded`].
     pub fn router(self: Arc<Serving>) -> Router {
-        harden(self.routes())
+        let routes = self.clone().routes(&door::Limits::default());
+        self.harden(routes)
     }
 
-    /// The routes alone: [`Serving::router`] adds what every route shares.
-    pub fn routes(self: Arc<Serving>) -> Router {
+    /// The door of `config`, counting what it refuses in this server's metrics.
+    pub fn door(&self, config: &door::DoorConfig) -> Result<door::Door, String> {
+        door::Door::new(config, self.metrics.refused.clone())
+    }
+
+    /// The REST API behind `door`: keys and scopes, hosts, media types, rates, load shedding
+    /// and timeouts ([`door::guard`]), bodies bounded per route by the door's limits.
+    pub fn guarded(self: Arc<Serving>, door: Arc<door::Door>) -> Router {
+        let routes = self.clone().routes(door.limits()).layer(axum::middleware::from_fn_with_state(door, door::guard));
+        self.harden(routes)
+    }
+
+    /// The routes alone, each body bounded by `limits` ([`door::body_limit`]); an unknown path is
+    /// a 404 in the JSON error body. [`Serving::harden`] adds what every route shares.
+    pub fn routes(self: Arc<Serving>, limits: &door::Limits) -> Router {
+        use axum::extract::DefaultBodyLimit;
+        let bounded = |path: &str| DefaultBodyLimit::max(door::body_limit(limits, path));
         Router::new()
             .route("/v1/availability/{sku}", get(availability))
-            .route("/v1/availability:batch", post(availability_batch))
-            .route("/v1/events", post(post_events))
-            .route("/v1/reservations", post(reservations::create))
+            .route("/v1/availability:batch", post(availability_batch).layer(bounded("/v1/availability:batch")))
+            .route("/v1/events", post(post_events).layer(bounded("/v1/events")))
+            .route("/v1/reservations", post(reservations::create).layer(bounded("/v1/reservations")))
             .route("/v1/reservations/{id}", get(reservations::show).delete(reservations::release))
-            .route("/v1/reservations/{id}/extend", post(reservations::extend))
+            .route("/v1/reservations/{id}/extend", post(reservations::extend).layer(bounded("/v1/reservations")))
             .route("/v1/reservations/{id}/confirm", post(reservations::confirm))
             .route("/v1/features/{sku}", get(features))
             .route("/v1/model", get(model_status))
             .route("/v1/model:reload", post(model_reload))
             .route("/v1/rules", get(rules_status))
             .route("/v1/rules:reload", post(rules_reload))
-            .route("/v1/rules:check", post(rules_check))
+            .route("/v1/rules:check", post(rules_check).layer(bounded("/v1/rules:check")))
             .route("/metrics", get(metrics))
-            .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+            .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
+            .route("/openapi.json", get(openapi::document))
+            .fallback(|| async { ApiError::NotFound("no such route; the routes are listed in /openapi.json".to_string()) })
+            .layer(axum::Extension(Arc::new(limits.clone())))
             .with_state(self)
+    }
+
+    /// What every route shares: each request runs in a `request` span (its id from an
+    /// `x-request-id` header of up to 64 letters, digits, `-` and `_`, else a new one, sent back in
+    /// the answer) and is timed per route and status (`sellable_http_request_duration_seconds`);
+    /// every error is the JSON error body, the framework's own included ([`door::json_errors`]);
+    /// a handler that panics is answered as a 500 while the server goes on.
+    pub fn harden(self: Arc<Serving>, router: Router) -> Router {
+        // the span outside, so that a panic is logged inside it and the answer still carries the id
+        router
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+            .layer(axum::middleware::from_fn(door::json_errors))
+            .layer(axum::middleware::from_fn_with_state(self, timed))
+            .layer(axum::middleware::from_fn(request_span))
     }
 }
 
-/// What every route shares: each request runs in a `request` span (its id from an
-/// `x-request-id` header of up to 64 letters, digits, `-` and `_`, else a new one, sent back in the
-/// answer), and a handler that panics is answered as a 500 in the JSON error shape while the
-/// server goes on.
-pub fn harden(router: Router) -> Router {
-    // the span outside, so that a panic is logged inside it and the answer still carries the id
-    router
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-        .layer(axum::middleware::from_fn(request_span))
+/// `GET /healthz`: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process answers", body = Object, example = json!({"status": "ok"}))))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Times a request into `sellable_http_request_duration_seconds{route, method, status}` (the
+/// route as declared, e.g. `/v1/availability/{sku}`; `unmatched` for unknown paths).
+async fn timed(State(serving): State<Arc<Serving>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |path| path.as_str()).to_string();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    serving
+        .metrics
+        .http
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 /// Runs the request inside its span.
@@ -767,7 +829,8 @@ async fn request_span(mut request: axum::extract::Request, next: axum::middlewar
     let id = given.map(str::to_string).unwrap_or_else(|| format!("{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
     let header = axum::http::HeaderValue::from_str(&id).expect("the id is ASCII letters, digits, - and _");
     request.headers_mut().insert("x-request-id", header.clone());
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    // the path as a quoted string: a client's text never forges a log line
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = ?request.uri().path(), key = tracing::field::Empty);
     let mut response = next.run(request).instrument(span).await;
     response.headers_mut().insert("x-request-id", header);
     response
@@ -784,7 +847,7 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 /// The JSON decision of DESIGN.md.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Availability {
     pub sku: String,
     pub region: String,
@@ -849,7 +912,7 @@ pub struct NodeDecision {
 }
 
 /// A rule that fired for one node, with the facts it saw.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RuleFired {
     pub node: String,
     pub rule: String,
@@ -857,14 +920,14 @@ pub struct RuleFired {
     pub saw: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct OptionJson {
     pub node: String,
     pub units: i64,
     pub p_fulfill: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Versions {
     pub batch_view: String,
     pub speed_view: String,
@@ -877,6 +940,8 @@ pub struct Versions {
 pub enum ApiError {
     #[error("unknown sku '{0}'")]
     UnknownSku(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -893,6 +958,21 @@ pub enum ApiError {
     /// The request is valid but the resource's state does not allow it.
     #[error("{0}")]
     Conflict(String),
+    /// No valid API key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key without the scope the route needs.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    TooLarge(String),
+    /// Too busy or too slow to answer now: nothing was done, the client may retry.
+    #[error("{0}")]
+    Overloaded(String),
     /// A failure that is not the client's: logged in full where it happens, answered with a
     /// generic message.
     #[error("internal error: {0}")]
@@ -907,12 +987,19 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::UnknownSku(_) => (StatusCode::NOT_FOUND, "unknown_sku"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::InvalidRules(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rules"),
             ApiError::InvalidModel(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
             ApiError::Unavailable(_) | ApiError::Refused(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::UnknownReservation(_) => (StatusCode::NOT_FOUND, "unknown_reservation"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -946,13 +1033,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchRequest {
     items: Vec<BatchItem>,
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchItem {
     sku: String,
@@ -963,6 +1050,8 @@ struct BatchItem {
 
 /// `POST /v1/availability:batch`: up to [`MAX_BATCH`] items answered in order, one entry each (an
 /// answer, or the error body of the item alone).
+#[utoipa::path(post, path = "/v1/availability:batch", tag = "availability", request_body = BatchRequest,
+    responses((status = 200, description = "One entry per item, in order: its answer or its error", body = openapi::BatchAnswer)))]
 async fn availability_batch(State(serving): State<Arc<Serving>>, body: String) -> Result<Json<serde_json::Value>, ApiError> {
     let request: BatchRequest = serde_json::from_str(&body).map_err(|error| ApiError::BadRequest(format!("the body is not a batch of items: {error}")))?;
     if request.items.is_empty() || request.items.len() > MAX_BATCH {
@@ -1004,6 +1093,12 @@ fn parse_qty(text: Option<&String>) -> Result<i64, ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/v1/availability/{sku}", tag = "availability",
+    params(("sku" = String, Path, description = "The SKU", example = "SKU-000001"),
+           ("region" = String, Query, description = "A shipping region or a country", example = "DE"),
+           ("qty" = Option<i64>, Query, description = "Units wanted, 1 to 1000000 (default 1)", minimum = 1, maximum = 1000000)),
+    responses((status = 200, description = "The decision, explained", body = Availability),
+              (status = 404, description = "The catalog does not know the SKU", body = openapi::ErrorBody)))]
 async fn availability(
     State(serving): State<Arc<Serving>>,
     Path(sku): Path<String>,
@@ -1044,7 +1139,7 @@ impl Serving {
 }
 
 /// What `GET /readyz` says: whether answers can be given now, and at which grade at best.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// Answers can promise something (the best grade is not `unavailable`).
     pub ready: bool,
@@ -1084,12 +1179,15 @@ impl Serving {
 }
 
 /// 200 when answers can promise something, 503 when not; the body says at which grade and why.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Answers can promise", body = Readiness), (status = 503, description = "Answers cannot promise now: why", body = Readiness)))]
 async fn readyz(State(serving): State<Arc<Serving>>) -> (StatusCode, Json<Readiness>) {
     let readiness = serving.readiness();
     let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(readiness))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(State(serving): State<Arc<Serving>>) -> Result<String, ApiError> {
     let families = serving.metrics.registry.gather();
     prometheus::TextEncoder::new()
@@ -1118,7 +1216,7 @@ fn attribute_facts(sku: &SkuInfo, schema: &Schema) -> Vec<(usize, Value)> {
 }
 
 /// What `POST /v1/events` did.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct EventsAccepted {
     /// Events folded now.
     pub accepted: u64,
@@ -1131,11 +1229,51 @@ pub struct EventsAccepted {
     /// Events that reuse the `event_id` of one folded before with other content: not folded.
     pub conflicts: u64,
     /// Malformed, refused, too-late, expired and conflicting items, by position (0-based for a
-    /// JSON array, 1-based line for NDJSON), each with the reason. They are also dead-lettered.
+    /// JSON array, 1-based line for NDJSON), each with the reason: the first [`MAX_REJECTED`].
+    /// They are all dead-lettered.
     pub rejected: Vec<Rejected>,
+    /// Items rejected in all (listed or not).
+    pub rejected_total: u64,
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+/// Rejected items an answer of `POST /v1/events` lists; `rejected_total` counts them all.
+pub const MAX_REJECTED: usize = 100;
+
+/// The items of a JSON array, or `None` if it has more than `most`: read no further than that.
+fn bounded_array(body: &str, most: usize) -> Result<Option<Vec<serde_json::Value>>, serde_json::Error> {
+    use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+    struct Bounded(usize);
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = Option<Vec<serde_json::Value>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a JSON array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                if items.len() == self.0 {
+                    return Ok(None);
+                }
+                items.push(item);
+            }
+            Ok(Some(items))
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Bounded {
+        type Value = Option<Vec<serde_json::Value>>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_seq(self)
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(body);
+    let items = Bounded(most).deserialize(&mut deserializer)?;
+    if items.is_some() {
+        deserializer.end()?;
+    }
+    Ok(items)
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Rejected {
     pub item: u64,
     pub error: String,
@@ -1194,21 +1332,40 @@ impl Serving {
 /// from the future or for a SKU or node the catalog does not know are refused at the door.
 /// Malformed, refused, too-late, expired and conflicting items are listed, dead-lettered and
 /// skipped; the rest are folded.
-async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Result<(StatusCode, Json<EventsAccepted>), ApiError> {
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    request_body(description = "Events as a JSON array, or NDJSON (one event per line)", content(
+        (Vec<openapi::EventBody> = "application/json"),
+        (String = "application/x-ndjson", example = json!("{\"event_id\":\"e-1\",\"ts\":1767225600000,\"sku\":\"SKU-000001\",\"node\":\"ST-0001\",\"kind\":\"receipt\",\"qty\":5}")))),
+    responses((status = 202, description = "What happened to each event", body = EventsAccepted)))]
+async fn post_events(
+    State(serving): State<Arc<Serving>>,
+    axum::Extension(limits): axum::Extension<Arc<door::Limits>>,
+    body: String,
+) -> Result<(StatusCode, Json<EventsAccepted>), ApiError> {
+    let most = limits.events_per_request;
+    let too_many = || ApiError::TooLarge(format!("at most {most} events per request; send the rest in another"));
     // (item number, raw text, decoded event or the error)
     let mut items: Vec<(u64, String, Result<Event, String>)> = Vec::new();
     if body.trim_start().starts_with('[') {
-        let values: Vec<serde_json::Value> = serde_json::from_str(&body)
-            .map_err(|error| ApiError::BadRequest(format!("the body is not a JSON array of events: {error}")))?;
+        let values = bounded_array(&body, most)
+            .map_err(|error| ApiError::BadRequest(format!("the body is not a JSON array of events: {error}")))?
+            .ok_or_else(too_many)?;
         for (item, value) in values.iter().enumerate() {
             let raw = value.to_string();
             let decoded = sellable_core::event::decode_json(&raw).map_err(|error| error.to_string());
             items.push((item as u64, raw, decoded));
         }
     } else {
-        for (index, line) in body.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+        let lines = body.lines().enumerate().filter(|(_, line)| !line.trim().is_empty());
+        if lines.clone().nth(most).is_some() {
+            return Err(too_many());
+        }
+        for (index, line) in lines {
             let decoded = sellable_core::event::decode_json(line).map_err(|error| error.to_string());
             items.push((index as u64 + 1, line.to_string(), decoded));
+        }
+        if !items.is_empty() && items.iter().all(|(_, raw, decoded)| decoded.is_err() && !raw.trim_start().starts_with('{')) {
+            return Err(ApiError::BadRequest("the body is neither a JSON array of events nor NDJSON (one event object per line)".to_string()));
         }
     }
     let epoch = serving.epoch();
@@ -1220,6 +1377,7 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
     let mut outcomes = outcomes.into_iter();
     let mut dead = Vec::new();
     let mut rejected = Vec::new();
+    let mut rejected_total = 0u64;
     for (item, raw, decoded) in items {
         let error = match decoded {
             Err(error) => error,
@@ -1228,14 +1386,17 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
                 None => continue,
             },
         };
-        dead.push(sellable_core::DeadLetter { entry: format!("http item {item}"), raw, error: error.clone(), ..Default::default() });
-        rejected.push(Rejected { item, error });
+        if rejected.len() < MAX_REJECTED {
+            rejected.push(Rejected { item, error: error.clone() });
+        }
+        rejected_total += 1;
+        dead.push(sellable_core::DeadLetter { entry: format!("http item {item}"), raw, error, ..Default::default() });
     }
     if !dead.is_empty() {
         tracing::warn!(rejected = dead.len(), "posted events refused");
         speed.dead_letter(&dead).await.map_err(ApiError::unavailable)?;
     }
-    let malformed = rejected.len() as u64 - stats.too_late - stats.expired - stats.conflicts - refused;
+    let malformed = rejected_total - stats.too_late - stats.expired - stats.conflicts - refused;
     let counts = [
         ("accepted", stats.applied),
         ("duplicate", stats.duplicates),
@@ -1254,6 +1415,7 @@ async fn post_events(State(serving): State<Arc<Serving>>, body: String) -> Resul
         expired: stats.expired,
         conflicts: stats.conflicts,
         rejected,
+        rejected_total,
     };
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
@@ -1270,6 +1432,12 @@ fn one() -> i64 {
 }
 
 /// The feature vector the model would see for an order, by name (`null` for missing).
+#[utoipa::path(get, path = "/v1/features/{sku}", tag = "availability",
+    params(("sku" = String, Path, description = "The SKU"),
+           ("node" = String, Query, description = "The node", example = "ST-0001"),
+           ("qty" = Option<i64>, Query, description = "Units of the order (default 1)")),
+    responses((status = 200, description = "The model's features by name, null where missing", body = Object),
+              (status = 404, description = "The catalog does not know the SKU", body = openapi::ErrorBody)))]
 async fn features(
     State(serving): State<Arc<Serving>>,
     Path(sku): Path<String>,
@@ -1280,11 +1448,15 @@ async fn features(
     Ok(Json(named.map(|(name, value)| (name.to_string(), serde_json::json!(value.is_finite().then_some(value)))).collect()))
 }
 
+#[utoipa::path(get, path = "/v1/model", tag = "operations", responses((status = 200, description = "The live and shadow models", body = ModelStatus)))]
 async fn model_status(State(serving): State<Arc<Serving>>) -> Json<ModelStatus> {
     Json(serving.models.status())
 }
 
 /// Loads the registry's live version now instead of at the next poll.
+#[utoipa::path(post, path = "/v1/model:reload", tag = "operations",
+    responses((status = 200, description = "The registry's live version was loaded", body = ModelStatus),
+              (status = 422, description = "It does not load: the last good model keeps serving", body = openapi::ErrorBody)))]
 async fn model_reload(State(serving): State<Arc<Serving>>) -> Result<Json<ModelStatus>, ApiError> {
     let book = serving.models.clone();
     let reloaded = tokio::task::spawn_blocking(move || book.reload())
@@ -1296,7 +1468,7 @@ async fn model_reload(State(serving): State<Arc<Serving>>) -> Result<Json<ModelS
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct RulesStatus {
     live: Option<String>,
     rules: usize,
@@ -1304,6 +1476,7 @@ struct RulesStatus {
     last_reload: Option<rules::ReloadStatus>,
 }
 
+#[utoipa::path(get, path = "/v1/rules", tag = "rules", responses((status = 200, description = "The live rule set and the last reload", body = RulesStatus)))]
 async fn rules_status(State(serving): State<Arc<Serving>>) -> Json<RulesStatus> {
     let live = serving.rules.current();
     Json(RulesStatus {
@@ -1314,25 +1487,54 @@ async fn rules_status(State(serving): State<Arc<Serving>>) -> Json<RulesStatus> 
     })
 }
 
-async fn rules_reload(State(serving): State<Arc<Serving>>) -> Result<Json<RulesStatus>, ApiError> {
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+struct ReloadQuery {
+    /// Load the files even if they drop a whole ruleset or most rules.
+    #[serde(default)]
+    force: bool,
+}
+
+/// Loads the rule directory now; a reload that would drop a whole ruleset or most rules is
+/// refused (409) unless `?force=true`.
+#[utoipa::path(post, path = "/v1/rules:reload", tag = "rules", params(ReloadQuery),
+    responses((status = 200, description = "The directory was loaded and is live", body = RulesStatus),
+              (status = 409, description = "It would drop a whole ruleset or most rules: the live rules keep serving", body = openapi::ErrorBody),
+              (status = 422, description = "It does not load: the last good rules keep serving", body = openapi::ErrorBody)))]
+async fn rules_reload(State(serving): State<Arc<Serving>>, Query(query): Query<ReloadQuery>) -> Result<Json<RulesStatus>, ApiError> {
     let book = serving.rules.clone();
-    let reloaded = tokio::task::spawn_blocking(move || book.reload())
+    let reloaded = tokio::task::spawn_blocking(move || book.reload(query.force))
         .await
         .map_err(|error| ApiError::internal("reloading the rules", error))?;
     match reloaded {
         Ok(_) => Ok(rules_status(State(serving)).await),
+        Err(error @ RulesError::Dropping(_)) => Err(ApiError::Conflict(error.to_string())),
         Err(error) => Err(ApiError::InvalidRules(error.to_string())),
     }
 }
 
-/// Checks a rule file sent as the body (plain text); `?name=` names it in diagnostics.
+/// Checks a rule file sent as the body (plain text); `?name=` names it in diagnostics. It is
+/// parsed and its tests run on a blocking thread, within the write timeout.
+#[utoipa::path(post, path = "/v1/rules:check", tag = "rules",
+    params(("name" = Option<String>, Query, description = "The file's name in diagnostics")),
+    request_body(content = String, content_type = "text/plain", description = "A rule file"),
+    responses((status = 200, description = "Its diagnostics and test results", body = openapi::RulesCheck)))]
 async fn rules_check(
     State(serving): State<Arc<Serving>>,
     Query(params): Query<HashMap<String, String>>,
     body: String,
-) -> Json<serde_json::Value> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let name = params.get("name").cloned().unwrap_or_else(|| "request.rules".to_string());
-    let loaded = sellable_dsl::load(&[sellable_dsl::Source { name, text: body }], serving.rules.schema());
+    let rules = serving.rules.clone();
+    tokio::task::spawn_blocking(move || check_rules(name, body, rules.schema()))
+        .await
+        .map(Json)
+        .map_err(|error| ApiError::internal("checking a rule file", error))
+}
+
+/// The diagnostics of one rule file, and the results of its tests when it loads.
+fn check_rules(name: String, text: String, schema: &Schema) -> serde_json::Value {
+    let loaded = sellable_dsl::load(&[sellable_dsl::Source { name, text }], schema);
     let diagnostics: Vec<serde_json::Value> = loaded
         .diagnostics
         .iter()
@@ -1350,5 +1552,5 @@ async fn rules_check(
         .into_iter()
         .map(|t| serde_json::json!({ "name": t.name, "line": t.line, "passed": t.passed(), "failures": t.failures }))
         .collect();
-    Json(serde_json::json!({ "ok": loaded.ruleset.is_some(), "diagnostics": diagnostics, "tests": tests }))
+    serde_json::json!({ "ok": loaded.ruleset.is_some(), "diagnostics": diagnostics, "tests": tests })
 }

@@ -26,7 +26,7 @@ pub enum ModelBookError {
 }
 
 /// What `GET /v1/model` shows.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct ModelStatus {
     pub live: Option<String>,
     pub threshold: Option<f64>,

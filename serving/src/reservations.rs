@@ -35,7 +35,7 @@ const RETAIN_MS: Millis = 24 * 3_600_000;
 /// How long a request that claimed an id may take before a retry takes over from it (it died).
 const PENDING_MS: Millis = 5_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReservationRequest {
     /// The order the reservation is for; the idempotency key unless an `Idempotency-Key` header
@@ -46,7 +46,7 @@ pub struct ReservationRequest {
     pub ttl_s: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineRequest {
     pub sku: String,
@@ -63,7 +63,7 @@ pub struct LineRequest {
     pub split: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Held,
@@ -73,7 +73,7 @@ pub enum Status {
 }
 
 /// A reservation as the API answers it (and the store keeps it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reservation {
     pub id: String,
     pub order_id: Option<String>,
@@ -85,7 +85,7 @@ pub struct Reservation {
     pub lines: Vec<LineHeld>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LineHeld {
     #[serde(flatten)]
     pub request: LineRequest,
@@ -94,7 +94,7 @@ pub struct LineHeld {
 }
 
 /// A line that could not be met, and the units it could have had.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LineShort {
     pub line: usize,
     pub sku: String,
@@ -103,7 +103,7 @@ pub struct LineShort {
 }
 
 /// The answer to a cart that could not be met (409); nothing was taken.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Insufficient {
     pub id: String,
     pub error: String,
@@ -175,6 +175,11 @@ fn validate(request: &ReservationRequest, headers: &HeaderMap) -> Result<String,
 /// `POST /v1/reservations`: 201 with the reservation, 409 naming the lines that could not be met,
 /// 503 when it cannot be decided safely (nothing taken). A retry with the same key gets the first
 /// answer.
+#[utoipa::path(post, path = "/v1/reservations", tag = "reservations", request_body = ReservationRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "The client's key (else the order_id)")),
+    responses((status = 201, description = "Every line is held", body = Reservation),
+              (status = 409, description = "Lines that cannot be met (nothing taken), or a key whose id another key holds", body = crate::openapi::ReservationConflict),
+              (status = 503, description = "Cannot be decided safely now: nothing was taken", body = crate::openapi::ErrorBody)))]
 pub async fn create(State(serving): State<Arc<Serving>>, headers: HeaderMap, body: String) -> Result<Response, ApiError> {
     let request: ReservationRequest = serde_json::from_str(&body).map_err(|error| ApiError::BadRequest(format!("the body is not a reservation: {error}")))?;
     let key = validate(&request, &headers)?;
@@ -337,11 +342,13 @@ fn skus(reservation: &Reservation) -> Vec<&str> {
 }
 
 /// `GET /v1/reservations/{id}`.
+#[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations", params(("id" = String, Path, description = "The reservation id")),
+    responses((status = 200, description = "The reservation", body = Reservation), (status = 404, description = "No such reservation", body = crate::openapi::ErrorBody)))]
 pub async fn show(State(serving): State<Arc<Serving>>, Path(id): Path<String>) -> Result<Json<Reservation>, ApiError> {
     Ok(Json(load(store(&serving)?, &id).await?.1))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
     /// Seconds from now; the reservation's own TTL when not given.
@@ -350,6 +357,9 @@ pub struct ExtendRequest {
 
 /// `POST /v1/reservations/{id}/extend`: a held reservation counts until now + `ttl_s`; 409 once
 /// it has expired or is no longer held.
+#[utoipa::path(post, path = "/v1/reservations/{id}/extend", tag = "reservations", params(("id" = String, Path, description = "The reservation id")), request_body(content = Option<ExtendRequest>, description = "Empty: the reservation's own TTL"),
+    responses((status = 200, description = "Held until the new expiry", body = Reservation), (status = 404, description = "No such reservation", body = crate::openapi::ErrorBody),
+              (status = 409, description = "Not held any more", body = crate::openapi::ErrorBody)))]
 pub async fn extend(State(serving): State<Arc<Serving>>, Path(id): Path<String>, body: String) -> Result<Json<Reservation>, ApiError> {
     let request: ExtendRequest = if body.trim().is_empty() {
         ExtendRequest::default()
@@ -380,6 +390,9 @@ pub async fn extend(State(serving): State<Arc<Serving>>, Path(id): Path<String>,
 /// `POST /v1/reservations/{id}/confirm`: the held units become `reserve` events of the order,
 /// through the one ingestion path; then the holds are dropped (the speed view counts the units).
 /// Confirming again answers the same.
+#[utoipa::path(post, path = "/v1/reservations/{id}/confirm", tag = "reservations", params(("id" = String, Path, description = "The reservation id")),
+    responses((status = 200, description = "The units are the order's now", body = Reservation), (status = 404, description = "No such reservation", body = crate::openapi::ErrorBody),
+              (status = 409, description = "Expired or released", body = crate::openapi::ErrorBody)))]
 pub async fn confirm(State(serving): State<Arc<Serving>>, Path(id): Path<String>) -> Result<Json<Reservation>, ApiError> {
     let holds = store(&serving)?;
     let (answer, mut reservation) = load(holds, &id).await?;
@@ -427,6 +440,9 @@ pub async fn confirm(State(serving): State<Arc<Serving>>, Path(id): Path<String>
 /// `DELETE /v1/reservations/{id}`: the held units are free again at once. Releasing again (or an
 /// expired reservation) answers the same; a confirmed one is an order now: cancel it with a
 /// `release` event instead.
+#[utoipa::path(delete, path = "/v1/reservations/{id}", tag = "reservations", params(("id" = String, Path, description = "The reservation id")),
+    responses((status = 200, description = "Released", body = Reservation), (status = 404, description = "No such reservation", body = crate::openapi::ErrorBody),
+              (status = 409, description = "Confirmed: an order now", body = crate::openapi::ErrorBody)))]
 pub async fn release(State(serving): State<Arc<Serving>>, Path(id): Path<String>) -> Result<Json<Reservation>, ApiError> {
     let holds = store(&serving)?;
     let (answer, mut reservation) = load(holds, &id).await?;

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use sellable_dsl::{load, Diagnostic, RuleSet, Schema, Source};
 
 /// What the last reload did, for `GET /v1/rules`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ReloadStatus {
     pub ok: bool,
     /// Milliseconds since the epoch.
@@ -24,7 +24,11 @@ pub struct RuleBook {
     schema: Schema,
     live: RwLock<Option<Arc<RuleSet>>>,
     status: RwLock<Option<ReloadStatus>>,
+    /// The files as the last reload read them.
     fingerprint: RwLock<Vec<(PathBuf, SystemTime, u64)>>,
+    /// The files as the last poll saw them, when they differ from the last reload's: a change is
+    /// reloaded only once a poll sees the same files again (they stopped changing).
+    pending: RwLock<Option<Vec<(PathBuf, SystemTime, u64)>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,21 @@ pub enum RulesError {
     Io { path: String, source: std::io::Error },
     #[error("{} error(s) in the rules:\n{}", .0.len(), render(.0))]
     Invalid(Vec<Diagnostic>),
+    /// The new files would drop a whole ruleset or most rules: not live unless forced.
+    #[error("{0}")]
+    Dropping(String),
+}
+
+/// Why going from `live` to `new` would drop what a half-saved or deleted file drops, if it
+/// would: every rule of a file that had some, or more than half of all rules.
+pub fn dropped(live: &RuleSet, new: &RuleSet) -> Option<String> {
+    let before = live.rules_per_file();
+    let after = new.rules_per_file();
+    let gone: Vec<String> = before.iter().filter(|(file, _)| !after.contains_key(*file)).map(|(file, count)| format!("{file} ({count} rule(s))")).collect();
+    if !gone.is_empty() {
+        return Some(format!("refused: it would drop every rule of {}; reload with force to mean it", gone.join(", ")));
+    }
+    (new.len() * 2 < live.len()).then(|| format!("refused: it would drop {} of the {} live rules; reload with force to mean it", live.len() - new.len(), live.len()))
 }
 
 fn render(diagnostics: &[Diagnostic]) -> String {
@@ -93,6 +112,7 @@ impl RuleBook {
             live: RwLock::new(None),
             status: RwLock::new(None),
             fingerprint: RwLock::new(Vec::new()),
+            pending: RwLock::new(None),
         }
     }
 
@@ -106,7 +126,7 @@ impl RuleBook {
     /// Loads every `*.rules` file of `dir`; fails if any has an error (nothing goes live).
     pub fn from_dir(dir: &Path, schema: Schema) -> Result<RuleBook, RulesError> {
         let book = RuleBook { dir: Some(dir.to_path_buf()), ..RuleBook::empty(schema) };
-        book.reload()?;
+        book.reload(false)?;
         Ok(book)
     }
 
@@ -128,13 +148,24 @@ impl RuleBook {
     }
 
     /// Reads the directory again. A valid rule set goes live atomically; an invalid one is
-    /// rejected, reported in [`RuleBook::status`], and the last good one keeps serving.
-    pub fn reload(&self) -> Result<String, RulesError> {
+    /// rejected, reported in [`RuleBook::status`], and the last good one keeps serving. So is one
+    /// that would drop a whole file's rules or most rules ([`dropped`]), unless `force`.
+    pub fn reload(&self, force: bool) -> Result<String, RulesError> {
         let Some(dir) = &self.dir else { return Ok("none".to_string()) };
         let files = rule_files(dir)?;
         let sources = read_sources(files.iter().map(|(path, _, _)| path))?;
         *self.fingerprint.write().expect("rules lock poisoned; this is a bug") = files;
         let loaded = load(&sources, &self.schema);
+        let kept = self.current().map(|r| format!("{}@{}", r.name, r.version));
+        let refusal = match (&loaded.ruleset, self.current()) {
+            (Some(new), Some(live)) if !force => dropped(&live, new),
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            self.set_status(ReloadStatus { ok: false, at: now_millis(), version: kept.clone(), diagnostics: vec![reason.clone()] });
+            tracing::warn!(kept = ?kept, reason, "rules reload refused; the live rules keep serving");
+            return Err(RulesError::Dropping(reason));
+        }
         match loaded.ruleset {
             Some(ruleset) => {
                 let version = format!("{}@{}", ruleset.name, ruleset.version);
@@ -146,7 +177,6 @@ impl RuleBook {
             }
             None => {
                 let diagnostics: Vec<Diagnostic> = loaded.diagnostics;
-                let kept = self.current().map(|r| format!("{}@{}", r.name, r.version));
                 let rendered = diagnostics.iter().map(ToString::to_string).collect();
                 self.set_status(ReloadStatus { ok: false, at: now_millis(), version: kept.clone(), diagnostics: rendered });
                 tracing::warn!(kept = ?kept, errors = diagnostics.len(), "rules rejected; the last good rules keep serving");
@@ -159,20 +189,27 @@ impl RuleBook {
         *self.status.write().expect("rules lock poisoned; this is a bug") = Some(status);
     }
 
-    /// Whether the files of the directory changed since the last reload.
+    /// Whether the files of the directory changed since the last reload and then stopped
+    /// changing: the last poll saw them as they are now. An editor that empties a file and then
+    /// writes it is seen (at most) half-way once, and that state never goes live.
     fn changed(&self) -> bool {
         let Some(dir) = &self.dir else { return false };
-        match rule_files(dir) {
-            Ok(files) => *self.fingerprint.read().expect("rules lock poisoned; this is a bug") != files,
-            Err(_) => false,
+        let Ok(files) = rule_files(dir) else { return false };
+        let mut pending = self.pending.write().expect("rules lock poisoned; this is a bug");
+        if *self.fingerprint.read().expect("rules lock poisoned; this is a bug") == files {
+            *pending = None;
+            return false;
         }
+        let settled = pending.as_ref() == Some(&files);
+        *pending = Some(files);
+        settled
     }
 
-    /// Polls the directory and reloads when a file appears, changes or goes (errors are
-    /// reported through the status).
+    /// Polls the directory and reloads when a file appears, changes or goes and then stays so
+    /// for one poll (errors and refusals are reported through the status).
     pub fn watch(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         crate::poll(self, every, RuleBook::changed, |book| {
-            let _ = book.reload();
+            let _ = book.reload(false);
         })
     }
 }

@@ -1537,11 +1537,16 @@ impl RedisStore {
     }
 }
 
-/// Appends dead letters to a dead-letter stream (fields `entry`, `raw`, `error`).
+/// Entries a dead-letter stream in Redis keeps, about (`XADD MAXLEN ~`): the oldest go first, so
+/// no client can grow it without bound.
+pub const REDIS_DEAD_LETTERS: usize = 1_000_000;
+
+/// Appends dead letters to a dead-letter stream (fields `entry`, `raw`, `error`), trimmed to
+/// about [`REDIS_DEAD_LETTERS`].
 fn dead_letter_pipe(stream: &str, letters: &[DeadLetter]) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     for letter in letters {
-        pipe.cmd("XADD").arg(stream).arg("*").arg("entry").arg(&letter.entry).arg("raw").arg(&letter.raw);
+        pipe.cmd("XADD").arg(stream).arg("MAXLEN").arg("~").arg(REDIS_DEAD_LETTERS).arg("*").arg("entry").arg(&letter.entry).arg("raw").arg(&letter.raw);
         pipe.arg("error").arg(&letter.error).ignore();
     }
     pipe

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod demo;
+pub mod keys;
 pub mod lake;
 pub mod models;
 pub mod rules;

@@ -62,7 +62,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             let models = serve::model_book(&args.models.models, None)?;
             let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, writes(&config).await?).await?;
             sellable_lifecycle::follow(lake.clone(), serving.clone(), config, Duration::from_secs(1));
-            serve::serve(serving, args.listen, None).await
+            serve::serve(serving, serve::Front::configured(args.listen)).await
         }
         Role::All | Role::Batch => {
             if config.workers == 0 {
@@ -74,7 +74,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             let serving = serve::load_serving(&lake, epoch.speed.clone(), args.rules.book()?, models, writes(&config).await?).await?;
             let every = Duration::from_secs_f64(args.nightly_every);
             if args.role == Role::All {
-                return serve_loop(lake, serving, config, epoch, every, args.listen, None).await;
+                return serve_loop(lake, serving, config, epoch, every, serve::Front::configured(args.listen)).await;
             }
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let nightly = spawn_nightly(lake, serving, config, epoch, every, stopped);
@@ -95,21 +95,19 @@ pub async fn writes(config: &LifecycleConfig) -> Result<serve::Writes> {
 }
 
 /// Every role in one process: the archiver (its lag in `serving`'s metrics), the nightly
-/// cutovers over `epoch`, and the REST API on `listen` (printing `example` as a `curl` line), until
-/// Ctrl-C.
+/// cutovers over `epoch`, and the REST API as `front` says, until Ctrl-C.
 pub async fn serve_loop(
     lake: Arc<sellable_batch::Lake>,
     serving: Arc<Serving>,
     config: LifecycleConfig,
     epoch: EpochSpeed,
     every: Duration,
-    listen: std::net::SocketAddr,
-    example: Option<String>,
+    front: serve::Front,
 ) -> Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let archiver = spawn_archiver(lake.clone(), &config, Some(serving.clone()), stopped.clone());
     let nightly = spawn_nightly(lake, serving.clone(), config, epoch, every, stopped);
-    let served = serve::serve(serving, listen, example).await;
+    let served = serve::serve(serving, front).await;
     let _ = stop.send(true);
     nightly.await.context("the nightly task panicked; this is a bug")?;
     archiver.await.context("the archiver panicked; this is a bug")??;

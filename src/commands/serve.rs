@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use sellable_batch::Lake;
 use sellable_core::{EventIntake, FoldConfig};
 use sellable_models::Registry;
+use sellable_serving::door::{DoorConfig, KeyEntry, Scope};
 use sellable_serving::{Clock, ModelBook, ModelStatus, RuleBook, Serving};
 use sellable_speed::{CatchUpSource, SpeedView};
 
@@ -26,7 +27,7 @@ pub async fn run(args: &ServeArgs) -> Result<()> {
         writes.holds = Some(Arc::new(sellable_speed::holds::RedisHolds::connect(url, &args.redis.namespace).await?));
     }
     let serving = load_serving(&lake, speed, args.rules.book()?, models, writes).await?;
-    serve(serving, args.listen, None).await
+    serve(serving, Front::configured(args.listen)).await
 }
 
 /// The store to serve from, holding the lake's batch view (published into it) and the speed
@@ -132,22 +133,51 @@ pub async fn load_serving_with_clock(
     Ok(serving)
 }
 
-/// Serves until Ctrl-C; `example`, a request path, is shown as a `curl` line.
-pub async fn serve(serving: Arc<Serving>, listen: SocketAddr, example: Option<String>) -> Result<()> {
+/// Where and how the REST API is served.
+pub struct Front {
+    pub listen: SocketAddr,
+    /// A request path shown as a `curl` line at start.
+    pub example: Option<String>,
+    /// The door (the configuration's `[serve]` for every command but `demo`).
+    pub door: DoorConfig,
+}
+
+impl Front {
+    /// On `listen`, behind the configuration's door, with no example.
+    pub fn configured(listen: SocketAddr) -> Front {
+        Front { listen, example: None, door: crate::config::loaded().serve.door() }
+    }
+}
+
+/// Serves until Ctrl-C as `front` says. Without keys, the server makes one with every scope for
+/// itself and prints it once.
+pub async fn serve(serving: Arc<Serving>, front: Front) -> Result<()> {
+    let Front { listen, example, mut door } = front;
+    let mut made = None;
+    if door.keys.is_empty() {
+        let (key, entry) = KeyEntry::generate("local", Scope::ALL.to_vec());
+        door.keys.push(entry);
+        made = Some(key);
+    }
+    let door = Arc::new(serving.door(&door).map_err(|problems| anyhow::anyhow!("the [serve] configuration: {problems}"))?);
     // Node watermarks (how far behind each feed is) and the trust in the speed view refresh
     // every second.
     serving.clone().spawn_refresh(std::time::Duration::from_secs(1));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
     eprintln!("serve: listening on http://{address} ({})", serving.epoch().batch.version);
-    if let Some(path) = example {
-        eprintln!("\n  curl -s 'http://{address}{path}'\n\nCtrl-C stops.");
+    if let Some(key) = &made {
+        eprintln!("serve: no API keys are configured, so this process made one with every scope, valid until it stops (`sellable keys new` makes lasting ones):\n\n  Authorization: Bearer {key}\n");
     }
-    axum::serve(listener, serving.router())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-            eprintln!("serve: stopping");
-        })
-        .await
-        .context("serving")
+    if let Some(path) = example {
+        let header = made.as_ref().map(|key| format!(" -H 'Authorization: Bearer {key}'")).unwrap_or_default();
+        eprintln!("\n  curl -s{header} 'http://{address}{path}'\n\nCtrl-C stops.");
+    }
+    let limits = door.limits().clone();
+    let router = serving.guarded(door);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("serve: stopping");
+    };
+    sellable_serving::door::serve_connections(listener, router, &limits, shutdown).await.context("serving")
 }

@@ -14,7 +14,24 @@ use sellable_core::{fold, Event, Fold, FoldConfig, Millis, NodeInfo};
 use sellable_serving::{Availability, ModelBook, Serving};
 use sellable_speed::{catch_up, CatchUpSource, SpeedView};
 
+mod contract;
 mod reservations;
+
+/// The API key the `sellable` processes of these tests admit (every scope), set by the
+/// configuration's environment layer as an operator's file would.
+const TEST_KEY: &str = "sk_test-key-of-every-scope";
+
+fn keyed(command: &mut std::process::Command) -> &mut std::process::Command {
+    let entry = format!("[{{ name = \"test\", scopes = [\"read\", \"reserve\", \"ingest\", \"admin\"], sha256 = \"{}\" }}]", sellable_serving::door::digest(TEST_KEY));
+    command.env("SELLABLE__SERVE__KEYS", entry)
+}
+
+/// A client that sends [`TEST_KEY`].
+fn api() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {TEST_KEY}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
 
 const DAY: Millis = 86_400_000;
 
@@ -987,7 +1004,7 @@ async fn sellable_run_keeps_posted_events_across_cutovers_and_archives_them() {
     let port = free_port();
     let log_path = market.lake.root().with_file_name("run.log");
     let _run = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
+        keyed(&mut std::process::Command::new(env!("CARGO_BIN_EXE_sellable")))
             .args(["run", "--redis", &url, "--stream", &stream, "--namespace", &namespace, "--nightly-every", "1"])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--lake"])
             .arg(market.lake.root())
@@ -1060,16 +1077,15 @@ impl Probe {
     }
 
     async fn answer(&self) -> serde_json::Value {
-        reqwest::get(&self.url).await.unwrap().json().await.unwrap()
+        api().get(&self.url).send().await.unwrap().json().await.unwrap()
     }
 
     /// Posts the receipt (1,000 units) and checks the server took it. It is appended to the
     /// stream first: a fold worker may fold it before the server's own fold does, which then
     /// finds it folded already (a duplicate).
     async fn post(&self) {
-        let client = reqwest::Client::new();
-        let posted: serde_json::Value =
-            client.post(format!("{}/v1/events", self.base)).body(encode_json(&self.receipt)).send().await.unwrap().json().await.unwrap();
+        let request = api().post(format!("{}/v1/events", self.base)).header("content-type", "application/x-ndjson").body(encode_json(&self.receipt));
+        let posted: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
         assert_eq!(posted["accepted"].as_u64().unwrap() + posted["duplicates"].as_u64().unwrap(), 1, "{posted}");
     }
 
@@ -1137,7 +1153,7 @@ async fn sellable_run_rebuilds_its_speed_view_when_redis_comes_back_empty() {
     let port = free_port();
     let log_path = market.lake.root().with_file_name("run.log");
     let _run = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
+        keyed(&mut std::process::Command::new(env!("CARGO_BIN_EXE_sellable")))
             .args(["run", "--redis", &redis.url(), "--nightly-every", "2", "--listen", &format!("127.0.0.1:{port}"), "--lake"])
             .arg(market.lake.root())
             .stderr(std::fs::File::create(&log_path).unwrap())
@@ -1198,7 +1214,7 @@ async fn sellable_run_roles_in_four_processes_keep_one_truth_through_kills() {
     let common = ["--redis", &url, "--stream", &stream, "--namespace", &namespace, "--lake", &lake];
     let role = |role: &str, extra: &[&str], log: &std::path::Path| {
         KillOnDrop(
-            std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
+            keyed(&mut std::process::Command::new(env!("CARGO_BIN_EXE_sellable")))
                 .args(["run", "--role", role])
                 .args(common)
                 .args(extra)

@@ -313,7 +313,7 @@ async fn reservations_answer_as_documented() {
 
 /// A marketplace whose events end now (answers by the wall clock find fresh feeds), batched an
 /// hour before its end.
-async fn live_marketplace() -> (tempfile::TempDir, Lake) {
+pub(crate) async fn live_marketplace() -> (tempfile::TempDir, Lake) {
     let dir = tempfile::tempdir().unwrap();
     let start = (chrono_now() - 2 * DAY) / 60_000 * 60_000;
     let config = SimConfig { seed: 11, skus: 40, nodes: 6, days: 2.0, start, ..SimConfig::default() };
@@ -323,9 +323,9 @@ async fn live_marketplace() -> (tempfile::TempDir, Lake) {
 }
 
 /// `sellable serve --redis` on `port`, once it answers at better than `conservative`.
-async fn serve_process(lake: &Lake, url: &str, namespace: &str, port: u16) -> KillOnDrop {
+pub(crate) async fn serve_process(lake: &Lake, url: &str, namespace: &str, port: u16) -> KillOnDrop {
     let args = ["serve", "--lake", lake.root().to_str().unwrap(), "--redis", url, "--namespace", namespace, "--listen", &format!("127.0.0.1:{port}")];
-    let child = KillOnDrop(std::process::Command::new(env!("CARGO_BIN_EXE_sellable")).args(args).stderr(std::process::Stdio::null()).spawn().unwrap());
+    let child = KillOnDrop(crate::keyed(&mut std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))).args(args).stderr(std::process::Stdio::null()).spawn().unwrap());
     for _ in 0..300 {
         if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
             let body: serde_json::Value = response.json().await.unwrap();
@@ -354,7 +354,7 @@ async fn a_killed_server_leaves_no_half_reserved_cart_and_retries_get_the_first_
             (0..2).map(|line| serde_json::json!({ "sku": skus[(index * 7 + line * 5) % skus.len()], "region": "EU", "qty": 1, "split": true })).collect();
         serde_json::json!({ "order_id": format!("order-{index}"), "lines": lines, "ttl_s": 10 })
     };
-    let client = reqwest::Client::new();
+    let client = crate::api();
     let sent: Vec<_> = (0..300)
         .map(|index| {
             let (client, body) = (client.clone(), cart(index));

@@ -43,7 +43,12 @@ async fn main() {
         .take(200_000)
         .collect();
     let url = format!("{base}/v1/availability/{probe_sku}?region={}&qty=1", probe_node.country);
-    let client = reqwest::Client::new();
+    // the server's API key, when the script gives one
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(key) = std::env::var("SELLABLE_API_KEY") {
+        headers.insert("authorization", format!("Bearer {key}").parse().expect("a key is ASCII"));
+    }
+    let client = reqwest::Client::builder().default_headers(headers).build().expect("an HTTP client");
     let start_available = available(&client, &url).await;
 
     let redis = redis::Client::open(redis_url.as_str()).expect("redis url");

@@ -12,6 +12,8 @@ use sellable_core::{fold, BatchMeta, BatchView, Event, EventKind, FoldConfig, No
 use sellable_dsl::Schema;
 use sellable_serving::{Availability, Clock, ModelBook, RuleBook, Serving};
 
+mod door;
+
 /// The epoch stores of these tests: the test batch view's row of SKU-1 published ([`test_batch`])
 /// beside a speed view with no event since the cutoff; or, once `broken`, a store that fails,
 /// hangs, or (from the start) answers from another cutoff.
@@ -168,7 +170,8 @@ fn serving_over(speed: Arc<dyn SpeedSource>, sla_ms: sellable_core::Millis, rule
 async fn a_handler_that_panics_answers_500_as_json_and_the_server_goes_on() {
     let serving = serving(Arc::new(RuleBook::empty(Schema::standard())), Arc::new(ModelBook::none()));
     let boom = axum::Router::new().route("/v1/boom", axum::routing::get(|| async { panic!("secret detail") as &str }));
-    let base = listen(sellable_serving::harden(boom.merge(serving.routes()))).await;
+    let routes = serving.clone().routes(&sellable_serving::door::Limits::default());
+    let base = listen(serving.harden(boom.merge(routes))).await;
     let client = reqwest::Client::new();
     for _ in 0..3 {
         let response = client.get(format!("{base}/v1/boom")).header("x-request-id", "panicky-1").send().await.unwrap();
