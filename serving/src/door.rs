@@ -10,8 +10,9 @@
 //! 3. the key's rate ([`Limits::rate_per_key`]): 429 with `Retry-After` past it;
 //! 4. a body only as `application/json` (or `application/x-ndjson` for events, `text/plain` for a
 //!    rule file to check): 415 otherwise;
-//! 5. a place among the requests in flight ([`Limits::max_in_flight`]): 503 with `Retry-After`
-//!    at once when there is none, before any queue grows;
+//! 5. a place among the requests in flight ([`Limits::max_in_flight`], and
+//!    [`Limits::max_ingest_in_flight`] for event posts): 503 with `Retry-After` at once when there
+//!    is none, before any queue grows;
 //! 6. an answer within the route's time ([`Limits::read_timeout_ms`] and the others): 503 with
 //!    `Retry-After` past it, the handler dropped.
 //!
@@ -163,6 +164,9 @@ pub struct Limits {
     pub write_timeout_ms: u64,
     /// Requests handled at once (open paths aside); past it a request is answered 503 at once.
     pub max_in_flight: usize,
+    /// `POST /v1/events` handled at once, within `max_in_flight`: what decoding bodies may hold
+    /// is this many times a body's bound, whatever the number of clients.
+    pub max_ingest_in_flight: usize,
     /// Requests per second per key (the burst is one second's worth); 0: no limit.
     pub rate_per_key: u32,
     /// Connections open at once; past it new ones wait in the listen backlog.
@@ -187,6 +191,7 @@ impl Default for Limits {
             reserve_timeout_ms: 8_000,
             write_timeout_ms: 30_000,
             max_in_flight: 512,
+            max_ingest_in_flight: 8,
             rate_per_key: 50_000,
             max_connections: 4_096,
             header_timeout_ms: 5_000,
@@ -221,6 +226,7 @@ impl DoorConfig {
             ("reserve_timeout_ms", limits.reserve_timeout_ms as usize),
             ("write_timeout_ms", limits.write_timeout_ms as usize),
             ("max_in_flight", limits.max_in_flight),
+            ("max_ingest_in_flight", limits.max_ingest_in_flight),
             ("max_connections", limits.max_connections),
             ("header_timeout_ms", limits.header_timeout_ms as usize),
             ("events_body_bytes", limits.events_body_bytes),
@@ -258,6 +264,7 @@ pub struct Door {
     limits: Limits,
     rate: Option<RateLimiter>,
     in_flight: Arc<tokio::sync::Semaphore>,
+    ingest_in_flight: Arc<tokio::sync::Semaphore>,
     refused: prometheus::IntCounterVec,
 }
 
@@ -284,6 +291,7 @@ impl Door {
             limits: config.limits.clone(),
             rate,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
+            ingest_in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_ingest_in_flight)),
             refused,
         })
     }
@@ -412,17 +420,22 @@ pub async fn guard(State(door): State<Arc<Door>>, request: Request, next: Next) 
         }
     }
     // open paths (health, metrics) are answered whatever the load
-    let _permit = if open {
-        None
-    } else {
-        match door.in_flight.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                door.refused.with_label_values(&["overloaded"]).inc();
-                return retry_after(ApiError::Overloaded(format!("{} requests are in flight; try again shortly", door.limits.max_in_flight)), 1);
+    let mut permits = Vec::new();
+    if !open {
+        let mut places = vec![(&door.in_flight, door.limits.max_in_flight, "requests")];
+        if scope == Scope::Ingest {
+            places.push((&door.ingest_in_flight, door.limits.max_ingest_in_flight, "event posts"));
+        }
+        for (place, most, what) in places {
+            match place.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => {
+                    door.refused.with_label_values(&["overloaded"]).inc();
+                    return retry_after(ApiError::Overloaded(format!("{most} {what} are in flight; try again shortly")), 1);
+                }
             }
         }
-    };
+    }
     let limit = door.timeout(scope);
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,

@@ -35,3 +35,100 @@ async fn the_api_keeps_its_openapi_contract() {
     assert!(report.contains("Tested: 17"), "every operation is tested:\n{report}");
     forget(&url, &stream, &namespace).await;
 }
+
+/// Resident memory of a process, in MB.
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status.lines().find_map(|line| line.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+    kb / 1024.0
+}
+
+/// What an anonymous or buggy client could grow, tried on a real `sellable serve --redis`: bodies
+/// of junk events at the size limit, eight at a time, round after round; events naming thousands
+/// of made-up nodes. The process stays within [`JUNK_GROWTH_MB`] of its size, answers list the
+/// first rejected items and count the rest, the metrics gain no series, and `/healthz` and a
+/// normal client keep answering throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_bodies_and_made_up_nodes_grow_nothing() {
+    let (_dir, lake) = live_marketplace().await;
+    let (url, stream, namespace) = redis_names("junk");
+    let port = free_port();
+    let server = serve_process(&lake, &url, &namespace, port).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = crate::api();
+    let (skus, _) = lake.load_catalog().await.unwrap();
+    let sku = skus[0].sku.clone();
+    let ask = format!("{base}/v1/availability/{sku}?region=EU&qty=1");
+    // warm: the first answers and posts allocate what they keep
+    for _ in 0..20 {
+        assert_eq!(client.get(&ask).send().await.unwrap().status(), 200);
+    }
+    let metrics_before = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let before = rss_mb(server.0.id());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let normal = {
+        let (stop, client, ask, base) = (stop.clone(), client.clone(), ask.clone(), base.clone());
+        tokio::spawn(async move {
+            let mut slowest = std::time::Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for url in [ask.clone(), format!("{base}/healthz")] {
+                    let started = std::time::Instant::now();
+                    assert_eq!(client.get(&url).send().await.unwrap().status(), 200, "{url}");
+                    slowest = slowest.max(started.elapsed());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            slowest
+        })
+    };
+    // 10,000 junk lines of about 400 bytes each: the count and the size at their limits
+    let junk: String = (0..10_000).map(|i| format!("{{\"event_id\":\"junk-{i}\",\"note\":\"{}\"}}\n", "x".repeat(380))).collect();
+    assert!(junk.len() < 4 << 20);
+    for _round in 0..3 {
+        let posts: Vec<_> = (0..8)
+            .map(|_| {
+                let (client, junk, base) = (client.clone(), junk.clone(), base.clone());
+                tokio::spawn(async move { client.post(format!("{base}/v1/events")).header("content-type", "application/x-ndjson").body(junk).send().await.unwrap() })
+            })
+            .collect();
+        for post in posts {
+            let response = post.await.unwrap();
+            match response.status().as_u16() {
+                202 => {
+                    let body: serde_json::Value = response.json().await.unwrap();
+                    assert_eq!((body["rejected"].as_array().unwrap().len(), body["rejected_total"].as_u64()), (100, Some(10_000)), "{}", body["rejected"][0]);
+                }
+                // past the posts in flight at once: shed, nothing done
+                503 => assert!(response.headers().contains_key("retry-after")),
+                status => panic!("{status}: {}", response.text().await.unwrap()),
+            }
+        }
+    }
+    // made-up nodes for a real SKU: refused at the door, no metric series for them
+    let made_up: String = (0..5_000)
+        .map(|i| format!("{{\"event_id\":\"node-{i}\",\"ts\":{},\"sku\":\"{sku}\",\"node\":\"NODE-MADE-UP-{i}\",\"kind\":\"receipt\",\"qty\":1}}\n", crate::chrono_now()))
+        .collect();
+    let response = client.post(format!("{base}/v1/events")).header("content-type", "application/x-ndjson").body(made_up).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["rejected_total"], 5_000);
+    assert!(body["rejected"][0]["error"].as_str().unwrap().contains("NODE-MADE-UP-0"), "{body}");
+    let metrics_after = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics_after.contains("NODE-MADE-UP"));
+    let series = |text: &str| text.lines().filter(|line| !line.starts_with('#')).count();
+    // the door's and the latency histogram's series of the routes used above, nothing per node
+    assert!(series(&metrics_after) < series(&metrics_before) + 80, "{} series before, {} after", series(&metrics_before), series(&metrics_after));
+
+    let grown = rss_mb(server.0.id()) - before;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let slowest = normal.await.unwrap();
+    assert!(grown < JUNK_GROWTH_MB, "the server grew by {grown:.0} MB");
+    assert!(slowest < std::time::Duration::from_secs(2), "a normal request took {slowest:?}");
+    eprintln!("junk: the server grew by {grown:.0} MB; the slowest normal request took {slowest:?}");
+    forget(&url, &stream, &namespace).await;
+}
+
+/// The growth `docs/operations.md` states for junk bodies at their limits (the default
+/// `max_ingest_in_flight` of 8 posts of 4 MiB at once, each held about five times while decoded).
+const JUNK_GROWTH_MB: f64 = 300.0;

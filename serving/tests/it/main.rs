@@ -164,6 +164,56 @@ fn serving_over(speed: Arc<dyn SpeedSource>, sla_ms: sellable_core::Millis, rule
     Serving::new(nodes, test_batch().0.meta(), speed, rules)
 }
 
+/// An editor saving a live rule file empties it and then writes it (some truncate first, some
+/// take a moment between the two): no answer is ever given without its rules. A file left empty is
+/// refused as dropping a whole ruleset (said in `GET /v1/rules`) until a forced reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_file_saved_by_an_editor_never_goes_live_half_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let compliance = dir.path().join("compliance.rules");
+    let text = "ruleset \"compliance\"\nrule \"nothing to DE\" priority 100\nwhen region == \"DE\"\nthen deny \"embargo\"\n";
+    std::fs::write(&compliance, text).unwrap();
+    std::fs::write(dir.path().join("buffers.rules"), "rule \"seller buffer\" when node.seller == \"S-1042\" then hold 3\n").unwrap();
+    let book = Arc::new(RuleBook::from_dir(dir.path(), Schema::standard().with_attribute("fragile", sellable_dsl::Type::Bool)).unwrap());
+    book.clone().watch(Duration::from_millis(10));
+    let base = serve(book).await;
+    let client = reqwest::Client::new();
+    assert_eq!(ask(&client, &base).await.decision, sellable_core::Verdict::Deny);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let asked = {
+        let (stop, base, client) = (stop.clone(), base.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut asked = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let answer = ask(&client, &base).await;
+                assert_eq!(answer.decision, sellable_core::Verdict::Deny, "an answer without the compliance rules: {answer:?}");
+                asked += 1;
+            }
+            asked
+        })
+    };
+    for save in 0..30u64 {
+        std::fs::write(&compliance, "").unwrap();
+        tokio::time::sleep(Duration::from_millis(save % 4 * 5)).await;
+        std::fs::write(&compliance, text).unwrap();
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    // left empty: refused, with the reason, and the rules keep answering
+    std::fs::write(&compliance, "").unwrap();
+    let status = wait_for(&client, &base, |s| s["last_reload"]["ok"] == false).await;
+    let reason = status["last_reload"]["diagnostics"][0].as_str().unwrap();
+    assert!(reason.contains("drop every rule of") && reason.contains("compliance.rules"), "{reason}");
+    stop.store(true, Ordering::Relaxed);
+    assert!(asked.await.unwrap() > 20);
+    assert_eq!(ask(&client, &base).await.decision, sellable_core::Verdict::Deny);
+    let refused = client.post(format!("{base}/v1/rules:reload")).send().await.unwrap();
+    assert_eq!(refused.status(), 409);
+    let forced = client.post(format!("{base}/v1/rules:reload?force=true")).send().await.unwrap();
+    assert_eq!(forced.status(), 200);
+    assert_eq!(ask(&client, &base).await.decision, sellable_core::Verdict::Promise, "forced: the emptied file is what is live");
+}
+
 /// A handler that panics answers 500 in the JSON error shape, without the panic's message, and
 /// the server goes on answering on the same port.
 #[tokio::test]
