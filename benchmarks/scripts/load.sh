@@ -5,7 +5,8 @@
 # countries: single availability, batch availability (BATCH items per request; rates per item
 # too), and reservations (one line, random keys, 10 s TTL: 201s while units last, then 409s,
 # both through the hold script; wrk counts the 409s as non-2xx). `redis-benchmark` GET with the same connection count on the same
-# Redis is the baseline: every rate is printed with its ratio to it.
+# Redis is the baseline: every rate is printed with its ratio to it. Each scenario's p50 and p99
+# are also read from the server's own latency histogram, beside the client's.
 # Usage: benchmarks/scripts/load.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 DURATION=15 BATCH=50;
 #   PROFILE=release for an optimised build; wrk is installed from Debian's packages if missing)
 set -euo pipefail
@@ -66,15 +67,18 @@ LUA
 threads=2
 # each scenario between two reads of the server's latency histogram (metrics-<scenario>-{0,1})
 run() {
-  curl -sf "http://$listen/metrics" >"$out/metrics-$1-0"
-  COMMON="$out/common.lua" wrk -t$threads -c"$connections" -d"${seconds}s" -s "$out/$1.lua" "http://$listen" | grep '^RESULT' | cut -d' ' -f2-
-  curl -sf "http://$listen/metrics" >"$out/metrics-$1-1"
+  local name=$1 script=$2 conns=$3
+  curl -sf "http://$listen/metrics" >"$out/metrics-$name-0"
+  COMMON="$out/common.lua" wrk -t$threads -c"$conns" -d"${seconds}s" -s "$out/$script.lua" "http://$listen" | grep '^RESULT' | cut -d' ' -f2-
+  curl -sf "http://$listen/metrics" >"$out/metrics-$name-1"
 }
-single=$(run single); batched=$(run batch); reserved=$(run reserve)
+single=$(run single single "$connections"); batched=$(run batch batch "$connections"); reserved=$(run reserve reserve "$connections")
+# light load (2 connections): the server's own latency, with no queue in front of it
+light=$(run light single 2)
 redis_rate=$(redis-benchmark -h "$host" -p "$port" -c "$connections" -n 400000 -t get -q | tr '\r' '\n' | awk '/requests per second/ {print $2}' | tail -1)
-python3 - "$single" "$batched" "$reserved" "$redis_rate" "$batch" "$profile" "$skus" "$nodes" "$connections" "$out" <<'PY'
+python3 - "$single" "$batched" "$reserved" "$redis_rate" "$batch" "$profile" "$skus" "$nodes" "$connections" "$out" "$light" <<'PY'
 import re, sys
-single, batched, reserved, redis_rate, batch, profile, skus, nodes, connections, out = sys.argv[1:]
+single, batched, reserved, redis_rate, batch, profile, skus, nodes, connections, out, light = sys.argv[1:]
 redis_rate, batch = float(redis_rate), int(batch)
 print(f"profile {profile}; {skus} SKUs, {nodes} nodes, {connections} connections; ratios against redis-benchmark GET ({redis_rate:,.0f}/s)")
 print(f"{'scenario':<24} {'rate/s':>10} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8} {'errors':>7}")
@@ -86,6 +90,7 @@ row("single availability", single)
 row(f"batch ({batch} items), requests", batched)
 row(f"batch, items", batched, batch)
 row("reservations (201|409)", reserved)
+row("single, 2 connections", light)
 print(f"{'redis-benchmark GET':<24} {redis_rate:>10,.0f} {1:>6.2f}x")
 
 # the same latencies as the server measured them: the bucket of its histogram
@@ -101,19 +106,29 @@ def buckets(path, route, method):
             counts[bound] = counts.get(bound, 0) + float(match.group(2))
     return counts
 def server(scenario, route, method, q):
+    """The bucket (lower, upper) holding the q-quantile of what the scenario added."""
     before, after = buckets(f"{out}/metrics-{scenario}-0", route, method), buckets(f"{out}/metrics-{scenario}-1", route, method)
     added = sorted(((float(b), after[b] - before.get(b, 0)) for b in after), key=lambda pair: pair[0])
     total = added[-1][1] if added else 0
     lower = 0.0
     for bound, count in added:
         if total and count >= q * total:
-            return f"{lower * 1000:.1f}-{bound * 1000:.1f}"
+            return lower * 1000, bound * 1000
         lower = bound
-    return "-"
-print(f"\nserver's histogram (ms, the bucket holding the percentile) beside the client's figures above")
-print(f"{'scenario':<24} {'p50':>12} {'p99':>12}")
-for name, scenario, route, method in [("single availability", "single", "/v1/availability/{sku}", "GET"),
-                                      ("batch, requests", "batch", "/v1/availability:batch", "POST"),
-                                      ("reservations", "reserve", "/v1/reservations", "POST")]:
-    print(f"{name:<24} {server(scenario, route, method, 0.5):>12} {server(scenario, route, method, 0.99):>12}")
+    return None
+def compare(client_ms, bucket):
+    if bucket is None:
+        return f"{'-':>12} {'':>6}"
+    lower, upper = bucket
+    # within the bucket, or no further than the next bucket either side
+    agrees = lower / 1.5 <= client_ms <= upper * 1.5
+    return f"{lower:>5.1f}-{upper:<6.1f} {'agrees' if agrees else 'apart':>6}"
+print("\nthe server's histogram: the bucket (ms) holding each percentile, and whether the client's figure falls in it or the next")
+print(f"{'scenario':<24} {'client p50':>10} {'server p50':>12} {'':>6} {'client p99':>10} {'server p99':>12}")
+for name, line, scenario, route, method in [("single availability", single, "single", "/v1/availability/{sku}", "GET"),
+                                            ("batch, requests", batched, "batch", "/v1/availability:batch", "POST"),
+                                            ("reservations", reserved, "reserve", "/v1/reservations", "POST"),
+                                            ("single, 2 connections", light, "light", "/v1/availability/{sku}", "GET")]:
+    _, _, p50, p99, *_ = map(float, line.split())
+    print(f"{name:<24} {p50 / 1000:>10.2f} {compare(p50 / 1000, server(scenario, route, method, 0.5))} {p99 / 1000:>10.2f} {compare(p99 / 1000, server(scenario, route, method, 0.99))}")
 PY

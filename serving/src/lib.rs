@@ -155,8 +155,10 @@ fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &prome
 }
 
 /// Bounds of the request latency histogram, in seconds: they resolve 0.5 ms to 100 ms finely
-/// (the 80 ms budget of an answer), then coarsely to the longest timeout.
-pub const HTTP_BUCKETS: [f64; 17] = [0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.1, 0.5, 2.0];
+/// (the 80 ms budget of an answer), then coarser to the longest timeout.
+pub const HTTP_BUCKETS: [f64; 23] = [
+    0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0,
+];
 
 impl Metrics {
     fn new() -> Metrics {
