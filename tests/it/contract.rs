@@ -132,3 +132,70 @@ async fn junk_bodies_and_made_up_nodes_grow_nothing() {
 /// The growth `docs/operations.md` states for junk bodies at their limits (the default
 /// `max_ingest_in_flight` of 8 posts of 4 MiB at once, each held about five times while decoded).
 const JUNK_GROWTH_MB: f64 = 300.0;
+
+/// Runs the binary; whether it succeeded, stdout, and stderr.
+fn sellable(args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sellable")).args(args).env_remove("SELLABLE__SERVE__KEYS").output().unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// `sellable keys new` prints a key once (stdout) and the configuration entry of its digest
+/// (stderr); the entry pasted into a configuration file is valid, a broken one is refused naming
+/// the key.
+#[test]
+fn a_new_key_and_its_configuration_entry() {
+    let (ok, key, said) = sellable(&["keys", "new", "--name", "shop", "--scope", "read,reserve"]);
+    assert!(ok, "{said}");
+    let key = key.trim();
+    assert!(key.starts_with("sk_") && key.len() > 40, "{key}");
+    let entry = &said[said.find("[[serve.keys]]").expect("the entry")..];
+    assert!(entry.contains(&sellable_serving::door::digest(key)) && entry.contains("scopes = [\"read\", \"reserve\"]"), "{entry}");
+    assert!(!entry.contains(key), "the configuration holds the digest, never the key");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sellable.toml");
+    std::fs::write(&config, format!("[serve]\nlisten = \"127.0.0.1:9999\"\n\n{entry}")).unwrap();
+    let (ok, _, said) = sellable(&["--config", config.to_str().unwrap(), "keys", "new", "--name", "other", "--scope", "admin"]);
+    assert!(ok, "the pasted entry is a valid configuration: {said}");
+    std::fs::write(&config, "[[serve.keys]]\nname = \"shop\"\nscopes = []\nsha256 = \"abc\"\n").unwrap();
+    let (ok, _, said) = sellable(&["--config", config.to_str().unwrap(), "keys", "new", "--name", "other", "--scope", "admin"]);
+    assert!(!ok && said.contains("serve.keys[shop].sha256") && said.contains("serve.keys[shop].scopes"), "{said}");
+    let (ok, _, said) = sellable(&["keys", "new", "--name", "x", "--scope", "write"]);
+    assert!(!ok && said.contains("unknown scope 'write'"), "{said}");
+}
+
+/// `sellable rules publish`: a directory goes live whole, as a link swapped in one step; one with
+/// an error, a failing test, or that drops a whole ruleset is refused and the live link stays.
+#[test]
+fn rules_are_published_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, files: &[(&str, &str)]| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        for (file, text) in files {
+            std::fs::write(path.join(file), text).unwrap();
+        }
+        path.to_str().unwrap().to_string()
+    };
+    let embargo = ("embargo.rules", "ruleset \"embargo\"\nrule \"no DE\" when region == \"DE\" then deny \"embargo\"\ntest \"DE\" given region = \"DE\" expect deny\n");
+    let buffers = ("buffers.rules", "ruleset \"buffers\"\nrule \"buffer\" when node.seller == \"S-1\" then hold 2\n");
+    let live = dir.path().join("live");
+    let live_arg = live.to_str().unwrap();
+    let first = write("first", &[embargo, buffers]);
+    let (ok, out, said) = sellable(&["rules", "publish", &first, "--to", live_arg]);
+    assert!(ok && out.contains("published 2 rule(s)"), "{out}{said}");
+    assert!(live.is_symlink() && live.join("embargo.rules").is_file());
+    let published = std::fs::read_link(&live).unwrap();
+
+    let broken = write("broken", &[embargo, ("buffers.rules", "rule \"buffer\" when node.sellr == \"S-1\" then hold 2\n")]);
+    let failing = write("failing", &[("embargo.rules", "rule \"no DE\" when region == \"FR\" then deny \"embargo\"\ntest \"DE\" given region = \"DE\" expect deny\n"), buffers]);
+    let dropping = write("dropping", &[embargo]);
+    for (candidate, why) in [(&broken, "error(s)"), (&failing, "rule test(s) failed"), (&dropping, "drop every rule of")] {
+        let (ok, _, said) = sellable(&["rules", "publish", candidate, "--to", live_arg]);
+        assert!(!ok && said.contains(why), "{candidate}: {said}");
+        assert_eq!(std::fs::read_link(&live).unwrap(), published, "the live link stays");
+    }
+    let (ok, _, said) = sellable(&["rules", "publish", &dropping, "--to", live_arg, "--force"]);
+    assert!(ok, "{said}");
+    assert!(!live.join("buffers.rules").exists() && live.join("embargo.rules").is_file());
+    assert!(published.join("buffers.rules").is_file(), "earlier releases are kept");
+}
