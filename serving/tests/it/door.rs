@@ -221,6 +221,18 @@ async fn oversized_bodies_get_a_clear_error_while_others_are_answered() {
         let response = client.post(format!("{base}/v1/events")).bearer_auth(ingest).header("content-type", "application/x-ndjson").body(huge).send().await.unwrap();
         assert_eq!(response.status(), 413);
     }
+    // a dozen rule files just under the limit checked at once: parsed off the request threads
+    let rules = "rule \"r\" when qty > 1 then deny \"x\"\n".repeat(1_700);
+    assert!(rules.len() < limits.rules_body_bytes);
+    let checks: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, base, admin, rules) = (client.clone(), base.clone(), admin.to_string(), rules.clone());
+            tokio::spawn(async move { client.post(format!("{base}/v1/rules:check")).bearer_auth(admin).header("content-type", "text/plain").body(rules).send().await.unwrap().status() })
+        })
+        .collect();
+    for check in checks {
+        assert_eq!(check.await.unwrap(), 200);
+    }
     normal.await.unwrap();
 }
 
@@ -293,7 +305,7 @@ async fn slow_answers_time_out_and_past_the_limit_requests_are_shed() {
 /// are closed, and a normal client is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_and_a_connection_flood_does_not_starve_others() {
-    let keys = keys(Limits { header_timeout_ms: 300, max_connections: 16, ..Limits::default() });
+    let keys = keys(Limits { header_timeout_ms: 300, max_connections: 16, read_timeout_ms: 300, ..Limits::default() });
     let base = serve_guarded(plain_serving(), &keys.config).await;
     let address = base.trim_start_matches("http://").to_string();
     let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
@@ -303,6 +315,19 @@ async fn slow_clients_are_cut_off_and_a_connection_flood_does_not_starve_others(
     let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buffer)).await.expect("the server closes a slow header");
     assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
     drop(read);
+    // a whole header, then a body that stops half-way: answered at the route's timeout
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/availability:batch HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"items\": [",
+        keys.of(Scope::Read)
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await.expect("the server answers a slow body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("retry-after"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
     // 64 connections that never send anything, four times the cap
     let mut flood = Vec::new();
     for _ in 0..64 {
