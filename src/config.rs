@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sellable_core::{FoldConfig, Millis};
+use sellable_serving::decisions::DecisionLogConfig;
 use sellable_serving::door::{DoorConfig, KeyEntry, Limits};
 
 /// Everything the commands read that an operator may want to set once instead of per command.
@@ -99,12 +100,22 @@ pub struct ServeConfig {
     pub hosts: Vec<String>,
     /// Timeouts, sizes and rates (docs/operations.md).
     pub limits: Limits,
+    /// The decision log (docs/analytics.md).
+    pub decisions: DecisionLogConfig,
 }
 
 impl Default for ServeConfig {
     fn default() -> ServeConfig {
         let door = DoorConfig::default();
-        ServeConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), rules: None, keys: door.keys, open: door.open, hosts: door.hosts, limits: door.limits }
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            rules: None,
+            keys: door.keys,
+            open: door.open,
+            hosts: door.hosts,
+            limits: door.limits,
+            decisions: DecisionLogConfig::default(),
+        }
     }
 }
 
@@ -228,6 +239,7 @@ impl Config {
             problems.push(format!("redis.namespace = {:?}: must be non-empty, without spaces or braces", self.redis.namespace));
         }
         problems.extend(self.serve.door().problems());
+        problems.extend(self.serve.decisions.problems());
         if let Some(url) = self.redis.url.as_deref().filter(|url| !url.split(',').all(|url| url.trim().starts_with("redis://") || url.trim().starts_with("rediss://"))) {
             problems.push(format!("redis.url = {url:?}: expected redis://HOST:PORT (commas between the nodes of a cluster)"));
         }

@@ -9,6 +9,7 @@
 //!
 //! Tests: `tests/it/` (import, batch view == core fold).
 
+pub mod decisions;
 pub mod features;
 mod shares;
 pub mod trainset;
@@ -454,7 +455,7 @@ impl Lake {
     /// Every dataset of the lake: versions, rows, size on disk; for events, the time range.
     pub async fn info(&self) -> Result<Vec<DatasetInfo>, BatchError> {
         let mut infos = Vec::new();
-        for name in [EVENTS, SKUS, NODES, BATCH_VIEW, BATCH_DELTAS, features::FEATURES, trainset::TRAINSET] {
+        for name in [EVENTS, SKUS, NODES, BATCH_VIEW, BATCH_DELTAS, features::FEATURES, trainset::TRAINSET, decisions::DECISIONS] {
             let dataset = match self.dataset(name, "").await {
                 Ok(dataset) => dataset,
                 Err(BatchError::Missing(..)) => continue,

@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod decision;
+pub mod decisions;
 pub mod door;
 pub mod event;
 pub mod features;
@@ -16,6 +17,7 @@ pub mod view;
 
 pub use catalog::{NodeInfo, NodeKind, SkuInfo};
 pub use decision::{decide, Decision, FulfillmentOption, Verdict};
+pub use decisions::{DecisionRecord, DecisionStore};
 pub use door::{Door, KnownIds, Refusal};
 pub use event::{DecodeError, Event, EventKind, Millis};
 pub use grade::Grade;

@@ -6,6 +6,7 @@
 //! the embedded store).
 
 pub mod backtest;
+pub mod decisions;
 pub mod door;
 pub mod grading;
 pub mod models;
@@ -59,6 +60,8 @@ pub struct Serving {
     distrust: std::sync::RwLock<Option<String>>,
     limits: Limits,
     metrics: Metrics,
+    /// Where every answer is logged, if anywhere.
+    decisions: Option<Arc<decisions::DecisionLog>>,
 }
 
 /// A batch view and the speed view that holds exactly the events after its cutoff, in one store
@@ -223,6 +226,7 @@ impl Serving {
             distrust: std::sync::RwLock::new(None),
             limits: Limits::default(),
             metrics: Metrics::new(),
+            decisions: None,
         }
     }
 
@@ -234,6 +238,21 @@ impl Serving {
     }
 
     /// Reservations hold units in `holds`, and answers subtract their live holds.
+    /// Every answer (a configured share of availability answers) and every reservation is
+    /// logged to `log`, its counters in this server's metrics.
+    pub fn with_decisions(mut self, log: Arc<decisions::DecisionLog>) -> Serving {
+        if let Err(error) = log.register(&self.metrics.registry) {
+            tracing::warn!(%error, "the decision log's metrics are not shown");
+        }
+        self.decisions = Some(log);
+        self
+    }
+
+    /// The decision log, if answers are logged.
+    pub fn decisions(&self) -> Option<&Arc<decisions::DecisionLog>> {
+        self.decisions.as_ref()
+    }
+
     pub fn with_holds(mut self, holds: Arc<dyn sellable_core::holds::HoldStore>) -> Serving {
         self.holds = Some(holds);
         self
@@ -1054,7 +1073,7 @@ struct BatchItem {
 /// answer, or the error body of the item alone).
 #[utoipa::path(post, path = "/v1/availability:batch", tag = "availability", request_body = BatchRequest,
     responses((status = 200, description = "One entry per item, in order: its answer or its error", body = openapi::BatchAnswer)))]
-async fn availability_batch(State(serving): State<Arc<Serving>>, body: String) -> Result<Json<serde_json::Value>, ApiError> {
+async fn availability_batch(State(serving): State<Arc<Serving>>, headers: axum::http::HeaderMap, body: String) -> Result<Json<serde_json::Value>, ApiError> {
     let request: BatchRequest = serde_json::from_str(&body).map_err(|error| ApiError::BadRequest(format!("the body is not a batch of items: {error}")))?;
     if request.items.is_empty() || request.items.len() > MAX_BATCH {
         return Err(ApiError::BadRequest(format!("a batch has 1 to {MAX_BATCH} items, got {}", request.items.len())));
@@ -1071,7 +1090,7 @@ async fn availability_batch(State(serving): State<Arc<Serving>>, body: String) -
         .iter()
         .zip(answers)
         .map(|((sku, region, qty), answer)| {
-            serving.count(sku, region, *qty, &answer);
+            serving.answered("batch", request_id(&headers), sku, region, *qty, &answer);
             match answer {
                 Ok(answer) => serde_json::to_value(answer).expect("an answer serialises"),
                 Err(error) => error.body(),
@@ -1103,6 +1122,7 @@ fn parse_qty(text: Option<&String>) -> Result<i64, ApiError> {
               (status = 404, description = "The catalog does not know the SKU", body = openapi::ErrorBody)))]
 async fn availability(
     State(serving): State<Arc<Serving>>,
+    headers: axum::http::HeaderMap,
     Path(sku): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Availability>, ApiError> {
@@ -1112,13 +1132,14 @@ async fn availability(
         .filter(|region| !region.is_empty())
         .ok_or_else(|| ApiError::BadRequest("region is required, e.g. ?region=DE".to_string()))?;
     let answer = serving.availability(&sku, region, qty, serving.now()).await;
-    serving.count(&sku, region, qty, &answer);
+    serving.answered("availability", request_id(&headers), &sku, region, qty, &answer);
     answer.map(Json)
 }
 
 impl Serving {
-    /// Counts an answer (or its error) in the metrics, and logs it.
-    fn count(&self, sku: &str, region: &str, qty: i64, answer: &Result<Availability, ApiError>) {
+    /// Counts an answer (or its error) in the metrics, logs it, and records it in the decision
+    /// log (`kind`: `availability` or `batch`).
+    fn answered(&self, kind: &str, request_id: &str, sku: &str, region: &str, qty: i64, answer: &Result<Availability, ApiError>) {
         match answer {
             Ok(answer) => {
                 let decision = match answer.decision {
@@ -1131,6 +1152,9 @@ impl Serving {
                     self.metrics.degraded.inc();
                 }
                 tracing::debug!(sku, region, qty, decision, "answered");
+                if let Some(log) = self.decisions.as_ref().filter(|log| log.samples()) {
+                    log.record(decision_record(kind, request_id, self.now(), answer));
+                }
             }
             Err(error) => {
                 self.metrics.errors.with_label_values(&[error.code()]).inc();
@@ -1138,6 +1162,34 @@ impl Serving {
             }
         }
     }
+}
+
+/// An answer as the decision log keeps it.
+fn decision_record(kind: &str, request_id: &str, at: Millis, answer: &Availability) -> sellable_core::DecisionRecord {
+    let json = |value: serde_json::Value| value.to_string();
+    let reasons: Vec<&String> = answer.reasons.iter().chain(&answer.degraded_reasons).collect();
+    sellable_core::DecisionRecord {
+        at,
+        request_id: request_id.to_string(),
+        kind: kind.to_string(),
+        sku: answer.sku.clone(),
+        region: answer.region.clone(),
+        qty: answer.qty,
+        decision: serde_json::to_value(answer.decision).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        units: answer.units,
+        grade: answer.grade.as_str().to_string(),
+        reasons: json(serde_json::json!(reasons)),
+        options: json(serde_json::json!(answer.options)),
+        rules_fired: json(serde_json::json!(answer.rules_fired)),
+        batch_view: answer.versions.batch_view.clone(),
+        model: answer.versions.model.clone(),
+        ruleset: answer.versions.ruleset.clone(),
+    }
+}
+
+/// The id `harden` gave the request (its `x-request-id`).
+fn request_id(headers: &axum::http::HeaderMap) -> &str {
+    headers.get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or("")
 }
 
 /// What `GET /readyz` says: whether answers can be given now, and at which grade at best.

@@ -211,6 +211,7 @@ pub async fn create(State(serving): State<Arc<Serving>>, headers: HeaderMap, bod
             let keep = ttl_s * 1000 + RETAIN_MS;
             let record = serde_json::to_string(&answer).map_err(|error| ApiError::internal("writing a reservation's record", error))?;
             holds.record(&id, &record, keep).await.map_err(unavailable)?;
+            log_lines(&serving, &headers, &id, &request, &answer);
             Ok(response)
         }
         Err(error) => {
@@ -218,6 +219,45 @@ pub async fn create(State(serving): State<Arc<Serving>>, headers: HeaderMap, bod
             let _ = holds.forget(&id).await;
             Err(error)
         }
+    }
+}
+
+/// The lines of a reservation's first answer into the decision log: `held` on a 201 (with where
+/// they were taken), else `short` (with the units available) or `not_taken`.
+fn log_lines(serving: &Serving, headers: &HeaderMap, id: &str, request: &ReservationRequest, answer: &Answer) {
+    let Some(log) = serving.decisions() else { return };
+    let at = serving.now();
+    let request_id = headers.get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or("");
+    let batch_view = serving.epoch().batch.version.clone();
+    let model = serving.models.current().map(|model| model.version().to_string());
+    let ruleset = serving.rules.current().map(|rules| format!("{}@{}", rules.name, rules.version));
+    let lines = answer.body["lines"].as_array().cloned().unwrap_or_default();
+    for (index, line) in request.lines.iter().enumerate() {
+        let (decision, units, options) = if answer.status == 201 {
+            ("held", line.qty, lines.get(index).map(|held| held["taken"].clone()).unwrap_or_default())
+        } else {
+            match lines.iter().find(|short| short["line"].as_u64() == Some(index as u64)) {
+                Some(short) => ("short", 0, serde_json::json!({ "available": short["available"] })),
+                None => ("not_taken", 0, serde_json::Value::Null),
+            }
+        };
+        log.record(sellable_core::DecisionRecord {
+            at,
+            request_id: request_id.to_string(),
+            kind: "reservation".to_string(),
+            sku: line.sku.clone(),
+            region: line.region.clone().or_else(|| line.node.clone()).unwrap_or_default(),
+            qty: line.qty,
+            decision: decision.to_string(),
+            units,
+            grade: String::new(),
+            reasons: serde_json::json!([format!("reservation {id}: {}", answer.status)]).to_string(),
+            options: options.to_string(),
+            rules_fired: "[]".to_string(),
+            batch_view: batch_view.clone(),
+            model: model.clone(),
+            ruleset: ruleset.clone(),
+        });
     }
 }
 

@@ -42,7 +42,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         eprintln!("demo: {} events are still in flight; each is folded when its arrival time comes", in_flight.len());
         spawn_live_feed(speed.clone(), in_flight);
     }
-    let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, serve::Writes::default()).await?;
+    let lake = Arc::new(lake);
+    let writes = serve::Writes { decisions: serve::decision_log(&lake, &Default::default())?, ..Default::default() };
+    let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, writes).await?;
     let example = example_request(&lake, &serving).await;
     serve::serve(serving, serve::Front { listen: args.listen, example, door: Default::default() }).await
 }
@@ -66,7 +68,7 @@ async fn live(args: &DemoArgs, url: &str, lake: Lake, models: Arc<sellable_servi
     forget_previous_demo(&config).await?;
     let epoch = sellable_lifecycle::start(&lake, &config).await?;
     let clock = sellable_serving::Clock::Scaled { wall: chrono::Utc::now().timestamp_millis(), start: cutoff, speed: args.replay_speed };
-    let serving = serve::load_serving_with_clock(&lake, epoch.speed.clone(), args.rules.book()?, models, run::writes(&config).await?, clock).await?;
+    let serving = serve::load_serving_with_clock(&lake, epoch.speed.clone(), args.rules.book()?, models, run::writes(&config, &lake, &Default::default()).await?, clock).await?;
     eprintln!(
         "demo: replaying the last day's {} events at {}x (one simulated hour every {:.0} s), a cutover every {} simulated hours",
         later.len(),

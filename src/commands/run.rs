@@ -60,7 +60,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             let speed = sellable_lifecycle::epoch_speed(&config, cutoff).await?;
             wait_published(&speed, cutoff).await;
             let models = serve::model_book(&args.models.models, None)?;
-            let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, writes(&config).await?).await?;
+            let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, writes(&config, &lake, &crate::config::loaded().serve.decisions).await?).await?;
             sellable_lifecycle::follow(lake.clone(), serving.clone(), config, Duration::from_secs(1));
             serve::serve(serving, serve::Front::configured(args.listen)).await
         }
@@ -71,7 +71,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             let epoch = sellable_lifecycle::start(&lake, &config).await?;
             eprintln!("run: epoch of cutoff {} caught up", format_millis(epoch.cutoff));
             let models = serve::model_book(&args.models.models, None)?;
-            let serving = serve::load_serving(&lake, epoch.speed.clone(), args.rules.book()?, models, writes(&config).await?).await?;
+            // only a process that answers requests logs decisions
+            let decisions = sellable_serving::decisions::DecisionLogConfig { enabled: args.role == Role::All, ..crate::config::loaded().serve.decisions };
+            let serving = serve::load_serving(&lake, epoch.speed.clone(), args.rules.book()?, models, writes(&config, &lake, &decisions).await?).await?;
             let every = Duration::from_secs_f64(args.nightly_every);
             if args.role == Role::All {
                 return serve_loop(lake, serving, config, epoch, every, serve::Front::configured(args.listen)).await;
@@ -87,11 +89,12 @@ pub async fn run(args: &RunArgs) -> Result<()> {
 }
 
 /// Where the serving processes of `config` write: the ingestion stream `POST /v1/events` (and a
-/// confirmed reservation) appends to, and the reservations' holds in the base namespace.
-pub async fn writes(config: &LifecycleConfig) -> Result<serve::Writes> {
+/// confirmed reservation) appends to, the reservations' holds in the base namespace, and the
+/// decision log of `decisions` into `lake`.
+pub async fn writes(config: &LifecycleConfig, lake: &Arc<sellable_batch::Lake>, decisions: &sellable_serving::decisions::DecisionLogConfig) -> Result<serve::Writes> {
     let intake: Arc<dyn EventIntake> = Arc::new(sellable_speed::stream::StreamIntake::new(&config.url, &config.stream)?);
     let holds = sellable_speed::holds::RedisHolds::connect(&config.url, &config.namespace).await?;
-    Ok(serve::Writes { intake: Some(intake), holds: Some(Arc::new(holds)) })
+    Ok(serve::Writes { intake: Some(intake), holds: Some(Arc::new(holds)), decisions: serve::decision_log(lake, decisions)? })
 }
 
 /// Every role in one process: the archiver (its lag in `serving`'s metrics), the nightly

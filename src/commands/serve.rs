@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use sellable_batch::Lake;
 use sellable_core::{EventIntake, FoldConfig};
 use sellable_models::Registry;
+use sellable_serving::decisions::{DecisionLog, DecisionLogConfig};
 use sellable_serving::door::{DoorConfig, KeyEntry, Scope};
 use sellable_serving::{Clock, ModelBook, ModelStatus, RuleBook, Serving};
 use sellable_speed::{CatchUpSource, SpeedView};
@@ -26,6 +27,7 @@ pub async fn run(args: &ServeArgs) -> Result<()> {
         }
         writes.holds = Some(Arc::new(sellable_speed::holds::RedisHolds::connect(url, &args.redis.namespace).await?));
     }
+    writes.decisions = decision_log(&lake, &crate::config::loaded().serve.decisions)?;
     let serving = load_serving(&lake, speed, args.rules.book()?, models, writes).await?;
     serve(serving, Front::configured(args.listen)).await
 }
@@ -61,12 +63,25 @@ fn batch_rows(lake: Arc<Lake>) -> sellable_speed::BatchRows {
     })
 }
 
-/// Where a server writes: the ingestion stream `POST /v1/events` appends to, and the hold store
-/// of reservations (without one, `POST /v1/reservations` answers 503).
+/// Where a server writes: the ingestion stream `POST /v1/events` appends to, the hold store of
+/// reservations (without one, `POST /v1/reservations` answers 503), and the decision log.
 #[derive(Default)]
 pub struct Writes {
     pub intake: Option<Arc<dyn EventIntake>>,
     pub holds: Option<Arc<dyn sellable_core::holds::HoldStore>>,
+    /// Where every answer is logged (the lake's `decisions`, through a local spill directory).
+    pub decisions: Option<Arc<DecisionLog>>,
+}
+
+/// The decision log of `config` into `lake`'s `decisions`, its spill directory `config.spill` or
+/// `decisions.spill` in the lake's directory; none when it is disabled.
+pub fn decision_log(lake: &Arc<Lake>, config: &DecisionLogConfig) -> Result<Option<Arc<DecisionLog>>> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let spill = config.spill.clone().unwrap_or_else(|| lake.root().join("decisions.spill"));
+    let log = DecisionLog::start(&spill, lake.clone(), config.clone()).with_context(|| format!("starting the decision log in {}", spill.display()))?;
+    Ok(Some(log))
 }
 
 /// The model registry's live version for serving, watched for promotions and rollbacks.
@@ -124,6 +139,9 @@ pub async fn load_serving_with_clock(
     if let Some(holds) = writes.holds {
         serving = serving.with_holds(holds);
     }
+    if let Some(decisions) = writes.decisions {
+        serving = serving.with_decisions(decisions);
+    }
     let serving = Arc::new(serving);
     // before the first answer, not a second later: the batch view alone looks a day old (a
     // speed view that cannot be read now is said in the answers)
@@ -174,10 +192,15 @@ pub async fn serve(serving: Arc<Serving>, front: Front) -> Result<()> {
         eprintln!("\n  curl -s{header} 'http://{address}{path}'\n\nCtrl-C stops.");
     }
     let limits = door.limits().clone();
-    let router = serving.guarded(door);
+    let router = serving.clone().guarded(door);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("serve: stopping");
     };
-    sellable_serving::door::serve_connections(listener, router, &limits, shutdown).await.context("serving")
+    let served = sellable_serving::door::serve_connections(listener, router, &limits, shutdown).await.context("serving");
+    // what the decision log holds goes to the lake, or stays in its spill directory for the next start
+    if let Some(log) = serving.decisions() {
+        log.close(std::time::Duration::from_secs(10)).await;
+    }
+    served
 }

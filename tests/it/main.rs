@@ -15,6 +15,7 @@ use sellable_serving::{Availability, ModelBook, Serving};
 use sellable_speed::{catch_up, CatchUpSource, SpeedView};
 
 mod contract;
+mod decisions;
 mod reservations;
 
 /// The API key the `sellable` processes of these tests admit (every scope), set by the

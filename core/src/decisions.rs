@@ -1,0 +1,52 @@
+//! The decision log's record and the store it ends in. Serving records every answer it gives
+//! (an availability answer, a batch item, a reservation line) with what explains it; the log
+//! keeps records in numbered segments on local disk first and appends each segment to the store
+//! (the lake) whole, recording the segment's number with the data, so a segment replayed after a
+//! crash is never appended twice.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Millis;
+use crate::view::{BoxFuture, ViewError};
+
+/// One decision as the log keeps it. The lists (reasons, options, rules fired) are JSON text, as
+/// the API answered them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// When it was answered, by the server's clock (milliseconds since the epoch).
+    pub at: Millis,
+    /// The request's id (`x-request-id`).
+    pub request_id: String,
+    /// `availability`, `batch` or `reservation`.
+    pub kind: String,
+    pub sku: String,
+    pub region: String,
+    pub qty: i64,
+    /// `promise` or `deny`; for a reservation line `held` or `short`.
+    pub decision: String,
+    /// Units promised (or held).
+    pub units: i64,
+    /// `fresh`, `bounded_stale`, `conservative` or `unavailable`; empty for a reservation line.
+    pub grade: String,
+    /// The answer's `reasons` and `degraded_reasons`, as a JSON array of text.
+    pub reasons: String,
+    /// The answer's ranked options with `p_fulfill` (or a reservation line's nodes), as JSON.
+    pub options: String,
+    /// The rules that fired, as JSON.
+    pub rules_fired: String,
+    pub batch_view: String,
+    pub model: Option<String>,
+    pub ruleset: Option<String>,
+}
+
+/// Where the decision log's segments end (the lake's `decisions` dataset).
+pub trait DecisionStore: Send + Sync {
+    /// The number of the last segment appended, if any.
+    fn last_segment(&self) -> BoxFuture<'_, Result<Option<u64>, ViewError>>;
+
+    /// Appends `records` and records `segment` with them, atomically: both or neither.
+    fn append_segment<'a>(&'a self, records: &'a [DecisionRecord], segment: u64) -> BoxFuture<'a, Result<(), ViewError>>;
+
+    /// Drops the records answered before `before`; how many.
+    fn drop_before(&self, before: Millis) -> BoxFuture<'_, Result<u64, ViewError>>;
+}
