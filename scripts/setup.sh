@@ -2,7 +2,8 @@
 # Installs what a fresh machine lacks to build and run sellable; does nothing that is already done.
 #   - system packages (apt-get, only when missing): protoc for lance, libclang for bindgen, redis
 #   - XGBoost 3.4.1 as a shared library from the xgboost-cpu wheel on PyPI, into .deps/xgboost
-#   - schemathesis (the contract test of the REST API) into the virtual environment .deps/venv
+#   - the Python clients of the tests (schemathesis, pyarrow, the ADBC Flight SQL driver) into the
+#     virtual environment .deps/venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,14 +46,18 @@ if [ ! -e "$XGB_LIB/libxgboost.so.3" ]; then
 fi
 
 # The Python clients of the tests, in a virtual environment of the project's own: schemathesis
-# checks the REST API against its OpenAPI document.
+# checks the REST API against its OpenAPI document; pyarrow and the ADBC Flight SQL driver query
+# the Flight SQL server as analysts do.
 VENV=.deps/venv
-if [ ! -x "$VENV/bin/st" ]; then
-  echo "setup: installing schemathesis 4.32.5 into $VENV"
+PYTHON_CLIENTS="schemathesis==4.32.5 pyarrow==22.0.0 adbc-driver-manager==1.9.0 adbc-driver-flightsql==1.9.0"
+if [ "$(cat "$VENV/.clients" 2>/dev/null)" != "$PYTHON_CLIENTS" ]; then
+  echo "setup: installing $PYTHON_CLIENTS into $VENV"
   python3 -m venv "$VENV" 2>/dev/null || {
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
     $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$VENV"
   }
-  "$VENV/bin/pip" install -q --disable-pip-version-check schemathesis==4.32.5
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install -q --disable-pip-version-check $PYTHON_CLIENTS
+  echo "$PYTHON_CLIENTS" > "$VENV/.clients"
 fi

@@ -520,6 +520,10 @@ pub struct ServeArgs {
     /// Address of the REST API [config: serve.listen].
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Also serve Arrow Flight SQL over the lake's tables on this address, for analysts (ADBC,
+    /// pyarrow; docs/analytics.md) [config: serve.analytics.listen].
+    #[arg(long)]
+    pub flight: Option<SocketAddr>,
 }
 
 /// What a `sellable run` process does.

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sellable_core::{FoldConfig, Millis};
+use sellable_analytics::AnalyticsConfig;
 use sellable_serving::decisions::DecisionLogConfig;
 use sellable_serving::door::{DoorConfig, KeyEntry, Limits};
 
@@ -102,6 +103,8 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// The decision log (docs/analytics.md).
     pub decisions: DecisionLogConfig,
+    /// The Flight SQL server of `sellable serve` (docs/analytics.md).
+    pub analytics: AnalyticsConfig,
 }
 
 impl Default for ServeConfig {
@@ -115,6 +118,7 @@ impl Default for ServeConfig {
             hosts: door.hosts,
             limits: door.limits,
             decisions: DecisionLogConfig::default(),
+            analytics: AnalyticsConfig::default(),
         }
     }
 }
@@ -240,6 +244,7 @@ impl Config {
         }
         problems.extend(self.serve.door().problems());
         problems.extend(self.serve.decisions.problems());
+        problems.extend(self.serve.analytics.problems());
         if let Some(url) = self.redis.url.as_deref().filter(|url| !url.split(',').all(|url| url.trim().starts_with("redis://") || url.trim().starts_with("rediss://"))) {
             problems.push(format!("redis.url = {url:?}: expected redis://HOST:PORT (commas between the nodes of a cluster)"));
         }
@@ -259,6 +264,7 @@ impl Config {
         defaults.extend(self.lake.dedup_window_ms.map(|window| ("dedup_window_ms", window.to_string())));
         defaults.extend(self.redis.url.clone().map(|url| ("redis", url)));
         defaults.extend(self.serve.rules.as_ref().map(|rules| ("rules", rules.display().to_string())));
+        defaults.extend(self.serve.analytics.listen.map(|flight| ("flight", flight.to_string())));
         defaults
     }
 }

@@ -100,6 +100,18 @@ impl ViewLineage {
     }
 }
 
+/// The tables of [`Lake::analytics_session`] and their datasets: the events, the catalog, the
+/// batch view, the features, the decision log, and the training set's orders with their labels.
+pub const ANALYTICS_TABLES: [(&str, &str); 7] = [
+    ("events", EVENTS),
+    ("skus", SKUS),
+    ("nodes", NODES),
+    ("batch_view", BATCH_VIEW),
+    ("features", features::FEATURES),
+    ("decisions", decisions::DECISIONS),
+    ("orders", trainset::TRAINSET),
+];
+
 /// Rows per batch written to Lance.
 const WRITE_BATCH: usize = 65_536;
 
@@ -366,6 +378,26 @@ impl Lake {
             Err(error) => return Err(error),
         }
         Ok(context)
+    }
+
+    /// A session over the tables analysts query, each the newest version of its dataset (those
+    /// the lake has, by table name), its queries holding their memory in `pool`.
+    pub async fn analytics_session(&self, pool: Arc<dyn MemoryPool>) -> Result<(SessionContext, Vec<&'static str>), BatchError> {
+        let runtime = RuntimeEnvBuilder::new().with_memory_pool(pool).build_arc()?;
+        let context = SessionContext::new_with_config_rt(SessionConfig::new().with_target_partitions(2), runtime);
+        let mut tables = Vec::new();
+        for (table, dataset) in ANALYTICS_TABLES {
+            match self.dataset(dataset, "").await {
+                Ok(found) => {
+                    context.register_table(table, Arc::new(lance::datafusion::LanceTableProvider::new(Arc::new(found), false, false)))?;
+                    tables.push(table);
+                }
+                // not there yet, or its first version being written now
+                Err(BatchError::Missing(..) | BatchError::Lance { source: lance::Error::DatasetNotFound { .. }, .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok((context, tables))
     }
 
     /// Computes the events known at `asof` (deduplicated, not too late) once: every part of the

@@ -34,6 +34,8 @@ pub struct DecisionRecord {
     pub options: String,
     /// The rules that fired, as JSON.
     pub rules_fired: String,
+    /// The names of the rules that fired, `|` between them (for `string_to_array`).
+    pub rules: String,
     pub batch_view: String,
     pub model: Option<String>,
     pub ruleset: Option<String>,

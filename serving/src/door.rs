@@ -247,10 +247,37 @@ impl DoorConfig {
 }
 
 /// A key as the door checks it.
-struct Key {
-    name: String,
-    scopes: Vec<Scope>,
+pub struct Key {
+    pub name: String,
+    pub scopes: Vec<Scope>,
     digest: [u8; 32],
+}
+
+/// The configured keys, as digests: what a presented key is checked against (the REST door and
+/// the Flight SQL server).
+pub struct KeyRing {
+    keys: Vec<Key>,
+}
+
+impl KeyRing {
+    /// The keys of `entries` (checked with [`DoorConfig::problems`] first: a digest that is not
+    /// SHA-256 is skipped).
+    pub fn new(entries: &[KeyEntry]) -> KeyRing {
+        let keys = entries.iter().filter_map(|key| Some(Key { name: key.name.clone(), scopes: key.scopes.clone(), digest: unhex(&key.sha256)? })).collect();
+        KeyRing { keys }
+    }
+
+    /// The key `presented` is, compared with every configured digest in constant time.
+    pub fn find(&self, presented: &str) -> Option<&Key> {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for key in &self.keys {
+            if bool::from(key.digest.ct_eq(&presented)) {
+                found = Some(key);
+            }
+        }
+        found
+    }
 }
 
 type RateLimiter = governor::DefaultKeyedRateLimiter<String>;
@@ -258,7 +285,7 @@ type RateLimiter = governor::DefaultKeyedRateLimiter<String>;
 /// The door's state, shared by every request.
 pub struct Door {
     config: Arc<DoorConfig>,
-    keys: Vec<Key>,
+    keys: KeyRing,
     open: Vec<String>,
     hosts: Option<Vec<String>>,
     limits: Limits,
@@ -276,11 +303,7 @@ impl Door {
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
-        let keys = config
-            .keys
-            .iter()
-            .map(|key| Key { name: key.name.clone(), scopes: key.scopes.clone(), digest: unhex(&key.sha256).expect("checked above") })
-            .collect();
+        let keys = KeyRing::new(&config.keys);
         let rate = std::num::NonZeroU32::new(config.limits.rate_per_key).map(|rate| governor::RateLimiter::keyed(governor::Quota::per_second(rate)));
         let hosts = (!config.hosts.iter().any(|host| host == "*")).then(|| config.hosts.iter().map(|host| host.to_ascii_lowercase()).collect());
         Ok(Door {
@@ -332,15 +355,7 @@ impl Door {
             .map(str::trim)
             .filter(|token| !token.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be `Bearer KEY`".to_string()))?;
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // every key is compared, in constant time, whichever matches
-        let mut found = None;
-        for key in &self.keys {
-            if bool::from(key.digest.ct_eq(&presented)) {
-                found = Some(key);
-            }
-        }
-        found.ok_or_else(|| ApiError::Unauthorized("the API key is not known".to_string()))
+        self.keys.find(token).ok_or_else(|| ApiError::Unauthorized("the API key is not known".to_string()))
     }
 
     fn timeout(&self, scope: Scope) -> Duration {

@@ -1181,6 +1181,7 @@ fn decision_record(kind: &str, request_id: &str, at: Millis, answer: &Availabili
         reasons: json(serde_json::json!(reasons)),
         options: json(serde_json::json!(answer.options)),
         rules_fired: json(serde_json::json!(answer.rules_fired)),
+        rules: answer.rules_fired.iter().map(|fired| fired.rule.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("|"),
         batch_view: answer.versions.batch_view.clone(),
         model: answer.versions.model.clone(),
         ruleset: answer.versions.ruleset.clone(),

@@ -254,6 +254,7 @@ fn log_lines(serving: &Serving, headers: &HeaderMap, id: &str, request: &Reserva
             reasons: serde_json::json!([format!("reservation {id}: {}", answer.status)]).to_string(),
             options: options.to_string(),
             rules_fired: "[]".to_string(),
+            rules: String::new(),
             batch_view: batch_view.clone(),
             model: model.clone(),
             ruleset: ruleset.clone(),

@@ -46,7 +46,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let writes = serve::Writes { decisions: serve::decision_log(&lake, &Default::default())?, ..Default::default() };
     let serving = serve::load_serving(&lake, speed, args.rules.book()?, models, writes).await?;
     let example = example_request(&lake, &serving).await;
-    serve::serve(serving, serve::Front { listen: args.listen, example, door: Default::default() }).await
+    serve::serve(serving, serve::Front { listen: args.listen, example, door: Default::default(), analytics: None }).await
 }
 
 /// The living demo: `sellable run`'s loop on Redis, its clock running `--replay-speed` times
@@ -79,7 +79,7 @@ async fn live(args: &DemoArgs, url: &str, lake: Lake, models: Arc<sellable_servi
     spawn_replay(url.to_string(), config.stream.clone(), later, clock);
     let every = std::time::Duration::from_secs_f64(args.nightly_every * 3_600.0 / args.replay_speed);
     let example = example_request(&lake, &serving).await;
-    run::serve_loop(lake, serving, config, epoch, every, serve::Front { listen: args.listen, example, door: Default::default() }).await
+    run::serve_loop(lake, serving, config, epoch, every, serve::Front { listen: args.listen, example, door: Default::default(), analytics: None }).await
 }
 
 /// Drops what an earlier living demo left in Redis: its stream (and the groups on it) and every

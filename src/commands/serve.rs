@@ -29,7 +29,8 @@ pub async fn run(args: &ServeArgs) -> Result<()> {
     }
     writes.decisions = decision_log(&lake, &crate::config::loaded().serve.decisions)?;
     let serving = load_serving(&lake, speed, args.rules.book()?, models, writes).await?;
-    serve(serving, Front::configured(args.listen)).await
+    let front = Front { analytics: args.flight.map(|address| (address, lake.clone())), ..Front::configured(args.listen) };
+    serve(serving, front).await
 }
 
 /// The store to serve from, holding the lake's batch view (published into it) and the speed
@@ -158,19 +159,21 @@ pub struct Front {
     pub example: Option<String>,
     /// The door (the configuration's `[serve]` for every command but `demo`).
     pub door: DoorConfig,
+    /// Where Flight SQL is served over which lake, if it is (the door's keys admit its clients).
+    pub analytics: Option<(SocketAddr, Arc<Lake>)>,
 }
 
 impl Front {
     /// On `listen`, behind the configuration's door, with no example.
     pub fn configured(listen: SocketAddr) -> Front {
-        Front { listen, example: None, door: crate::config::loaded().serve.door() }
+        Front { listen, example: None, door: crate::config::loaded().serve.door(), analytics: None }
     }
 }
 
 /// Serves until Ctrl-C as `front` says. Without keys, the server makes one with every scope for
 /// itself and prints it once.
 pub async fn serve(serving: Arc<Serving>, front: Front) -> Result<()> {
-    let Front { listen, example, mut door } = front;
+    let Front { listen, example, mut door, analytics } = front;
     let mut made = None;
     if door.keys.is_empty() {
         let (key, entry) = KeyEntry::generate("local", Scope::ALL.to_vec());
@@ -192,12 +195,29 @@ pub async fn serve(serving: Arc<Serving>, front: Front) -> Result<()> {
         eprintln!("\n  curl -s{header} 'http://{address}{path}'\n\nCtrl-C stops.");
     }
     let limits = door.limits().clone();
+    let keys = door.config().keys.clone();
+    let (stop_flight, flight_stopped) = tokio::sync::watch::channel(false);
+    if let Some((address, lake)) = analytics {
+        let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("listening for Flight SQL on {address}"))?;
+        eprintln!("serve: Flight SQL on grpc://{} (the same API keys, scope read)", listener.local_addr()?);
+        let service = sellable_analytics::Analytics::new(lake, sellable_serving::door::KeyRing::new(&keys), &crate::config::loaded().serve.analytics);
+        let mut stopped = flight_stopped.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.changed().await;
+            };
+            if let Err(error) = sellable_analytics::serve(service, listener, shutdown).await {
+                eprintln!("serve: the Flight SQL server stopped: {error}");
+            }
+        });
+    }
     let router = serving.clone().guarded(door);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("serve: stopping");
     };
     let served = sellable_serving::door::serve_connections(listener, router, &limits, shutdown).await.context("serving");
+    let _ = stop_flight.send(true);
     // what the decision log holds goes to the lake, or stays in its spill directory for the next start
     if let Some(log) = serving.decisions() {
         log.close(std::time::Duration::from_secs(10)).await;

@@ -14,6 +14,7 @@ use sellable_core::{fold, Event, Fold, FoldConfig, Millis, NodeInfo};
 use sellable_serving::{Availability, ModelBook, Serving};
 use sellable_speed::{catch_up, CatchUpSource, SpeedView};
 
+mod analytics;
 mod contract;
 mod decisions;
 mod reservations;
