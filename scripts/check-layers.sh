@@ -21,6 +21,7 @@ sellable-speed   | sellable-core                             |
 sellable-serving | sellable-core sellable-dsl sellable-models | xgb
 sellable-bench   | sellable-core                             | redis reqwest datafusion lance
 sellable-lifecycle | sellable-core sellable-batch sellable-speed sellable-serving sellable-dsl sellable-models | xgb
+sellable-analytics | sellable-core sellable-batch sellable-serving sellable-dsl sellable-models | xgb redis
 TABLE
 
 # check CRATE: reads `cargo tree --prefix none --format {p}` lines of CRATE on stdin; prints
