@@ -8,6 +8,8 @@
 //! sent as `authorization: Bearer KEY`, or exchanged in the handshake for basic credentials
 //! (any user name, the key as the password).
 
+pub mod live;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,6 +102,8 @@ pub struct Analytics {
     prepared: Mutex<HashMap<String, Prepared>>,
     next: AtomicU64,
     info: SqlInfoData,
+    /// The store of the `live` table, if served.
+    live: Option<live::LiveSource>,
 }
 
 type FlightStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
@@ -113,7 +117,13 @@ impl Analytics {
         info.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
         info.append(SqlInfo::FlightSqlServerReadOnly, true);
         let info = info.build().expect("the server's SQL info is well formed");
-        Analytics { lake, keys, limits, prepared: Mutex::new(HashMap::new()), next: AtomicU64::new(1), info }
+        Analytics { lake, keys, limits, prepared: Mutex::new(HashMap::new()), next: AtomicU64::new(1), info, live: None }
+    }
+
+    /// Serves the table `live`: the merged view of the epoch `source` gives at each query.
+    pub fn with_live(mut self, source: live::LiveSource) -> Analytics {
+        self.live = Some(source);
+        self
     }
 
     /// The gRPC service, to serve with `tonic::transport::Server`.
@@ -133,17 +143,26 @@ impl Analytics {
         Ok(())
     }
 
-    /// A session of its own for one query, within the memory limit.
-    async fn session(&self) -> Result<SessionContext, Status> {
+    /// A session of its own for one query, within the memory limit: the lake's tables, and
+    /// `live` when it is served.
+    async fn open(&self) -> Result<(SessionContext, Vec<&'static str>), Status> {
         let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(self.limits.memory_bytes));
-        let (context, _) = self.lake.analytics_session(pool).await.map_err(|error| Status::internal(format!("opening the lake: {error}")))?;
-        Ok(context)
+        let (context, mut names) = self.lake.analytics_session(pool).await.map_err(|error| Status::internal(format!("opening the lake: {error}")))?;
+        if let Some(source) = &self.live {
+            let table = live::LiveTable::new(source.clone(), self.lake.clone());
+            context.register_table("live", Arc::new(table)).map_err(|error| Status::internal(error.to_string()))?;
+            names.push("live");
+        }
+        Ok((context, names))
     }
 
-    /// The tables of the lake with their schemas.
+    async fn session(&self) -> Result<SessionContext, Status> {
+        Ok(self.open().await?.0)
+    }
+
+    /// The tables with their schemas.
     async fn tables(&self) -> Result<Vec<(&'static str, SchemaRef)>, Status> {
-        let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(self.limits.memory_bytes));
-        let (context, names) = self.lake.analytics_session(pool).await.map_err(|error| Status::internal(format!("opening the lake: {error}")))?;
+        let (context, names) = self.open().await?;
         let mut tables = Vec::new();
         for name in names {
             let table = context.table_provider(name).await.map_err(|error| Status::internal(error.to_string()))?;

@@ -200,7 +200,9 @@ pub async fn serve(serving: Arc<Serving>, front: Front) -> Result<()> {
     if let Some((address, lake)) = analytics {
         let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("listening for Flight SQL on {address}"))?;
         eprintln!("serve: Flight SQL on grpc://{} (the same API keys, scope read)", listener.local_addr()?);
-        let service = sellable_analytics::Analytics::new(lake, sellable_serving::door::KeyRing::new(&keys), &crate::config::loaded().serve.analytics);
+        let epochs = serving.clone();
+        let live: sellable_analytics::live::LiveSource = Arc::new(move || epochs.epoch().speed.clone());
+        let service = sellable_analytics::Analytics::new(lake, sellable_serving::door::KeyRing::new(&keys), &crate::config::loaded().serve.analytics).with_live(live);
         let mut stopped = flight_stopped.clone();
         tokio::spawn(async move {
             let shutdown = async move {

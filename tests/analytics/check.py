@@ -25,7 +25,7 @@ def check(condition, what):
 connection = flight_sql.connect(uri, db_kwargs={adbc_driver_flightsql.DatabaseOptions.AUTHORIZATION_HEADER.value: f"Bearer {key}"})
 objects = connection.adbc_get_objects(depth="tables").read_all().to_pylist()
 tables = {t["table_name"] for c in objects for s in (c["catalog_db_schemas"] or []) for t in (s["db_schema_tables"] or [])}
-check(set(expected["counts"]) <= tables, f"schema discovery lists the tables {sorted(expected['counts'])} (got {sorted(tables)})")
+check(set(expected["counts"]) | {"live"} <= tables, f"schema discovery lists the tables {sorted(expected['counts'])} (got {sorted(tables)})")
 info = connection.adbc_get_info()
 check(info.get("vendor_name") == "sellable", f"GetSqlInfo names the server ({info.get('vendor_name')})")
 schema = connection.adbc_get_table_schema("events")
@@ -40,6 +40,17 @@ for table, count in expected["counts"].items():
 cursor.execute("SELECT COUNT(*) AS n, SUM(qty) AS q FROM events WHERE sku = ?", parameters=(expected["sku"],))
 n, q = cursor.fetchone()
 check((n, q) == (expected["sku_events"], expected["sku_qty"]), f"a prepared statement with a parameter: {expected['sku']} has {n} events, qty {q}")
+
+# the live table: the merged view per sku×node, read from Redis at query time
+cursor.execute("SELECT node, atp FROM live WHERE sku = ? ORDER BY node", parameters=(expected["sku"],))
+live = {node: atp for node, atp in cursor.fetchall()}
+check(live == expected["live"], f"live: {expected['sku']} per node as the fold of the lake's events ({live})")
+cursor.execute("SELECT COUNT(*) FROM live")
+rows = cursor.fetchone()[0]
+check(rows == expected["live_rows"], f"live: every sku×node of the catalog ({rows})")
+cursor.execute(f"EXPLAIN SELECT atp FROM live WHERE sku = '{expected['sku']}'")
+plan = " ".join(str(row) for row in cursor.fetchall())
+check("FilterExec" not in plan, "live: the filter on sku is pushed into the read (no filter left in the plan)")
 
 # a streamed answer of over a million rows, read batch by batch
 repeat = expected["repeat"]

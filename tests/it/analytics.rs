@@ -73,6 +73,9 @@ async fn analysts_query_every_table_over_flight_sql() {
         entry.1 += event.qty;
     }
     let sku = events[0].sku.clone();
+    // the merged view serving answers from equals the core fold of every event the lake holds
+    let folded = sellable_core::fold(&events, sellable_core::FoldConfig::default()).states;
+    let live: BTreeMap<String, i64> = folded.iter().filter(|((at, _), _)| *at == sku).map(|((_, node), state)| (node.clone(), state.atp())).collect();
     let expected = serde_json::json!({
         "counts": counts,
         "sku": sku,
@@ -82,8 +85,11 @@ async fn analysts_query_every_table_over_flight_sql() {
         "skus_with_events": by_sku.len(),
         "repeat": 1_000_000 / events.len() + 1,
         "decisions": decisions,
+        "live": live,
+        "live_rows": folded.len(),
     });
     assert!(counts.contains_key("decisions") && counts.contains_key("features") && counts.contains_key("batch_view"), "{counts:?}");
+    assert!(!live.is_empty());
     // the worked queries of the docs are the ones the client runs
     let docs = std::fs::read_to_string(root.join("docs/analytics.md")).unwrap();
     let queries: BTreeMap<String, String> = serde_json::from_str(&std::fs::read_to_string(root.join("tests/analytics/queries.json")).unwrap()).unwrap();
