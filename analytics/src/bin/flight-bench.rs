@@ -21,11 +21,8 @@ struct Run {
     seconds: f64,
 }
 
-async fn over_flight(client: &mut FlightSqlServiceClient<tonic::transport::Channel>, sql: &str) -> Run {
-    let started = Instant::now();
-    let info = client.execute(sql.to_string(), None).await.expect("the query plans");
-    let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
-    let mut stream = client.do_get(ticket).await.expect("the answer starts");
+/// Reads a stream of batches to its end, counting, from `started`.
+async fn drain<E: std::fmt::Debug>(mut stream: impl futures::Stream<Item = Result<arrow_array::RecordBatch, E>> + Unpin, started: Instant) -> Run {
     let (mut rows, mut bytes) = (0, 0);
     while let Some(batch) = stream.next().await {
         let batch = batch.expect("a batch");
@@ -35,17 +32,17 @@ async fn over_flight(client: &mut FlightSqlServiceClient<tonic::transport::Chann
     Run { rows, bytes, seconds: started.elapsed().as_secs_f64() }
 }
 
+async fn over_flight(client: &mut FlightSqlServiceClient<tonic::transport::Channel>, sql: &str) -> Run {
+    let started = Instant::now();
+    let info = client.execute(sql.to_string(), None).await.expect("the query plans");
+    let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
+    drain(client.do_get(ticket).await.expect("the answer starts"), started).await
+}
+
 async fn in_process(lake: &Lake, sql: &str) -> Run {
     let started = Instant::now();
     let (context, _) = lake.analytics_session(Arc::new(FairSpillPool::new(512 << 20))).await.expect("the lake opens");
-    let mut stream = context.sql(sql).await.expect("the query plans").execute_stream().await.expect("the query runs");
-    let (mut rows, mut bytes) = (0, 0);
-    while let Some(batch) = stream.next().await {
-        let batch = batch.expect("a batch");
-        rows += batch.num_rows() as u64;
-        bytes += batch.get_array_memory_size() as u64;
-    }
-    Run { rows, bytes, seconds: started.elapsed().as_secs_f64() }
+    drain(context.sql(sql).await.expect("the query plans").execute_stream().await.expect("the query runs"), started).await
 }
 
 #[tokio::main]
@@ -92,7 +89,6 @@ async fn main() {
             local.seconds,
             ratio
         );
-        let _ = local.bytes;
     }
     println!("ratio: in-process time / Flight time (1.00x: the protocol costs nothing)");
 }
