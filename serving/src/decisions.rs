@@ -24,6 +24,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sellable_core::{DecisionRecord, DecisionStore, Millis};
+
+use crate::Availability;
 use serde::{Deserialize, Serialize};
 
 /// How the decision log keeps what it is given; `[serve.decisions]` of the configuration file.
@@ -66,6 +68,46 @@ impl DecisionLogConfig {
     }
 }
 
+/// What a request hands the log: a record, or an answer the log's thread makes one of (its JSON
+/// is encoded there, off the request).
+pub enum Entry {
+    Answer { kind: &'static str, request_id: String, at: Millis, answer: Box<Availability> },
+    Record(Box<DecisionRecord>),
+}
+
+impl Entry {
+    fn into_record(self) -> DecisionRecord {
+        match self {
+            Entry::Answer { kind, request_id, at, answer } => decision_record(kind, &request_id, at, &answer),
+            Entry::Record(record) => *record,
+        }
+    }
+}
+
+/// An answer as the decision log keeps it.
+fn decision_record(kind: &str, request_id: &str, at: Millis, answer: &Availability) -> sellable_core::DecisionRecord {
+    let json = |value: serde_json::Value| value.to_string();
+    let reasons: Vec<&String> = answer.reasons.iter().chain(&answer.degraded_reasons).collect();
+    sellable_core::DecisionRecord {
+        at,
+        request_id: request_id.to_string(),
+        kind: kind.to_string(),
+        sku: answer.sku.clone(),
+        region: answer.region.clone(),
+        qty: answer.qty,
+        decision: serde_json::to_value(answer.decision).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        units: answer.units,
+        grade: answer.grade.as_str().to_string(),
+        reasons: json(serde_json::json!(reasons)),
+        options: json(serde_json::json!(answer.options)),
+        rules_fired: json(serde_json::json!(answer.rules_fired)),
+        rules: answer.rules_fired.iter().map(|fired| fired.rule.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("|"),
+        batch_view: answer.versions.batch_view.clone(),
+        model: answer.versions.model.clone(),
+        ruleset: answer.versions.ruleset.clone(),
+    }
+}
+
 /// The log's counters, in the server's metrics.
 #[derive(Clone)]
 struct Counters {
@@ -99,7 +141,7 @@ impl Counters {
 
 pub struct DecisionLog {
     config: DecisionLogConfig,
-    sender: Mutex<Option<mpsc::SyncSender<DecisionRecord>>>,
+    sender: Mutex<Option<mpsc::SyncSender<Entry>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     uploader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stop: Arc<tokio::sync::Notify>,
@@ -186,7 +228,7 @@ impl DecisionLog {
 
     /// Hands `record` to the log; never waits. Counted as lost if the queue is full or the log
     /// is closed.
-    pub fn record(&self, record: DecisionRecord) {
+    pub fn record(&self, record: Entry) {
         let sender = self.sender.lock().expect("decision log lock poisoned; this is a bug");
         let kept = sender.as_ref().is_some_and(|sender| sender.try_send(record).is_ok());
         if kept {
@@ -228,7 +270,8 @@ impl DecisionLog {
         let stored = self.store.last_segment().await?.unwrap_or(0);
         for (number, path) in closed {
             if number > stored {
-                let records = self.read_segment(&path)?;
+                let (reading, torn) = (path.clone(), self.counters.torn.clone());
+                let records = tokio::task::spawn_blocking(move || read_segment(&reading, &torn)).await??;
                 if !records.is_empty() {
                     self.store.append_segment(&records, number).await?;
                     self.counters.stored.inc_by(records.len() as u64);
@@ -240,18 +283,19 @@ impl DecisionLog {
         Ok(())
     }
 
-    /// A closed segment's records; a line that does not read back (the last one of a segment a
-    /// crash cut) is counted and skipped.
-    fn read_segment(&self, path: &Path) -> std::io::Result<Vec<DecisionRecord>> {
-        let mut records = Vec::new();
-        for line in std::io::BufReader::new(std::fs::File::open(path)?).lines() {
-            match serde_json::from_str(&line?) {
-                Ok(record) => records.push(record),
-                Err(_) => self.counters.torn.inc(),
-            }
+}
+
+/// A closed segment's records; a line that does not read back (the last one of a segment a crash
+/// cut) is counted in `torn` and skipped.
+fn read_segment(path: &Path, torn: &prometheus::IntCounter) -> std::io::Result<Vec<DecisionRecord>> {
+    let mut records = Vec::new();
+    for line in std::io::BufReader::new(std::fs::File::open(path)?).lines() {
+        match serde_json::from_str(&line?) {
+            Ok(record) => records.push(record),
+            Err(_) => torn.inc(),
         }
-        Ok(records)
     }
+    Ok(records)
 }
 
 /// Every second, the closed segments into the store; every hour, the old records out of it.
@@ -281,7 +325,7 @@ async fn upload_loop(log: Arc<DecisionLog>, stop: Arc<tokio::sync::Notify>) {
 /// The writer thread: records into segment files, flushed every 100 ms, a segment closed every
 /// `segment_ms` (and at the end). Numbers grow from `last` and from the clock, so a segment is
 /// never numbered at or below one the store holds.
-fn write_segments(dir: &Path, receiver: mpsc::Receiver<DecisionRecord>, last: u64, segment_ms: Duration) {
+fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, last: u64, segment_ms: Duration) {
     let number = |previous: u64| previous.max(now_millis() as u64 * 1_000) + 1;
     let mut current: Option<(u64, std::io::BufWriter<std::fs::File>, Instant)> = None;
     let mut previous = last;
@@ -311,7 +355,7 @@ fn write_segments(dir: &Path, receiver: mpsc::Receiver<DecisionRecord>, last: u6
                     }
                 }
                 let (_, file, _) = current.as_mut().expect("opened above");
-                let line = serde_json::to_string(&record).expect("a record serialises");
+                let line = serde_json::to_string(&record.into_record()).expect("a record serialises");
                 if let Err(error) = writeln!(file, "{line}") {
                     tracing::error!(%error, "writing the decision log failed");
                 }

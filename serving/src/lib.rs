@@ -1139,7 +1139,7 @@ async fn availability(
 impl Serving {
     /// Counts an answer (or its error) in the metrics, logs it, and records it in the decision
     /// log (`kind`: `availability` or `batch`).
-    fn answered(&self, kind: &str, request_id: &str, sku: &str, region: &str, qty: i64, answer: &Result<Availability, ApiError>) {
+    fn answered(&self, kind: &'static str, request_id: &str, sku: &str, region: &str, qty: i64, answer: &Result<Availability, ApiError>) {
         match answer {
             Ok(answer) => {
                 let decision = match answer.decision {
@@ -1153,7 +1153,7 @@ impl Serving {
                 }
                 tracing::debug!(sku, region, qty, decision, "answered");
                 if let Some(log) = self.decisions.as_ref().filter(|log| log.samples()) {
-                    log.record(decision_record(kind, request_id, self.now(), answer));
+                    log.record(decisions::Entry::Answer { kind, request_id: request_id.to_string(), at: self.now(), answer: Box::new(answer.clone()) });
                 }
             }
             Err(error) => {
@@ -1161,30 +1161,6 @@ impl Serving {
                 tracing::info!(sku, region, qty, %error, "rejected");
             }
         }
-    }
-}
-
-/// An answer as the decision log keeps it.
-fn decision_record(kind: &str, request_id: &str, at: Millis, answer: &Availability) -> sellable_core::DecisionRecord {
-    let json = |value: serde_json::Value| value.to_string();
-    let reasons: Vec<&String> = answer.reasons.iter().chain(&answer.degraded_reasons).collect();
-    sellable_core::DecisionRecord {
-        at,
-        request_id: request_id.to_string(),
-        kind: kind.to_string(),
-        sku: answer.sku.clone(),
-        region: answer.region.clone(),
-        qty: answer.qty,
-        decision: serde_json::to_value(answer.decision).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-        units: answer.units,
-        grade: answer.grade.as_str().to_string(),
-        reasons: json(serde_json::json!(reasons)),
-        options: json(serde_json::json!(answer.options)),
-        rules_fired: json(serde_json::json!(answer.rules_fired)),
-        rules: answer.rules_fired.iter().map(|fired| fired.rule.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("|"),
-        batch_view: answer.versions.batch_view.clone(),
-        model: answer.versions.model.clone(),
-        ruleset: answer.versions.ruleset.clone(),
     }
 }
 

@@ -241,7 +241,7 @@ fn log_lines(serving: &Serving, headers: &HeaderMap, id: &str, request: &Reserva
                 None => ("not_taken", 0, serde_json::Value::Null),
             }
         };
-        log.record(sellable_core::DecisionRecord {
+        log.record(crate::decisions::Entry::Record(Box::new(sellable_core::DecisionRecord {
             at,
             request_id: request_id.to_string(),
             kind: "reservation".to_string(),
@@ -258,7 +258,7 @@ fn log_lines(serving: &Serving, headers: &HeaderMap, id: &str, request: &Reserva
             batch_view: batch_view.clone(),
             model: model.clone(),
             ruleset: ruleset.clone(),
-        });
+        })));
     }
 }
 

@@ -65,7 +65,7 @@ async fn a_slow_lake_loses_no_decision() {
     let now = chrono::Utc::now().timestamp_millis();
     let started = std::time::Instant::now();
     for index in 0..100_000 {
-        log.record(record(now, index));
+        log.record(sellable_serving::decisions::Entry::Record(Box::new(record(now, index))));
     }
     let handing = started.elapsed();
     assert_eq!(log.lost(), 0);

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The decision log under load, in one run: batch availability (BATCH items per request, every item
+# a logged decision) driven by wrk with CONNECTIONS connections for SECONDS seconds against
+# `sellable serve --redis` twice on the same marketplace: with the decision log off, then on.
+# Prints both runs' answers/s and latency side by side, then checks that every decision counted
+# in (sellable_decisions_recorded_total) is in the lake's `decisions` table once the spill
+# directory has drained, and that none was lost (sellable_decisions_lost_total).
+# Usage: benchmarks/scripts/decisions.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 DURATION=60
+#   BATCH=50; PROFILE=release for an optimised build)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+skus=${SKUS:-20000}; nodes=${NODES:-200}; connections=${CONNECTIONS:-64}; seconds=${DURATION:-60}; batch=${BATCH:-50}
+source benchmarks/scripts/common.sh decisions
+command -v wrk >/dev/null || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo; $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null; }
+namespace="sellable-bench-decisions"
+now=$(date +%s)000
+"$bin" gen --out "$out/gen" --skus "$skus" --nodes "$nodes" --days 2 --start $(( now - 2 * 86400000 )) 2>"$out/gen.log"
+"$bin" lake import --lake "$out/lake" --from "$out/gen" 2>"$out/import.log"
+"$bin" batch --lake "$out/lake" 2>"$out/batch.log"
+cat >"$out/batch.lua" <<LUA
+local skus, countries = $skus, {"DE", "FR", "IT", "ES", "NL", "US"}
+math.randomseed(os.time())
+local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer $SELLABLE_API_KEY"}
+request = function()
+  local items = {}
+  for i = 1, $batch do items[i] = string.format('{"sku":"SKU-%06d","region":"%s"}', math.random(0, skus - 1), countries[math.random(#countries)]) end
+  return wrk.format("POST", "/v1/availability:batch", headers, '{"items":[' .. table.concat(items, ",") .. ']}')
+end
+function done(summary, latency, requests)
+  io.write(string.format("RESULT %d %.1f %d %d %d %d\\n", summary.requests, summary.duration / 1e6,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), summary.errors.status))
+end
+LUA
+metric() { curl -sf "http://$listen/metrics" | awk -v name="$1" '$1 == name {print $2}'; }
+# run NAME DECISIONS_CONFIG: one serve process, one wrk run; prints wrk's RESULT line
+run() {
+  cli --scan --pattern "$namespace*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null
+  listen=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  SELLABLE__SERVE__DECISIONS="$2" "$bin" serve --lake "$out/lake" --redis "$url" --namespace "$namespace" --listen "$listen" 2>"$out/serve-$1.log" & pid=$!
+  for _ in $(seq 1 600); do curl -sf "http://$listen/readyz" | grep -qE '"grade":"(fresh|bounded_stale)"' && break; sleep 0.5; done
+  wrk -t2 -c"$connections" -d"${seconds}s" -s "$out/batch.lua" "http://$listen" | grep '^RESULT' | cut -d' ' -f2- >"$out/result-$1"
+}
+run off '{ enabled = false }'
+kill "$pid"; wait "$pid" 2>/dev/null || true
+run on '{ enabled = true }'
+recorded=$(metric sellable_decisions_recorded_total); lost=$(metric sellable_decisions_lost_total)
+# the spill directory drains into the lake (segments close every 5 s)
+stored=0
+for _ in $(seq 1 240); do
+  stored=$("$bin" lake info --lake "$out/lake" 2>/dev/null | awk '$1 == "decisions" {print $4}')
+  [ "${stored:-0}" -ge "${recorded%.*}" ] && break; sleep 1
+done
+kill "$pid"; wait "$pid" 2>/dev/null || true
+python3 - "$out" "$batch" "$profile" "$connections" "$seconds" "${recorded%.*}" "${lost%.*}" "${stored:-0}" <<'PY'
+import sys
+out, batch, profile, connections, seconds, recorded, lost, stored = sys.argv[1:]
+batch = int(batch)
+print(f"profile {profile}; batch availability, {batch} items per request, {connections} connections, {seconds} s per run")
+print(f"{'decision log':<14} {'answers/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8}")
+rows = {}
+for name in ["off", "on"]:
+    requests, duration, p50, p99, p999, status = map(float, open(f"{out}/result-{name}").read().split())
+    rows[name] = p99
+    print(f"{name:<14} {requests * batch / duration:>10,.0f} {p50 / 1000:>8.2f} {p99 / 1000:>8.2f} {p999 / 1000:>9.2f} {status:>8.0f}")
+print(f"p99 with the log / without: {rows['on'] / rows['off']:.2f}x")
+print(f"decisions counted in {int(recorded):,}, in the lake's table {int(stored):,}, lost {int(lost)}")
+sys.exit(0 if int(recorded) == int(stored) and int(lost) == 0 else 1)
+PY
