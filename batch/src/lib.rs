@@ -13,6 +13,7 @@ pub mod decisions;
 pub mod features;
 mod shares;
 pub mod trainset;
+mod versions;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -381,7 +382,8 @@ impl Lake {
     }
 
     /// A session over the tables analysts query, each the newest version of its dataset (those
-    /// the lake has, by table name), its queries holding their memory in `pool`.
+    /// the lake has, by table name), and the table function `features_at(N)` (the feature store
+    /// as its version N holds it), its queries holding their memory in `pool`.
     pub async fn analytics_session(&self, pool: Arc<dyn MemoryPool>) -> Result<(SessionContext, Vec<&'static str>), BatchError> {
         let runtime = RuntimeEnvBuilder::new().with_memory_pool(pool).build_arc()?;
         let context = SessionContext::new_with_config_rt(SessionConfig::new().with_target_partitions(2), runtime);
@@ -389,7 +391,12 @@ impl Lake {
         for (table, dataset) in ANALYTICS_TABLES {
             match self.dataset(dataset, "").await {
                 Ok(found) => {
-                    context.register_table(table, Arc::new(lance::datafusion::LanceTableProvider::new(Arc::new(found), false, false)))?;
+                    let provider = lance::datafusion::LanceTableProvider::new(Arc::new(found), false, false);
+                    if dataset == features::FEATURES {
+                        let at = versions::DatasetAt { uri: self.uri(dataset), schema: datafusion::catalog::TableProvider::schema(&provider) };
+                        context.register_udtf("features_at", Arc::new(at));
+                    }
+                    context.register_table(table, Arc::new(provider))?;
                     tables.push(table);
                 }
                 // not there yet, or its first version being written now

@@ -41,6 +41,16 @@ cursor.execute("SELECT COUNT(*) AS n, SUM(qty) AS q FROM events WHERE sku = ?", 
 n, q = cursor.fetchone()
 check((n, q) == (expected["sku_events"], expected["sku_qty"]), f"a prepared statement with a parameter: {expected['sku']} has {n} events, qty {q}")
 
+# the feature store as one of its versions holds it
+cursor.execute(f"SELECT COUNT(*) FROM features_at({expected['features_version']})")
+got = cursor.fetchone()[0]
+check(got == expected["counts"]["features"], f"features_at({expected['features_version']}) holds {got} rows")
+try:
+    cursor.execute("SELECT COUNT(*) FROM features_at('latest')")
+    check(False, "features_at with a wrong argument is refused")
+except adbc_driver_manager.Error as error:
+    check("features_at takes one dataset version" in str(error), "features_at with a wrong argument is refused, saying how to call it")
+
 # the live table: the merged view per sku×node, read from Redis at query time
 cursor.execute("SELECT node, atp FROM live WHERE sku = ? ORDER BY node", parameters=(expected["sku"],))
 live = {node: atp for node, atp in cursor.fetchall()}

@@ -87,6 +87,7 @@ async fn analysts_query_every_table_over_flight_sql() {
         "decisions": decisions,
         "live": live,
         "live_rows": folded.len(),
+        "features_version": lake.info().await.unwrap().iter().find(|info| info.name == "features").unwrap().version,
     });
     assert!(counts.contains_key("decisions") && counts.contains_key("features") && counts.contains_key("batch_view"), "{counts:?}");
     assert!(!live.is_empty());
