@@ -43,6 +43,8 @@ run() {
 run off '{ enabled = false }'
 kill "$pid"; wait "$pid" 2>/dev/null || true
 run on '{ enabled = true }'
+# the requests wrk left in flight are answered (and logged) after it stops
+sleep 2
 recorded=$(metric sellable_decisions_recorded_total); lost=$(metric sellable_decisions_lost_total)
 # the spill directory drains into the lake (segments close every 5 s)
 stored=0
