@@ -8,7 +8,9 @@
 //! - A thread of its own appends them to the spill directory, one NDJSON line each, in numbered
 //!   segments (`<number>.open` while written, flushed every 100 ms; renamed `<number>.ndjson`
 //!   when closed, every [`DecisionLogConfig::segment_ms`]). What is flushed survives a crash.
-//! - A task appends each closed segment to the store (the lake's `decisions` dataset) whole, with
+//! - A thread of its own, at a lower scheduling priority than the requests' (it yields the cores
+//!   to them and catches up when they are idle), appends each closed segment to the store (the
+//!   lake's `decisions` dataset) whole, with
 //!   its number in the same commit, then deletes the file. A slow or failing store only makes the
 //!   spill directory grow; a segment whose number the store already holds (a crash between the
 //!   commit and the delete) is deleted without being appended again.
@@ -143,7 +145,7 @@ pub struct DecisionLog {
     config: DecisionLogConfig,
     sender: Mutex<Option<mpsc::SyncSender<Entry>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    uploader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    uploader: Mutex<Option<std::thread::JoinHandle<()>>>,
     stop: Arc<tokio::sync::Notify>,
     dir: PathBuf,
     store: Arc<dyn DecisionStore>,
@@ -197,6 +199,7 @@ impl DecisionLog {
         let counters = Counters::new();
         let writer = {
             let (dir, segment_ms) = (dir.to_path_buf(), Duration::from_millis(config.segment_ms));
+            // at the requests' priority: it must keep up with them, or the queue fills
             std::thread::Builder::new().name("decision-log".into()).spawn(move || write_segments(&dir, receiver, last, segment_ms))?
         };
         let stop = Arc::new(tokio::sync::Notify::new());
@@ -211,8 +214,17 @@ impl DecisionLog {
             counters,
             _lock: lock,
         });
-        let task = tokio::spawn(upload_loop(log.clone(), stop));
-        *log.uploader.lock().expect("decision log lock poisoned; this is a bug") = Some(task);
+        let uploader = {
+            let log = log.clone();
+            std::thread::Builder::new().name("decision-upload".into()).spawn(move || {
+                lower_priority();
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime.block_on(upload_loop(log, stop)),
+                    Err(error) => tracing::error!(%error, "the decision log cannot start its uploader; its segments wait in the spill directory for the next start"),
+                }
+            })?
+        };
+        *log.uploader.lock().expect("decision log lock poisoned; this is a bug") = Some(uploader);
         Ok(log)
     }
 
@@ -252,9 +264,9 @@ impl DecisionLog {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
         self.stop.notify_one();
-        let task = self.uploader.lock().expect("decision log lock poisoned; this is a bug").take();
-        if let Some(task) = task {
-            let _ = task.await;
+        let uploader = self.uploader.lock().expect("decision log lock poisoned; this is a bug").take();
+        if let Some(uploader) = uploader {
+            let _ = tokio::task::spawn_blocking(move || uploader.join()).await;
         }
         let _ = tokio::time::timeout(within, self.upload()).await;
     }
@@ -296,6 +308,18 @@ fn read_segment(path: &Path, torn: &prometheus::IntCounter) -> std::io::Result<V
         }
     }
     Ok(records)
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10, this thread and the threads it
+/// starts): the log's read-back and appends yield the cores to requests when both want them, and
+/// catch up when they do not (the spill directory holds what waits).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take no pointers; a failure leaves the priority as it was.
+    unsafe {
+        let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, thread, 10);
+    }
 }
 
 /// Every second, the closed segments into the store; every hour, the old records out of it.
