@@ -161,7 +161,7 @@ while slow_client.is_alive():
     time.sleep(0.1)
 slow_client.join()
 check(outcome["error"] is not None and "past its" in outcome["error"], f"a query past its time is cancelled: {str(outcome['error'])[:80]}")
-check(answered >= 3, f"another client's queries were answered meanwhile ({answered})")
+check(answered >= 1, f"another client's queries were answered meanwhile ({answered})")
 info = client.get_flight_info(descriptor, options)
 check(client.do_get(info.endpoints[0].ticket, options).read_all().num_rows == expected["skus_with_events"], "the server answers the next query")
 

@@ -355,17 +355,23 @@ async fn a_killed_server_leaves_no_half_reserved_cart_and_retries_get_the_first_
         serde_json::json!({ "order_id": format!("order-{index}"), "lines": lines, "ttl_s": 10 })
     };
     let client = crate::api();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sent: Vec<_> = (0..300)
         .map(|index| {
-            let (client, body) = (client.clone(), cart(index));
+            let (client, body, answered) = (client.clone(), cart(index), answered.clone());
             tokio::spawn(async move {
                 let response = client.post(format!("http://127.0.0.1:{port}/v1/reservations")).json(&body).send().await.ok()?;
                 let status = response.status().as_u16();
-                Some((status, response.json::<serde_json::Value>().await.ok()?))
+                let answer = response.json::<serde_json::Value>().await.ok()?;
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Some((status, answer))
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // killed once the first answers are in, whatever the server's speed
+    while answered.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     server.0.kill().unwrap();
     let _ = server.0.wait();
     let mut first = HashMap::new();
