@@ -136,9 +136,15 @@ impl Analytics {
     fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let header = request.metadata().get("authorization").ok_or_else(|| Status::unauthenticated("an API key is needed: authorization: Bearer KEY, or a handshake"))?;
         let token = header.to_str().ok().and_then(|value| value.strip_prefix("Bearer ")).ok_or_else(|| Status::unauthenticated("the authorization must be `Bearer KEY`"))?;
-        let key = self.keys.find(token.trim()).ok_or_else(|| Status::unauthenticated("the API key is not known"))?;
-        if !key.scopes.contains(&Scope::Read) {
-            return Err(Status::permission_denied(format!("the key '{}' lacks the scope 'read' that queries need", key.name)));
+        self.admit(token.trim())
+    }
+
+    /// Whether `key` is a configured key with the scope `read`.
+    #[allow(clippy::result_large_err)]
+    fn admit(&self, key: &str) -> Result<(), Status> {
+        let found = self.keys.find(key).ok_or_else(|| Status::unauthenticated("the API key is not known"))?;
+        if !found.scopes.contains(&Scope::Read) {
+            return Err(Status::permission_denied(format!("the key '{}' lacks the scope 'read' that queries need", found.name)));
         }
         Ok(())
     }
@@ -294,10 +300,7 @@ impl FlightSqlService for Analytics {
         } else {
             return Err(Status::unauthenticated("the handshake needs basic credentials (any user, the API key as the password) or a bearer key"));
         };
-        let found = self.keys.find(&key).ok_or_else(|| Status::unauthenticated("the API key is not known"))?;
-        if !found.scopes.contains(&Scope::Read) {
-            return Err(Status::permission_denied(format!("the key '{}' lacks the scope 'read' that queries need", found.name)));
-        }
+        self.admit(&key)?;
         let answer = HandshakeResponse { protocol_version: 0, payload: key.clone().into() };
         let mut response: Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>> = Response::new(Box::pin(futures::stream::iter([Ok(answer)])));
         let bearer = MetadataValue::try_from(format!("Bearer {key}")).map_err(|_| Status::unauthenticated("the key is not ASCII"))?;

@@ -78,18 +78,10 @@ impl Lake {
     /// The number of the last segment appended (looking back through the versions, newest first,
     /// past those that only dropped rows); `None` before the first.
     pub async fn last_decision_segment(&self) -> Result<Option<u64>, BatchError> {
-        let dataset = match self.dataset(DECISIONS, "").await {
-            Ok(dataset) => dataset,
-            Err(BatchError::Missing(..)) => return Ok(None),
-            Err(error) => return Err(error),
-        };
-        for version in (1..=dataset.version_id()).rev() {
-            let transaction = dataset.read_transaction_by_version(version).await.map_err(self.lance_error(DECISIONS))?;
-            if let Some(segment) = transaction.and_then(|t| t.transaction_properties).and_then(|properties| properties.get(SEGMENT_KEY).and_then(|s| s.parse().ok())) {
-                return Ok(Some(segment));
-            }
-        }
-        Ok(None)
+        let segment = self.newest_commit_property(DECISIONS, SEGMENT_KEY).await?;
+        segment
+            .map(|text| text.parse().map_err(|_| BatchError::Corrupt { dataset: DECISIONS.into(), message: format!("the segment number {text:?} of a commit is not a number") }))
+            .transpose()
     }
 
     /// Drops the decisions answered before `before`; how many.

@@ -131,16 +131,21 @@ impl Lake {
     /// The newest position recorded under `key` by [`Lake::append_events_at`], looking back
     /// through the versions of `events` (newest first); `None` when none recorded one.
     pub async fn position(&self, key: &str) -> Result<Option<String>, BatchError> {
-        let dataset = match self.dataset(EVENTS, "").await {
+        self.newest_commit_property(EVENTS, &format!("{POSITION_PREFIX}{key}")).await
+    }
+
+    /// The newest value of the commit property `key` of `dataset`, looking back through its
+    /// versions (newest first); `None` when no version recorded one, or no dataset.
+    async fn newest_commit_property(&self, name: &'static str, key: &str) -> Result<Option<String>, BatchError> {
+        let dataset = match self.dataset(name, "").await {
             Ok(dataset) => dataset,
             Err(BatchError::Missing(..)) => return Ok(None),
             Err(error) => return Err(error),
         };
-        let key = format!("{POSITION_PREFIX}{key}");
         for version in (1..=dataset.version_id()).rev() {
-            let transaction = dataset.read_transaction_by_version(version).await.map_err(self.lance_error(EVENTS))?;
-            if let Some(position) = transaction.and_then(|t| t.transaction_properties).and_then(|properties| properties.get(&key).cloned()) {
-                return Ok(Some(position));
+            let transaction = dataset.read_transaction_by_version(version).await.map_err(self.lance_error(name))?;
+            if let Some(value) = transaction.and_then(|t| t.transaction_properties).and_then(|properties| properties.get(key).cloned()) {
+                return Ok(Some(value));
             }
         }
         Ok(None)

@@ -10,6 +10,16 @@ pub enum Verdict {
     Deny,
 }
 
+impl Verdict {
+    /// As the API and the decision log write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Promise => "promise",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
 /// One node that can fulfil (part of) the order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FulfillmentOption {

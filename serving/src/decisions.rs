@@ -87,17 +87,17 @@ impl Entry {
 }
 
 /// An answer as the decision log keeps it.
-fn decision_record(kind: &str, request_id: &str, at: Millis, answer: &Availability) -> sellable_core::DecisionRecord {
+fn decision_record(kind: &str, request_id: &str, at: Millis, answer: &Availability) -> DecisionRecord {
     let json = |value: serde_json::Value| value.to_string();
     let reasons: Vec<&String> = answer.reasons.iter().chain(&answer.degraded_reasons).collect();
-    sellable_core::DecisionRecord {
+    DecisionRecord {
         at,
         request_id: request_id.to_string(),
         kind: kind.to_string(),
         sku: answer.sku.clone(),
         region: answer.region.clone(),
         qty: answer.qty,
-        decision: serde_json::to_value(answer.decision).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        decision: answer.decision.as_str().to_string(),
         units: answer.units,
         grade: answer.grade.as_str().to_string(),
         reasons: json(serde_json::json!(reasons)),
@@ -146,7 +146,7 @@ pub struct DecisionLog {
     sender: Mutex<Option<mpsc::SyncSender<Entry>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     uploader: Mutex<Option<std::thread::JoinHandle<()>>>,
-    stop: Arc<tokio::sync::Notify>,
+    stop: tokio::sync::Notify,
     dir: PathBuf,
     store: Arc<dyn DecisionStore>,
     counters: Counters,
@@ -202,13 +202,12 @@ impl DecisionLog {
             // at the requests' priority: it must keep up with them, or the queue fills
             std::thread::Builder::new().name("decision-log".into()).spawn(move || write_segments(&dir, receiver, last, segment_ms))?
         };
-        let stop = Arc::new(tokio::sync::Notify::new());
         let log = Arc::new(DecisionLog {
             config,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
             uploader: Mutex::new(None),
-            stop: stop.clone(),
+            stop: tokio::sync::Notify::new(),
             dir: dir.to_path_buf(),
             store,
             counters,
@@ -219,7 +218,7 @@ impl DecisionLog {
             std::thread::Builder::new().name("decision-upload".into()).spawn(move || {
                 lower_priority();
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime.block_on(upload_loop(log, stop)),
+                    Ok(runtime) => runtime.block_on(upload_loop(log)),
                     Err(error) => tracing::error!(%error, "the decision log cannot start its uploader; its segments wait in the spill directory for the next start"),
                 }
             })?
@@ -294,7 +293,6 @@ impl DecisionLog {
         }
         Ok(())
     }
-
 }
 
 /// A closed segment's records; a line that does not read back (the last one of a segment a crash
@@ -323,13 +321,13 @@ fn lower_priority() {
 }
 
 /// Every second, the closed segments into the store; every hour, the old records out of it.
-async fn upload_loop(log: Arc<DecisionLog>, stop: Arc<tokio::sync::Notify>) {
+async fn upload_loop(log: Arc<DecisionLog>) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     let mut trimmed: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            () = stop.notified() => return,
+            () = log.stop.notified() => return,
         }
         if let Err(error) = log.upload().await {
             tracing::warn!(%error, "the decision log could not append to the lake now; its segments wait in the spill directory");
@@ -379,8 +377,8 @@ fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, last: u64, segmen
                     }
                 }
                 let (_, file, _) = current.as_mut().expect("opened above");
-                let line = serde_json::to_string(&record.into_record()).expect("a record serialises");
-                if let Err(error) = writeln!(file, "{line}") {
+                let written = serde_json::to_writer(&mut *file, &record.into_record()).map_err(std::io::Error::from).and_then(|()| file.write_all(b"\n"));
+                if let Err(error) = written {
                     tracing::error!(%error, "writing the decision log failed");
                 }
             }

@@ -286,9 +286,8 @@ type RateLimiter = governor::DefaultKeyedRateLimiter<String>;
 pub struct Door {
     config: Arc<DoorConfig>,
     keys: KeyRing,
-    open: Vec<String>,
+    /// The allowed hosts, lower case; none: any.
     hosts: Option<Vec<String>>,
-    limits: Limits,
     rate: Option<RateLimiter>,
     in_flight: Arc<tokio::sync::Semaphore>,
     ingest_in_flight: Arc<tokio::sync::Semaphore>,
@@ -309,9 +308,7 @@ impl Door {
         Ok(Door {
             config: Arc::new(config.clone()),
             keys,
-            open: config.open.clone(),
             hosts,
-            limits: config.limits.clone(),
             rate,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
             ingest_in_flight: Arc::new(tokio::sync::Semaphore::new(config.limits.max_ingest_in_flight)),
@@ -324,7 +321,7 @@ impl Door {
     }
 
     pub fn limits(&self) -> &Limits {
-        &self.limits
+        &self.config.limits
     }
 
     fn refuse(&self, reason: &'static str, error: ApiError) -> Response {
@@ -360,9 +357,9 @@ impl Door {
 
     fn timeout(&self, scope: Scope) -> Duration {
         Duration::from_millis(match scope {
-            Scope::Read => self.limits.read_timeout_ms,
-            Scope::Reserve => self.limits.reserve_timeout_ms,
-            Scope::Ingest | Scope::Admin => self.limits.write_timeout_ms,
+            Scope::Read => self.config.limits.read_timeout_ms,
+            Scope::Reserve => self.config.limits.reserve_timeout_ms,
+            Scope::Ingest | Scope::Admin => self.config.limits.write_timeout_ms,
         })
     }
 }
@@ -407,7 +404,7 @@ pub async fn guard(State(door): State<Arc<Door>>, request: Request, next: Next) 
     }
     let path = request.uri().path().to_string();
     let scope = scope_of(request.method(), &path);
-    let open = door.open.contains(&path);
+    let open = door.config.open.contains(&path);
     if !open {
         let key = match door.key(headers) {
             Ok(key) => key,
@@ -420,7 +417,7 @@ pub async fn guard(State(door): State<Arc<Door>>, request: Request, next: Next) 
         }
         if let Some(Err(not_until)) = door.rate.as_ref().map(|rate| rate.check_key(&key.name)) {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-            let error = ApiError::TooManyRequests(format!("the key '{}' is past its {} requests per second", key.name, door.limits.rate_per_key));
+            let error = ApiError::TooManyRequests(format!("the key '{}' is past its {} requests per second", key.name, door.config.limits.rate_per_key));
             door.refused.with_label_values(&["rate"]).inc();
             return retry_after(error, wait.as_secs_f64().ceil() as u64);
         }
@@ -437,9 +434,9 @@ pub async fn guard(State(door): State<Arc<Door>>, request: Request, next: Next) 
     // open paths (health, metrics) are answered whatever the load
     let mut permits = Vec::new();
     if !open {
-        let mut places = vec![(&door.in_flight, door.limits.max_in_flight, "requests")];
+        let mut places = vec![(&door.in_flight, door.config.limits.max_in_flight, "requests")];
         if scope == Scope::Ingest {
-            places.push((&door.ingest_in_flight, door.limits.max_ingest_in_flight, "event posts"));
+            places.push((&door.ingest_in_flight, door.config.limits.max_ingest_in_flight, "event posts"));
         }
         for (place, most, what) in places {
             match place.clone().try_acquire_owned() {

@@ -237,7 +237,6 @@ impl Serving {
         self
     }
 
-    /// Reservations hold units in `holds`, and answers subtract their live holds.
     /// Every answer (a configured share of availability answers) and every reservation is
     /// logged to `log`, its counters in this server's metrics.
     pub fn with_decisions(mut self, log: Arc<decisions::DecisionLog>) -> Serving {
@@ -253,6 +252,7 @@ impl Serving {
         self.decisions.as_ref()
     }
 
+    /// Reservations hold units in `holds`, and answers subtract their live holds.
     pub fn with_holds(mut self, holds: Arc<dyn sellable_core::holds::HoldStore>) -> Serving {
         self.holds = Some(holds);
         self
@@ -1142,10 +1142,7 @@ impl Serving {
     fn answered(&self, kind: &'static str, request_id: &str, sku: &str, region: &str, qty: i64, answer: &Result<Availability, ApiError>) {
         match answer {
             Ok(answer) => {
-                let decision = match answer.decision {
-                    Verdict::Promise => "promise",
-                    Verdict::Deny => "deny",
-                };
+                let decision = answer.decision.as_str();
                 self.metrics.answers.with_label_values(&[decision]).inc();
                 self.metrics.grades.with_label_values(&[answer.grade.as_str()]).inc();
                 if answer.degraded {
@@ -1165,7 +1162,7 @@ impl Serving {
 }
 
 /// The id `harden` gave the request (its `x-request-id`).
-fn request_id(headers: &axum::http::HeaderMap) -> &str {
+pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> &str {
     headers.get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or("")
 }
 

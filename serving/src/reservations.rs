@@ -227,7 +227,7 @@ pub async fn create(State(serving): State<Arc<Serving>>, headers: HeaderMap, bod
 fn log_lines(serving: &Serving, headers: &HeaderMap, id: &str, request: &ReservationRequest, answer: &Answer) {
     let Some(log) = serving.decisions() else { return };
     let at = serving.now();
-    let request_id = headers.get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or("");
+    let request_id = crate::request_id(headers);
     let batch_view = serving.epoch().batch.version.clone();
     let model = serving.models.current().map(|model| model.version().to_string());
     let ruleset = serving.rules.current().map(|rules| format!("{}@{}", rules.name, rules.version));
