@@ -2,8 +2,9 @@
 # Installs what a fresh machine lacks to build and run sellable; does nothing that is already done.
 #   - system packages (apt-get, only when missing): protoc for lance, libclang for bindgen, redis
 #   - XGBoost 3.4.1 as a shared library from the xgboost-cpu wheel on PyPI, into .deps/xgboost
-#   - the Python clients of the tests (schemathesis, pyarrow, the ADBC Flight SQL driver) into the
-#     virtual environment .deps/venv
+#   - the Python clients of the tests (schemathesis, pyarrow, the ADBC Flight SQL driver) and the
+#     local S3-compatible server of the object-storage test (moto) into the virtual environment
+#     .deps/venv
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,9 +48,9 @@ fi
 
 # The Python clients of the tests, in a virtual environment of the project's own: schemathesis
 # checks the REST API against its OpenAPI document; pyarrow and the ADBC Flight SQL driver query
-# the Flight SQL server as analysts do.
+# the Flight SQL server as analysts do; moto's server is the S3 an s3:// lake is tested against.
 VENV=.deps/venv
-PYTHON_CLIENTS="schemathesis==4.32.5 pyarrow==22.0.0 adbc-driver-manager==1.9.0 adbc-driver-flightsql==1.9.0"
+PYTHON_CLIENTS="schemathesis==4.32.5 pyarrow==22.0.0 adbc-driver-manager==1.9.0 adbc-driver-flightsql==1.9.0 moto[server]==5.2.6"
 if [ "$(cat "$VENV/.clients" 2>/dev/null)" != "$PYTHON_CLIENTS" ]; then
   echo "setup: installing $PYTHON_CLIENTS into $VENV"
   python3 -m venv "$VENV" 2>/dev/null || {

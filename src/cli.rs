@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use sellable_batch::Lake;
 use sellable_core::event::parse_rfc3339;
@@ -295,7 +295,8 @@ pub struct GenArgs {
 
 #[derive(Args)]
 pub struct LakeArgs {
-    /// The lake: a directory of Lance datasets [config: lake.path].
+    /// The lake: a directory of Lance datasets, or an `s3://bucket/prefix` URI (endpoint and
+    /// credentials from the `AWS_*` environment variables) [config: lake.path].
     #[arg(long, default_value = "lake")]
     pub lake: PathBuf,
     /// Events arriving more than this many milliseconds after they happened are rejected
@@ -324,7 +325,8 @@ pub fn memory_mb(text: &str) -> Result<usize, String> {
 
 impl LakeArgs {
     pub fn open(&self) -> Result<Lake> {
-        Ok(Lake::open(&self.lake)?.with_memory_limit(self.memory_mb << 20))
+        let location = self.lake.to_str().with_context(|| format!("the lake {} is not a UTF-8 path or URI", self.lake.display()))?;
+        Ok(Lake::at(location)?.with_memory_limit(self.memory_mb << 20))
     }
 
 

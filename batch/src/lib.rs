@@ -43,6 +43,8 @@ pub enum BatchError {
     Corrupt { dataset: String, message: String },
     #[error("scratch file {path}: {message}")]
     Scratch { path: String, message: String },
+    #[error("{0}")]
+    Location(String),
     #[error("the lake at {0} has no {1} yet: {2}")]
     Missing(String, &'static str, &'static str),
 }
@@ -55,49 +57,41 @@ const BATCH_DELTAS: &str = "batch_deltas";
 /// Scratch space of the nightly job: the events known at the cutoff being computed, when they
 /// are too many to hold in memory, in shares of the nodes.
 const SCRATCH: &str = "scratch";
-/// Beside the batch view, what it was computed from (see [`ViewLineage`]).
-const VIEW_LINEAGE: &str = "batch_view.lineage";
+/// Prefix of the commit properties of `batch_deltas` that record its view's [`ViewLineage`].
+const LINEAGE_PREFIX: &str = "sellable.view.";
 
-/// What the stored batch view was computed from, written beside it as `name value` lines. A
-/// training set whose replay starts at the view's cutoff reads the view instead of computing it
-/// again while all of this still holds: the same events version and lateness, and no other view
-/// written since (the two datasets' versions).
+/// What the stored batch view was computed from, committed with its deltas (the second of its two
+/// writes) as properties of that version. A training set whose replay starts at the view's cutoff
+/// reads the view instead of computing it again while all of this still holds: the same events
+/// version and lateness, the view's version the one written with these deltas, and no deltas
+/// written since (the lineage is read from the newest version of `batch_deltas`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ViewLineage {
     asof: Millis,
     events_version: u64,
     lateness_ms: Millis,
     view_version: u64,
-    deltas_version: u64,
 }
 
 impl ViewLineage {
-    const NAMES: [&'static str; 5] = ["asof", "events_version", "lateness_ms", "batch_view_version", "batch_deltas_version"];
+    const NAMES: [&'static str; 4] = ["asof", "events_version", "lateness_ms", "batch_view_version"];
 
-    fn values(&self) -> [i64; 5] {
-        [self.asof, self.events_version as i64, self.lateness_ms, self.view_version as i64, self.deltas_version as i64]
+    fn values(&self) -> [i64; 4] {
+        [self.asof, self.events_version as i64, self.lateness_ms, self.view_version as i64]
     }
 
-    fn to_text(self) -> String {
-        Self::NAMES.iter().zip(self.values()).map(|(name, value)| format!("{name} {value}\n")).collect()
+    fn to_properties(self) -> std::collections::HashMap<String, String> {
+        Self::NAMES.iter().zip(self.values()).map(|(name, value)| (format!("{LINEAGE_PREFIX}{name}"), value.to_string())).collect()
     }
 
-    /// `None` when the text is not what [`ViewLineage::to_text`] writes.
-    fn parse(text: &str) -> Option<ViewLineage> {
-        let mut values = [0i64; 5];
-        let mut lines = text.lines();
+    /// `None` when the properties do not hold what [`ViewLineage::to_properties`] writes.
+    fn parse(properties: &std::collections::HashMap<String, String>) -> Option<ViewLineage> {
+        let mut values = [0i64; 4];
         for (name, value) in Self::NAMES.iter().zip(&mut values) {
-            let (found, number) = lines.next()?.split_once(' ')?;
-            *value = if found == *name { number.parse().ok()? } else { return None };
+            *value = properties.get(&format!("{LINEAGE_PREFIX}{name}"))?.parse().ok()?;
         }
-        let [asof, events_version, lateness_ms, view_version, deltas_version] = values;
-        Some(ViewLineage {
-            asof,
-            events_version: events_version as u64,
-            lateness_ms,
-            view_version: view_version as u64,
-            deltas_version: deltas_version as u64,
-        })
+        let [asof, events_version, lateness_ms, view_version] = values;
+        Some(ViewLineage { asof, events_version: events_version as u64, lateness_ms, view_version: view_version as u64 })
     }
 }
 
@@ -205,10 +199,16 @@ pub struct BatchSummary {
     pub shares: usize,
 }
 
-/// A lake: a directory of Lance datasets.
+/// A lake: a directory of Lance datasets, local or in an object store (`s3://bucket/prefix`).
 #[derive(Debug, Clone)]
 pub struct Lake {
-    root: PathBuf,
+    /// Where the datasets are: a local directory's path, or an object store's URI.
+    location: String,
+    /// Where the processes working on the lake keep their local files: the lake's own directory
+    /// when it is local, else a directory of the system's temporary space named after the lake.
+    local: PathBuf,
+    /// Options of the object store (endpoint, credentials, ...), beside those of the environment.
+    storage: Option<Arc<std::collections::HashMap<String, String>>>,
     /// Bytes one DataFusion query may hold before spilling.
     memory_limit: usize,
     /// Bytes of the events known at a cutoff the nightly job holds in memory; beyond, it splits
@@ -228,7 +228,39 @@ impl Lake {
             path: root.display().to_string(),
             source,
         }))?;
-        Ok(Lake { root, memory_limit: 0, scratch_limit: 0, events_at: None }.with_memory_limit(DEFAULT_MEMORY_LIMIT))
+        let location = root.to_str().ok_or_else(|| BatchError::Location(format!("the lake's path {} is not UTF-8", root.display())))?.to_string();
+        Ok(Lake { location, local: root, storage: None, memory_limit: 0, scratch_limit: 0, events_at: None }.with_memory_limit(DEFAULT_MEMORY_LIMIT))
+    }
+
+    /// The lake at `location`: an object store's URI (`s3://bucket/prefix`, its endpoint and
+    /// credentials from the usual `AWS_*` environment variables), else a local directory
+    /// ([`Lake::open`]).
+    pub fn at(location: &str) -> Result<Lake, BatchError> {
+        let Some((scheme, rest)) = location.split_once("://") else {
+            return Lake::open(Path::new(location));
+        };
+        let invalid = |why: &str| BatchError::Location(format!("the lake {location}: {why}"));
+        if scheme != "s3" {
+            return Err(invalid("a lake is a local directory or an s3:// URI"));
+        }
+        let bucket = rest.split('/').next().unwrap_or_default();
+        if bucket.is_empty() {
+            return Err(invalid("no bucket (s3://BUCKET/PREFIX)"));
+        }
+        let location = location.trim_end_matches('/').to_string();
+        let local = std::env::temp_dir().join(format!("sellable-lake-{:016x}", fixed_hash(&location)));
+        Ok(Lake { location, local, storage: None, memory_limit: 0, scratch_limit: 0, events_at: None }.with_memory_limit(DEFAULT_MEMORY_LIMIT))
+    }
+
+    /// The same lake, its object store configured with `options` (Lance's storage options:
+    /// `aws_endpoint`, `aws_access_key_id`, ...) besides what the environment says.
+    pub fn with_storage_options(self, options: std::collections::HashMap<String, String>) -> Lake {
+        Lake { storage: Some(Arc::new(options)), ..self }
+    }
+
+    /// Whether `location` names a lake in an object store rather than a local directory.
+    pub fn is_remote(location: &str) -> bool {
+        location.contains("://")
     }
 
     /// The same lake, whose reads of `events` see `version` (as `events_version` gave it) while
@@ -253,12 +285,26 @@ impl Lake {
         Lake { scratch_limit: bytes, ..self }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where the lake is: its directory's path or its URI.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// A local directory for the files of the processes working on the lake (the nightly job's
+    /// scratch space, a decision log's spill by default): the lake's directory when it is local.
+    pub fn local_dir(&self) -> &Path {
+        &self.local
+    }
+
+    /// The object store parameters of [`Lake::with_storage_options`], if any.
+    fn store_params(&self) -> Option<lance::io::ObjectStoreParams> {
+        let options = self.storage.as_ref()?.as_ref().clone();
+        let accessor = lance::io::StorageOptionsAccessor::with_static_options(options);
+        Some(lance::io::ObjectStoreParams { storage_options_accessor: Some(Arc::new(accessor)), ..Default::default() })
     }
 
     fn uri(&self, dataset: &str) -> String {
-        self.root.join(format!("{dataset}.lance")).display().to_string()
+        format!("{}/{dataset}.lance", self.location)
     }
 
     fn lance_error(&self, dataset: &str) -> impl Fn(lance::Error) -> BatchError + '_ {
@@ -266,12 +312,21 @@ impl Lake {
         move |source| BatchError::Lance { dataset: dataset.clone(), source }
     }
 
-    async fn dataset(&self, name: &'static str, hint: &'static str) -> Result<Dataset, BatchError> {
-        let uri = self.uri(name);
-        if !Path::new(&uri).exists() {
-            return Err(BatchError::Missing(self.root.display().to_string(), name, hint));
+    /// The newest version of the dataset `name`, `None` when the lake has none.
+    async fn existing(&self, name: &str) -> Result<Option<Dataset>, BatchError> {
+        let mut builder = lance::dataset::builder::DatasetBuilder::from_uri(&self.uri(name));
+        if let Some(options) = &self.storage {
+            builder = builder.with_storage_options(options.as_ref().clone());
         }
-        let dataset = Dataset::open(&uri).await.map_err(self.lance_error(name))?;
+        match builder.load().await {
+            Ok(dataset) => Ok(Some(dataset)),
+            Err(lance::Error::DatasetNotFound { .. }) => Ok(None),
+            Err(source) => Err(BatchError::Lance { dataset: name.to_string(), source }),
+        }
+    }
+
+    async fn dataset(&self, name: &'static str, hint: &'static str) -> Result<Dataset, BatchError> {
+        let dataset = self.existing(name).await?.ok_or_else(|| BatchError::Missing(self.location.clone(), name, hint))?;
         match self.events_at.filter(|_| name == EVENTS) {
             Some(version) if version != dataset.version_id() => dataset.checkout_version(version).await.map_err(self.lance_error(name)),
             _ => Ok(dataset),
@@ -296,9 +351,8 @@ impl Lake {
         properties: Option<std::collections::HashMap<String, String>>,
     ) -> Result<u64, BatchError> {
         // Append and overwrite create a missing dataset anyway; say so instead of being warned.
-        let exists = Path::new(&self.uri(name)).exists();
-        let mode = if exists { mode } else { WriteMode::Create };
-        let params = WriteParams { mode, transaction_properties: properties.map(Arc::new), ..WriteParams::default() };
+        let mode = if self.existing(name).await?.is_some() { mode } else { WriteMode::Create };
+        let params = WriteParams { mode, transaction_properties: properties.map(Arc::new), store_params: self.store_params(), ..WriteParams::default() };
         let dataset = Dataset::write(reader, self.uri(name).as_str(), Some(params)).await.map_err(self.lance_error(name))?;
         Ok(dataset.version_id())
     }
@@ -396,9 +450,10 @@ impl Lake {
         for (table, dataset) in ANALYTICS_TABLES {
             match self.dataset(dataset, "").await {
                 Ok(found) => {
-                    let provider = lance::datafusion::LanceTableProvider::new(Arc::new(found), false, false);
+                    let found = Arc::new(found);
+                    let provider = lance::datafusion::LanceTableProvider::new(found.clone(), false, false);
                     if dataset == features::FEATURES {
-                        let at = versions::DatasetAt { uri: self.uri(dataset), schema: datafusion::catalog::TableProvider::schema(&provider) };
+                        let at = versions::DatasetAt { dataset: found, schema: datafusion::catalog::TableProvider::schema(&provider) };
                         context.register_udtf("features_at", Arc::new(at));
                     }
                     context.register_table(table, Arc::new(provider))?;
@@ -442,7 +497,7 @@ impl Lake {
         let lake_rows = self.dataset(EVENTS, "").await?.count_rows(None).await.map_err(self.lance_error(EVENTS))?;
         let estimate = lake_rows as f64 * bytes as f64 / rows.max(1) as f64 / self.scratch_limit.max(1) as f64;
         let count = (estimate.ceil() as usize).clamp(2, shares::MAX_SHARES);
-        let mut splitter = shares::Splitter::create(&self.root.join(SCRATCH), schema, count)?;
+        let mut splitter = shares::Splitter::create(&self.local.join(SCRATCH), schema, count)?;
         for batch in held {
             splitter.write(&batch)?;
         }
@@ -478,9 +533,9 @@ impl Lake {
     /// Removes what killed runs left in the scratch space (a run removes its own scratch files
     /// when it is done; runs in progress keep theirs: see [`shares`]).
     fn remove_abandoned_scratch(&self) -> Result<(), BatchError> {
-        shares::remove_abandoned(&self.root.join(SCRATCH))?;
+        shares::remove_abandoned(&self.local.join(SCRATCH))?;
         // where versions before the shares kept the events
-        let old = PathBuf::from(self.uri("scratch_timely"));
+        let old = self.local.join("scratch_timely.lance");
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(|source| BatchError::Input(InputError::Io { path: old.display().to_string(), source }))?;
         }
@@ -518,7 +573,7 @@ impl Lake {
             } else {
                 None
             };
-            infos.push(DatasetInfo { name, version: dataset.version_id(), versions, rows, bytes: directory_size(Path::new(&self.uri(name))), range });
+            infos.push(DatasetInfo { name, version: dataset.version_id(), versions, rows, bytes: self.stored_bytes(name).await?, range });
         }
         Ok(infos)
     }
@@ -599,21 +654,10 @@ impl Lake {
     /// The stored batch view's states, if its lineage says it is the view as of `asof` of the
     /// lake's events as they are now, with `config`'s lateness.
     async fn stored_batch_states(&self, asof: Millis, config: FoldConfig) -> Result<Option<BTreeMap<SkuNode, NodeState>>, BatchError> {
-        let Some(recorded) = self.stored_lineage() else {
+        let Some((recorded, view, deltas)) = self.stored_view().await? else {
             return Ok(None);
         };
-        let (view, deltas) = match (self.dataset(BATCH_VIEW, "").await, self.dataset(BATCH_DELTAS, "").await) {
-            (Ok(view), Ok(deltas)) => (view, deltas),
-            (Err(BatchError::Missing(..)), _) | (_, Err(BatchError::Missing(..))) => return Ok(None),
-            (Err(error), _) | (_, Err(error)) => return Err(error),
-        };
-        let now = ViewLineage {
-            asof,
-            events_version: self.events_version().await?,
-            lateness_ms: config.lateness_ms,
-            view_version: view.version_id(),
-            deltas_version: deltas.version_id(),
-        };
+        let now = ViewLineage { asof, events_version: self.events_version().await?, lateness_ms: config.lateness_ms, view_version: view.version_id() };
         if now != recorded {
             return Ok(None);
         }
@@ -655,9 +699,9 @@ impl Lake {
         Ok((view, features))
     }
 
-    /// Writes the batch view: the snapshot columns of the feature SQL's rows, and the on-hand
-    /// deltas after each anchor, then its lineage (computed from `events_version` of the events,
-    /// read before the computation started, with `config`'s lateness).
+    /// Writes the batch view: the snapshot columns of the feature SQL's rows, then the on-hand
+    /// deltas after each anchor with its lineage in their commit (computed from `events_version`
+    /// of the events, read before the computation started, with `config`'s lateness).
     async fn write_batch_view(&self, computed: features::Computed, asof: Millis, events_version: u64, config: FoldConfig) -> Result<BatchSummary, BatchError> {
         let view: Vec<RecordBatch> = computed.rows.iter().map(|batch| view_batch(batch, asof)).collect::<Result<_, _>>()?;
         let sku_nodes: usize = view.iter().map(RecordBatch::num_rows).sum();
@@ -667,32 +711,33 @@ impl Lake {
             .write(BATCH_VIEW, RecordBatchIterator::new(view.into_iter().map(Ok), view_schema()), WriteMode::Overwrite)
             .await?;
         let deltas_schema = deltas.first().map(RecordBatch::schema).unwrap_or_else(deltas_schema);
-        let deltas_version = self
-            .write(BATCH_DELTAS, RecordBatchIterator::new(deltas.into_iter().map(Ok), deltas_schema), WriteMode::Overwrite)
-            .await?;
-        let lineage = ViewLineage { asof, events_version, lateness_ms: config.lateness_ms, view_version: version, deltas_version };
-        // written whole under another name, then renamed: never read half-written
-        let (path, written) = (self.root.join(VIEW_LINEAGE), self.root.join(format!("{VIEW_LINEAGE}.new")));
-        std::fs::write(&written, lineage.to_text())
-            .and_then(|()| std::fs::rename(&written, &path))
-            .map_err(|source| BatchError::Input(InputError::Io { path: path.display().to_string(), source }))?;
+        let lineage = ViewLineage { asof, events_version, lateness_ms: config.lateness_ms, view_version: version };
+        let deltas = RecordBatchIterator::new(deltas.into_iter().map(Ok), deltas_schema);
+        self.write_with(BATCH_DELTAS, deltas, WriteMode::Overwrite, Some(lineage.to_properties())).await?;
         Ok(BatchSummary { asof, sku_nodes: sku_nodes as u64, deltas: delta_count as u64, version, shares: computed.shares })
     }
 
     /// The version of `events` the stored batch view was computed from, if its lineage says
     /// (a speed view that completes it must start from that version: `sellable-lifecycle`).
-    pub fn batch_view_events_version(&self) -> Option<u64> {
-        self.stored_lineage().map(|lineage| lineage.events_version)
+    pub async fn batch_view_events_version(&self) -> Result<Option<u64>, BatchError> {
+        Ok(self.stored_view().await?.map(|(lineage, ..)| lineage.events_version))
     }
 
     /// The cutoff of the stored batch view, from its lineage (a cheap check for a new one).
-    pub fn batch_view_asof(&self) -> Option<Millis> {
-        self.stored_lineage().map(|lineage| lineage.asof)
+    pub async fn batch_view_asof(&self) -> Result<Option<Millis>, BatchError> {
+        Ok(self.stored_view().await?.map(|(lineage, ..)| lineage.asof))
     }
 
-    /// The lineage written with the stored batch view, if it reads as one.
-    fn stored_lineage(&self) -> Option<ViewLineage> {
-        ViewLineage::parse(&std::fs::read_to_string(self.root.join(VIEW_LINEAGE)).ok()?)
+    /// The stored batch view and deltas with the lineage committed with the deltas, if the
+    /// newest deltas have one and it names the newest view (a run that stopped between its two
+    /// writes left a view whose deltas are not stored: none then).
+    async fn stored_view(&self) -> Result<Option<(ViewLineage, Dataset, Dataset)>, BatchError> {
+        let (Some(view), Some(deltas)) = (self.existing(BATCH_VIEW).await?, self.existing(BATCH_DELTAS).await?) else {
+            return Ok(None);
+        };
+        let transaction = deltas.read_transaction_by_version(deltas.version_id()).await.map_err(self.lance_error(BATCH_DELTAS))?;
+        let lineage = transaction.and_then(|t| t.transaction_properties).and_then(|properties| ViewLineage::parse(&properties));
+        Ok(lineage.filter(|lineage| lineage.view_version == view.version_id()).map(|lineage| (lineage, view, deltas)))
     }
 
     /// Loads the latest batch view into memory, for serving.
@@ -738,16 +783,19 @@ pub struct DatasetInfo {
     pub range: Option<(Millis, Millis)>,
 }
 
-fn directory_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
-    entries
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(metadata) if metadata.is_dir() => directory_size(&entry.path()),
-            Ok(metadata) => metadata.len(),
-            Err(_) => 0,
-        })
-        .sum()
+impl Lake {
+    /// The bytes the dataset `name` takes in its store, every version kept.
+    async fn stored_bytes(&self, name: &str) -> Result<u64, BatchError> {
+        let registry = Arc::new(lance::io::ObjectStoreRegistry::default());
+        let params = self.store_params().unwrap_or_default();
+        let (store, path) = lance::io::ObjectStore::from_uri_and_params(registry, &self.uri(name), &params).await.map_err(self.lance_error(name))?;
+        let mut files = store.read_dir_all(&path, None);
+        let mut bytes = 0;
+        while let Some(file) = files.try_next().await.map_err(self.lance_error(name))? {
+            bytes += file.size;
+        }
+        Ok(bytes)
+    }
 }
 
 /// How much memory one DataFusion query may hold before spilling, unless the lake is opened

@@ -11,10 +11,10 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::scalar::ScalarValue;
 use lance::dataset::Dataset;
 
-/// The table function; `schema` is the newest version's.
+/// The table function over the newest version of a dataset, whose schema the versions share.
 #[derive(Debug)]
 pub(crate) struct DatasetAt {
-    pub uri: String,
+    pub dataset: Arc<Dataset>,
     pub schema: SchemaRef,
 }
 
@@ -24,14 +24,15 @@ impl TableFunctionImpl for DatasetAt {
             [Expr::Literal(ScalarValue::Int64(Some(version)), _)] if *version > 0 => *version as u64,
             _ => return Err(DataFusionError::Plan("features_at takes one dataset version, e.g. features_at(3) (`sellable lake info` lists the versions)".into())),
         };
-        Ok(Arc::new(VersionedTable { uri: self.uri.clone(), version, schema: self.schema.clone() }))
+        Ok(Arc::new(VersionedTable { dataset: self.dataset.clone(), version, schema: self.schema.clone() }))
     }
 }
 
 /// One version of a dataset, opened when a query scans it.
 #[derive(Debug)]
 struct VersionedTable {
-    uri: String,
+    /// The newest version, checked out at `version` when a query scans it.
+    dataset: Arc<Dataset>,
     version: u64,
     schema: SchemaRef,
 }
@@ -39,7 +40,7 @@ struct VersionedTable {
 impl VersionedTable {
     async fn provider(&self) -> Result<lance::datafusion::LanceTableProvider> {
         let external = |error: lance::Error| DataFusionError::External(Box::new(error));
-        let dataset = Dataset::open(&self.uri).await.map_err(external)?.checkout_version(self.version).await.map_err(external)?;
+        let dataset = self.dataset.checkout_version(self.version).await.map_err(external)?;
         Ok(lance::datafusion::LanceTableProvider::new(Arc::new(dataset), false, false))
     }
 }

@@ -232,7 +232,7 @@ async fn pin(lake: &Lake, stream: &str, version: Option<u64>) -> Result<(Lake, S
 /// even in the middle of a cutover): its speed view is rebuilt from the version of the lake the
 /// batch view was computed from, and the stream after that version's archive position.
 pub async fn start(lake: &Lake, config: &LifecycleConfig) -> Result<EpochSpeed, LifecycleError> {
-    let (pinned, position) = pin(lake, &config.stream, lake.batch_view_events_version()).await?;
+    let (pinned, position) = pin(lake, &config.stream, lake.batch_view_events_version().await?).await?;
     let epoch = EpochSpeed::open(&pinned, config, &position).await?;
     let cutoff = epoch.cutoff;
     // epochs a stopped process left open (a cutover it did not finish) are closed
@@ -296,7 +296,14 @@ pub fn follow(lake: Arc<Lake>, serving: Arc<Serving>, config: LifecycleConfig, e
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            let Some(cutoff) = lake.batch_view_asof() else { continue };
+            let cutoff = match lake.batch_view_asof().await {
+                Ok(Some(cutoff)) => cutoff,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "follow: the lake's batch view could not be read; the epoch stays");
+                    continue;
+                }
+            };
             if cutoff == serving.epoch().batch.asof {
                 continue;
             }

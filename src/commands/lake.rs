@@ -93,7 +93,7 @@ pub async fn import_until(lake: &Lake, from: &Path, until: Option<Millis>) -> Re
 pub async fn info(lake: &Lake) -> Result<()> {
     let infos = lake.info().await?;
     if infos.is_empty() {
-        println!("the lake at {} is empty: sellable lake import --from DIR|FILE", lake.root().display());
+        println!("the lake at {} is empty: sellable lake import --from DIR|FILE", lake.location());
     }
     println!("{:<12} {:>8} {:>9} {:>12} {:>10}  time range", "dataset", "version", "versions", "rows", "size");
     for info in infos {

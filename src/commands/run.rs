@@ -18,7 +18,7 @@ use crate::commands::{batch, serve, speed};
 
 pub async fn run(args: &RunArgs) -> Result<()> {
     let lake = Arc::new(args.lake.open()?);
-    if matches!(args.role, Role::All | Role::Batch) && lake.batch_view_asof().is_none() {
+    if matches!(args.role, Role::All | Role::Batch) && lake.batch_view_asof().await?.is_none() {
         let asof = lake.last_arrival().await?.context("the lake has no events: import some first (sellable lake import)")?;
         batch::nightly(&lake, asof, args.lake.fold_config()).await?;
     }
@@ -120,10 +120,14 @@ pub async fn serve_loop(
 /// The cutoff of the lake's batch view, waiting (and saying so) until the batch role has made one.
 async fn first_batch_view(lake: &sellable_batch::Lake) -> sellable_core::Millis {
     loop {
-        match lake.batch_view_asof() {
-            Some(asof) => return asof,
-            None => {
-                eprintln!("run: no batch view in {} yet: waiting for the batch role", lake.root().display());
+        match lake.batch_view_asof().await {
+            Ok(Some(asof)) => return asof,
+            Err(error) => {
+                eprintln!("run: the batch view in {} could not be read ({error}); trying again", lake.location());
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Ok(None) => {
+                eprintln!("run: no batch view in {} yet: waiting for the batch role", lake.location());
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }

@@ -39,7 +39,7 @@ pub async fn run(args: &ServeArgs) -> Result<()> {
 /// cutoff's, and whenever Redis comes back without it). Redis need not be up at start: answers
 /// are conservative until it is.
 pub async fn open_speed(lake: &Arc<Lake>, redis: &RedisArgs, config: FoldConfig) -> Result<Arc<SpeedView>> {
-    let cutoff = crate::commands::speed::batch_cutoff(lake)?;
+    let cutoff = crate::commands::speed::batch_cutoff(lake).await?;
     match &redis.redis {
         Some(url) => {
             let speed = Arc::new(SpeedView::redis_lazy(url, &redis.namespace, config).await?);
@@ -75,12 +75,19 @@ pub struct Writes {
 }
 
 /// The decision log of `config` into `lake`'s `decisions`, its spill directory `config.spill` or
-/// `decisions.spill` in the lake's directory; none when it is disabled.
+/// `decisions.spill` in the lake's local directory (the lake's own when it is local); none when it
+/// is disabled.
 pub fn decision_log(lake: &Arc<Lake>, config: &DecisionLogConfig) -> Result<Option<Arc<DecisionLog>>> {
     if !config.enabled {
         return Ok(None);
     }
-    let spill = config.spill.clone().unwrap_or_else(|| lake.root().join("decisions.spill"));
+    let spill = config.spill.clone().unwrap_or_else(|| {
+        let spill = lake.local_dir().join("decisions.spill");
+        if Lake::is_remote(lake.location()) {
+            tracing::warn!(spill = %spill.display(), "the lake is remote: the decision log spills to temporary space; set serve.decisions.spill to a lasting directory");
+        }
+        spill
+    });
     let log = DecisionLog::start(&spill, lake.clone(), config.clone()).with_context(|| format!("starting the decision log in {}", spill.display()))?;
     Ok(Some(log))
 }
@@ -118,7 +125,7 @@ pub async fn load_serving_with_clock(
 ) -> Result<Arc<Serving>> {
     let nodes = lake.load_nodes().await.context("loading the catalog's nodes")?;
     let batch = match speed.batch_meta().await {
-        Ok(Some(batch)) if Some(batch.asof) == lake.batch_view_asof() => batch,
+        Ok(Some(batch)) if Some(batch.asof) == lake.batch_view_asof().await? => batch,
         // not published there yet (a namespace folded without it), or not reachable now: the
         // lake's, published if the store takes it (else the keeper above does, later)
         _ => {

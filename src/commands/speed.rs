@@ -20,15 +20,15 @@ pub async fn fold(args: &FoldArgs) -> Result<()> {
         return fold_stream(url, speed, stream, args).await;
     }
     let lake = args.lake.open()?;
-    let cutoff = batch_cutoff(&lake)?;
+    let cutoff = batch_cutoff(&lake).await?;
     let from = args.from.as_deref().map_or(CatchUpSource::Log, CatchUpSource::File);
     catch_up(&lake, &speed, cutoff, from, None).await?;
     Ok(())
 }
 
 /// The cutoff of the lake's batch view (from its lineage: the view itself is not read).
-pub fn batch_cutoff(lake: &Lake) -> Result<Millis> {
-    lake.batch_view_asof().context("the lake has no batch view: compute one first (sellable batch)")
+pub async fn batch_cutoff(lake: &Lake) -> Result<Millis> {
+    lake.batch_view_asof().await?.context("the lake has no batch view: compute one first (sellable batch)")
 }
 
 /// Starts `speed` at the lake's batch cutoff (`sellable_speed::catch_up`) and says what it did;
@@ -121,7 +121,7 @@ pub async fn archive(args: &ArchiveArgs) -> Result<()> {
 /// The names of the lake's catalog, which the stream's door checks events against; `None` (with a
 /// warning) when there is no lake or no catalog in it.
 async fn catalog_names(lake: &LakeArgs) -> Option<Arc<KnownIds>> {
-    if !lake.lake.exists() {
+    if !Lake::is_remote(&lake.lake.to_string_lossy()) && !lake.lake.exists() {
         tracing::warn!(lake = %lake.lake.display(), "no lake: events are not checked against a catalog");
         return None;
     }
@@ -146,7 +146,7 @@ pub async fn reconcile(args: &ReconcileArgs) -> Result<()> {
     let lake = args.lake.open()?;
     let config = args.lake.fold_config();
     let live = SpeedView::redis(&args.server.redis, &args.server.namespace, config).await?;
-    let cutoff = batch_cutoff(&lake)?;
+    let cutoff = batch_cutoff(&lake).await?;
     let truth = SpeedView::memory(config);
     catch_up(&lake, &truth, cutoff, CatchUpSource::Log, None).await?;
     let (skus, _) = lake.load_catalog().await?;

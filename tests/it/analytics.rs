@@ -15,11 +15,11 @@ async fn analysts_query_every_table_over_flight_sql() {
     assert!(python.exists(), "{} is missing: run scripts/setup.sh (it installs pyarrow and the ADBC driver)", python.display());
     let (_dir, lake) = live_marketplace().await;
     // the nightly job again at the same cutoff: the features too
-    let cutoff = lake.batch_view_asof().unwrap();
+    let cutoff = lake.batch_view_asof().await.unwrap().unwrap();
     lake.nightly(cutoff, sellable_core::FoldConfig::default(), &sellable_batch::Progress::hidden()).await.unwrap();
     let (url, stream, namespace) = redis_names("flight");
     let (port, flight) = (free_port(), free_port());
-    let args = ["serve", "--lake", lake.root().to_str().unwrap(), "--redis", &url, "--namespace", &namespace, "--listen", &format!("127.0.0.1:{port}"), "--flight", &format!("127.0.0.1:{flight}")];
+    let args = ["serve", "--lake", lake.location(), "--redis", &url, "--namespace", &namespace, "--listen", &format!("127.0.0.1:{port}"), "--flight", &format!("127.0.0.1:{flight}")];
     let _server = KillOnDrop(
         keyed(&mut std::process::Command::new(env!("CARGO_BIN_EXE_sellable")))
             .args(args)

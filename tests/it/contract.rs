@@ -28,7 +28,7 @@ async fn the_api_keeps_its_openapi_contract() {
         .args(["--seed", "1", "--max-examples", &examples, "--workers", "2", "--no-color"])
         .env("PYTHONPATH", root.join("tests/schemathesis"))
         .env("SCHEMATHESIS_HOOKS", "hooks")
-        .current_dir(lake.root());
+        .current_dir(lake.local_dir());
     let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "schemathesis found answers that break the contract:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));

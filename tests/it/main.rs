@@ -17,6 +17,7 @@ use sellable_speed::{catch_up, CatchUpSource, SpeedView};
 mod analytics;
 mod contract;
 mod decisions;
+mod objects;
 mod reservations;
 
 /// The API key the `sellable` processes of these tests admit (every scope), set by the
@@ -610,7 +611,7 @@ async fn reconcile_lists_drift_and_repair_brings_redis_back_to_the_lake() {
 
     let reconcile = |repair: bool| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"));
-        command.args(["reconcile", "--redis", &url, "--namespace", &namespace, "--lake"]).arg(market.lake.root());
+        command.args(["reconcile", "--redis", &url, "--namespace", &namespace, "--lake"]).arg(market.lake.location());
         if repair {
             command.arg("--repair");
         }
@@ -739,7 +740,7 @@ async fn the_model_halves_the_oversells_of_the_best_safety_stock_and_serves() {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_sellable")).args(args).output().unwrap();
         (output.status.success(), String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr))
     };
-    let (lake, models) = (trained.lake.root().to_str().unwrap(), trained.registry.root().to_str().unwrap());
+    let (lake, models) = (trained.lake.location(), trained.registry.root().to_str().unwrap());
     let bad = trained.registry.root().with_file_name("bad.toml");
     std::fs::write(&bad, "[xgboost]\neta = 2\n").unwrap();
     let (ok, said) = sellable(&["train", "--lake", lake, "--models", models, "--config", bad.to_str().unwrap()]);
@@ -831,8 +832,8 @@ async fn losing_redis_makes_answers_conservative_until_the_speed_view_is_whole_a
     let mut redis = OwnRedis::start();
     let speed = Arc::new(SpeedView::redis_lazy(&redis.url(), "lost", FoldConfig::default()).await.unwrap());
     let every = std::time::Duration::from_millis(200);
-    let log: Arc<dyn sellable_core::EventLog> = Arc::new(Lake::open(market.lake.root()).unwrap());
-    let lake = Arc::new(Lake::open(market.lake.root()).unwrap());
+    let log: Arc<dyn sellable_core::EventLog> = Arc::new(Lake::open(market.lake.local_dir()).unwrap());
+    let lake = Arc::new(Lake::open(market.lake.local_dir()).unwrap());
     let rows: sellable_speed::BatchRows = Arc::new(move || {
         let lake = lake.clone();
         Box::pin(async move { Ok(lake.load_published().await?) })
@@ -982,7 +983,7 @@ async fn posted_events_reach_the_lake_through_the_ingestion_stream() {
 
     let archived = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
         .args(["archive", "--redis", &url, "--stream", &stream, "--until-idle", "0.5", "--lake"])
-        .arg(market.lake.root())
+        .arg(market.lake.location())
         .output()
         .unwrap();
     assert!(archived.status.success(), "{}", String::from_utf8_lossy(&archived.stderr));
@@ -1004,12 +1005,12 @@ async fn sellable_run_keeps_posted_events_across_cutovers_and_archives_them() {
     let market = marketplace().await;
     let id = std::process::id();
     let port = free_port();
-    let log_path = market.lake.root().with_file_name("run.log");
+    let log_path = market.lake.local_dir().with_file_name("run.log");
     let _run = KillOnDrop(
         keyed(&mut std::process::Command::new(env!("CARGO_BIN_EXE_sellable")))
             .args(["run", "--redis", &url, "--stream", &stream, "--namespace", &namespace, "--nightly-every", "1"])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--lake"])
-            .arg(market.lake.root())
+            .arg(market.lake.location())
             .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap(),
@@ -1153,11 +1154,11 @@ async fn sellable_run_rebuilds_its_speed_view_when_redis_comes_back_empty() {
     let market = marketplace().await;
     let mut redis = OwnRedis::start();
     let port = free_port();
-    let log_path = market.lake.root().with_file_name("run.log");
+    let log_path = market.lake.local_dir().with_file_name("run.log");
     let _run = KillOnDrop(
         keyed(&mut std::process::Command::new(env!("CARGO_BIN_EXE_sellable")))
             .args(["run", "--redis", &redis.url(), "--nightly-every", "2", "--listen", &format!("127.0.0.1:{port}"), "--lake"])
-            .arg(market.lake.root())
+            .arg(market.lake.location())
             .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap(),
@@ -1212,7 +1213,7 @@ async fn sellable_run_roles_in_four_processes_keep_one_truth_through_kills() {
     let market = marketplace().await;
     let id = std::process::id();
     let port = free_port();
-    let lake = market.lake.root().to_str().unwrap().to_string();
+    let lake = market.lake.location().to_string();
     let common = ["--redis", &url, "--stream", &stream, "--namespace", &namespace, "--lake", &lake];
     let role = |role: &str, extra: &[&str], log: &std::path::Path| {
         KillOnDrop(
@@ -1225,13 +1226,13 @@ async fn sellable_run_roles_in_four_processes_keep_one_truth_through_kills() {
                 .unwrap(),
         )
     };
-    let batch_log = market.lake.root().with_file_name("batch.log");
+    let batch_log = market.lake.local_dir().with_file_name("batch.log");
     let _batch = role("batch", &["--nightly-every", "2", "--workers", "0"], &batch_log);
-    let fold_log = market.lake.root().with_file_name("fold.log");
+    let fold_log = market.lake.local_dir().with_file_name("fold.log");
     let mut fold = role("fold", &["--consumer", "fold-a"], &fold_log);
-    let archive_log = market.lake.root().with_file_name("archive.log");
+    let archive_log = market.lake.local_dir().with_file_name("archive.log");
     let mut archive = role("archive", &[], &archive_log);
-    let serve_log = market.lake.root().with_file_name("serve.log");
+    let serve_log = market.lake.local_dir().with_file_name("serve.log");
     let _serve = role("serve", &["--listen", &format!("127.0.0.1:{port}")], &serve_log);
     let logs = || {
         let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();

@@ -324,7 +324,7 @@ pub(crate) async fn live_marketplace() -> (tempfile::TempDir, Lake) {
 
 /// `sellable serve --redis` on `port`, once it answers at better than `conservative`.
 pub(crate) async fn serve_process(lake: &Lake, url: &str, namespace: &str, port: u16) -> KillOnDrop {
-    let args = ["serve", "--lake", lake.root().to_str().unwrap(), "--redis", url, "--namespace", namespace, "--listen", &format!("127.0.0.1:{port}")];
+    let args = ["serve", "--lake", lake.location(), "--redis", url, "--namespace", namespace, "--listen", &format!("127.0.0.1:{port}")];
     let child = KillOnDrop(crate::keyed(&mut std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))).args(args).stderr(std::process::Stdio::null()).spawn().unwrap());
     for _ in 0..300 {
         if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {

@@ -1,0 +1,178 @@
+//! The lake in an object store: import, the nightly job, the archiver's appends and serving, on an
+//! `s3://` lake held by a local S3-compatible server (moto's, installed by `scripts/setup.sh`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sellable_batch::Lake;
+use sellable_bench::{generate, SimConfig};
+use sellable_core::event::{encode_json, read_event_file};
+use sellable_core::{Event, EventKind};
+
+use crate::{api, chrono_now, forget, free_port, keyed, redis_names, KillOnDrop, DAY};
+
+/// A moto server on a port of its own holding one bucket; killed when dropped.
+struct S3 {
+    _server: KillOnDrop,
+    endpoint: String,
+}
+
+impl S3 {
+    async fn start(bucket: &str, log: &Path) -> S3 {
+        let moto = Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/venv/bin/moto_server");
+        assert!(moto.exists(), "{} is missing: scripts/setup.sh installs it", moto.display());
+        let port = free_port();
+        let server = Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let (server, endpoint) = (KillOnDrop(server), format!("http://127.0.0.1:{port}"));
+        // a bucket is made by a PUT of its name (moto does not check signatures)
+        for attempt in 0.. {
+            match reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await {
+                Ok(made) if made.status().is_success() => break,
+                _ if attempt < 300 => tokio::time::sleep(Duration::from_millis(100)).await,
+                other => panic!("moto made no bucket: {other:?}\n{}", std::fs::read_to_string(log).unwrap_or_default()),
+            }
+        }
+        S3 { _server: server, endpoint }
+    }
+
+    /// What the `AWS_*` environment variables say to a `sellable` process, as Lance's storage
+    /// options for this test's own process.
+    fn options(&self) -> HashMap<String, String> {
+        self.settings().into_iter().map(|(name, value)| (name.to_lowercase(), value.to_string())).collect()
+    }
+
+    fn settings(&self) -> [(&'static str, &str); 5] {
+        [
+            ("AWS_ENDPOINT", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+    }
+
+    fn sellable(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sellable"));
+        command.envs(self.settings());
+        command
+    }
+
+    /// Runs `sellable ARGS` to its end; its stderr.
+    fn run(&self, args: &[&str]) -> String {
+        let output = self.sellable().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success(), "sellable {args:?}: {stderr}");
+        stderr
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_pipeline_runs_on_an_s3_lake() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3::start("sellable", &dir.path().join("moto.log")).await;
+    let summary = generate(&SimConfig { seed: 23, skus: 40, nodes: 6, days: 2.0, ..SimConfig::default() }, &dir.path().join("gen")).unwrap();
+    let (remote, local) = ("s3://sellable/lakes/one", dir.path().join("local"));
+    let gen = dir.path().join("gen");
+    let (gen, local) = (gen.to_str().unwrap(), local.to_str().unwrap());
+
+    // import and the nightly job, on the s3 lake and on a local one: the same rows
+    let asof = (summary.end - DAY).to_string();
+    for lake in [remote, local] {
+        s3.run(&["lake", "import", "--lake", lake, "--from", gen]);
+        s3.run(&["batch", "--lake", lake, "--asof", &asof]);
+    }
+    let lake = Lake::at(remote).unwrap().with_storage_options(s3.options());
+    let (in_s3, on_disk) = (lake.load_batch_view().await.unwrap(), Lake::at(local).unwrap().load_batch_view().await.unwrap());
+    assert!(!in_s3.states.is_empty());
+    assert_eq!(in_s3.states, on_disk.states);
+    // bit for bit (a missing feature is NaN, which equals nothing)
+    let bits = |features: &HashMap<(String, String), Vec<f64>>| {
+        let bits: std::collections::BTreeMap<_, Vec<u64>> = features.iter().map(|(key, values)| (key.clone(), values.iter().map(|v| v.to_bits()).collect())).collect();
+        bits
+    };
+    assert!(!in_s3.features.is_empty());
+    assert!(bits(&in_s3.features) == bits(&on_disk.features), "the features of the s3 lake differ from the local lake's");
+    let info = lake.info().await.unwrap();
+    let events = info.iter().find(|dataset| dataset.name == "events").unwrap();
+    assert_eq!(events.rows, summary.events);
+    assert!(info.iter().all(|dataset| dataset.bytes > 0), "{info:?}");
+    assert!(!Path::new("s3:").exists(), "nothing is written to a local directory named after the URI");
+
+    // `sellable run` on it: a posted receipt is answered, archived into the s3 lake, and counted
+    // once across the nightly jobs' cutovers there
+    let (url, stream, namespace) = redis_names("s3");
+    let port = free_port();
+    let log_path = dir.path().join("run.log");
+    let mut command = s3.sellable();
+    let _run = KillOnDrop(
+        keyed(&mut command)
+            .args(["run", "--lake", remote, "--redis", &url, "--stream", &stream, "--namespace", &namespace, "--nightly-every", "1"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let last = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).last().unwrap();
+    let nodes = lake.load_nodes().await.unwrap();
+    let country = &nodes.iter().find(|node| node.node == last.node).unwrap().country;
+    let base = format!("http://127.0.0.1:{port}");
+    let id = format!("s3-receipt-{}", std::process::id());
+    let receipt = Event { event_id: id.clone(), ts: chrono_now(), sku: last.sku.clone(), node: last.node.clone(), kind: EventKind::Receipt, qty: 1_000, order_id: None, arrived: None };
+    let answer = || async {
+        let asked = api().get(format!("{base}/v1/availability/{}?region={country}&qty=1", receipt.sku)).send().await;
+        asked.ok()?.json::<serde_json::Value>().await.ok()
+    };
+    let units = |answer: &serde_json::Value| {
+        let options = answer["options"].as_array().cloned().unwrap_or_default();
+        options.iter().find(|o| o["node"] == receipt.node.as_str()).map_or(0, |o| o["units"].as_i64().unwrap_or(0))
+    };
+    let mut up = false;
+    for _ in 0..600 {
+        if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "the server never answered:\n{}", log());
+    let posted: serde_json::Value = api()
+        .post(format!("{base}/v1/events"))
+        .header("content-type", "application/x-ndjson")
+        .body(encode_json(&receipt))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(posted["accepted"].as_u64().unwrap() + posted["duplicates"].as_u64().unwrap(), 1, "{posted}");
+    let mut cutovers = 0;
+    let mut seen = None;
+    for _ in 0..600 {
+        cutovers = log().matches("run: cutover to").count();
+        if let Some(answer) = answer().await.filter(|answer| units(answer) >= 1_000) {
+            seen = Some(answer);
+        }
+        if cutovers >= 2 && seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = seen.unwrap_or_else(|| panic!("the receipt was never answered:\n{}", log()));
+    assert!(cutovers >= 2, "{}", log());
+    let later = answer().await.unwrap();
+    assert!(units(&later) >= 1_000 && units(&later) <= units(&seen) + 1, "{seen}\n{later}");
+    assert!(lake.batch_view_asof().await.unwrap() > Some(summary.end), "the nightly jobs wrote their views to the s3 lake");
+    let archived = lake.events_after(summary.end).await.unwrap().into_iter().filter(|e| e.as_ref().is_ok_and(|e| e.event_id == id)).count();
+    assert_eq!(archived, 1, "{}", log());
+    drop(_run);
+    forget(&url, &stream, &namespace).await;
+}
