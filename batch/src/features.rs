@@ -230,7 +230,7 @@ fn arrow_error(error: arrow_schema::ArrowError) -> BatchError {
     BatchError::Corrupt { dataset: FEATURES.into(), message: error.to_string() }
 }
 
-fn float_column(batch: &RecordBatch, name: &str) -> Result<Float64Array, BatchError> {
+pub(crate) fn float_column(batch: &RecordBatch, name: &str) -> Result<Float64Array, BatchError> {
     let array = arrow_cast::cast(column(batch, name, FEATURES)?, &DataType::Float64).map_err(arrow_error)?;
     Ok(array.as_any().downcast_ref::<Float64Array>().expect("cast to Float64").clone())
 }

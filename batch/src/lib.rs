@@ -11,6 +11,7 @@
 
 pub mod decisions;
 pub mod features;
+mod publish;
 mod shares;
 pub mod trainset;
 mod versions;
@@ -29,7 +30,7 @@ use lance::dataset::{Dataset, WriteMode, WriteParams};
 use sellable_core::catalog::{node_schema, nodes_from_batch, nodes_to_batch, sku_schema, skus_from_batch, skus_to_batch};
 use sellable_core::event::{event_schema, events_from_batch, events_to_batch, DecodeError, InputError};
 use sellable_core::fold::{effect, Anchor, EventKey, SkuNode};
-use sellable_core::{BatchMeta, BatchView, Event, EventKind, FoldConfig, Millis, NodeInfo, NodeState, SkuInfo};
+use sellable_core::{BatchView, Event, EventKind, FoldConfig, Millis, NodeInfo, NodeState, SkuInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -61,10 +62,10 @@ const SCRATCH: &str = "scratch";
 const LINEAGE_PREFIX: &str = "sellable.view.";
 
 /// What the stored batch view was computed from, committed with its deltas (the second of its two
-/// writes) as properties of that version. A training set whose replay starts at the view's cutoff
-/// reads the view instead of computing it again while all of this still holds: the same events
-/// version and lateness, the view's version the one written with these deltas, and no deltas
-/// written since (the lineage is read from the newest version of `batch_deltas`).
+/// writes) as properties of that version: the newest deltas name the version of `batch_view`
+/// they pair with, so a run that stopped between its writes leaves the last whole pair readable.
+/// A training set whose replay starts at the view's cutoff reads the view instead of computing it
+/// again while its cutoff, events version and lateness are those it would compute from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ViewLineage {
     asof: Millis,
@@ -314,7 +315,7 @@ impl Lake {
 
     /// The newest version of the dataset `name`, `None` when the lake has none.
     async fn existing(&self, name: &str) -> Result<Option<Dataset>, BatchError> {
-        let mut builder = lance::dataset::builder::DatasetBuilder::from_uri(&self.uri(name));
+        let mut builder = lance::dataset::builder::DatasetBuilder::from_uri(self.uri(name));
         if let Some(options) = &self.storage {
             builder = builder.with_storage_options(options.as_ref().clone());
         }
@@ -648,7 +649,7 @@ impl Lake {
         }
         let computed = self.compute(asof, config, bar).await?;
         let view: Vec<RecordBatch> = computed.rows.iter().map(|batch| view_batch(batch, asof)).collect::<Result<_, _>>()?;
-        Ok((view_states(&view, &computed.deltas)?.1, false))
+        Ok((view_states(&view, &computed.deltas)?, false))
     }
 
     /// The stored batch view's states, if its lineage says it is the view as of `asof` of the
@@ -657,11 +658,10 @@ impl Lake {
         let Some((recorded, view, deltas)) = self.stored_view().await? else {
             return Ok(None);
         };
-        let now = ViewLineage { asof, events_version: self.events_version().await?, lateness_ms: config.lateness_ms, view_version: view.version_id() };
-        if now != recorded {
+        if (recorded.asof, recorded.events_version, recorded.lateness_ms) != (asof, self.events_version().await?, config.lateness_ms) {
             return Ok(None);
         }
-        Ok(Some(view_states(&scan(&view, BATCH_VIEW).await?, &scan(&deltas, BATCH_DELTAS).await?)?.1))
+        Ok(Some(view_states(&scan(&view, BATCH_VIEW).await?, &scan(&deltas, BATCH_DELTAS).await?)?))
     }
 
     /// The feature SQL's rows and deltas as of `asof`, one step of `bar` per share.
@@ -729,35 +729,34 @@ impl Lake {
     }
 
     /// The stored batch view and deltas with the lineage committed with the deltas, if the
-    /// newest deltas have one and it names the newest view (a run that stopped between its two
-    /// writes left a view whose deltas are not stored: none then).
+    /// newest deltas have one: the view is the version it names (the newest unless a run stopped
+    /// between its two writes, leaving a view whose deltas were never written).
     async fn stored_view(&self) -> Result<Option<(ViewLineage, Dataset, Dataset)>, BatchError> {
         let (Some(view), Some(deltas)) = (self.existing(BATCH_VIEW).await?, self.existing(BATCH_DELTAS).await?) else {
             return Ok(None);
         };
         let transaction = deltas.read_transaction_by_version(deltas.version_id()).await.map_err(self.lance_error(BATCH_DELTAS))?;
         let lineage = transaction.and_then(|t| t.transaction_properties).and_then(|properties| ViewLineage::parse(&properties));
-        Ok(lineage.filter(|lineage| lineage.view_version == view.version_id()).map(|lineage| (lineage, view, deltas)))
+        let Some(lineage) = lineage else { return Ok(None) };
+        // a run that stopped between its two writes left a newer view: its deltas' is the pair
+        let view = if view.version_id() == lineage.view_version {
+            view
+        } else {
+            view.checkout_version(lineage.view_version).await.map_err(self.lance_error(BATCH_VIEW))?
+        };
+        Ok(Some((lineage, view, deltas)))
     }
 
-    /// Loads the latest batch view into memory, for serving.
-    /// The batch view as an epoch publishes it ([`BatchView::rows`]): its metadata, and a row per
-    /// SKU of the catalog.
-    pub async fn load_published(&self) -> Result<(BatchMeta, sellable_core::view::Rows), BatchError> {
-        let (skus, _) = self.load_catalog().await?;
-        let batch = self.load_batch_view().await?;
-        Ok((batch.meta(), batch.into_rows(skus)))
+    /// The stored view and deltas ([`Lake::stored_view`]), or why there are none.
+    async fn stored_view_or_missing(&self) -> Result<(ViewLineage, Dataset, Dataset), BatchError> {
+        self.stored_view().await?.ok_or_else(|| BatchError::Missing(self.location.clone(), BATCH_VIEW, "compute one first (sellable batch)"))
     }
 
+    /// Loads the latest batch view into memory (serving streams it instead: [`Lake::load_published`]).
     pub async fn load_batch_view(&self) -> Result<BatchView, BatchError> {
-        let hint = "compute one first (sellable batch)";
-        let dataset = self.dataset(BATCH_VIEW, hint).await?;
-        let version = dataset.version_id();
-        let view = scan(&dataset, BATCH_VIEW).await?;
-        let deltas = scan(&self.dataset(BATCH_DELTAS, hint).await?, BATCH_DELTAS).await?;
-        let (asof, states) = view_states(&view, &deltas)?;
-        // An empty view (no events before the cutoff) still has a cutoff: read it from the name.
-        let asof = asof.unwrap_or_default();
+        let (lineage, view, deltas) = self.stored_view_or_missing().await?;
+        let (version, asof) = (view.version_id(), lineage.asof);
+        let states = view_states(&scan(&view, BATCH_VIEW).await?, &scan(&deltas, BATCH_DELTAS).await?)?;
         // the feature store's features of the same cutoff, if it has them
         let (features, features_version) = match self.load_features(Some(asof)).await {
             Ok(features) => (features.rows, format!(", features v{}", features.version)),
@@ -1014,14 +1013,12 @@ fn int_column(batch: &RecordBatch, name: &str, dataset: &str) -> Result<Int64Arr
 }
 
 /// A batch view's states from its rows (`batch_view`'s columns) and on-hand deltas
-/// (`batch_deltas`'s), with its cutoff (`None`: no rows).
-fn view_states(view: &[RecordBatch], deltas: &[RecordBatch]) -> Result<(Option<Millis>, BTreeMap<SkuNode, NodeState>), BatchError> {
+/// (`batch_deltas`'s).
+fn view_states(view: &[RecordBatch], deltas: &[RecordBatch]) -> Result<BTreeMap<SkuNode, NodeState>, BatchError> {
     let mut states: BTreeMap<SkuNode, NodeState> = BTreeMap::new();
-    let mut asof = None;
     for batch in view {
         let rows = ViewColumns::of(batch)?;
         for row in 0..batch.num_rows() {
-            asof = Some(rows.asof.value(row));
             states.insert((rows.sku.value(row).to_string(), rows.node.value(row).to_string()), rows.state(row)?);
         }
     }
@@ -1038,7 +1035,7 @@ fn view_states(view: &[RecordBatch], deltas: &[RecordBatch]) -> Result<(Option<M
             state.deltas.insert(EventKey { ts: ts.value(row), event_id: event_id.value(row).to_string() }, delta.value(row));
         }
     }
-    Ok((asof, states))
+    Ok(states)
 }
 
 struct ViewColumns {
@@ -1052,7 +1049,6 @@ struct ViewColumns {
     anchor_id: StringArray,
     anchor_qty: Int64Array,
     anchor_kind: StringArray,
-    asof: Int64Array,
 }
 
 impl ViewColumns {
@@ -1070,7 +1066,6 @@ impl ViewColumns {
             anchor_id: text("anchor_id")?,
             anchor_qty: int("anchor_qty")?,
             anchor_kind: text("anchor_kind")?,
-            asof: int("asof")?,
         })
     }
 

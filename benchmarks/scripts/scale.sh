@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # How serving and the Redis store grow with the catalog, in one run: for each catalog size, a
 # marketplace of that many SKUs (one simulated day, one node per 100 SKUs, at least 40) is
-# generated, imported and batched; `sellable run --role batch` opens its epoch on Redis (the batch
+# generated, imported and batched (the nightly job's wall time and peak resident memory are
+# read); `sellable run --role batch` opens its epoch on Redis (the batch
 # view published there, the speed view caught up) and `sellable run --role serve` answers from
 # it, holding no SKU; the serve process's resident memory is read from /proc after start and
 # after the requests; availability is asked for REQUESTS (sku, country) pairs one at a time
@@ -26,7 +27,14 @@ for skus in "${sizes[@]}"; do
   mkdir -p "$dir"
   step gen "$bin" gen --out "$dir/gen" --skus "$skus" --nodes "$nodes" --days 1
   step import "$bin" lake import --lake "$dir/lake" --from "$dir/gen"
-  step batch "$bin" batch --lake "$dir/lake"
+  # the nightly job, its wall time and peak resident memory (read from /proc while it runs)
+  started=$(date +%s.%N); "$bin" batch --lake "$dir/lake" 2>"$dir/batch.log" & nightly_pid=$!; nightly_mb=0
+  while kill -0 "$nightly_pid" 2>/dev/null; do
+    mb=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$nightly_pid/status" 2>/dev/null || true); [ -n "$mb" ] && nightly_mb=$mb
+    sleep 0.5
+  done
+  wait "$nightly_pid" || { echo "scale: the nightly job failed:"; tail -5 "$dir/batch.log"; exit 1; }
+  nightly_s=$(awk -v start="$started" -v end="$(date +%s.%N)" 'BEGIN {printf "%.0f", end - start}')
   namespace="sellable-bench-scale-$skus"; roles=(--lake "$dir/lake" --redis "$url" --namespace "$namespace" --stream "$namespace-events")
   clear_namespace() { cli --scan --pattern "$namespace*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null; }
   clear_namespace
@@ -75,7 +83,7 @@ PY
   step fold "$bin" fold --lake "$dir/lake" --redis "$url" --namespace "$namespace"
   per_sku=$(( ($(used) - before) / skus ))
   clear_namespace
-  echo -e "$skus\t$nodes\t$epoch_s\t$batch_hwm\t$rss_start\t$rss_end\t$latency\t$published\t$per_sku" | tr ' ' '\t' >> "$results"
+  echo -e "$skus\t$nodes\t$nightly_s\t$nightly_mb\t$epoch_s\t$batch_hwm\t$rss_start\t$rss_end\t$latency\t$published\t$per_sku" | tr ' ' '\t' >> "$results"
 done
 python3 - "$results" "$profile" <<'PY'
 import sys
@@ -83,8 +91,8 @@ rows = [line.split("\t") for line in open(sys.argv[1]).read().split("\n") if lin
 base = rows[0]
 ratio = lambda value, base: f"{float(value) / float(base):.2f}x" if float(base) else ""
 print(f"profile {sys.argv[2]}; ratios against the first size")
-print(f"{'skus':>10} {'nodes':>7} {'epoch s':>8} {'batch MB':>9} {'serve MB':>9} {'after MB':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'epoch B/sku':>11} {'day B/sku':>10}")
-widths = [10, 7, 8, 9, 9, 9, 8, 8, 7, 11, 10]
+print(f"{'skus':>10} {'nodes':>7} {'nightly s':>9} {'nightly MB':>10} {'epoch s':>8} {'batch MB':>9} {'serve MB':>9} {'after MB':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'epoch B/sku':>11} {'day B/sku':>10}")
+widths = [10, 7, 9, 10, 8, 9, 9, 9, 8, 8, 7, 11, 10]
 for row in rows:
     print(" ".join(f"{value:>{width}}" for value, width in zip(row, widths)))
     print(" ".join(f"{ratio(value, first) if index > 1 else '':>{width}}" for index, (value, first, width) in enumerate(zip(row, base, widths))))

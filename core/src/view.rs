@@ -79,7 +79,7 @@ impl BatchView {
         Box::new(skus.into_iter().map(move |info| {
             let mut features = features.remove(&info.sku).unwrap_or_default();
             features.sort_by(|a, b| a.0.cmp(&b.0));
-            SkuRow { states: states.remove(&info.sku).unwrap_or_default(), info, features }
+            Ok(SkuRow { states: states.remove(&info.sku).unwrap_or_default(), info, features })
         }))
     }
 
@@ -168,7 +168,11 @@ pub trait EventLog: Send + Sync {
 }
 
 /// A published batch view's rows, made as they are taken.
-pub type Rows = Box<dyn Iterator<Item = SkuRow> + Send>;
+///
+/// A view streamed from its store yields an error where it could not be read further (the
+/// publication then fails instead of publishing part of the view); its iterator may block while
+/// the next rows are read, so async callers take rows off their runtime (`spawn_blocking`).
+pub type Rows = Box<dyn Iterator<Item = Result<SkuRow, ViewError>> + Send>;
 
 /// What serving reads of one SKU in one round trip: its row of the epoch's batch view (`None`:
 /// not published, an unknown SKU when the view is complete), the speed view's states (by node)

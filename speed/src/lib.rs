@@ -49,7 +49,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use sellable_core::event::DecodeError;
 use sellable_core::fold::watermarks;
-use sellable_core::view::BoxFuture;
+use sellable_core::view::{BoxFuture, Rows};
 use sku_state::SkuState;
 use sellable_core::fold::UNKNOWN_PRINT;
 use sellable_core::{known_at, BatchMeta, DeadLetter, Event, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome, SeenIds, SkuRead, SkuRow, ViewError, Watermarks};
@@ -65,6 +65,8 @@ pub enum SpeedError {
     Contended { key: String, attempts: usize },
     #[error("reading the event log: {0}")]
     EventLog(#[source] ViewError),
+    #[error("reading the batch view to publish: {0}")]
+    BatchView(#[source] ViewError),
     #[error("reading {path}: {source}")]
     File { path: String, source: sellable_core::event::InputError },
 }
@@ -244,11 +246,20 @@ impl SpeedView {
     /// Publishes the batch view this speed view continues: its `rows` (one per SKU of the
     /// catalog) then its `meta`, which readers take as the sign that every row is there. Call it
     /// on a view that holds no other batch view (after [`SpeedView::clear`]).
-    pub async fn publish(&self, meta: &BatchMeta, rows: impl IntoIterator<Item = SkuRow>) -> Result<u64, SpeedError> {
+    pub async fn publish(&self, meta: &BatchMeta, rows: Rows) -> Result<u64, SpeedError> {
         match self {
             SpeedView::Memory(store) => {
+                let (mut rows, mut all) = (rows, HashMap::new());
+                loop {
+                    let chunk;
+                    (rows, chunk) = take_rows(rows, PUBLISH_CHUNK).await?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    all.extend(chunk.into_iter().map(|row| (row.info.sku.clone(), Arc::new(row))));
+                }
                 let mut published = store.published.lock().expect("speed view lock poisoned; this is a bug");
-                published.rows = rows.into_iter().map(|row| (row.info.sku.clone(), Arc::new(row))).collect();
+                published.rows = all;
                 published.meta = Some(meta.clone());
                 Ok(published.rows.len() as u64)
             }
@@ -763,6 +774,19 @@ const SKUS_PER_CALL: usize = 500;
 
 /// Rows encoded and sent at a time when a batch view is published.
 const PUBLISH_CHUNK: usize = 20_000;
+
+/// Up to `count` rows of `rows`, taken off the async runtime (a streamed view's iterator blocks
+/// while it reads the next rows); fewer only at the end.
+async fn take_rows(rows: Rows, count: usize) -> Result<(Rows, Vec<SkuRow>), SpeedError> {
+    let (rows, chunk) = tokio::task::spawn_blocking(move || {
+        let mut rows = rows;
+        let chunk = rows.by_ref().take(count).collect::<Result<Vec<_>, _>>();
+        (rows, chunk)
+    })
+    .await
+    .map_err(|error| SpeedError::BatchView(Box::new(error)))?;
+    Ok((rows, chunk.map_err(SpeedError::BatchView)?))
+}
 
 /// Ids per command when recording ids folded into the batch view.
 const IDS_PER_COMMAND: usize = 2_000;
@@ -1417,13 +1441,17 @@ impl RedisStore {
 
     /// Writes the rows [`PUBLISH_CHUNK`] at a time (per partition, [`SKUS_PER_CALL`] per
     /// command, a few commands at once), then the metadata. Returns the rows written.
-    async fn publish(&self, meta: &BatchMeta, rows: impl IntoIterator<Item = SkuRow>) -> Result<u64, SpeedError> {
+    async fn publish(&self, meta: &BatchMeta, rows: Rows) -> Result<u64, SpeedError> {
         self.layout(true).await?;
-        let mut written = 0;
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
+        let (mut rows, mut written) = (rows, 0);
+        loop {
+            let chunk;
+            (rows, chunk) = take_rows(rows, PUBLISH_CHUNK).await?;
+            if chunk.is_empty() {
+                break;
+            }
             let mut by_partition: BTreeMap<u64, Vec<(String, Vec<u8>)>> = BTreeMap::new();
-            for row in rows.by_ref().take(PUBLISH_CHUNK) {
+            for row in chunk {
                 by_partition.entry(self.partition(&row.info.sku)).or_default().push((row.info.sku.clone(), sku_state::encode_row(&row)));
                 written += 1;
             }

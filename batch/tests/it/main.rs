@@ -350,6 +350,66 @@ async fn a_cutoff_computed_again_reads_back_as_its_newest_run() {
     assert!(changed > 20, "the second run should differ from the first: {changed} rows");
 }
 
+/// An epoch publishes the batch view streamed from the lake (four scans sorted by SKU, merged):
+/// the rows it reads are those of the view loaded whole, deltas, features of a cutoff computed
+/// twice (the newest run's) and SKUs without a state included, with the same metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_published_rows_stream_what_the_whole_view_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, events) = simulate(&dir.path().join("gen"), 43);
+    let asof = summary.end - DAY / 3;
+    let half = events.len() / 2;
+    let lake = lake_of(&dir.path().join("lake"), &summary, &events[..half]).await;
+    lake.compute_features(&[asof], FoldConfig::default(), &Progress::hidden()).await.unwrap();
+    lake.import_events(events[half..].to_vec().into_iter().map(Ok)).await.unwrap();
+    lake.nightly(asof, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+    let (meta, rows) = lake.load_published().await.unwrap();
+    let streamed = tokio::task::spawn_blocking(move || rows.collect::<Result<Vec<_>, _>>()).await.unwrap().unwrap();
+    let whole = lake.load_batch_view().await.unwrap();
+    assert_eq!(meta, whole.meta());
+    let (skus, _) = lake.load_catalog().await.unwrap();
+    let mut loaded: Vec<_> = whole.into_rows(skus).map(Result::unwrap).collect();
+    loaded.sort_by(|a, b| a.info.sku.cmp(&b.info.sku));
+    assert_eq!(streamed.len(), loaded.len());
+    for (streamed, loaded) in streamed.iter().zip(&loaded) {
+        assert_eq!((&streamed.info, &streamed.states), (&loaded.info, &loaded.states));
+        let nodes = |row: &sellable_core::SkuRow| row.features.iter().map(|(node, _)| node.clone()).collect::<Vec<_>>();
+        assert_eq!(nodes(streamed), nodes(loaded), "{}", streamed.info.sku);
+        assert!(streamed.features.iter().zip(&loaded.features).all(|((_, a), (_, b))| same_bits(a, b)), "{}", streamed.info.sku);
+    }
+    assert!(streamed.iter().any(|row| row.states.iter().any(|(_, state)| !state.deltas.is_empty())), "deltas travel");
+    assert!(streamed.iter().filter(|row| !row.features.is_empty()).count() > 20, "features travel");
+}
+
+/// A nightly run that stopped between its two writes (a new view written, its deltas never) leaves
+/// the last whole pair in force: the view the newest deltas name, with its cutoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_without_its_deltas_leaves_the_last_whole_pair_in_force() {
+    use futures::TryStreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, events) = simulate(&dir.path().join("gen"), 47);
+    let asof = summary.end - DAY;
+    let lake = lake_of(&dir.path().join("lake"), &summary, &events).await;
+    lake.nightly(asof, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+    let before = lake.load_batch_view().await.unwrap();
+    // the half-done run: one row of the view as a new version of its own
+    let uri = dir.path().join("lake").join("batch_view.lance");
+    let stored = lance::dataset::Dataset::open(uri.to_str().unwrap()).await.unwrap();
+    let batches: Vec<arrow_array::RecordBatch> = stored.scan().try_into_stream().await.unwrap().try_collect().await.unwrap();
+    let one = batches[0].slice(0, 1);
+    let params = lance::dataset::WriteParams { mode: lance::dataset::WriteMode::Overwrite, ..Default::default() };
+    let reader = arrow_array::RecordBatchIterator::new([Ok(one.clone())], one.schema());
+    lance::dataset::Dataset::write(reader, uri.to_str().unwrap(), Some(params)).await.unwrap();
+    assert_eq!(lake.batch_view_asof().await.unwrap(), Some(asof));
+    let after = lake.load_batch_view().await.unwrap();
+    assert!(before.states.len() > 1);
+    assert_eq!((after.version, after.states), (before.version.clone(), before.states.clone()));
+    let (meta, rows) = lake.load_published().await.unwrap();
+    let rows = tokio::task::spawn_blocking(move || rows.collect::<Result<Vec<_>, _>>()).await.unwrap().unwrap();
+    assert_eq!(meta, before.meta());
+    assert_eq!(rows.iter().map(|row| row.states.len()).sum::<usize>(), before.states.len());
+}
+
 /// A training set's replay starts from the batch view of the last cutoff before its period:
 /// started at a later cutoff, it gives the same rows as a replay from an earlier one, a copy
 /// redelivered just after the later cutoff included.

@@ -36,7 +36,7 @@ impl FakeSpeed {
     /// WH-1's batch features set to `features`, if any.
     fn new(mode: Mode, features: Option<Vec<f64>>) -> FakeSpeed {
         let (batch, skus) = test_batch();
-        let mut row = batch.rows(&skus).next().unwrap();
+        let mut row = batch.rows(&skus).next().unwrap().unwrap();
         row.features = features.into_iter().map(|features| ("WH-1".to_string(), features)).collect();
         FakeSpeed { mode, row: Arc::new(row), broken: AtomicBool::new(matches!(mode, Mode::OtherCutoff)) }
     }

@@ -527,7 +527,7 @@ async fn assert_publishes_and_reads_back(view: &SpeedView, events: &[Event]) {
     assert_eq!(view.publish(&batch.meta(), batch.rows(&skus)).await.unwrap(), skus.len() as u64);
     assert_eq!(view.batch_meta().await.unwrap(), Some(batch.meta()));
     view.mark_caught_up(5).await.unwrap();
-    for (row, info) in batch.rows(&skus).zip(&skus) {
+    for (row, info) in batch.rows(&skus).map(Result::unwrap).zip(&skus) {
         let read = view.sku_read(&info.sku).await.unwrap();
         assert_eq!(read.row.as_deref(), Some(&row), "{}", info.sku);
         assert_eq!(read.speed, view.sku_states(&info.sku).await.unwrap());
