@@ -216,9 +216,12 @@ pub struct Evaluation {
     pub model: Outcome,
     pub naive_atp: Outcome,
     pub static_safety_stock: Outcome,
-    /// The model allowed no more false denies than the safety stock: its oversells beside the
-    /// safety stock's.
-    pub at_safety_stock_false_deny_rate: Comparison,
+    /// The model beside the safety stock that denied no more shipped orders than it on the
+    /// validation days: their oversells on the held-out days.
+    pub at_matched_false_denies: Comparison,
+    /// The model beside the safety stock that oversold no more orders than it on the validation
+    /// days: their false denies on the held-out days.
+    pub at_matched_oversells: Comparison,
     pub calibration: Vec<CalibrationBin>,
     pub importance: Vec<(String, f64)>,
     #[serde(skip)]
@@ -238,18 +241,44 @@ pub struct SetSizes {
     pub test_shorted: u64,
 }
 
+/// The model at its threshold beside a static safety stock, both chosen before the held-out
+/// days: their oversells and false denies on those days.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Comparison {
-    pub false_deny_rate: f64,
-    pub threshold: f64,
+    /// The safety stock compared with, matched to the model on the validation days.
+    pub safety_stock: i64,
     pub model_oversells: u64,
+    pub model_false_denies: u64,
     pub safety_stock_oversells: u64,
-    /// Model oversells / safety stock oversells (below 1: the model oversells less).
-    pub ratio: f64,
+    pub safety_stock_false_denies: u64,
 }
 
-/// Evaluates `p_fulfill` on the test days of `split`-like sets; the threshold comes from the
-/// validation scores and the safety stock from the training days.
+impl Comparison {
+    fn of(test: &Orders, model: &Outcome, safety_stock: i64) -> Comparison {
+        let stock = Outcome::of(test, |index| safety_stock_promises(test, index, safety_stock));
+        Comparison {
+            safety_stock,
+            model_oversells: model.oversells,
+            model_false_denies: model.false_denies,
+            safety_stock_oversells: stock.oversells,
+            safety_stock_false_denies: stock.false_denies,
+        }
+    }
+}
+
+/// The safety stocks matched to the model's outcome on the validation days: the largest that
+/// denies no more shipped orders than the model did there, and the smallest that oversells no
+/// more orders than the model did there (the largest tried when none does).
+pub fn matched_safety_stocks(validation: &Orders, model: &Outcome) -> (i64, i64) {
+    let stocks: Vec<Outcome> = (0..=MAX_SAFETY_STOCK).map(|k| Outcome::of(validation, |index| safety_stock_promises(validation, index, k))).collect();
+    let at_false_denies = stocks.iter().rposition(|stock| stock.false_denies <= model.false_denies).unwrap_or(0);
+    let at_oversells = stocks.iter().position(|stock| stock.oversells <= model.oversells).unwrap_or(stocks.len() - 1);
+    (at_false_denies as i64, at_oversells as i64)
+}
+
+/// Evaluates `p_fulfill` on the test days of `split`-like sets. Every choice is made before them:
+/// the threshold on the validation scores, the best safety stock on the training days, and the
+/// safety stocks the model is compared with on the validation days.
 pub fn evaluate(
     train: &Orders,
     validation: (&Orders, &[f64]),
@@ -268,13 +297,8 @@ pub fn evaluate(
     let naive_atp = Outcome::of(test, |index| safety_stock_promises(test, index, 0));
     let static_safety_stock = Outcome::of(test, |index| safety_stock_promises(test, index, safety_stock));
     let curve = operating_curve(test, p_fulfill);
-    // the model's point with the fewest oversells among those denying no more shipped orders
-    let matched = curve
-        .iter()
-        .filter(|point| point.false_denies <= static_safety_stock.false_denies)
-        .min_by_key(|point| point.oversells)
-        .copied()
-        .unwrap_or(curve[curve.len() - 1]);
+    let on_validation = Outcome::of(validation, |index| validation.atp[index] >= validation.qty[index] && validation_p[index] >= threshold);
+    let (at_false_denies, at_oversells) = matched_safety_stocks(validation, &on_validation);
     let safety_stocks = (0..=MAX_SAFETY_STOCK.min(safety_stock * 2 + 10))
         .map(|k| (k, Outcome::of(test, |index| safety_stock_promises(test, index, k))))
         .collect();
@@ -290,13 +314,8 @@ pub fn evaluate(
         model,
         naive_atp,
         static_safety_stock,
-        at_safety_stock_false_deny_rate: Comparison {
-            false_deny_rate: matched.false_deny_rate,
-            threshold: matched.threshold,
-            model_oversells: matched.oversells,
-            safety_stock_oversells: static_safety_stock.oversells,
-            ratio: matched.oversells as f64 / static_safety_stock.oversells.max(1) as f64,
-        },
+        at_matched_false_denies: Comparison::of(test, &model, at_false_denies),
+        at_matched_oversells: Comparison::of(test, &model, at_oversells),
         calibration,
         importance,
         curve,
@@ -315,6 +334,18 @@ mod tests {
             orders.push(index as i64, &[qty, atp], label).unwrap();
         }
         orders
+    }
+
+    #[test]
+    fn safety_stocks_are_matched_to_the_models_outcome() {
+        // (qty, atp, shorted): k = 0 oversells 1 and denies none; k = 1 and 2 oversell none and
+        // deny 1; k = 3 denies 2
+        let set = orders(&[(1.0, 0.0, 1), (1.0, 1.0, 1), (1.0, 3.0, 0), (2.0, 2.0, 0), (1.0, 9.0, 0)]);
+        let careful = Outcome::of(&set, |index| index == 2 || index == 4);
+        assert_eq!((careful.oversells, careful.false_denies), (0, 1));
+        assert_eq!(matched_safety_stocks(&set, &careful), (2, 1), "the largest denying no more, the smallest overselling no more");
+        let naive = Outcome::of(&set, |index| index > 0);
+        assert_eq!(matched_safety_stocks(&set, &naive), (0, 0));
     }
 
     #[test]

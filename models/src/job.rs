@@ -73,7 +73,8 @@ impl Fitted {
             ("test_oversell_rate", e.model.oversell_rate),
             ("test_false_deny_rate", e.model.false_deny_rate),
             ("safety_stock", e.safety_stock as f64),
-            ("oversells_vs_safety_stock", e.at_safety_stock_false_deny_rate.ratio),
+            ("oversells_vs_matched_safety_stock", e.at_matched_false_denies.model_oversells as f64 / e.at_matched_false_denies.safety_stock_oversells.max(1) as f64),
+            ("false_denies_vs_matched_safety_stock", e.at_matched_oversells.model_false_denies as f64 / e.at_matched_oversells.safety_stock_false_denies.max(1) as f64),
             ("parity_max_difference", self.parity),
         ];
         Manifest {

@@ -68,7 +68,7 @@ pub struct Manifest {
     pub target_oversell_rate: f64,
     pub rounds: u32,
     pub lineage: ModelLineage,
-    /// Headline figures on the held-out days, e.g. `pr_auc`, `oversells_vs_safety_stock`.
+    /// Headline figures on the held-out days, e.g. `pr_auc`, `oversells_vs_matched_safety_stock`.
     pub headline: std::collections::BTreeMap<String, f64>,
     /// The training configuration, as given.
     pub config: serde_json::Value,

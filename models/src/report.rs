@@ -160,7 +160,7 @@ fn row(name: &str, outcome: &Outcome) -> String {
 /// The whole page. `title` and `details` (name, value) head it: version, lineage, rounds.
 pub fn html(title: &str, details: &[(String, String)], evaluation: &Evaluation) -> Result<String, ReportError> {
     let e = evaluation;
-    let compared = &e.at_safety_stock_false_deny_rate;
+    let (fd, os) = (&e.at_matched_false_denies, &e.at_matched_oversells);
     let details: String = details.iter().map(|(name, value)| format!("<tr><th>{}</th><td>{}</td></tr>", escape(name), escape(value))).collect();
     Ok(format!(
         r#"<!DOCTYPE html>
@@ -173,9 +173,11 @@ th {{ text-align: left; background: #f4f4f4; }} .plots {{ display: flex; flex-wr
 </style></head><body>
 <h1>{title}</h1>
 <table>{details}</table>
-<p class="headline">At the false-deny rate of the best static safety stock (k = {k}, {fd:.4} of shipped orders denied), the model
-oversells <b>{model_oversells}</b> orders where the safety stock oversells <b>{stock_oversells}</b> (ratio {ratio:.2}) on the
-held-out days ({test} orders, {shorted} shorted).</p>
+<p class="headline">On the held-out days ({test} orders, {shorted} shorted), at operating points all chosen before them: the model at its
+threshold oversells <b>{fd_model_oversells}</b> orders and denies {fd_model_denies} that shipped, where the static safety stock that denied
+no more shipped orders than the model on the validation days (k = {fd_k}) oversells <b>{fd_stock_oversells}</b> and denies {fd_stock_denies};
+the safety stock that oversold no more than the model on the validation days (k = {os_k}) denies <b>{os_stock_denies}</b> shipped orders
+and oversells {os_stock_oversells}.</p>
 <h2>Policies on the held-out days</h2>
 <p>Target oversell rate {target}: the model's threshold ({threshold:.4}) was chosen on the validation days, the safety stock on the training days.</p>
 <table><tr><th>policy</th><th>promised</th><th>oversells</th><th>oversell rate</th><th>oversells caught</th><th>false denies</th><th>false-deny rate</th></tr>
@@ -192,11 +194,14 @@ held-out days ({test} orders, {shorted} shorted).</p>
 </body></html>
 "#,
         title = escape(title),
-        k = e.safety_stock,
-        fd = compared.false_deny_rate,
-        model_oversells = compared.model_oversells,
-        stock_oversells = compared.safety_stock_oversells,
-        ratio = compared.ratio,
+        fd_model_oversells = fd.model_oversells,
+        fd_model_denies = fd.model_false_denies,
+        fd_k = fd.safety_stock,
+        fd_stock_oversells = fd.safety_stock_oversells,
+        fd_stock_denies = fd.safety_stock_false_denies,
+        os_k = os.safety_stock,
+        os_stock_denies = os.safety_stock_false_denies,
+        os_stock_oversells = os.safety_stock_oversells,
         test = e.orders.test,
         shorted = e.orders.test_shorted,
         target = e.target_oversell_rate,

@@ -42,11 +42,12 @@ pub async fn train_job(lake: &Lake, models: &Path, config: &TrainConfig, promote
     })?;
     bar.finish();
     let (version, e) = (&registered.version, &registered.fitted.evaluation);
-    let compared = &e.at_safety_stock_false_deny_rate;
+    let (fd, os) = (&e.at_matched_false_denies, &e.at_matched_oversells);
     eprintln!(
         "train: {version} in {:.1} s from {} orders ({} shorted): {} rounds; held-out days: PR-AUC {:.3} (no skill {:.3}), log loss {:.4}, \
          calibration error {:.4}\n  threshold {:.4} (target oversell rate {}): oversell rate {:.4}, false-deny rate {:.4} (naive ATP {:.4} / {:.4}, \
-         safety stock k={} {:.4} / {:.4})\n  at the safety stock's false-deny rate ({:.4}): {} oversells vs {} (ratio {:.2})\n  report: {}",
+         safety stock k={} {:.4} / {:.4})\n  beside safety stocks matched on the validation days: k={} denying no more, {} oversells vs {}; \
+         k={} overselling no more, {} false denies vs {}\n  report: {}",
         started.elapsed().as_secs_f64(),
         registered.orders,
         registered.positives,
@@ -64,10 +65,12 @@ pub async fn train_job(lake: &Lake, models: &Path, config: &TrainConfig, promote
         e.safety_stock,
         e.static_safety_stock.oversell_rate,
         e.static_safety_stock.false_deny_rate,
-        compared.false_deny_rate,
-        compared.model_oversells,
-        compared.safety_stock_oversells,
-        compared.ratio,
+        fd.safety_stock,
+        fd.model_oversells,
+        fd.safety_stock_oversells,
+        os.safety_stock,
+        os.model_false_denies,
+        os.safety_stock_false_denies,
         registry.file(version, "report.html")?.display()
     );
     if promote {
@@ -110,12 +113,12 @@ fn list(registry: &Registry, dir: &Path) -> Result<()> {
         let mark = if live.as_deref() == Some(version.as_str()) { "*" } else { " " };
         match registry.manifest(&version) {
             Ok(m) => println!(
-                "{mark} {version:<5} {}  {:>4} rounds  threshold {:.4}  PR-AUC {:.3}  oversells vs safety stock {:.2}",
+                "{mark} {version:<5} {}  {:>4} rounds  threshold {:.4}  PR-AUC {:.3}  oversells vs matched safety stock {:.2}",
                 m.created,
                 m.rounds,
                 m.threshold,
                 m.headline.get("pr_auc").copied().unwrap_or(f64::NAN),
-                m.headline.get("oversells_vs_safety_stock").copied().unwrap_or(f64::NAN)
+                m.headline.get("oversells_vs_matched_safety_stock").copied().unwrap_or(f64::NAN)
             ),
             Err(error) => println!("{mark} {version:<5} unreadable: {error}"),
         }
