@@ -8,8 +8,9 @@
 //! validation_days = 1
 //! test_days = 1
 //! # the operating target: the threshold promises as much as possible while the oversell rate
-//! # among promised orders stays at or under this on the validation days
-//! target_oversell_rate = 0.02
+//! # among promised orders stays at or under this share of naive ATP's on the validation days
+//! # (meaningful on any marketplace); `target_oversell_rate = R` sets an absolute rate instead
+//! target_vs_naive_atp = 0.5
 //!
 //! [xgboost]
 //! rounds = 400                 # at most; early stopping usually ends sooner
@@ -32,8 +33,30 @@ use serde::{Deserialize, Serialize};
 pub struct TrainConfig {
     pub validation_days: u32,
     pub test_days: u32,
-    pub target_oversell_rate: f64,
+    /// The target oversell rate as a share of naive ATP's on the validation days.
+    pub target_vs_naive_atp: f64,
+    /// An absolute target oversell rate, instead of [`TrainConfig::target_vs_naive_atp`].
+    pub target_oversell_rate: Option<f64>,
     pub xgboost: XgboostConfig,
+}
+
+/// The operating target of a configuration, resolved on the validation days by
+/// [`crate::evaluate::evaluate`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// This share of naive ATP's oversell rate.
+    VsNaiveAtp(f64),
+    /// This oversell rate.
+    Rate(f64),
+}
+
+impl TrainConfig {
+    pub fn target(&self) -> Target {
+        match self.target_oversell_rate {
+            Some(rate) => Target::Rate(rate),
+            None => Target::VsNaiveAtp(self.target_vs_naive_atp),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,7 +101,7 @@ impl PositiveWeight {
 
 impl Default for TrainConfig {
     fn default() -> TrainConfig {
-        TrainConfig { validation_days: 1, test_days: 1, target_oversell_rate: 0.02, xgboost: XgboostConfig::default() }
+        TrainConfig { validation_days: 1, test_days: 1, target_vs_naive_atp: 0.5, target_oversell_rate: None, xgboost: XgboostConfig::default() }
     }
 }
 
@@ -128,8 +151,11 @@ impl TrainConfig {
         };
         check(self.validation_days >= 1, format!("validation_days must be at least 1, got {}", self.validation_days));
         check(self.test_days >= 1, format!("test_days must be at least 1, got {}", self.test_days));
-        let target = self.target_oversell_rate;
-        check(target > 0.0 && target < 1.0, format!("target_oversell_rate must be between 0 and 1, got {target}"));
+        if let Some(target) = self.target_oversell_rate {
+            check(target > 0.0 && target < 1.0, format!("target_oversell_rate must be between 0 and 1, got {target}"));
+        }
+        let share = self.target_vs_naive_atp;
+        check(share > 0.0 && share < 1.0, format!("target_vs_naive_atp must be between 0 and 1 (naive ATP itself meets 1), got {share}"));
         check(x.rounds >= 1, format!("xgboost.rounds must be at least 1, got {}", x.rounds));
         check(x.early_stopping_rounds >= 1, format!("xgboost.early_stopping_rounds must be at least 1, got {}", x.early_stopping_rounds));
         check((1..=16).contains(&x.max_depth), format!("xgboost.max_depth must be from 1 to 16, got {}", x.max_depth));
@@ -173,16 +199,16 @@ mod tests {
     #[test]
     fn the_example_file_parses() {
         let example = TrainConfig::from_toml(include_str!("../../examples/train.toml"), "examples/train.toml").unwrap();
-        assert_eq!((example.target_oversell_rate, example.xgboost.eta), (0.01, 0.05));
-        assert_eq!(TrainConfig { target_oversell_rate: 0.02, xgboost: XgboostConfig { eta: 0.1, ..example.xgboost.clone() }, ..example }, TrainConfig::default());
+        assert_eq!((example.target(), example.xgboost.eta), (Target::VsNaiveAtp(0.25), 0.05));
+        assert_eq!(TrainConfig { target_vs_naive_atp: 0.5, xgboost: XgboostConfig { eta: 0.1, ..example.xgboost.clone() }, ..example }, TrainConfig::default());
     }
 
     #[test]
     fn bad_configs_name_every_problem() {
-        let error = TrainConfig::from_toml("target_oversell_rate = 2\n[xgboost]\neta = 0\nmax_depth = 40", "train.toml").unwrap_err().to_string();
+        let error = TrainConfig::from_toml("target_oversell_rate = 2\ntarget_vs_naive_atp = 1\n[xgboost]\neta = 0\nmax_depth = 40", "train.toml").unwrap_err().to_string();
         assert_eq!(
             error,
-            "train.toml: target_oversell_rate must be between 0 and 1, got 2; xgboost.max_depth must be from 1 to 16, got 40; \
+            "train.toml: target_oversell_rate must be between 0 and 1, got 2; target_vs_naive_atp must be between 0 and 1 (naive ATP itself meets 1), got 1; xgboost.max_depth must be from 1 to 16, got 40; \
              xgboost.eta must be in (0, 1], got 0"
         );
         let typo = TrainConfig::from_toml("[xgboost]\nmax_dept = 4", "train.toml").unwrap_err().to_string();

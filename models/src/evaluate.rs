@@ -12,6 +12,7 @@
 
 use serde::Serialize;
 
+use crate::config::Target;
 use crate::train::Orders;
 
 /// Largest safety stock tried.
@@ -202,7 +203,10 @@ pub fn calibration(labels: &[f32], p_short: &[f64]) -> (f64, Vec<CalibrationBin>
 /// Everything `metrics.json` holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
+    /// The target the threshold was chosen for, resolved on the validation days.
     pub target_oversell_rate: f64,
+    /// What makes this evaluation's operating point suspect, said loudly wherever it is shown.
+    pub warnings: Vec<String>,
     pub threshold: f64,
     pub safety_stock: i64,
     pub orders: SetSizes,
@@ -283,11 +287,24 @@ pub fn evaluate(
     train: &Orders,
     validation: (&Orders, &[f64]),
     test: (&Orders, &[f64]),
-    target: f64,
+    target: Target,
     importance: Vec<(String, f64)>,
 ) -> Evaluation {
     let (validation, validation_p) = validation;
     let (test, p_fulfill) = test;
+    let naive_on_validation = Outcome::of(validation, |index| safety_stock_promises(validation, index, 0));
+    let target = match target {
+        Target::VsNaiveAtp(share) => share * naive_on_validation.oversell_rate,
+        Target::Rate(rate) => rate,
+    };
+    let mut warnings = Vec::new();
+    if naive_on_validation.oversell_rate <= target {
+        warnings.push(format!(
+            "naive ATP already meets the target oversell rate {target:.4} on the validation days ({:.4}): the threshold promises whatever ATP \
+             covers, and the model adds nothing; set a lower target_oversell_rate, or use target_vs_naive_atp",
+            naive_on_validation.oversell_rate
+        ));
+    }
     let threshold = choose_threshold(validation, validation_p, target);
     let safety_stock = best_safety_stock(train, target);
     let p_short: Vec<f64> = p_fulfill.iter().map(|p| 1.0 - p).collect();
@@ -304,6 +321,7 @@ pub fn evaluate(
         .collect();
     Evaluation {
         target_oversell_rate: target,
+        warnings,
         threshold,
         safety_stock,
         orders: SetSizes { train: train.len() as u64, validation: validation.len() as u64, test: test.len() as u64, test_shorted: test.positives() as u64 },
@@ -346,6 +364,19 @@ mod tests {
         assert_eq!(matched_safety_stocks(&set, &careful), (2, 1), "the largest denying no more, the smallest overselling no more");
         let naive = Outcome::of(&set, |index| index > 0);
         assert_eq!(matched_safety_stocks(&set, &naive), (0, 0));
+    }
+
+    #[test]
+    fn a_target_naive_atp_meets_is_said_and_a_relative_one_follows_the_marketplace() {
+        // naive ATP oversells 1 of 4 promised on these days
+        let set = orders(&[(1.0, 0.0, 1), (1.0, 1.0, 1), (1.0, 3.0, 0), (2.0, 2.0, 0), (1.0, 9.0, 0)]);
+        let p = [0.1, 0.2, 0.9, 0.8, 0.95];
+        let loose = evaluate(&set, (&set, &p), (&set, &p), Target::Rate(0.3), Vec::new());
+        assert_eq!(loose.warnings.len(), 1, "{:?}", loose.warnings);
+        assert!(loose.warnings[0].starts_with("naive ATP already meets the target oversell rate 0.3000"), "{:?}", loose.warnings);
+        let relative = evaluate(&set, (&set, &p), (&set, &p), Target::VsNaiveAtp(0.5), Vec::new());
+        assert_eq!((relative.target_oversell_rate, relative.warnings.len()), (0.125, 0));
+        assert!(relative.threshold > 0.2, "the shorted order's score is under the threshold: {}", relative.threshold);
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub fn fit(orders: &Orders, config: &TrainConfig, on_round: impl FnMut(train::Ro
         return Err(ModelError::Data(format!("the evaluator differs from XGBoost by {parity:e} (allowed {PARITY_TOLERANCE:e}); this is a bug")));
     }
     let importance = train::importance(model.json(), &orders.names)?;
-    let evaluation = evaluate::evaluate(&split.train, (&split.validation, &validation_p), (&split.test, &test_p), config.target_oversell_rate, importance);
+    let evaluation = evaluate::evaluate(&split.train, (&split.validation, &validation_p), (&split.test, &test_p), config.target(), importance);
     Ok(Fitted { model, evaluation, parity, config: config.clone() })
 }
 

@@ -170,16 +170,17 @@ body {{ font-family: sans-serif; max-width: 1300px; margin: 2em auto; color: #22
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
 th {{ text-align: left; background: #f4f4f4; }} .plots {{ display: flex; flex-wrap: wrap; gap: 12px; }} figure {{ margin: 0; }}
 .headline {{ font-size: 1.15em; background: #eef5ff; padding: 10px; border-left: 4px solid #36c; }}
+.warning {{ font-size: 1.15em; background: #fff0f0; padding: 10px; border-left: 4px solid #c33; }}
 </style></head><body>
 <h1>{title}</h1>
 <table>{details}</table>
-<p class="headline">On the held-out days ({test} orders, {shorted} shorted), at operating points all chosen before them: the model at its
+{warnings}<p class="headline">On the held-out days ({test} orders, {shorted} shorted), at operating points all chosen before them: the model at its
 threshold oversells <b>{fd_model_oversells}</b> orders and denies {fd_model_denies} that shipped, where the static safety stock that denied
 no more shipped orders than the model on the validation days (k = {fd_k}) oversells <b>{fd_stock_oversells}</b> and denies {fd_stock_denies};
 the safety stock that oversold no more than the model on the validation days (k = {os_k}) denies <b>{os_stock_denies}</b> shipped orders
 and oversells {os_stock_oversells}.</p>
 <h2>Policies on the held-out days</h2>
-<p>Target oversell rate {target}: the model's threshold ({threshold:.4}) was chosen on the validation days, the safety stock on the training days.</p>
+<p>Target oversell rate {target:.4}: the model's threshold ({threshold:.4}) was chosen on the validation days, the safety stock on the training days.</p>
 <table><tr><th>policy</th><th>promised</th><th>oversells</th><th>oversell rate</th><th>oversells caught</th><th>false denies</th><th>false-deny rate</th></tr>
 {model_row}{naive_row}{stock_row}</table>
 <table><tr><th>PR-AUC (oversell)</th><td>{pr_auc:.4} (no skill: {short_rate:.4})</td></tr>
@@ -194,6 +195,7 @@ and oversells {os_stock_oversells}.</p>
 </body></html>
 "#,
         title = escape(title),
+        warnings = e.warnings.iter().map(|warning| format!("<p class=\"warning\">Warning: {}</p>\n", escape(warning))).collect::<String>(),
         fd_model_oversells = fd.model_oversells,
         fd_model_denies = fd.model_false_denies,
         fd_k = fd.safety_stock,

@@ -45,7 +45,7 @@ pub async fn train_job(lake: &Lake, models: &Path, config: &TrainConfig, promote
     let (fd, os) = (&e.at_matched_false_denies, &e.at_matched_oversells);
     eprintln!(
         "train: {version} in {:.1} s from {} orders ({} shorted): {} rounds; held-out days: PR-AUC {:.3} (no skill {:.3}), log loss {:.4}, \
-         calibration error {:.4}\n  threshold {:.4} (target oversell rate {}): oversell rate {:.4}, false-deny rate {:.4} (naive ATP {:.4} / {:.4}, \
+         calibration error {:.4}\n  threshold {:.4} (target oversell rate {:.4}): oversell rate {:.4}, false-deny rate {:.4} (naive ATP {:.4} / {:.4}, \
          safety stock k={} {:.4} / {:.4})\n  beside safety stocks matched on the validation days: k={} denying no more, {} oversells vs {}; \
          k={} overselling no more, {} false denies vs {}\n  report: {}",
         started.elapsed().as_secs_f64(),
@@ -73,6 +73,9 @@ pub async fn train_job(lake: &Lake, models: &Path, config: &TrainConfig, promote
         os.safety_stock_false_denies,
         registry.file(version, "report.html")?.display()
     );
+    for warning in &e.warnings {
+        eprintln!("train: WARNING: {warning}");
+    }
     if promote {
         eprintln!("train: {version} is live");
     }
