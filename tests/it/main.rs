@@ -710,17 +710,20 @@ async fn trained_marketplace() -> Trained {
 /// On held-out days, at operating points all chosen before them (the model's threshold, and the
 /// static safety stocks matched to the model on the validation days), the model oversells less
 /// than the safety stock that denied no more shipped orders, and denies fewer shipped orders than
-/// the one that oversold no more; the report and metrics.json say so. Then serving scores with
+/// the one that oversold no more, with an expected calibration error under 0.02 there; the
+/// report and metrics.json say so. Then serving scores with
 /// it, and a backtest decides every order with the serving function.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_beats_safety_stocks_matched_before_the_held_out_days_and_serves() {
     let trained = trained_marketplace().await;
     let evaluation = &trained.registered.fitted.evaluation;
     let (at_false_denies, at_oversells) = (&evaluation.at_matched_false_denies, &evaluation.at_matched_oversells);
-    eprintln!("held-out days: {:?}; matched safety stocks: {at_false_denies:?}, {at_oversells:?}", evaluation.orders);
+    eprintln!("held-out days: {:?}; matched safety stocks: {at_false_denies:?}, {at_oversells:?}; calibration error {}", evaluation.orders, evaluation.calibration_error);
     assert!(evaluation.orders.test > 500 && evaluation.orders.test_shorted > 10, "{:?}", evaluation.orders);
     assert!(at_false_denies.model_oversells < at_false_denies.safety_stock_oversells, "{at_false_denies:?}");
     assert!(at_oversells.model_false_denies < at_oversells.safety_stock_false_denies, "{at_oversells:?}");
+    // its probabilities mean what they say on the held-out days
+    assert!(evaluation.calibration_error < 0.02, "expected calibration error {}", evaluation.calibration_error);
     assert!(evaluation.pr_auc > 2.0 * evaluation.short_rate, "PR-AUC {} vs no skill {}", evaluation.pr_auc, evaluation.short_rate);
     assert!(trained.registered.fitted.parity <= sellable_models::PARITY_TOLERANCE);
     let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(trained.registry.file("v1", "metrics.json").unwrap()).unwrap()).unwrap();
