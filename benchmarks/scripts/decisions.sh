@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The decision log under load, in one run: batch availability (BATCH items per request, every item
-# a logged decision) driven by wrk with CONNECTIONS connections for SECONDS seconds against
-# `sellable serve --redis` twice on the same marketplace: with the decision log off, then on.
-# Prints both runs' answers/s and latency side by side, then checks that every decision counted
-# in (sellable_decisions_recorded_total) is in the lake's `decisions` table once the spill
-# directory has drained, and that none was lost (sellable_decisions_lost_total).
+# a logged decision) against `sellable serve --redis` twice on the same marketplace, with the
+# decision log off, then on; each time first at a fixed rate of RATE answers/s for SECONDS seconds
+# (open loop, benchmarks/scripts/rate.py: latency from each request's scheduled start), then as
+# fast as wrk with CONNECTIONS connections goes for SECONDS seconds. Prints both runs' latency at
+# the fixed rate and answers/s and latency at saturation side by side, then checks that every
+# decision counted in (sellable_decisions_recorded_total) is in the lake's `decisions` table once
+# the spill directory has drained, and that none was lost (sellable_decisions_lost_total).
 # Usage: benchmarks/scripts/decisions.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 DURATION=60
-#   BATCH=50; PROFILE=release for an optimised build)
+#   BATCH=50 RATE=20000; PROFILE=release for an optimised build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-skus=${SKUS:-20000}; nodes=${NODES:-200}; connections=${CONNECTIONS:-64}; seconds=${DURATION:-60}; batch=${BATCH:-50}
+skus=${SKUS:-20000}; nodes=${NODES:-200}; connections=${CONNECTIONS:-64}; seconds=${DURATION:-60}; batch=${BATCH:-50}; rate=${RATE:-20000}
 source benchmarks/scripts/common.sh decisions
 command -v wrk >/dev/null || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo; $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null; }
 namespace="sellable-bench-decisions"
@@ -38,6 +40,7 @@ run() {
   listen=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   SELLABLE__SERVE__DECISIONS="$2" "$bin" serve --lake "$out/lake" --redis "$url" --namespace "$namespace" --listen "$listen" 2>"$out/serve-$1.log" & pid=$!
   for _ in $(seq 1 600); do curl -sf "http://$listen/readyz" | grep -qE '"grade":"(fresh|bounded_stale)"' && break; sleep 0.5; done
+  python3 benchmarks/scripts/rate.py "$listen" "$skus" "$batch" "$(( rate / batch ))" "$seconds" >"$out/rate-$1"
   wrk -t2 -c"$connections" -d"${seconds}s" -s "$out/batch.lua" "http://$listen" | grep '^RESULT' | cut -d' ' -f2- >"$out/result-$1"
 }
 run off '{ enabled = false }'
@@ -53,18 +56,27 @@ for _ in $(seq 1 240); do
   [ "${stored:-0}" -ge "${recorded%.*}" ] && break; sleep 1
 done
 kill "$pid"; wait "$pid" 2>/dev/null || true
-python3 - "$out" "$batch" "$profile" "$connections" "$seconds" "${recorded%.*}" "${lost%.*}" "${stored:-0}" <<'PY'
+python3 - "$out" "$batch" "$profile" "$connections" "$seconds" "${recorded%.*}" "${lost%.*}" "${stored:-0}" "$rate" <<'PY'
 import sys
-out, batch, profile, connections, seconds, recorded, lost, stored = sys.argv[1:]
+out, batch, profile, connections, seconds, recorded, lost, stored, rate = sys.argv[1:]
 batch = int(batch)
-print(f"profile {profile}; batch availability, {batch} items per request, {connections} connections, {seconds} s per run")
+print(f"profile {profile}; batch availability, {batch} items per request, {seconds} s per run")
+print(f"at a fixed {int(rate):,} answers/s (open loop):")
+print(f"{'decision log':<14} {'requests':>9} {'2xx':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'late starts':>12}")
+fixed = {}
+for name in ["off", "on"]:
+    sent, answered, p50, p99, p999, late = open(f"{out}/rate-{name}").read().split()
+    fixed[name] = float(p99)
+    print(f"{name:<14} {int(sent):>9,} {int(answered):>9,} {float(p50):>8.2f} {float(p99):>8.2f} {float(p999):>9.2f} {int(late):>12,}")
+print(f"p99 at the fixed rate with the log / without: {fixed['on'] / fixed['off']:.2f}x")
+print(f"as fast as wrk goes, {connections} connections:")
 print(f"{'decision log':<14} {'answers/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8}")
 rows = {}
 for name in ["off", "on"]:
     requests, duration, p50, p99, p999, status = map(float, open(f"{out}/result-{name}").read().split())
     rows[name] = p99
     print(f"{name:<14} {requests * batch / duration:>10,.0f} {p50 / 1000:>8.2f} {p99 / 1000:>8.2f} {p999 / 1000:>9.2f} {status:>8.0f}")
-print(f"p99 with the log / without: {rows['on'] / rows['off']:.2f}x")
+print(f"p99 at saturation with the log / without: {rows['on'] / rows['off']:.2f}x")
 print(f"decisions counted in {int(recorded):,}, in the lake's table {int(stored):,}, lost {int(lost)}")
 sys.exit(0 if int(recorded) == int(stored) and int(lost) == 0 else 1)
 PY
