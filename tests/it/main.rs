@@ -1061,7 +1061,12 @@ struct Probe {
 impl Probe {
     async fn new(market: &Marketplace, port: u16, event_id: &str) -> Probe {
         let (sku, node) = market.after_cutoff.iter().map(|e| (e.sku.clone(), e.node.clone())).next().unwrap();
-        let (_, nodes) = market.lake.load_catalog().await.unwrap();
+        Probe::at(&market.lake, sku, node, port, event_id).await
+    }
+
+    /// The probe of `sku` at `node` (in `lake`'s catalog) for the process listening on `port`.
+    async fn at(lake: &Lake, sku: String, node: String, port: u16, event_id: &str) -> Probe {
+        let nodes = lake.load_nodes().await.unwrap();
         let country = nodes.iter().find(|n| n.node == node).unwrap().country.clone();
         let base = format!("http://127.0.0.1:{port}");
         let url = format!("{base}/v1/availability/{sku}?region={country}&qty=1");

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use sellable_batch::Lake;
 use sellable_bench::{generate, SimConfig};
-use sellable_core::event::{encode_json, read_event_file};
-use sellable_core::{Event, EventKind};
+use sellable_core::event::read_event_file;
 
-use crate::{api, chrono_now, forget, free_port, keyed, redis_names, KillOnDrop, DAY};
+use crate::{forget, free_port, keyed, redis_names, KillOnDrop, Probe, DAY};
 
 /// A moto server on a port of its own holding one bucket; killed when dropped.
 struct S3 {
@@ -121,57 +120,23 @@ async fn the_whole_pipeline_runs_on_an_s3_lake() {
     );
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let last = read_event_file(&summary.paths.events).unwrap().map(Result::unwrap).last().unwrap();
-    let nodes = lake.load_nodes().await.unwrap();
-    let country = &nodes.iter().find(|node| node.node == last.node).unwrap().country;
-    let base = format!("http://127.0.0.1:{port}");
-    let id = format!("s3-receipt-{}", std::process::id());
-    let receipt = Event { event_id: id.clone(), ts: chrono_now(), sku: last.sku.clone(), node: last.node.clone(), kind: EventKind::Receipt, qty: 1_000, order_id: None, arrived: None };
-    let answer = || async {
-        let asked = api().get(format!("{base}/v1/availability/{}?region={country}&qty=1", receipt.sku)).send().await;
-        asked.ok()?.json::<serde_json::Value>().await.ok()
-    };
-    let units = |answer: &serde_json::Value| {
-        let options = answer["options"].as_array().cloned().unwrap_or_default();
-        options.iter().find(|o| o["node"] == receipt.node.as_str()).map_or(0, |o| o["units"].as_i64().unwrap_or(0))
-    };
-    let mut up = false;
-    for _ in 0..600 {
-        if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "the server never answered:\n{}", log());
-    let posted: serde_json::Value = api()
-        .post(format!("{base}/v1/events"))
-        .header("content-type", "application/x-ndjson")
-        .body(encode_json(&receipt))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(posted["accepted"].as_u64().unwrap() + posted["duplicates"].as_u64().unwrap(), 1, "{posted}");
+    let probe = Probe::at(&lake, last.sku, last.node, port, &format!("s3-receipt-{}", std::process::id())).await;
+    probe.wait_up(log).await;
+    probe.post().await;
+    let after = probe.answer_with_receipt(log).await;
     let mut cutovers = 0;
-    let mut seen = None;
     for _ in 0..600 {
         cutovers = log().matches("run: cutover to").count();
-        if let Some(answer) = answer().await.filter(|answer| units(answer) >= 1_000) {
-            seen = Some(answer);
-        }
-        if cutovers >= 2 && seen.is_some() {
+        if cutovers >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let seen = seen.unwrap_or_else(|| panic!("the receipt was never answered:\n{}", log()));
     assert!(cutovers >= 2, "{}", log());
-    let later = answer().await.unwrap();
-    assert!(units(&later) >= 1_000 && units(&later) <= units(&seen) + 1, "{seen}\n{later}");
+    let later = probe.answer().await;
+    assert!(probe.units(&later) >= 1_000 && probe.units(&later) <= probe.units(&after) + 1, "{after}\n{later}");
     assert!(lake.batch_view_asof().await.unwrap() > Some(summary.end), "the nightly jobs wrote their views to the s3 lake");
-    let archived = lake.events_after(summary.end).await.unwrap().into_iter().filter(|e| e.as_ref().is_ok_and(|e| e.event_id == id)).count();
+    let archived = lake.events_after(summary.end).await.unwrap().into_iter().filter(|e| e.as_ref().is_ok_and(|e| e.event_id == probe.receipt.event_id)).count();
     assert_eq!(archived, 1, "{}", log());
     drop(_run);
     forget(&url, &stream, &namespace).await;
