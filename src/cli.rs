@@ -180,6 +180,15 @@ pub struct BacktestArgs {
     /// The per-order CSV; the summary goes beside it as FILE.summary.json.
     #[arg(long, default_value = "backtest.csv")]
     pub out: PathBuf,
+    /// Also decide the same orders with this model version (`none`: the rules on naive ATP) and
+    /// report the orders decided otherwise (FILE.changes.csv) with the net oversells and false
+    /// denies [default: --model's].
+    #[arg(long)]
+    pub compare_model: Option<String>,
+    /// Also decide the same orders with these rule files instead of --rules (the same model
+    /// unless --compare-model), and report as --compare-model does.
+    #[arg(long)]
+    pub compare_rules: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -134,6 +134,84 @@ impl Serving {
 }
 
 /// Writes backtest rows as CSV with a header (`ts` in RFC 3339).
+/// One order two configurations decided otherwise: the first's decision and the second's.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Changed {
+    pub order_id: String,
+    pub ts: Millis,
+    pub sku: String,
+    pub node: String,
+    pub qty: i64,
+    pub decision_a: &'static str,
+    pub decision_b: &'static str,
+    pub p_fulfill_a: Option<f64>,
+    pub p_fulfill_b: Option<f64>,
+    pub rules_fired_a: String,
+    pub rules_fired_b: String,
+    pub label: i64,
+}
+
+/// What the second configuration would have done differently on the same orders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ChangeSummary {
+    pub changed: u64,
+    /// Promised by the first, denied by the second.
+    pub now_denied: u64,
+    /// Denied by the first, promised by the second.
+    pub now_promised: u64,
+    /// Oversells of the second minus the first's (negative: fewer).
+    pub net_oversells: i64,
+    /// Shipped orders the second denied minus the first's.
+    pub net_false_denies: i64,
+}
+
+/// The orders `a` and `b` (two backtests of the same orders, in the same order) decided
+/// otherwise, and the net effect of deciding with `b`.
+pub fn compare(a: &[BacktestRow], b: &[BacktestRow]) -> (Vec<Changed>, ChangeSummary) {
+    let mut summary = ChangeSummary::default();
+    let mut changed = Vec::new();
+    for (a, b) in a.iter().zip(b) {
+        debug_assert_eq!(a.order_id, b.order_id, "the same orders in the same order");
+        if a.decision == b.decision {
+            continue;
+        }
+        let now_promised = b.decision == "promise";
+        summary.changed += 1;
+        summary.now_promised += u64::from(now_promised);
+        summary.now_denied += u64::from(!now_promised);
+        let sign = if now_promised { 1 } else { -1 };
+        if a.label == 1 {
+            summary.net_oversells += sign;
+        } else {
+            summary.net_false_denies -= sign;
+        }
+        changed.push(Changed {
+            order_id: a.order_id.clone(),
+            ts: a.ts,
+            sku: a.sku.clone(),
+            node: a.node.clone(),
+            qty: a.qty,
+            decision_a: a.decision,
+            decision_b: b.decision,
+            p_fulfill_a: a.p_fulfill,
+            p_fulfill_b: b.p_fulfill,
+            rules_fired_a: a.rules_fired.clone(),
+            rules_fired_b: b.rules_fired.clone(),
+            label: a.label,
+        });
+    }
+    (changed, summary)
+}
+
+/// Writes the orders two configurations decided otherwise as CSV (times in milliseconds).
+pub fn write_changes_csv(changed: &[Changed], out: impl Write) -> Result<(), BacktestError> {
+    let mut writer = csv::Writer::from_writer(out);
+    for row in changed {
+        writer.serialize(row)?;
+    }
+    Ok(writer.flush()?)
+}
+
 pub fn write_csv(rows: &[BacktestRow], out: impl Write) -> Result<(), BacktestError> {
     let mut writer = csv::Writer::from_writer(out);
     let header = ["order_id", "ts", "sku", "node", "qty", "decision", "units", "p_fulfill", "rules_fired", "label"];

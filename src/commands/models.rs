@@ -138,19 +138,31 @@ pub async fn backtest(args: &BacktestArgs) -> Result<()> {
         Some(version) => Some(version.to_string()),
         None => Some(registry.live()?.context("no model is live: pass --model V, or --model none for rules on naive ATP")?),
     };
-    let model = version.as_deref().map(|version| registry.load(version, &sellable_core::features::names())).transpose()?;
+    let load_model = |version: Option<&str>| version.map(|version| registry.load(version, &sellable_core::features::names())).transpose();
+    let model = load_model(version.as_deref())?;
     let safety_stock = model.as_ref().and_then(|m| m.manifest.headline.get("safety_stock")).map_or(0, |k| *k as i64);
     let schema = args.schema.schema();
-    let rules = if args.rules.is_empty() {
-        RuleBook::empty(schema)
-    } else {
-        let loaded = crate::commands::rules::load(&args.rules, &schema)?;
-        RuleBook::with(loaded.ruleset.context("the rule files have errors: nothing was backtested")?, schema)
+    let rule_book = |paths: &[std::path::PathBuf]| -> Result<RuleBook> {
+        if paths.is_empty() {
+            return Ok(RuleBook::empty(schema.clone()));
+        }
+        let loaded = crate::commands::rules::load(paths, &schema)?;
+        Ok(RuleBook::with(loaded.ruleset.context("the rule files have errors: nothing was backtested")?, schema.clone()))
     };
+    let rules = rule_book(&args.rules)?;
+    // the second configuration, checked before the replay
+    let comparing = args.compare_model.is_some() || !args.compare_rules.is_empty();
+    let other_version = match args.compare_model.as_deref() {
+        Some("none") => None,
+        Some(version) => Some(version.to_string()),
+        None => version.clone(),
+    };
+    let other_model = if comparing { load_model(other_version.as_deref())? } else { None };
+    let other_rules = rule_book(if args.compare_rules.is_empty() { &args.rules } else { &args.compare_rules })?;
     let (rows, _, summary) = lake.build_trainset(args.from, args.to, args.lake.fold_config(), &Progress::stderr()).await.context("replaying the period")?;
     let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
-    let empty = Arc::new(SpeedView::memory(args.lake.fold_config()));
-    let serving = Serving::new(nodes, sellable_core::BatchMeta::default(), empty, Arc::new(rules));
+    let decider = |rules: RuleBook| Serving::new(nodes.clone(), sellable_core::BatchMeta::default(), Arc::new(SpeedView::memory(args.lake.fold_config())), Arc::new(rules));
+    let serving = decider(rules);
     let skus = skus.into_iter().map(|info| (info.sku.clone(), info)).collect();
     let (decisions, result) = serving.backtest(&skus, model.as_ref(), &rows, safety_stock)?;
     let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
@@ -175,5 +187,24 @@ pub async fn backtest(args: &BacktestArgs) -> Result<()> {
     line("naive ATP", &result.naive_atp);
     line(&format!("static safety stock k={safety_stock}"), &result.static_safety_stock);
     eprintln!("  -> {} and {}", args.out.display(), summary_path.display());
+    if comparing {
+        let other = decider(other_rules);
+        let (other_decisions, _) = other.backtest(&skus, other_model.as_ref(), &rows, safety_stock)?;
+        let (changed, change) = sellable_serving::backtest::compare(&decisions, &other_decisions);
+        let changes_path = args.out.with_extension("changes.csv");
+        let file = std::fs::File::create(&changes_path).with_context(|| format!("creating {}", changes_path.display()))?;
+        sellable_serving::backtest::write_changes_csv(&changed, std::io::BufWriter::new(file))?;
+        println!(
+            "compared with model {} and {} rule(s): {} order(s) decided otherwise ({} now denied, {} now promised); net oversells {:+}, net false denies {:+}",
+            other_version.as_deref().unwrap_or("none"),
+            other.rules.current().map_or(0, |r| r.len()),
+            change.changed,
+            change.now_denied,
+            change.now_promised,
+            change.net_oversells,
+            change.net_false_denies
+        );
+        eprintln!("  -> {}", changes_path.display());
+    }
     Ok(())
 }

@@ -820,6 +820,28 @@ async fn the_model_beats_safety_stocks_matched_before_the_held_out_days_and_serv
     let csv = String::from_utf8(csv).unwrap();
     assert!(csv.starts_with("order_id,ts,sku,node,qty,decision,units,p_fulfill,rules_fired,label\n"), "{}", &csv[..200]);
     assert_eq!(csv.lines().count(), orders.len() + 1);
+
+    // `backtest --compare-rules`: a rule edit that caps every node at 0 would have denied every
+    // order the engine promised, catching its oversells and denying the rest
+    let dir = trained.registry.root().with_file_name("compare");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("nothing.rules"), "rule \"nothing\" when qty >= 1 then cap 0\n").unwrap();
+    let out = dir.join("bt.csv");
+    let (from, to) = (cutoff.to_string(), trained.end.to_string());
+    let args = ["backtest", "--lake", lake, "--models", trained.registry.root().to_str().unwrap(), "--model", &version, "--from", &from, "--to", &to, "--out", out.to_str().unwrap()];
+    let (ok, said) = sellable(&[&args[..], &["--compare-rules", dir.join("nothing.rules").to_str().unwrap()]].concat());
+    assert!(ok, "{said}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.with_extension("summary.json")).unwrap()).unwrap();
+    let (promised, oversells) = (summary["engine"]["promised"].as_u64().unwrap(), summary["engine"]["oversells"].as_u64().unwrap());
+    assert!(promised > oversells && oversells > 0, "{summary}");
+    let expected = format!(
+        "compared with model {version} and 1 rule(s): {promised} order(s) decided otherwise ({promised} now denied, 0 now promised); net oversells -{oversells}, net false denies +{}",
+        promised - oversells
+    );
+    assert!(said.contains(&expected), "{said}\nexpected: {expected}");
+    let changes = std::fs::read_to_string(out.with_extension("changes.csv")).unwrap();
+    assert_eq!(changes.lines().count() as u64, promised + 1, "{changes}");
+    assert!(changes.lines().skip(1).all(|line| line.contains(",promise,deny,") && line.contains(",nothing,")), "{changes}");
 }
 
 /// Redis lost mid-run: every answer comes back within the timeout, graded, and never promises more
