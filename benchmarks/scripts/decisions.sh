@@ -7,18 +7,29 @@
 # the fixed rate and answers/s and latency at saturation side by side, then checks that every
 # decision counted in (sellable_decisions_recorded_total) is in the lake's `decisions` table once
 # the spill directory has drained, and that none was lost (sellable_decisions_lost_total).
+# The lake is in S3 (moto's server from the setup script's venv), so that it can be made slow: in
+# the run with the log, the S3 server is paused (SIGSTOP) for PAUSE seconds while the fixed-rate
+# load goes on, and every upload waits for it meanwhile.
 # Usage: benchmarks/scripts/decisions.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 DURATION=60
-#   BATCH=50 RATE=20000; PROFILE=release for an optimised build)
+#   BATCH=50 RATE=20000 PAUSE=20; PROFILE=release for an optimised build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-skus=${SKUS:-20000}; nodes=${NODES:-200}; connections=${CONNECTIONS:-64}; seconds=${DURATION:-60}; batch=${BATCH:-50}; rate=${RATE:-20000}
+skus=${SKUS:-20000}; nodes=${NODES:-200}; connections=${CONNECTIONS:-64}; seconds=${DURATION:-60}; batch=${BATCH:-50}; rate=${RATE:-20000}; pause=${PAUSE:-20}
 source benchmarks/scripts/common.sh decisions
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+s3_port=$(free_port)
+.deps/venv/bin/moto_server -H 127.0.0.1 -p "$s3_port" >"$out/moto.log" 2>&1 & moto=$!
+pid=""
+trap 'kill -CONT $moto 2>/dev/null; kill $moto $pid 2>/dev/null || true' EXIT
+until curl -sf -X PUT "http://127.0.0.1:$s3_port/sellable-bench" >/dev/null; do sleep 0.2; done
+export AWS_ENDPOINT=http://127.0.0.1:$s3_port AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
+lake=s3://sellable-bench/lake
 command -v wrk >/dev/null || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo; $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null; }
 namespace="sellable-bench-decisions"
 now=$(date +%s)000
 "$bin" gen --out "$out/gen" --skus "$skus" --nodes "$nodes" --days 2 --start $(( now - 2 * 86400000 )) 2>"$out/gen.log"
-"$bin" lake import --lake "$out/lake" --from "$out/gen" 2>"$out/import.log"
-"$bin" batch --lake "$out/lake" 2>"$out/batch.log"
+"$bin" lake import --lake "$lake" --from "$out/gen" 2>"$out/import.log"
+"$bin" batch --lake "$lake" 2>"$out/batch.log"
 cat >"$out/batch.lua" <<LUA
 local skus, countries = $skus, {"DE", "FR", "IT", "ES", "NL", "US"}
 math.randomseed(os.time())
@@ -38,30 +49,32 @@ metric() { curl -sf "http://$listen/metrics" | awk -v name="$1" '$1 == name {pri
 run() {
   cli --scan --pattern "$namespace*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null
   listen=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  SELLABLE__SERVE__DECISIONS="$2" "$bin" serve --lake "$out/lake" --redis "$url" --namespace "$namespace" --listen "$listen" 2>"$out/serve-$1.log" & pid=$!
+  SELLABLE__SERVE__DECISIONS="$2" "$bin" serve --lake "$lake" --redis "$url" --namespace "$namespace" --listen "$listen" 2>"$out/serve-$1.log" & pid=$!
   for _ in $(seq 1 600); do curl -sf "http://$listen/readyz" | grep -qE '"grade":"(fresh|bounded_stale)"' && break; sleep 0.5; done
+  # with the log: the lake's S3 server paused for a while, 10 s into the fixed-rate load
+  [ "$1" = on ] && { sleep 10; kill -STOP "$moto"; sleep "$pause"; kill -CONT "$moto"; } &
   python3 benchmarks/scripts/rate.py "$listen" "$skus" "$batch" "$(( rate / batch ))" "$seconds" >"$out/rate-$1"
   wrk -t2 -c"$connections" -d"${seconds}s" -s "$out/batch.lua" "http://$listen" | grep '^RESULT' | cut -d' ' -f2- >"$out/result-$1"
 }
 run off '{ enabled = false }'
 kill "$pid"; wait "$pid" 2>/dev/null || true
-run on '{ enabled = true }'
+run on "{ enabled = true, spill = \"$out/spill\" }"
 # the requests wrk left in flight are answered (and logged) after it stops
 sleep 2
 recorded=$(metric sellable_decisions_recorded_total); lost=$(metric sellable_decisions_lost_total)
 # the spill directory drains into the lake (segments close every 5 s)
 stored=0
 for _ in $(seq 1 240); do
-  stored=$("$bin" lake info --lake "$out/lake" 2>/dev/null | awk '$1 == "decisions" {print $4}')
+  stored=$("$bin" lake info --lake "$lake" 2>/dev/null | awk '$1 == "decisions" {print $4}')
   [ "${stored:-0}" -ge "${recorded%.*}" ] && break; sleep 1
 done
 kill "$pid"; wait "$pid" 2>/dev/null || true
-python3 - "$out" "$batch" "$profile" "$connections" "$seconds" "${recorded%.*}" "${lost%.*}" "${stored:-0}" "$rate" <<'PY'
+python3 - "$out" "$batch" "$profile" "$connections" "$seconds" "${recorded%.*}" "${lost%.*}" "${stored:-0}" "$rate" "$pause" <<'PY'
 import sys
-out, batch, profile, connections, seconds, recorded, lost, stored, rate = sys.argv[1:]
+out, batch, profile, connections, seconds, recorded, lost, stored, rate, pause = sys.argv[1:]
 batch = int(batch)
 print(f"profile {profile}; batch availability, {batch} items per request, {seconds} s per run")
-print(f"at a fixed {int(rate):,} answers/s (open loop):")
+print(f"at a fixed {int(rate):,} answers/s (open loop; with the log, the lake's S3 server paused {pause} s of it):")
 print(f"{'decision log':<14} {'requests':>9} {'2xx':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'late starts':>12}")
 fixed = {}
 for name in ["off", "on"]:
