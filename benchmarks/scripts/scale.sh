@@ -36,7 +36,11 @@ for skus in "${sizes[@]}"; do
   wait "$nightly_pid" || { echo "scale: the nightly job failed:"; tail -5 "$dir/batch.log"; exit 1; }
   nightly_s=$(awk -v start="$started" -v end="$(date +%s.%N)" 'BEGIN {printf "%.0f", end - start}')
   namespace="sellable-bench-scale-$skus"; roles=(--lake "$dir/lake" --redis "$url" --namespace "$namespace" --stream "$namespace-events")
-  clear_namespace() { cli --scan --pattern "$namespace*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null; }
+  # UNLINK frees in the background: wait until Redis has freed it all, or "before" counts it
+  clear_namespace() {
+    cli --scan --pattern "$namespace*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null
+    until [ "$(cli info memory | awk -F: '/^lazyfree_pending_objects:/ {print $2}' | tr -d '\r')" = 0 ]; do sleep 0.5; done
+  }
   clear_namespace
   before=$(used)
   started=$(date +%s)
