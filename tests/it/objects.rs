@@ -92,9 +92,8 @@ async fn the_whole_pipeline_runs_on_an_s3_lake() {
     assert!(!in_s3.states.is_empty());
     assert_eq!(in_s3.states, on_disk.states);
     // bit for bit (a missing feature is NaN, which equals nothing)
-    let bits = |features: &HashMap<(String, String), Vec<f64>>| {
-        let bits: std::collections::BTreeMap<_, Vec<u64>> = features.iter().map(|(key, values)| (key.clone(), values.iter().map(|v| v.to_bits()).collect())).collect();
-        bits
+    let bits = |features: &HashMap<(String, String), Vec<f64>>| -> std::collections::BTreeMap<(String, String), Vec<u64>> {
+        features.iter().map(|(key, values)| (key.clone(), values.iter().map(|v| v.to_bits()).collect())).collect()
     };
     assert!(!in_s3.features.is_empty());
     assert!(bits(&in_s3.features) == bits(&on_disk.features), "the features of the s3 lake differ from the local lake's");
@@ -110,6 +109,8 @@ async fn the_whole_pipeline_runs_on_an_s3_lake() {
     let port = free_port();
     let log_path = dir.path().join("run.log");
     let mut command = s3.sellable();
+    // the decision log's spill in the test's directory (by default a remote lake's is in temporary space)
+    command.env("SELLABLE__SERVE__DECISIONS", format!("{{ spill = \"{}\" }}", dir.path().join("spill").display()));
     let _run = KillOnDrop(
         keyed(&mut command)
             .args(["run", "--lake", remote, "--redis", &url, "--stream", &stream, "--namespace", &namespace, "--nightly-every", "1"])
