@@ -442,14 +442,21 @@ impl Lake {
     }
 
     /// A session over the tables analysts query, each the newest version of its dataset (those
-    /// the lake has, by table name), and the table function `features_at(N)` (the feature store
-    /// as its version N holds it), its queries holding their memory in `pool`.
+    /// the lake has, by table name; the batch view the one its newest deltas pair with), and the
+    /// table function `features_at(N)` (the feature store as its version N holds it), its queries
+    /// holding their memory in `pool`.
     pub async fn analytics_session(&self, pool: Arc<dyn MemoryPool>) -> Result<(SessionContext, Vec<&'static str>), BatchError> {
         let runtime = RuntimeEnvBuilder::new().with_memory_pool(pool).build_arc()?;
         let context = SessionContext::new_with_config_rt(SessionConfig::new().with_target_partitions(2), runtime);
         let mut tables = Vec::new();
+        // the batch view in force: the one its deltas pair with
+        let in_force = self.stored_view().await?.map(|(_, view, _)| view);
         for (table, dataset) in ANALYTICS_TABLES {
-            match self.dataset(dataset, "").await {
+            let found = match (dataset, &in_force) {
+                (BATCH_VIEW, Some(view)) => Ok(view.clone()),
+                _ => self.dataset(dataset, "").await,
+            };
+            match found {
                 Ok(found) => {
                     let found = Arc::new(found);
                     let provider = lance::datafusion::LanceTableProvider::new(found.clone(), false, false);

@@ -408,6 +408,12 @@ async fn a_view_without_its_deltas_leaves_the_last_whole_pair_in_force() {
     let rows = tokio::task::spawn_blocking(move || rows.collect::<Result<Vec<_>, _>>()).await.unwrap().unwrap();
     assert_eq!(meta, before.meta());
     assert_eq!(rows.iter().map(|row| row.states.len()).sum::<usize>(), before.states.len());
+    // and analysts query that view
+    let pool = std::sync::Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(64 << 20));
+    let (context, _) = lake.analytics_session(pool).await.unwrap();
+    let counted = context.sql("SELECT COUNT(*) AS n FROM batch_view").await.unwrap().collect().await.unwrap();
+    let n = counted[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().unwrap().value(0);
+    assert_eq!(n as usize, before.states.len());
 }
 
 /// A training set's replay starts from the batch view of the last cutoff before its period:
