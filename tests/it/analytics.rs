@@ -11,8 +11,7 @@ use crate::{forget, free_port, keyed, redis_names, KillOnDrop, TEST_KEY};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analysts_query_every_table_over_flight_sql() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".deps/venv/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/setup.sh (it installs pyarrow and the ADBC driver)", python.display());
+    let python = crate::venv_program("python", "pyarrow and the ADBC driver");
     let (_dir, lake) = live_marketplace().await;
     // the nightly job again at the same cutoff: the features too
     let cutoff = lake.batch_view_asof().await.unwrap().unwrap();

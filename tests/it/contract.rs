@@ -13,8 +13,7 @@ const EXAMPLES: &str = "30";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_keeps_its_openapi_contract() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let st = root.join(".deps/venv/bin/st");
-    assert!(st.exists(), "{} is missing: run scripts/setup.sh (it installs schemathesis)", st.display());
+    let st = crate::venv_program("st", "schemathesis");
     let (_dir, lake) = live_marketplace().await;
     let (url, stream, namespace) = redis_names("contract");
     let port = free_port();

@@ -38,6 +38,14 @@ fn api() -> reqwest::Client {
 
 const DAY: Millis = 86_400_000;
 
+/// A program of the project's Python environment (`.deps/venv/bin/NAME`), which must be there:
+/// `scripts/setup.sh` installs what `installs` says.
+fn venv_program(name: &str, installs: &str) -> std::path::PathBuf {
+    let program = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/venv/bin").join(name);
+    assert!(program.exists(), "{} is missing: run scripts/setup.sh (it installs {installs})", program.display());
+    program
+}
+
 struct Marketplace {
     _dir: tempfile::TempDir,
     lake: Lake,

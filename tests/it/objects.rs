@@ -20,8 +20,7 @@ struct S3 {
 
 impl S3 {
     async fn start(bucket: &str, log: &Path) -> S3 {
-        let moto = Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/venv/bin/moto_server");
-        assert!(moto.exists(), "{} is missing: scripts/setup.sh installs it", moto.display());
+        let moto = crate::venv_program("moto_server", "moto");
         let port = free_port();
         let server = Command::new(moto)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
