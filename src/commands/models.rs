@@ -133,9 +133,10 @@ fn list(registry: &Registry, dir: &Path) -> Result<()> {
 pub async fn backtest(args: &BacktestArgs) -> Result<()> {
     let lake = args.lake.open()?;
     let registry = Registry::open(&args.models.models)?;
+    // a version named on the command line; `none` for the rules on naive ATP
+    let named = |arg: &str| (arg != "none").then(|| arg.to_string());
     let version = match args.model.as_deref() {
-        Some("none") => None,
-        Some(version) => Some(version.to_string()),
+        Some(arg) => named(arg),
         None => Some(registry.live()?.context("no model is live: pass --model V, or --model none for rules on naive ATP")?),
     };
     let load_model = |version: Option<&str>| version.map(|version| registry.load(version, &sellable_core::features::names())).transpose();
@@ -150,15 +151,14 @@ pub async fn backtest(args: &BacktestArgs) -> Result<()> {
         Ok(RuleBook::with(loaded.ruleset.context("the rule files have errors: nothing was backtested")?, schema.clone()))
     };
     let rules = rule_book(&args.rules)?;
-    // the second configuration, checked before the replay
-    let comparing = args.compare_model.is_some() || !args.compare_rules.is_empty();
-    let other_version = match args.compare_model.as_deref() {
-        Some("none") => None,
-        Some(version) => Some(version.to_string()),
-        None => version.clone(),
+    // the second configuration, if any, checked before the replay
+    let other_version = args.compare_model.as_deref().map_or_else(|| version.clone(), named);
+    let other = if args.compare_model.is_some() || !args.compare_rules.is_empty() {
+        let rules = rule_book(if args.compare_rules.is_empty() { &args.rules } else { &args.compare_rules })?;
+        Some((load_model(other_version.as_deref())?, rules))
+    } else {
+        None
     };
-    let other_model = if comparing { load_model(other_version.as_deref())? } else { None };
-    let other_rules = rule_book(if args.compare_rules.is_empty() { &args.rules } else { &args.compare_rules })?;
     let (rows, _, summary) = lake.build_trainset(args.from, args.to, args.lake.fold_config(), &Progress::stderr()).await.context("replaying the period")?;
     let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
     let decider = |rules: RuleBook| Serving::new(nodes.clone(), sellable_core::BatchMeta::default(), Arc::new(SpeedView::memory(args.lake.fold_config())), Arc::new(rules));
@@ -187,7 +187,7 @@ pub async fn backtest(args: &BacktestArgs) -> Result<()> {
     line("naive ATP", &result.naive_atp);
     line(&format!("static safety stock k={safety_stock}"), &result.static_safety_stock);
     eprintln!("  -> {} and {}", args.out.display(), summary_path.display());
-    if comparing {
+    if let Some((other_model, other_rules)) = other {
         let other = decider(other_rules);
         let (other_decisions, _) = other.backtest(&skus, other_model.as_ref(), &rows, safety_stock)?;
         let (changed, change) = sellable_serving::backtest::compare(&decisions, &other_decisions);
