@@ -365,6 +365,30 @@ pub struct BatchArgs {
     /// `2026-01-02..2026-01-07` or RFC 3339 / millisecond bounds. The batch view is left as is.
     #[arg(long, value_parser = parse_day_range)]
     pub every_day: Option<(Millis, Millis)>,
+    /// Where the job's queries run: DataFusion in this process, or a Ballista cluster (the one of
+    /// `--scheduler`, else a standalone scheduler and executor in this process). Both give the
+    /// same rows.
+    #[arg(long, value_enum, default_value_t = EngineArg::Local)]
+    pub engine: EngineArg,
+    /// The Ballista scheduler, `df://HOST:PORT` (its executors run `sellable executor`).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    Local,
+    Ballista,
+}
+
+impl BatchArgs {
+    pub fn engine(&self) -> Result<sellable_batch::Engine> {
+        match (self.engine, &self.scheduler) {
+            (EngineArg::Local, None) => Ok(sellable_batch::Engine::Local),
+            (EngineArg::Local, Some(_)) => anyhow::bail!("--scheduler names a Ballista cluster: add --engine ballista"),
+            (EngineArg::Ballista, scheduler) => Ok(sellable_batch::Engine::Ballista { scheduler: scheduler.clone() }),
+        }
+    }
 }
 
 #[derive(Args)]

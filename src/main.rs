@@ -24,7 +24,8 @@ use config::Config;
 fn main() {
     let cli = parse_cli();
     init_tracing(cli.log_json);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    // 8 MiB per thread: a Ballista plan is (de)serialized by deep recursion
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(8 << 20).build().expect("tokio runtime");
     if let Err(error) = runtime.block_on(run(cli.command)) {
         eprintln!("error: {error:#}");
         std::process::exit(1);

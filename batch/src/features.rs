@@ -154,9 +154,14 @@ impl Lake {
         let mut tables: Vec<Tables> = Vec::new();
         for (done, &share) in shares.iter().enumerate() {
             bar.set_message(format!("features and snapshot, share {} of {}", done + 1, shares.len()));
-            // a share larger than twice the budget (nodes with many events) streams from its file
+            // a share larger than twice the budget (nodes with many events) streams from its file,
+            // unless the queries run on a cluster, whose executors read what the plan carries
+            let hold_limit = match self.engine {
+                crate::Engine::Local => self.scratch_limit.saturating_mul(2),
+                crate::Engine::Ballista { .. } => usize::MAX,
+            };
             let started = std::time::Instant::now();
-            known.register(context, share, self.scratch_limit.saturating_mul(2))?;
+            known.register(context, share, hold_limit)?;
             tracing::debug!(share, seconds = started.elapsed().as_secs_f64(), "share registered");
             for (part, statement) in statements.iter().enumerate() {
                 let started = std::time::Instant::now();

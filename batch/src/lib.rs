@@ -10,6 +10,7 @@
 //! Tests: `tests/it/` (import, batch view == core fold).
 
 pub mod decisions;
+mod distributed;
 pub mod features;
 mod publish;
 mod shares;
@@ -31,6 +32,8 @@ use sellable_core::catalog::{node_schema, nodes_from_batch, nodes_to_batch, sku_
 use sellable_core::event::{event_schema, events_from_batch, events_to_batch, DecodeError, InputError};
 use sellable_core::fold::{effect, Anchor, EventKey, SkuNode};
 use sellable_core::{BatchView, Event, EventKind, FoldConfig, Millis, NodeInfo, NodeState, SkuInfo};
+
+pub use distributed::{Engine, LakeLogicalCodec, LakePhysicalCodec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -217,6 +220,8 @@ pub struct Lake {
     scratch_limit: usize,
     /// Reads of `events` see this version, not the newest ([`Lake::pinned`]).
     events_at: Option<u64>,
+    /// Where the nightly job's queries run ([`Lake::with_engine`]).
+    engine: Engine,
 }
 
 impl Lake {
@@ -230,7 +235,7 @@ impl Lake {
             source,
         }))?;
         let location = root.to_str().ok_or_else(|| BatchError::Location(format!("the lake's path {} is not UTF-8", root.display())))?.to_string();
-        Ok(Lake { location, local: root, storage: None, memory_limit: 0, scratch_limit: 0, events_at: None }.with_memory_limit(DEFAULT_MEMORY_LIMIT))
+        Ok(Lake { location, local: root, storage: None, memory_limit: 0, scratch_limit: 0, events_at: None, engine: Engine::Local }.with_memory_limit(DEFAULT_MEMORY_LIMIT))
     }
 
     /// The lake at `location`: an object store's URI (`s3://bucket/prefix`, its endpoint and
@@ -250,7 +255,7 @@ impl Lake {
         }
         let location = location.trim_end_matches('/').to_string();
         let local = std::env::temp_dir().join(format!("sellable-lake-{:016x}", fixed_hash(&location)));
-        Ok(Lake { location, local, storage: None, memory_limit: 0, scratch_limit: 0, events_at: None }.with_memory_limit(DEFAULT_MEMORY_LIMIT))
+        Ok(Lake { location, local, storage: None, memory_limit: 0, scratch_limit: 0, events_at: None, engine: Engine::Local }.with_memory_limit(DEFAULT_MEMORY_LIMIT))
     }
 
     /// The same lake, its object store configured with `options` (Lance's storage options:
@@ -284,6 +289,13 @@ impl Lake {
     /// size, written to scratch files, and computed one share at a time.
     pub fn with_scratch_limit(self, bytes: usize) -> Lake {
         Lake { scratch_limit: bytes, ..self }
+    }
+
+    /// The same lake, whose nightly job (batch view, features, training sets) runs its queries
+    /// on `engine`: DataFusion in this process ([`Engine::Local`], the default) or a Ballista
+    /// cluster. Both give the same rows.
+    pub fn with_engine(self, engine: Engine) -> Lake {
+        Lake { engine, ..self }
     }
 
     /// Where the lake is: its directory's path or its URI.
@@ -426,19 +438,33 @@ impl Lake {
         // thirty-second of smaller limits, so that it fits in an operator's fair share.
         let merge_reservation = (self.memory_limit / 32).min(64 << 20);
         let config = SessionConfig::new().with_target_partitions(2).with_sort_spill_reservation_bytes(merge_reservation);
-        let context = SessionContext::new_with_config_rt(config, runtime);
-        context.register_udf(id_hash_udf());
-        let table = lance::datafusion::LanceTableProvider::new(Arc::new(events), false, false);
-        context.register_table(EVENTS, Arc::new(table))?;
+        let context = match &self.engine {
+            Engine::Local => {
+                let context = SessionContext::new_with_config_rt(config, runtime);
+                context.register_udf(id_hash_udf());
+                context
+            }
+            Engine::Ballista { scheduler } => distributed::session(config, runtime, scheduler.as_deref(), vec![id_hash_udf()]).await?,
+        };
+        context.register_table(EVENTS, self.table_of(EVENTS, events))?;
         match self.dataset(NODES, "").await {
             Ok(nodes) => {
-                context.register_table(NODES, Arc::new(lance::datafusion::LanceTableProvider::new(Arc::new(nodes), false, false)))?;
+                context.register_table(NODES, self.table_of(NODES, nodes))?;
             }
             // no catalog: the batch view can still be computed (nodes only feed features)
             Err(BatchError::Missing(..)) => register_in_memory(&context, NODES, node_schema(), Vec::new())?,
             Err(error) => return Err(error),
         }
         Ok(context)
+    }
+
+    /// The dataset `name` as a table of the nightly job's sessions: one that executors can open
+    /// when they run on a Ballista cluster.
+    fn table_of(&self, name: &str, dataset: Dataset) -> Arc<dyn datafusion::catalog::TableProvider> {
+        match self.engine {
+            Engine::Local => Arc::new(lance::datafusion::LanceTableProvider::new(Arc::new(dataset), false, false)),
+            Engine::Ballista { .. } => Arc::new(distributed::LakeTable::of(&dataset, self.uri(name), self.storage.as_deref())),
+        }
     }
 
     /// A session over the tables analysts query, each the newest version of its dataset (those

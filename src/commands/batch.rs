@@ -8,7 +8,7 @@ use sellable_core::{FoldConfig, Millis};
 use crate::cli::{BatchArgs, TrainsetArgs, DAY_MS};
 
 pub async fn run(args: &BatchArgs) -> Result<()> {
-    let lake = args.lake.open()?;
+    let lake = args.lake.open()?.with_engine(args.engine()?);
     if let Some((from, to)) = args.every_day {
         let cutoffs: Vec<Millis> = (from..=to).step_by(DAY_MS as usize).collect();
         return features(&lake, &cutoffs, args.lake.fold_config()).await;

@@ -546,3 +546,45 @@ async fn an_appends_position_is_read_back_from_its_commit() {
     let pinned = lake.pinned(2);
     assert_eq!((pinned.position("stream:t").await.unwrap(), pinned.events_after(Millis::MIN).await.unwrap().len()), (None, 20));
 }
+
+/// Every row of a table of the lake, as analysts read it (ordered by `order`), in text.
+async fn table_rows(lake: &Lake, table: &str, order: &str) -> Vec<String> {
+    let pool = std::sync::Arc::new(datafusion::execution::memory_pool::GreedyMemoryPool::new(256 << 20));
+    let (context, _) = lake.analytics_session(pool).await.unwrap();
+    let batches = context.sql(&format!("SELECT * FROM {table} ORDER BY {order}")).await.unwrap().collect().await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    text.lines().map(str::to_string).collect()
+}
+
+/// The nightly job on a Ballista cluster (standalone: a scheduler and an executor in this
+/// process, the events read by the executor from the lake's fragments, the job's tables carried
+/// in the plans) gives the local job's batch view, deltas and features row for row, in memory
+/// and in shares of the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nightly_job_on_ballista_equals_the_local_job_row_for_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, mut events) = simulate(&dir.path().join("gen"), 61);
+    events.push(events[10].clone()); // a replay: deduplicated on the cluster too
+    let asof = summary.end - DAY / 2;
+    for (name, scratch_limit) in [("memory", usize::MAX), ("shares", 256 << 10)] {
+        let local = lake_of(&dir.path().join(format!("{name}-local")), &summary, &events).await.with_scratch_limit(scratch_limit);
+        let cluster = lake_of(&dir.path().join(format!("{name}-ballista")), &summary, &events)
+            .await
+            .with_scratch_limit(scratch_limit)
+            .with_engine(sellable_batch::Engine::Ballista { scheduler: None });
+        let (local_view, local_features) = local.nightly(asof, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+        let (view, features) = cluster.nightly(asof, FoldConfig::default(), &Progress::hidden()).await.unwrap();
+        assert_eq!(view.shares > 1, scratch_limit < usize::MAX, "{name}: {} shares", view.shares);
+        assert!(view.sku_nodes > 20 && view.deltas > 0, "{name}: {view:?}");
+        assert_eq!((view.sku_nodes, view.deltas, features.rows), (local_view.sku_nodes, local_view.deltas, local_features.rows), "{name}");
+        for (table, order) in [("batch_view", "sku, node"), ("features", "asof, sku, node")] {
+            let expected = table_rows(&local, table, order).await;
+            assert!(expected.len() > 20, "{name}: {table}");
+            assert_eq!(table_rows(&cluster, table, order).await, expected, "{name}: {table}");
+        }
+        // the deltas too, and the view is still core's fold
+        let stored = cluster.load_batch_view().await.unwrap();
+        assert_eq!(stored.states, local.load_batch_view().await.unwrap().states, "{name}");
+        assert_eq!(stored.states, fold(events.iter().filter(|e| known_at(e, asof)), FoldConfig::default()).states, "{name}");
+    }
+}
