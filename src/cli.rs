@@ -86,6 +86,50 @@ pub enum Command {
     /// API keys of the REST API.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// A Ballista cluster for `sellable batch --engine ballista --scheduler`: its scheduler and
+    /// its executors, which read the lake's datasets and the job's tables with sellable's codecs.
+    #[command(subcommand)]
+    Ballista(BallistaCommand),
+}
+
+#[derive(Subcommand)]
+pub enum BallistaCommand {
+    /// Run a scheduler until killed.
+    Scheduler(SchedulerArgs),
+    /// Run an executor of a scheduler until Ctrl-C or SIGTERM.
+    Executor(ExecutorArgs),
+}
+
+#[derive(Args)]
+pub struct SchedulerArgs {
+    /// Address the scheduler listens on (clients connect to `df://HOST:PORT`).
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    pub bind: SocketAddr,
+}
+
+#[derive(Args)]
+pub struct ExecutorArgs {
+    /// The scheduler, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    pub scheduler: String,
+    /// Host the executor listens on and gives the scheduler.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port of its Flight service (other executors and clients fetch its results there).
+    #[arg(long, default_value_t = 50051)]
+    pub port: u16,
+    /// Port of its gRPC service.
+    #[arg(long, default_value_t = 50052)]
+    pub grpc_port: u16,
+    /// Tasks run at once [default: the number of cores].
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Memory (MiB) its tasks may hold together before spilling [default: no limit].
+    #[arg(long, value_parser = memory_mb)]
+    pub memory_mb: Option<usize>,
+    /// Where shuffle files go [default: a temporary directory].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

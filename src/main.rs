@@ -18,7 +18,7 @@ mod cli;
 mod commands;
 mod config;
 
-use cli::{Cli, Command, KeysCommand, LakeCommand};
+use cli::{BallistaCommand, Cli, Command, KeysCommand, LakeCommand};
 use config::Config;
 
 fn main() {
@@ -53,6 +53,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Run(args) => run::run(&args).await,
         Command::Rules(command) => rules::run(command).await,
         Command::Keys(KeysCommand::New(args)) => keys::new(&args),
+        Command::Ballista(BallistaCommand::Scheduler(args)) => cluster::scheduler(&args).await,
+        Command::Ballista(BallistaCommand::Executor(args)) => cluster::executor(&args).await,
     }
 }
 
@@ -113,7 +115,7 @@ fn with_defaults(mut command: clap::Command, defaults: &[(&'static str, String)]
 
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lance=warn,datafusion=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lance=warn,datafusion=warn,ballista_core=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| OneLine(std::io::stderr()));
     if json {
         builder.json().init();

@@ -51,7 +51,7 @@ pub enum Engine {
 
 /// Plans (and the in-memory tables in them) may be large: the limit of a gRPC message between the
 /// client, the scheduler and the executors.
-const MAX_MESSAGE: usize = 1 << 30;
+pub const MAX_PLAN_BYTES: usize = 1 << 30;
 
 /// A session whose queries run on the Ballista cluster of `scheduler` (a standalone one when
 /// `None`), with `config` and `runtime` (its memory pool: the standalone executor's too), the
@@ -61,7 +61,7 @@ pub(crate) async fn session(config: SessionConfig, runtime: Arc<RuntimeEnv>, sch
         .upgrade_for_ballista()
         .with_ballista_logical_extension_codec(Arc::new(LakeLogicalCodec::default()))
         .with_ballista_physical_extension_codec(Arc::new(LakePhysicalCodec::default()))
-        .with_ballista_grpc_client_max_message_size(MAX_MESSAGE);
+        .with_ballista_grpc_client_max_message_size(MAX_PLAN_BYTES);
     // the standalone scheduler and executor find the functions in this state; the client's
     // (Ballista's upgrade of it) has Ballista's own, and gets them after
     let mut state = SessionStateBuilder::new().with_default_features().with_config(config).with_runtime_env(runtime).build();
@@ -76,6 +76,14 @@ pub(crate) async fn session(config: SessionConfig, runtime: Arc<RuntimeEnv>, sch
         context.register_udf(function);
     }
     Ok(context)
+}
+
+/// The functions an executor of the job resolves by name: DataFusion's (nested ones included)
+/// and the job's own.
+pub fn executor_functions() -> Result<Arc<ballista_core::registry::BallistaFunctionRegistry>> {
+    let mut state = SessionStateBuilder::new().with_default_features().build();
+    state.register_udf(Arc::new(crate::id_hash_udf()))?;
+    Ok(Arc::new(ballista_core::registry::BallistaFunctionRegistry::from(&state)))
 }
 
 /// Where a dataset of the lake is, as executors open it.

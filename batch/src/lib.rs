@@ -33,7 +33,7 @@ use sellable_core::event::{event_schema, events_from_batch, events_to_batch, Dec
 use sellable_core::fold::{effect, Anchor, EventKey, SkuNode};
 use sellable_core::{BatchView, Event, EventKind, FoldConfig, Millis, NodeInfo, NodeState, SkuInfo};
 
-pub use distributed::{Engine, LakeLogicalCodec, LakePhysicalCodec};
+pub use distributed::{executor_functions, Engine, LakeLogicalCodec, LakePhysicalCodec, MAX_PLAN_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {

@@ -2,6 +2,7 @@
 //! that does the work, and reports what it did on stderr (results on stdout).
 
 pub mod batch;
+pub mod cluster;
 pub mod demo;
 pub mod keys;
 pub mod lake;

@@ -15,6 +15,7 @@ use sellable_serving::{Availability, ModelBook, Serving};
 use sellable_speed::{catch_up, CatchUpSource, SpeedView};
 
 mod analytics;
+mod cluster;
 mod contract;
 mod decisions;
 mod objects;

@@ -1,0 +1,78 @@
+//! The nightly job on a Ballista cluster of separate processes: `sellable ballista scheduler` and
+//! `sellable ballista executor`, and `sellable batch --engine ballista --scheduler` as their client.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sellable_bench::SimConfig;
+use sellable_core::FoldConfig;
+
+use crate::{free_port, generated_lake, KillOnDrop, DAY};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nightly_job_on_a_cluster_of_processes_equals_the_local_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig { seed: 71, skus: 120, nodes: 12, days: 3.0, ..SimConfig::default() };
+    let (summary, local) = generated_lake(&config, dir.path()).await;
+    let copy = dir.path().join("cluster-lake");
+    let remote = sellable_batch::Lake::open(&copy).unwrap();
+    let skus = sellable_core::catalog::read_parquet(&summary.paths.skus, sellable_core::catalog::skus_from_batch).unwrap();
+    let nodes = sellable_core::catalog::read_parquet(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch).unwrap();
+    remote.import_catalog(&skus, &nodes).await.unwrap();
+    remote.import_events(sellable_core::event::read_event_file(&summary.paths.events).unwrap()).await.unwrap();
+    let asof = summary.end - DAY / 2;
+
+    let sellable = env!("CARGO_BIN_EXE_sellable");
+    let scheduler_port = free_port();
+    let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+    let _scheduler = KillOnDrop(
+        Command::new(sellable)
+            .args(["ballista", "scheduler", "--bind", &format!("127.0.0.1:{scheduler_port}")])
+            .stdout(Stdio::null())
+            .stderr(log("scheduler.log"))
+            .spawn()
+            .unwrap(),
+    );
+    let (flight, grpc) = (free_port(), free_port());
+    let _executor = KillOnDrop(
+        Command::new(sellable)
+            .args(["ballista", "executor", "--scheduler", &format!("127.0.0.1:{scheduler_port}")])
+            .args(["--port", &flight.to_string(), "--grpc-port", &grpc.to_string(), "--tasks", "2"])
+            .args(["--work-dir", dir.path().join("shuffles").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log("executor.log"))
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::create_dir_all(dir.path().join("shuffles")).unwrap();
+    // the executor registers with the scheduler: wait for its log to say so
+    for attempt in 0.. {
+        let said = std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default();
+        if said.contains("register executor") {
+            break;
+        }
+        assert!(attempt < 300, "no executor registered:\n{said}\n{}", std::fs::read_to_string(dir.path().join("executor.log")).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut batch = Command::new(sellable);
+    batch.args(["batch", "--lake", copy.to_str().unwrap(), "--asof", &asof.to_string()]);
+    batch.args(["--engine", "ballista", "--scheduler", &format!("df://127.0.0.1:{scheduler_port}")]);
+    let ran = tokio::time::timeout(Duration::from_secs(300), tokio::task::spawn_blocking(move || batch.output().unwrap())).await.unwrap().unwrap();
+    let said = String::from_utf8_lossy(&ran.stderr);
+    assert!(ran.status.success(), "{said}\n{}", std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default());
+    assert!(said.contains("feature rows"), "{said}");
+    // the events were read on the cluster, by its executor's scans of the lake's fragments
+    let planned = std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap();
+    assert!(planned.contains(&format!("LakeScanExec: {}/events.lance", copy.canonicalize().unwrap().display())), "{planned}");
+
+    local.nightly(asof, FoldConfig::default(), &sellable_batch::Progress::hidden()).await.unwrap();
+    let view = remote.load_batch_view().await.unwrap();
+    assert!(view.states.len() > 50);
+    assert_eq!(view.states, local.load_batch_view().await.unwrap().states);
+    let (features, expected) = (remote.load_features(Some(asof)).await.unwrap(), local.load_features(Some(asof)).await.unwrap());
+    assert_eq!(features.rows.len(), expected.rows.len());
+    for (key, row) in &expected.rows {
+        let same = row.iter().zip(&features.rows[key]).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{key:?}: {row:?} != {:?}", features.rows[key]);
+    }
+}
