@@ -86,6 +86,83 @@ pub fn executor_functions() -> Result<Arc<ballista_core::registry::BallistaFunct
     Ok(Arc::new(ballista_core::registry::BallistaFunctionRegistry::from(&state)))
 }
 
+/// The tables a job's session on a cluster shares with the executors: what it would hold in
+/// memory (the events known at the cutoff of a share, the tables `features.sql` creates) is
+/// written as Lance datasets into a scratch directory of the lake, which every executor reads
+/// like the lake's own datasets. Removed when the session is dropped: a local lake's directory
+/// is a run's locked scratch directory ([`crate::shares::ScratchDir`], so that a killed run's is
+/// removed by the next), an object store's is removed in the background.
+pub(crate) struct SharedTables {
+    /// The directory's path or URI.
+    base: String,
+    options: Option<Arc<std::collections::HashMap<String, String>>>,
+    store: Option<lance::io::ObjectStoreParams>,
+    written: std::sync::Mutex<Vec<Dataset>>,
+    _local: Option<crate::shares::ScratchDir>,
+}
+
+impl SharedTables {
+    /// Attaches a scratch directory of `lake` to `context` (whose queries run on a cluster).
+    pub(crate) fn attach(context: &SessionContext, lake: &crate::Lake) -> std::result::Result<(), crate::BatchError> {
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let (base, local) = if crate::Lake::is_remote(lake.location()) {
+            let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|since| since.as_nanos()).unwrap_or_default();
+            (format!("{}/{}/shared-{}-{nanos}-{run}", lake.location(), crate::SCRATCH, std::process::id()), None)
+        } else {
+            let dir = crate::shares::ScratchDir::claim(&lake.local_dir().join(crate::SCRATCH))?;
+            (dir.path().display().to_string(), Some(dir))
+        };
+        let shared = SharedTables { base, options: lake.storage.clone(), store: lake.store_params(), written: Default::default(), _local: local };
+        context.state_ref().write().config_mut().set_extension(Arc::new(shared));
+        Ok(())
+    }
+
+    /// Those of `context`, when its queries run on a cluster.
+    pub(crate) fn of(context: &SessionContext) -> Option<Arc<SharedTables>> {
+        context.state_ref().read().config().get_extension::<SharedTables>()
+    }
+
+    /// Registers `batches` as the table `name` of `context`, as a dataset of the directory (an
+    /// empty table in memory: it travels as nothing).
+    pub(crate) async fn register(&self, context: &SessionContext, name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> std::result::Result<(), crate::BatchError> {
+        if batches.iter().all(|batch| batch.num_rows() == 0) {
+            return crate::register_in_memory(context, name, schema, Vec::new());
+        }
+        let uri = {
+            let written = self.written.lock().expect("shared tables");
+            format!("{}/{name}-{}.lance", self.base, written.len())
+        };
+        let params = lance::dataset::WriteParams { mode: lance::dataset::WriteMode::Create, store_params: self.store.clone(), ..Default::default() };
+        let reader = arrow_array::RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+        let dataset = Dataset::write(reader, uri.as_str(), Some(params))
+            .await
+            .map_err(|source| crate::BatchError::Lance { dataset: uri.clone(), source })?;
+        context.deregister_table(name)?;
+        context.register_table(name, Arc::new(LakeTable::of(&dataset, uri, self.options.as_deref())))?;
+        self.written.lock().expect("shared tables").push(dataset);
+        Ok(())
+    }
+}
+
+impl Drop for SharedTables {
+    fn drop(&mut self) {
+        if self._local.is_some() {
+            return; // the run's directory goes with it
+        }
+        let written = std::mem::take(&mut *self.written.lock().expect("shared tables"));
+        if let (false, Ok(runtime)) = (written.is_empty(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                for dataset in written {
+                    if let Ok(store) = dataset.object_store(None).await {
+                        let _ = store.remove_dir_all(dataset.branch_location().path).await;
+                    }
+                }
+            });
+        }
+    }
+}
+
 /// Where a dataset of the lake is, as executors open it.
 #[derive(Debug, Clone, PartialEq)]
 struct Source {

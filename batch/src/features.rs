@@ -161,11 +161,11 @@ impl Lake {
                 crate::Engine::Ballista { .. } => usize::MAX,
             };
             let started = std::time::Instant::now();
-            known.register(context, share, hold_limit)?;
+            known.register(context, share, hold_limit).await?;
             tracing::debug!(share, seconds = started.elapsed().as_secs_f64(), "share registered");
             for (part, statement) in statements.iter().enumerate() {
                 let started = std::time::Instant::now();
-                context.sql(statement).await?.collect().await?;
+                crate::execute_statement(context, statement).await?;
                 tracing::debug!(share, statement = part + 1, seconds = started.elapsed().as_secs_f64(), "features.sql");
             }
             if shares.len() > 1 {
@@ -179,13 +179,8 @@ impl Lake {
             bar.inc(1);
         }
         context.deregister_table("timely")?;
-        let union = |name: &str| -> Result<(), BatchError> {
-            let Some((schema, _)) = tables.first().and_then(|first| first.get(name)) else { return Ok(()) };
-            let batches = tables.iter().flat_map(|share| share[name].1.iter().cloned()).collect();
-            crate::register_in_memory(context, name, schema.clone(), batches)
-        };
-        union("per_node")?;
-        context.sql(&totals).await?.collect().await?;
+        union(context, &tables, "per_node").await?;
+        crate::execute_statement(context, &totals).await?;
         let started = std::time::Instant::now();
         let mut rows = Vec::new();
         if tables.is_empty() {
@@ -193,12 +188,12 @@ impl Lake {
         }
         for share in &tables {
             for (name, (schema, batches)) in share {
-                crate::register_in_memory(context, name, schema.clone(), batches.clone())?;
+                crate::register_rows(context, name, schema.clone(), batches.clone()).await?;
             }
             rows.extend(context.sql(&last).await?.collect().await?);
         }
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features.sql, sku totals and last statement");
-        union("deltas")?;
+        union(context, &tables, "deltas").await?;
         let deltas = context.table("deltas").await?.collect().await?;
         Ok(Computed { rows, deltas, shares: shares.len() })
     }
@@ -207,8 +202,16 @@ impl Lake {
 /// Tables by name, with their schema and rows.
 type Tables = BTreeMap<String, (SchemaRef, Vec<RecordBatch>)>;
 
+/// Registers the union of every share's table `name` (nothing when there is one share: its
+/// tables stay registered).
+async fn union(context: &SessionContext, tables: &[Tables], name: &str) -> Result<(), BatchError> {
+    let Some((schema, _)) = tables.first().and_then(|first| first.get(name)) else { return Ok(()) };
+    let batches = tables.iter().flat_map(|share| share[name].1.iter().cloned()).collect();
+    crate::register_rows(context, name, schema.clone(), batches).await
+}
+
 /// The table a `CREATE OR REPLACE TABLE name AS` statement creates.
-fn created_table(statement: &str) -> Option<&str> {
+pub(crate) fn created_table(statement: &str) -> Option<&str> {
     statement
         .lines()
         .find_map(|line| line.trim_start().strip_prefix("CREATE OR REPLACE TABLE "))

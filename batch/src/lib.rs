@@ -444,7 +444,11 @@ impl Lake {
                 context.register_udf(id_hash_udf());
                 context
             }
-            Engine::Ballista { scheduler } => distributed::session(config, runtime, scheduler.as_deref(), vec![id_hash_udf()]).await?,
+            Engine::Ballista { scheduler } => {
+                let context = distributed::session(config, runtime, scheduler.as_deref(), vec![id_hash_udf()]).await?;
+                distributed::SharedTables::attach(&context, self)?;
+                context
+            }
         };
         context.register_table(EVENTS, self.table_of(EVENTS, events))?;
         match self.dataset(NODES, "").await {
@@ -561,7 +565,7 @@ impl Lake {
         let copied = frame.collect().await?;
         let rows: usize = copied.iter().map(RecordBatch::num_rows).sum();
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), ids = rows, "event ids with copies");
-        register_in_memory(context, "copied", schema, copied)
+        register_rows(context, "copied", schema, copied).await
     }
 
     /// Removes what killed runs left in the scratch space (a run removes its own scratch files
@@ -966,6 +970,36 @@ fn statements(sql: &str) -> Vec<String> {
     }
     statements.retain(|statement| statement.lines().any(|line| !line.trim().is_empty() && !line.trim_start().starts_with("--")));
     statements
+}
+
+/// Registers `batches` as the table `name` of a nightly job's session, replacing any earlier
+/// one: in memory, or, when its queries run on a cluster, shared with the executors.
+async fn register_rows(context: &SessionContext, name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<(), BatchError> {
+    match distributed::SharedTables::of(context) {
+        Some(shared) => shared.register(context, name, schema, batches).await,
+        None => register_in_memory(context, name, schema, batches),
+    }
+}
+
+/// Runs one statement of a script: a `CREATE OR REPLACE TABLE name AS query` registers the
+/// query's rows with [`register_rows`] (on a cluster, DataFusion would keep them in the client's
+/// memory and send them with every plan that reads them).
+async fn execute_statement(context: &SessionContext, statement: &str) -> Result<(), BatchError> {
+    let created = features::created_table(statement).and_then(|name| {
+        let start = statement.find(&format!("TABLE {name} AS"))? + format!("TABLE {name} AS").len();
+        Some((name, &statement[start..]))
+    });
+    match created {
+        Some((name, query)) if distributed::SharedTables::of(context).is_some() => {
+            let frame = context.sql(query).await?;
+            let schema = Arc::new(frame.schema().as_arrow().clone());
+            register_rows(context, name, schema, frame.collect().await?).await
+        }
+        _ => {
+            context.sql(statement).await?.collect().await?;
+            Ok(())
+        }
+    }
 }
 
 /// Registers `batches` as the in-memory table `name`, replacing any earlier one.

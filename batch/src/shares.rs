@@ -68,17 +68,18 @@ impl Known {
         }
     }
 
-    /// Registers `share` as the table `timely` of `context`: held in memory, unless its file is
-    /// larger than `hold_limit` bytes (its nodes have more events than a share's budget), when
-    /// every query streams it from the file instead.
-    pub(crate) fn register(&self, context: &SessionContext, share: usize, hold_limit: usize) -> Result<(), BatchError> {
+    /// Registers `share` as the table `timely` of `context`: held (in memory, or shared with a
+    /// cluster's executors: [`crate::register_rows`]), unless its file is larger than
+    /// `hold_limit` bytes (its nodes have more events than a share's budget), when every query
+    /// streams it from the file instead.
+    pub(crate) async fn register(&self, context: &SessionContext, share: usize, hold_limit: usize) -> Result<(), BatchError> {
         match self {
-            Known::Held { schema, batches } => crate::register_in_memory(context, "timely", schema.clone(), batches.clone()),
+            Known::Held { schema, batches } => crate::register_rows(context, "timely", schema.clone(), batches.clone()).await,
             Known::Split { schema, shares, .. } => {
                 let share = &shares[share];
                 if share.bytes <= hold_limit {
                     let batches = read(&share.path)?;
-                    crate::register_in_memory(context, "timely", schema.clone(), batches)
+                    crate::register_rows(context, "timely", schema.clone(), batches).await
                 } else {
                     let file = Arc::new(ShareFile { schema: schema.clone(), path: share.path.clone() });
                     context.deregister_table("timely")?;
@@ -99,6 +100,10 @@ pub(crate) struct ScratchDir {
 }
 
 impl ScratchDir {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Creates a new directory under `scratch` for this run. Its lock file is locked under a
     /// hidden name first and then renamed, so another run never sees it unlocked.
     pub(crate) fn claim(scratch: &Path) -> Result<ScratchDir, BatchError> {

@@ -11,6 +11,8 @@
 #   BASELINE=target/release/sellable-baseline also runs the nightly job and the training set with
 #   that binary (a release build of an earlier commit, copied next to this one so that it finds
 #   .deps) on the same lake, right after, and prints its seconds and the ratio side by side.
+#   BALLISTA=1 also runs the nightly job with --engine ballista (a standalone Ballista scheduler and
+#   executor in the process) on the same lake, and prints it beside the local engine's.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 sizes=("${@:-1000000 5000000 20000000}")
@@ -44,6 +46,9 @@ for size in "${sizes[@]}"; do
   if [ -n "${BASELINE:-}" ]; then
     stage "$size" baseline "$BASELINE" batch --lake "$dir/lake" --asof 2026-01-07T00:00:00Z
   fi
+  if [ -n "${BALLISTA:-}" ]; then
+    stage "$size" ballista "$bin" batch --lake "$dir/lake" --asof 2026-01-07T00:00:00Z --engine ballista
+  fi
   stage "$size" trainset "$bin" trainset --lake "$dir/lake" --from 2026-01-07T00:00:00Z --to 2026-01-08T00:00:00Z
   if [ -n "${BASELINE:-}" ]; then
     stage "$size" baseline-trainset "$BASELINE" trainset --lake "$dir/lake" --from 2026-01-07T00:00:00Z --to 2026-01-08T00:00:00Z
@@ -71,5 +76,9 @@ for events, stages in by_size.items():
             base, base_kib = stages[baseline]
             print(f"{events:>11,} {'baseline':>9} {base:>8.1f} {events / base:>11,.0f} {base_kib / 1024:>9,.0f} {base / events * 1e6:>15.2f}"
                   f"   {stage} is {base / seconds:.2f}x the baseline's speed")
+        if stage == "nightly" and "ballista" in stages:
+            other, other_kib = stages["ballista"]
+            print(f"{events:>11,} {'ballista':>9} {other:>8.1f} {events / other:>11,.0f} {other_kib / 1024:>9,.0f} {other / events * 1e6:>15.2f}"
+                  f"   Ballista standalone takes {other / seconds:.2f}x the local engine's time")
 print("(growth is linear when 's per M events' stays flat as the lake grows)")
 PY

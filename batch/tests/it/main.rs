@@ -557,8 +557,8 @@ async fn table_rows(lake: &Lake, table: &str, order: &str) -> Vec<String> {
 }
 
 /// The nightly job on a Ballista cluster (standalone: a scheduler and an executor in this
-/// process, the events read by the executor from the lake's fragments, the job's tables carried
-/// in the plans) gives the local job's batch view, deltas and features row for row, in memory
+/// process, the events read by the executor from the lake's fragments, the job's tables shared
+/// as datasets of the lake's scratch space) gives the local job's batch view, deltas and features row for row, in memory
 /// and in shares of the nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nightly_job_on_ballista_equals_the_local_job_row_for_row() {
@@ -576,6 +576,8 @@ async fn the_nightly_job_on_ballista_equals_the_local_job_row_for_row() {
         let (view, features) = cluster.nightly(asof, FoldConfig::default(), &Progress::hidden()).await.unwrap();
         assert_eq!(view.shares > 1, scratch_limit < usize::MAX, "{name}: {} shares", view.shares);
         assert!(view.sku_nodes > 20 && view.deltas > 0, "{name}: {view:?}");
+        // the tables the executors read were datasets of the lake's scratch space, removed after
+        assert!(!dir.path().join(format!("{name}-ballista")).join("scratch").exists(), "{name}: the shared tables are removed");
         assert_eq!((view.sku_nodes, view.deltas, features.rows), (local_view.sku_nodes, local_view.deltas, local_features.rows), "{name}");
         for (table, order) in [("batch_view", "sku, node"), ("features", "asof, sku, node")] {
             let expected = table_rows(&local, table, order).await;
