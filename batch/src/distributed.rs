@@ -1,16 +1,18 @@
 //! The nightly job on a Ballista cluster (`--engine ballista`): the same SQL, planned by the
-//! cluster's scheduler and run by its executors. What a plan needs travels with it:
+//! cluster's scheduler and run by its executors. What a plan reads travels as where to read it:
 //!
 //! - the lake's datasets (`events`, `nodes`) as [`LakeTable`]s: their URI, version and storage
 //!   options only. Each executor opens the dataset and reads the fragments of its partitions
 //!   ([`LakeScanExec`]), so the events are read where the work is done, never by the client;
-//! - the job's in-memory tables (the events known at the cutoff of one share, the per-sku×node
-//!   tables of the feature SQL) as Arrow IPC inside the plan;
+//! - the job's own tables (the events known at the cutoff of one share, the tables the feature
+//!   SQL creates), which the local engine holds in memory, are written as Lance datasets into a
+//!   scratch directory of the lake ([`SharedTables`]) and read like the lake's own; an empty one
+//!   stays in memory and travels inside the plan as Arrow IPC;
 //! - the job's function `id_hash`, by name.
 //!
 //! [`LakeLogicalCodec`] and [`LakePhysicalCodec`] say how, and hand every other node to
 //! Ballista's own codecs. Executors must run with them: the standalone cluster
-//! ([`Engine::Ballista`] without a scheduler) does.
+//! ([`Engine::Ballista`] without a scheduler) and `sellable ballista executor` do.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -49,8 +51,8 @@ pub enum Engine {
     Ballista { scheduler: Option<String> },
 }
 
-/// Plans (and the in-memory tables in them) may be large: the limit of a gRPC message between the
-/// client, the scheduler and the executors.
+/// The limit of a gRPC message between the client, the scheduler and the executors (Ballista's
+/// default is 16 MiB): a plan of many stages over many fragments may be larger.
 pub const MAX_PLAN_BYTES: usize = 1 << 30;
 
 /// A session whose queries run on the Ballista cluster of `scheduler` (a standalone one when
