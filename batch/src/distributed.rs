@@ -125,19 +125,35 @@ impl SharedTables {
         context.state_ref().read().config().get_extension::<SharedTables>()
     }
 
-    /// Registers `batches` as the table `name` of `context`, as a dataset of the directory (an
-    /// empty table in memory: it travels as nothing).
+    /// Registers `batches` as the table `name` of `context`: [`SharedTables::register_stream`].
     pub(crate) async fn register(&self, context: &SessionContext, name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> std::result::Result<(), crate::BatchError> {
-        if batches.iter().all(|batch| batch.num_rows() == 0) {
+        let stream = futures::stream::iter(batches.into_iter().map(Ok));
+        self.register_stream(context, name, Box::pin(RecordBatchStreamAdapter::new(schema, stream))).await
+    }
+
+    /// Registers the rows of `stream` as the table `name` of `context`, written as they come into
+    /// a dataset of the directory (so the client never holds the table whole); an empty table
+    /// stays in memory (it travels as nothing).
+    pub(crate) async fn register_stream(&self, context: &SessionContext, name: &str, mut stream: SendableRecordBatchStream) -> std::result::Result<(), crate::BatchError> {
+        let schema = stream.schema();
+        let first = loop {
+            match stream.try_next().await? {
+                Some(batch) if batch.num_rows() == 0 => continue,
+                other => break other,
+            }
+        };
+        let Some(first) = first else {
             return crate::register_in_memory(context, name, schema, Vec::new());
-        }
+        };
+        let rows: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::once(async { Ok(first) }).chain(stream)));
         let uri = {
             let written = self.written.lock().expect("shared tables");
             format!("{}/{name}-{}.lance", self.base, written.len())
         };
         let params = lance::dataset::WriteParams { mode: lance::dataset::WriteMode::Create, store_params: self.store.clone(), ..Default::default() };
-        let reader = arrow_array::RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
-        let dataset = Dataset::write(reader, uri.as_str(), Some(params))
+        let dataset = lance::dataset::InsertBuilder::new(uri.as_str())
+            .with_params(&params)
+            .execute_stream(rows)
             .await
             .map_err(|source| crate::BatchError::Lance { dataset: uri.clone(), source })?;
         context.deregister_table(name)?;

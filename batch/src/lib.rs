@@ -981,20 +981,16 @@ async fn register_rows(context: &SessionContext, name: &str, schema: SchemaRef, 
     }
 }
 
-/// Runs one statement of a script: a `CREATE OR REPLACE TABLE name AS query` registers the
-/// query's rows with [`register_rows`] (on a cluster, DataFusion would keep them in the client's
-/// memory and send them with every plan that reads them).
+/// Runs one statement of a script. On a cluster, a `CREATE OR REPLACE TABLE name AS query` streams
+/// the query's rows into a shared table (DataFusion would hold them in the client's memory and
+/// send them with every plan that reads them).
 async fn execute_statement(context: &SessionContext, statement: &str) -> Result<(), BatchError> {
     let created = features::created_table(statement).and_then(|name| {
         let start = statement.find(&format!("TABLE {name} AS"))? + format!("TABLE {name} AS").len();
         Some((name, &statement[start..]))
     });
-    match created {
-        Some((name, query)) if distributed::SharedTables::of(context).is_some() => {
-            let frame = context.sql(query).await?;
-            let schema = Arc::new(frame.schema().as_arrow().clone());
-            register_rows(context, name, schema, frame.collect().await?).await
-        }
+    match (created, distributed::SharedTables::of(context)) {
+        (Some((name, query)), Some(shared)) => shared.register_stream(context, name, context.sql(query).await?.execute_stream().await?).await,
         _ => {
             context.sql(statement).await?.collect().await?;
             Ok(())
