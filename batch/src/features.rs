@@ -16,7 +16,7 @@ use sellable_core::features::BATCH;
 use sellable_core::fold::SkuNode;
 use sellable_core::{FoldConfig, Millis};
 
-use crate::shares::Known;
+use crate::shares::{Known, Spill, SpillFile};
 use crate::{column, int_column, string_column, BatchError, Lake, Progress};
 
 pub(crate) const FEATURES: &str = "features";
@@ -51,25 +51,26 @@ impl Lake {
     pub async fn compute_features(&self, cutoffs: &[Millis], config: FoldConfig, progress: &Progress) -> Result<FeaturesSummary, BatchError> {
         self.dataset(crate::NODES, NEEDS_CATALOG).await?;
         let context = self.session().await?;
-        let mut batches = Vec::new();
+        let mut computed = Vec::new();
         let bar = progress.bar("features", cutoffs.len() as u64);
         for &asof in cutoffs {
             bar.set_message(format!("as of {}", sellable_core::event::format_millis(asof)));
             let known = self.known_events(&context, asof, config).await?;
-            let computed = self.features_of(&context, &known, asof, &ProgressBar::hidden()).await?;
-            batches.extend(feature_batches(&computed.rows, asof)?);
+            computed.push(self.features_of(&context, &known, asof, &ProgressBar::hidden()).await?.features);
             bar.inc(1);
         }
         bar.finish();
-        self.write_features(batches, cutoffs).await
+        self.write_features(&computed.iter().collect::<Vec<_>>(), cutoffs).await
     }
 
-    /// Appends the features of `cutoffs` as one new version of `features`.
-    pub(crate) async fn write_features(&self, batches: Vec<RecordBatch>, cutoffs: &[Millis]) -> Result<FeaturesSummary, BatchError> {
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let schema = features_schema();
-        let version = self.write(FEATURES, RecordBatchIterator::new(batches.into_iter().map(Ok), schema), WriteMode::Append).await?;
-        Ok(FeaturesSummary { cutoffs: cutoffs.to_vec(), rows: rows as u64, version })
+    /// Appends the features of `cutoffs` (those of each cutoff in turn) as one new version of
+    /// `features`, read a batch at a time as the writer takes them.
+    pub(crate) async fn write_features(&self, rows: &[&Rows], cutoffs: &[Millis]) -> Result<FeaturesSummary, BatchError> {
+        let count: usize = rows.iter().map(|rows| rows.count()).sum();
+        let parts = rows.iter().map(|rows| rows.batches()).collect::<Result<Vec<_>, _>>()?;
+        let batches = parts.into_iter().flatten().map(|batch| batch.map_err(crate::as_arrow_error));
+        let version = self.write(FEATURES, RecordBatchIterator::new(batches, features_schema()), WriteMode::Append).await?;
+        Ok(FeaturesSummary { cutoffs: cutoffs.to_vec(), rows: count as u64, version })
     }
 
     /// The cutoffs the feature store holds, ascending.
@@ -123,13 +124,50 @@ impl Lake {
 
 /// What one pass of the feature SQL over the events known at a cutoff gives.
 pub(crate) struct Computed {
-    /// The rows of its last statement: the features and the snapshot (the batch view's `view_`
-    /// columns), ordered by sku and node within each share of the nodes.
-    pub rows: Vec<RecordBatch>,
+    /// The rows of its last statement, ordered by sku and node within each share of the nodes:
+    /// the batch view's (its `view_` columns, in [`crate::view_schema`]) ...
+    pub view: Rows,
+    /// ... and the features (in [`features_schema`], with their cutoff).
+    pub features: Rows,
     /// The batch view's on-hand deltas: the feature SQL's table `deltas`.
-    pub deltas: Vec<RecordBatch>,
+    pub deltas: Rows,
     /// How many shares of the nodes it ran in.
     pub shares: usize,
+}
+
+/// Rows of a table the job writes: held in memory when the events were in one share, else in one
+/// scratch file per share (so that the job holds one share's at a time).
+pub(crate) enum Rows {
+    Held(Vec<RecordBatch>),
+    Spilled(Vec<SpillFile>),
+}
+
+impl Rows {
+    pub(crate) fn count(&self) -> usize {
+        match self {
+            Rows::Held(batches) => batches.iter().map(RecordBatch::num_rows).sum(),
+            Rows::Spilled(files) => files.iter().map(|file| file.rows).sum(),
+        }
+    }
+
+    /// Their schema, unless there are none.
+    pub(crate) fn schema(&self) -> Option<SchemaRef> {
+        match self {
+            Rows::Held(batches) => batches.first().map(RecordBatch::schema),
+            Rows::Spilled(files) => files.first().map(|file| file.schema.clone()),
+        }
+    }
+
+    /// Their batches, in order, read one at a time.
+    pub(crate) fn batches(&self) -> Result<Box<dyn Iterator<Item = Result<RecordBatch, BatchError>> + Send>, BatchError> {
+        match self {
+            Rows::Held(batches) => Ok(Box::new(batches.clone().into_iter().map(Ok))),
+            Rows::Spilled(files) => {
+                let readers = files.iter().map(SpillFile::batches).collect::<Result<Vec<_>, _>>()?;
+                Ok(Box::new(readers.into_iter().flatten()))
+            }
+        }
+    }
 }
 
 impl Lake {
@@ -137,8 +175,9 @@ impl Lake {
     /// create tables with the rows of one node each (per node or per sku×node): they run once per
     /// share of the nodes, over that share's events. The next one, `sku_totals`, runs once over
     /// the union of the shares' `per_node`; the last one runs once per share again, over that
-    /// share's tables, so that its joins and its sort hold one share's sku×nodes. `bar` advances
-    /// once per share.
+    /// share's tables, so that its joins and its sort hold one share's sku×nodes. With several
+    /// shares, each share's tables and rows go to scratch files as they are made, so what is held
+    /// is one share's. `bar` advances once per share.
     pub(crate) async fn features_of(
         &self,
         context: &SessionContext,
@@ -150,12 +189,14 @@ impl Lake {
         let mut statements = crate::statements(&sql);
         let (last, totals) = (statements.pop().unwrap_or_default(), statements.pop().unwrap_or_default());
         let shares = known.shares();
-        // each share's tables, when there are several shares (with one, they stay registered)
-        let mut tables: Vec<Tables> = Vec::new();
+        // each share's tables in scratch files, when there are several shares (with one, they
+        // stay registered)
+        let mut spill = if shares.len() > 1 { Some(Spill::claim(&self.local.join(crate::SCRATCH))?) } else { None };
+        let mut tables: Vec<BTreeMap<&str, SpillFile>> = Vec::new();
         for (done, &share) in shares.iter().enumerate() {
             bar.set_message(format!("features and snapshot, share {} of {}", done + 1, shares.len()));
             // a share larger than twice the budget (nodes with many events) streams from its file,
-            // unless the queries run on a cluster, whose executors read what the plan carries
+            // unless the queries run on a cluster, whose executors cannot read it
             let hold_limit = match self.engine {
                 crate::Engine::Local => self.scratch_limit.saturating_mul(2),
                 crate::Engine::Ballista { .. } => usize::MAX,
@@ -168,46 +209,77 @@ impl Lake {
                 crate::execute_statement(context, statement).await?;
                 tracing::debug!(share, statement = part + 1, seconds = started.elapsed().as_secs_f64(), "features.sql");
             }
-            if shares.len() > 1 {
-                let mut created = Tables::new();
-                for name in statements.iter().filter_map(|statement| created_table(statement)) {
-                    let table = context.table(name).await?;
-                    created.insert(name.to_string(), (Arc::new(table.schema().as_arrow().clone()), table.collect().await?));
+            if let Some(spill) = spill.as_mut() {
+                // the tables read later: by the last statement, and the deltas of the batch view
+                let later = statements.iter().filter_map(|statement| created_table(statement)).filter(|name| *name == "deltas" || last.contains(name));
+                let mut created = BTreeMap::new();
+                for name in later {
+                    let table = context.table(name).await?.execute_stream().await?;
+                    created.insert(name, spill.write(name, table).await?);
                 }
                 tables.push(created);
             }
             bar.inc(1);
         }
         context.deregister_table("timely")?;
-        union(context, &tables, "per_node").await?;
+        let Some(mut spill) = spill else {
+            // one share: its tables are registered
+            crate::execute_statement(context, &totals).await?;
+            let rows = context.sql(&last).await?.collect().await?;
+            let (view, features) = converted(&rows, asof)?;
+            let deltas = context.table("deltas").await?.collect().await?;
+            return Ok(Computed { view: Rows::Held(view), features: Rows::Held(features), deltas: Rows::Held(deltas), shares: 1 });
+        };
+        let per_node: Vec<SpillFile> = tables.iter().map(|share| share["per_node"].clone()).collect();
+        register_files(context, "per_node", &per_node).await?;
         crate::execute_statement(context, &totals).await?;
         let started = std::time::Instant::now();
-        let mut rows = Vec::new();
-        if tables.is_empty() {
-            rows = context.sql(&last).await?.collect().await?;
-        }
+        let (mut view, mut features) = (Vec::new(), Vec::new());
         for share in &tables {
-            for (name, (schema, batches)) in share {
-                crate::register_rows(context, name, schema.clone(), batches.clone()).await?;
+            // one share's tables, held while its rows are computed
+            for (name, file) in share {
+                crate::register_rows(context, name, file.schema.clone(), file.batches()?.collect::<Result<_, _>>()?).await?;
             }
-            rows.extend(context.sql(&last).await?.collect().await?);
+            // one share's rows, held while they are converted and written
+            let (share_view, share_features) = converted(&context.sql(&last).await?.collect().await?, asof)?;
+            view.push(spill.write("view", memory_stream(crate::view_schema(), share_view)).await?);
+            features.push(spill.write("features", memory_stream(features_schema(), share_features)).await?);
         }
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features.sql, sku totals and last statement");
-        union(context, &tables, "deltas").await?;
-        let deltas = context.table("deltas").await?.collect().await?;
-        Ok(Computed { rows, deltas, shares: shares.len() })
+        let deltas = tables.iter().map(|share| share["deltas"].clone()).collect();
+        Ok(Computed { view: Rows::Spilled(view), features: Rows::Spilled(features), deltas: Rows::Spilled(deltas), shares: shares.len() })
     }
 }
 
-/// Tables by name, with their schema and rows.
-type Tables = BTreeMap<String, (SchemaRef, Vec<RecordBatch>)>;
+/// The batch view's and the features' batches of the feature SQL's `rows` as of `asof`.
+fn converted(rows: &[RecordBatch], asof: Millis) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), BatchError> {
+    let view = rows.iter().map(|batch| crate::view_batch(batch, asof)).collect::<Result<_, _>>()?;
+    let features = rows.iter().map(|batch| feature_batch(batch, asof)).collect::<Result<_, _>>()?;
+    Ok((view, features))
+}
 
-/// Registers the union of every share's table `name` (nothing when there is one share: its
-/// tables stay registered).
-async fn union(context: &SessionContext, tables: &[Tables], name: &str) -> Result<(), BatchError> {
-    let Some((schema, _)) = tables.first().and_then(|first| first.get(name)) else { return Ok(()) };
-    let batches = tables.iter().flat_map(|share| share[name].1.iter().cloned()).collect();
-    crate::register_rows(context, name, schema.clone(), batches).await
+fn memory_stream(schema: SchemaRef, batches: Vec<RecordBatch>) -> datafusion::execution::SendableRecordBatchStream {
+    Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok))))
+}
+
+/// Registers the rows of `files` (of one schema) as the table `name`: streamed from the files by
+/// every query, or, on a cluster, written once into a table shared with the executors.
+async fn register_files(context: &SessionContext, name: &str, files: &[SpillFile]) -> Result<(), BatchError> {
+    let Some(schema) = files.first().map(|file| file.schema.clone()) else { return Ok(()) };
+    match crate::distributed::SharedTables::of(context) {
+        Some(shared) => {
+            let readers = files.iter().map(SpillFile::batches).collect::<Result<Vec<_>, _>>()?;
+            let batches = readers.into_iter().flatten().map(|batch| batch.map_err(|error| datafusion::error::DataFusionError::External(Box::new(error))));
+            let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches));
+            shared.register_stream(context, name, Box::pin(stream)).await
+        }
+        None => {
+            let partitions = files.iter().map(SpillFile::partition).collect();
+            context.deregister_table(name)?;
+            context.register_table(name, Arc::new(datafusion::catalog::streaming::StreamingTable::try_new(schema, partitions)?))?;
+            Ok(())
+        }
+    }
 }
 
 /// The table a `CREATE OR REPLACE TABLE name AS` statement creates.
@@ -218,20 +290,15 @@ pub(crate) fn created_table(statement: &str) -> Option<&str> {
         .and_then(|rest| rest.split_whitespace().next())
 }
 
-/// The features of the feature SQL's rows, in [`features_schema`], with their `asof`.
-pub(crate) fn feature_batches(rows: &[RecordBatch], asof: Millis) -> Result<Vec<RecordBatch>, BatchError> {
-    let schema = features_schema();
-    rows.iter()
-        .map(|batch| {
-            let mut columns = vec![Arc::new(Int64Array::from(vec![asof; batch.num_rows()])) as Arc<dyn Array>];
-            columns.push(arrow_cast::cast(column(batch, "sku", FEATURES)?, &DataType::Utf8).map_err(arrow_error)?);
-            columns.push(arrow_cast::cast(column(batch, "node", FEATURES)?, &DataType::Utf8).map_err(arrow_error)?);
-            for name in BATCH {
-                columns.push(Arc::new(float_column(batch, name)?));
-            }
-            RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)
-        })
-        .collect()
+/// The features of one batch of the feature SQL's rows, in [`features_schema`], with their `asof`.
+fn feature_batch(batch: &RecordBatch, asof: Millis) -> Result<RecordBatch, BatchError> {
+    let mut columns = vec![Arc::new(Int64Array::from(vec![asof; batch.num_rows()])) as Arc<dyn Array>];
+    columns.push(arrow_cast::cast(column(batch, "sku", FEATURES)?, &DataType::Utf8).map_err(arrow_error)?);
+    columns.push(arrow_cast::cast(column(batch, "node", FEATURES)?, &DataType::Utf8).map_err(arrow_error)?);
+    for name in BATCH {
+        columns.push(Arc::new(float_column(batch, name)?));
+    }
+    RecordBatch::try_new(features_schema(), columns).map_err(arrow_error)
 }
 
 fn arrow_error(error: arrow_schema::ArrowError) -> BatchError {

@@ -668,7 +668,7 @@ impl Lake {
     pub async fn compute_batch_view(&self, asof: Millis, config: FoldConfig) -> Result<BatchSummary, BatchError> {
         let events_version = self.events_version().await?;
         let computed = self.compute(asof, config, &indicatif::ProgressBar::hidden()).await?;
-        self.write_batch_view(computed, asof, events_version, config).await
+        self.write_batch_view(&computed, asof, events_version, config).await
     }
 
     /// The batch view's states as of `asof`, from the lake as it is now: where a training set's
@@ -685,8 +685,9 @@ impl Lake {
             return Ok((states, true));
         }
         let computed = self.compute(asof, config, bar).await?;
-        let view: Vec<RecordBatch> = computed.rows.iter().map(|batch| view_batch(batch, asof)).collect::<Result<_, _>>()?;
-        Ok((view_states(&view, &computed.deltas)?, false))
+        let view: Vec<RecordBatch> = computed.view.batches()?.collect::<Result<_, _>>()?;
+        let deltas: Vec<RecordBatch> = computed.deltas.batches()?.collect::<Result<_, _>>()?;
+        Ok((view_states(&view, &deltas)?, false))
     }
 
     /// The stored batch view's states, if its lineage says it is the view as of `asof` of the
@@ -727,9 +728,8 @@ impl Lake {
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), shares, "features and snapshot computed");
         bar.set_message("batch view and features written");
         let started = std::time::Instant::now();
-        let features = features::feature_batches(&computed.rows, asof)?;
-        let view = self.write_batch_view(computed, asof, events_version, config).await?;
-        let features = self.write_features(features, &[asof]).await?;
+        let view = self.write_batch_view(&computed, asof, events_version, config).await?;
+        let features = self.write_features(&[&computed.features], &[asof]).await?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "batch view and features written");
         bar.inc(1);
         bar.finish();
@@ -739,19 +739,16 @@ impl Lake {
     /// Writes the batch view: the snapshot columns of the feature SQL's rows, then the on-hand
     /// deltas after each anchor with its lineage in their commit (computed from `events_version`
     /// of the events, read before the computation started, with `config`'s lateness).
-    async fn write_batch_view(&self, computed: features::Computed, asof: Millis, events_version: u64, config: FoldConfig) -> Result<BatchSummary, BatchError> {
-        let view: Vec<RecordBatch> = computed.rows.iter().map(|batch| view_batch(batch, asof)).collect::<Result<_, _>>()?;
-        let sku_nodes: usize = view.iter().map(RecordBatch::num_rows).sum();
-        let deltas = computed.deltas;
-        let delta_count: usize = deltas.iter().map(RecordBatch::num_rows).sum();
-        let version = self
-            .write(BATCH_VIEW, RecordBatchIterator::new(view.into_iter().map(Ok), view_schema()), WriteMode::Overwrite)
-            .await?;
-        let deltas_schema = deltas.first().map(RecordBatch::schema).unwrap_or_else(deltas_schema);
+    /// Each batch is read as the writer takes it.
+    async fn write_batch_view(&self, computed: &features::Computed, asof: Millis, events_version: u64, config: FoldConfig) -> Result<BatchSummary, BatchError> {
+        let view = computed.view.batches()?.map(|batch| batch.map_err(as_arrow_error));
+        let version = self.write(BATCH_VIEW, RecordBatchIterator::new(view, view_schema()), WriteMode::Overwrite).await?;
         let lineage = ViewLineage { asof, events_version, lateness_ms: config.lateness_ms, view_version: version };
-        let deltas = RecordBatchIterator::new(deltas.into_iter().map(Ok), deltas_schema);
+        let deltas = computed.deltas.batches()?.map(|batch| batch.map_err(as_arrow_error));
+        let deltas = RecordBatchIterator::new(deltas, computed.deltas.schema().unwrap_or_else(deltas_schema));
         self.write_with(BATCH_DELTAS, deltas, WriteMode::Overwrite, Some(lineage.to_properties())).await?;
-        Ok(BatchSummary { asof, sku_nodes: sku_nodes as u64, deltas: delta_count as u64, version, shares: computed.shares })
+        let (sku_nodes, deltas) = (computed.view.count() as u64, computed.deltas.count() as u64);
+        Ok(BatchSummary { asof, sku_nodes, deltas, version, shares: computed.shares })
     }
 
     /// The version of `events` the stored batch view was computed from, if its lineage says
@@ -1018,6 +1015,11 @@ fn view_batch(rows: &RecordBatch, asof: Millis) -> Result<RecordBatch, BatchErro
         })
         .collect::<Result<_, _>>()?;
     RecordBatch::try_new(schema, columns).map_err(view_error)
+}
+
+/// A conversion's error, as the writers' readers give it.
+fn as_arrow_error(error: BatchError) -> ArrowError {
+    ArrowError::ExternalError(Box::new(error))
 }
 
 fn view_error(error: ArrowError) -> BatchError {

@@ -217,6 +217,61 @@ impl Splitter {
     }
 }
 
+/// Tables of the nightly job kept in Arrow IPC files of a run's scratch directory instead of in
+/// memory: the tables each share of the nodes creates, and the job's output rows, when the events
+/// are in several shares (so that what is held stays one share's, however many shares).
+pub(crate) struct Spill {
+    dir: Arc<ScratchDir>,
+    files: usize,
+}
+
+/// One spilled table: its schema, its file and how many rows it holds.
+#[derive(Clone)]
+pub(crate) struct SpillFile {
+    pub schema: SchemaRef,
+    pub path: PathBuf,
+    pub rows: usize,
+    /// The directory stays while a file of it is kept.
+    _dir: Arc<ScratchDir>,
+}
+
+impl Spill {
+    pub(crate) fn claim(scratch: &Path) -> Result<Spill, BatchError> {
+        Ok(Spill { dir: Arc::new(ScratchDir::claim(scratch)?), files: 0 })
+    }
+
+    /// Writes `stream` into a new file named after `name`.
+    pub(crate) async fn write(&mut self, name: &str, mut stream: SendableRecordBatchStream) -> Result<SpillFile, BatchError> {
+        let path = self.dir.path.join(format!("{name}-{}.arrow", self.files));
+        self.files += 1;
+        let schema = stream.schema();
+        let file = File::create(&path).map_err(|error| scratch_error(&path, error))?;
+        let mut writer = FileWriter::try_new(BufWriter::with_capacity(64 << 10, file), &schema).map_err(|error| scratch_error(&path, error))?;
+        let mut rows = 0;
+        while let Some(batch) = futures::TryStreamExt::try_next(&mut stream).await? {
+            rows += batch.num_rows();
+            writer.write(&batch).map_err(|error| scratch_error(&path, error))?;
+        }
+        writer.finish().map_err(|error| scratch_error(&path, error))?;
+        Ok(SpillFile { schema, path, rows, _dir: self.dir.clone() })
+    }
+}
+
+impl SpillFile {
+    /// Its batches, read one at a time.
+    pub(crate) fn batches(&self) -> Result<impl Iterator<Item = Result<RecordBatch, BatchError>> + Send + 'static, BatchError> {
+        let path = self.path.clone();
+        let file = File::open(&path).map_err(|error| scratch_error(&path, error))?;
+        let reader = FileReader::try_new(std::io::BufReader::new(file), None).map_err(|error| scratch_error(&path, error))?;
+        Ok(reader.map(move |batch| batch.map_err(|error| scratch_error(&path, error))))
+    }
+
+    /// A partition of a table that streams it from its file to every query that scans it.
+    pub(crate) fn partition(&self) -> Arc<dyn PartitionStream> {
+        Arc::new(ShareFile { schema: self.schema.clone(), path: self.path.clone() })
+    }
+}
+
 /// The share of a node: a fixed hash, so that a node's events all land in one share.
 fn share_of(node: &str, shares: usize) -> usize {
     (crate::fixed_hash(node) % shares as u64) as usize
