@@ -1017,7 +1017,7 @@ fn view_batch(rows: &RecordBatch, asof: Millis) -> Result<RecordBatch, BatchErro
     RecordBatch::try_new(schema, columns).map_err(view_error)
 }
 
-/// A conversion's error, as the writers' readers give it.
+/// An error of the rows read back for a writer, as its reader gives it.
 fn as_arrow_error(error: BatchError) -> ArrowError {
     ArrowError::ExternalError(Box::new(error))
 }

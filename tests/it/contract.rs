@@ -73,7 +73,12 @@ async fn junk_bodies_and_made_up_nodes_grow_nothing() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 for url in [ask.clone(), format!("{base}/healthz")] {
                     let started = std::time::Instant::now();
-                    assert_eq!(client.get(&url).send().await.unwrap().status(), 200, "{url}");
+                    let response = client.get(&url).send().await.unwrap();
+                    let status = response.status().as_u16();
+                    let body = response.text().await.unwrap();
+                    // an answer, or a clear refusal while Redis is too slow (the machine is shared
+                    // with other tests), never anything else
+                    assert!(status == 200 || (status == 503 && body.contains("the speed view is unavailable")), "{url}: {status} {body}");
                     slowest = slowest.max(started.elapsed());
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -98,11 +103,12 @@ async fn junk_bodies_and_made_up_nodes_grow_nothing() {
                     let body: serde_json::Value = response.json().await.unwrap();
                     assert_eq!((body["rejected"].as_array().unwrap().len(), body["rejected_total"].as_u64()), (100, Some(10_000)), "{}", body["rejected"][0]);
                 }
-                // past the posts in flight at once: shed, nothing done
+                // past the posts in flight at once: shed, nothing done; or refused while Redis is
+                // too slow to say which events it already holds
                 503 => {
                     let retry = response.headers().contains_key("retry-after");
                     let body = response.text().await.unwrap();
-                    assert!(retry && body.contains("overloaded"), "{body}");
+                    assert!((retry && body.contains("overloaded")) || body.contains("the speed view is unavailable"), "{body}");
                 }
                 status => panic!("{status}: {}", response.text().await.unwrap()),
             }
@@ -112,9 +118,20 @@ async fn junk_bodies_and_made_up_nodes_grow_nothing() {
     let made_up: String = (0..5_000)
         .map(|i| format!("{{\"event_id\":\"node-{i}\",\"ts\":{},\"sku\":\"{sku}\",\"node\":\"NODE-MADE-UP-{i}\",\"kind\":\"receipt\",\"qty\":1}}\n", crate::chrono_now()))
         .collect();
-    let response = client.post(format!("{base}/v1/events")).header("content-type", "application/x-ndjson").body(made_up).send().await.unwrap();
-    assert_eq!(response.status(), 202);
-    let body: serde_json::Value = response.json().await.unwrap();
+    let mut attempts = 0;
+    let body: serde_json::Value = loop {
+        let response = client.post(format!("{base}/v1/events")).header("content-type", "application/x-ndjson").body(made_up.clone()).send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        // a clear refusal while Redis is too slow is retried, as a client would
+        if status == 503 && text.contains("the speed view is unavailable") && attempts < 20 {
+            attempts += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            continue;
+        }
+        assert_eq!(status, 202, "{text}");
+        break serde_json::from_str(&text).unwrap();
+    };
     assert_eq!(body["rejected_total"], 5_000);
     assert!(body["rejected"][0]["error"].as_str().unwrap().contains("NODE-MADE-UP-0"), "{body}");
     let metrics_after = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
