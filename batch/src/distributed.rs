@@ -163,20 +163,42 @@ impl SharedTables {
     }
 }
 
+impl SharedTables {
+    /// Removes the tables of an object store's directory (a local lake's go with its run's
+    /// directory when the session is dropped). A failure is logged: the job's results are written.
+    async fn remove(written: Vec<Dataset>) {
+        for dataset in written {
+            let removed = match dataset.object_store(None).await {
+                Ok(store) => store.remove_dir_all(dataset.branch_location().path).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = removed {
+                tracing::warn!(table = dataset.uri(), %error, "a shared table of the job was not removed");
+            }
+        }
+    }
+
+    fn take_remote(&self) -> Vec<Dataset> {
+        if self._local.is_some() {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.written.lock().expect("shared tables"))
+    }
+}
+
+/// Removes the tables `context` shared with a cluster's executors in an object store, at the end
+/// of a job (when dropped instead, they are removed in the background if a runtime is there).
+pub(crate) async fn release(context: &SessionContext) {
+    if let Some(shared) = SharedTables::of(context) {
+        SharedTables::remove(shared.take_remote()).await;
+    }
+}
+
 impl Drop for SharedTables {
     fn drop(&mut self) {
-        if self._local.is_some() {
-            return; // the run's directory goes with it
-        }
-        let written = std::mem::take(&mut *self.written.lock().expect("shared tables"));
+        let written = self.take_remote();
         if let (false, Ok(runtime)) = (written.is_empty(), tokio::runtime::Handle::try_current()) {
-            runtime.spawn(async move {
-                for dataset in written {
-                    if let Ok(store) = dataset.object_store(None).await {
-                        let _ = store.remove_dir_all(dataset.branch_location().path).await;
-                    }
-                }
-            });
+            runtime.spawn(SharedTables::remove(written));
         }
     }
 }

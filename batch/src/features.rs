@@ -60,6 +60,7 @@ impl Lake {
             bar.inc(1);
         }
         bar.finish();
+        crate::distributed::release(&context).await;
         self.write_features(&computed.iter().collect::<Vec<_>>(), cutoffs).await
     }
 

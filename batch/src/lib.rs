@@ -707,7 +707,9 @@ impl Lake {
         let context = self.session().await?;
         let known = self.known_events(&context, asof, config).await?;
         bar.set_length(known.shares().len() as u64);
-        self.features_of(&context, &known, asof, bar).await
+        let computed = self.features_of(&context, &known, asof, bar).await;
+        distributed::release(&context).await;
+        computed
     }
 
     /// The nightly job: the batch view and the features as of `asof`, from one pass over the
@@ -723,7 +725,9 @@ impl Lake {
         let shares = known.shares().len() as u64;
         bar.set_length(2 + shares);
         let started = std::time::Instant::now();
-        let computed = self.features_of(&context, &known, asof, &bar).await?;
+        let computed = self.features_of(&context, &known, asof, &bar).await;
+        distributed::release(&context).await;
+        let computed = computed?;
         drop(known);
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), shares, "features and snapshot computed");
         bar.set_message("batch view and features written");

@@ -96,6 +96,14 @@ async fn the_whole_pipeline_runs_on_an_s3_lake() {
     };
     assert!(!in_s3.features.is_empty());
     assert!(bits(&in_s3.features) == bits(&on_disk.features), "the features of the s3 lake differ from the local lake's");
+    // the nightly job on Ballista (standalone) over the s3 lake: the same rows, and the tables it
+    // shared with its executor (in the bucket) removed when it is done
+    s3.run(&["batch", "--lake", remote, "--asof", &asof, "--engine", "ballista"]);
+    let on_ballista = lake.load_batch_view().await.unwrap();
+    assert_eq!(on_ballista.states, on_disk.states);
+    assert!(bits(&on_ballista.features) == bits(&on_disk.features), "the features computed on Ballista differ from the local lake's");
+    let listing = reqwest::get(format!("{}/sellable?list-type=2&prefix=lakes/one/scratch", s3.endpoint)).await.unwrap().text().await.unwrap();
+    assert!(listing.contains("ListBucketResult") && !listing.contains("<Key>"), "{listing}");
     let info = lake.info().await.unwrap();
     let events = info.iter().find(|dataset| dataset.name == "events").unwrap();
     assert_eq!(events.rows, summary.events);
