@@ -430,6 +430,9 @@ impl BatchArgs {
         match (self.engine, &self.scheduler) {
             (EngineArg::Local, None) => Ok(sellable_batch::Engine::Local),
             (EngineArg::Local, Some(_)) => anyhow::bail!("--scheduler names a Ballista cluster: add --engine ballista"),
+            (EngineArg::Ballista, Some(url)) if !url.starts_with("df://") || !url.trim_start_matches("df://").contains(':') => {
+                anyhow::bail!("--scheduler {url}: a Ballista scheduler is df://HOST:PORT")
+            }
             (EngineArg::Ballista, scheduler) => Ok(sellable_batch::Engine::Ballista { scheduler: scheduler.clone() }),
         }
     }
@@ -714,6 +717,24 @@ pub fn parse_time(text: &str) -> Result<Millis, String> {
 
 #[cfg(test)]
 mod tests {
+    fn engine(args: &[&str]) -> anyhow::Result<sellable_batch::Engine> {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from(["sellable", "batch"].iter().chain(args)).unwrap();
+        let super::Command::Batch(batch) = cli.command else { panic!("not a batch command") };
+        batch.engine()
+    }
+
+    #[test]
+    fn the_engine_is_local_or_a_ballista_cluster_named_by_its_scheduler() {
+        use sellable_batch::Engine;
+        assert_eq!(engine(&[]).unwrap(), Engine::Local);
+        assert_eq!(engine(&["--engine", "ballista"]).unwrap(), Engine::Ballista { scheduler: None });
+        let named = engine(&["--engine", "ballista", "--scheduler", "df://sched:50050"]).unwrap();
+        assert_eq!(named, Engine::Ballista { scheduler: Some("df://sched:50050".into()) });
+        assert!(engine(&["--scheduler", "df://sched:50050"]).unwrap_err().to_string().contains("add --engine ballista"));
+        assert!(engine(&["--engine", "ballista", "--scheduler", "sched"]).unwrap_err().to_string().contains("df://HOST:PORT"));
+    }
+
     #[test]
     fn memory_below_what_datafusion_needs_is_refused_with_the_reason() {
         assert_eq!(super::memory_mb("64"), Ok(64));

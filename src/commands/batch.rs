@@ -8,16 +8,29 @@ use sellable_core::{FoldConfig, Millis};
 use crate::cli::{BatchArgs, TrainsetArgs, DAY_MS};
 
 pub async fn run(args: &BatchArgs) -> Result<()> {
-    let lake = args.lake.open()?.with_engine(args.engine()?);
+    let engine = args.engine()?;
+    let cluster = match &engine {
+        sellable_batch::Engine::Ballista { scheduler: Some(url) } => Some(format!("the Ballista cluster of {url}")),
+        sellable_batch::Engine::Ballista { scheduler: None } => Some("a standalone Ballista cluster".to_string()),
+        sellable_batch::Engine::Local => None,
+    };
+    let lake = args.lake.open()?.with_engine(engine);
+    match cluster {
+        Some(cluster) => job(args, &lake).await.with_context(|| format!("the nightly job on {cluster}")),
+        None => job(args, &lake).await,
+    }
+}
+
+async fn job(args: &BatchArgs, lake: &Lake) -> Result<()> {
     if let Some((from, to)) = args.every_day {
         let cutoffs: Vec<Millis> = (from..=to).step_by(DAY_MS as usize).collect();
-        return features(&lake, &cutoffs, args.lake.fold_config()).await;
+        return features(lake, &cutoffs, args.lake.fold_config()).await;
     }
     let asof = match args.asof {
         Some(asof) => asof,
         None => lake.last_arrival().await?.context("the lake has no events: nothing to compute")?,
     };
-    nightly(&lake, asof, args.lake.fold_config()).await
+    nightly(lake, asof, args.lake.fold_config()).await
 }
 
 /// The nightly job: batch view and features as of `asof`.
