@@ -115,7 +115,7 @@ fn with_defaults(mut command: clap::Command, defaults: &[(&'static str, String)]
 
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lance=warn,datafusion=warn,ballista=warn,ballista_core=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lance=warn,datafusion=warn,ballista::extension=warn,ballista_core=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| OneLine(std::io::stderr()));
     if json {
         builder.json().init();
