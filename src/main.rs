@@ -23,7 +23,7 @@ use config::Config;
 
 fn main() {
     let cli = parse_cli();
-    init_tracing(cli.log_json);
+    init_tracing(cli.log_json, matches!(cli.command, Command::Ballista(_)));
     // 8 MiB per thread: a Ballista plan is (de)serialized by deep recursion
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(8 << 20).build().expect("tokio runtime");
     if let Err(error) = runtime.block_on(run(cli.command)) {
@@ -113,9 +113,14 @@ fn with_defaults(mut command: clap::Command, defaults: &[(&'static str, String)]
     command
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lance=warn,datafusion=warn,ballista::extension=warn,ballista_core=warn"));
+/// Logs at `info` (`RUST_LOG` overrides), but for the engines' chatter; a Ballista scheduler's or
+/// executor's own lines stay when the process is one (`cluster`), not when a standalone one runs
+/// inside a command.
+fn init_tracing(json: bool, cluster: bool) {
+    let quiet = if cluster { "" } else { ",ballista_scheduler=warn,ballista_executor=warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("info,lance=warn,datafusion=warn,ballista::extension=warn,ballista_core=warn{quiet}"))
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| OneLine(std::io::stderr()));
     if json {
         builder.json().init();
