@@ -414,7 +414,8 @@ pub struct BatchArgs {
     /// same rows.
     #[arg(long, value_enum, default_value_t = EngineArg::Local)]
     pub engine: EngineArg,
-    /// The Ballista scheduler, `df://HOST:PORT` (its executors run `sellable executor`).
+    /// The Ballista scheduler, `df://HOST:PORT` (it and its executors run `sellable ballista
+    /// scheduler|executor`).
     #[arg(long)]
     pub scheduler: Option<String>,
 }

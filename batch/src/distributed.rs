@@ -91,9 +91,10 @@ pub fn executor_functions() -> Result<Arc<ballista_core::registry::BallistaFunct
 /// The tables a job's session on a cluster shares with the executors: what it would hold in
 /// memory (the events known at the cutoff of a share, the tables `features.sql` creates) is
 /// written as Lance datasets into a scratch directory of the lake, which every executor reads
-/// like the lake's own datasets. Removed when the session is dropped: a local lake's directory
-/// is a run's locked scratch directory ([`crate::shares::ScratchDir`], so that a killed run's is
-/// removed by the next), an object store's is removed in the background.
+/// like the lake's own datasets. A local lake's directory is a run's locked scratch directory
+/// ([`crate::shares::ScratchDir`]: removed with the session, or by the next run if this one is
+/// killed); an object store's tables are removed at the end of the job ([`release`]), or in the
+/// background when the session is dropped before.
 pub(crate) struct SharedTables {
     /// The directory's path or URI.
     base: String,
@@ -127,8 +128,7 @@ impl SharedTables {
 
     /// Registers `batches` as the table `name` of `context`: [`SharedTables::register_stream`].
     pub(crate) async fn register(&self, context: &SessionContext, name: &str, schema: SchemaRef, batches: Vec<RecordBatch>) -> std::result::Result<(), crate::BatchError> {
-        let stream = futures::stream::iter(batches.into_iter().map(Ok));
-        self.register_stream(context, name, Box::pin(RecordBatchStreamAdapter::new(schema, stream))).await
+        self.register_stream(context, name, crate::batch_stream(schema, batches.into_iter().map(Ok))).await
     }
 
     /// Registers the rows of `stream` as the table `name` of `context`, written as they come into
@@ -161,9 +161,7 @@ impl SharedTables {
         self.written.lock().expect("shared tables").push(dataset);
         Ok(())
     }
-}
 
-impl SharedTables {
     /// Removes the tables of an object store's directory (a local lake's go with its run's
     /// directory when the session is dropped). A failure is logged: the job's results are written.
     async fn remove(written: Vec<Dataset>) {
@@ -308,17 +306,13 @@ impl LakeScanExec {
     /// Its schema (Arrow IPC), then its columns (a tab-separated line) and each partition's
     /// fragment ids (a space-separated line each), both length-prefixed, then its source.
     fn encode(&self, buf: &mut Vec<u8>) -> Result<()> {
-        let schema = ipc_bytes(&self.schema(), &[])?;
-        buf.extend_from_slice(&(schema.len() as u64).to_le_bytes());
-        buf.extend_from_slice(&schema);
+        put_length_prefixed(buf, &ipc_bytes(&self.schema(), &[])?);
         let mut text = format!("{}\n", self.columns.join("\t"));
         for partition in &self.fragments {
             let ids: Vec<String> = partition.iter().map(u64::to_string).collect();
             text.push_str(&format!("{}\n", ids.join(" ")));
         }
-        let text = text.into_bytes();
-        buf.extend_from_slice(&(text.len() as u64).to_le_bytes());
-        buf.extend_from_slice(&text);
+        put_length_prefixed(buf, text.as_bytes());
         self.source.encode(buf);
         Ok(())
     }
@@ -365,8 +359,8 @@ impl ExecutionPlan for LakeScanExec {
         let ids = self.fragments.get(partition).cloned().ok_or_else(|| DataFusionError::Internal(format!("a lake scan has no partition {partition}")))?;
         let (source, columns, schema) = (self.source.clone(), self.columns.clone(), self.schema());
         let rows = schema.clone();
+        let external = |error: lance::Error| DataFusionError::External(Box::new(error));
         let batches = futures::stream::once(async move {
-            let external = |error: lance::Error| DataFusionError::External(Box::new(error));
             if ids.is_empty() {
                 return Ok::<_, DataFusionError>(futures::stream::empty().boxed());
             }
@@ -384,7 +378,7 @@ impl ExecutionPlan for LakeScanExec {
             let stream = scanner.try_into_stream().await.map_err(external)?;
             Ok(stream
                 .map(move |batch| {
-                    let batch = batch.map_err(|error| DataFusionError::External(Box::new(error)))?;
+                    let batch = batch.map_err(external)?;
                     if rows.fields().is_empty() {
                         let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
                         return Ok(RecordBatch::try_new_with_options(rows.clone(), vec![], &options)?);
@@ -445,9 +439,7 @@ impl LogicalExtensionCodec for LakeLogicalCodec {
             buf.extend_from_slice(MEMORY_TABLE);
             for partition in &memory.batches {
                 let batches = partition.try_read().map_err(|_| DataFusionError::Internal(format!("table {table} is being written")))?;
-                let bytes = ipc_bytes(&memory.schema(), &batches)?;
-                buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-                buf.extend_from_slice(&bytes);
+                put_length_prefixed(buf, &ipc_bytes(&memory.schema(), &batches)?);
             }
             return Ok(());
         }
@@ -516,6 +508,12 @@ fn from_ipc(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let schema = reader.schema();
     let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
     Ok((schema, batches))
+}
+
+/// `bytes` after their length as a little-endian u64: what [`length_prefixed`] reads.
+fn put_length_prefixed(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    buf.extend_from_slice(bytes);
 }
 
 /// The bytes after a little-endian u64 length, and what follows them.

@@ -194,14 +194,14 @@ impl Lake {
         // stay registered)
         let mut spill = if shares.len() > 1 { Some(Spill::claim(&self.local.join(crate::SCRATCH))?) } else { None };
         let mut tables: Vec<BTreeMap<&str, SpillFile>> = Vec::new();
+        // a share larger than twice the budget (nodes with many events) streams from its file,
+        // unless the queries run on a cluster, whose executors cannot read it
+        let hold_limit = match self.engine {
+            crate::Engine::Local => self.scratch_limit.saturating_mul(2),
+            crate::Engine::Ballista { .. } => usize::MAX,
+        };
         for (done, &share) in shares.iter().enumerate() {
             bar.set_message(format!("features and snapshot, share {} of {}", done + 1, shares.len()));
-            // a share larger than twice the budget (nodes with many events) streams from its file,
-            // unless the queries run on a cluster, whose executors cannot read it
-            let hold_limit = match self.engine {
-                crate::Engine::Local => self.scratch_limit.saturating_mul(2),
-                crate::Engine::Ballista { .. } => usize::MAX,
-            };
             let started = std::time::Instant::now();
             known.register(context, share, hold_limit).await?;
             tracing::debug!(share, seconds = started.elapsed().as_secs_f64(), "share registered");
@@ -243,8 +243,8 @@ impl Lake {
             }
             // one share's rows, held while they are converted and written
             let (share_view, share_features) = converted(&context.sql(&last).await?.collect().await?, asof)?;
-            view.push(spill.write("view", memory_stream(crate::view_schema(), share_view)).await?);
-            features.push(spill.write("features", memory_stream(features_schema(), share_features)).await?);
+            view.push(spill.write("view", crate::batch_stream(crate::view_schema(), share_view.into_iter().map(Ok))).await?);
+            features.push(spill.write("features", crate::batch_stream(features_schema(), share_features.into_iter().map(Ok))).await?);
         }
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "features.sql, sku totals and last statement");
         let deltas = tables.iter().map(|share| share["deltas"].clone()).collect();
@@ -259,10 +259,6 @@ fn converted(rows: &[RecordBatch], asof: Millis) -> Result<(Vec<RecordBatch>, Ve
     Ok((view, features))
 }
 
-fn memory_stream(schema: SchemaRef, batches: Vec<RecordBatch>) -> datafusion::execution::SendableRecordBatchStream {
-    Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches.into_iter().map(Ok))))
-}
-
 /// Registers the rows of `files` (of one schema) as the table `name`: streamed from the files by
 /// every query, or, on a cluster, written once into a table shared with the executors.
 async fn register_files(context: &SessionContext, name: &str, files: &[SpillFile]) -> Result<(), BatchError> {
@@ -270,9 +266,7 @@ async fn register_files(context: &SessionContext, name: &str, files: &[SpillFile
     match crate::distributed::SharedTables::of(context) {
         Some(shared) => {
             let readers = files.iter().map(SpillFile::batches).collect::<Result<Vec<_>, _>>()?;
-            let batches = readers.into_iter().flatten().map(|batch| batch.map_err(|error| datafusion::error::DataFusionError::External(Box::new(error))));
-            let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches));
-            shared.register_stream(context, name, Box::pin(stream)).await
+            shared.register_stream(context, name, crate::batch_stream(schema, readers.into_iter().flatten())).await
         }
         None => {
             let partitions = files.iter().map(SpillFile::partition).collect();

@@ -987,8 +987,8 @@ async fn register_rows(context: &SessionContext, name: &str, schema: SchemaRef, 
 /// send them with every plan that reads them).
 async fn execute_statement(context: &SessionContext, statement: &str) -> Result<(), BatchError> {
     let created = features::created_table(statement).and_then(|name| {
-        let start = statement.find(&format!("TABLE {name} AS"))? + format!("TABLE {name} AS").len();
-        Some((name, &statement[start..]))
+        let head = format!("TABLE {name} AS");
+        Some((name, &statement[statement.find(&head)? + head.len()..]))
     });
     match (created, distributed::SharedTables::of(context)) {
         (Some((name, query)), Some(shared)) => shared.register_stream(context, name, context.sql(query).await?.execute_stream().await?).await,
@@ -1019,6 +1019,12 @@ fn view_batch(rows: &RecordBatch, asof: Millis) -> Result<RecordBatch, BatchErro
         })
         .collect::<Result<_, _>>()?;
     RecordBatch::try_new(schema, columns).map_err(view_error)
+}
+
+/// `batches` as a stream of DataFusion's, read as it is polled.
+fn batch_stream(schema: SchemaRef, batches: impl Iterator<Item = Result<RecordBatch, BatchError>> + Send + 'static) -> datafusion::execution::SendableRecordBatchStream {
+    let batches = batches.map(|batch| batch.map_err(|error| datafusion::error::DataFusionError::External(Box::new(error))));
+    Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, futures::stream::iter(batches)))
 }
 
 /// An error of the rows read back for a writer, as its reader gives it.

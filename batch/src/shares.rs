@@ -24,7 +24,6 @@ use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::SessionContext;
 
@@ -78,7 +77,7 @@ impl Known {
             Known::Split { schema, shares, .. } => {
                 let share = &shares[share];
                 if share.bytes <= hold_limit {
-                    let batches = read(&share.path)?;
+                    let batches = ipc_batches(&share.path)?.collect::<Result<_, _>>()?;
                     crate::register_rows(context, "timely", schema.clone(), batches).await
                 } else {
                     let file = Arc::new(ShareFile { schema: schema.clone(), path: share.path.clone() });
@@ -180,8 +179,7 @@ impl Splitter {
         let writers = (0..shares)
             .map(|share| {
                 let path = dir.join(format!("share-{share}.arrow"));
-                let file = File::create(&path).map_err(|error| scratch_error(&path, error))?;
-                let writer = FileWriter::try_new(BufWriter::with_capacity(64 << 10, file), &schema).map_err(|error| scratch_error(&path, error))?;
+                let writer = ipc_writer(&path, &schema)?;
                 Ok((path, writer, 0))
             })
             .collect::<Result<_, BatchError>>()?;
@@ -245,8 +243,7 @@ impl Spill {
         let path = self.dir.path.join(format!("{name}-{}.arrow", self.files));
         self.files += 1;
         let schema = stream.schema();
-        let file = File::create(&path).map_err(|error| scratch_error(&path, error))?;
-        let mut writer = FileWriter::try_new(BufWriter::with_capacity(64 << 10, file), &schema).map_err(|error| scratch_error(&path, error))?;
+        let mut writer = ipc_writer(&path, &schema)?;
         let mut rows = 0;
         while let Some(batch) = futures::TryStreamExt::try_next(&mut stream).await? {
             rows += batch.num_rows();
@@ -260,10 +257,7 @@ impl Spill {
 impl SpillFile {
     /// Its batches, read one at a time.
     pub(crate) fn batches(&self) -> Result<impl Iterator<Item = Result<RecordBatch, BatchError>> + Send + 'static, BatchError> {
-        let path = self.path.clone();
-        let file = File::open(&path).map_err(|error| scratch_error(&path, error))?;
-        let reader = FileReader::try_new(std::io::BufReader::new(file), None).map_err(|error| scratch_error(&path, error))?;
-        Ok(reader.map(move |batch| batch.map_err(|error| scratch_error(&path, error))))
+        ipc_batches(&self.path)
     }
 
     /// A partition of a table that streams it from its file to every query that scans it.
@@ -277,10 +271,18 @@ fn share_of(node: &str, shares: usize) -> usize {
     (crate::fixed_hash(node) % shares as u64) as usize
 }
 
-fn read(path: &Path) -> Result<Vec<RecordBatch>, BatchError> {
-    let file = File::open(path).map_err(|error| scratch_error(path, error))?;
-    let reader = FileReader::try_new(std::io::BufReader::new(file), None).map_err(|error| scratch_error(path, error))?;
-    reader.collect::<Result<_, _>>().map_err(|error| scratch_error(path, error))
+/// A new Arrow IPC file of `schema` at `path`.
+fn ipc_writer(path: &Path, schema: &SchemaRef) -> Result<FileWriter<BufWriter<File>>, BatchError> {
+    let file = File::create(path).map_err(|error| scratch_error(path, error))?;
+    FileWriter::try_new(BufWriter::with_capacity(64 << 10, file), schema).map_err(|error| scratch_error(path, error))
+}
+
+/// The batches of the Arrow IPC file at `path`, read one at a time.
+fn ipc_batches(path: &Path) -> Result<impl Iterator<Item = Result<RecordBatch, BatchError>> + Send + 'static, BatchError> {
+    let path = path.to_path_buf();
+    let file = File::open(&path).map_err(|error| scratch_error(&path, error))?;
+    let reader = FileReader::try_new(std::io::BufReader::new(file), None).map_err(|error| scratch_error(&path, error))?;
+    Ok(reader.map(move |batch| batch.map_err(|error| scratch_error(&path, error))))
 }
 
 fn scratch_error(path: &Path, error: impl std::fmt::Display) -> BatchError {
@@ -300,14 +302,11 @@ impl PartitionStream for ShareFile {
     }
 
     fn execute(&self, _: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let batches: Box<dyn Iterator<Item = datafusion::error::Result<RecordBatch>> + Send> =
-            match File::open(&self.path).map_err(datafusion::error::DataFusionError::from).and_then(|file| {
-                FileReader::try_new(std::io::BufReader::new(file), None).map_err(datafusion::error::DataFusionError::from)
-            }) {
-                Ok(reader) => Box::new(reader.map(|batch| batch.map_err(datafusion::error::DataFusionError::from))),
-                Err(error) => Box::new(std::iter::once(Err(error))),
-            };
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::iter(batches)))
+        let batches: Box<dyn Iterator<Item = Result<RecordBatch, BatchError>> + Send> = match ipc_batches(&self.path) {
+            Ok(batches) => Box::new(batches),
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        };
+        crate::batch_stream(self.schema.clone(), batches)
     }
 }
 

@@ -13,13 +13,9 @@ use crate::{free_port, generated_lake, KillOnDrop, DAY};
 async fn the_nightly_job_on_a_cluster_of_processes_equals_the_local_job() {
     let dir = tempfile::tempdir().unwrap();
     let config = SimConfig { seed: 71, skus: 120, nodes: 12, days: 3.0, ..SimConfig::default() };
-    let (summary, local) = generated_lake(&config, dir.path()).await;
-    let copy = dir.path().join("cluster-lake");
-    let remote = sellable_batch::Lake::open(&copy).unwrap();
-    let skus = sellable_core::catalog::read_parquet(&summary.paths.skus, sellable_core::catalog::skus_from_batch).unwrap();
-    let nodes = sellable_core::catalog::read_parquet(&summary.paths.nodes, sellable_core::catalog::nodes_from_batch).unwrap();
-    remote.import_catalog(&skus, &nodes).await.unwrap();
-    remote.import_events(sellable_core::event::read_event_file(&summary.paths.events).unwrap()).await.unwrap();
+    let (summary, local) = generated_lake(&config, &dir.path().join("local")).await;
+    // the same marketplace (the simulator is deterministic) in a lake of its own
+    let (_, remote) = generated_lake(&config, &dir.path().join("cluster")).await;
     let asof = summary.end - DAY / 2;
 
     let sellable = env!("CARGO_BIN_EXE_sellable");
@@ -55,7 +51,7 @@ async fn the_nightly_job_on_a_cluster_of_processes_equals_the_local_job() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut batch = Command::new(sellable);
-    batch.args(["batch", "--lake", copy.to_str().unwrap(), "--asof", &asof.to_string()]);
+    batch.args(["batch", "--lake", remote.location(), "--asof", &asof.to_string()]);
     batch.args(["--engine", "ballista", "--scheduler", &format!("df://127.0.0.1:{scheduler_port}")]);
     let ran = tokio::time::timeout(Duration::from_secs(300), tokio::task::spawn_blocking(move || batch.output().unwrap())).await.unwrap().unwrap();
     let said = String::from_utf8_lossy(&ran.stderr);
@@ -63,7 +59,7 @@ async fn the_nightly_job_on_a_cluster_of_processes_equals_the_local_job() {
     assert!(said.contains("feature rows"), "{said}");
     // the events were read on the cluster, by its executor's scans of the lake's fragments
     let planned = std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap();
-    assert!(planned.contains(&format!("LakeScanExec: {}/events.lance", copy.canonicalize().unwrap().display())), "{planned}");
+    assert!(planned.contains(&format!("LakeScanExec: {}/events.lance", remote.location())), "{planned}");
 
     local.nightly(asof, FoldConfig::default(), &sellable_batch::Progress::hidden()).await.unwrap();
     let view = remote.load_batch_view().await.unwrap();
