@@ -418,6 +418,16 @@ pub struct BatchArgs {
     /// scheduler|executor`).
     #[arg(long)]
     pub scheduler: Option<String>,
+    /// Fold only the events that arrived since the last incremental night (its state is kept in
+    /// the lake under nightly_state/), when the cutoff is a whole number of days after it; else
+    /// (a first night, another cutoff, lateness or catalog) recompute everything and keep the
+    /// state for the next night. Both give the same rows. Local engine only.
+    #[arg(long, conflicts_with_all = ["every_day", "full"])]
+    pub incremental: bool,
+    /// Recompute everything from the lake's events, and keep the state an incremental night
+    /// starts from.
+    #[arg(long, conflicts_with = "every_day")]
+    pub full: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -429,6 +439,9 @@ pub enum EngineArg {
 impl BatchArgs {
     pub fn engine(&self) -> Result<sellable_batch::Engine> {
         match (self.engine, &self.scheduler) {
+            (EngineArg::Ballista, _) if self.incremental || self.full => {
+                anyhow::bail!("--incremental and --full keep the state of the incremental nightly job, which runs on the local engine")
+            }
             (EngineArg::Local, None) => Ok(sellable_batch::Engine::Local),
             (EngineArg::Local, Some(_)) => anyhow::bail!("--scheduler names a Ballista cluster: add --engine ballista"),
             (EngineArg::Ballista, Some(url)) if !url.starts_with("df://") || !url.trim_start_matches("df://").contains(':') => {

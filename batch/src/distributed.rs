@@ -162,19 +162,6 @@ impl SharedTables {
         Ok(())
     }
 
-    /// Removes the tables of an object store's directory (a local lake's go with its run's
-    /// directory when the session is dropped). A failure is logged: the job's results are written.
-    async fn remove(written: Vec<Dataset>) {
-        for dataset in written {
-            let removed = match dataset.object_store(None).await {
-                Ok(store) => store.remove_dir_all(dataset.branch_location().path).await,
-                Err(error) => Err(error),
-            };
-            if let Err(error) = removed {
-                tracing::warn!(table = dataset.uri(), %error, "a shared table of the job was not removed");
-            }
-        }
-    }
 
     fn take_remote(&self) -> Vec<Dataset> {
         if self._local.is_some() {
@@ -184,11 +171,25 @@ impl SharedTables {
     }
 }
 
+/// Removes `datasets` from their store (`what` they are, for the warning a failure logs: the
+/// job's results are written).
+pub(crate) async fn remove_datasets(datasets: Vec<Dataset>, what: &str) {
+    for dataset in datasets {
+        let removed = match dataset.object_store(None).await {
+            Ok(store) => store.remove_dir_all(dataset.branch_location().path).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = removed {
+            tracing::warn!(table = dataset.uri(), %error, "{what} was not removed");
+        }
+    }
+}
+
 /// Removes the tables `context` shared with a cluster's executors in an object store, at the end
 /// of a job (when dropped instead, they are removed in the background if a runtime is there).
 pub(crate) async fn release(context: &SessionContext) {
     if let Some(shared) = SharedTables::of(context) {
-        SharedTables::remove(shared.take_remote()).await;
+        remove_datasets(shared.take_remote(), "a shared table of the job").await;
     }
 }
 
@@ -196,7 +197,7 @@ impl Drop for SharedTables {
     fn drop(&mut self) {
         let written = self.take_remote();
         if let (false, Ok(runtime)) = (written.is_empty(), tokio::runtime::Handle::try_current()) {
-            runtime.spawn(SharedTables::remove(written));
+            runtime.spawn(remove_datasets(written, "a shared table of the job"));
         }
     }
 }

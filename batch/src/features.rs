@@ -253,7 +253,7 @@ impl Lake {
 }
 
 /// The batch view's and the features' batches of the feature SQL's `rows` as of `asof`.
-fn converted(rows: &[RecordBatch], asof: Millis) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), BatchError> {
+pub(crate) fn converted(rows: &[RecordBatch], asof: Millis) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), BatchError> {
     let view = rows.iter().map(|batch| crate::view_batch(batch, asof)).collect::<Result<_, _>>()?;
     let features = rows.iter().map(|batch| feature_batch(batch, asof)).collect::<Result<_, _>>()?;
     Ok((view, features))

@@ -12,6 +12,7 @@
 pub mod decisions;
 mod distributed;
 pub mod features;
+mod incremental;
 mod publish;
 mod shares;
 pub mod trainset;
@@ -33,6 +34,7 @@ use sellable_core::event::{event_schema, events_from_batch, events_to_batch, Dec
 use sellable_core::fold::{effect, Anchor, EventKey, SkuNode};
 use sellable_core::{BatchView, Event, EventKind, FoldConfig, Millis, NodeInfo, NodeState, SkuInfo};
 
+pub use incremental::Night;
 pub use distributed::{executor_functions, Engine, LakeLogicalCodec, LakePhysicalCodec, MAX_PLAN_BYTES};
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +200,8 @@ pub struct BatchSummary {
     pub sku_nodes: u64,
     pub deltas: u64,
     pub version: u64,
+    /// The version of `batch_deltas` written with it.
+    pub deltas_version: u64,
     /// How many shares of the nodes the events were computed in, one after the other (1 when
     /// they fit in memory).
     pub shares: usize,
@@ -716,19 +720,30 @@ impl Lake {
     /// lake's events (they are deduplicated and materialised once for both).
     pub async fn nightly(&self, asof: Millis, config: FoldConfig, progress: &Progress) -> Result<(BatchSummary, features::FeaturesSummary), BatchError> {
         self.dataset(NODES, features::NEEDS_CATALOG).await?;
+        let context = self.session().await?;
+        let (view, features, _) = self.nightly_in(&context, asof, config, progress).await?;
+        Ok((view, features))
+    }
+
+    /// [`Lake::nightly`] in `context`; also gives the events known at `asof` it computed from.
+    async fn nightly_in(
+        &self,
+        context: &SessionContext,
+        asof: Millis,
+        config: FoldConfig,
+        progress: &Progress,
+    ) -> Result<(BatchSummary, features::FeaturesSummary, shares::Known), BatchError> {
         let bar = progress.bar("nightly", 3);
         let events_version = self.events_version().await?;
-        let context = self.session().await?;
         bar.set_message("events known at the cutoff");
-        let known = self.known_events(&context, asof, config).await?;
+        let known = self.known_events(context, asof, config).await?;
         bar.inc(1);
         let shares = known.shares().len() as u64;
         bar.set_length(2 + shares);
         let started = std::time::Instant::now();
-        let computed = self.features_of(&context, &known, asof, &bar).await;
-        distributed::release(&context).await;
+        let computed = self.features_of(context, &known, asof, &bar).await;
+        distributed::release(context).await;
         let computed = computed?;
-        drop(known);
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), shares, "features and snapshot computed");
         bar.set_message("batch view and features written");
         let started = std::time::Instant::now();
@@ -737,7 +752,7 @@ impl Lake {
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "batch view and features written");
         bar.inc(1);
         bar.finish();
-        Ok((view, features))
+        Ok((view, features, known))
     }
 
     /// Writes the batch view: the snapshot columns of the feature SQL's rows, then the on-hand
@@ -750,9 +765,9 @@ impl Lake {
         let lineage = ViewLineage { asof, events_version, lateness_ms: config.lateness_ms, view_version: version };
         let deltas = computed.deltas.batches()?.map(|batch| batch.map_err(as_arrow_error));
         let deltas = RecordBatchIterator::new(deltas, computed.deltas.schema().unwrap_or_else(deltas_schema));
-        self.write_with(BATCH_DELTAS, deltas, WriteMode::Overwrite, Some(lineage.to_properties())).await?;
+        let deltas_version = self.write_with(BATCH_DELTAS, deltas, WriteMode::Overwrite, Some(lineage.to_properties())).await?;
         let (sku_nodes, deltas) = (computed.view.count() as u64, computed.deltas.count() as u64);
-        Ok(BatchSummary { asof, sku_nodes, deltas, version, shares: computed.shares })
+        Ok(BatchSummary { asof, sku_nodes, deltas, version, deltas_version, shares: computed.shares })
     }
 
     /// The version of `events` the stored batch view was computed from, if its lineage says
@@ -917,20 +932,12 @@ fn fixed_hash(text: &str) -> u64 {
 /// arrival wins), with times as integer milliseconds. Reads the table `copied`
 /// ([`Lake::register_copied`]).
 fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
-    let absolute: Vec<String> =
-        EventKind::ALL.into_iter().filter(|kind| kind.is_absolute()).map(|kind| format!("'{kind}'")).collect();
     // One copy of each event_id: the first to arrive. Copies are rare, so instead of sorting every
     // event by id, the events without copies pass through a join that holds only the hashes of
     // the ids with copies (`copied`: few, so the joins know it is small and hold it whole), and
     // only the events with such a hash are ranked, by their id.
-    let known = format!(
-        "SELECT * FROM (SELECT event_id, id_hash(event_id) AS id_hash, CAST(ts AS BIGINT) AS ts, sku, node,
-                               kind, qty, CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
-                        FROM {EVENTS}) AS events
-         WHERE arrival <= {asof} AND arrival - ts <= {lateness}",
-        lateness = config.lateness_ms,
-    );
-    format!(
+    let known = known_events_sql(None, asof, config);
+    let timely = format!(
         "WITH known AS ({known}),
          first_copies AS (
            SELECT event_id, ts, sku, node, kind, qty, arrival FROM (
@@ -942,9 +949,47 @@ fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
            SELECT k.event_id, k.ts, k.sku, k.node, k.kind, k.qty, k.arrival
            FROM copied c RIGHT JOIN known k ON k.id_hash = c.copied_hash WHERE c.copied_hash IS NULL
          )
-         SELECT event_id, ts, sku, node, kind, qty, arrival, kind IN ({absolute}) AS absolute,
+         SELECT * FROM single UNION ALL SELECT * FROM first_copies"
+    );
+    with_effects(&timely)
+}
+
+/// The rows of `events` that arrived after `after` (if given) and by `asof`, not too late, with
+/// times as integer milliseconds and the hash of their id (copies included).
+fn known_events_sql(after: Option<Millis>, asof: Millis, config: FoldConfig) -> String {
+    let after = after.map(|after| format!(" AND arrival > {after}")).unwrap_or_default();
+    format!(
+        "SELECT * FROM (SELECT event_id, id_hash(event_id) AS id_hash, CAST(ts AS BIGINT) AS ts, sku, node,
+                               kind, qty, CAST(COALESCE(arrived, ts) AS BIGINT) AS arrival
+                        FROM {EVENTS}) AS events
+         WHERE arrival <= {asof} AND arrival - ts <= {lateness}{after}",
+        lateness = config.lateness_ms,
+    )
+}
+
+/// The events that arrived after `prev` and by `asof`, not too late, one copy of each event_id
+/// (the first to arrive), none of those of the table `tail` (a copy of an event known at `prev`
+/// carries its time, after the tail's start: `incremental.sql`), with their effects.
+fn fresh_events_sql(prev: Millis, asof: Millis, config: FoldConfig) -> String {
+    with_effects(&format!(
+        "SELECT event_id, ts, sku, node, kind, qty, arrival FROM (
+           SELECT k.*, row_number() OVER (PARTITION BY k.event_id ORDER BY k.arrival, k.ts) AS copy
+           FROM ({known}) AS k
+         ) AS ranked
+         WHERE copy = 1 AND NOT EXISTS (SELECT 1 FROM tail t WHERE t.event_id = ranked.event_id)",
+        known = known_events_sql(Some(prev), asof, config)
+    ))
+}
+
+/// The events of `source` (event_id, ts, sku, node, kind, qty, arrival) with whether they are
+/// readings and their effects on on-hand, reserved and held: the columns of `timely`.
+fn with_effects(source: &str) -> String {
+    let absolute: Vec<String> =
+        EventKind::ALL.into_iter().filter(|kind| kind.is_absolute()).map(|kind| format!("'{kind}'")).collect();
+    format!(
+        "SELECT event_id, ts, sku, node, kind, qty, arrival, kind IN ({absolute}) AS absolute,
                 {on_hand} AS d_on_hand, {reserved} AS d_reserved, {held} AS d_held
-         FROM (SELECT * FROM single UNION ALL SELECT * FROM first_copies) AS timely",
+         FROM ({source}) AS timely",
         absolute = absolute.join(", "),
         on_hand = effect_sql(|e| e.on_hand),
         reserved = effect_sql(|e| e.reserved),

@@ -67,6 +67,23 @@ impl Known {
         }
     }
 
+    /// Registers every share as the table `name` of `context`: held in memory, or streamed from
+    /// the shares' files by every query.
+    pub(crate) async fn register_all(&self, context: &SessionContext, name: &str) -> Result<(), BatchError> {
+        match self {
+            Known::Held { schema, batches } => crate::register_rows(context, name, schema.clone(), batches.clone()).await,
+            Known::Split { schema, shares, .. } => {
+                let files: Vec<Arc<dyn datafusion::physical_plan::streaming::PartitionStream>> = shares
+                    .iter()
+                    .map(|share| Arc::new(ShareFile { schema: schema.clone(), path: share.path.clone() }) as _)
+                    .collect();
+                context.deregister_table(name)?;
+                context.register_table(name, Arc::new(StreamingTable::try_new(schema.clone(), files)?))?;
+                Ok(())
+            }
+        }
+    }
+
     /// Registers `share` as the table `timely` of `context`: held (in memory, or shared with a
     /// cluster's executors: [`crate::register_rows`]), unless its file is larger than
     /// `hold_limit` bytes (its nodes have more events than a share's budget), when every query

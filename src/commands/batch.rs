@@ -30,7 +30,36 @@ async fn job(args: &BatchArgs, lake: &Lake) -> Result<()> {
         Some(asof) => asof,
         None => lake.last_arrival().await?.context("the lake has no events: nothing to compute")?,
     };
+    if args.incremental || args.full {
+        return incremental(lake, asof, args.lake.fold_config(), args.full).await;
+    }
     nightly(lake, asof, args.lake.fold_config()).await
+}
+
+/// The nightly job folded from the last night's state when it applies, else recomputed (always
+/// with `full`); either way it keeps the state for the next night.
+async fn incremental(lake: &Lake, asof: Millis, config: FoldConfig, full: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let (view, features, night) = lake
+        .nightly_incremental(asof, config, full, &Progress::stderr())
+        .await
+        .with_context(|| format!("computing the batch view and features as of {}", format_millis(asof)))?;
+    let how = match night {
+        sellable_batch::Night::Incremental { from } => format!("folded the events that arrived since {}", format_millis(from)),
+        sellable_batch::Night::Full { why } => format!("recomputed from every event: {why}"),
+    };
+    eprintln!(
+        "batch: view as of {} of {} sku×nodes ({} on-hand deltas after their last count), {} feature rows, in {:.1} s, {how} \
+         -> batch_view version {}, features version {}",
+        format_millis(view.asof),
+        view.sku_nodes,
+        view.deltas,
+        features.rows,
+        started.elapsed().as_secs_f64(),
+        view.version,
+        features.version
+    );
+    Ok(())
 }
 
 /// The nightly job: batch view and features as of `asof`.

@@ -16,6 +16,8 @@ use sellable_core::event::read_event_file;
 use sellable_core::features::BATCH;
 use sellable_core::{fold, known_at, Event, EventKind, FoldConfig, Millis};
 
+mod incremental;
+
 const DAY: Millis = 86_400_000;
 const HOUR: Millis = 3_600_000;
 

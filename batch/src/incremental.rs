@@ -1,0 +1,480 @@
+//! The incremental nightly job: a night that starts from the state the night before left (the
+//! sums of every sku×node, its sums per day over the last 30 days, the events of the last hours)
+//! and folds only the events that arrived since, late ones included, with the SQL of
+//! `batch/sql/incremental.sql`. Its batch view and features equal the full recompute's
+//! (`features.sql` over every event known at the cutoff) row for row, so a full night stays the
+//! reference and the way back whenever the state does not apply: a first night, a cutoff that is
+//! not a whole number of days after the state's, another lateness or node catalog, or events
+//! that arrived by the state's cutoff and were added to the lake after it was computed.
+//!
+//! The state lives in the lake under `nightly_state/`: `running` (one row per sku×node; its
+//! commit records the state's [`StateLineage`], so a night that stops half-way leaves the earlier
+//! state whole), `tail` and `feeds` (the versions the lineage names), and one dataset per day,
+//! `day-N`, appended by each night with rows marked by its run (rows of runs the lineage does not
+//! name, left by a night that stopped, are never read).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::{Array, Int64Array, RecordBatch, RecordBatchIterator};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
+use lance::dataset::{Dataset, InsertBuilder, WriteMode, WriteParams};
+use sellable_core::{FoldConfig, Millis};
+
+use crate::features::{Computed, Rows, FEATURES_SQL};
+use crate::{BatchError, BatchSummary, Lake, Progress};
+
+/// The fold, compiled in.
+pub const INCREMENTAL_SQL: &str = include_str!("../sql/incremental.sql");
+
+const DAY_MS: Millis = 86_400_000;
+/// The state per sku×node; its commits carry the lineage.
+const RUNNING: &str = "nightly_state/running";
+const TAIL: &str = "nightly_state/tail";
+const FEEDS: &str = "nightly_state/feeds";
+const LINEAGE_PREFIX: &str = "sellable.night.";
+/// Before every event time: the tail start of a first night.
+const BEFORE_ALL: Millis = -(1 << 62);
+
+fn day_dataset(day: i64) -> String {
+    format!("nightly_state/day-{day}")
+}
+
+/// How a night was computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Night {
+    /// Folded from the state of the night as of `from`.
+    Incremental { from: Millis },
+    /// Recomputed from every event, for the reason given; it left the state for the next night.
+    Full { why: String },
+}
+
+/// What the state was computed from, recorded in the commit of `running`.
+#[derive(Debug, Clone, PartialEq)]
+struct StateLineage {
+    asof: Millis,
+    lateness_ms: Millis,
+    /// Rows of `events` known at `asof` and not too late (copies included).
+    known_rows: u64,
+    nodes_version: u64,
+    tail_version: u64,
+    feeds_version: u64,
+    deltas_version: u64,
+    /// The runs whose rows of the day datasets count.
+    runs: Vec<i64>,
+}
+
+impl StateLineage {
+    fn to_properties(&self) -> HashMap<String, String> {
+        let mut properties: HashMap<String, String> = [
+            ("asof", self.asof.to_string()),
+            ("lateness_ms", self.lateness_ms.to_string()),
+            ("known_rows", self.known_rows.to_string()),
+            ("nodes_version", self.nodes_version.to_string()),
+            ("tail_version", self.tail_version.to_string()),
+            ("feeds_version", self.feeds_version.to_string()),
+            ("deltas_version", self.deltas_version.to_string()),
+        ]
+        .into_iter()
+        .map(|(name, value)| (format!("{LINEAGE_PREFIX}{name}"), value))
+        .collect();
+        let runs: Vec<String> = self.runs.iter().map(i64::to_string).collect();
+        properties.insert(format!("{LINEAGE_PREFIX}runs"), runs.join(","));
+        properties
+    }
+
+    fn parse(properties: &HashMap<String, String>) -> Option<StateLineage> {
+        let value = |name: &str| properties.get(&format!("{LINEAGE_PREFIX}{name}"));
+        let number = |name: &str| value(name)?.parse::<i64>().ok();
+        let runs = value("runs")?.split(',').map(|run| run.parse().ok()).collect::<Option<Vec<i64>>>()?;
+        Some(StateLineage {
+            asof: number("asof")?,
+            lateness_ms: number("lateness_ms")?,
+            known_rows: number("known_rows")? as u64,
+            nodes_version: number("nodes_version")? as u64,
+            tail_version: number("tail_version")? as u64,
+            feeds_version: number("feeds_version")? as u64,
+            deltas_version: number("deltas_version")? as u64,
+            runs,
+        })
+    }
+}
+
+/// The state a night starts from, opened at the versions its lineage names.
+struct State {
+    lineage: StateLineage,
+    running: Dataset,
+    tail: Dataset,
+    feeds: Dataset,
+    deltas: Dataset,
+}
+
+/// The placeholders of `incremental.sql` for a night as of `asof` after one as of `prev` (a first
+/// night: `None`), with tail starts `lateness` (at least 1h) before their cutoffs.
+fn placeholders(asof: Millis, prev: Option<Millis>, lateness: Millis, run: i64) -> Vec<(&'static str, String)> {
+    let origin = asof.rem_euclid(DAY_MS);
+    let k = (asof - origin) / DAY_MS;
+    let tail_of = |cutoff: Millis| cutoff - lateness.max(3_600_000);
+    let (prev_k, prev_tail) = match prev {
+        Some(prev) => ((prev - origin) / DAY_MS, tail_of(prev)),
+        None => (k, BEFORE_ALL),
+    };
+    vec![
+        ("asof", asof.to_string()),
+        ("k", k.to_string()),
+        ("prev_k", prev_k.to_string()),
+        ("tail", tail_of(asof).to_string()),
+        ("prev_tail", prev_tail.to_string()),
+        ("origin", origin.to_string()),
+        ("run", run.to_string()),
+    ]
+}
+
+fn substituted(sql: &str, placeholders: &[(&str, String)]) -> String {
+    placeholders.iter().fold(sql.to_string(), |sql, (name, value)| sql.replace(&format!("${{{name}}}"), value))
+}
+
+/// A number for this run, distinct from earlier runs'.
+fn run_id() -> i64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    (nanos % (i64::MAX as u128)) as i64
+}
+
+impl Lake {
+    /// The nightly job as of `asof`, folded from the state of an earlier night when it applies
+    /// ([`Night::Incremental`]), else recomputed from every event ([`Night::Full`]); either way it
+    /// writes the batch view and the features as [`Lake::nightly`] does, and the state for the
+    /// next night. With `full`, it recomputes whatever the state.
+    pub async fn nightly_incremental(
+        &self,
+        asof: Millis,
+        config: FoldConfig,
+        full: bool,
+        progress: &Progress,
+    ) -> Result<(BatchSummary, crate::features::FeaturesSummary, Night), BatchError> {
+        if !matches!(self.engine, crate::Engine::Local) {
+            return Err(BatchError::Location("the incremental nightly job runs on the local engine (a full night runs on Ballista: sellable batch without --incremental)".into()));
+        }
+        self.dataset(crate::NODES, crate::features::NEEDS_CATALOG).await?;
+        let why = if full { Err("asked for".to_string()) } else { self.usable_state(asof, config).await? };
+        match why {
+            Ok(state) => {
+                let from = state.lineage.asof;
+                let (view, features) = self.fold_night(state, asof, config, progress).await?;
+                Ok((view, features, Night::Incremental { from }))
+            }
+            Err(why) => {
+                let (view, features) = self.full_night(asof, config, progress).await?;
+                Ok((view, features, Night::Full { why }))
+            }
+        }
+    }
+
+    /// The stored state, if a night as of `asof` can start from it; else why not.
+    async fn usable_state(&self, asof: Millis, config: FoldConfig) -> Result<Result<State, String>, BatchError> {
+        let Some(running) = self.existing(RUNNING).await? else {
+            return Ok(Err("no earlier night left its state".into()));
+        };
+        let transaction = running.read_transaction_by_version(running.version_id()).await.map_err(self.lance_error(RUNNING))?;
+        let Some(lineage) = transaction.and_then(|t| t.transaction_properties).and_then(|p| StateLineage::parse(&p)) else {
+            return Ok(Err("the earlier night's state has no lineage".into()));
+        };
+        let prev = lineage.asof;
+        if lineage.lateness_ms != config.lateness_ms {
+            return Ok(Err(format!("the state was computed with a lateness of {} ms, not {}", lineage.lateness_ms, config.lateness_ms)));
+        }
+        if asof <= prev || (asof - prev) % DAY_MS != 0 {
+            return Ok(Err(format!(
+                "the cutoff is not a whole number of days after the state's ({})",
+                sellable_core::event::format_millis(prev)
+            )));
+        }
+        if self.dataset(crate::NODES, "").await?.version_id() != lineage.nodes_version {
+            return Ok(Err("the node catalog changed since the state was computed".into()));
+        }
+        let context = self.session().await?;
+        if self.known_rows(&context, prev, config).await? != lineage.known_rows {
+            return Ok(Err("events that arrived by the state's cutoff were added to the lake after it was computed".into()));
+        }
+        let version = |name: &'static str, version: u64| async move {
+            let dataset = self.existing(name).await?.ok_or_else(|| BatchError::Missing(self.location.clone(), name, "a full night computes it"))?;
+            dataset.checkout_version(version).await.map_err(self.lance_error(name))
+        };
+        let state = async {
+            Ok::<_, BatchError>(State {
+                tail: version(TAIL, lineage.tail_version).await?,
+                feeds: version(FEEDS, lineage.feeds_version).await?,
+                deltas: version(crate::BATCH_DELTAS, lineage.deltas_version).await?,
+                running,
+                lineage,
+            })
+        };
+        match state.await {
+            Ok(state) => Ok(Ok(state)),
+            Err(error) => Ok(Err(format!("the state's datasets cannot be read ({error})"))),
+        }
+    }
+
+    /// How many rows of `events` (copies included) are known at `asof` and not too late.
+    async fn known_rows(&self, context: &SessionContext, asof: Millis, config: FoldConfig) -> Result<u64, BatchError> {
+        let sql = format!("SELECT COUNT(*) FROM ({}) AS known", crate::known_events_sql(None, asof, config));
+        let batches = context.sql(&sql).await?.collect().await?;
+        let count = batches.first().and_then(|batch| batch.column(0).as_any().downcast_ref::<Int64Array>()).map(|c| c.value(0));
+        Ok(count.unwrap_or(0) as u64)
+    }
+
+    /// A full night ([`Lake::nightly`]'s), then the state from scratch over the same events.
+    async fn full_night(
+        &self,
+        asof: Millis,
+        config: FoldConfig,
+        progress: &Progress,
+    ) -> Result<(BatchSummary, crate::features::FeaturesSummary), BatchError> {
+        let context = self.session().await?;
+        let (view, features, known) = self.nightly_in(&context, asof, config, progress).await?;
+        let started = std::time::Instant::now();
+        known.register_all(&context, "fresh").await?;
+        let schema = context.table("fresh").await?.schema().inner().clone();
+        crate::register_in_memory(&context, "tail", schema, Vec::new())?;
+        crate::register_in_memory(&context, "running", running_schema(), Vec::new())?;
+        crate::register_in_memory(&context, "old_deltas", crate::deltas_schema(), Vec::new())?;
+        register_days(&context, Vec::new(), &[]).await?;
+        crate::register_in_memory(&context, "old_feeds", feeds_schema(), Vec::new())?;
+        let run = run_id();
+        let statements = crate::statements(&substituted(INCREMENTAL_SQL, &placeholders(asof, None, config.lateness_ms, run)));
+        for statement in &statements {
+            crate::execute_statement(&context, statement).await?;
+        }
+        let known_rows = self.known_rows(&context, asof, config).await?;
+        self.write_state(&context, asof, config, known_rows, view.deltas_version, vec![run], None).await?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "state of the night computed from scratch");
+        Ok((view, features))
+    }
+
+    /// A night folded from `state`.
+    async fn fold_night(
+        &self,
+        state: State,
+        asof: Millis,
+        config: FoldConfig,
+        progress: &Progress,
+    ) -> Result<(BatchSummary, crate::features::FeaturesSummary), BatchError> {
+        let bar = progress.bar("nightly (incremental)", 3);
+        let started = std::time::Instant::now();
+        let events_version = self.events_version().await?;
+        let context = self.session().await?;
+        let prev = state.lineage.asof;
+        bar.set_message("the day's events");
+        // the tail, held: every statement reads it, and it holds hours of events
+        let tail: Vec<RecordBatch> = state.tail.scan().try_into_stream().await.map_err(self.lance_error(TAIL))?.try_collect().await.map_err(self.lance_error(TAIL))?;
+        crate::register_in_memory(&context, "tail", Arc::new(Schema::from(state.tail.schema())), tail)?;
+        let fresh = context.sql(&crate::fresh_events_sql(prev, asof, config)).await?;
+        let schema = fresh.schema().inner().clone();
+        let fresh = fresh.collect().await?;
+        crate::register_in_memory(&context, "fresh", schema, fresh)?;
+        context.register_table("running", self.table_of(RUNNING, state.running))?;
+        context.register_table("old_deltas", self.table_of(crate::BATCH_DELTAS, state.deltas))?;
+        context.register_table("old_feeds", self.table_of(FEEDS, state.feeds))?;
+        let run = run_id();
+        let values = placeholders(asof, Some(prev), config.lateness_ms, run);
+        let (k, prev_k) = (number_of(&values, "k"), number_of(&values, "prev_k"));
+        // the days that leave a window tonight: of 1, 7 and 30 days
+        let mut leaving = Vec::new();
+        for window in [1, 7, 30] {
+            for day in prev_k - window..k - window {
+                if let Some(dataset) = self.existing(&day_dataset(day)).await? {
+                    leaving.push((day, dataset));
+                }
+            }
+        }
+        leaving.sort_by_key(|(day, _)| *day);
+        leaving.dedup_by_key(|(day, _)| *day);
+        register_days(&context, leaving.into_iter().map(|(day, dataset)| (day, self.table_of(&day_dataset(day), dataset))).collect(), &state.lineage.runs).await?;
+        bar.inc(1);
+        bar.set_message("folded");
+        let mut statements = crate::statements(&substituted(INCREMENTAL_SQL, &values));
+        let features_sql = crate::statements(&FEATURES_SQL.replace("${asof}", &asof.to_string()));
+        statements.extend(features_sql.iter().rev().take(2).rev().cloned());
+        let last = statements.pop().unwrap_or_default();
+        for statement in &statements {
+            crate::execute_statement(&context, statement).await?;
+        }
+        let rows = context.sql(&last).await?.collect().await?;
+        let (view, features) = crate::features::converted(&rows, asof)?;
+        let deltas = context.table("deltas").await?.collect().await?;
+        let computed = Computed { view: Rows::Held(view), features: Rows::Held(features), deltas: Rows::Held(deltas), shares: 1 };
+        bar.inc(1);
+        bar.set_message("batch view, features and state written");
+        let view = self.write_batch_view(&computed, asof, events_version, config).await?;
+        let features = self.write_features(&[&computed.features], &[asof]).await?;
+        let fresh_rows = self.known_rows(&context, asof, config).await?;
+        let mut runs = state.lineage.runs.clone();
+        runs.push(run);
+        self.write_state(&context, asof, config, fresh_rows, view.deltas_version, runs, Some((prev_k, k))).await?;
+        bar.inc(1);
+        bar.finish();
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "incremental night");
+        Ok((view, features))
+    }
+
+    /// Writes what a night leaves for the next (the views `days_next`, `tail_next`, `feeds` and
+    /// `running_next` of `context`), `running` last with the lineage. Then removes the days that
+    /// left every window (those in `[prev_k - 30, k - 30)`).
+    #[allow(clippy::too_many_arguments)]
+    async fn write_state(
+        &self,
+        context: &SessionContext,
+        asof: Millis,
+        config: FoldConfig,
+        known_rows: u64,
+        deltas_version: u64,
+        runs: Vec<i64>,
+        days: Option<(i64, i64)>,
+    ) -> Result<(), BatchError> {
+        let rows = context.sql("SELECT * FROM days_next ORDER BY day").await?.collect().await?;
+        for (day, batch) in by_day(&rows)? {
+            let batch = conformed(&batch, &days_schema()).map_err(|error| BatchError::Corrupt { dataset: day_dataset(day), message: error.to_string() })?;
+            self.write(&day_dataset(day), RecordBatchIterator::new(vec![Ok(batch)], days_schema()), WriteMode::Append).await?;
+        }
+        let tail = context.sql("SELECT * FROM tail_next").await?.execute_stream().await?;
+        let tail_version = self.write_stream(TAIL, tail, None).await?;
+        let feeds = context.sql("SELECT * FROM feeds").await?.execute_stream().await?;
+        let feeds_version = self.write_stream(FEEDS, conformed_stream(feeds, feeds_schema()), None).await?;
+        let nodes_version = self.dataset(crate::NODES, "").await?.version_id();
+        let lineage = StateLineage { asof, lateness_ms: config.lateness_ms, known_rows, nodes_version, tail_version, feeds_version, deltas_version, runs };
+        let running = context.sql("SELECT * FROM running_next").await?.execute_stream().await?;
+        self.write_stream(RUNNING, conformed_stream(running, running_schema()), Some(lineage.to_properties())).await?;
+        if let Some((prev_k, k)) = days {
+            let mut expired = Vec::new();
+            for day in prev_k - 30..k - 30 {
+                expired.extend(self.existing(&day_dataset(day)).await?);
+            }
+            crate::distributed::remove_datasets(expired, "a day of the nightly state that left every window").await;
+        }
+        Ok(())
+    }
+}
+
+impl Lake {
+    /// Writes `rows` as a new version of the dataset `name` (replacing what it held), recording
+    /// `properties` in its commit; gives the version.
+    async fn write_stream(&self, name: &str, rows: SendableRecordBatchStream, properties: Option<HashMap<String, String>>) -> Result<u64, BatchError> {
+        let mode = if self.existing(name).await?.is_some() { WriteMode::Overwrite } else { WriteMode::Create };
+        let params = WriteParams { mode, transaction_properties: properties.map(Arc::new), store_params: self.store_params(), ..WriteParams::default() };
+        let dataset = InsertBuilder::new(self.uri(name).as_str()).with_params(&params).execute_stream(rows).await.map_err(self.lance_error(name))?;
+        Ok(dataset.version_id())
+    }
+}
+
+/// `batch`'s columns of `schema`'s names, cast to its types.
+fn conformed(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let column = batch.column_by_name(field.name()).ok_or_else(|| ArrowError::SchemaError(format!("no column {}", field.name())))?;
+            arrow_cast::cast(column, field.data_type())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// `rows` [`conformed`] to `schema`.
+fn conformed_stream(rows: SendableRecordBatchStream, schema: SchemaRef) -> SendableRecordBatchStream {
+    let target = schema.clone();
+    let rows = rows.map(move |batch| batch.and_then(|batch| conformed(&batch, &target).map_err(Into::into)));
+    Box::pin(RecordBatchStreamAdapter::new(schema, rows))
+}
+
+fn number_of(values: &[(&str, String)], name: &str) -> i64 {
+    values.iter().find(|(key, _)| *key == name).and_then(|(_, value)| value.parse().ok()).expect("a numeric placeholder")
+}
+
+/// Registers `old_days` and `old_feed_days`: the rows of `days` (their day datasets) written by
+/// `runs`.
+async fn register_days(context: &SessionContext, days: Vec<(i64, Arc<dyn datafusion::catalog::TableProvider>)>, runs: &[i64]) -> Result<(), BatchError> {
+    if days.is_empty() {
+        crate::register_in_memory(context, "old_days", days_schema(), Vec::new())?;
+        crate::register_in_memory(context, "old_feed_days", days_schema(), Vec::new())?;
+        return Ok(());
+    }
+    let mut union = Vec::new();
+    for (day, table) in days {
+        let name = format!("day_{day}");
+        context.deregister_table(&name)?;
+        context.register_table(&name, table)?;
+        union.push(format!("SELECT * FROM {name}"));
+    }
+    let runs: Vec<String> = runs.iter().map(i64::to_string).collect();
+    let all = format!("(SELECT * FROM ({}) AS days WHERE run IN ({}))", union.join(" UNION ALL "), runs.join(", "));
+    context.sql(&format!("CREATE OR REPLACE VIEW old_days AS SELECT * FROM {all} AS d WHERE sku IS NOT NULL")).await?.collect().await?;
+    context.sql(&format!("CREATE OR REPLACE VIEW old_feed_days AS SELECT * FROM {all} AS d WHERE lag_s IS NOT NULL")).await?.collect().await?;
+    Ok(())
+}
+
+/// The rows of `batches` (ordered by day) split by their `day`.
+fn by_day(batches: &[RecordBatch]) -> Result<Vec<(i64, RecordBatch)>, BatchError> {
+    let mut days: Vec<(i64, Vec<RecordBatch>)> = Vec::new();
+    for batch in batches {
+        let day = crate::int_column(batch, "day", "days")?;
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let value = day.value(start);
+            let end = (start..batch.num_rows()).find(|&row| day.value(row) != value).unwrap_or(batch.num_rows());
+            let part = batch.slice(start, end - start);
+            match days.last_mut() {
+                Some((last, parts)) if *last == value => parts.push(part),
+                _ => days.push((value, vec![part])),
+            }
+            start = end;
+        }
+    }
+    days.into_iter()
+        .map(|(day, parts)| {
+            let batch = datafusion::arrow::compute::concat_batches(&parts[0].schema(), &parts).map_err(|error| BatchError::Corrupt { dataset: "days".into(), message: error.to_string() })?;
+            Ok((day, batch))
+        })
+        .collect()
+}
+
+fn int(name: &str) -> Field {
+    Field::new(name, DataType::Int64, true)
+}
+
+fn text(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+}
+
+/// `nightly_state/running`: the columns of `incremental.sql`'s `running_next`.
+fn running_schema() -> SchemaRef {
+    let mut fields = vec![text("sku"), text("node")];
+    fields.extend(
+        [
+            "reserved", "held", "last_event_ts", "last_arrived", "last_count_ts", "last_receipt_ts", "last_reading_ts",
+            "reserve_units_24h", "reserve_count_24h", "reserve_units_7d", "reserve_count_7d", "releases_7d", "returned_7d",
+            "shipped_7d", "shorts_30d", "reserves_30d", "disc_sum", "disc_abs", "disc_n", "anchor_ts",
+        ]
+        .map(int),
+    );
+    fields.extend([text("anchor_id"), int("anchor_qty"), text("anchor_kind"), int("level_t"), Field::new("has_t", DataType::Boolean, true)]);
+    Arc::new(Schema::new(fields))
+}
+
+/// `nightly_state/day-N`: the columns of `incremental.sql`'s `days_next`.
+fn days_schema() -> SchemaRef {
+    let mut fields = vec![int("run"), text("sku"), text("node")];
+    fields.extend(
+        ["day", "reserve_units", "reserve_count", "releases", "returned", "shipped", "shorts", "disc_sum", "disc_abs", "disc_n", "lag_s", "feeds", "within"]
+            .map(int),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+/// `nightly_state/feeds`: the histogram of feed lags per node.
+fn feeds_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![text("node"), int("lag_s"), int("feeds"), int("within")]))
+}
