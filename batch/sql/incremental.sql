@@ -94,7 +94,7 @@ CREATE OR REPLACE TABLE hour AS
 -- ... and its on-hand events, after a first step per sku×node that stands for what came before
 -- them: a reading of the level at the earlier tail's start ('start'), or nothing ('none', when no
 -- on-hand event came before: the first count then has no discrepancy unless changes precede it).
-CREATE OR REPLACE VIEW steps AS
+CREATE OR REPLACE TABLE steps AS
   SELECT s.sku, s.node, CAST(${prev_tail} AS BIGINT) AS ts, '' AS event_id,
          CASE WHEN COALESCE(r.has_t, false) THEN 'start' ELSE 'none' END AS kind,
          CAST(COALESCE(r.level_t, 0) AS BIGINT) AS qty, true AS absolute, CAST(0 AS BIGINT) AS change
@@ -107,7 +107,7 @@ CREATE OR REPLACE VIEW steps AS
 
 -- The count discrepancies of the counts after the earlier tail's start (as `counted` in
 -- `features.sql`: what was counted minus the reading before plus the changes since; windows per
--- node, ordered by sku, as there).
+-- node, ordered by sku, as there), over the steps of the sku×nodes with such counts only.
 CREATE OR REPLACE TABLE walked AS
   SELECT sku, node, ts, qty - (prev_qty + changed - prev_changed) AS discrepancy
   FROM (
@@ -120,7 +120,10 @@ CREATE OR REPLACE TABLE walked AS
       SELECT *,
              SUM(change) OVER (PARTITION BY node ORDER BY sku, ts, event_id ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS changed,
              ROW_NUMBER() OVER (PARTITION BY node ORDER BY sku, ts, event_id) AS position
-      FROM steps
+      FROM (
+        SELECT s.* FROM (SELECT DISTINCT sku, node FROM recent WHERE kind = 'count') AS c
+        JOIN steps s ON s.sku = c.sku AND s.node = c.node
+      ) AS counting
     ) AS ordered
     WHERE absolute
   ) AS readings

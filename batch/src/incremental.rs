@@ -160,7 +160,9 @@ impl Lake {
             return Err(BatchError::Location("the incremental nightly job runs on the local engine (a full night runs on Ballista: sellable batch without --incremental)".into()));
         }
         self.dataset(crate::NODES, crate::features::NEEDS_CATALOG).await?;
+        let started = std::time::Instant::now();
         let why = if full { Err("asked for".to_string()) } else { self.usable_state(asof, config).await? };
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "state checked");
         match why {
             Ok(state) => {
                 let from = state.lineage.asof;
@@ -246,9 +248,7 @@ impl Lake {
         crate::register_in_memory(&context, "old_feeds", feeds_schema(), Vec::new())?;
         let run = run_id();
         let statements = crate::statements(&substituted(INCREMENTAL_SQL, &placeholders(asof, None, config.lateness_ms, run)));
-        for statement in &statements {
-            crate::execute_statement(&context, statement).await?;
-        }
+        run_statements(&context, &statements).await?;
         let known_rows = self.known_rows(&context, asof, config).await?;
         self.write_state(&context, asof, config, known_rows, view.deltas_version, vec![run], None).await?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "state of the night computed from scratch");
@@ -272,11 +272,21 @@ impl Lake {
         // the tail, held: every statement reads it, and it holds hours of events
         let tail: Vec<RecordBatch> = state.tail.scan().try_into_stream().await.map_err(self.lance_error(TAIL))?.try_collect().await.map_err(self.lance_error(TAIL))?;
         crate::register_in_memory(&context, "tail", Arc::new(Schema::from(state.tail.schema())), tail)?;
-        let fresh = context.sql(&crate::fresh_events_sql(prev, asof, config)).await?;
+        // the rows that arrived since (copies included: they count in the lineage), then the
+        // events they bring
+        let day = context.sql(&crate::known_events_sql(Some(prev), asof, config)).await?;
+        let schema = day.schema().inner().clone();
+        let day = day.collect().await?;
+        let known_rows = state.lineage.known_rows + day.iter().map(RecordBatch::num_rows).sum::<usize>() as u64;
+        crate::register_in_memory(&context, "day_known", schema, day)?;
+        let fresh = context.sql(&crate::fresh_events_sql()).await?;
         let schema = fresh.schema().inner().clone();
         let fresh = fresh.collect().await?;
         crate::register_in_memory(&context, "fresh", schema, fresh)?;
-        context.register_table("running", self.table_of(RUNNING, state.running))?;
+        context.deregister_table("day_known")?;
+        // the state per sku×node, held: several statements read it
+        let running: Vec<RecordBatch> = state.running.scan().try_into_stream().await.map_err(self.lance_error(RUNNING))?.try_collect().await.map_err(self.lance_error(RUNNING))?;
+        crate::register_in_memory(&context, "running", Arc::new(Schema::from(state.running.schema())), running)?;
         context.register_table("old_deltas", self.table_of(crate::BATCH_DELTAS, state.deltas))?;
         context.register_table("old_feeds", self.table_of(FEEDS, state.feeds))?;
         let run = run_id();
@@ -294,27 +304,27 @@ impl Lake {
         leaving.sort_by_key(|(day, _)| *day);
         leaving.dedup_by_key(|(day, _)| *day);
         register_days(&context, leaving.into_iter().map(|(day, dataset)| (day, self.table_of(&day_dataset(day), dataset))).collect(), &state.lineage.runs).await?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "state read, the day's events selected");
         bar.inc(1);
         bar.set_message("folded");
         let mut statements = crate::statements(&substituted(INCREMENTAL_SQL, &values));
         let features_sql = crate::statements(&FEATURES_SQL.replace("${asof}", &asof.to_string()));
         statements.extend(features_sql.iter().rev().take(2).rev().cloned());
         let last = statements.pop().unwrap_or_default();
-        for statement in &statements {
-            crate::execute_statement(&context, statement).await?;
-        }
+        run_statements(&context, &statements).await?;
         let rows = context.sql(&last).await?.collect().await?;
         let (view, features) = crate::features::converted(&rows, asof)?;
         let deltas = context.table("deltas").await?.collect().await?;
         let computed = Computed { view: Rows::Held(view), features: Rows::Held(features), deltas: Rows::Held(deltas), shares: 1 };
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "folded");
         bar.inc(1);
         bar.set_message("batch view, features and state written");
         let view = self.write_batch_view(&computed, asof, events_version, config).await?;
         let features = self.write_features(&[&computed.features], &[asof]).await?;
-        let fresh_rows = self.known_rows(&context, asof, config).await?;
+        tracing::debug!(seconds = started.elapsed().as_secs_f64(), "batch view and features written");
         let mut runs = state.lineage.runs.clone();
         runs.push(run);
-        self.write_state(&context, asof, config, fresh_rows, view.deltas_version, runs, Some((prev_k, k))).await?;
+        self.write_state(&context, asof, config, known_rows, view.deltas_version, runs, Some((prev_k, k))).await?;
         bar.inc(1);
         bar.finish();
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "incremental night");
@@ -388,6 +398,17 @@ fn conformed_stream(rows: SendableRecordBatchStream, schema: SchemaRef) -> Senda
     let target = schema.clone();
     let rows = rows.map(move |batch| batch.and_then(|batch| conformed(&batch, &target).map_err(Into::into)));
     Box::pin(RecordBatchStreamAdapter::new(schema, rows))
+}
+
+/// Runs `statements` in turn, each timed in the debug log.
+async fn run_statements(context: &SessionContext, statements: &[String]) -> Result<(), BatchError> {
+    for (part, statement) in statements.iter().enumerate() {
+        let started = std::time::Instant::now();
+        crate::execute_statement(context, statement).await?;
+        let table = crate::features::created_table(statement).unwrap_or("");
+        tracing::debug!(statement = part + 1, table, seconds = started.elapsed().as_secs_f64(), "incremental.sql");
+    }
+    Ok(())
 }
 
 fn number_of(values: &[(&str, String)], name: &str) -> i64 {

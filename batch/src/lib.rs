@@ -936,22 +936,27 @@ fn timely_events_sql(asof: Millis, config: FoldConfig) -> String {
     // event by id, the events without copies pass through a join that holds only the hashes of
     // the ids with copies (`copied`: few, so the joins know it is small and hold it whole), and
     // only the events with such a hash are ranked, by their id.
-    let known = known_events_sql(None, asof, config);
-    let timely = format!(
+    with_effects(&first_copies_sql(&known_events_sql(None, asof, config), "SELECT copied_hash FROM copied"))
+}
+
+/// One copy of each event_id of the rows `known` (of [`known_events_sql`]), the first to arrive,
+/// given the hashes of the ids with copies (`copies`, a query of one column `copied_hash`).
+fn first_copies_sql(known: &str, copies: &str) -> String {
+    format!(
         "WITH known AS ({known}),
+         copies AS ({copies}),
          first_copies AS (
            SELECT event_id, ts, sku, node, kind, qty, arrival FROM (
              SELECT k.*, row_number() OVER (PARTITION BY k.event_id ORDER BY k.arrival, k.ts) AS copy
-             FROM copied c JOIN known k ON k.id_hash = c.copied_hash
+             FROM copies c JOIN known k ON k.id_hash = c.copied_hash
            ) AS ranked WHERE copy = 1
          ),
          single AS (
            SELECT k.event_id, k.ts, k.sku, k.node, k.kind, k.qty, k.arrival
-           FROM copied c RIGHT JOIN known k ON k.id_hash = c.copied_hash WHERE c.copied_hash IS NULL
+           FROM copies c RIGHT JOIN known k ON k.id_hash = c.copied_hash WHERE c.copied_hash IS NULL
          )
          SELECT * FROM single UNION ALL SELECT * FROM first_copies"
-    );
-    with_effects(&timely)
+    )
 }
 
 /// The rows of `events` that arrived after `after` (if given) and by `asof`, not too late, with
@@ -967,17 +972,15 @@ fn known_events_sql(after: Option<Millis>, asof: Millis, config: FoldConfig) -> 
     )
 }
 
-/// The events that arrived after `prev` and by `asof`, not too late, one copy of each event_id
-/// (the first to arrive), none of those of the table `tail` (a copy of an event known at `prev`
-/// carries its time, after the tail's start: `incremental.sql`), with their effects.
-fn fresh_events_sql(prev: Millis, asof: Millis, config: FoldConfig) -> String {
+/// The events of the table `day_known` (rows of [`known_events_sql`]: those that arrived since
+/// the last night), one copy of each event_id (the first to arrive), none of those of the table
+/// `tail` (a copy of an event known the night before carries its time, after the tail's start:
+/// `incremental.sql`), with their effects.
+fn fresh_events_sql() -> String {
+    let copies = "SELECT id_hash AS copied_hash FROM day_known GROUP BY id_hash HAVING COUNT(*) > 1";
     with_effects(&format!(
-        "SELECT event_id, ts, sku, node, kind, qty, arrival FROM (
-           SELECT k.*, row_number() OVER (PARTITION BY k.event_id ORDER BY k.arrival, k.ts) AS copy
-           FROM ({known}) AS k
-         ) AS ranked
-         WHERE copy = 1 AND NOT EXISTS (SELECT 1 FROM tail t WHERE t.event_id = ranked.event_id)",
-        known = known_events_sql(Some(prev), asof, config)
+        "SELECT * FROM ({first}) AS day WHERE NOT EXISTS (SELECT 1 FROM tail t WHERE t.event_id = day.event_id)",
+        first = first_copies_sql("SELECT * FROM day_known", copies)
     ))
 }
 
