@@ -747,6 +747,13 @@ mod tests {
         assert_eq!(named, Engine::Ballista { scheduler: Some("df://sched:50050".into()) });
         assert!(engine(&["--scheduler", "df://sched:50050"]).unwrap_err().to_string().contains("add --engine ballista"));
         assert!(engine(&["--engine", "ballista", "--scheduler", "sched"]).unwrap_err().to_string().contains("df://HOST:PORT"));
+        // the state of incremental nights is kept by the local engine only
+        assert_eq!(engine(&["--incremental"]).unwrap(), Engine::Local);
+        for flag in ["--incremental", "--full"] {
+            assert!(engine(&["--engine", "ballista", flag]).unwrap_err().to_string().contains("local engine"), "{flag}");
+        }
+        use clap::Parser;
+        assert!(super::Cli::try_parse_from(["sellable", "batch", "--incremental", "--full"]).is_err());
     }
 
     #[test]

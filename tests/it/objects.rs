@@ -104,6 +104,17 @@ async fn the_whole_pipeline_runs_on_an_s3_lake() {
     assert!(bits(&on_ballista.features) == bits(&on_disk.features), "the features computed on Ballista differ from the local lake's");
     let listing = reqwest::get(format!("{}/sellable?list-type=2&prefix=lakes/one/scratch", s3.endpoint)).await.unwrap().text().await.unwrap();
     assert!(listing.contains("ListBucketResult") && !listing.contains("<Key>"), "{listing}");
+    // an incremental night on the s3 lake, after the full one that leaves its state there: the
+    // local lake's full recompute, bit for bit
+    let before = summary.end - DAY - 6 * 3_600_000;
+    let (before, night) = (before.to_string(), (before + DAY).to_string());
+    s3.run(&["batch", "--lake", remote, "--full", "--asof", &before]);
+    let folded = s3.run(&["batch", "--lake", remote, "--incremental", "--asof", &night]);
+    assert!(folded.contains("folded the events that arrived since"), "{folded}");
+    s3.run(&["batch", "--lake", local, "--asof", &night]);
+    let (in_s3, on_disk) = (lake.load_batch_view().await.unwrap(), Lake::at(local).unwrap().load_batch_view().await.unwrap());
+    assert_eq!(in_s3.states, on_disk.states);
+    assert!(bits(&in_s3.features) == bits(&on_disk.features), "the incremental night's features differ from the full recompute's");
     let info = lake.info().await.unwrap();
     let events = info.iter().find(|dataset| dataset.name == "events").unwrap();
     assert_eq!(events.rows, summary.events);
