@@ -161,7 +161,7 @@ impl Lake {
         }
         self.dataset(crate::NODES, crate::features::NEEDS_CATALOG).await?;
         let started = std::time::Instant::now();
-        let why = if full { Err("asked for".to_string()) } else { self.usable_state(asof, config).await? };
+        let why = if full { Err("a full recompute was asked for".to_string()) } else { self.usable_state(asof, config).await? };
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "state checked");
         match why {
             Ok(state) => {

@@ -23,16 +23,7 @@ scripts/setup.sh
 cargo build --locked --profile "$profile" --bin sellable
 bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")/sellable
 mkdir -p "$out"
-results="$out/results.tsv"
-: > "$results"
-
-# runs a stage under /usr/bin/time; appends "size stage seconds peak_kib" to the results
-stage() {
-  local size=$1 name=$2; shift 2
-  /usr/bin/time -f "%e %M" -o "$out/time" "$@" 2> "$out/$size-$name.log" || { cat "$out/$size-$name.log" >&2; exit 1; }
-  tail -1 "$out/$size-$name.log" | cut -c1-200
-  echo "$size $name $(cat "$out/time")" >> "$results"
-}
+source benchmarks/scripts/stage.sh
 
 for size in "${sizes[@]}"; do
   dir="$out/$size"

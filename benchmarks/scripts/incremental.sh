@@ -19,16 +19,7 @@ scripts/setup.sh
 cargo build --locked --profile "$profile" --bin sellable
 bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")/sellable
 rm -rf "$out" && mkdir -p "$out"
-results="$out/results.tsv"
-: > "$results"
-
-# runs a stage under /usr/bin/time; appends "history stage seconds peak_kib" to the results
-stage() {
-  local history=$1 name=$2; shift 2
-  /usr/bin/time -f "%e %M" -o "$out/time" "$@" 2> "$out/$history-$name.log" || { cat "$out/$history-$name.log" >&2; exit 1; }
-  tail -1 "$out/$history-$name.log" | cut -c1-240
-  echo "$history $name $(cat "$out/time")" >> "$results"
-}
+source benchmarks/scripts/stage.sh
 
 # about 12 events per sku per day at the generator's default rates
 skus=$((per_day / 12 + 1))
