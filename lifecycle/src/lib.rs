@@ -70,6 +70,10 @@ pub struct LifecycleConfig {
     /// How long the old epoch stays readable after a cutover, for the serving processes that
     /// follow the epochs ([`follow`]) to swap too.
     pub retire_after: Duration,
+    /// Whether a cutover's nightly job folds the events since the last one into its state
+    /// ([`Lake::nightly_incremental`]: cutoffs a whole number of days apart) instead of
+    /// recomputing every event.
+    pub incremental: bool,
 }
 
 impl LifecycleConfig {
@@ -253,6 +257,8 @@ pub struct CutoverReport {
     pub events_version: u64,
     pub position: String,
     pub elapsed: Duration,
+    /// How its nightly job was computed, when nights are incremental.
+    pub night: Option<sellable_batch::Night>,
 }
 
 /// The cutover of `serving` from `old` to the epoch of `cutoff` (the module's steps). On an
@@ -261,15 +267,20 @@ pub async fn cutover(lake: &Lake, serving: &Serving, old: EpochSpeed, config: &L
     let started = Instant::now();
     let prepared = async {
         let (pinned, position) = pin(lake, &config.stream, None).await?;
-        pinned.nightly(cutoff, config.fold, &Progress::hidden()).await?;
+        let night = if config.incremental {
+            Some(pinned.nightly_incremental(cutoff, config.fold, false, &Progress::hidden()).await?.2)
+        } else {
+            pinned.nightly(cutoff, config.fold, &Progress::hidden()).await?;
+            None
+        };
         let epoch = EpochSpeed::open(&pinned, config, &position).await?;
         if let Err(error) = epoch.wait_caught_up(config).await {
             let _ = epoch.close(config).await;
             return Err(error);
         }
-        Ok::<_, LifecycleError>((epoch, pinned.events_version().await?, position))
+        Ok::<_, LifecycleError>((epoch, pinned.events_version().await?, position, night))
     };
-    let (epoch, events_version, position) = match prepared.await {
+    let (epoch, events_version, position, night) = match prepared.await {
         Ok(prepared) => prepared,
         Err(error) => return Err((old, error)),
     };
@@ -279,7 +290,7 @@ pub async fn cutover(lake: &Lake, serving: &Serving, old: EpochSpeed, config: &L
     if let Err(error) = old.close(config).await {
         tracing::warn!(%error, from, "could not retire the old epoch");
     }
-    let report = CutoverReport { from, to: cutoff, events_version, position, elapsed: started.elapsed() };
+    let report = CutoverReport { from, to: cutoff, events_version, position, elapsed: started.elapsed(), night };
     tracing::info!(?report, "cutover done");
     Ok((epoch, report))
 }

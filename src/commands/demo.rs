@@ -64,6 +64,7 @@ async fn live(args: &DemoArgs, url: &str, lake: Lake, models: Arc<sellable_servi
         partitions: 0,
         catch_up_timeout: std::time::Duration::from_secs(600),
         retire_after: std::time::Duration::ZERO,
+        incremental: false,
     };
     forget_previous_demo(&config).await?;
     let epoch = sellable_lifecycle::start(&lake, &config).await?;

@@ -35,6 +35,8 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         catch_up_timeout: Duration::from_secs(600),
         // serving processes beside this one follow within a second
         retire_after: if args.role == Role::Batch { Duration::from_secs(3) } else { Duration::ZERO },
+        // nights a whole number of days apart fold the day into the last night's state
+        incremental: whole_days(args.nightly_every).is_some(),
     };
     match args.role {
         Role::Fold => {
@@ -203,6 +205,18 @@ async fn record_archive_lag(serving: Arc<Serving>, config: LifecycleConfig, arch
     }
 }
 
+/// `seconds` in milliseconds, if they are a whole number of days.
+fn whole_days(seconds: f64) -> Option<i64> {
+    const DAY_MS: i64 = 86_400_000;
+    let ms = (seconds * 1_000.0).round() as i64;
+    (ms > 0 && ms % DAY_MS == 0 && (seconds * 1_000.0 - ms as f64).abs() < 0.5).then_some(ms)
+}
+
+/// The latest cutoff of the grid `start + n·every` (n ≥ 1) at or before `now`, if there is one.
+fn on_grid(start: i64, now: i64, every: i64) -> Option<i64> {
+    (now >= start + every).then(|| start + (now - start) / every * every)
+}
+
 /// Every `every`, the nightly job as of now and the cutover to it; a failed cutover keeps the
 /// epoch that serves, and is tried again at the next tick. Every second in between, the epoch's
 /// speed view is checked: one that lost its catch-up mark (Redis came back empty, its stream with
@@ -230,13 +244,27 @@ fn spawn_nightly(
             } else if tokio::time::Instant::now() < next {
                 continue;
             }
+            // nights a whole number of days apart stay on the grid of the epoch's cutoff, so that
+            // each can be folded from the one before (a rebuild cuts over to now)
+            let cutoff = match whole_days(every.as_secs_f64()) {
+                Some(every) if !lost && config.incremental => match on_grid(epoch.cutoff, serving.now(), every) {
+                    Some(cutoff) => cutoff,
+                    // the wall clock is not at the grid's next cutoff yet
+                    None => continue,
+                },
+                _ => serving.now(),
+            };
             next = tokio::time::Instant::now() + every;
-            let cutoff = serving.now();
             epoch = match sellable_lifecycle::cutover(&lake, &serving, epoch, &config, cutoff).await {
                 Ok((next, report)) => {
                     serving.record_cutover(report.elapsed.as_secs_f64());
+                    let night = match &report.night {
+                        Some(sellable_batch::Night::Incremental { from }) => format!(", the night folded from {}'s", format_millis(*from)),
+                        Some(sellable_batch::Night::Full { why }) => format!(", the night recomputed: {why}"),
+                        None => String::new(),
+                    };
                     eprintln!(
-                        "run: cutover to {} in {:.1} s (events version {}, stream after {})",
+                        "run: cutover to {} in {:.1} s (events version {}, stream after {}{night})",
                         format_millis(report.to),
                         report.elapsed.as_secs_f64(),
                         report.events_version,
@@ -256,3 +284,23 @@ fn spawn_nightly(
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::{on_grid, whole_days};
+
+    #[test]
+    fn nights_a_whole_number_of_days_apart_stay_on_the_grid_of_the_first_cutoff() {
+        const DAY: i64 = 86_400_000;
+        assert_eq!(whole_days(86_400.0), Some(DAY));
+        assert_eq!(whole_days(2.0 * 86_400.0), Some(2 * DAY));
+        assert_eq!(whole_days(3_600.0), None);
+        assert_eq!(whole_days(86_400.5), None);
+        assert_eq!(whole_days(0.0), None);
+        let start = 1_767_225_600_123;
+        // a tick a little late, or a whole night late: the grid's last cutoff
+        assert_eq!(on_grid(start, start + DAY + 900, DAY), Some(start + DAY));
+        assert_eq!(on_grid(start, start + 3 * DAY - 1, DAY), Some(start + 2 * DAY));
+        // a tick whose wall clock is not there yet: none
+        assert_eq!(on_grid(start, start + DAY - 5, DAY), None);
+    }
+}

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sellable_batch::{Lake, Progress};
+use sellable_batch::{Lake, Night, Progress};
 use sellable_bench::{generate, SimConfig};
 use sellable_core::event::{encode_json, read_event_file};
 use sellable_core::{fold, Event, FoldConfig, Grade, Millis, NodeInfo};
@@ -109,6 +109,8 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
         partitions: 4,
         catch_up_timeout: Duration::from_secs(60),
         retire_after: Duration::ZERO,
+        // the two cutovers are a day apart: the second folds its night from the first's state
+        incremental: true,
     };
     let client = redis::Client::open(config.url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
@@ -183,7 +185,9 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
         }
         if chunk == 3 {
             // a crash in the middle of a cutover: the process restarts from the lake
-            let (crashing_lake, crashing_config, crashing_serving) = (lake.clone(), config.clone(), serving.clone());
+            // (a full night: the real cutover below folds its night from the first one's state)
+            let crashing_config = LifecycleConfig { incremental: false, ..config.clone() };
+            let (crashing_lake, crashing_serving) = (lake.clone(), serving.clone());
             let interrupted = tokio::spawn(async move {
                 let _ = cutover(&crashing_lake, &crashing_serving, epoch, &crashing_config, from - 3 * HOUR).await;
             });
@@ -205,6 +209,11 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
             assert_eq!(next.speed.partitions().await.unwrap(), Some(partitions));
             assert_eq!((report.to, serving.epoch().batch.asof, next.cutoff), (cutoff, cutoff, cutoff));
             assert_ne!(report.position, "0", "the archive had recorded its position");
+            // the second night, a day after the first, is folded from the state the first left
+            match chunk {
+                1 => assert!(matches!(&report.night, Some(Night::Full { why }) if why.contains("no earlier night")), "{report:?}"),
+                _ => assert_eq!(report.night, Some(Night::Incremental { from: first_cutoff + 6 * HOUR })),
+            }
             epoch = next;
             compared += check(&serving, &accepted, &nodes, &sample, to, &format!("after the cutover to {cutoff}")).await;
         }
@@ -266,6 +275,7 @@ async fn the_loop_runs_on_a_redis_cluster() {
         partitions: 0,
         catch_up_timeout: Duration::from_secs(60),
         retire_after: Duration::ZERO,
+        incremental: false,
     };
     let mut epoch = start(&lake, &config).await.unwrap();
     assert_eq!(epoch.speed.partitions().await.unwrap(), Some(sellable_speed::partitions_for(skus.len())));
