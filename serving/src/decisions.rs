@@ -88,7 +88,10 @@ impl Entry {
 
 /// An answer as the decision log keeps it.
 fn decision_record(kind: &str, request_id: &str, at: Millis, answer: &Availability) -> DecisionRecord {
-    let json = |value: serde_json::Value| value.to_string();
+    // straight to text: through a `serde_json::Value` each would be built as a tree first
+    fn json(value: &impl Serialize) -> String {
+        serde_json::to_string(value).unwrap_or_else(|error| format!("\"unencodable: {error}\""))
+    }
     let reasons: Vec<&String> = answer.reasons.iter().chain(&answer.degraded_reasons).collect();
     DecisionRecord {
         at,
@@ -100,9 +103,9 @@ fn decision_record(kind: &str, request_id: &str, at: Millis, answer: &Availabili
         decision: answer.decision.as_str().to_string(),
         units: answer.units,
         grade: answer.grade.as_str().to_string(),
-        reasons: json(serde_json::json!(reasons)),
-        options: json(serde_json::json!(answer.options)),
-        rules_fired: json(serde_json::json!(answer.rules_fired)),
+        reasons: json(&reasons),
+        options: json(&answer.options),
+        rules_fired: json(&answer.rules_fired),
         rules: answer.rules_fired.iter().map(|fired| fired.rule.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("|"),
         batch_view: answer.versions.batch_view.clone(),
         model: answer.versions.model.clone(),
