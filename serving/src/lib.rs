@@ -479,12 +479,14 @@ impl Serving {
         let (row, speed) = match read {
             SkuView::Row(row, Ok(speed)) => (row, Some(speed)),
             SkuView::Row(row, Err(problem)) => {
-                tracing::warn!(%problem, "answering without the speed view");
+                static WITHOUT_SPEED: Throttled = Throttled::new();
+                WITHOUT_SPEED.warn(&problem, "answering without the speed view");
                 grading.lower(Grade::Conservative, format!("{problem}: the batch view minus what may have left since its cutoff"));
                 (row, None)
             }
             SkuView::Nothing(problem) => {
-                tracing::warn!(%problem, "answering without the batch view or the speed view");
+                static WITHOUT_VIEWS: Throttled = Throttled::new();
+                WITHOUT_VIEWS.warn(&problem, "answering without the batch view or the speed view");
                 grading.lower(Grade::Unavailable, format!("{problem}, and this server has not read the SKU's batch view lately: nothing promised"));
                 (Arc::new(SkuRow { info: SkuInfo { sku: sku.to_string(), ..SkuInfo::default() }, ..SkuRow::default() }), None)
             }
@@ -1581,4 +1583,50 @@ fn check_rules(name: String, text: String, schema: &Schema) -> serde_json::Value
         .map(|t| serde_json::json!({ "name": t.name, "line": t.line, "passed": t.passed(), "failures": t.failures }))
         .collect();
     serde_json::json!({ "ok": loaded.ruleset.is_some(), "diagnostics": diagnostics, "tests": tests })
+}
+
+/// A warning logged at most once a second, with the number of answers it concerned since the
+/// last line: a part that fails under load would otherwise log a line per answer, and the lines
+/// would take the cores the answers need (each answer says why in its reasons, and
+/// `sellable_degraded_answers_total` counts them).
+struct Throttled {
+    /// The second of the last line, since the epoch.
+    last: std::sync::atomic::AtomicI64,
+    /// Answers since the last line.
+    since: std::sync::atomic::AtomicU64,
+}
+
+impl Throttled {
+    const fn new() -> Throttled {
+        Throttled { last: std::sync::atomic::AtomicI64::new(0), since: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn warn(&self, problem: &str, message: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.since.fetch_add(1, Relaxed);
+        let second = chrono::Utc::now().timestamp();
+        let last = self.last.load(Relaxed);
+        if second > last && self.last.compare_exchange(last, second, Relaxed, Relaxed).is_ok() {
+            let answers = self.since.swap(0, Relaxed);
+            tracing::warn!(%problem, answers, "{message}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod throttled_tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn a_warning_repeated_within_a_second_is_logged_once_then_counted() {
+        let throttled = super::Throttled::new();
+        let started = chrono::Utc::now().timestamp();
+        for _ in 0..1_000 {
+            throttled.warn("the speed view did not answer", "answering without the speed view");
+        }
+        // the first call logged (and set the second of its line); each line resets the count,
+        // so what is left is the calls after the last line: not every call logged
+        assert!(throttled.last.load(Relaxed) >= started);
+        assert!(throttled.since.load(Relaxed) > 0);
+    }
 }
