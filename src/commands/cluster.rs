@@ -34,6 +34,7 @@ pub async fn scheduler(args: &SchedulerArgs) -> Result<()> {
 pub async fn executor(args: &ExecutorArgs) -> Result<()> {
     let (host, port) = args.scheduler.rsplit_once(':').context("--scheduler is HOST:PORT")?;
     let scheduler_port = port.parse().with_context(|| format!("--scheduler {}: '{port}' is not a port", args.scheduler))?;
+    wait_for_scheduler(host, scheduler_port).await?;
     let config = ExecutorProcessConfig {
         bind_host: args.host.clone(),
         external_host: Some(args.host.clone()),
@@ -53,4 +54,23 @@ pub async fn executor(args: &ExecutorArgs) -> Result<()> {
     };
     eprintln!("ballista executor: {}:{} (Flight) and :{} (gRPC), of the scheduler {}", args.host, args.port, args.grpc_port, args.scheduler);
     start_executor_process(Arc::new(config)).await.map_err(|error| anyhow!("the executor: {error}"))
+}
+
+/// Waits up to a minute for the scheduler at `host:port` to take connections: Ballista's executor
+/// gives up at once when it finds none, and a scheduler started at the same time may not listen
+/// yet.
+async fn wait_for_scheduler(host: &str, port: u16) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut said = false;
+    while tokio::net::TcpStream::connect((host, port)).await.is_err() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            anyhow::bail!("the scheduler at {host}:{port} did not take connections within 60 s");
+        }
+        if !said {
+            eprintln!("ballista executor: waiting for the scheduler at {host}:{port}");
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    Ok(())
 }

@@ -29,16 +29,7 @@ async fn the_nightly_job_on_a_cluster_of_processes_equals_the_local_job() {
             .spawn()
             .unwrap(),
     );
-    // an executor that finds no scheduler listening exits: start it once the scheduler's port
-    // takes connections
-    for attempt in 0.. {
-        if std::net::TcpStream::connect(("127.0.0.1", scheduler_port)).is_ok() {
-            break;
-        }
-        let said = std::fs::read_to_string(dir.path().join("scheduler.log")).unwrap_or_default();
-        assert!(attempt < 300, "the scheduler did not start:\n{said}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // started together: the executor waits for the scheduler to take connections
     let (flight, grpc) = (free_port(), free_port());
     let _executor = KillOnDrop(
         Command::new(sellable)
