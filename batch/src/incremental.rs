@@ -17,12 +17,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::{Array, Int64Array, RecordBatch, RecordBatchIterator};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
-use futures::{StreamExt, TryStreamExt};
-use lance::dataset::{Dataset, InsertBuilder, WriteMode, WriteParams};
+use futures::StreamExt;
+use lance::dataset::{Dataset, InsertBuilder, WriteMode};
 use sellable_core::{FoldConfig, Millis};
 
 use crate::features::{Computed, Rows, FEATURES_SQL};
@@ -113,29 +113,40 @@ struct State {
     deltas: Dataset,
 }
 
-/// The placeholders of `incremental.sql` for a night as of `asof` after one as of `prev` (a first
-/// night: `None`), with tail starts `lateness` (at least 1h) before their cutoffs.
-fn placeholders(asof: Millis, prev: Option<Millis>, lateness: Millis, run: i64) -> Vec<(&'static str, String)> {
-    let origin = asof.rem_euclid(DAY_MS);
-    let k = (asof - origin) / DAY_MS;
-    let tail_of = |cutoff: Millis| cutoff - lateness.max(3_600_000);
-    let (prev_k, prev_tail) = match prev {
-        Some(prev) => ((prev - origin) / DAY_MS, tail_of(prev)),
-        None => (k, BEFORE_ALL),
-    };
-    vec![
-        ("asof", asof.to_string()),
-        ("k", k.to_string()),
-        ("prev_k", prev_k.to_string()),
-        ("tail", tail_of(asof).to_string()),
-        ("prev_tail", prev_tail.to_string()),
-        ("origin", origin.to_string()),
-        ("run", run.to_string()),
-    ]
+/// The values of the placeholders of `incremental.sql`.
+struct Placeholders {
+    asof: Millis,
+    /// The cutoffs' time of day: days run from it.
+    origin: Millis,
+    /// Tonight's day number (`asof` = `origin` + `k` days) and the earlier night's.
+    k: i64,
+    prev_k: i64,
+    /// The tails' starts: the cutoffs minus the lateness (at least 1 h).
+    tail: Millis,
+    prev_tail: Millis,
+    run: i64,
 }
 
-fn substituted(sql: &str, placeholders: &[(&str, String)]) -> String {
-    placeholders.iter().fold(sql.to_string(), |sql, (name, value)| sql.replace(&format!("${{{name}}}"), value))
+impl Placeholders {
+    /// For a night as of `asof` after one as of `prev` (a first night: `None`).
+    fn of(asof: Millis, prev: Option<Millis>, lateness: Millis, run: i64) -> Placeholders {
+        let origin = asof.rem_euclid(DAY_MS);
+        let k = (asof - origin) / DAY_MS;
+        let tail_of = |cutoff: Millis| cutoff - lateness.max(3_600_000);
+        let (prev_k, prev_tail) = match prev {
+            Some(prev) => ((prev - origin) / DAY_MS, tail_of(prev)),
+            None => (k, BEFORE_ALL),
+        };
+        Placeholders { asof, origin, k, prev_k, tail: tail_of(asof), prev_tail, run }
+    }
+
+    /// `sql` with them replaced.
+    fn substituted(&self, sql: &str) -> String {
+        let Placeholders { asof, origin, k, prev_k, tail, prev_tail, run } = self;
+        [("asof", asof), ("origin", origin), ("k", k), ("prev_k", prev_k), ("tail", tail), ("prev_tail", prev_tail), ("run", run)]
+            .into_iter()
+            .fold(sql.to_string(), |sql, (name, value)| sql.replace(&format!("${{{name}}}"), &value.to_string()))
+    }
 }
 
 /// A number for this run, distinct from earlier runs'.
@@ -161,23 +172,27 @@ impl Lake {
         }
         self.dataset(crate::NODES, crate::features::NEEDS_CATALOG).await?;
         let started = std::time::Instant::now();
-        let why = if full { Err("a full recompute was asked for".to_string()) } else { self.usable_state(asof, config).await? };
+        // one session for the check and the night, made after the events' version is read (as
+        // `nightly` does: the view's lineage names it)
+        let events_version = self.events_version().await?;
+        let context = &self.session().await?;
+        let why = if full { Err("a full recompute was asked for".to_string()) } else { self.usable_state(context, asof, config).await? };
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "state checked");
         match why {
             Ok(state) => {
                 let from = state.lineage.asof;
-                let (view, features) = self.fold_night(state, asof, config, progress).await?;
+                let (view, features) = self.fold_night(context, events_version, state, asof, config, progress).await?;
                 Ok((view, features, Night::Incremental { from }))
             }
             Err(why) => {
-                let (view, features) = self.full_night(asof, config, progress).await?;
+                let (view, features) = self.full_night(context, events_version, asof, config, progress).await?;
                 Ok((view, features, Night::Full { why }))
             }
         }
     }
 
     /// The stored state, if a night as of `asof` can start from it; else why not.
-    async fn usable_state(&self, asof: Millis, config: FoldConfig) -> Result<Result<State, String>, BatchError> {
+    async fn usable_state(&self, context: &SessionContext, asof: Millis, config: FoldConfig) -> Result<Result<State, String>, BatchError> {
         let Some(running) = self.existing(RUNNING).await? else {
             return Ok(Err("no earlier night left its state".into()));
         };
@@ -198,8 +213,7 @@ impl Lake {
         if self.dataset(crate::NODES, "").await?.version_id() != lineage.nodes_version {
             return Ok(Err("the node catalog changed since the state was computed".into()));
         }
-        let context = self.session().await?;
-        if self.known_rows(&context, prev, config).await? != lineage.known_rows {
+        if self.known_rows(context, prev, config).await? != lineage.known_rows {
             return Ok(Err("events that arrived by the state's cutoff were added to the lake after it was computed".into()));
         }
         let version = |name: &'static str, version: u64| async move {
@@ -232,25 +246,26 @@ impl Lake {
     /// A full night ([`Lake::nightly`]'s), then the state from scratch over the same events.
     async fn full_night(
         &self,
+        context: &SessionContext,
+        events_version: u64,
         asof: Millis,
         config: FoldConfig,
         progress: &Progress,
     ) -> Result<(BatchSummary, crate::features::FeaturesSummary), BatchError> {
-        let context = self.session().await?;
-        let (view, features, known) = self.nightly_in(&context, asof, config, progress).await?;
+        let (view, features, known) = self.nightly_in(context, events_version, asof, config, progress).await?;
         let started = std::time::Instant::now();
-        known.register_all(&context, "fresh").await?;
+        known.register_all(context, "fresh").await?;
         let schema = context.table("fresh").await?.schema().inner().clone();
-        crate::register_in_memory(&context, "tail", schema, Vec::new())?;
-        crate::register_in_memory(&context, "running", running_schema(), Vec::new())?;
-        crate::register_in_memory(&context, "old_deltas", crate::deltas_schema(), Vec::new())?;
-        register_days(&context, Vec::new(), &[]).await?;
-        crate::register_in_memory(&context, "old_feeds", feeds_schema(), Vec::new())?;
+        crate::register_in_memory(context, "tail", schema, Vec::new())?;
+        crate::register_in_memory(context, "running", running_schema(), Vec::new())?;
+        crate::register_in_memory(context, "old_deltas", crate::deltas_schema(), Vec::new())?;
+        register_days(context, Vec::new(), &[]).await?;
+        crate::register_in_memory(context, "old_feeds", feeds_schema(), Vec::new())?;
         let run = run_id();
-        let statements = crate::statements(&substituted(INCREMENTAL_SQL, &placeholders(asof, None, config.lateness_ms, run)));
-        run_statements(&context, &statements).await?;
-        let known_rows = self.known_rows(&context, asof, config).await?;
-        self.write_state(&context, asof, config, known_rows, view.deltas_version, vec![run], None).await?;
+        let statements = crate::statements(&Placeholders::of(asof, None, config.lateness_ms, run).substituted(INCREMENTAL_SQL));
+        run_statements(context, &statements).await?;
+        let known_rows = self.known_rows(context, asof, config).await?;
+        self.write_state(context, asof, config, known_rows, view.deltas_version, vec![run], None).await?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "state of the night computed from scratch");
         Ok((view, features))
     }
@@ -258,6 +273,8 @@ impl Lake {
     /// A night folded from `state`.
     async fn fold_night(
         &self,
+        context: &SessionContext,
+        events_version: u64,
         state: State,
         asof: Millis,
         config: FoldConfig,
@@ -265,53 +282,48 @@ impl Lake {
     ) -> Result<(BatchSummary, crate::features::FeaturesSummary), BatchError> {
         let bar = progress.bar("nightly (incremental)", 3);
         let started = std::time::Instant::now();
-        let events_version = self.events_version().await?;
-        let context = self.session().await?;
         let prev = state.lineage.asof;
         bar.set_message("the day's events");
         // the tail, held: every statement reads it, and it holds hours of events
-        let tail: Vec<RecordBatch> = state.tail.scan().try_into_stream().await.map_err(self.lance_error(TAIL))?.try_collect().await.map_err(self.lance_error(TAIL))?;
-        crate::register_in_memory(&context, "tail", Arc::new(Schema::from(state.tail.schema())), tail)?;
+        let tail = crate::scan(&state.tail, TAIL).await?;
+        crate::register_in_memory(context, "tail", Arc::new(Schema::from(state.tail.schema())), tail)?;
         // the rows that arrived since (copies included: they count in the lineage), then the
         // events they bring
         let day = context.sql(&crate::known_events_sql(Some(prev), asof, config)).await?;
         let schema = day.schema().inner().clone();
         let day = day.collect().await?;
         let known_rows = state.lineage.known_rows + day.iter().map(RecordBatch::num_rows).sum::<usize>() as u64;
-        crate::register_in_memory(&context, "day_known", schema, day)?;
+        crate::register_in_memory(context, "day_known", schema, day)?;
         let fresh = context.sql(&crate::fresh_events_sql()).await?;
         let schema = fresh.schema().inner().clone();
         let fresh = fresh.collect().await?;
-        crate::register_in_memory(&context, "fresh", schema, fresh)?;
+        crate::register_in_memory(context, "fresh", schema, fresh)?;
         context.deregister_table("day_known")?;
         // the state per sku×node, held: several statements read it
-        let running: Vec<RecordBatch> = state.running.scan().try_into_stream().await.map_err(self.lance_error(RUNNING))?.try_collect().await.map_err(self.lance_error(RUNNING))?;
-        crate::register_in_memory(&context, "running", Arc::new(Schema::from(state.running.schema())), running)?;
+        let running = crate::scan(&state.running, RUNNING).await?;
+        crate::register_in_memory(context, "running", Arc::new(Schema::from(state.running.schema())), running)?;
         context.register_table("old_deltas", self.table_of(crate::BATCH_DELTAS, state.deltas))?;
         context.register_table("old_feeds", self.table_of(FEEDS, state.feeds))?;
         let run = run_id();
-        let values = placeholders(asof, Some(prev), config.lateness_ms, run);
-        let (k, prev_k) = (number_of(&values, "k"), number_of(&values, "prev_k"));
+        let values = Placeholders::of(asof, Some(prev), config.lateness_ms, run);
+        let (k, prev_k) = (values.k, values.prev_k);
         // the days that leave a window tonight: of 1, 7 and 30 days
+        let days: std::collections::BTreeSet<i64> = [1, 7, 30].into_iter().flat_map(|window| prev_k - window..k - window).collect();
         let mut leaving = Vec::new();
-        for window in [1, 7, 30] {
-            for day in prev_k - window..k - window {
-                if let Some(dataset) = self.existing(&day_dataset(day)).await? {
-                    leaving.push((day, dataset));
-                }
+        for day in days {
+            if let Some(dataset) = self.existing(&day_dataset(day)).await? {
+                leaving.push((day, self.table_of(&day_dataset(day), dataset)));
             }
         }
-        leaving.sort_by_key(|(day, _)| *day);
-        leaving.dedup_by_key(|(day, _)| *day);
-        register_days(&context, leaving.into_iter().map(|(day, dataset)| (day, self.table_of(&day_dataset(day), dataset))).collect(), &state.lineage.runs).await?;
+        register_days(context, leaving, &state.lineage.runs).await?;
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "state read, the day's events selected");
         bar.inc(1);
         bar.set_message("folded");
-        let mut statements = crate::statements(&substituted(INCREMENTAL_SQL, &values));
+        let mut statements = crate::statements(&values.substituted(INCREMENTAL_SQL));
         let features_sql = crate::statements(&FEATURES_SQL.replace("${asof}", &asof.to_string()));
         statements.extend(features_sql.iter().rev().take(2).rev().cloned());
         let last = statements.pop().unwrap_or_default();
-        run_statements(&context, &statements).await?;
+        run_statements(context, &statements).await?;
         let rows = context.sql(&last).await?.collect().await?;
         let (view, features) = crate::features::converted(&rows, asof)?;
         let deltas = context.table("deltas").await?.collect().await?;
@@ -324,7 +336,7 @@ impl Lake {
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "batch view and features written");
         let mut runs = state.lineage.runs.clone();
         runs.push(run);
-        self.write_state(&context, asof, config, known_rows, view.deltas_version, runs, Some((prev_k, k))).await?;
+        self.write_state(context, asof, config, known_rows, view.deltas_version, runs, Some((prev_k, k))).await?;
         bar.inc(1);
         bar.finish();
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), "incremental night");
@@ -347,17 +359,17 @@ impl Lake {
     ) -> Result<(), BatchError> {
         let rows = context.sql("SELECT * FROM days_next ORDER BY day").await?.collect().await?;
         for (day, batch) in by_day(&rows)? {
-            let batch = conformed(&batch, &days_schema()).map_err(|error| BatchError::Corrupt { dataset: day_dataset(day), message: error.to_string() })?;
+            let batch = crate::conformed(&batch, &days_schema(), &day_dataset(day))?;
             self.write(&day_dataset(day), RecordBatchIterator::new(vec![Ok(batch)], days_schema()), WriteMode::Append).await?;
         }
         let tail = context.sql("SELECT * FROM tail_next").await?.execute_stream().await?;
         let tail_version = self.write_stream(TAIL, tail, None).await?;
         let feeds = context.sql("SELECT * FROM feeds").await?.execute_stream().await?;
-        let feeds_version = self.write_stream(FEEDS, conformed_stream(feeds, feeds_schema()), None).await?;
+        let feeds_version = self.write_stream(FEEDS, conformed_stream(feeds, feeds_schema(), FEEDS), None).await?;
         let nodes_version = self.dataset(crate::NODES, "").await?.version_id();
         let lineage = StateLineage { asof, lateness_ms: config.lateness_ms, known_rows, nodes_version, tail_version, feeds_version, deltas_version, runs };
         let running = context.sql("SELECT * FROM running_next").await?.execute_stream().await?;
-        self.write_stream(RUNNING, conformed_stream(running, running_schema()), Some(lineage.to_properties())).await?;
+        self.write_stream(RUNNING, conformed_stream(running, running_schema(), RUNNING), Some(lineage.to_properties())).await?;
         if let Some((prev_k, k)) = days {
             let mut expired = Vec::new();
             for day in prev_k - 30..k - 30 {
@@ -373,30 +385,18 @@ impl Lake {
     /// Writes `rows` as a new version of the dataset `name` (replacing what it held), recording
     /// `properties` in its commit; gives the version.
     async fn write_stream(&self, name: &str, rows: SendableRecordBatchStream, properties: Option<HashMap<String, String>>) -> Result<u64, BatchError> {
-        let mode = if self.existing(name).await?.is_some() { WriteMode::Overwrite } else { WriteMode::Create };
-        let params = WriteParams { mode, transaction_properties: properties.map(Arc::new), store_params: self.store_params(), ..WriteParams::default() };
+        let params = self.write_params(name, WriteMode::Overwrite, properties).await?;
         let dataset = InsertBuilder::new(self.uri(name).as_str()).with_params(&params).execute_stream(rows).await.map_err(self.lance_error(name))?;
         Ok(dataset.version_id())
     }
 }
 
-/// `batch`'s columns of `schema`'s names, cast to its types.
-fn conformed(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|field| {
-            let column = batch.column_by_name(field.name()).ok_or_else(|| ArrowError::SchemaError(format!("no column {}", field.name())))?;
-            arrow_cast::cast(column, field.data_type())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema.clone(), columns)
-}
-
-/// `rows` [`conformed`] to `schema`.
-fn conformed_stream(rows: SendableRecordBatchStream, schema: SchemaRef) -> SendableRecordBatchStream {
+/// `rows` [`crate::conformed`] to `schema` (the rows of the state's `dataset`).
+fn conformed_stream(rows: SendableRecordBatchStream, schema: SchemaRef, dataset: &'static str) -> SendableRecordBatchStream {
     let target = schema.clone();
-    let rows = rows.map(move |batch| batch.and_then(|batch| conformed(&batch, &target).map_err(Into::into)));
+    let rows = rows.map(move |batch| {
+        batch.and_then(|batch| crate::conformed(&batch, &target, dataset).map_err(|error| datafusion::error::DataFusionError::External(Box::new(error))))
+    });
     Box::pin(RecordBatchStreamAdapter::new(schema, rows))
 }
 
@@ -409,10 +409,6 @@ async fn run_statements(context: &SessionContext, statements: &[String]) -> Resu
         tracing::debug!(statement = part + 1, table, seconds = started.elapsed().as_secs_f64(), "incremental.sql");
     }
     Ok(())
-}
-
-fn number_of(values: &[(&str, String)], name: &str) -> i64 {
-    values.iter().find(|(key, _)| *key == name).and_then(|(_, value)| value.parse().ok()).expect("a numeric placeholder")
 }
 
 /// Registers `old_days` and `old_feed_days`: the rows of `days` (their day datasets) written by

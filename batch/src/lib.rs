@@ -367,11 +367,16 @@ impl Lake {
         mode: WriteMode,
         properties: Option<std::collections::HashMap<String, String>>,
     ) -> Result<u64, BatchError> {
-        // Append and overwrite create a missing dataset anyway; say so instead of being warned.
-        let mode = if self.existing(name).await?.is_some() { mode } else { WriteMode::Create };
-        let params = WriteParams { mode, transaction_properties: properties.map(Arc::new), store_params: self.store_params(), ..WriteParams::default() };
+        let params = self.write_params(name, mode, properties).await?;
         let dataset = Dataset::write(reader, self.uri(name).as_str(), Some(params)).await.map_err(self.lance_error(name))?;
         Ok(dataset.version_id())
+    }
+
+    /// How to write the dataset `name` in `mode`, recording `properties` in the commit.
+    async fn write_params(&self, name: &str, mode: WriteMode, properties: Option<std::collections::HashMap<String, String>>) -> Result<WriteParams, BatchError> {
+        // Append and overwrite create a missing dataset anyway; say so instead of being warned.
+        let mode = if self.existing(name).await?.is_some() { mode } else { WriteMode::Create };
+        Ok(WriteParams { mode, transaction_properties: properties.map(Arc::new), store_params: self.store_params(), ..WriteParams::default() })
     }
 
     /// Appends events as one new version of `events`. Bad events are skipped and reported; if
@@ -720,21 +725,23 @@ impl Lake {
     /// lake's events (they are deduplicated and materialised once for both).
     pub async fn nightly(&self, asof: Millis, config: FoldConfig, progress: &Progress) -> Result<(BatchSummary, features::FeaturesSummary), BatchError> {
         self.dataset(NODES, features::NEEDS_CATALOG).await?;
+        let events_version = self.events_version().await?;
         let context = self.session().await?;
-        let (view, features, _) = self.nightly_in(&context, asof, config, progress).await?;
+        let (view, features, _) = self.nightly_in(&context, events_version, asof, config, progress).await?;
         Ok((view, features))
     }
 
-    /// [`Lake::nightly`] in `context`; also gives the events known at `asof` it computed from.
+    /// [`Lake::nightly`] in `context`, whose events are `events_version` or newer (read before
+    /// the session was made); also gives the events known at `asof` it computed from.
     async fn nightly_in(
         &self,
         context: &SessionContext,
+        events_version: u64,
         asof: Millis,
         config: FoldConfig,
         progress: &Progress,
     ) -> Result<(BatchSummary, features::FeaturesSummary, shares::Known), BatchError> {
         let bar = progress.bar("nightly", 3);
-        let events_version = self.events_version().await?;
         bar.set_message("events known at the cutoff");
         let known = self.known_events(context, asof, config).await?;
         bar.inc(1);
@@ -1111,6 +1118,18 @@ fn deltas_schema() -> SchemaRef {
         Field::new("event_id", DataType::Utf8, false),
         Field::new("delta", DataType::Int64, false),
     ]))
+}
+
+/// `batch`'s columns of `schema`'s names, cast to its types (a query may give other types: string
+/// views, other integer widths), as rows of `dataset`.
+fn conformed(batch: &RecordBatch, schema: &SchemaRef, dataset: &str) -> Result<RecordBatch, BatchError> {
+    let corrupt = |error: ArrowError| BatchError::Corrupt { dataset: dataset.into(), message: error.to_string() };
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| arrow_cast::cast(column(batch, field.name(), dataset)?, field.data_type()).map_err(corrupt))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns).map_err(corrupt)
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str, dataset: &str) -> Result<&'a ArrayRef, BatchError> {

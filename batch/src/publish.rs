@@ -182,14 +182,7 @@ impl<T> Cursor<T> {
 
 fn decode_skus(batch: &RecordBatch) -> Result<Vec<SkuInfo>, BatchError> {
     // the catalog's own types (a query may read strings as views)
-    let schema = sku_schema();
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|field| arrow_cast::cast(crate::column(batch, field.name(), SKUS)?, field.data_type()).map_err(|e| BatchError::Corrupt { dataset: SKUS.into(), message: e.to_string() }))
-        .collect::<Result<_, _>>()?;
-    let batch = RecordBatch::try_new(schema, columns).map_err(|e| BatchError::Corrupt { dataset: SKUS.into(), message: e.to_string() })?;
-    Ok(skus_from_batch(&batch)?)
+    Ok(skus_from_batch(&crate::conformed(batch, &sku_schema(), SKUS)?)?)
 }
 
 fn decode_view(batch: &RecordBatch) -> Result<Vec<ViewRow>, BatchError> {

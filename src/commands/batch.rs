@@ -45,20 +45,10 @@ async fn incremental(lake: &Lake, asof: Millis, config: FoldConfig, full: bool) 
         .await
         .with_context(|| format!("computing the batch view and features as of {}", format_millis(asof)))?;
     let how = match night {
-        sellable_batch::Night::Incremental { from } => format!("folded the events that arrived since {}", format_millis(from)),
-        sellable_batch::Night::Full { why } => format!("recomputed from every event: {why}"),
+        sellable_batch::Night::Incremental { from } => format!(", folded the events that arrived since {}", format_millis(from)),
+        sellable_batch::Night::Full { why } => format!(", recomputed from every event: {why}"),
     };
-    eprintln!(
-        "batch: view as of {} of {} sku×nodes ({} on-hand deltas after their last count), {} feature rows, in {:.1} s, {how} \
-         -> batch_view version {}, features version {}",
-        format_millis(view.asof),
-        view.sku_nodes,
-        view.deltas,
-        features.rows,
-        started.elapsed().as_secs_f64(),
-        view.version,
-        features.version
-    );
+    report(&view, &features, started, &how);
     Ok(())
 }
 
@@ -69,20 +59,24 @@ pub async fn nightly(lake: &Lake, asof: Millis, config: FoldConfig) -> Result<()
         .nightly(asof, config, &Progress::stderr())
         .await
         .with_context(|| format!("computing the batch view and features as of {}", format_millis(asof)))?;
+    let shares = format!(" ({} {} of the nodes)", view.shares, if view.shares == 1 { "share" } else { "shares" });
+    report(&view, &features, started, &shares);
+    Ok(())
+}
+
+/// What a nightly job wrote, in one line; `how` follows its time.
+fn report(view: &sellable_batch::BatchSummary, features: &sellable_batch::features::FeaturesSummary, started: std::time::Instant, how: &str) {
     eprintln!(
-        "batch: view as of {} of {} sku×nodes ({} on-hand deltas after their last count), {} feature rows, in {:.1} s \
-         ({} {} of the nodes) -> batch_view version {}, features version {}",
+        "batch: view as of {} of {} sku×nodes ({} on-hand deltas after their last count), {} feature rows, in {:.1} s{how} \
+         -> batch_view version {}, features version {}",
         format_millis(view.asof),
         view.sku_nodes,
         view.deltas,
         features.rows,
         started.elapsed().as_secs_f64(),
-        view.shares,
-        if view.shares == 1 { "share" } else { "shares" },
         view.version,
         features.version
     );
-    Ok(())
 }
 
 pub async fn features(lake: &Lake, cutoffs: &[Millis], config: FoldConfig) -> Result<()> {
