@@ -332,6 +332,10 @@ pub struct SimArgs {
     /// Mean orders per SKU per day (before popularity, daily cycle and bursts).
     #[arg(long, default_value_t = 6.0)]
     pub orders_per_sku_day: f64,
+    /// How many times the base rate demand runs at during its random bursts (10 minutes to an
+    /// hour, every 6 hours to 2 days): tens for flash sales. Stock levels scale with it past 5.
+    #[arg(long, default_value_t = 5.0)]
+    pub burst_factor: f64,
 }
 
 #[derive(Args)]

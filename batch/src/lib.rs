@@ -1235,6 +1235,8 @@ impl ViewColumns {
             held: optional(&self.held).unwrap_or(0),
             last_event_ts: optional(&self.last_ts),
             last_arrived: optional(&self.last_arrived),
+            // recent demand is the speed view's: it restarts at each cutoff
+            demand: BTreeMap::new(),
         })
     }
 }

@@ -71,6 +71,24 @@ struct Views<'a> {
     speed: &'a Fold,
 }
 
+/// The cutoff whose epoch the replay is in: serving's speed view starts again at each cutoff, so
+/// its recent demand ([`NodeState::demand`]) holds only the events that arrived after the
+/// cutoff; the replay forgets its demand there too.
+struct Epoch<'a> {
+    cutoffs: &'a [Millis],
+    current: Millis,
+}
+
+impl Epoch<'_> {
+    /// Moves to the epoch of the last cutoff before `at`, if it is a later one.
+    fn enter(&mut self, at: Millis, speed: &mut Fold) {
+        if let Some(cutoff) = self.cutoffs.iter().rev().find(|cutoff| **cutoff < at).filter(|cutoff| **cutoff > self.current) {
+            self.current = *cutoff;
+            speed.states.values_mut().for_each(|state| state.demand.clear());
+        }
+    }
+}
+
 /// The code version stamped on training sets: changes whenever a feature definition does.
 pub fn code_version() -> String {
     // FNV-1a: stable across builds and platforms
@@ -128,6 +146,7 @@ impl Lake {
         let mut batch_features = BatchFeatures::default();
         let mut rows = Vec::with_capacity(orders.len());
         let mut pending = orders.into_iter().peekable();
+        let mut epoch = Epoch { cutoffs: &cutoffs, current: start };
         let (mut scanned, mut replayed) = (0u64, 0u64);
         while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -144,14 +163,17 @@ impl Lake {
                 // every order decided before this event arrived is answered now
                 while let Some(order) = pending.next_if(|order| !known_before_decision(&event, order.ts)) {
                     bar.inc(1);
+                    epoch.enter(order.ts, &mut speed);
                     let views = Views { cutoffs: &cutoffs, base: &base, speed: &speed };
                     rows.extend(self.row_for(order, views, &mut batch_features, &mut summary).await?);
                 }
+                epoch.enter(event.arrival(), &mut speed);
                 speed.apply(&event);
             }
         }
         for order in pending {
             bar.inc(1);
+            epoch.enter(order.ts, &mut speed);
             let views = Views { cutoffs: &cutoffs, base: &base, speed: &speed };
             rows.extend(self.row_for(order, views, &mut batch_features, &mut summary).await?);
         }

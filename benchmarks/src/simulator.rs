@@ -3,7 +3,8 @@
 //!
 //! What it models, and why each piece is there:
 //! - **Demand**: Zipf-like popularity over SKUs, a daily cycle and random bursts (several times the
-//!   base rate for up to an hour). Orders reserve at the node with the most recorded ATP.
+//!   base rate for up to an hour; tens of times for a flash sale, `burst_factor`, with stock
+//!   levels planned for it). Orders reserve at the node with the most recorded ATP.
 //! - **Truth vs records**: every sku×node has a true physical stock and the stock its events
 //!   imply. Hidden shrink makes units vanish without an event; sellers may over-report in feeds.
 //!   When a pick finds fewer units than reserved the order ends in `short` (an oversell) and the
@@ -40,6 +41,9 @@ const MINUTE: Millis = 60 * SECOND;
 const HOUR: Millis = 60 * MINUTE;
 const DAY: Millis = 24 * HOUR;
 
+/// How many units a flash sale's cached availability lags the checkouts by.
+const FLASH_SALE_LAG_UNITS: i64 = 4;
+
 /// 2026-01-01T00:00:00Z: the default start, so a seed alone fixes the output.
 pub const DEFAULT_START: Millis = 1_767_225_600_000;
 
@@ -52,6 +56,8 @@ pub struct SimConfig {
     pub start: Millis,
     /// Mean orders per SKU per day before popularity, cycle and bursts.
     pub orders_per_sku_day: f64,
+    /// How many times the base rate demand runs at during a burst (a flash sale: tens).
+    pub burst_factor: f64,
     pub show_progress: bool,
 }
 
@@ -64,8 +70,17 @@ impl Default for SimConfig {
             days: 7.0,
             start: DEFAULT_START,
             orders_per_sku_day: 6.0,
+            burst_factor: 5.0,
             show_progress: false,
         }
+    }
+}
+
+impl SimConfig {
+    /// Units stocked for a level drawn for the default bursts: stock is planned for the demand a
+    /// burst brings, so it scales with the burst factor past the default's.
+    fn stocked(&self, units: i64) -> i64 {
+        (units as f64 * (self.burst_factor / 20.0).max(1.0)).round() as i64
     }
 }
 
@@ -266,6 +281,10 @@ pub fn generate(config: &SimConfig, dir: &Path) -> Result<SimSummary, SimError> 
             config.skus, config.nodes, config.days
         )));
     }
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    if !(config.burst_factor >= 1.0 && config.burst_factor <= 1000.0) {
+        return Err(SimError::Config(format!("the burst factor must be from 1 to 1000, got {}", config.burst_factor)));
+    }
     std::fs::create_dir_all(dir).map_err(|source| SimError::Io { path: dir.to_path_buf(), source })?;
     let paths = SimPaths::in_dir(dir);
     let mut simulator = Simulator::new(config.clone(), &paths)?;
@@ -296,7 +315,7 @@ impl Simulator {
             }
             chosen.sort();
             for node in chosen {
-                let truth = rng.gen_range(0..25);
+                let truth = config.stocked(rng.gen_range(0..25));
                 sku_pairs.push(pairs.len());
                 pairs.push(Pair { sku, node, truth, recorded: truth, reserved: 0, held: 0, replenishing: false });
             }
@@ -444,7 +463,7 @@ impl Simulator {
         let base = self.config.orders_per_sku_day * self.config.skus as f64 / DAY as f64;
         let hour = ((at % DAY) / HOUR) as f64;
         let cycle = 1.0 + 0.6 * ((hour - 14.0) / 24.0 * std::f64::consts::TAU).cos();
-        let burst = if at < self.burst_until { 5.0 } else { 1.0 };
+        let burst = if at < self.burst_until { self.config.burst_factor } else { 1.0 };
         base * cycle * burst
     }
 
@@ -550,10 +569,13 @@ impl Simulator {
             80..=94 => 2,
             _ => 3,
         };
-        // The naive engine: reserve where the recorded ATP is largest.
+        // The naive engine: reserve where the recorded ATP is largest. In a flash sale (a burst
+        // past the default factor) its cached availability lags the checkouts by a few units,
+        // so it takes orders the last units cannot serve.
+        let lag = if at < self.burst_until && self.config.burst_factor > SimConfig::default().burst_factor { FLASH_SALE_LAG_UNITS } else { 0 };
         let Some(&pair) = self.pairs_of_sku[sku]
             .iter()
-            .filter(|&&pair| self.pairs[pair].recorded_atp() >= qty)
+            .filter(|&&pair| self.pairs[pair].recorded_atp() + lag >= qty)
             .max_by_key(|&&pair| (self.pairs[pair].recorded_atp(), Reverse(pair)))
         else {
             return;
@@ -577,7 +599,7 @@ impl Simulator {
         if state.replenishing || state.recorded_atp() > 3 {
             return;
         }
-        let target = self.rng.gen_range(10..40);
+        let target = self.config.stocked(self.rng.gen_range(10..40));
         let qty = (target - state.recorded_atp()).max(1);
         self.pairs[pair].replenishing = true;
         let lead = self.rng.gen_range(6 * HOUR..3 * DAY);

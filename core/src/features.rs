@@ -55,7 +55,7 @@ pub const BATCH: [&str; 35] = [
 ];
 
 /// The real-time features, in vector order, computed by [`realtime`].
-pub const REALTIME: [&str; 12] = [
+pub const REALTIME: [&str; 14] = [
     "order_qty",
     "atp_now",
     "on_hand_now",
@@ -68,6 +68,8 @@ pub const REALTIME: [&str; 12] = [
     "deltas_since_anchor",
     "hour_of_day",
     "day_of_week",
+    "velocity_5m",
+    "velocity_1h",
 ];
 
 /// Every feature name, in vector order.
@@ -105,6 +107,8 @@ pub fn realtime(state: Option<&NodeState>, qty: i64, now: Millis) -> [f64; REALT
         (now.rem_euclid(86_400_000) / 3_600_000) as f64,
         // 1970-01-01 was a Thursday: 0 = Monday
         ((day + 3).rem_euclid(7)) as f64,
+        state.demand(now, 5) as f64,
+        state.demand(now, 60) as f64,
     ]
 }
 

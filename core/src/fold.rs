@@ -10,6 +10,10 @@
 //! they arrive in. So a [`NodeState`] keeps the latest absolute reading (its *anchor*, ordered by
 //! `(ts, event_id)`) and every on-hand delta ordered after it. Such states also merge exactly
 //! ([`NodeState::merge`]), which is how serving combines the batch view with the speed view.
+//!
+//! Recent demand (reserve units by minute of event time) is a sum too; it is kept for the hour
+//! before the newest arrival only, and since that arrival only grows, trimming to it gives the
+//! same buckets in any order of arrival.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -78,7 +82,17 @@ pub struct NodeState {
     /// Latest event time seen, and latest arrival time seen.
     pub last_event_ts: Option<Millis>,
     pub last_arrived: Option<Millis>,
+    /// Reserve units by minute of event time (`ts` div one minute), for the [`DEMAND_MINUTES`]
+    /// minutes up to the newest arrival's: the node's recent demand ([`NodeState::demand`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub demand: BTreeMap<Millis, i64>,
 }
+
+/// One minute, in milliseconds: the width of a demand bucket.
+pub const MINUTE: Millis = 60_000;
+/// How many minutes of demand a [`NodeState`] keeps: enough for the last hour at any decision
+/// time after its newest arrival.
+pub const DEMAND_MINUTES: i64 = 60;
 
 impl NodeState {
     /// Applies one event. The caller deduplicates by `event_id` ([`Fold`] does).
@@ -94,6 +108,27 @@ impl NodeState {
         } else if change.on_hand != 0 && self.is_after_anchor(&key) {
             self.deltas.insert(key, change.on_hand);
         }
+        if event.kind == EventKind::Reserve {
+            *self.demand.entry(event.ts.div_euclid(MINUTE)).or_default() += event.qty;
+        }
+        self.trim_demand();
+    }
+
+    /// Forgets the demand of minutes before the last hour up to the newest arrival.
+    fn trim_demand(&mut self) {
+        if let (Some(arrived), Some(first)) = (self.last_arrived, self.demand.keys().next()) {
+            let floor = arrived.div_euclid(MINUTE) - (DEMAND_MINUTES - 1);
+            if *first < floor {
+                self.demand = self.demand.split_off(&floor);
+            }
+        }
+    }
+
+    /// Units reserved at the node in the minute of `now` and the `minutes - 1` minutes before it
+    /// (by event time; at most [`DEMAND_MINUTES`]): `velocity_5m` and `velocity_1h`.
+    pub fn demand(&self, now: Millis, minutes: i64) -> i64 {
+        let last = now.div_euclid(MINUTE);
+        self.demand.range(last - (minutes.clamp(1, DEMAND_MINUTES) - 1)..=last).map(|(_, units)| units).sum()
     }
 
     fn is_after_anchor(&self, key: &EventKey) -> bool {
@@ -132,12 +167,17 @@ impl NodeState {
             held: self.held + other.held,
             last_event_ts: self.last_event_ts.max(other.last_event_ts),
             last_arrived: self.last_arrived.max(other.last_arrived),
+            demand: self.demand.clone(),
         };
         for (key, delta) in self.deltas.iter().chain(&other.deltas) {
             if merged.is_after_anchor(key) {
                 merged.deltas.insert(key.clone(), *delta);
             }
         }
+        for (minute, units) in &other.demand {
+            *merged.demand.entry(*minute).or_default() += units;
+        }
+        merged.trim_demand();
         merged
     }
 }
@@ -397,14 +437,15 @@ mod tests {
         prop::sample::select(EventKind::ALL.to_vec())
     }
 
-    /// Streams with few distinct timestamps, so ties in `ts` (broken by `event_id`) are common.
+    /// Streams with few distinct timestamps, so ties in `ts` (broken by `event_id`) are common,
+    /// spread over more than two hours, so demand older than the last hour is forgotten.
     fn arb_events() -> impl Strategy<Value = Vec<Event>> {
         prop::collection::vec((0..20i64, 0..2u8, arb_kind(), 0..10i64), 0..40).prop_map(|rows| {
             rows.into_iter()
                 .enumerate()
                 .map(|(id, (ts, node, kind, qty))| {
                     let qty = if kind == EventKind::Adjust { qty - 5 } else { qty };
-                    event(id as u32, ts, node, kind, qty)
+                    event(id as u32, ts * 7 * MINUTE + ts % 3, node, kind, qty)
                 })
                 .collect()
         })
@@ -426,6 +467,22 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn demand_matches_event_time_definition(events in arb_events(), after in 0..90 * MINUTE, minutes in 1..=DEMAND_MINUTES) {
+            let folded = states(&events);
+            for ((_, node), state) in &folded {
+                let now = state.last_arrived.unwrap() + after;
+                let last = now.div_euclid(MINUTE);
+                let expected: i64 = events
+                    .iter()
+                    .filter(|e| &e.node == node && e.kind == EventKind::Reserve)
+                    .filter(|e| (last - minutes + 1..=last).contains(&e.ts.div_euclid(MINUTE)))
+                    .map(|e| e.qty)
+                    .sum();
+                prop_assert_eq!(state.demand(now, minutes), expected);
+            }
+        }
+
         #[test]
         fn fold_is_insensitive_to_arrival_order(events in arb_events(), seed in any::<u64>()) {
             let mut shuffled = events.clone();

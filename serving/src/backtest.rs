@@ -90,7 +90,8 @@ impl Serving {
         let ruleset = self.rules.current();
         let names = sellable_core::features::names();
         let position = |name: &str| names.iter().position(|n| *n == name).expect("a real-time feature of core; this is a bug");
-        let [atp, on_hand, reserved, held, since_event] = ["atp_now", "on_hand_now", "reserved_now", "held_now", "hours_since_event_now"].map(position);
+        let [atp, on_hand, reserved, held, since_event, velocity_5m, velocity_1h] =
+            ["atp_now", "on_hand_now", "reserved_now", "held_now", "hours_since_event_now", "velocity_5m", "velocity_1h"].map(position);
         let mut rows = Vec::with_capacity(orders.len());
         let mut summary = BacktestSummary { safety_stock, ..BacktestSummary::default() };
         for order in orders {
@@ -105,6 +106,8 @@ impl Serving {
                 reserved: value(reserved) as i64,
                 held: value(held) as i64,
                 feed_lag_s: hours_since_event.is_finite().then_some(hours_since_event * 3600.0),
+                velocity_5m: value(velocity_5m) as i64,
+                velocity_1h: value(velocity_1h) as i64,
                 p_fulfill: model.map(|model| model.p_fulfill(&order.features)),
                 margin: 0,
             };

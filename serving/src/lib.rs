@@ -713,7 +713,7 @@ impl Serving {
         decision
     }
 
-    /// The facts rules see for one node. Unknown facts (no model score, no demand features yet)
+    /// The facts rules see for one node. Unknown facts (no model score, no feed lag)
     /// stay unset: rules that need them do not fire, and `require` denies.
     #[allow(clippy::too_many_arguments)]
     fn facts(&self, ruleset: &RuleSet, sku: Option<&SkuInfo>, region: &str, qty: i64, node: &NodeInfo, numbers: &NodeFacts) -> Facts {
@@ -752,6 +752,8 @@ impl Serving {
         set("on_hand", Value::Number(numbers.on_hand as f64));
         set("reserved", Value::Number(numbers.reserved as f64));
         set("held", Value::Number(numbers.held as f64));
+        set("velocity_5m", Value::Number(numbers.velocity_5m as f64));
+        set("velocity_1h", Value::Number(numbers.velocity_1h as f64));
         for (slot, value) in sku.map(|info| attribute_facts(info, schema)).into_iter().flatten() {
             facts.set(slot, value);
         }
@@ -906,6 +908,9 @@ pub struct NodeFacts {
     pub held: i64,
     /// Seconds since the node's newest event arrived.
     pub feed_lag_s: Option<f64>,
+    /// Units reserved at the node in the last 5 minutes and the last hour, by event time.
+    pub velocity_5m: i64,
+    pub velocity_1h: i64,
     pub p_fulfill: Option<f64>,
     /// Units held back before the model and the rules: the static safety stock while no model
     /// is live, and the margin of a batch view older than expected.
@@ -920,6 +925,8 @@ impl NodeFacts {
             reserved: state.reserved,
             held: state.held,
             feed_lag_s: state.last_arrived.map(|arrived| (now - arrived) as f64 / 1000.0),
+            velocity_5m: state.demand(now, 5),
+            velocity_1h: state.demand(now, 60),
             p_fulfill: None,
             margin: 0,
         }

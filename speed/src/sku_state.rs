@@ -2,26 +2,27 @@
 //! when a dedup window bounds them, the SKU's folded event ids ([`SeenIds`]). One value per SKU,
 //! in a compact binary encoding, so one fold writes a SKU with one hash field whatever it did.
 //!
-//! Encoding, version 3 (integers as LEB128 varints, signed ones zigzagged; a string as its
+//! Encoding, version 4 (integers as LEB128 varints, signed ones zigzagged; a string as its
 //! length then its UTF-8 bytes; an id as the length of the prefix it shares with the id before
 //! it, then the rest as a string; every time as its difference to `base`, a delta's time to the
 //! delta's before it; every operation wrapping, so any `i64` comes back as it was):
-//! version byte `3`; `base`; presence flags (bit 0: `newest`) and `newest`; node count, then per
+//! version byte `4`; `base`; presence flags (bit 0: `newest`) and `newest`; node count, then per
 //! node its name, `reserved`, `held`, presence flags (bit 0 `last_ts`, bit 1 `last_arrived`,
 //! bit 2 anchor), those present, the anchor as `ts`, `event_id`, `qty` and kind (its index in
-//! [`EventKind::ALL`]), then the delta count and per delta `ts`, `event_id` and the delta; last
-//! the id count and per id (in order) the id, its arrival and its content's print
+//! [`EventKind::ALL`]), then the delta count and per delta `ts`, `event_id` and the delta, then
+//! the demand's minute count and per minute the minute (as its difference to the one before, the
+//! first to `base`'s minute) and the units; last the id count and per id (in order) the id, its arrival and its content's print
 //! ([`Event::print`], 4 bytes little-endian). About two fifths of version 1's size (113 against
-//! 288 bytes per SKU on `speed.sh`'s workload), which a write sends whole. Versions 2 (the same
-//! without prints: read as prints not known) and 1 (fixed-width little-endian integers, `u32`
+//! 288 bytes per SKU on `speed.sh`'s workload), which a write sends whole. Versions 3 (the same
+//! without demand: read as none), 2 (without demand or prints: read as prints not known) and 1 (fixed-width little-endian integers, `u32`
 //! lengths, the kind by name) are still read.
 
 use std::collections::BTreeMap;
 
-use sellable_core::fold::{Anchor, EventKey, UNKNOWN_PRINT};
+use sellable_core::fold::{Anchor, EventKey, MINUTE, UNKNOWN_PRINT};
 use sellable_core::{Event, EventKind, FoldConfig, Millis, NodeState, Outcome, SeenIds, SkuInfo, SkuRow};
 
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SkuState {
@@ -87,6 +88,13 @@ impl SkuState {
                 out.id(&key.event_id);
                 out.signed(*delta);
             }
+            out.unsigned(state.demand.len() as u64);
+            let mut previous = base.div_euclid(MINUTE);
+            for (minute, units) in &state.demand {
+                out.signed(minute.wrapping_sub(previous));
+                previous = *minute;
+                out.signed(*units);
+            }
         }
         out.unsigned(ids.len() as u64);
         for (id, (arrived, print)) in ids {
@@ -105,8 +113,9 @@ impl SkuState {
         let mut reader = Reader { bytes, at: 1, base: 0, last_id: Vec::new() };
         let state = match bytes[0] {
             1 => reader.version_1()?,
-            2 => reader.varints(false)?,
-            VERSION => reader.varints(true)?,
+            2 => reader.varints(false, false)?,
+            3 => reader.varints(true, false)?,
+            VERSION => reader.varints(true, true)?,
             version => return Err(format!("unknown encoding version {version} (this build reads 1 to {VERSION})")),
         };
         if reader.at != bytes.len() {
@@ -229,8 +238,8 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// Versions 2 and 3 (`prints`: the ids carry their prints).
-    fn varints(&mut self, prints: bool) -> Result<SkuState, String> {
+    /// Versions 2 to 4 (`prints`: the ids carry their prints; `demand`: the nodes their demand).
+    fn varints(&mut self, prints: bool, demand: bool) -> Result<SkuState, String> {
         let mut state = SkuState::default();
         self.base = self.signed()?;
         let [newest] = self.flags()?;
@@ -254,6 +263,12 @@ impl Reader<'_> {
                 previous = ts;
                 let key = EventKey { ts, event_id: self.id()? };
                 node_state.deltas.insert(key, self.signed()?);
+            }
+            let mut previous = self.base.div_euclid(MINUTE);
+            for _ in 0..if demand { self.unsigned()? } else { 0 } {
+                let minute = previous.wrapping_add(self.signed()?);
+                previous = minute;
+                node_state.demand.insert(minute, self.signed()?);
             }
             state.nodes.insert(node, node_state);
         }
@@ -483,6 +498,7 @@ mod tests {
             held: -7,
             last_event_ts: Some(Millis::MIN),
             last_arrived: None,
+            demand: [(Millis::MIN, i64::MAX), (-1, -3), (Millis::MAX, i64::MIN)].into(),
         };
         let mut state = SkuState::default();
         // "é" and "ê" share their first UTF-8 byte
@@ -516,10 +532,12 @@ mod tests {
         one.extend_from_slice(&0u32.to_le_bytes());
         one.extend_from_slice(&0u32.to_le_bytes());
         let read = SkuState::decode(&one).unwrap();
-        assert_eq!(read.nodes.into_iter().collect::<Vec<_>>(), vec![("N2".to_string(), state.nodes["N2"].clone())]);
+        // version 1 knew no demand
+        let n2 = NodeState { demand: BTreeMap::new(), ..state.nodes["N2"].clone() };
+        assert_eq!(read.nodes.into_iter().collect::<Vec<_>>(), vec![("N2".to_string(), n2)]);
         let two = state.encode(None);
         assert_eq!(two[0], VERSION);
-        assert!(two.len() < 70, "{} bytes", two.len());
+        assert!(two.len() < 75, "{} bytes", two.len());
     }
 
     #[test]

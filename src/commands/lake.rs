@@ -25,6 +25,7 @@ pub fn sim_config(args: &SimArgs, start: Millis) -> SimConfig {
         days: args.days,
         start,
         orders_per_sku_day: args.orders_per_sku_day,
+        burst_factor: args.burst_factor,
         show_progress: true,
     }
 }

@@ -851,6 +851,44 @@ async fn the_model_beats_safety_stocks_matched_before_the_held_out_days_and_serv
     let changes = std::fs::read_to_string(out.with_extension("changes.csv")).unwrap();
     assert_eq!(changes.lines().count() as u64, promised + 1, "{changes}");
     assert!(changes.lines().skip(1).all(|line| line.contains(",promise,deny,") && line.contains(",nothing,")), "{changes}");
+
+    flash_sale_backtest_fires_the_hot_items_rule(&model).await;
+}
+
+/// `examples/rules/hot-items.rules` in a backtest of a generated flash sale (demand bursts at 100
+/// times the base rate, checkouts taken against availability a few units stale): its rule on recent demand fires for orders at nodes that took 20 units
+/// or more in the 5 minutes before them while the model was unsure, and only for those.
+async fn flash_sale_backtest_fires_the_hot_items_rule(model: &sellable_models::Model) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig { seed: 29, skus: 300, nodes: 16, days: 3.0, burst_factor: 100.0, ..SimConfig::default() };
+    let (summary, lake) = generated_lake(&config, dir.path()).await;
+    let start = config.start - config.start.rem_euclid(DAY) + DAY;
+    let midnights: Vec<Millis> = (start..summary.end).step_by(DAY as usize).collect();
+    let progress = sellable_batch::Progress::hidden();
+    lake.compute_features(&midnights, FoldConfig::default(), &progress).await.unwrap();
+    let (orders, _, _) = lake.build_trainset(start, summary.end, FoldConfig::default(), &progress).await.unwrap();
+    let schema = sellable_dsl::Schema::standard();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rules/hot-items.rules");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let ruleset = sellable_dsl::load(&[sellable_dsl::Source { name: "hot-items.rules".into(), text }], &schema).ruleset.unwrap();
+    let (skus, nodes) = lake.load_catalog().await.unwrap();
+    let replay = Serving::new(nodes, Default::default(), Arc::new(SpeedView::memory(FoldConfig::default())), Arc::new(sellable_serving::RuleBook::with(ruleset, schema)));
+    let skus = skus.into_iter().map(|info| (info.sku.clone(), info)).collect();
+    let (decisions, _) = replay.backtest(&skus, Some(model), &orders, 0).unwrap();
+    let velocity = sellable_core::features::names().iter().position(|name| *name == "velocity_5m").unwrap();
+    let mut hot = 0;
+    for (decision, order) in decisions.iter().zip(&orders) {
+        let fired = decision.rules_fired.split(';').any(|rule| rule == "cap hot items when unsure");
+        let expected = order.features[velocity] >= 20.0 && decision.p_fulfill.unwrap() < 0.9;
+        assert_eq!(fired, expected, "{decision:?} with velocity_5m {}", order.features[velocity]);
+        if fired {
+            assert!(decision.decision == "deny" || order.qty <= 1, "capped at one unit: {decision:?}");
+        }
+        hot += usize::from(fired);
+    }
+    let busiest = orders.iter().map(|order| order.features[velocity]).fold(0.0, f64::max);
+    eprintln!("flash sale: {} orders, the rule fired for {hot}; the highest velocity_5m an order saw: {busiest}", orders.len());
+    assert!(hot > 0, "the rule never fired (highest velocity_5m {busiest})");
 }
 
 /// Redis lost mid-run: every answer comes back within the timeout, graded, and never promises more

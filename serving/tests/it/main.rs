@@ -29,16 +29,24 @@ enum Mode {
     Failing,
     Hanging,
     OtherCutoff,
+    /// Orders at WH-1 since the cutoff: [`RECENT_DEMAND`].
+    RecentDemand,
 }
 
+/// Reserves at WH-1 after the cutoff (beside a receipt of 20 units): (minutes after it, units): 8
+/// units in the 5 minutes before [`DEMAND_NOW`], 13 in its last hour, 20 in all.
+const RECENT_DEMAND: [(i64, i64); 6] = [(1, 7), (40, 5), (57, 2), (58, 3), (59, 1), (61, 2)];
+const DEMAND_NOW: sellable_core::Millis = CUTOFF + 61 * 60_000 + 30_000;
+
 impl FakeSpeed {
-    /// A store in `mode`, working until [`FakeSpeed::breaks`] (`OtherCutoff`: broken from the start),
+    /// A store in `mode`, working until [`FakeSpeed::breaks`] (`OtherCutoff` and `RecentDemand`:
+    /// so from the start),
     /// WH-1's batch features set to `features`, if any.
     fn new(mode: Mode, features: Option<Vec<f64>>) -> FakeSpeed {
         let (batch, skus) = test_batch();
         let mut row = batch.rows(&skus).next().unwrap().unwrap();
         row.features = features.into_iter().map(|features| ("WH-1".to_string(), features)).collect();
-        FakeSpeed { mode, row: Arc::new(row), broken: AtomicBool::new(matches!(mode, Mode::OtherCutoff)) }
+        FakeSpeed { mode, row: Arc::new(row), broken: AtomicBool::new(matches!(mode, Mode::OtherCutoff | Mode::RecentDemand)) }
     }
 
     fn breaks(&self) {
@@ -70,6 +78,16 @@ impl SpeedSource for FakeSpeed {
                     let speed = fold(&[event("r1", "WH-1", EventKind::Reserve, 10)], FoldConfig::default()).states.into_iter().map(|((_, node), state)| (node, state)).collect();
                     Ok(SkuRead { row, speed, caught_up: Some(CUTOFF - 1) })
                 }
+                Mode::RecentDemand => {
+                    let mut events: Vec<Event> = RECENT_DEMAND
+                        .iter()
+                        .enumerate()
+                        .map(|(n, (minutes, units))| Event { ts: CUTOFF + minutes * 60_000, ..event(&format!("o{n}"), "WH-1", EventKind::Reserve, *units) })
+                        .collect();
+                    events.push(Event { ts: CUTOFF + 1, ..event("r1", "WH-1", EventKind::Receipt, 20) });
+                    let speed = fold(&events, FoldConfig::default()).states.into_iter().map(|((_, node), state)| (node, state)).collect();
+                    Ok(SkuRead { row, speed, caught_up: Some(CUTOFF) })
+                }
             }
         })
     }
@@ -93,7 +111,7 @@ impl SpeedSource for FakeSpeed {
             match self.mode() {
                 Mode::Failing | Mode::Hanging => Err("connection refused".into()),
                 Mode::OtherCutoff => Ok(Some(CUTOFF - 1)),
-                Mode::NothingSinceCutoff => Ok(Some(CUTOFF)),
+                Mode::NothingSinceCutoff | Mode::RecentDemand => Ok(Some(CUTOFF)),
             }
         })
     }
@@ -607,4 +625,30 @@ async fn the_plan_takes_one_node_when_it_can_and_splits_when_none_can() {
     assert_eq!(plan(&split), [("WH-1".to_string(), 10), ("SL-1".to_string(), 2)]);
     let denied = serving.availability("SKU-1", "DE", 17, CUTOFF).await.unwrap();
     assert!(denied.plan.is_empty(), "{denied:?}");
+}
+
+/// A node's recent demand reaches the rules as `velocity_5m` and `velocity_1h` (units reserved
+/// there in the last 5 minutes and the last hour, by event time); a node without any has 0.
+#[tokio::test]
+async fn recent_demand_at_a_node_is_the_velocity_rules_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = "rule \"hot\" when velocity_5m >= 8 and velocity_1h >= 13 then cap 1\n\
+                 rule \"hotter\" when velocity_5m >= 9 then cap 0\n\
+                 rule \"calm\" when velocity_1h == 0 then cap 2\n";
+    std::fs::write(dir.path().join("hot.rules"), rules).unwrap();
+    let book = Arc::new(RuleBook::from_dir(dir.path(), Schema::standard()).unwrap());
+    let serving = serving_over(Arc::new(FakeSpeed::new(Mode::RecentDemand, None)), 24 * 3_600_000, book);
+    let answer = serving.availability("SKU-1", "DE", 1, DEMAND_NOW).await.unwrap();
+    let mut fired: Vec<(&str, &str, &[String])> = answer.rules_fired.iter().map(|f| (f.node.as_str(), f.rule.as_str(), f.saw.as_slice())).collect();
+    fired.sort();
+    assert_eq!(
+        fired,
+        [("SL-1", "calm", &["velocity_1h = 0".to_string()][..]), ("WH-1", "hot", &["velocity_5m = 8".to_string(), "velocity_1h = 13".to_string()][..])],
+        "{answer:?}"
+    );
+    assert_eq!(units_by_node(&answer), BTreeMap::from([("WH-1".to_string(), 1), ("SL-1".to_string(), 2)]), "{answer:?}");
+    // an hour later the burst has left both windows
+    let later = serving.availability("SKU-1", "DE", 1, DEMAND_NOW + 3_600_000).await.unwrap();
+    assert!(later.rules_fired.iter().all(|f| f.rule == "calm"), "{later:?}");
+    assert_eq!(later.rules_fired.len(), 2, "{later:?}");
 }
