@@ -26,7 +26,7 @@
 //! the starting cutoff are replayed, so the cost follows the period, not the whole lake.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow_array::{Array, Float64Array, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
@@ -36,7 +36,7 @@ use lance::dataset::WriteMode;
 use sellable_core::event::events_from_batch;
 use sellable_core::features::{self, known_before_decision};
 use sellable_core::fold::SkuNode;
-use sellable_core::{Fold, FoldConfig, Millis, NodeState};
+use sellable_core::{Fold, FoldConfig, Millis, Moment, NodeState};
 
 use crate::features::{BatchFeatures, FEATURES_SQL};
 use crate::{int_column, scan, string_column, BatchError, Lake, Progress, EVENTS};
@@ -69,6 +69,20 @@ struct Views<'a> {
     cutoffs: &'a [Millis],
     base: &'a BTreeMap<SkuNode, NodeState>,
     speed: &'a Fold,
+    /// The node watermarks, when moments are wanted.
+    marks: Option<&'a HashMap<String, Millis>>,
+}
+
+/// Raises `node`'s watermark to `arrived`.
+fn raise(marks: &mut HashMap<String, Millis>, node: &str, arrived: Option<Millis>) {
+    if let Some(arrived) = arrived {
+        match marks.get_mut(node) {
+            Some(mark) => *mark = (*mark).max(arrived),
+            None => {
+                marks.insert(node.to_string(), arrived);
+            }
+        }
+    }
 }
 
 /// The cutoff whose epoch the replay is in: serving's speed view starts again at each cutoff, so
@@ -108,6 +122,35 @@ impl Lake {
         config: FoldConfig,
         progress: &Progress,
     ) -> Result<(Vec<TrainRow>, Lineage, TrainsetSummary), BatchError> {
+        let mut rows = Vec::new();
+        let (lineage, summary) = self.replay(from, to, config, progress, false, |row, _| rows.push(row)).await?;
+        Ok((rows, lineage, summary))
+    }
+
+    /// Replays the orders placed in `[from, to)` as [`Self::build_trainset`] does, handing each
+    /// order's row to `visit` with the [`Moment`] serving would have answered it from: the SKU's
+    /// states and features and the node watermarks, as of the order's time.
+    pub async fn replay_orders(
+        &self,
+        from: Millis,
+        to: Millis,
+        config: FoldConfig,
+        progress: &Progress,
+        mut visit: impl FnMut(TrainRow, Moment),
+    ) -> Result<TrainsetSummary, BatchError> {
+        let visit = |row, moment: Option<Moment>| visit(row, moment.expect("asked for moments"));
+        Ok(self.replay(from, to, config, progress, true, visit).await?.1)
+    }
+
+    async fn replay(
+        &self,
+        from: Millis,
+        to: Millis,
+        config: FoldConfig,
+        progress: &Progress,
+        moments: bool,
+        mut visit: impl FnMut(TrainRow, Option<Moment>),
+    ) -> Result<(Lineage, TrainsetSummary), BatchError> {
         let cutoffs = self.feature_cutoffs().await?;
         let features_version = self.dataset(crate::features::FEATURES, "").await?.version_id();
         let lineage = Lineage { lake_version: self.events_version().await?, features_version, code_version: code_version() };
@@ -122,7 +165,7 @@ impl Lake {
         // of the events that arrived after it.
         let Some(start) = cutoffs.iter().rev().find(|cutoff| **cutoff < from).or(cutoffs.first()).copied() else {
             summary.before_first_cutoff = orders.len() as u64;
-            return Ok((Vec::new(), lineage, summary));
+            return Ok((lineage, summary));
         };
         summary.replay_from = Some(start);
         let (started, bar) = (std::time::Instant::now(), progress.bar("start", 1));
@@ -144,10 +187,19 @@ impl Lake {
         let mut stream = context.sql(&sql).await?.execute_stream().await?;
         let bar = progress.bar("trainset", orders.len() as u64);
         let mut batch_features = BatchFeatures::default();
-        let mut rows = Vec::with_capacity(orders.len());
         let mut pending = orders.into_iter().peekable();
         let mut epoch = Epoch { cutoffs: &cutoffs, current: start };
+        // serving's node watermarks: the batch view's, raised by every event folded since
+        let mut marks: HashMap<String, Millis> = HashMap::new();
+        for ((_, node), state) in &base {
+            raise(&mut marks, node, state.last_arrived);
+        }
         let (mut scanned, mut replayed) = (0u64, 0u64);
+        let mut visit = |row: TrainRow, moment: Option<Moment>| {
+            summary.rows += 1;
+            summary.positives += u64::from(row.label == 1);
+            visit(row, moment);
+        };
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             let events = events_from_batch(&batch, scanned)?;
@@ -164,39 +216,44 @@ impl Lake {
                 while let Some(order) = pending.next_if(|order| !known_before_decision(&event, order.ts)) {
                     bar.inc(1);
                     epoch.enter(order.ts, &mut speed);
-                    let views = Views { cutoffs: &cutoffs, base: &base, speed: &speed };
-                    rows.extend(self.row_for(order, views, &mut batch_features, &mut summary).await?);
+                    let views = Views { cutoffs: &cutoffs, base: &base, speed: &speed, marks: moments.then_some(&marks) };
+                    if let Some((row, moment)) = self.row_for(order, views, &mut batch_features, &mut summary.before_first_cutoff).await? {
+                        visit(row, moment);
+                    }
                 }
                 epoch.enter(event.arrival(), &mut speed);
+                if !config.is_too_late(&event) {
+                    raise(&mut marks, &event.node, Some(event.arrival()));
+                }
                 speed.apply(&event);
             }
         }
         for order in pending {
             bar.inc(1);
             epoch.enter(order.ts, &mut speed);
-            let views = Views { cutoffs: &cutoffs, base: &base, speed: &speed };
-            rows.extend(self.row_for(order, views, &mut batch_features, &mut summary).await?);
+            let views = Views { cutoffs: &cutoffs, base: &base, speed: &speed, marks: moments.then_some(&marks) };
+            if let Some((row, moment)) = self.row_for(order, views, &mut batch_features, &mut summary.before_first_cutoff).await? {
+                visit(row, moment);
+            }
         }
         bar.finish();
         tracing::debug!(seconds = started.elapsed().as_secs_f64(), events = replayed, "ids remembered, events replayed, rows built");
-        summary.rows = rows.len() as u64;
-        summary.positives = rows.iter().filter(|row| row.label == 1).count() as u64;
         summary.events_replayed = replayed;
-        Ok((rows, lineage, summary))
+        Ok((lineage, summary))
     }
 
     /// The row of one order (a row without features yet), with the features of the last cutoff
-    /// before it (loaded when the orders, in time order, reach a new cutoff); `None` before the
-    /// first cutoff.
+    /// before it (loaded when the orders, in time order, reach a new cutoff), and its moment when
+    /// `views` has watermarks; `None` before the first cutoff.
     async fn row_for(
         &self,
         order: TrainRow,
         views: Views<'_>,
         batch_features: &mut BatchFeatures,
-        summary: &mut TrainsetSummary,
-    ) -> Result<Option<TrainRow>, BatchError> {
+        before_first_cutoff: &mut u64,
+    ) -> Result<Option<(TrainRow, Option<Moment>)>, BatchError> {
         let Some(cutoff) = views.cutoffs.iter().rev().find(|cutoff| **cutoff < order.ts).copied() else {
-            summary.before_first_cutoff += 1;
+            *before_first_cutoff += 1;
             return Ok(None);
         };
         if batch_features.rows.is_empty() || batch_features.asof != cutoff {
@@ -210,7 +267,26 @@ impl Lake {
         };
         let batch = batch_features.rows.get(&key).map(Vec::as_slice);
         let features = features::vector(batch, state.as_deref(), order.qty, order.ts);
-        Ok(Some(TrainRow { cutoff: batch_features.asof, features, ..order }))
+        let moment = views.marks.map(|marks| {
+            let of_sku = |states: &BTreeMap<SkuNode, NodeState>| -> Vec<(String, NodeState)> {
+                states
+                    .range((order.sku.clone(), String::new())..)
+                    .take_while(|((sku, _), _)| *sku == order.sku)
+                    .map(|((_, node), state)| (node.clone(), state.clone()))
+                    .collect()
+            };
+            let (states, speed) = (of_sku(views.base), of_sku(&views.speed.states));
+            let nodes: BTreeSet<&String> = states.iter().chain(&speed).map(|(node, _)| node).collect();
+            let features_of = |node: &&String| Some(((*node).clone(), batch_features.rows.get(&(order.sku.clone(), (*node).clone()))?.clone()));
+            Moment {
+                cutoff,
+                features: nodes.iter().filter_map(features_of).collect(),
+                watermarks: nodes.iter().filter_map(|node| Some(((*node).clone(), *marks.get(*node)?))).collect(),
+                states,
+                speed,
+            }
+        });
+        Ok(Some((TrainRow { cutoff: batch_features.asof, features, ..order }, moment)))
     }
 
     /// Orders placed in `[from, to)` with their label, in time order (ties by `order_id`): rows

@@ -406,6 +406,14 @@ impl Fold {
     }
 }
 
+/// The states a batch view holds for `events`: their fold without recent demand, which only the
+/// speed view keeps (it starts again at each cutoff).
+pub fn batch_states<'a>(events: impl IntoIterator<Item = &'a Event>, config: FoldConfig) -> BTreeMap<SkuNode, NodeState> {
+    let mut states = fold(events, config).states;
+    states.values_mut().for_each(|state| state.demand.clear());
+    states
+}
+
 /// Folds a whole stream with the given config.
 pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>, config: FoldConfig) -> Fold {
     let mut fold = Fold::new(config);

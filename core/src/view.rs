@@ -35,6 +35,22 @@ pub struct BatchMeta {
     pub watermarks: BTreeMap<String, Millis>,
 }
 
+/// What serving answered an order from at a past instant, as a replay of the lake rebuilds it
+/// (the batch layer's `replay_orders`), for backtests that decide as live answers do: the SKU's
+/// batch states as of a cutoff at or before the one in force, its speed states since (merged,
+/// they are the state at the instant whatever that cutoff), the batch features of the cutoff in
+/// force, and per node of the SKU the newest arrival serving knew of.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Moment {
+    /// The batch cutoff in force: the last before the instant.
+    pub cutoff: Millis,
+    /// Ordered by node.
+    pub states: Vec<(String, NodeState)>,
+    pub speed: Vec<(String, NodeState)>,
+    pub features: Vec<(String, Vec<f64>)>,
+    pub watermarks: BTreeMap<String, Millis>,
+}
+
 /// One SKU of a published batch view: its catalog entry, the batch state of every node that
 /// stocks it, and the batch features of each sku×node the feature store has.
 #[derive(Debug, Clone, Default, PartialEq)]

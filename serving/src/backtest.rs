@@ -1,24 +1,27 @@
 //! Backtests: what the engine would have decided for every order of a past period, with a model
 //! version and a rule set, beside what really happened and what the baselines would have done.
 //!
-//! Each order is decided by [`Serving::decide_at_node`], the very function live answers use, from
-//! the order's replayed feature vector (the training-set builder's, itself computed by the
-//! serving code path): the model's score gates the node, then the rules apply.
+//! Each order is decided by [`Serving::decide_moment`], the decision of live answers, from the
+//! [`Moment`] a replay of the lake rebuilds for its time (the SKU's merged state, batch features
+//! and node watermarks then): the regional answer for the order's quantity in its node's country
+//! (events carry no buyer region; the country is where the order shipped), every node of that
+//! country scored by the model and gated by its feed SLA by arrival time, then the rules.
 
 use std::collections::HashMap;
 use std::io::Write;
 
 use sellable_core::features::TrainRow;
-use sellable_core::{Millis, SkuInfo};
-use sellable_models::Model;
+use sellable_core::{Millis, Moment, SkuInfo, Verdict};
 
-use crate::{NodeFacts, Serving};
+use crate::{ApiError, Serving};
 
 /// Why a backtest stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum BacktestError {
     #[error("order {order_id}: unknown node '{node}'")]
     UnknownNode { order_id: String, node: String },
+    #[error("order {order_id}: {error}")]
+    Undecided { order_id: String, error: String },
     #[error("writing the backtest CSV: {0}")]
     Csv(#[from] csv::Error),
     #[error("writing the backtest CSV: {0}")]
@@ -32,12 +35,15 @@ pub struct BacktestRow {
     pub ts: Millis,
     pub sku: String,
     pub node: String,
+    /// The region the order was decided for: its node's country.
+    pub region: String,
     pub qty: i64,
     /// `promise` or `deny`.
     pub decision: &'static str,
     pub units: i64,
+    /// The model's score of the order at its node.
     pub p_fulfill: Option<f64>,
-    /// Names of the rules that fired, `;`-separated.
+    /// The rules that fired, as `node:rule`, `;`-separated.
     pub rules_fired: String,
     pub label: i64,
 }
@@ -48,8 +54,9 @@ pub struct BacktestSummary {
     pub orders: u64,
     pub shorted: u64,
     pub engine: PolicyCounts,
+    /// Promise iff the ATP of the order's node ≥ qty.
     pub naive_atp: PolicyCounts,
-    /// Promise iff ATP ≥ qty + `safety_stock`.
+    /// Promise iff the ATP of the order's node ≥ qty + `safety_stock`.
     pub static_safety_stock: PolicyCounts,
     pub safety_stock: i64,
 }
@@ -77,66 +84,69 @@ impl PolicyCounts {
     }
 }
 
-impl Serving {
-    /// Decides every order as the engine would have at its time. Orders at nodes the catalog
-    /// does not know are an error naming them.
-    pub fn backtest(
-        &self,
-        skus: &HashMap<String, SkuInfo>,
-        model: Option<&Model>,
-        orders: &[TrainRow],
-        safety_stock: i64,
-    ) -> Result<(Vec<BacktestRow>, BacktestSummary), BacktestError> {
-        let ruleset = self.rules.current();
-        let names = sellable_core::features::names();
-        let position = |name: &str| names.iter().position(|n| *n == name).expect("a real-time feature of core; this is a bug");
-        let [atp, on_hand, reserved, held, since_event, velocity_5m, velocity_1h] =
-            ["atp_now", "on_hand_now", "reserved_now", "held_now", "hours_since_event_now", "velocity_5m", "velocity_1h"].map(position);
-        let mut rows = Vec::with_capacity(orders.len());
-        let mut summary = BacktestSummary { safety_stock, ..BacktestSummary::default() };
-        for order in orders {
-            let _order = tracing::debug_span!("order", order_id = ?order.order_id, sku = ?order.sku, node = ?order.node).entered();
-            let unknown = || BacktestError::UnknownNode { order_id: order.order_id.clone(), node: order.node.clone() };
-            let node = self.nodes.get(&order.node).ok_or_else(unknown)?;
-            let value = |at: usize| order.features.get(at).copied().unwrap_or(f64::NAN);
-            let hours_since_event = value(since_event);
-            let facts = NodeFacts {
-                atp: value(atp) as i64,
-                on_hand: value(on_hand) as i64,
-                reserved: value(reserved) as i64,
-                held: value(held) as i64,
-                feed_lag_s: hours_since_event.is_finite().then_some(hours_since_event * 3600.0),
-                velocity_5m: value(velocity_5m) as i64,
-                velocity_1h: value(velocity_1h) as i64,
-                p_fulfill: model.map(|model| model.p_fulfill(&order.features)),
-                margin: 0,
-            };
-            let decision = self.decide_at_node(ruleset.as_deref(), model, skus.get(&order.sku), &node.region, order.qty, node, &facts);
-            let promised = decision.units >= order.qty;
-            let shorted = order.label == 1;
-            summary.orders += 1;
-            summary.shorted += u64::from(shorted);
-            summary.engine.add(promised, shorted);
-            summary.naive_atp.add(facts.atp >= order.qty, shorted);
-            summary.static_safety_stock.add(facts.atp >= order.qty + safety_stock, shorted);
-            rows.push(BacktestRow {
-                order_id: order.order_id.clone(),
-                ts: order.ts,
-                sku: order.sku.clone(),
-                node: order.node.clone(),
-                qty: order.qty,
-                decision: if promised { "promise" } else { "deny" },
-                units: if promised { order.qty } else { 0 },
-                p_fulfill: facts.p_fulfill,
-                rules_fired: decision.fired.iter().map(|fired| fired.rule.as_str()).collect::<Vec<_>>().join(";"),
-                label: order.label,
-            });
-        }
-        Ok((rows, summary))
+/// A backtest under way: the orders decided so far and their counts.
+#[derive(Debug, Clone, Default)]
+pub struct Backtest {
+    pub rows: Vec<BacktestRow>,
+    pub summary: BacktestSummary,
+}
+
+impl Backtest {
+    pub fn new(safety_stock: i64) -> Backtest {
+        Backtest { rows: Vec::new(), summary: BacktestSummary { safety_stock, ..BacktestSummary::default() } }
+    }
+
+    /// Decides `order` with `serving` (its model and rules) from its `moment`. Orders at nodes
+    /// the catalog does not know are an error naming them.
+    pub fn decide(&mut self, serving: &Serving, skus: &HashMap<String, SkuInfo>, order: &TrainRow, moment: Moment) -> Result<(), BacktestError> {
+        let _order = tracing::debug_span!("order", order_id = ?order.order_id, sku = ?order.sku, node = ?order.node).entered();
+        let node = serving.nodes.get(&order.node).ok_or_else(|| BacktestError::UnknownNode { order_id: order.order_id.clone(), node: order.node.clone() })?;
+        let info = skus.get(&order.sku).cloned().unwrap_or_else(|| SkuInfo { sku: order.sku.clone(), ..SkuInfo::default() });
+        let answer = serving
+            .decide_moment(moment, info, &node.country, order.qty, order.ts)
+            .map_err(|error: ApiError| BacktestError::Undecided { order_id: order.order_id.clone(), error: error.to_string() })?;
+        let promised = answer.decision == Verdict::Promise;
+        let shorted = order.label == 1;
+        let atp = order.features[sellable_core::features::names().iter().position(|name| *name == "atp_now").expect("a real-time feature of core")] as i64;
+        let summary = &mut self.summary;
+        summary.orders += 1;
+        summary.shorted += u64::from(shorted);
+        summary.engine.add(promised, shorted);
+        summary.naive_atp.add(atp >= order.qty, shorted);
+        summary.static_safety_stock.add(atp >= order.qty + summary.safety_stock, shorted);
+        self.rows.push(BacktestRow {
+            order_id: order.order_id.clone(),
+            ts: order.ts,
+            sku: order.sku.clone(),
+            node: order.node.clone(),
+            region: node.country.clone(),
+            qty: order.qty,
+            decision: if promised { "promise" } else { "deny" },
+            units: answer.units,
+            p_fulfill: serving.models.current().map(|model| model.p_fulfill(&order.features)),
+            rules_fired: answer.rules_fired.iter().map(|fired| format!("{}:{}", fired.node, fired.rule)).collect::<Vec<_>>().join(";"),
+            label: order.label,
+        });
+        Ok(())
     }
 }
 
-/// Writes backtest rows as CSV with a header (`ts` in RFC 3339).
+impl Serving {
+    /// Decides every replayed order as the engine would have at its time ([`Backtest::decide`]).
+    pub fn backtest(
+        &self,
+        skus: &HashMap<String, SkuInfo>,
+        orders: impl IntoIterator<Item = (TrainRow, Moment)>,
+        safety_stock: i64,
+    ) -> Result<(Vec<BacktestRow>, BacktestSummary), BacktestError> {
+        let mut backtest = Backtest::new(safety_stock);
+        for (order, moment) in orders {
+            backtest.decide(self, skus, &order, moment)?;
+        }
+        Ok((backtest.rows, backtest.summary))
+    }
+}
+
 /// One order two configurations decided otherwise: the first's decision and the second's.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Changed {
@@ -215,9 +225,10 @@ pub fn write_changes_csv(changed: &[Changed], out: impl Write) -> Result<(), Bac
     Ok(writer.flush()?)
 }
 
+/// Writes backtest rows as CSV with a header (`ts` in RFC 3339).
 pub fn write_csv(rows: &[BacktestRow], out: impl Write) -> Result<(), BacktestError> {
     let mut writer = csv::Writer::from_writer(out);
-    let header = ["order_id", "ts", "sku", "node", "qty", "decision", "units", "p_fulfill", "rules_fired", "label"];
+    let header = ["order_id", "ts", "sku", "node", "region", "qty", "decision", "units", "p_fulfill", "rules_fired", "label"];
     writer.write_record(header)?;
     for row in rows {
         writer
@@ -226,6 +237,7 @@ pub fn write_csv(rows: &[BacktestRow], out: impl Write) -> Result<(), BacktestEr
                 sellable_core::event::format_millis(row.ts),
                 row.sku.clone(),
                 row.node.clone(),
+                row.region.clone(),
                 row.qty.to_string(),
                 row.decision.to_string(),
                 row.units.to_string(),

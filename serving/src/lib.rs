@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use sellable_core::{decide, merge_views, BatchMeta, Event, Grade, Millis, NodeInfo, NodeState, SkuInfo, SkuRow, SpeedSource, Verdict, ViewError};
+use sellable_core::{decide, merge_views, BatchMeta, Event, Grade, Millis, Moment, NodeInfo, NodeState, SkuInfo, SkuRow, SpeedSource, Verdict, ViewError};
 use grading::{Grading, Limits};
 use sellable_dsl::{Facts, RuleSet, Schema, Value};
 
@@ -363,11 +363,9 @@ impl Serving {
         })
     }
 
-    /// How far behind its SLA a node's feed is, if it is.
-    fn stale(&self, node: &NodeInfo, now: Millis) -> Option<Millis> {
-        let arrived = *self.watermarks.read().expect("watermarks lock poisoned; this is a bug").get(&node.node)?;
-        let lag = now - arrived;
-        (lag > node.feed_sla_ms).then_some(lag)
+    /// The newest arrival this server knows of from `node`.
+    fn watermark(&self, node: &str) -> Option<Millis> {
+        self.watermarks.read().expect("watermarks lock poisoned; this is a bug").get(node).copied()
     }
 
     /// The model's feature vector for an order of `qty` units of `sku` at `node` at `now`: the
@@ -414,7 +412,7 @@ impl Serving {
             }
         };
         let (read, held) = tokio::join!(self.read_sku(&epoch, sku), holds);
-        self.decide_read(&epoch, sku, region, only, qty, now, read?, held.map(Option::unwrap_or_default))
+        self.decide_read(&epoch, &|node| self.watermark(node), sku, region, only, qty, now, read?, held.map(Option::unwrap_or_default))
     }
 
     /// Up to [`MAX_BATCH`] answers for a listing page, in order, one per item: the SKUs are read
@@ -444,16 +442,34 @@ impl Serving {
                     Ok(held) => Ok(held.as_ref().map(|held| held[index].clone()).unwrap_or_default()),
                     Err(problem) => Err(problem.clone()),
                 };
-                Ok(self.decide_read(&epoch, sku, region, None, *qty, now, view, held)?.0)
+                Ok(self.decide_read(&epoch, &|node| self.watermark(node), sku, region, None, *qty, now, view, held)?.0)
             })
             .collect()
     }
 
-    /// [`Self::decide_sku`] from what was read of the SKU and of its live holds.
+    /// The answer serving would have given at `now`, from a replay's [`Moment`] (the SKU's
+    /// states, features and node watermarks then) and nothing else: the decision of live
+    /// answers, for backtests. No live reservation is subtracted.
+    pub fn decide_moment(&self, moment: Moment, info: SkuInfo, region: &str, qty: i64, now: Millis) -> Result<Availability, ApiError> {
+        if !self.regions.contains_key(region) {
+            return Err(ApiError::BadRequest(format!("unknown region '{region}': no node serves it")));
+        }
+        let Moment { cutoff, states, speed, features, watermarks } = moment;
+        let sku = info.sku.clone();
+        let batch = BatchMeta { version: format!("replayed as of {}", sellable_core::event::format_millis(cutoff)), asof: cutoff, watermarks };
+        let epoch = Epoch { batch, speed: self.epoch().speed.clone() };
+        let row = Arc::new(SkuRow { info, states, features });
+        let marks = |node: &str| epoch.batch.watermarks.get(node).copied();
+        Ok(self.decide_read(&epoch, &marks, &sku, region, None, qty, now, SkuView::Row(row, Ok(speed)), Ok(Vec::new()))?.0)
+    }
+
+    /// [`Self::decide_sku`] from what was read of the SKU and of its live holds; `watermark`
+    /// tells each node's newest arrival (a feed beyond its SLA promises nothing).
     #[allow(clippy::too_many_arguments)]
     fn decide_read(
         &self,
         epoch: &Epoch,
+        watermark: &dyn Fn(&str) -> Option<Millis>,
         sku: &str,
         region: &str,
         only: Option<&str>,
@@ -509,7 +525,7 @@ impl Serving {
         for (info, state) in &in_region {
             let _node = tracing::debug_span!("node", node = %info.node).entered();
             // A node whose feed is beyond its SLA may hold phantom stock: promise nothing from it.
-            if let Some(lag) = self.stale(info, now) {
+            if let Some(lag) = watermark(&info.node).map(|arrived| now - arrived).filter(|lag| *lag > info.feed_sla_ms) {
                 let reason = format!("feed of {} is {} s behind (SLA {} s): nothing promised from it", info.node, lag / 1000, info.feed_sla_ms / 1000);
                 grading.lower(Grade::BoundedStale, reason);
                 units.push((info.node.clone(), 0));

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use sellable_batch::{Lake, Progress};
 use sellable_models::{Registered, Registry, TrainConfig, TrainJob};
-use sellable_serving::{RuleBook, Serving};
+use sellable_serving::backtest::Backtest;
+use sellable_serving::{ModelBook, RuleBook, Serving};
 use sellable_speed::SpeedView;
 
 use crate::cli::{BacktestArgs, ModelsCommand, TrainArgs};
@@ -159,12 +160,34 @@ pub async fn backtest(args: &BacktestArgs) -> Result<()> {
     } else {
         None
     };
-    let (rows, _, summary) = lake.build_trainset(args.from, args.to, args.lake.fold_config(), &Progress::stderr()).await.context("replaying the period")?;
     let (skus, nodes) = lake.load_catalog().await.context("loading the catalog")?;
-    let decider = |rules: RuleBook| Serving::new(nodes.clone(), sellable_core::BatchMeta::default(), Arc::new(SpeedView::memory(args.lake.fold_config())), Arc::new(rules));
-    let serving = decider(rules);
+    let decider = |model: Option<sellable_models::Model>, rules: RuleBook| {
+        let models = Arc::new(model.map_or_else(ModelBook::none, ModelBook::with));
+        Serving::new(nodes.clone(), sellable_core::BatchMeta::default(), Arc::new(SpeedView::memory(args.lake.fold_config())), Arc::new(rules)).with_models(models)
+    };
+    let serving = decider(model, rules);
+    let other = other.map(|(model, rules)| decider(model, rules));
     let skus = skus.into_iter().map(|info| (info.sku.clone(), info)).collect();
-    let (decisions, result) = serving.backtest(&skus, model.as_ref(), &rows, safety_stock)?;
+    // both configurations decide each order as the replay reaches it
+    let (mut run, mut other_run) = (Backtest::new(safety_stock), Backtest::new(safety_stock));
+    let mut failed = None;
+    let summary = lake
+        .replay_orders(args.from, args.to, args.lake.fold_config(), &Progress::stderr(), |order, moment| {
+            if failed.is_some() {
+                return;
+            }
+            let decided = match &other {
+                Some(other) => other_run.decide(other, &skus, &order, moment.clone()).and_then(|()| run.decide(&serving, &skus, &order, moment)),
+                None => run.decide(&serving, &skus, &order, moment),
+            };
+            failed = decided.err();
+        })
+        .await
+        .context("replaying the period")?;
+    if let Some(error) = failed {
+        return Err(error).context("deciding the period's orders");
+    }
+    let (decisions, result) = (run.rows, run.summary);
     let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     sellable_serving::backtest::write_csv(&decisions, std::io::BufWriter::new(file))?;
     let summary_path = args.out.with_extension("summary.json");
@@ -187,10 +210,8 @@ pub async fn backtest(args: &BacktestArgs) -> Result<()> {
     line("naive ATP", &result.naive_atp);
     line(&format!("static safety stock k={safety_stock}"), &result.static_safety_stock);
     eprintln!("  -> {} and {}", args.out.display(), summary_path.display());
-    if let Some((other_model, other_rules)) = other {
-        let other = decider(other_rules);
-        let (other_decisions, _) = other.backtest(&skus, other_model.as_ref(), &rows, safety_stock)?;
-        let (changed, change) = sellable_serving::backtest::compare(&decisions, &other_decisions);
+    if let Some(other) = other {
+        let (changed, change) = sellable_serving::backtest::compare(&decisions, &other_run.rows);
         let changes_path = args.out.with_extension("changes.csv");
         let file = std::fs::File::create(&changes_path).with_context(|| format!("creating {}", changes_path.display()))?;
         sellable_serving::backtest::write_changes_csv(&changed, std::io::BufWriter::new(file))?;

@@ -3,7 +3,8 @@
 use sellable_batch::{Night, Progress};
 use sellable_bench::{generate, SimConfig};
 use sellable_core::event::read_event_file;
-use sellable_core::{fold, known_at, Event, EventKind, FoldConfig, Millis};
+use sellable_core::fold::batch_states;
+use sellable_core::{known_at, Event, EventKind, FoldConfig, Millis};
 
 use super::{lake_of, table_rows, DAY, HOUR};
 
@@ -66,7 +67,7 @@ async fn consecutive_incremental_nights_equal_full_recomputes_row_for_row() {
         }
         let stored = incremental.load_batch_view().await.unwrap();
         assert_eq!(stored.states, full.load_batch_view().await.unwrap().states, "night {night}: the deltas");
-        assert_eq!(stored.states, fold(events.iter().filter(|e| known_at(e, asof)), FoldConfig::default()).states, "night {night}");
+        assert_eq!(stored.states, batch_states(events.iter().filter(|e| known_at(e, asof)), FoldConfig::default()), "night {night}");
         // what the windows hold is not trivial: counts with discrepancies, feeds, 7d demand
         for (held, least) in [("count_mae_30d > 0", 5), ("feed_lag_p95_s > 0", 5), ("reserve_units_7d > 0", 5), ("reserve_units_1h > 0", 1)] {
             let rows = table_rows(&incremental, &format!("(SELECT sku FROM features WHERE asof = {asof} AND {held}) AS held"), "sku").await;

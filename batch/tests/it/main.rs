@@ -14,6 +14,7 @@ use sellable_bench::{generate, SimConfig, SimSummary};
 use sellable_core::catalog::{nodes_from_batch, read_parquet, skus_from_batch};
 use sellable_core::event::read_event_file;
 use sellable_core::features::BATCH;
+use sellable_core::fold::batch_states;
 use sellable_core::{fold, known_at, Event, EventKind, FoldConfig, Millis};
 
 mod incremental;
@@ -81,10 +82,10 @@ async fn batch_view_equals_core_fold_of_events_known_at_the_cutoff() {
     for cutoff in [summary.end - 86_400_000, summary.end] {
         lake.compute_batch_view(cutoff, FoldConfig::default()).await.unwrap();
         let view = lake.load_batch_view().await.unwrap();
-        let expected = fold(events.iter().filter(|e| known_at(e, cutoff)), FoldConfig::default());
+        let expected = batch_states(events.iter().filter(|e| known_at(e, cutoff)), FoldConfig::default());
         assert_eq!(view.asof, cutoff);
-        assert_eq!(view.states.len(), expected.states.len());
-        for (key, state) in &expected.states {
+        assert_eq!(view.states.len(), expected.len());
+        for (key, state) in &expected {
             assert_eq!(view.states.get(key), Some(state), "sku×node {key:?} as of {cutoff}");
         }
         assert!(view.states.values().any(|state| !state.deltas.is_empty()), "deltas should be exercised");
@@ -126,8 +127,7 @@ async fn import_skips_bad_lines_and_failed_imports_leave_the_lake_unchanged() {
     assert_eq!(again.version, 2, "the failed import must not have created a version");
     let cutoff = lake.last_arrival().await.unwrap().unwrap();
     lake.compute_batch_view(cutoff, FoldConfig::default()).await.unwrap();
-    let expected = fold(&events[..110], FoldConfig::default());
-    assert_eq!(lake.load_batch_view().await.unwrap().states, expected.states);
+    assert_eq!(lake.load_batch_view().await.unwrap().states, batch_states(&events[..110], FoldConfig::default()));
 }
 
 #[tokio::test]
@@ -151,7 +151,7 @@ async fn an_unreadable_input_fails_the_whole_import_and_the_lake_keeps_its_versi
     assert_eq!(lake.events_version().await.unwrap(), 1, "no version for a failed import");
     let cutoff = lake.last_arrival().await.unwrap().unwrap();
     lake.compute_batch_view(cutoff, FoldConfig::default()).await.unwrap();
-    assert_eq!(lake.load_batch_view().await.unwrap().states, fold(&events[..50], FoldConfig::default()).states);
+    assert_eq!(lake.load_batch_view().await.unwrap().states, batch_states(&events[..50], FoldConfig::default()));
 }
 
 #[tokio::test]
@@ -241,7 +241,7 @@ async fn the_nightly_job_gives_the_same_results_in_memory_and_in_shares_of_the_n
     let (view, features) = &results[0];
     assert!(view.states.len() > 20);
     // the view comes from the features' pass over the events, and is still core's fold
-    assert_eq!(view.states, fold(events.iter().filter(|e| known_at(e, asof)), FoldConfig::default()).states);
+    assert_eq!(view.states, batch_states(events.iter().filter(|e| known_at(e, asof)), FoldConfig::default()));
     for (shared_view, shared_features) in &results[1..] {
         assert_eq!(&view.states, &shared_view.states);
         assert_eq!(features.rows.len(), shared_features.rows.len());
@@ -258,7 +258,7 @@ async fn the_nightly_job_runs_at_the_smallest_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
     let (summary, events) = simulate(&dir.path().join("gen"), 53);
     let asof = summary.end - DAY / 2;
-    let expected = fold(events.iter().filter(|e| known_at(e, asof)), FoldConfig::default()).states;
+    let expected = batch_states(events.iter().filter(|e| known_at(e, asof)), FoldConfig::default());
     let limit = (sellable_batch::MIN_MEMORY_MB as usize) << 20;
     for (name, scratch_limit) in [("memory", limit / 4), ("shares", 64 << 10)] {
         let lake = lake_of(&dir.path().join(name), &summary, &events).await.with_memory_limit(limit).with_scratch_limit(scratch_limit);
@@ -589,6 +589,6 @@ async fn the_nightly_job_on_ballista_equals_the_local_job_row_for_row() {
         // the deltas too, and the view is still core's fold
         let stored = cluster.load_batch_view().await.unwrap();
         assert_eq!(stored.states, local.load_batch_view().await.unwrap().states, "{name}");
-        assert_eq!(stored.states, fold(events.iter().filter(|e| known_at(e, asof)), FoldConfig::default()).states, "{name}");
+        assert_eq!(stored.states, batch_states(events.iter().filter(|e| known_at(e, asof)), FoldConfig::default()), "{name}");
     }
 }
