@@ -11,6 +11,9 @@
 //! # among promised orders stays at or under this share of naive ATP's on the validation days
 //! # (meaningful on any marketplace); `target_oversell_rate = R` sets an absolute rate instead
 //! target_vs_naive_atp = 0.5
+//! # train again without each group of features in turn, to show what each adds (the report's
+//! # ablation table; about eight more trainings)
+//! ablation = true
 //!
 //! [xgboost]
 //! rounds = 400                 # at most; early stopping usually ends sooner
@@ -37,6 +40,8 @@ pub struct TrainConfig {
     pub target_vs_naive_atp: f64,
     /// An absolute target oversell rate, instead of [`TrainConfig::target_vs_naive_atp`].
     pub target_oversell_rate: Option<f64>,
+    /// Train again without each group of features in turn ([`crate::evaluate::ABLATION_GROUPS`]).
+    pub ablation: bool,
     pub xgboost: XgboostConfig,
 }
 
@@ -101,7 +106,7 @@ impl PositiveWeight {
 
 impl Default for TrainConfig {
     fn default() -> TrainConfig {
-        TrainConfig { validation_days: 1, test_days: 1, target_vs_naive_atp: 0.5, target_oversell_rate: None, xgboost: XgboostConfig::default() }
+        TrainConfig { validation_days: 1, test_days: 1, target_vs_naive_atp: 0.5, target_oversell_rate: None, ablation: true, xgboost: XgboostConfig::default() }
     }
 }
 

@@ -228,6 +228,9 @@ pub struct Evaluation {
     pub at_matched_oversells: Comparison,
     pub calibration: Vec<CalibrationBin>,
     pub importance: Vec<(String, f64)>,
+    /// The same training without each group of features in turn ([`ABLATION_GROUPS`]), first
+    /// the model with all of them: what each group adds on the held-out days.
+    pub ablation: Vec<Ablation>,
     #[serde(skip)]
     pub curve: Vec<Point>,
     #[serde(skip)]
@@ -235,6 +238,58 @@ pub struct Evaluation {
     /// The safety stock on the held-out days for k = 0, 1, 2, … (the static policies' curve).
     #[serde(skip)]
     pub safety_stocks: Vec<(i64, Outcome)>,
+}
+
+/// Groups of features the ablation takes out one at a time: a feature is in a group when its
+/// name is one of the group's names, or starts with one ending in `_`.
+pub const ABLATION_GROUPS: [(&str, &[&str]); 8] = [
+    ("recent demand (velocity_5m, velocity_1h)", &["velocity_5m", "velocity_1h"]),
+    ("demand windows (reserves 5m to 7d, sku×node and SKU)", &["reserve_", "sku_reserve_"]),
+    ("count discrepancies and count age (phantom stock)", &["count_bias_30d", "count_mae_30d", "counts_30d", "hours_since_count"]),
+    ("seller feed lag and reliability", &["feed_lag_p50_s", "feed_lag_p95_s", "feed_reliability_30d"]),
+    ("short history (sku×node and node, 30 days)", &["short_rate_30d", "node_short_rate_30d"]),
+    ("cancels and returns (7 days)", &["cancel_rate_7d", "return_rate_7d"]),
+    ("time since events, anchor and receipt", &["hours_since_event", "hours_since_receipt", "hours_since_event_now", "hours_since_anchor_now"]),
+    ("hour of day and day of week", &["hour_of_day", "day_of_week"]),
+];
+
+/// Whether feature `name` is in an ablation group of `names`.
+pub fn in_group(name: &str, names: &[&str]) -> bool {
+    names.iter().any(|group| name == *group || (group.ends_with('_') && name.starts_with(group)))
+}
+
+/// A model trained without one group of features (`without` empty: with all), at its own
+/// threshold chosen on the validation days for the same target, on the held-out days.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ablation {
+    pub without: String,
+    /// How many features the group holds.
+    pub features: usize,
+    pub pr_auc: f64,
+    pub calibration_error: f64,
+    pub threshold: f64,
+    pub oversells: u64,
+    pub false_denies: u64,
+}
+
+impl Ablation {
+    /// The row of scores `p_fulfill` on the held-out days `test`, thresholded on the validation
+    /// days as the model is.
+    pub fn of(without: &str, features: usize, validation: (&Orders, &[f64]), test: (&Orders, &[f64]), target: f64) -> Ablation {
+        let threshold = choose_threshold(validation.0, validation.1, target);
+        let (test, p_fulfill) = test;
+        let p_short: Vec<f64> = p_fulfill.iter().map(|p| 1.0 - p).collect();
+        let outcome = Outcome::of(test, |index| test.atp[index] >= test.qty[index] && p_fulfill[index] >= threshold);
+        Ablation {
+            without: without.to_string(),
+            features,
+            pr_auc: precision_recall(&test.labels, &p_short).0,
+            calibration_error: calibration(&test.labels, &p_short).0,
+            threshold,
+            oversells: outcome.oversells,
+            false_denies: outcome.false_denies,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -336,6 +391,7 @@ pub fn evaluate(
         at_matched_oversells: Comparison::of(test, &model, at_oversells),
         calibration,
         importance,
+        ablation: vec![Ablation::of("", 0, (validation, validation_p), (test, p_fulfill), target)],
         curve,
         precision_recall,
         safety_stocks,

@@ -3,9 +3,10 @@
 
 use sellable_core::features::TrainingSet;
 
-use crate::evaluate::{self, Evaluation};
+use crate::evaluate::{self, Ablation, Evaluation};
 use crate::evaluator::Evaluator;
 use crate::registry::{Manifest, ModelLineage};
+use crate::train::Split;
 use crate::{train, Orders, Registry, RegistryError, TrainConfig, TrainedModel};
 
 /// Every failure of training.
@@ -58,8 +59,38 @@ pub fn fit(orders: &Orders, config: &TrainConfig, on_round: impl FnMut(train::Ro
         return Err(ModelError::Data(format!("the evaluator differs from XGBoost by {parity:e} (allowed {PARITY_TOLERANCE:e}); this is a bug")));
     }
     let importance = train::importance(model.json(), &orders.names)?;
-    let evaluation = evaluate::evaluate(&split.train, (&split.validation, &validation_p), (&split.test, &test_p), config.target(), importance);
+    let mut evaluation = evaluate::evaluate(&split.train, (&split.validation, &validation_p), (&split.test, &test_p), config.target(), importance);
+    if config.ablation {
+        evaluation.ablation.extend(ablation(&split, config, evaluation.target_oversell_rate)?);
+    }
     Ok(Fitted { model, evaluation, parity, config: config.clone() })
+}
+
+/// The same training and evaluation without each group of [`evaluate::ABLATION_GROUPS`] in
+/// turn (its features made missing everywhere), at thresholds chosen for `target` on the
+/// validation days.
+fn ablation(split: &Split, config: &TrainConfig, target: f64) -> Result<Vec<Ablation>, ModelError> {
+    let names = &split.train.names;
+    let mut rows = Vec::new();
+    for (group, members) in evaluate::ABLATION_GROUPS {
+        let columns: Vec<usize> = names.iter().enumerate().filter(|(_, name)| evaluate::in_group(name, members)).map(|(index, _)| index).collect();
+        if columns.is_empty() {
+            continue;
+        }
+        let without = |set: &Orders| {
+            let mut set = set.clone();
+            for row in set.features.chunks_mut(names.len()) {
+                columns.iter().for_each(|column| row[*column] = f32::NAN);
+            }
+            set
+        };
+        let (train, validation, test) = (without(&split.train), without(&split.validation), without(&split.test));
+        let model = train::train(&train, &validation, config, |_| {})?;
+        let p_fulfill = |set: &Orders| -> Result<Vec<f64>, ModelError> { Ok(model.predict(&set.features, set.len())?.iter().map(|p| 1.0 - *p as f64).collect()) };
+        let (validation_p, test_p) = (p_fulfill(&validation)?, p_fulfill(&test)?);
+        rows.push(Ablation::of(group, columns.len(), (&validation, &validation_p), (&test, &test_p), target));
+    }
+    Ok(rows)
 }
 
 impl Fitted {

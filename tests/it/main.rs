@@ -744,8 +744,17 @@ async fn the_model_beats_safety_stocks_matched_before_the_held_out_days_and_serv
     assert_eq!(metrics["at_matched_oversells"]["safety_stock_false_denies"], at_oversells.safety_stock_false_denies);
     let report = std::fs::read_to_string(trained.registry.file("v1", "report.html").unwrap()).unwrap();
     assert_eq!(report.matches("<svg").count(), 4, "operating curve, PR curve, calibration, importance");
-    for title in ["Operating curve", "Precision-recall", "Calibration", "Feature importance"] {
+    for title in ["Operating curve", "Precision-recall", "Calibration", "Feature importance", "What each group of features adds"] {
         assert!(report.contains(title), "{title} missing");
+    }
+    // the ablation: the model itself, then one training without each group of features
+    let ablation = metrics["ablation"].as_array().unwrap();
+    assert_eq!(ablation.len(), 1 + sellable_models::evaluate::ABLATION_GROUPS.len(), "{ablation:?}");
+    assert_eq!((ablation[0]["without"].as_str(), ablation[0]["pr_auc"].as_f64()), (Some(""), Some(evaluation.pr_auc)));
+    assert_eq!(ablation[0]["oversells"].as_u64(), Some(evaluation.model.oversells));
+    for (row, (group, _)) in ablation[1..].iter().zip(sellable_models::evaluate::ABLATION_GROUPS) {
+        assert_eq!(row["without"].as_str(), Some(group));
+        assert!(row["features"].as_u64().unwrap() >= 2 && (0.0..=1.0).contains(&row["pr_auc"].as_f64().unwrap()), "{row}");
     }
 
     // the command line runs the same job (a bad config is refused first, naming the file and the
