@@ -135,6 +135,28 @@ pub fn choose_threshold(orders: &Orders, p_fulfill: &[f64], target: f64) -> f64 
         .min(1.0)
 }
 
+/// What an oversell budget can ask of the model, from an operating curve on `orders` (the
+/// validation days'): (threshold, oversell rate) pairs, thresholds rising, each rate lower than
+/// every rate at a lower threshold. The lowest threshold meeting a budget
+/// ([`choose_threshold`]'s answer for it) is the first pair whose rate does
+/// ([`crate::Model::threshold_for`]).
+pub fn budgets(orders: &Orders, p_fulfill: &[f64]) -> Vec<[f64; 2]> {
+    let mut lowest = f64::INFINITY;
+    let mut pairs = Vec::new();
+    for point in operating_curve(orders, p_fulfill).iter().skip(1).rev() {
+        if point.oversell_rate < lowest {
+            lowest = point.oversell_rate;
+            pairs.push([point.threshold, point.oversell_rate]);
+        }
+    }
+    pairs
+}
+
+/// The lowest threshold of `budgets` whose oversell rate is at most `budget`; `1.0` when none is.
+pub fn threshold_within(budgets: &[[f64; 2]], budget: f64) -> f64 {
+    budgets.iter().find(|[_, rate]| *rate <= budget).map_or(1.0, |[threshold, _]| threshold.min(1.0))
+}
+
 /// Average precision of ranking orders by short probability (the area under the PR curve for
 /// the oversell class), and the curve itself as (recall, precision) points.
 pub fn precision_recall(labels: &[f32], p_short: &[f64]) -> (f64, Vec<(f64, f64)>) {
@@ -231,6 +253,9 @@ pub struct Evaluation {
     /// The same training without each group of features in turn ([`ABLATION_GROUPS`]), first
     /// the model with all of them: what each group adds on the held-out days.
     pub ablation: Vec<Ablation>,
+    /// The validation days' thresholds for oversell budgets ([`budgets`]), for the manifest.
+    #[serde(skip)]
+    pub budgets: Vec<[f64; 2]>,
     #[serde(skip)]
     pub curve: Vec<Point>,
     #[serde(skip)]
@@ -392,6 +417,7 @@ pub fn evaluate(
         calibration,
         importance,
         ablation: vec![Ablation::of("", 0, (validation, validation_p), (test, p_fulfill), target)],
+        budgets: budgets(validation, validation_p),
         curve,
         precision_recall,
         safety_stocks,
@@ -446,6 +472,26 @@ mod tests {
         assert_eq!(buffered.false_deny_rate, 1.0 / 3.0);
         assert_eq!(best_safety_stock(&set, 0.0), 1);
         assert_eq!(best_safety_stock(&set, 0.3), 0, "naive ATP oversells 1 in 4");
+    }
+
+    #[test]
+    fn a_budget_gets_the_threshold_the_training_would_choose_for_it() {
+        // scores and labels from a fixed generator: many ties, shorts among the confident ones
+        let mut set = Orders::new(&["atp_now", "order_qty"]).unwrap();
+        let (mut state, mut p) = (12345u64, Vec::new());
+        for index in 0..400 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let score = ((state >> 33) % 50) as f64 / 50.0;
+            let shorted = (state >> 20) % 100 < (60.0 * (1.0 - score)) as u64;
+            let atp = if index % 7 == 0 { 0.0 } else { 5.0 };
+            set.push(index, &[atp, 1.0], i64::from(shorted)).unwrap();
+            p.push(score);
+        }
+        let pairs = budgets(&set, &p);
+        assert!(pairs.len() > 3 && pairs.windows(2).all(|w| w[0][0] < w[1][0] && w[0][1] > w[1][1]), "{pairs:?}");
+        for budget in [0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0] {
+            assert_eq!(threshold_within(&pairs, budget), choose_threshold(&set, &p, budget), "budget {budget}");
+        }
     }
 
     #[test]

@@ -118,6 +118,7 @@ impl Fitted {
             lineage,
             headline: headline.into_iter().map(|(name, value)| (name.to_string(), value)).collect(),
             config: serde_json::to_value(&self.config).expect("the config serialises; this is a bug"),
+            budgets: e.budgets.clone(),
         }
     }
 

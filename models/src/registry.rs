@@ -72,6 +72,11 @@ pub struct Manifest {
     pub headline: std::collections::BTreeMap<String, f64>,
     /// The training configuration, as given.
     pub config: serde_json::Value,
+    /// The thresholds oversell budgets ask for: (threshold, oversell rate on the validation
+    /// days), thresholds rising ([`crate::evaluate::budgets`]). Empty for versions trained
+    /// before budgets existed.
+    #[serde(default)]
+    pub budgets: Vec<[f64; 2]>,
 }
 
 /// A loaded, checked model: what serving and backtests score with.
@@ -88,6 +93,13 @@ impl Model {
 
     pub fn threshold(&self) -> f64 {
         self.manifest.threshold
+    }
+
+    /// The threshold that keeps the oversell rate among promised orders within `budget` on the
+    /// validation days (the lowest that does, as training chooses its own); `None` when this
+    /// version has no budgets.
+    pub fn threshold_for(&self, budget: f64) -> Option<f64> {
+        (!self.manifest.budgets.is_empty()).then(|| crate::evaluate::threshold_within(&self.manifest.budgets, budget))
     }
 
     /// The probability that an order with this feature vector is fulfilled: one minus the
@@ -297,6 +309,7 @@ mod tests {
             lineage: ModelLineage { trainset_version: 1, lake_version: 2, features_version: 3, trainset_code_version: "t".into(), code_version: "c".into() },
             headline: Default::default(),
             config: serde_json::Value::Null,
+            budgets: Vec::new(),
         }
     }
 

@@ -385,19 +385,28 @@ impl Serving {
     /// reservations' holds are subtracted from what each node can promise.
     #[tracing::instrument(name = "availability", skip_all, fields(sku = ?sku, region = ?region, qty))]
     pub async fn availability(&self, sku: &str, region: &str, qty: i64, now: Millis) -> Result<Availability, ApiError> {
-        Ok(self.decide_sku(sku, region, None, qty, now, true).await?.0)
+        self.availability_within(sku, region, qty, None, now).await
+    }
+
+    /// [`Self::availability`] within an oversell `budget`, if given: each node's score must reach
+    /// the threshold that kept the oversell rate among promised orders within it on the live
+    /// model's validation days, instead of the model's own threshold.
+    pub async fn availability_within(&self, sku: &str, region: &str, qty: i64, budget: Option<f64>, now: Millis) -> Result<Availability, ApiError> {
+        Ok(self.decide_sku(sku, region, None, qty, budget, now, true).await?.0)
     }
 
     /// The answer for `qty` units of `sku` in `region` (at `only` that node, if given), and per
     /// node the units it can promise before live holds are subtracted (the model's gate and the
     /// rules applied), ranked by `p_fulfill`, then units, then node. With `subtract_holds`, the
     /// answer subtracts the live holds; a reservation leaves that to the store, atomically.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn decide_sku(
         &self,
         sku: &str,
         region: &str,
         only: Option<&str>,
         qty: i64,
+        budget: Option<f64>,
         now: Millis,
         subtract_holds: bool,
     ) -> Result<(Availability, Vec<(String, i64)>), ApiError> {
@@ -412,7 +421,7 @@ impl Serving {
             }
         };
         let (read, held) = tokio::join!(self.read_sku(&epoch, sku), holds);
-        self.decide_read(&epoch, &|node| self.watermark(node), sku, region, only, qty, now, read?, held.map(Option::unwrap_or_default))
+        self.decide_read(&epoch, &|node| self.watermark(node), sku, region, only, qty, budget, now, read?, held.map(Option::unwrap_or_default))
     }
 
     /// Up to [`MAX_BATCH`] answers for a listing page, in order, one per item: the SKUs are read
@@ -442,7 +451,7 @@ impl Serving {
                     Ok(held) => Ok(held.as_ref().map(|held| held[index].clone()).unwrap_or_default()),
                     Err(problem) => Err(problem.clone()),
                 };
-                Ok(self.decide_read(&epoch, &|node| self.watermark(node), sku, region, None, *qty, now, view, held)?.0)
+                Ok(self.decide_read(&epoch, &|node| self.watermark(node), sku, region, None, *qty, None, now, view, held)?.0)
             })
             .collect()
     }
@@ -460,7 +469,7 @@ impl Serving {
         let epoch = Epoch { batch, speed: self.epoch().speed.clone() };
         let row = Arc::new(SkuRow { info, states, features });
         let marks = |node: &str| epoch.batch.watermarks.get(node).copied();
-        Ok(self.decide_read(&epoch, &marks, &sku, region, None, qty, now, SkuView::Row(row, Ok(speed)), Ok(Vec::new()))?.0)
+        Ok(self.decide_read(&epoch, &marks, &sku, region, None, qty, None, now, SkuView::Row(row, Ok(speed)), Ok(Vec::new()))?.0)
     }
 
     /// [`Self::decide_sku`] from what was read of the SKU and of its live holds; `watermark`
@@ -474,6 +483,7 @@ impl Serving {
         region: &str,
         only: Option<&str>,
         qty: i64,
+        budget: Option<f64>,
         now: Millis,
         read: SkuView,
         held: Result<Vec<(String, i64)>, String>,
@@ -481,6 +491,16 @@ impl Serving {
         let serving_region = &self.regions[region];
         let model = self.models.current();
         let shadow = self.models.shadow();
+        let budget = match (budget, &model) {
+            (None, _) => None,
+            (Some(budget), Some(model)) => Some(Budget {
+                budget,
+                threshold: model.threshold_for(budget).ok_or_else(|| {
+                    ApiError::BadRequest(format!("model {} was trained without oversell budgets: retrain it to answer within one", model.version()))
+                })?,
+            }),
+            (Some(_), None) => return Err(ApiError::Unavailable("no model is live: an oversell budget cannot be kept".to_string())),
+        };
         let mut grading = Grading::default();
         let mut margin = 0;
         if model.is_none() {
@@ -536,7 +556,7 @@ impl Serving {
                 continue;
             }
             let features = row.features_of(&info.node);
-            let mut facts = NodeFacts { margin, ..NodeFacts::of(state, now) };
+            let mut facts = NodeFacts { margin, budget, ..NodeFacts::of(state, now) };
             if speed.is_none() {
                 facts.atp = sellable_core::grade::conservative_atp(state, features, epoch.batch.asof, now);
             }
@@ -703,14 +723,13 @@ impl Serving {
     ) -> NodeDecision {
         let mut decision = NodeDecision { units: (facts.atp - facts.margin).max(0), reasons: Vec::new(), fired: Vec::new() };
         if let (Some(model), Some(p)) = (model, facts.p_fulfill) {
-            if p < model.threshold() {
+            let (threshold, within) = match facts.budget {
+                Some(Budget { budget, threshold }) => (threshold, format!(" for the oversell budget {budget}")),
+                None => (model.threshold(), String::new()),
+            };
+            if p < threshold {
                 decision.units = 0;
-                decision.reasons.push(format!(
-                    "{}: p_fulfill {p:.3} is under the threshold {:.3} of model {}",
-                    node.node,
-                    model.threshold(),
-                    model.version()
-                ));
+                decision.reasons.push(format!("{}: p_fulfill {p:.3} is under the threshold {threshold:.3} of model {}{within}", node.node, model.version()));
             }
         }
         if let Some(ruleset) = ruleset {
@@ -931,6 +950,16 @@ pub struct NodeFacts {
     /// Units held back before the model and the rules: the static safety stock while no model
     /// is live, and the margin of a batch view older than expected.
     pub margin: i64,
+    /// The request's oversell budget and the threshold it asks of the model, if any (else the
+    /// model's own threshold).
+    pub budget: Option<Budget>,
+}
+
+/// An oversell budget and the live model's threshold for it ([`sellable_models::Model::threshold_for`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub budget: f64,
+    pub threshold: f64,
 }
 
 impl NodeFacts {
@@ -945,6 +974,7 @@ impl NodeFacts {
             velocity_1h: state.demand(now, 60),
             p_fulfill: None,
             margin: 0,
+            budget: None,
         }
     }
 }
@@ -1131,6 +1161,14 @@ pub const MAX_BATCH: usize = 200;
 /// Largest quantity one request may ask for; anything above is a client bug.
 pub(crate) const MAX_QTY: i64 = 1_000_000;
 
+/// An oversell budget: a rate from 0.0001 to 1.
+fn parse_budget(text: &str) -> Result<f64, ApiError> {
+    match text.parse::<f64>() {
+        Ok(budget) if (0.0001..=1.0).contains(&budget) => Ok(budget),
+        _ => Err(ApiError::BadRequest(format!("oversell_budget must be a rate from 0.0001 to 1, e.g. 0.01, got '{text}'"))),
+    }
+}
+
 fn parse_qty(text: Option<&String>) -> Result<i64, ApiError> {
     let Some(text) = text else { return Ok(1) };
     match text.parse::<i64>() {
@@ -1142,7 +1180,8 @@ fn parse_qty(text: Option<&String>) -> Result<i64, ApiError> {
 #[utoipa::path(get, path = "/v1/availability/{sku}", tag = "availability",
     params(("sku" = String, Path, description = "The SKU", example = "SKU-000001"),
            ("region" = String, Query, description = "A shipping region or a country", example = "DE"),
-           ("qty" = Option<i64>, Query, description = "Units wanted, 1 to 1000000 (default 1)", minimum = 1, maximum = 1000000)),
+           ("qty" = Option<i64>, Query, description = "Units wanted, 1 to 1000000 (default 1)", minimum = 1, maximum = 1000000),
+           ("oversell_budget" = Option<f64>, Query, description = "Answer within this oversell rate among promised orders (0.0001 to 1), as the live model measured it on its validation days, instead of the model's own threshold", minimum = 0.0001, maximum = 1.0)),
     responses((status = 200, description = "The decision, explained", body = Availability),
               (status = 404, description = "The catalog does not know the SKU", body = openapi::ErrorBody)))]
 async fn availability(
@@ -1156,7 +1195,8 @@ async fn availability(
         .get("region")
         .filter(|region| !region.is_empty())
         .ok_or_else(|| ApiError::BadRequest("region is required, e.g. ?region=DE".to_string()))?;
-    let answer = serving.availability(&sku, region, qty, serving.now()).await;
+    let budget = params.get("oversell_budget").map(|text| parse_budget(text)).transpose()?;
+    let answer = serving.availability_within(&sku, region, qty, budget, serving.now()).await;
     serving.answered("availability", request_id(&headers), &sku, region, qty, &answer);
     answer.map(Json)
 }

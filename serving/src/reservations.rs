@@ -293,7 +293,7 @@ async fn attempt(serving: &Serving, holds: &Arc<dyn HoldStore>, id: &str, key: &
             (None, Some(node)) => serving.nodes.get(node).map(|info| info.region.clone()).ok_or_else(|| ApiError::BadRequest(format!("line {index}: unknown node '{node}'")))?,
             (None, None) => unreachable!("validated"),
         };
-        let (answer, promisable) = serving.decide_sku(&line.sku, &region, line.node.as_deref(), line.qty, now, false).await?;
+        let (answer, promisable) = serving.decide_sku(&line.sku, &region, line.node.as_deref(), line.qty, None, now, false).await?;
         if matches!(answer.grade, Grade::Conservative | Grade::Unavailable) {
             return Err(ApiError::Refused(format!(
                 "line {index} ({}) cannot be decided safely now ({}): nothing was reserved",

@@ -814,6 +814,8 @@ async fn the_model_beats_safety_stocks_matched_before_the_held_out_days_and_serv
 
     // a backtest of the held-out day decides as live answers do, and the rules see the score
     let model = || trained.registry.load(&version, &sellable_core::features::names()).unwrap();
+    // the training's own target, as a request's oversell budget, asks for the training's threshold
+    assert_eq!(model().threshold_for(evaluation.target_oversell_rate), Some(evaluation.threshold));
     let mut orders = Vec::new();
     let progress = sellable_batch::Progress::hidden();
     trained.lake.replay_orders(cutoff, trained.end, FoldConfig::default(), &progress, |order, moment| orders.push((order, moment))).await.unwrap();

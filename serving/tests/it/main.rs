@@ -394,6 +394,8 @@ fn register(registry: &sellable_models::Registry, model_json: &str, threshold: f
         },
         headline: Default::default(),
         config: serde_json::Value::Null,
+        // a budget of 5% or more keeps the threshold; 1% asks for 0.95
+        budgets: vec![[threshold, 0.05], [0.95, 0.01]],
     };
     registry.register(model_json, manifest, "{}", "<html></html>").unwrap()
 }
@@ -651,4 +653,46 @@ async fn recent_demand_at_a_node_is_the_velocity_rules_see() {
     let later = serving.availability("SKU-1", "DE", 1, DEMAND_NOW + 3_600_000).await.unwrap();
     assert!(later.rules_fired.iter().all(|f| f.rule == "calm"), "{later:?}");
     assert_eq!(later.rules_fired.len(), 2, "{later:?}");
+}
+
+/// An oversell budget per request: the live model's threshold for it (from its validation days)
+/// decides instead of its own, and the reasons say so; a budget out of range is a 400, one the
+/// live version cannot keep (no budgets, no model) an error naming why.
+#[tokio::test]
+async fn an_oversell_budget_asks_the_model_for_its_threshold() {
+    let json = small_model_json();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = sellable_models::Registry::open(dir.path()).unwrap();
+    // its own threshold 0.0 promises every unit; a budget of 1% asks for 0.95
+    let version = register(&registry, &json, 0.0);
+    registry.promote(&version, &sellable_core::features::names()).unwrap();
+    let book = Arc::new(ModelBook::from_registry(sellable_models::Registry::open(dir.path()).unwrap(), None).unwrap());
+    let base = serve_with(Arc::new(RuleBook::empty(Schema::standard())), book).await;
+    let client = reqwest::Client::new();
+    let get = |query: &str| client.get(format!("{base}/v1/availability/SKU-1?region=DE&qty=1{query}")).send();
+    let own: Availability = get("").await.unwrap().json().await.unwrap();
+    let scores: BTreeMap<String, f64> = own.options.iter().map(|option| (option.node.clone(), option.p_fulfill.unwrap())).collect();
+    assert_eq!(units_by_node(&own), BTreeMap::from([("WH-1".to_string(), 10), ("SL-1".to_string(), 6)]), "{own:?}");
+    assert!(scores.values().any(|p| *p < 0.95), "a node the 1% budget denies: {scores:?}");
+    for (budget, threshold) in [("0.05", 0.0), ("0.2", 0.0), ("0.01", 0.95), ("0.001", 1.0)] {
+        let answer: Availability = get(&format!("&oversell_budget={budget}")).await.unwrap().json().await.unwrap();
+        for (node, p) in &scores {
+            let units = answer.options.iter().find(|option| &option.node == node).map_or(0, |option| option.units);
+            let expected = if *p >= threshold { own.options.iter().find(|option| &option.node == node).unwrap().units } else { 0 };
+            assert_eq!(units, expected, "budget {budget}, {node} scored {p}: {answer:?}");
+            let said = format!("{node}: p_fulfill {p:.3} is under the threshold {threshold:.3} of model {version} for the oversell budget {budget}");
+            assert_eq!(answer.reasons.contains(&said), *p < threshold, "{said}: {:?}", answer.reasons);
+        }
+    }
+    for bad in ["0", "-0.1", "1.5", "NaN", "lots"] {
+        let response = get(&format!("&oversell_budget={bad}")).await.unwrap();
+        assert_eq!(response.status(), 400, "{bad}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains("oversell_budget must be a rate from 0.0001 to 1"), "{body}");
+    }
+    // without a live model no budget can be kept
+    let none = serve(Arc::new(RuleBook::empty(Schema::standard()))).await;
+    let response = client.get(format!("{none}/v1/availability/SKU-1?region=DE&oversell_budget=0.01")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.text().await.unwrap().contains("no model is live: an oversell budget cannot be kept"));
 }
