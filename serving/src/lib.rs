@@ -491,17 +491,20 @@ impl Serving {
         let serving_region = &self.regions[region];
         let model = self.models.current();
         let shadow = self.models.shadow();
-        let budget = match (budget, &model) {
-            (None, _) => None,
-            (Some(budget), Some(model)) => Some(Budget {
-                budget,
-                threshold: model.threshold_for(budget).ok_or_else(|| {
-                    ApiError::BadRequest(format!("model {} was trained without oversell budgets: retrain it to answer within one", model.version()))
-                })?,
-            }),
-            (Some(_), None) => return Err(ApiError::Unavailable("no model is live: an oversell budget cannot be kept".to_string())),
+        // a budget the live model cannot keep promises nothing, and says why
+        let (budget, unkept) = match (budget, &model) {
+            (None, _) => (None, None),
+            (Some(budget), Some(model)) => match model.threshold_for(budget) {
+                Some(threshold) => (Some(Budget { budget, threshold }), None),
+                None => (None, Some(format!("model {} was trained without oversell budgets: nothing promised within the budget {budget}", model.version()))),
+            },
+            (Some(budget), None) => (None, Some(format!("no model is live: nothing promised within the oversell budget {budget}"))),
         };
         let mut grading = Grading::default();
+        let budget_unkept = unkept.is_some();
+        if let Some(reason) = unkept {
+            grading.note(reason);
+        }
         let mut margin = 0;
         if model.is_none() {
             margin = self.models.fallback_safety_stock();
@@ -551,7 +554,7 @@ impl Serving {
                 units.push((info.node.clone(), 0));
                 continue;
             }
-            if grading.grade == Grade::Unavailable {
+            if grading.grade == Grade::Unavailable || budget_unkept {
                 units.push((info.node.clone(), 0));
                 continue;
             }
@@ -1181,7 +1184,7 @@ fn parse_qty(text: Option<&String>) -> Result<i64, ApiError> {
     params(("sku" = String, Path, description = "The SKU", example = "SKU-000001"),
            ("region" = String, Query, description = "A shipping region or a country", example = "DE"),
            ("qty" = Option<i64>, Query, description = "Units wanted, 1 to 1000000 (default 1)", minimum = 1, maximum = 1000000),
-           ("oversell_budget" = Option<f64>, Query, description = "Answer within this oversell rate among promised orders (0.0001 to 1), as the live model measured it on its validation days, instead of the model's own threshold", minimum = 0.0001, maximum = 1.0)),
+           ("oversell_budget" = Option<f64>, Query, description = "Answer within this oversell rate among promised orders (0.0001 to 1), as the live model measured it on its validation days, instead of the model's own threshold; with no live model, or one trained without budgets, nothing is promised (said in degraded_reasons)", minimum = 0.0001, maximum = 1.0)),
     responses((status = 200, description = "The decision, explained", body = Availability),
               (status = 404, description = "The catalog does not know the SKU", body = openapi::ErrorBody)))]
 async fn availability(

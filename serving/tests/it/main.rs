@@ -656,8 +656,8 @@ async fn recent_demand_at_a_node_is_the_velocity_rules_see() {
 }
 
 /// An oversell budget per request: the live model's threshold for it (from its validation days)
-/// decides instead of its own, and the reasons say so; a budget out of range is a 400, one the
-/// live version cannot keep (no budgets, no model) an error naming why.
+/// decides instead of its own, and the reasons say so; a budget out of range is a 400; one that
+/// cannot be kept (no live model) promises nothing and says why.
 #[tokio::test]
 async fn an_oversell_budget_asks_the_model_for_its_threshold() {
     let json = small_model_json();
@@ -690,9 +690,9 @@ async fn an_oversell_budget_asks_the_model_for_its_threshold() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert!(body["message"].as_str().unwrap().contains("oversell_budget must be a rate from 0.0001 to 1"), "{body}");
     }
-    // without a live model no budget can be kept
+    // without a live model no budget can be kept: nothing is promised, and the answer says why
     let none = serve(Arc::new(RuleBook::empty(Schema::standard()))).await;
-    let response = client.get(format!("{none}/v1/availability/SKU-1?region=DE&oversell_budget=0.01")).send().await.unwrap();
-    assert_eq!(response.status(), 503);
-    assert!(response.text().await.unwrap().contains("no model is live: an oversell budget cannot be kept"));
+    let answer: Availability = client.get(format!("{none}/v1/availability/SKU-1?region=DE&oversell_budget=0.01")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((answer.units, answer.available, answer.degraded), (0, 0, true), "{answer:?}");
+    assert!(answer.degraded_reasons.contains(&"no model is live: nothing promised within the oversell budget 0.01".to_string()), "{answer:?}");
 }
