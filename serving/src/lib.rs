@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
-use sellable_core::{decide, merge_views, BatchMeta, Event, Grade, Millis, Moment, NodeInfo, NodeState, SkuInfo, SkuRow, SpeedSource, Verdict, ViewError};
+use sellable_core::{decide, merge_views, BatchMeta, Event, EventKind, Grade, Millis, Moment, NodeInfo, NodeState, SkuInfo, SkuRow, SpeedSource, Verdict, ViewError};
 use grading::{Grading, Limits};
 use sellable_dsl::{Facts, RuleSet, Schema, Value};
 
@@ -128,6 +128,8 @@ struct Metrics {
     http: prometheus::HistogramVec,
     /// Requests the door refused, by reason.
     refused: prometheus::IntCounterVec,
+    outcomes: prometheus::IntCounterVec,
+    target: prometheus::Gauge,
 }
 
 /// Every `every`, if `changed`, runs `reload` on a blocking thread: reloads read and parse
@@ -197,7 +199,13 @@ impl Metrics {
             ),
         );
         let refused = counter("sellable_http_refused_total", "Requests the door refused before a handler saw them, by reason", "reason");
-        Metrics { registry, answers, grades, degraded, errors, events, feed_lag, source_lag, batch_age, cutovers, cutover_seconds, archive_lag, shadow, http, refused }
+        let outcomes = counter(
+            "sellable_order_outcomes_total",
+            "Orders' outcomes posted to /v1/events and accepted: ship (fulfilled) or short (oversold); their ratio over a day is the realised oversell rate",
+            "outcome",
+        );
+        let target = plain("sellable_model_target_oversell_rate", "The oversell rate among promised orders the live model's threshold was chosen for (0 without a live model)");
+        Metrics { registry, answers, grades, degraded, errors, events, feed_lag, source_lag, batch_age, cutovers, cutover_seconds, archive_lag, shadow, http, refused, outcomes, target }
     }
 }
 
@@ -1285,6 +1293,7 @@ async fn readyz(State(serving): State<Arc<Serving>>) -> (StatusCode, Json<Readin
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(State(serving): State<Arc<Serving>>) -> Result<String, ApiError> {
+    serving.metrics.target.set(serving.models.current().map_or(0.0, |model| model.manifest.target_oversell_rate));
     let families = serving.metrics.registry.gather();
     prometheus::TextEncoder::new()
         .encode_to_string(&families)
@@ -1477,10 +1486,18 @@ async fn post_events(
     for (item, raw, decoded) in items {
         let error = match decoded {
             Err(error) => error,
-            Ok(event) => match outcomes.next().and_then(|outcome| outcome.refusal(&event, speed.config())) {
-                Some(reason) => reason,
-                None => continue,
-            },
+            Ok(event) => {
+                let outcome = outcomes.next();
+                match outcome.and_then(|outcome| outcome.refusal(&event, speed.config())) {
+                    Some(reason) => reason,
+                    None => {
+                        if outcome == Some(sellable_core::Outcome::Applied) && event.order_id.is_some() && matches!(event.kind, EventKind::Ship | EventKind::Short) {
+                            serving.metrics.outcomes.with_label_values(&[event.kind.as_str()]).inc();
+                        }
+                        continue;
+                    }
+                }
+            }
         };
         if rejected.len() < MAX_REJECTED {
             rejected.push(Rejected { item, error: error.clone() });

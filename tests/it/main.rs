@@ -317,6 +317,22 @@ async fn end_to_end(speed: SpeedView) {
     assert!(metrics.contains("sellable_posted_events_total{outcome=\"future\"} 1"), "{metrics}");
     assert!(metrics.contains("sellable_posted_events_total{outcome=\"unknown\"} 2"), "{metrics}");
     assert!(metrics.contains("sellable_posted_events_total{outcome=\"conflict\"} 1"), "{metrics}");
+
+    // orders' outcomes are counted once each, for the realised oversell rate beside the target
+    let outcome = |id: &str, kind, order: Option<&str>| Event { event_id: id.into(), kind, qty: 1, order_id: order.map(Into::into), arrived: None, ..receipt.clone() };
+    let posted = [
+        outcome("shipped", sellable_core::EventKind::Ship, Some("O-1")),
+        outcome("shipped", sellable_core::EventKind::Ship, Some("O-1")),
+        outcome("shorted", sellable_core::EventKind::Short, Some("O-2")),
+        outcome("no-order", sellable_core::EventKind::Ship, None),
+    ];
+    let body: String = posted.iter().map(|event| encode_json(event) + "\n").collect();
+    let response = reqwest::Client::new().post(format!("{base}/v1/events")).body(body).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("sellable_order_outcomes_total{outcome=\"ship\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("sellable_order_outcomes_total{outcome=\"short\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("sellable_model_target_oversell_rate 0\n"), "no live model: {metrics}");
     speed.clear().await.unwrap();
 }
 
@@ -793,7 +809,11 @@ async fn the_model_beats_safety_stocks_matched_before_the_held_out_days_and_serv
     trained.registry.promote(&version, &sellable_core::features::names()).unwrap();
     let registry = sellable_models::Registry::open(trained.registry.root()).unwrap();
     let models = Arc::new(ModelBook::from_registry(registry, None).unwrap());
-    let (_, serving) = serve_with(&trained.lake, Arc::new(SpeedView::memory(FoldConfig::default())), cutoff + 1, models).await;
+    let (base, serving) = serve_with(&trained.lake, Arc::new(SpeedView::memory(FoldConfig::default())), cutoff + 1, models).await;
+    // the target the live model's threshold was chosen for, beside the realised outcomes
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let target: f64 = metrics.lines().find_map(|line| line.strip_prefix("sellable_model_target_oversell_rate ")).unwrap().parse().unwrap();
+    assert_eq!(target, evaluation.target_oversell_rate);
     let mut scored = 0;
     let batch = trained.lake.load_batch_view().await.unwrap();
     let (skus, _) = trained.lake.load_catalog().await.unwrap();
