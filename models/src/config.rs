@@ -14,6 +14,9 @@
 //! # train again without each group of features in turn, to show what each adds (the report's
 //! # ablation table; about eight more trainings)
 //! ablation = true
+//! # map the scores with a Platt scaling fitted on the validation days (kept in the manifest and
+//! # applied by serving), so their mean follows the observed short rate there
+//! calibrate = true
 //!
 //! [xgboost]
 //! rounds = 400                 # at most; early stopping usually ends sooner
@@ -42,6 +45,8 @@ pub struct TrainConfig {
     pub target_oversell_rate: Option<f64>,
     /// Train again without each group of features in turn ([`crate::evaluate::ABLATION_GROUPS`]).
     pub ablation: bool,
+    /// Fit a Platt scaling of the scores on the validation days ([`crate::calibrate::Platt`]).
+    pub calibrate: bool,
     pub xgboost: XgboostConfig,
 }
 
@@ -106,7 +111,7 @@ impl PositiveWeight {
 
 impl Default for TrainConfig {
     fn default() -> TrainConfig {
-        TrainConfig { validation_days: 1, test_days: 1, target_vs_naive_atp: 0.5, target_oversell_rate: None, ablation: true, xgboost: XgboostConfig::default() }
+        TrainConfig { validation_days: 1, test_days: 1, target_vs_naive_atp: 0.5, target_oversell_rate: None, ablation: true, calibrate: true, xgboost: XgboostConfig::default() }
     }
 }
 

@@ -139,7 +139,7 @@ pub fn choose_threshold(orders: &Orders, p_fulfill: &[f64], target: f64) -> f64 
 /// validation days'): (threshold, oversell rate) pairs, thresholds rising, each rate lower than
 /// every rate at a lower threshold. The lowest threshold meeting a budget
 /// ([`choose_threshold`]'s answer for it) is the first pair whose rate does
-/// ([`crate::Model::threshold_for`]).
+/// ([`crate::registry::threshold_within`]).
 pub fn budgets(orders: &Orders, p_fulfill: &[f64]) -> Vec<[f64; 2]> {
     let mut lowest = f64::INFINITY;
     let mut pairs = Vec::new();
@@ -150,11 +150,6 @@ pub fn budgets(orders: &Orders, p_fulfill: &[f64]) -> Vec<[f64; 2]> {
         }
     }
     pairs
-}
-
-/// The lowest threshold of `budgets` whose oversell rate is at most `budget`; `1.0` when none is.
-pub fn threshold_within(budgets: &[[f64; 2]], budget: f64) -> f64 {
-    budgets.iter().find(|[_, rate]| *rate <= budget).map_or(1.0, |[threshold, _]| threshold.min(1.0))
 }
 
 /// Average precision of ranking orders by short probability (the area under the PR curve for
@@ -490,7 +485,7 @@ mod tests {
         let pairs = budgets(&set, &p);
         assert!(pairs.len() > 3 && pairs.windows(2).all(|w| w[0][0] < w[1][0] && w[0][1] > w[1][1]), "{pairs:?}");
         for budget in [0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0] {
-            assert_eq!(threshold_within(&pairs, budget), choose_threshold(&set, &p, budget), "budget {budget}");
+            assert_eq!(crate::registry::threshold_within(&pairs, budget), choose_threshold(&set, &p, budget), "budget {budget}");
         }
     }
 

@@ -3,6 +3,7 @@
 
 use sellable_core::features::TrainingSet;
 
+use crate::calibrate::Platt;
 use crate::evaluate::{self, Ablation, Evaluation};
 use crate::evaluator::Evaluator;
 use crate::registry::{Manifest, ModelLineage};
@@ -36,6 +37,8 @@ pub struct Fitted {
     pub evaluation: Evaluation,
     /// Largest |evaluator − XGBoost| over the validation and test orders.
     pub parity: f64,
+    /// The scores' calibration, fitted on the validation days (with `config.calibrate`).
+    pub calibration: Option<Platt>,
     pub config: TrainConfig,
 }
 
@@ -58,12 +61,25 @@ pub fn fit(orders: &Orders, config: &TrainConfig, on_round: impl FnMut(train::Ro
     if parity > PARITY_TOLERANCE {
         return Err(ModelError::Data(format!("the evaluator differs from XGBoost by {parity:e} (allowed {PARITY_TOLERANCE:e}); this is a bug")));
     }
+    let (calibration, validation_p, test_p) = calibrated(config, &split.validation, validation_p, test_p);
     let importance = train::importance(model.json(), &orders.names)?;
     let mut evaluation = evaluate::evaluate(&split.train, (&split.validation, &validation_p), (&split.test, &test_p), config.target(), importance);
     if config.ablation {
         evaluation.ablation.extend(ablation(&split, config, evaluation.target_oversell_rate)?);
     }
-    Ok(Fitted { model, evaluation, parity, config: config.clone() })
+    Ok(Fitted { model, evaluation, parity, calibration, config: config.clone() })
+}
+
+/// With `config.calibrate`, the Platt scaling fitted on the validation days' scores and both
+/// sets' `p_fulfill` mapped by it; else the scores as they are.
+fn calibrated(config: &TrainConfig, validation: &Orders, validation_p: Vec<f64>, test_p: Vec<f64>) -> (Option<Platt>, Vec<f64>, Vec<f64>) {
+    if !config.calibrate {
+        return (None, validation_p, test_p);
+    }
+    let p_short: Vec<f64> = validation_p.iter().map(|p| 1.0 - p).collect();
+    let platt = Platt::fit(&validation.labels, &p_short);
+    let map = |scores: Vec<f64>| scores.into_iter().map(|p| 1.0 - platt.apply(1.0 - p)).collect();
+    (Some(platt), map(validation_p), map(test_p))
 }
 
 /// The same training and evaluation without each group of [`evaluate::ABLATION_GROUPS`] in
@@ -87,7 +103,7 @@ fn ablation(split: &Split, config: &TrainConfig, target: f64) -> Result<Vec<Abla
         let (train, validation, test) = (without(&split.train), without(&split.validation), without(&split.test));
         let model = train::train(&train, &validation, config, |_| {})?;
         let p_fulfill = |set: &Orders| -> Result<Vec<f64>, ModelError> { Ok(model.predict(&set.features, set.len())?.iter().map(|p| 1.0 - *p as f64).collect()) };
-        let (validation_p, test_p) = (p_fulfill(&validation)?, p_fulfill(&test)?);
+        let (_, validation_p, test_p) = calibrated(config, &validation, p_fulfill(&validation)?, p_fulfill(&test)?);
         rows.push(Ablation::of(group, columns.len(), (&validation, &validation_p), (&test, &test_p), target));
     }
     Ok(rows)
@@ -119,6 +135,7 @@ impl Fitted {
             headline: headline.into_iter().map(|(name, value)| (name.to_string(), value)).collect(),
             config: serde_json::to_value(&self.config).expect("the config serialises; this is a bug"),
             budgets: e.budgets.clone(),
+            calibration: self.calibration,
         }
     }
 

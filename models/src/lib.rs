@@ -12,6 +12,7 @@
 //!
 //! Tests live beside the code; they train real (small) XGBoost models (with `train`).
 
+pub mod calibrate;
 pub mod config;
 #[cfg(feature = "train")]
 pub mod evaluate;

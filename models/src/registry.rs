@@ -77,6 +77,10 @@ pub struct Manifest {
     /// before budgets existed.
     #[serde(default)]
     pub budgets: Vec<[f64; 2]>,
+    /// The map applied to the trees' short probabilities before anything reads them, fitted on
+    /// the validation days; `None`: the raw probabilities.
+    #[serde(default)]
+    pub calibration: Option<crate::calibrate::Platt>,
 }
 
 /// A loaded, checked model: what serving and backtests score with.
@@ -99,7 +103,7 @@ impl Model {
     /// validation days (the lowest that does, as training chooses its own); `None` when this
     /// version has no budgets.
     pub fn threshold_for(&self, budget: f64) -> Option<f64> {
-        (!self.manifest.budgets.is_empty()).then(|| crate::evaluate::threshold_within(&self.manifest.budgets, budget))
+        (!self.manifest.budgets.is_empty()).then(|| threshold_within(&self.manifest.budgets, budget))
     }
 
     /// The probability that an order with this feature vector is fulfilled: one minus the
@@ -112,9 +116,15 @@ impl Model {
             self.evaluator.predict(&stack[..features.len()])
         } else {
             self.evaluator.predict(&features.iter().map(|value| *value as f32).collect::<Vec<_>>())
-        };
-        1.0 - p_short as f64
+        } as f64;
+        1.0 - self.manifest.calibration.map_or(p_short, |calibration| calibration.apply(p_short))
     }
+}
+
+/// The lowest threshold of `budgets` (a manifest's, thresholds rising) whose oversell rate is at
+/// most `budget`; `1.0` when none is.
+pub fn threshold_within(budgets: &[[f64; 2]], budget: f64) -> f64 {
+    budgets.iter().find(|[_, rate]| *rate <= budget).map_or(1.0, |[threshold, _]| threshold.min(1.0))
 }
 
 pub struct Registry {
@@ -310,6 +320,7 @@ mod tests {
             headline: Default::default(),
             config: serde_json::Value::Null,
             budgets: Vec::new(),
+            calibration: None,
         }
     }
 

@@ -790,6 +790,7 @@ async fn the_model_beats_safety_stocks_matched_before_the_held_out_days_and_serv
         assert!(trained.registry.file("v2", file).unwrap().is_file(), "{file}");
     }
     let manifest = trained.registry.manifest("v2").unwrap();
+    assert!(manifest.calibration.is_some_and(|platt| platt.a > 0.0), "the scores are calibrated on the validation days: {:?}", manifest.calibration);
     assert_eq!((manifest.lineage.trainset_version, manifest.features.len()), (1, sellable_core::features::names().len()));
     let job_lineage = sellable_models::registry::ModelLineage { code_version: manifest.lineage.code_version.clone(), ..trained.registered.lineage.clone() };
     assert_eq!(manifest.lineage, job_lineage, "the same training set behind both");

@@ -396,6 +396,7 @@ fn register(registry: &sellable_models::Registry, model_json: &str, threshold: f
         config: serde_json::Value::Null,
         // a budget of 5% or more keeps the threshold; 1% asks for 0.95
         budgets: vec![[threshold, 0.05], [0.95, 0.01]],
+        calibration: None,
     };
     registry.register(model_json, manifest, "{}", "<html></html>").unwrap()
 }
