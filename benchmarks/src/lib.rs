@@ -7,7 +7,7 @@ pub mod local_cluster;
 pub mod simulator;
 
 pub use local_cluster::LocalCluster;
-pub use simulator::{generate, SimConfig, SimError, SimPaths, SimSummary};
+pub use simulator::{generate, Dynamics, SimConfig, SimError, SimPaths, SimSummary};
 
 /// Requests worth asking of a marketplace: up to `count` (sku, country) pairs whose SKU has stock
 /// at a node of that country in `fold` (in sku×node order, each pair once). Tests and load

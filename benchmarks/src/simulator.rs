@@ -58,6 +58,8 @@ pub struct SimConfig {
     pub orders_per_sku_day: f64,
     /// How many times the base rate demand runs at during a burst (a flash sale: tens).
     pub burst_factor: f64,
+    /// The nodes' hidden dynamics.
+    pub dynamics: Dynamics,
     pub show_progress: bool,
 }
 
@@ -71,8 +73,36 @@ impl Default for SimConfig {
             start: DEFAULT_START,
             orders_per_sku_day: 6.0,
             burst_factor: 5.0,
+            dynamics: Dynamics::default(),
             show_progress: false,
         }
+    }
+}
+
+/// How the nodes behave where no event shows it: what changes from one marketplace to another.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dynamics {
+    /// Multiplies every node's hidden shrink (units lost without an event).
+    pub shrink_scale: f64,
+    /// The share of sellers whose feeds over-report what they have (phantom stock).
+    pub over_reporting_sellers: f64,
+    /// Multiplies the units an over-reporting seller's feed adds (1 to 3 by default).
+    pub over_report_scale: f64,
+    /// Multiplies every node's delay between an event and its arrival (slower feeds).
+    pub lag_scale: f64,
+}
+
+impl Default for Dynamics {
+    fn default() -> Dynamics {
+        Dynamics { shrink_scale: 1.0, over_reporting_sellers: 0.25, over_report_scale: 1.0, lag_scale: 1.0 }
+    }
+}
+
+impl Dynamics {
+    /// Another marketplace: little shrink (a short rate near 1%), but half the sellers
+    /// over-report and every feed arrives three times later.
+    pub fn quiet_with_phantom_stock() -> Dynamics {
+        Dynamics { shrink_scale: 0.3, over_reporting_sellers: 0.1, over_report_scale: 1.5, lag_scale: 3.0 }
     }
 }
 
@@ -281,6 +311,12 @@ pub fn generate(config: &SimConfig, dir: &Path) -> Result<SimSummary, SimError> 
             config.skus, config.nodes, config.days
         )));
     }
+    let dynamics = config.dynamics;
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    let scale = |value: f64| (0.0..=100.0).contains(&value);
+    if !(scale(dynamics.shrink_scale) && (0.0..=1.0).contains(&dynamics.over_reporting_sellers) && scale(dynamics.over_report_scale) && scale(dynamics.lag_scale) && dynamics.lag_scale > 0.0) {
+        return Err(SimError::Config(format!("dynamics out of range (scales 0 to 100, the lag's above 0; over-reporting share 0 to 1): {dynamics:?}")));
+    }
     #[allow(clippy::neg_cmp_op_on_partial_ord)]
     if !(config.burst_factor >= 1.0 && config.burst_factor <= 1000.0) {
         return Err(SimError::Config(format!("the burst factor must be from 1 to 1000, got {}", config.burst_factor)));
@@ -300,7 +336,7 @@ pub fn generate(config: &SimConfig, dir: &Path) -> Result<SimSummary, SimError> 
 impl Simulator {
     fn new(config: SimConfig, paths: &SimPaths) -> Result<Simulator, SimError> {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let nodes: Vec<NodeTraits> = (0..config.nodes).map(|index| node_traits(index, &mut rng)).collect();
+        let nodes: Vec<NodeTraits> = (0..config.nodes).map(|index| node_traits(index, config.dynamics, &mut rng)).collect();
         let sku_ids: Vec<String> = (0..config.skus).map(|index| format!("SKU-{index:06}")).collect();
         let mut pairs = Vec::new();
         let mut pairs_of_sku = vec![Vec::new(); config.skus];
@@ -623,7 +659,7 @@ impl Simulator {
     }
 }
 
-fn node_traits(index: usize, rng: &mut ChaCha8Rng) -> NodeTraits {
+fn node_traits(index: usize, dynamics: Dynamics, rng: &mut ChaCha8Rng) -> NodeTraits {
     let (region, country) = COUNTRIES[rng.gen_range(0..COUNTRIES.len())];
     let roll: f64 = rng.gen();
     let kind = if roll < 0.2 {
@@ -653,8 +689,10 @@ fn node_traits(index: usize, rng: &mut ChaCha8Rng) -> NodeTraits {
         ),
     };
     let seller = (kind == NodeKind::Seller).then(|| format!("S-{}", 1000 + index % 50));
-    // A quarter of sellers over-report what they have.
-    let over_report = if kind == NodeKind::Seller && rng.gen_bool(0.25) { rng.gen_range(1..4) } else { 0 };
+    // A quarter of sellers (by default) over-report what they have.
+    let over_report = if kind == NodeKind::Seller && rng.gen_bool(dynamics.over_reporting_sellers) { rng.gen_range(1..4) } else { 0 };
+    let over_report = (over_report as f64 * dynamics.over_report_scale).round() as i64;
+    let (shrink_per_day, lag) = (shrink_per_day * dynamics.shrink_scale, (lag as f64 * dynamics.lag_scale) as Millis);
     NodeTraits {
         info: NodeInfo {
             node: format!("{prefix}-{index:04}"),

@@ -5,12 +5,12 @@
 //! ```toml
 //! # the time split: the last `test_days` days of the training set are held out for the
 //! # evaluation, the `validation_days` before them pick the round count and the threshold
-//! validation_days = 1
-//! test_days = 1
+//! validation_days = 2
+//! test_days = 3
 //! # the operating target: the threshold promises as much as possible while the oversell rate
 //! # among promised orders stays at or under this share of naive ATP's on the validation days
 //! # (meaningful on any marketplace); `target_oversell_rate = R` sets an absolute rate instead
-//! target_vs_naive_atp = 0.5
+//! target_vs_naive_atp = 0.35
 //! # train again without each group of features in turn, to show what each adds (the report's
 //! # ablation table; about eight more trainings)
 //! ablation = true
@@ -111,7 +111,7 @@ impl PositiveWeight {
 
 impl Default for TrainConfig {
     fn default() -> TrainConfig {
-        TrainConfig { validation_days: 1, test_days: 1, target_vs_naive_atp: 0.5, target_oversell_rate: None, ablation: true, calibrate: true, xgboost: XgboostConfig::default() }
+        TrainConfig { validation_days: 2, test_days: 3, target_vs_naive_atp: 0.35, target_oversell_rate: None, ablation: true, calibrate: true, xgboost: XgboostConfig::default() }
     }
 }
 
@@ -210,7 +210,7 @@ mod tests {
     fn the_example_file_parses() {
         let example = TrainConfig::from_toml(include_str!("../../examples/train.toml"), "examples/train.toml").unwrap();
         assert_eq!((example.target(), example.xgboost.eta), (Target::VsNaiveAtp(0.25), 0.05));
-        assert_eq!(TrainConfig { target_vs_naive_atp: 0.5, xgboost: XgboostConfig { eta: 0.1, ..example.xgboost.clone() }, ..example }, TrainConfig::default());
+        assert_eq!(TrainConfig { target_vs_naive_atp: 0.35, xgboost: XgboostConfig { eta: 0.1, ..example.xgboost.clone() }, ..example }, TrainConfig::default());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`evaluate`]: held-out metrics beside naive ATP and the best static safety stock, and the
 //!   threshold for a target oversell rate; [`report`] renders them as `report.html`.
 //! - [`registry`]: versions on disk, promotion and rollback, loading with checks.
+//! - [`calibrate`]: the Platt scaling of scores fitted on the validation days, applied by serving.
 //! - [`evaluator`]: scores the XGBoost JSON on the CPU without XGBoost (what serving calls).
 //!
 //! Training, evaluation and the report need the `train` feature (XGBoost, plotters); serving

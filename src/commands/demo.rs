@@ -137,7 +137,9 @@ async fn demo_model(lake: &Lake, dir: &Path, start: Millis, cutoff: Millis, conf
         let (rows, lineage, summary) = lake.build_trainset(first, cutoff, config, &Progress::stderr()).await.context("building the training set")?;
         lake.write_trainset(&rows, &lineage).await.context("writing the training set")?;
         eprintln!("demo: training set of {} orders ({} shorted)", summary.rows, summary.positives);
-        models::train_job(lake, dir, &TrainConfig::default(), true).await
+        // the demo's marketplace is a week: one validation day and one held-out day
+        let config = TrainConfig { validation_days: 1, test_days: 1, ..TrainConfig::default() };
+        models::train_job(lake, dir, &config, true).await
     };
     if let Err(error) = trained.await {
         eprintln!("demo: no model ({error:#}); answers hold back the static safety stock of the last evaluation, if any, and apply the rules");

@@ -26,6 +26,10 @@ pub fn sim_config(args: &SimArgs, start: Millis) -> SimConfig {
         start,
         orders_per_sku_day: args.orders_per_sku_day,
         burst_factor: args.burst_factor,
+        dynamics: match args.dynamics.as_str() {
+            "quiet-with-phantom-stock" => sellable_bench::Dynamics::quiet_with_phantom_stock(),
+            _ => sellable_bench::Dynamics::default(),
+        },
         show_progress: true,
     }
 }
