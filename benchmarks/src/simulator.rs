@@ -99,8 +99,8 @@ impl Default for Dynamics {
 }
 
 impl Dynamics {
-    /// Another marketplace: little shrink (a short rate near 1%), but half the sellers
-    /// over-report and every feed arrives three times later.
+    /// Another marketplace: little shrink, a few sellers whose feeds over-report more units each
+    /// (phantom stock), and every feed three times slower.
     pub fn quiet_with_phantom_stock() -> Dynamics {
         Dynamics { shrink_scale: 0.3, over_reporting_sellers: 0.1, over_report_scale: 1.5, lag_scale: 3.0 }
     }
@@ -690,7 +690,7 @@ fn node_traits(index: usize, dynamics: Dynamics, rng: &mut ChaCha8Rng) -> NodeTr
     };
     let seller = (kind == NodeKind::Seller).then(|| format!("S-{}", 1000 + index % 50));
     // A quarter of sellers (by default) over-report what they have.
-    let over_report = if kind == NodeKind::Seller && rng.gen_bool(dynamics.over_reporting_sellers) { rng.gen_range(1..4) } else { 0 };
+    let over_report = if kind == NodeKind::Seller && rng.gen_bool(dynamics.over_reporting_sellers) { rng.gen_range(1..4i64) } else { 0 };
     let over_report = (over_report as f64 * dynamics.over_report_scale).round() as i64;
     let (shrink_per_day, lag) = (shrink_per_day * dynamics.shrink_scale, (lag as f64 * dynamics.lag_scale) as Millis);
     NodeTraits {

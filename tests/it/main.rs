@@ -736,16 +736,16 @@ async fn trained_marketplace() -> Trained {
     Trained { _dir: dir, lake, registry, registered, end: summary.end }
 }
 
-/// The default configuration on a marketplace whose dynamics changed (little shrink, a few
-/// sellers over-reporting more each, feeds three times slower), 14 days of a seed and size no
-/// other test uses, three held-out days: the model beats the safety stocks matched to it on the
-/// validation days on both counts, and its probabilities mean what they say on those later days
+/// The default configuration on a 14-day marketplace (1000 SKUs, 40 nodes, of a seed no other
+/// test uses), three held-out days, every choice made before them: against the static safety
+/// stock that denied no more shipped orders than the model on the validation days, the model
+/// oversells at most half as many orders; against the one that oversold no more there, it denies
+/// fewer shipped orders; and its probabilities mean what they say on the held-out days
 /// (calibration error under 0.02, mean predicted short probability within 20% of the observed
 /// rate).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_configuration_holds_when_the_marketplace_changes() {
+async fn holds_on_fourteen_days(seed: u64, dynamics: sellable_bench::Dynamics) {
     let dir = tempfile::tempdir().unwrap();
-    let config = SimConfig { seed: 202, skus: 1000, nodes: 40, days: 14.0, dynamics: sellable_bench::Dynamics::quiet_with_phantom_stock(), ..SimConfig::default() };
+    let config = SimConfig { seed, skus: 1000, nodes: 40, days: 14.0, dynamics, ..SimConfig::default() };
     let (summary, lake) = generated_lake(&config, dir.path()).await;
     let start = config.start - config.start.rem_euclid(DAY) + DAY;
     let midnights: Vec<Millis> = (start..summary.end).step_by(DAY as usize).collect();
@@ -763,15 +763,27 @@ async fn the_default_configuration_holds_when_the_marketplace_changes() {
     let mean = |value: fn(&sellable_models::evaluate::CalibrationBin) -> f64| evaluation.calibration.iter().map(|bin| bin.orders as f64 * value(bin)).sum::<f64>() / orders as f64;
     let (predicted, observed) = (mean(|bin| bin.predicted), mean(|bin| bin.observed));
     eprintln!(
-        "changed marketplace, held out {:?}: {at_false_denies:?}, {at_oversells:?}; calibration error {}, mean predicted {predicted} vs observed {observed}",
+        "seed {seed}, {dynamics:?}, held out {:?}: {at_false_denies:?}, {at_oversells:?}; calibration error {}, mean predicted {predicted} vs observed {observed}",
         evaluation.orders, evaluation.calibration_error
     );
-    assert!(evaluation.orders.test_shorted >= 100, "enough shorts to judge by: {:?}", evaluation.orders);
+    assert!(evaluation.orders.test_shorted >= 50, "enough shorts to judge by: {:?}", evaluation.orders);
     assert!(evaluation.warnings.is_empty(), "{:?}", evaluation.warnings);
-    assert!(at_false_denies.model_oversells < at_false_denies.safety_stock_oversells, "{at_false_denies:?}");
+    assert!(2 * at_false_denies.model_oversells <= at_false_denies.safety_stock_oversells, "at most half the oversells: {at_false_denies:?}");
     assert!(at_oversells.model_false_denies < at_oversells.safety_stock_false_denies, "{at_oversells:?}");
     assert!(evaluation.calibration_error < 0.02, "expected calibration error {}", evaluation.calibration_error);
     assert!((predicted - observed).abs() <= 0.2 * observed, "mean predicted {predicted} vs observed {observed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_configuration_halves_the_oversells_of_a_matched_safety_stock() {
+    holds_on_fourteen_days(101, sellable_bench::Dynamics::default()).await;
+}
+
+/// The same, unchanged, on a marketplace whose dynamics changed: little shrink (a short rate
+/// near 1%), a few sellers over-reporting more each, feeds three times slower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_configuration_holds_when_the_marketplace_changes() {
+    holds_on_fourteen_days(202, sellable_bench::Dynamics::quiet_with_phantom_stock()).await;
 }
 
 /// On held-out days, at operating points all chosen before them (the model's threshold, and the
