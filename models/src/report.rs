@@ -204,7 +204,8 @@ th {{ text-align: left; background: #f4f4f4; }} .plots {{ display: flex; flex-wr
 <table>{details}</table>
 {warnings}<p class="headline">On the held-out days ({test} orders, {shorted} shorted), at operating points all chosen before them: the model at its
 threshold oversells <b>{fd_model_oversells}</b> orders and denies {fd_model_denies} that shipped, where the static safety stock that denied
-no more shipped orders than the model on the validation days (k = {fd_k}) oversells <b>{fd_stock_oversells}</b> and denies {fd_stock_denies};
+no more shipped orders than the model on the validation days (k = {fd_k}) oversells <b>{fd_stock_oversells}</b> and denies {fd_stock_denies}
+(the model's oversells are {fd_ratio:.2}× its);
 the safety stock that oversold no more than the model on the validation days (k = {os_k}) denies <b>{os_stock_denies}</b> shipped orders
 and oversells {os_stock_oversells}.</p>
 <h2>Policies on the held-out days</h2>
@@ -229,6 +230,7 @@ and oversells {os_stock_oversells}.</p>
         fd_k = fd.safety_stock,
         fd_stock_oversells = fd.safety_stock_oversells,
         fd_stock_denies = fd.safety_stock_false_denies,
+        fd_ratio = fd.model_oversells as f64 / fd.safety_stock_oversells.max(1) as f64,
         os_k = os.safety_stock,
         os_stock_denies = os.safety_stock_false_denies,
         os_stock_oversells = os.safety_stock_oversells,

@@ -769,6 +769,10 @@ async fn holds_on_fourteen_days(seed: u64, dynamics: sellable_bench::Dynamics) {
     assert!(evaluation.orders.test_shorted >= 50, "enough shorts to judge by: {:?}", evaluation.orders);
     assert!(evaluation.warnings.is_empty(), "{:?}", evaluation.warnings);
     assert!(2 * at_false_denies.model_oversells <= at_false_denies.safety_stock_oversells, "at most half the oversells: {at_false_denies:?}");
+    // and the report says so
+    let ratio = at_false_denies.model_oversells as f64 / at_false_denies.safety_stock_oversells as f64;
+    let report = std::fs::read_to_string(registry.file("v1", "report.html").unwrap()).unwrap();
+    assert!(report.contains(&format!("(the model's oversells are {ratio:.2}× its)")), "{ratio}");
     assert!(at_oversells.model_false_denies < at_oversells.safety_stock_false_denies, "{at_oversells:?}");
     assert!(evaluation.calibration_error < 0.02, "expected calibration error {}", evaluation.calibration_error);
     assert!((predicted - observed).abs() <= 0.2 * observed, "mean predicted {predicted} vs observed {observed}");
