@@ -336,8 +336,9 @@ pub struct SimArgs {
     /// hour, every 6 hours to 2 days): tens for flash sales. Stock levels scale with it past 5.
     #[arg(long, default_value_t = 5.0)]
     pub burst_factor: f64,
-    /// The nodes' hidden dynamics: `default`, or `quiet-with-phantom-stock` (little shrink, a short
-    /// rate near 1%, half the sellers over-reporting, feeds three times slower).
+    /// The nodes' hidden dynamics: `default`, or `quiet-with-phantom-stock` (twice the hidden
+    /// shrink, caught by counts five times as frequent; fewer sellers over-reporting; feeds three
+    /// times slower; a short rate near 1%).
     #[arg(long, default_value = "default", value_parser = ["default", "quiet-with-phantom-stock"])]
     pub dynamics: String,
 }

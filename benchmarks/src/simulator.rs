@@ -90,19 +90,22 @@ pub struct Dynamics {
     pub over_report_scale: f64,
     /// Multiplies every node's delay between an event and its arrival (slower feeds).
     pub lag_scale: f64,
+    /// Multiplies the time between a store's or a warehouse's cycle counts.
+    pub count_scale: f64,
 }
 
 impl Default for Dynamics {
     fn default() -> Dynamics {
-        Dynamics { shrink_scale: 1.0, over_reporting_sellers: 0.25, over_report_scale: 1.0, lag_scale: 1.0 }
+        Dynamics { shrink_scale: 1.0, over_reporting_sellers: 0.25, over_report_scale: 1.0, lag_scale: 1.0, count_scale: 1.0 }
     }
 }
 
 impl Dynamics {
-    /// Another marketplace: little shrink, a few sellers whose feeds over-report more units each
-    /// (phantom stock), and every feed three times slower.
+    /// Another marketplace: twice the hidden shrink (phantom stock) at stores and warehouses,
+    /// caught by cycle counts five times as frequent; fewer sellers over-reporting; every feed
+    /// three times slower. Its short rate is near 1%.
     pub fn quiet_with_phantom_stock() -> Dynamics {
-        Dynamics { shrink_scale: 0.3, over_reporting_sellers: 0.1, over_report_scale: 1.5, lag_scale: 3.0 }
+        Dynamics { shrink_scale: 2.0, over_reporting_sellers: 0.1, over_report_scale: 1.0, lag_scale: 3.0, count_scale: 0.2 }
     }
 }
 
@@ -314,8 +317,8 @@ pub fn generate(config: &SimConfig, dir: &Path) -> Result<SimSummary, SimError> 
     let dynamics = config.dynamics;
     #[allow(clippy::neg_cmp_op_on_partial_ord)]
     let scale = |value: f64| (0.0..=100.0).contains(&value);
-    if !(scale(dynamics.shrink_scale) && (0.0..=1.0).contains(&dynamics.over_reporting_sellers) && scale(dynamics.over_report_scale) && scale(dynamics.lag_scale) && dynamics.lag_scale > 0.0) {
-        return Err(SimError::Config(format!("dynamics out of range (scales 0 to 100, the lag's above 0; over-reporting share 0 to 1): {dynamics:?}")));
+    if !(scale(dynamics.shrink_scale) && (0.0..=1.0).contains(&dynamics.over_reporting_sellers) && scale(dynamics.over_report_scale) && scale(dynamics.lag_scale) && dynamics.lag_scale > 0.0 && scale(dynamics.count_scale) && dynamics.count_scale > 0.0) {
+        return Err(SimError::Config(format!("dynamics out of range (scales 0 to 100, the lag's and the counts' above 0; over-reporting share 0 to 1): {dynamics:?}")));
     }
     #[allow(clippy::neg_cmp_op_on_partial_ord)]
     if !(config.burst_factor >= 1.0 && config.burst_factor <= 1000.0) {
@@ -693,6 +696,7 @@ fn node_traits(index: usize, dynamics: Dynamics, rng: &mut ChaCha8Rng) -> NodeTr
     let over_report = if kind == NodeKind::Seller && rng.gen_bool(dynamics.over_reporting_sellers) { rng.gen_range(1..4i64) } else { 0 };
     let over_report = (over_report as f64 * dynamics.over_report_scale).round() as i64;
     let (shrink_per_day, lag) = (shrink_per_day * dynamics.shrink_scale, (lag as f64 * dynamics.lag_scale) as Millis);
+    let count_every = if kind == NodeKind::Seller { count_every } else { (count_every as f64 * dynamics.count_scale).max(HOUR as f64) as Millis };
     NodeTraits {
         info: NodeInfo {
             node: format!("{prefix}-{index:04}"),
