@@ -717,7 +717,19 @@ struct Trained {
 async fn trained_marketplace() -> Trained {
     let dir = tempfile::tempdir().unwrap();
     let config = SimConfig { seed: 11, skus: 300, nodes: 16, days: 8.0, ..SimConfig::default() };
-    let (summary, lake) = generated_lake(&config, dir.path()).await;
+    let (end, lake, registry, registered, rows, rounds) = trained_on(&config, dir.path()).await;
+    assert!(rounds > registered.fitted.model.rounds, "early stopping ran past the best round");
+    assert_eq!((registered.version.as_str(), registered.orders), ("v1", rows));
+    assert_eq!(registry.live().unwrap(), None, "not promoted");
+    Trained { _dir: dir, lake, registry, registered, end }
+}
+
+/// A marketplace generated with `config` in `dir`, its features as of every midnight, a
+/// training set of its orders from the first, and the training job with the default
+/// configuration, registered (not promoted): the marketplace's end, the lake, the registry, what
+/// was registered, the training set's rows and the rounds trained.
+async fn trained_on(config: &SimConfig, dir: &std::path::Path) -> (Millis, Lake, sellable_models::Registry, sellable_models::Registered, usize, u32) {
+    let (summary, lake) = generated_lake(config, dir).await;
     let start = config.start - config.start.rem_euclid(DAY) + DAY;
     let midnights: Vec<Millis> = (start..summary.end).step_by(DAY as usize).collect();
     let progress = sellable_batch::Progress::hidden();
@@ -725,15 +737,12 @@ async fn trained_marketplace() -> Trained {
     let (rows, lineage, _) = lake.build_trainset(start, summary.end, FoldConfig::default(), &progress).await.unwrap();
     lake.write_trainset(&rows, &lineage).await.unwrap();
     let set = lake.load_trainset().await.unwrap();
-    let registry = sellable_models::Registry::open(&dir.path().join("models")).unwrap();
+    let registry = sellable_models::Registry::open(&dir.join("models")).unwrap();
     let config = sellable_models::TrainConfig::default();
     let job = sellable_models::TrainJob { set: &set, config: &config, code_version: "test".into() };
     let mut rounds = 0;
     let registered = job.run(&registry, false, |_| rounds += 1).unwrap();
-    assert!(rounds > registered.fitted.model.rounds, "early stopping ran past the best round");
-    assert_eq!((registered.version.as_str(), registered.orders), ("v1", rows.len()));
-    assert_eq!(registry.live().unwrap(), None, "not promoted");
-    Trained { _dir: dir, lake, registry, registered, end: summary.end }
+    (summary.end, lake, registry, registered, rows.len(), rounds)
 }
 
 /// The default configuration on a 14-day marketplace (1000 SKUs, 40 nodes, of a seed no other
@@ -746,18 +755,8 @@ async fn trained_marketplace() -> Trained {
 async fn holds_on_fourteen_days(seed: u64, dynamics: sellable_bench::Dynamics, mean_within: Option<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let config = SimConfig { seed, skus: 1000, nodes: 40, days: 14.0, dynamics, ..SimConfig::default() };
-    let (summary, lake) = generated_lake(&config, dir.path()).await;
-    let start = config.start - config.start.rem_euclid(DAY) + DAY;
-    let midnights: Vec<Millis> = (start..summary.end).step_by(DAY as usize).collect();
-    let progress = sellable_batch::Progress::hidden();
-    lake.compute_features(&midnights, FoldConfig::default(), &progress).await.unwrap();
-    let (rows, lineage, _) = lake.build_trainset(start, summary.end, FoldConfig::default(), &progress).await.unwrap();
-    lake.write_trainset(&rows, &lineage).await.unwrap();
-    let set = lake.load_trainset().await.unwrap();
-    let registry = sellable_models::Registry::open(&dir.path().join("models")).unwrap();
-    let config = sellable_models::TrainConfig::default();
-    let job = sellable_models::TrainJob { set: &set, config: &config, code_version: "test".into() };
-    let evaluation = job.run(&registry, false, |_| {}).unwrap().fitted.evaluation;
+    let (_, _, registry, registered, _, _) = trained_on(&config, dir.path()).await;
+    let evaluation = registered.fitted.evaluation;
     let (at_false_denies, at_oversells) = (&evaluation.at_matched_false_denies, &evaluation.at_matched_oversells);
     let orders: u64 = evaluation.calibration.iter().map(|bin| bin.orders).sum();
     let mean = |value: fn(&sellable_models::evaluate::CalibrationBin) -> f64| evaluation.calibration.iter().map(|bin| bin.orders as f64 * value(bin)).sum::<f64>() / orders as f64;
