@@ -105,6 +105,9 @@ pub struct ServeConfig {
     pub decisions: DecisionLogConfig,
     /// The Flight SQL server of `sellable serve` (docs/analytics.md).
     pub analytics: AnalyticsConfig,
+    /// Oversell budgets by SKU category (docs/models.md): answers for a SKU of the category
+    /// decide within it unless the request names its own budget.
+    pub budgets: std::collections::BTreeMap<String, f64>,
 }
 
 impl Default for ServeConfig {
@@ -119,6 +122,7 @@ impl Default for ServeConfig {
             limits: door.limits,
             decisions: DecisionLogConfig::default(),
             analytics: AnalyticsConfig::default(),
+            budgets: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -243,6 +247,11 @@ impl Config {
             problems.push(format!("redis.namespace = {:?}: must be non-empty, without spaces or braces", self.redis.namespace));
         }
         problems.extend(self.serve.door().problems());
+        for (category, budget) in &self.serve.budgets {
+            if !(0.0001..=1.0).contains(budget) {
+                problems.push(format!("serve.budgets.{category} = {budget}: an oversell budget is a rate from 0.0001 to 1"));
+            }
+        }
         problems.extend(self.serve.decisions.problems());
         problems.extend(self.serve.analytics.problems());
         if let Some(url) = self.redis.url.as_deref().filter(|url| !url.split(',').all(|url| url.trim().starts_with("redis://") || url.trim().starts_with("rediss://"))) {
@@ -336,6 +345,16 @@ mod tests {
         assert!(Config::load(Some(broken.path()), environment(&[])).unwrap_err()[0].contains("TOML parse error"));
         let ranges = Config::load(None, environment(&[("SELLABLE__LAKE__LATENESS_MS", "-1"), ("SELLABLE__LAKE__DEDUP_WINDOW_MS", "0"), ("SELLABLE__REDIS__URL", "localhost")]));
         assert_eq!(ranges.unwrap_err().len(), 3);
+    }
+
+    #[test]
+    fn category_budgets_are_rates() {
+        let bad = file("[serve.budgets]\nelectronics = 0.005\ntoys = 2.0\n");
+        let problems = Config::load(Some(bad.path()), environment(&[])).unwrap_err();
+        assert_eq!(problems, ["serve.budgets.toys = 2: an oversell budget is a rate from 0.0001 to 1"]);
+        let good = file("[serve.budgets]\nelectronics = 0.005\n");
+        let budgets = Config::load(Some(good.path()), environment(&[])).unwrap().serve.budgets;
+        assert_eq!(budgets, std::collections::BTreeMap::from([("electronics".to_string(), 0.005)]));
     }
 
     #[test]

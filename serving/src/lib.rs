@@ -62,6 +62,8 @@ pub struct Serving {
     metrics: Metrics,
     /// Where every answer is logged, if anywhere.
     decisions: Option<Arc<decisions::DecisionLog>>,
+    /// Oversell budgets by SKU category, for requests that name none.
+    budgets: HashMap<String, f64>,
 }
 
 /// A batch view and the speed view that holds exactly the events after its cutoff, in one store
@@ -235,7 +237,15 @@ impl Serving {
             limits: Limits::default(),
             metrics: Metrics::new(),
             decisions: None,
+            budgets: HashMap::new(),
         }
+    }
+
+    /// Oversell budgets by SKU category: an answer for a SKU of one of them, whose request names
+    /// no budget, decides within the category's.
+    pub fn with_budgets(mut self, budgets: impl IntoIterator<Item = (String, f64)>) -> Serving {
+        self.budgets = budgets.into_iter().collect();
+        self
     }
 
     /// `POST /v1/events` appends what it accepts to `intake` (the ingestion stream the fold
@@ -396,9 +406,10 @@ impl Serving {
         self.availability_within(sku, region, qty, None, now).await
     }
 
-    /// [`Self::availability`] within an oversell `budget`, if given: each node's score must reach
-    /// the threshold that kept the oversell rate among promised orders within it on the live
-    /// model's validation days, instead of the model's own threshold.
+    /// [`Self::availability`] within an oversell `budget` (else the SKU's category's, if
+    /// [`Self::with_budgets`] names one): each node's score must reach the threshold that kept
+    /// the oversell rate among promised orders within it on the live model's validation days,
+    /// instead of the model's own threshold.
     pub async fn availability_within(&self, sku: &str, region: &str, qty: i64, budget: Option<f64>, now: Millis) -> Result<Availability, ApiError> {
         Ok(self.decide_sku(sku, region, None, qty, budget, now, true).await?.0)
     }
@@ -499,6 +510,11 @@ impl Serving {
         let serving_region = &self.regions[region];
         let model = self.models.current();
         let shadow = self.models.shadow();
+        // the request's budget, else its SKU's category's
+        let budget = budget.or_else(|| match &read {
+            SkuView::Row(row, _) => self.budgets.get(&row.info.category).copied(),
+            SkuView::Nothing(_) => None,
+        });
         // a budget the live model cannot keep promises nothing, and says why
         let (budget, unkept) = match (budget, &model) {
             (None, _) => (None, None),

@@ -140,7 +140,8 @@ pub async fn load_serving_with_clock(
         rules.clone().watch(std::time::Duration::from_secs(1));
     }
     models.clone().watch(std::time::Duration::from_millis(500));
-    let mut serving = Serving::new(nodes, batch, speed, rules).with_models(models).with_clock(clock);
+    let budgets = crate::config::loaded().serve.budgets.clone();
+    let mut serving = Serving::new(nodes, batch, speed, rules).with_models(models).with_clock(clock).with_budgets(budgets);
     if let Some(intake) = writes.intake {
         serving = serving.with_intake(intake);
     }

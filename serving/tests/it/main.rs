@@ -691,6 +691,16 @@ async fn an_oversell_budget_asks_the_model_for_its_threshold() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert!(body["message"].as_str().unwrap().contains("oversell_budget must be a rate from 0.0001 to 1"), "{body}");
     }
+    // a budget for the SKU's category applies when the request names none
+    let book = Arc::new(ModelBook::from_registry(sellable_models::Registry::open(dir.path()).unwrap(), None).unwrap());
+    let by_category = serving_over(Arc::new(FakeSpeed::new(Mode::NothingSinceCutoff, None)), 60_000, Arc::new(RuleBook::empty(Schema::standard())));
+    let by_category = Arc::new(by_category.with_models(book).with_clock(Clock::Fixed(CUTOFF)).with_budgets([("toys".to_string(), 0.001), ("books".to_string(), 0.2)]));
+    let strict = by_category.availability("SKU-1", "DE", 1, CUTOFF).await.unwrap();
+    assert!(strict.reasons.iter().any(|reason| reason.ends_with("for the oversell budget 0.001")), "{strict:?}");
+    assert_eq!(strict.units, 0, "{strict:?}");
+    let named = by_category.availability_within("SKU-1", "DE", 1, Some(0.2), CUTOFF).await.unwrap();
+    assert_eq!(units_by_node(&named), units_by_node(&own), "the request's own budget wins: {named:?}");
+
     // without a live model no budget can be kept: nothing is promised, and the answer says why
     let none = serve(Arc::new(RuleBook::empty(Schema::standard()))).await;
     let answer: Availability = client.get(format!("{none}/v1/availability/SKU-1?region=DE&oversell_budget=0.01")).send().await.unwrap().json().await.unwrap();
