@@ -172,8 +172,8 @@ impl Lake {
         }
         self.dataset(crate::NODES, crate::features::NEEDS_CATALOG).await?;
         let started = std::time::Instant::now();
-        // one session for the check and the night, made after the events' version is read (as
-        // `nightly` does: the view's lineage names it)
+        // one DataFusion context for the check and the night, made after the events' version is
+        // read (as `nightly` does: the view's lineage names it)
         let events_version = self.events_version().await?;
         let context = &self.session().await?;
         let why = if full { Err("a full recompute was asked for".to_string()) } else { self.usable_state(context, asof, config).await? };

@@ -732,7 +732,7 @@ impl Lake {
     }
 
     /// [`Lake::nightly`] in `context`, whose events are `events_version` or newer (read before
-    /// the session was made); also gives the events known at `asof` it computed from.
+    /// the context was made); also gives the events known at `asof` it computed from.
     async fn nightly_in(
         &self,
         context: &SessionContext,

@@ -189,10 +189,12 @@ impl Lake {
         let mut batch_features = BatchFeatures::default();
         let mut pending = orders.into_iter().peekable();
         let mut epoch = Epoch { cutoffs: &cutoffs, current: start };
-        // serving's node watermarks: the batch view's, raised by every event folded since
+        // serving's node watermarks, for moments: the batch view's, raised by every event folded since
         let mut marks: HashMap<String, Millis> = HashMap::new();
-        for ((_, node), state) in &base {
-            raise(&mut marks, node, state.last_arrived);
+        if moments {
+            for ((_, node), state) in &base {
+                raise(&mut marks, node, state.last_arrived);
+            }
         }
         let (mut scanned, mut replayed) = (0u64, 0u64);
         let mut visit = |row: TrainRow, moment: Option<Moment>| {
@@ -222,7 +224,7 @@ impl Lake {
                     }
                 }
                 epoch.enter(event.arrival(), &mut speed);
-                if !config.is_too_late(&event) {
+                if moments && !config.is_too_late(&event) {
                     raise(&mut marks, &event.node, Some(event.arrival()));
                 }
                 speed.apply(&event);

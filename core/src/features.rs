@@ -77,6 +77,11 @@ pub fn names() -> Vec<&'static str> {
     BATCH.iter().chain(REALTIME.iter()).copied().collect()
 }
 
+/// Where feature `name` sits in the vector, if it is one.
+pub fn index(name: &str) -> Option<usize> {
+    BATCH.iter().chain(REALTIME.iter()).position(|known| *known == name)
+}
+
 /// Whether an answer at decision time `decision` sees `event`: it arrived strictly before.
 pub fn known_before_decision(event: &Event, decision: Millis) -> bool {
     event.arrival() < decision

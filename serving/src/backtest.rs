@@ -85,15 +85,18 @@ impl PolicyCounts {
 }
 
 /// A backtest under way: the orders decided so far and their counts.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Backtest {
     pub rows: Vec<BacktestRow>,
     pub summary: BacktestSummary,
+    /// Where `atp_now` sits in an order's feature vector: what the baselines decide from.
+    atp_at: usize,
 }
 
 impl Backtest {
     pub fn new(safety_stock: i64) -> Backtest {
-        Backtest { rows: Vec::new(), summary: BacktestSummary { safety_stock, ..BacktestSummary::default() } }
+        let atp_at = sellable_core::features::index("atp_now").expect("a real-time feature of core; this is a bug");
+        Backtest { rows: Vec::new(), summary: BacktestSummary { safety_stock, ..BacktestSummary::default() }, atp_at }
     }
 
     /// Decides `order` with `serving` (its model and rules) from its `moment`. Orders at nodes
@@ -107,7 +110,7 @@ impl Backtest {
             .map_err(|error: ApiError| BacktestError::Undecided { order_id: order.order_id.clone(), error: error.to_string() })?;
         let promised = answer.decision == Verdict::Promise;
         let shorted = order.label == 1;
-        let atp = order.features[sellable_core::features::names().iter().position(|name| *name == "atp_now").expect("a real-time feature of core")] as i64;
+        let atp = order.features[self.atp_at] as i64;
         let summary = &mut self.summary;
         summary.orders += 1;
         summary.shorted += u64::from(shorted);

@@ -381,6 +381,14 @@ impl Serving {
         })
     }
 
+    /// An error naming `region` unless some node serves it: checked before anything is read.
+    fn known_region(&self, region: &str) -> Result<(), ApiError> {
+        match self.regions.contains_key(region) {
+            true => Ok(()),
+            false => Err(ApiError::BadRequest(format!("unknown region '{region}': no node serves it"))),
+        }
+    }
+
     /// The newest arrival this server knows of from `node`.
     fn watermark(&self, node: &str) -> Option<Millis> {
         self.watermarks.read().expect("watermarks lock poisoned; this is a bug").get(node).copied()
@@ -429,9 +437,7 @@ impl Serving {
         now: Millis,
         subtract_holds: bool,
     ) -> Result<(Availability, Vec<(String, i64)>), ApiError> {
-        if !self.regions.contains_key(region) {
-            return Err(ApiError::BadRequest(format!("unknown region '{region}': no node serves it")));
-        }
+        self.known_region(region)?;
         let epoch = self.epoch();
         let holds = async {
             match (&self.holds, subtract_holds) {
@@ -460,9 +466,7 @@ impl Serving {
         items
             .iter()
             .map(|(sku, region, qty)| {
-                if !self.regions.contains_key(region.as_str()) {
-                    return Err(ApiError::BadRequest(format!("unknown region '{region}': no node serves it")));
-                }
+                self.known_region(region)?;
                 let index = skus.binary_search(&sku.as_str()).expect("every item's SKU is read");
                 let read = reads.as_ref().map(|reads| reads[index].clone()).map_err(Clone::clone);
                 let view = self.judge(&epoch, sku, distrust.clone(), read)?;
@@ -479,9 +483,7 @@ impl Serving {
     /// states, features and node watermarks then) and nothing else: the decision of live
     /// answers, for backtests. No live reservation is subtracted.
     pub fn decide_moment(&self, moment: Moment, info: SkuInfo, region: &str, qty: i64, now: Millis) -> Result<Availability, ApiError> {
-        if !self.regions.contains_key(region) {
-            return Err(ApiError::BadRequest(format!("unknown region '{region}': no node serves it")));
-        }
+        self.known_region(region)?;
         let Moment { cutoff, states, speed, features, watermarks } = moment;
         let sku = info.sku.clone();
         let batch = BatchMeta { version: format!("replayed as of {}", sellable_core::event::format_millis(cutoff)), asof: cutoff, watermarks };
