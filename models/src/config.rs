@@ -5,8 +5,8 @@
 //! ```toml
 //! # the time split: the last `test_days` days of the training set are held out for the
 //! # evaluation, the `validation_days` before them pick the round count and the threshold
-//! validation_days = 2
-//! test_days = 3
+//! validation_days = 3
+//! test_days = 5
 //! # the operating target: the threshold promises as much as possible while the oversell rate
 //! # among promised orders stays at or under this share of naive ATP's on the validation days
 //! # (meaningful on any marketplace); `target_oversell_rate = R` sets an absolute rate instead
@@ -111,7 +111,7 @@ impl PositiveWeight {
 
 impl Default for TrainConfig {
     fn default() -> TrainConfig {
-        TrainConfig { validation_days: 2, test_days: 3, target_vs_naive_atp: 0.35, target_oversell_rate: None, ablation: true, calibrate: true, xgboost: XgboostConfig::default() }
+        TrainConfig { validation_days: 3, test_days: 5, target_vs_naive_atp: 0.35, target_oversell_rate: None, ablation: true, calibrate: true, xgboost: XgboostConfig::default() }
     }
 }
 

@@ -217,6 +217,39 @@ pub fn calibration(labels: &[f32], p_short: &[f64]) -> (f64, Vec<CalibrationBin>
     (error, bins)
 }
 
+/// One UTC day of scored orders: the mean predicted short probability beside the observed short
+/// rate (how far the scores drift from what happened, day by day).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DayRate {
+    /// The day's first instant (ms since the epoch, UTC midnight).
+    pub day: i64,
+    /// Whether the day was held out (the validation days chose the operating points).
+    pub held_out: bool,
+    pub orders: u64,
+    pub predicted: f64,
+    pub observed: f64,
+}
+
+/// The [`DayRate`]s of `orders` scored `p_fulfill`, in day order.
+pub fn day_rates(orders: &Orders, p_fulfill: &[f64], held_out: bool) -> Vec<DayRate> {
+    let mut days: Vec<DayRate> = Vec::new();
+    for (index, ts) in orders.ts.iter().enumerate() {
+        let day = ts - ts.rem_euclid(crate::train::DAY_MS);
+        if days.last().is_none_or(|last| last.day != day) {
+            days.push(DayRate { day, held_out, orders: 0, predicted: 0.0, observed: 0.0 });
+        }
+        let last = days.last_mut().expect("pushed");
+        last.orders += 1;
+        last.predicted += 1.0 - p_fulfill[index];
+        last.observed += f64::from(orders.labels[index]);
+    }
+    for day in &mut days {
+        day.predicted /= day.orders as f64;
+        day.observed /= day.orders as f64;
+    }
+    days
+}
+
 /// Everything `metrics.json` holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Evaluation {
@@ -244,6 +277,9 @@ pub struct Evaluation {
     /// days: their false denies on the held-out days.
     pub at_matched_oversells: Comparison,
     pub calibration: Vec<CalibrationBin>,
+    /// The validation and held-out days, each day's mean predicted short probability beside its
+    /// observed short rate.
+    pub days: Vec<DayRate>,
     pub importance: Vec<(String, f64)>,
     /// The same training without each group of features in turn ([`ABLATION_GROUPS`]), first
     /// the model with all of them: what each group adds on the held-out days.
@@ -410,6 +446,7 @@ pub fn evaluate(
         at_matched_false_denies: Comparison::of(test, &model, at_false_denies),
         at_matched_oversells: Comparison::of(test, &model, at_oversells),
         calibration,
+        days: [day_rates(validation, validation_p, false), day_rates(test, p_fulfill, true)].concat(),
         importance,
         ablation: vec![Ablation {
             without: String::new(),
@@ -509,6 +546,19 @@ mod tests {
         assert_eq!(choose_threshold(&set, &p, 0.25), 0.6);
         let ties = [0.5; 5];
         assert_eq!(operating_curve(&set, &ties).len(), 2, "equal scores are one operating point");
+    }
+
+    #[test]
+    fn each_day_has_its_mean_prediction_and_short_rate() {
+        let day = crate::train::DAY_MS;
+        let mut set = Orders::new(&["order_qty", "atp_now"]).unwrap();
+        for (ts, label) in [(day + 5, 1), (2 * day - 1, 0), (2 * day, 0), (3 * day + 9, 0)] {
+            set.push(ts, &[1.0, 3.0], label).unwrap();
+        }
+        let rates = day_rates(&set, &[0.5, 0.9, 0.8, 0.6], true);
+        assert_eq!(rates.iter().map(|rate| (rate.day, rate.orders)).collect::<Vec<_>>(), [(day, 2), (2 * day, 1), (3 * day, 1)]);
+        assert!((rates[0].predicted - 0.3).abs() < 1e-12 && rates[0].observed == 0.5 && rates[2].observed == 0.0, "{rates:?}");
+        assert!(rates.iter().all(|rate| rate.held_out));
     }
 
     #[test]

@@ -185,6 +185,24 @@ fn ablation(evaluation: &Evaluation) -> String {
     )
 }
 
+/// Each validation and held-out day: the mean predicted short probability beside the observed
+/// short rate.
+fn days(evaluation: &Evaluation) -> String {
+    let rows: String = evaluation
+        .days
+        .iter()
+        .map(|day| {
+            let date = chrono::DateTime::from_timestamp_millis(day.day).map_or_else(|| day.day.to_string(), |at| at.format("%Y-%m-%d").to_string());
+            let set = if day.held_out { "held out" } else { "validation" };
+            format!("<tr><td>{date}</td><td>{set}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td></tr>", day.orders, day.predicted, day.observed)
+        })
+        .collect();
+    format!(
+        "<h2>Day by day</h2>\n<p>The mean predicted short probability beside the observed short rate: scores that drift from what happened \
+         show here first.</p>\n<table><tr><th>day</th><th>days</th><th>orders</th><th>mean predicted</th><th>observed</th></tr>\n{rows}</table>\n"
+    )
+}
+
 /// The whole page. `title` and `details` (name, value) head it: version, lineage, rounds.
 pub fn html(title: &str, details: &[(String, String)], evaluation: &Evaluation) -> Result<String, ReportError> {
     let e = evaluation;
@@ -215,7 +233,7 @@ and oversells {os_stock_oversells}.</p>
 <table><tr><th>PR-AUC (oversell)</th><td>{pr_auc:.4} (no skill: {short_rate:.4})</td></tr>
 <tr><th>log loss</th><td>{log_loss:.4}</td></tr><tr><th>expected calibration error</th><td>{ece:.4}</td></tr>
 <tr><th>orders: train / validation / test</th><td>{n_train} / {n_validation} / {test}</td></tr></table>
-{ablation}<div class="plots">
+{days}{ablation}<div class="plots">
 <figure>{curve}</figure>
 <figure>{pr}</figure>
 <figure>{calibration}</figure>
@@ -247,6 +265,7 @@ and oversells {os_stock_oversells}.</p>
         ece = e.calibration_error,
         n_train = e.orders.train,
         n_validation = e.orders.validation,
+        days = days(e),
         ablation = ablation(e),
         curve = operating_curve(e)?,
         pr = precision_recall(e)?,

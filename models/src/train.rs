@@ -12,7 +12,7 @@ use xgb::{Booster, DMatrix};
 use crate::config::{TrainConfig, XgboostConfig};
 use crate::ModelError;
 
-const DAY_MS: i64 = 86_400_000;
+pub(crate) const DAY_MS: i64 = 86_400_000;
 
 /// Labelled orders in time order, features row-major as XGBoost takes them (`NaN` = missing).
 #[derive(Debug, Clone, Default)]
