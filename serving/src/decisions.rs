@@ -347,6 +347,12 @@ async fn upload_loop(log: Arc<DecisionLog>) {
     }
 }
 
+/// How long the writer sleeps once it has emptied the queue. It never blocks on the queue: a
+/// request handing a record to a blocked receiver would wake its thread (a system call and a
+/// context switch per answer); a sleeping one is woken by nothing, and takes what came meanwhile
+/// in one go.
+const WRITER_NAP: Duration = Duration::from_millis(10);
+
 /// The writer thread: records into segment files, flushed every 100 ms, a segment closed every
 /// `segment_ms` (and at the end). Numbers grow from `last` and from the clock, so a segment is
 /// never numbered at or below one the store holds.
@@ -363,7 +369,7 @@ fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, last: u64, segmen
     };
     let mut flushed = Instant::now();
     loop {
-        let received = receiver.recv_timeout(Duration::from_millis(100));
+        let received = receiver.try_recv();
         if current.as_ref().is_some_and(|(_, _, opened)| opened.elapsed() >= segment_ms) {
             close(current.take().expect("checked above"));
         }
@@ -385,8 +391,8 @@ fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, last: u64, segmen
                     tracing::error!(%error, "writing the decision log failed");
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::TryRecvError::Empty) => std::thread::sleep(WRITER_NAP),
+            Err(mpsc::TryRecvError::Disconnected) => break,
         }
         if flushed.elapsed() >= Duration::from_millis(100) {
             if let Some((_, file, _)) = current.as_mut() {
