@@ -199,7 +199,7 @@ fn days(evaluation: &Evaluation) -> String {
         .collect();
     format!(
         "<h2>Day by day</h2>\n<p>The mean predicted short probability beside the observed short rate: scores that drift from what happened \
-         show here first.</p>\n<table><tr><th>day</th><th>days</th><th>orders</th><th>mean predicted</th><th>observed</th></tr>\n{rows}</table>\n"
+         show here first.</p>\n<table><tr><th>day</th><th>window</th><th>orders</th><th>mean predicted</th><th>observed</th></tr>\n{rows}</table>\n"
     )
 }
 
