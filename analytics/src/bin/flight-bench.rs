@@ -14,6 +14,11 @@ use sellable_analytics::{Analytics, AnalyticsConfig};
 use sellable_batch::Lake;
 use sellable_serving::door::{KeyEntry, KeyRing, Scope};
 
+/// The allocator `sellable serve --flight` runs with (src/main.rs), so that both sides of the
+/// comparison allocate as the server does.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Rows and bytes (Arrow memory) of a stream of batches, and the seconds it took.
 struct Run {
     rows: u64,
