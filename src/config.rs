@@ -248,7 +248,7 @@ impl Config {
         }
         problems.extend(self.serve.door().problems());
         for (category, budget) in &self.serve.budgets {
-            if !(0.0001..=1.0).contains(budget) {
+            if !sellable_serving::OVERSELL_BUDGETS.contains(budget) {
                 problems.push(format!("serve.budgets.{category} = {budget}: an oversell budget is a rate from 0.0001 to 1"));
             }
         }

@@ -315,7 +315,6 @@ pub fn generate(config: &SimConfig, dir: &Path) -> Result<SimSummary, SimError> 
         )));
     }
     let dynamics = config.dynamics;
-    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     let scale = |value: f64| (0.0..=100.0).contains(&value);
     if !(scale(dynamics.shrink_scale) && (0.0..=1.0).contains(&dynamics.over_reporting_sellers) && scale(dynamics.over_report_scale) && scale(dynamics.lag_scale) && dynamics.lag_scale > 0.0 && scale(dynamics.count_scale) && dynamics.count_scale > 0.0) {
         return Err(SimError::Config(format!("dynamics out of range (scales 0 to 100, the lag's and the counts' above 0; over-reporting share 0 to 1): {dynamics:?}")));

@@ -1190,10 +1190,13 @@ pub const MAX_BATCH: usize = 200;
 /// Largest quantity one request may ask for; anything above is a client bug.
 pub(crate) const MAX_QTY: i64 = 1_000_000;
 
-/// An oversell budget: a rate from 0.0001 to 1.
+/// What an oversell budget may be, in a request or the configuration: a rate from 0.0001 to 1.
+pub const OVERSELL_BUDGETS: std::ops::RangeInclusive<f64> = 0.0001..=1.0;
+
+/// An oversell budget: a rate in [`OVERSELL_BUDGETS`].
 fn parse_budget(text: &str) -> Result<f64, ApiError> {
     match text.parse::<f64>() {
-        Ok(budget) if (0.0001..=1.0).contains(&budget) => Ok(budget),
+        Ok(budget) if OVERSELL_BUDGETS.contains(&budget) => Ok(budget),
         _ => Err(ApiError::BadRequest(format!("oversell_budget must be a rate from 0.0001 to 1, e.g. 0.01, got '{text}'"))),
     }
 }
