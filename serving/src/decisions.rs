@@ -8,8 +8,8 @@
 //! - A thread of its own appends them to the spill directory, one NDJSON line each, in numbered
 //!   segments (`<number>.open` while written, flushed every 100 ms; renamed `<number>.ndjson`
 //!   when closed, every [`DecisionLogConfig::segment_ms`]). What is flushed survives a crash.
-//! - A thread of its own, at a lower scheduling priority than the requests' (it yields the cores
-//!   to them and catches up when they are idle), appends each closed segment to the store (the
+//! - A thread of its own, in the idle scheduling class (it yields the cores to requests at once
+//!   and catches up when they leave room), appends each closed segment to the store (the
 //!   lake's `decisions` dataset) whole, with
 //!   its number in the same commit, then deletes the file. A slow or failing store only makes the
 //!   spill directory grow; a segment whose number the store already holds (a crash between the
@@ -29,6 +29,7 @@ use sellable_core::{DecisionRecord, DecisionStore, Millis};
 
 use crate::Availability;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// How the decision log keeps what it is given; `[serve.decisions]` of the configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,38 +79,141 @@ pub enum Entry {
 }
 
 impl Entry {
-    fn into_record(self) -> DecisionRecord {
+    /// Writes the entry as one line of a segment: the record's fields, its lists (reasons,
+    /// options, rules fired) as JSON values, not as text holding JSON, so that nothing is
+    /// escaped to write them or unescaped to read them back ([`read_segment`]).
+    fn write_line(&self, out: &mut impl Write) -> std::io::Result<()> {
         match self {
-            Entry::Answer { kind, request_id, at, answer } => decision_record(kind, &request_id, at, &answer),
-            Entry::Record(record) => *record,
+            Entry::Answer { kind, request_id, at, answer } => {
+                let reasons: Vec<&String> = answer.reasons.iter().chain(&answer.degraded_reasons).collect();
+                let rules = answer.rules_fired.iter().map(|fired| fired.rule.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("|");
+                let line = Line {
+                    at: *at,
+                    request_id,
+                    kind,
+                    sku: &answer.sku,
+                    region: &answer.region,
+                    qty: answer.qty,
+                    decision: answer.decision.as_str(),
+                    units: answer.units,
+                    grade: answer.grade.as_str(),
+                    reasons,
+                    options: &answer.options,
+                    rules_fired: &answer.rules_fired,
+                    rules: &rules,
+                    batch_view: &answer.versions.batch_view,
+                    model: answer.versions.model.as_deref(),
+                    ruleset: answer.versions.ruleset.as_deref(),
+                };
+                serde_json::to_writer(&mut *out, &line)?;
+            }
+            Entry::Record(record) => {
+                let record = record.as_ref();
+                let line = Line {
+                    at: record.at,
+                    request_id: &record.request_id,
+                    kind: &record.kind,
+                    sku: &record.sku,
+                    region: &record.region,
+                    qty: record.qty,
+                    decision: &record.decision,
+                    units: record.units,
+                    grade: &record.grade,
+                    reasons: ListedText::of(&record.reasons),
+                    options: ListedText::of(&record.options),
+                    rules_fired: ListedText::of(&record.rules_fired),
+                    rules: &record.rules,
+                    batch_view: &record.batch_view,
+                    model: record.model.as_deref(),
+                    ruleset: record.ruleset.as_deref(),
+                };
+                serde_json::to_writer(&mut *out, &line)?;
+            }
         }
+        out.write_all(b"\n")
     }
 }
 
-/// An answer as the decision log keeps it.
-fn decision_record(kind: &str, request_id: &str, at: Millis, answer: &Availability) -> DecisionRecord {
-    // straight to text: through a `serde_json::Value` each would be built as a tree first
-    fn json(value: &impl Serialize) -> String {
-        serde_json::to_string(value).unwrap_or_else(|error| format!("\"unencodable: {error}\""))
+/// A record's list in a segment's line: its JSON as it is, or text.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ListedText<'a> {
+    Raw(&'a RawValue),
+    Text(&'a str),
+}
+
+impl ListedText<'_> {
+    /// `text`'s JSON; text that is not JSON (never written so) stays text, which the reader
+    /// keeps as it is.
+    fn of(text: &str) -> ListedText<'_> {
+        serde_json::from_str::<&RawValue>(text).map_or(ListedText::Text(text), ListedText::Raw)
     }
-    let reasons: Vec<&String> = answer.reasons.iter().chain(&answer.degraded_reasons).collect();
-    DecisionRecord {
-        at,
-        request_id: request_id.to_string(),
-        kind: kind.to_string(),
-        sku: answer.sku.clone(),
-        region: answer.region.clone(),
-        qty: answer.qty,
-        decision: answer.decision.as_str().to_string(),
-        units: answer.units,
-        grade: answer.grade.as_str().to_string(),
-        reasons: json(&reasons),
-        options: json(&answer.options),
-        rules_fired: json(&answer.rules_fired),
-        rules: answer.rules_fired.iter().map(|fired| fired.rule.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("|"),
-        batch_view: answer.versions.batch_view.clone(),
-        model: answer.versions.model.clone(),
-        ruleset: answer.versions.ruleset.clone(),
+}
+
+/// A segment's line as written: a [`DecisionRecord`] whose lists are JSON values.
+#[derive(Serialize)]
+struct Line<'a, R: Serialize, O: Serialize, F: Serialize> {
+    at: Millis,
+    request_id: &'a str,
+    kind: &'a str,
+    sku: &'a str,
+    region: &'a str,
+    qty: i64,
+    decision: &'a str,
+    units: i64,
+    grade: &'a str,
+    reasons: R,
+    options: O,
+    rules_fired: F,
+    rules: &'a str,
+    batch_view: &'a str,
+    model: Option<&'a str>,
+    ruleset: Option<&'a str>,
+}
+
+/// A segment's line as read back: the lists as the JSON they were written as, or as text
+/// holding JSON (how segments were written before), either kept as the record's text.
+#[derive(Deserialize)]
+struct StoredLine {
+    at: Millis,
+    request_id: String,
+    kind: String,
+    sku: String,
+    region: String,
+    qty: i64,
+    decision: String,
+    units: i64,
+    grade: String,
+    reasons: Box<RawValue>,
+    options: Box<RawValue>,
+    rules_fired: Box<RawValue>,
+    rules: String,
+    batch_view: String,
+    model: Option<String>,
+    ruleset: Option<String>,
+}
+
+impl StoredLine {
+    fn into_record(self) -> DecisionRecord {
+        let text = |raw: Box<RawValue>| serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_string());
+        DecisionRecord {
+            at: self.at,
+            request_id: self.request_id,
+            kind: self.kind,
+            sku: self.sku,
+            region: self.region,
+            qty: self.qty,
+            decision: self.decision,
+            units: self.units,
+            grade: self.grade,
+            reasons: text(self.reasons),
+            options: text(self.options),
+            rules_fired: text(self.rules_fired),
+            rules: self.rules,
+            batch_view: self.batch_view,
+            model: self.model,
+            ruleset: self.ruleset,
+        }
     }
 }
 
@@ -303,23 +407,28 @@ impl DecisionLog {
 fn read_segment(path: &Path, torn: &prometheus::IntCounter) -> std::io::Result<Vec<DecisionRecord>> {
     let mut records = Vec::new();
     for line in std::io::BufReader::new(std::fs::File::open(path)?).lines() {
-        match serde_json::from_str(&line?) {
-            Ok(record) => records.push(record),
+        match serde_json::from_str::<StoredLine>(&line?) {
+            Ok(line) => records.push(line.into_record()),
             Err(_) => torn.inc(),
         }
     }
     Ok(records)
 }
 
-/// Lowers the calling thread's scheduling priority (nice 10, this thread and the threads it
-/// starts): the log's read-back and appends yield the cores to requests when both want them, and
-/// catch up when they do not (the spill directory holds what waits).
+/// Puts the calling thread (and the threads it starts) in the idle scheduling class: the log's
+/// read-back and appends run only on a core no request wants, and a request that wakes takes the
+/// core at once; they catch up when the requests leave room (the spill directory holds what
+/// waits). Where the idle class is refused, the thread runs at nice 19 instead.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority take no pointers; a failure leaves the priority as it was.
+    // SAFETY: gettid, sched_setscheduler and setpriority read only the parameter passed by
+    // reference, which outlives the call; a failure leaves the scheduling as it was.
     unsafe {
-        let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, thread, 10);
+        let thread = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+        let parameter = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(thread, libc::SCHED_IDLE, &parameter) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, 19);
+        }
     }
 }
 
@@ -386,8 +495,7 @@ fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, last: u64, segmen
                     }
                 }
                 let (_, file, _) = current.as_mut().expect("opened above");
-                let written = serde_json::to_writer(&mut *file, &record.into_record()).map_err(std::io::Error::from).and_then(|()| file.write_all(b"\n"));
-                if let Err(error) = written {
+                if let Err(error) = record.write_line(file) {
                     tracing::error!(%error, "writing the decision log failed");
                 }
             }
@@ -403,5 +511,44 @@ fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, last: u64, segmen
     }
     if let Some(segment) = current.take() {
         close(segment);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_reads_back_lines_of_both_ways_of_writing_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.ndjson");
+        let record = |request_id: &str, options: &str| DecisionRecord {
+            at: 1_700_000_000_000,
+            request_id: request_id.to_string(),
+            kind: "reservation".into(),
+            sku: "SKU-1".into(),
+            region: "DE".into(),
+            qty: 2,
+            decision: "held".into(),
+            units: 2,
+            reasons: r#"["a \"quoted\" reason"]"#.into(),
+            options: options.into(),
+            rules_fired: "[]".into(),
+            batch_view: "2026-01-01".into(),
+            model: Some("m1".into()),
+            ..DecisionRecord::default()
+        };
+        // as written now (lists as JSON values), text that is not JSON, and as written before
+        // (lists as text holding JSON)
+        let (now, not_json, before) = (record("r1", r#"[{"node":"N-1","units":2}]"#), record("r2", "not JSON"), record("r3", r#"[{"node":"N-2","units":1}]"#));
+        let mut file = std::fs::File::create(&path).unwrap();
+        Entry::Record(Box::new(now.clone())).write_line(&mut file).unwrap();
+        Entry::Record(Box::new(not_json.clone())).write_line(&mut file).unwrap();
+        writeln!(file, "{}", serde_json::to_string(&before).unwrap()).unwrap();
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert!(written.lines().next().unwrap().contains(r#""options":[{"node":"N-1""#), "lists are written as JSON values: {written}");
+        let torn = prometheus::IntCounter::new("torn", "torn").unwrap();
+        assert_eq!(read_segment(&path, &torn).unwrap(), vec![now, not_json, before]);
+        assert_eq!(torn.get(), 0);
     }
 }

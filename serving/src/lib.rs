@@ -1157,7 +1157,7 @@ struct BatchItem {
 /// answer, or the error body of the item alone).
 #[utoipa::path(post, path = "/v1/availability:batch", tag = "availability", request_body = BatchRequest,
     responses((status = 200, description = "One entry per item, in order: its answer or its error", body = openapi::BatchAnswer)))]
-async fn availability_batch(State(serving): State<Arc<Serving>>, headers: axum::http::HeaderMap, body: String) -> Result<Json<serde_json::Value>, ApiError> {
+async fn availability_batch(State(serving): State<Arc<Serving>>, headers: axum::http::HeaderMap, body: String) -> Result<Response, ApiError> {
     let request: BatchRequest = serde_json::from_str(&body).map_err(|error| ApiError::BadRequest(format!("the body is not a batch of items: {error}")))?;
     if request.items.is_empty() || request.items.len() > MAX_BATCH {
         return Err(ApiError::BadRequest(format!("a batch has 1 to {MAX_BATCH} items, got {}", request.items.len())));
@@ -1170,18 +1170,25 @@ async fn availability_batch(State(serving): State<Arc<Serving>>, headers: axum::
         items.push((item.sku, item.region, item.qty));
     }
     let answers = serving.availability_batch(&items, serving.now()).await;
-    let answers: Vec<serde_json::Value> = items
-        .iter()
-        .zip(answers)
-        .map(|((sku, region, qty), answer)| {
-            serving.answered("batch", request_id(&headers), sku, region, *qty, &answer);
-            match answer {
-                Ok(answer) => serde_json::to_value(answer).expect("an answer serialises"),
-                Err(error) => error.body(),
-            }
-        })
-        .collect();
-    Ok(Json(serde_json::json!({ "answers": answers })))
+    // each entry written straight to the body's bytes (through a `serde_json::Value` each would be
+    // built as a tree first)
+    let mut body = b"{\"answers\":[".to_vec();
+    for (index, ((sku, region, qty), answer)) in items.iter().zip(answers).enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        match serving.answered("batch", request_id(&headers), sku, region, *qty, answer) {
+            Ok(answer) => body.extend_from_slice(&answer),
+            Err(error) => serde_json::to_writer(&mut body, &error.body()).expect("an error body serialises"),
+        }
+    }
+    body.extend_from_slice(b"]}");
+    Ok(json_response(body))
+}
+
+/// A 200 answer of JSON bytes.
+fn json_response(body: Vec<u8>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 /// Items of one `POST /v1/availability:batch`, at most.
@@ -1221,7 +1228,7 @@ async fn availability(
     headers: axum::http::HeaderMap,
     Path(sku): Path<String>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Availability>, ApiError> {
+) -> Result<Response, ApiError> {
     let qty = parse_qty(params.get("qty"))?;
     let region = params
         .get("region")
@@ -1229,14 +1236,14 @@ async fn availability(
         .ok_or_else(|| ApiError::BadRequest("region is required, e.g. ?region=DE".to_string()))?;
     let budget = params.get("oversell_budget").map(|text| parse_budget(text)).transpose()?;
     let answer = serving.availability_within(&sku, region, qty, budget, serving.now()).await;
-    serving.answered("availability", request_id(&headers), &sku, region, qty, &answer);
-    answer.map(Json)
+    serving.answered("availability", request_id(&headers), &sku, region, qty, answer).map(json_response)
 }
 
 impl Serving {
     /// Counts an answer (or its error) in the metrics, logs it, and records it in the decision
-    /// log (`kind`: `availability` or `batch`).
-    fn answered(&self, kind: &'static str, request_id: &str, sku: &str, region: &str, qty: i64, answer: &Result<Availability, ApiError>) {
+    /// log (`kind`: `availability` or `batch`); the answer's JSON. The answer is encoded first and
+    /// then moved into the log: a request copies nothing for it.
+    fn answered(&self, kind: &'static str, request_id: &str, sku: &str, region: &str, qty: i64, answer: Result<Availability, ApiError>) -> Result<Vec<u8>, ApiError> {
         match answer {
             Ok(answer) => {
                 let decision = answer.decision.as_str();
@@ -1246,13 +1253,16 @@ impl Serving {
                     self.metrics.degraded.inc();
                 }
                 tracing::debug!(sku, region, qty, decision, "answered");
+                let body = serde_json::to_vec(&answer).expect("an answer serialises");
                 if let Some(log) = self.decisions.as_ref().filter(|log| log.samples()) {
-                    log.record(decisions::Entry::Answer { kind, request_id: request_id.to_string(), at: self.now(), answer: Box::new(answer.clone()) });
+                    log.record(decisions::Entry::Answer { kind, request_id: request_id.to_string(), at: self.now(), answer: Box::new(answer) });
                 }
+                Ok(body)
             }
             Err(error) => {
                 self.metrics.errors.with_label_values(&[error.code()]).inc();
                 tracing::info!(sku, region, qty, %error, "rejected");
+                Err(error)
             }
         }
     }

@@ -1,8 +1,11 @@
 //! The Flight SQL server's throughput beside DataFusion in-process, in one run on one lake: each
 //! query's rows/s and MB/s through Flight (a client in this process, the server on loopback) and
-//! through the same session in-process, with the ratio (the protocol's cost). Run by
+//! through the same session in-process, with the ratio (the protocol's cost). Each query runs
+//! RUNS times each way, the two ways taking turns (so neither gets a warmer cache), and the
+//! median run of each way is printed, with the lowest and highest ratio of a pair of runs. Run by
 //! `benchmarks/scripts/flight.sh`.
-//! Usage: flight-bench LAKE_DIR [ROWS]   (ROWS: the size of the large SELECT, default 10,000,000)
+//! Usage: flight-bench LAKE_DIR [ROWS] [RUNS]   (ROWS: the size of the large SELECT, default
+//! 10,000,000; RUNS: default 3)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +40,12 @@ async fn drain<E: std::fmt::Debug>(mut stream: impl futures::Stream<Item = Resul
     Run { rows, bytes, seconds: started.elapsed().as_secs_f64() }
 }
 
+/// The run of median time.
+fn median(mut runs: Vec<Run>) -> Run {
+    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    runs.swap_remove(runs.len() / 2)
+}
+
 async fn over_flight(client: &mut FlightSqlServiceClient<tonic::transport::Channel>, sql: &str) -> Run {
     let started = Instant::now();
     let info = client.execute(sql.to_string(), None).await.expect("the query plans");
@@ -58,6 +67,7 @@ async fn main() {
         std::process::exit(2);
     };
     let target: u64 = args.get(2).map(|rows| rows.parse().expect("ROWS is a number")).unwrap_or(10_000_000);
+    let runs: usize = args.get(3).map(|runs| runs.parse().expect("RUNS is a number")).unwrap_or(3).max(1);
     let lake = Arc::new(Lake::open(std::path::Path::new(dir)).expect("the lake opens"));
     let events = lake.info().await.expect("the lake's datasets").iter().find(|info| info.name == "events").map_or(0, |info| info.rows);
     assert!(events > 0, "the lake has no events");
@@ -76,24 +86,32 @@ async fn main() {
         (format!("SELECT {} rows (events × {repeat})", events * repeat), format!("SELECT e.* FROM events e CROSS JOIN range({repeat}) r")),
         ("group-by on events (sku, node, kind)".to_string(), "SELECT sku, node, kind, COUNT(*) AS n, SUM(qty) AS qty FROM events GROUP BY sku, node, kind".to_string()),
     ];
-    println!("{events} events in the lake; each query through Flight SQL, then in-process, on the same lake");
-    println!("{:<44} {:>12} {:>10} {:>12} {:>10} {:>10} {:>7}", "query", "rows", "Flight s", "rows/s", "MB/s", "local s", "ratio");
+    println!("{events} events in the lake; each query {runs} times through Flight SQL and in-process in turn, on the same lake; the median run of each");
+    println!("{:<44} {:>12} {:>10} {:>12} {:>10} {:>10} {:>7} {:>13}", "query", "rows", "Flight s", "rows/s", "MB/s", "local s", "ratio", "ratio range");
     for (name, sql) in queries {
-        let flight = over_flight(&mut client, &sql).await;
-        let local = in_process(&lake, &sql).await;
-        assert_eq!(flight.rows, local.rows, "{name}: the same rows both ways");
-        let rate = flight.rows as f64 / flight.seconds;
-        let ratio = local.seconds / flight.seconds;
+        let (mut flights, mut locals) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            flights.push(over_flight(&mut client, &sql).await);
+            locals.push(in_process(&lake, &sql).await);
+        }
+        for (flight, local) in flights.iter().zip(&locals) {
+            assert_eq!(flight.rows, local.rows, "{name}: the same rows both ways");
+        }
+        let ratios: Vec<f64> = flights.iter().zip(&locals).map(|(flight, local)| local.seconds / flight.seconds).collect();
+        let (low, high) = ratios.iter().fold((f64::MAX, f64::MIN), |(low, high), ratio| (low.min(*ratio), high.max(*ratio)));
+        let (flight, local) = (median(flights), median(locals));
         println!(
-            "{:<44} {:>12} {:>10.2} {:>12.0} {:>10.1} {:>10.2} {:>6.2}x",
+            "{:<44} {:>12} {:>10.2} {:>12.0} {:>10.1} {:>10.2} {:>6.2}x {:>5.2}-{:<5.2}x",
             name,
             flight.rows,
             flight.seconds,
-            rate,
+            flight.rows as f64 / flight.seconds,
             flight.bytes as f64 / 1e6 / flight.seconds,
             local.seconds,
-            ratio
+            local.seconds / flight.seconds,
+            low,
+            high
         );
     }
-    println!("ratio: in-process time / Flight time (1.00x: the protocol costs nothing)");
+    println!("ratio: in-process time / Flight time, of the medians (1.00x: the protocol costs nothing); range: of each pair of runs");
 }
