@@ -445,7 +445,8 @@ impl FlightSqlService for Analytics {
 
 /// Serves `analytics` on `listener` until `shutdown` resolves.
 pub async fn serve(analytics: Analytics, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()>) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    // without TCP_NODELAY a small answer waits for the client's delayed acknowledgement (40 ms)
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder().add_service(analytics.service()).serve_with_incoming_shutdown(incoming, shutdown).await
 }
 

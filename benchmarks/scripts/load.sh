@@ -4,14 +4,15 @@
 # it; wrk drives CONNECTIONS connections for SECONDS seconds per scenario with random SKUs and
 # countries: single availability, batch availability (BATCH items per request; rates per item
 # too), and reservations (one line, random keys, 10 s TTL: 201s while units last, then 409s,
-# both through the hold script; wrk counts the 409s as non-2xx). `redis-benchmark` GET with the same connection count on the same
+# both through the hold script; wrk counts the 409s as non-2xx), the reservations again with
+# FEW connections (the rate they reach at a lower latency). `redis-benchmark` GET with the same connection count on the same
 # Redis is the baseline: every rate is printed with its ratio to it. Each scenario's p50 and p99
 # are also read from the server's own latency histogram, beside the client's.
-# Usage: benchmarks/scripts/load.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 DURATION=15 BATCH=50;
+# Usage: benchmarks/scripts/load.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 FEW=16 DURATION=15 BATCH=50;
 #   PROFILE=release for an optimised build; wrk is installed from Debian's packages if missing)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-skus=${SKUS:-20000}; nodes=${NODES:-200}; connections=${CONNECTIONS:-64}; seconds=${DURATION:-15}; batch=${BATCH:-50}
+skus=${SKUS:-20000}; nodes=${NODES:-200}; connections=${CONNECTIONS:-64}; few=${FEW:-16}; seconds=${DURATION:-15}; batch=${BATCH:-50}
 source benchmarks/scripts/common.sh load
 if ! command -v wrk >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
@@ -73,12 +74,13 @@ run() {
   curl -sf "http://$listen/metrics" >"$out/metrics-$name-1"
 }
 single=$(run single single "$connections"); batched=$(run batch batch "$connections"); reserved=$(run reserve reserve "$connections")
+reserved_few=$(run reserve-few reserve "$few")
 # light load (2 connections): the server's own latency, with no queue in front of it
 light=$(run light single 2)
 redis_rate=$(redis-benchmark -h "$host" -p "$port" -c "$connections" -n 400000 -t get -q | tr '\r' '\n' | awk '/requests per second/ {print $2}' | tail -1)
-python3 - "$single" "$batched" "$reserved" "$redis_rate" "$batch" "$profile" "$skus" "$nodes" "$connections" "$out" "$light" <<'PY'
+python3 - "$single" "$batched" "$reserved" "$redis_rate" "$batch" "$profile" "$skus" "$nodes" "$connections" "$out" "$light" "$reserved_few" "$few" <<'PY'
 import re, sys
-single, batched, reserved, redis_rate, batch, profile, skus, nodes, connections, out, light = sys.argv[1:]
+single, batched, reserved, redis_rate, batch, profile, skus, nodes, connections, out, light, reserved_few, few = sys.argv[1:]
 redis_rate, batch = float(redis_rate), int(batch)
 print(f"profile {profile}; {skus} SKUs, {nodes} nodes, {connections} connections; ratios against redis-benchmark GET ({redis_rate:,.0f}/s)")
 print(f"{'scenario':<24} {'rate/s':>10} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8} {'errors':>7}")
@@ -90,6 +92,7 @@ row("single availability", single)
 row(f"batch ({batch} items), requests", batched)
 row(f"batch, items", batched, batch)
 row("reservations (201|409)", reserved)
+row(f"reservations, {few} conns", reserved_few)
 row("single, 2 connections", light)
 print(f"{'redis-benchmark GET':<24} {redis_rate:>10,.0f} {1:>6.2f}x")
 
@@ -128,6 +131,7 @@ print(f"{'scenario':<24} {'client p50':>10} {'server p50':>12} {'':>6} {'client 
 for name, line, scenario, route, method in [("single availability", single, "single", "/v1/availability/{sku}", "GET"),
                                             ("batch, requests", batched, "batch", "/v1/availability:batch", "POST"),
                                             ("reservations", reserved, "reserve", "/v1/reservations", "POST"),
+                                            (f"reservations, {few} conns", reserved_few, "reserve-few", "/v1/reservations", "POST"),
                                             ("single, 2 connections", light, "light", "/v1/availability/{sku}", "GET")]:
     _, _, p50, p99, *_ = map(float, line.split())
     print(f"{name:<24} {p50 / 1000:>10.2f} {compare(p50 / 1000, server(scenario, route, method, 0.5))} {p99 / 1000:>10.2f} {compare(p99 / 1000, server(scenario, route, method, 0.99))}")

@@ -714,7 +714,11 @@ impl Serving {
     /// Keeps `row` among the rows read lately.
     fn remember(&self, sku: &str, row: &Arc<SkuRow>) {
         let mut hot = self.hot();
-        if hot.len() >= HOT_ROWS && !hot.contains_key(sku) {
+        if let Some(kept) = hot.get_mut(sku) {
+            *kept = row.clone();
+            return;
+        }
+        if hot.len() >= HOT_ROWS {
             hot.clear();
         }
         hot.insert(sku.to_string(), row.clone());
