@@ -36,7 +36,10 @@ now=$(date +%s)000
 "$bin" batch --lake "$lake" 2>"$out/batch.log"
 cat >"$out/batch.lua" <<LUA
 local skus, countries = $skus, {"DE", "FR", "IT", "ES", "NL", "US"}
-math.randomseed(os.time())
+-- each wrk thread its own random sequence
+local started = 0
+function setup(thread) started = started + 1; thread:set("id", started) end
+function init(args) math.randomseed(os.time() * 1000 + id) end
 local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer $SELLABLE_API_KEY"}
 request = function()
   local items = {}

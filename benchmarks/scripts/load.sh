@@ -35,7 +35,11 @@ done
 cat >"$out/common.lua" <<LUA
 local skus, countries = $skus, {"DE", "FR", "IT", "ES", "NL", "US"}
 auth = "Bearer $SELLABLE_API_KEY"
-math.randomseed(os.time())
+-- each wrk thread its own number, random sequence and order ids (seeded alike, two threads would
+-- send the same keys, and the second of each pair would wait for the first's answer)
+local started = 0
+function setup(thread) started = started + 1; thread:set("id", started) end
+function init(args) math.randomseed(os.time() * 1000 + id) end
 function sku() return string.format("SKU-%06d", math.random(0, skus - 1)) end
 function country() return countries[math.random(#countries)] end
 function done(summary, latency, requests)
@@ -61,7 +65,7 @@ dofile(os.getenv("COMMON"))
 local counter = 0
 request = function()
   counter = counter + 1
-  local body = string.format('{"order_id":"load-%d-%d-%d","ttl_s":10,"lines":[{"sku":"%s","region":"%s","qty":1}]}', os.time(), math.random(1e9), counter, sku(), country())
+  local body = string.format('{"order_id":"load-%d-%d-%d-%d","ttl_s":10,"lines":[{"sku":"%s","region":"%s","qty":1}]}', os.time(), id, math.random(1e9), counter, sku(), country())
   return wrk.format("POST", "/v1/reservations", {["Content-Type"] = "application/json", ["Authorization"] = auth}, body)
 end
 LUA

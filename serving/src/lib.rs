@@ -1246,7 +1246,7 @@ async fn availability(
 impl Serving {
     /// Counts an answer (or its error) in the metrics, logs it, and records it in the decision
     /// log (`kind`: `availability` or `batch`); the answer's JSON. The answer is encoded first and
-    /// then moved into the log: a request copies nothing for it.
+    /// then moved into the log, not copied.
     fn answered(&self, kind: &'static str, request_id: &str, sku: &str, region: &str, qty: i64, answer: Result<Availability, ApiError>) -> Result<Vec<u8>, ApiError> {
         match answer {
             Ok(answer) => {
