@@ -286,31 +286,25 @@ async fn attempt(serving: &Serving, holds: &Arc<dyn HoldStore>, id: &str, key: &
             confirms.insert(&line.sku, holds.confirms(&line.sku).await.map_err(unavailable)?);
         }
     }
-    // the lines decided while the server's clock (the holds' expiry counts from it) is read
-    let decide = async {
-        let mut by_sku: BTreeMap<&str, Vec<HoldLine>> = BTreeMap::new();
-        for (index, line) in request.lines.iter().enumerate() {
-            let region = match (&line.region, &line.node) {
-                (Some(region), _) => region.clone(),
-                (None, Some(node)) => serving.nodes.get(node).map(|info| info.region.clone()).ok_or_else(|| ApiError::BadRequest(format!("line {index}: unknown node '{node}'")))?,
-                (None, None) => unreachable!("validated"),
-            };
-            let (answer, promisable) = serving.decide_sku(&line.sku, &region, line.node.as_deref(), line.qty, None, now, false).await?;
-            if matches!(answer.grade, Grade::Conservative | Grade::Unavailable) {
-                return Err(ApiError::Refused(format!(
-                    "line {index} ({}) cannot be decided safely now ({}): nothing was reserved",
-                    line.sku,
-                    answer.degraded_reasons.join("; ")
-                )));
-            }
-            let options = promisable.into_iter().filter(|(_, units)| *units > 0).collect();
-            by_sku.entry(line.sku.as_str()).or_default().push(HoldLine { line: index, qty: line.qty, split: line.split, options });
+    let mut by_sku: BTreeMap<&str, Vec<HoldLine>> = BTreeMap::new();
+    for (index, line) in request.lines.iter().enumerate() {
+        let region = match (&line.region, &line.node) {
+            (Some(region), _) => region.clone(),
+            (None, Some(node)) => serving.nodes.get(node).map(|info| info.region.clone()).ok_or_else(|| ApiError::BadRequest(format!("line {index}: unknown node '{node}'")))?,
+            (None, None) => unreachable!("validated"),
+        };
+        let (answer, promisable) = serving.decide_sku(&line.sku, &region, line.node.as_deref(), line.qty, None, now, false).await?;
+        if matches!(answer.grade, Grade::Conservative | Grade::Unavailable) {
+            return Err(ApiError::Refused(format!(
+                "line {index} ({}) cannot be decided safely now ({}): nothing was reserved",
+                line.sku,
+                answer.degraded_reasons.join("; ")
+            )));
         }
-        Ok::<_, ApiError>(by_sku)
-    };
-    let (by_sku, created) = tokio::join!(decide, holds.now());
-    let by_sku = by_sku?;
-    let created = created.map_err(unavailable)?;
+        let options = promisable.into_iter().filter(|(_, units)| *units > 0).collect();
+        by_sku.entry(line.sku.as_str()).or_default().push(HoldLine { line: index, qty: line.qty, split: line.split, options });
+    }
+    let created = holds.now().await.map_err(unavailable)?;
     let expires = created + ttl_s * 1000;
     let mut taken: BTreeMap<usize, Vec<Taken>> = BTreeMap::new();
     let mut short = Vec::new();
