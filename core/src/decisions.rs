@@ -10,7 +10,8 @@ use crate::event::Millis;
 use crate::view::{BoxFuture, ViewError};
 
 /// One decision as the log keeps it. The lists (reasons, options, rules fired) are JSON text, as
-/// the API answered them.
+/// the API answered them; serialised, each is the JSON value it holds (nothing escaped twice), and
+/// it reads back from that or from a string ([`listed`]).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct DecisionRecord {
     /// When it was answered, by the server's clock (milliseconds since the epoch).
@@ -29,16 +30,38 @@ pub struct DecisionRecord {
     /// `fresh`, `bounded_stale`, `conservative` or `unavailable`; empty for a reservation line.
     pub grade: String,
     /// The answer's `reasons` and `degraded_reasons`, as a JSON array of text.
+    #[serde(with = "listed")]
     pub reasons: String,
     /// The answer's ranked options with `p_fulfill` (or a reservation line's nodes), as JSON.
+    #[serde(with = "listed")]
     pub options: String,
     /// The rules that fired, as JSON.
+    #[serde(with = "listed")]
     pub rules_fired: String,
     /// The names of the rules that fired, `|` between them (for `string_to_array`).
     pub rules: String,
     pub batch_view: String,
     pub model: Option<String>,
     pub ruleset: Option<String>,
+}
+
+/// A list of a [`DecisionRecord`] in its JSON: written as the JSON value its text holds (text
+/// that is not JSON, never written so, as a string); read back from either, as text.
+mod listed {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    pub fn serialize<S: Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+        match serde_json::from_str::<&RawValue>(text) {
+            Ok(raw) => raw.serialize(serializer),
+            Err(_) => serializer.serialize_str(text),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        Ok(serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_string()))
+    }
 }
 
 /// Where the decision log's segments end (the lake's `decisions` dataset).

@@ -27,9 +27,8 @@ use std::time::{Duration, Instant};
 
 use sellable_core::{DecisionRecord, DecisionStore, Millis};
 
-use crate::Availability;
+use crate::{Availability, OptionJson, RuleFired};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 /// How the decision log keeps what it is given; `[serve.decisions]` of the configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,9 +78,9 @@ pub enum Entry {
 }
 
 impl Entry {
-    /// Writes the entry as one line of a segment: the record's fields, its lists (reasons,
-    /// options, rules fired) as JSON values, not as text holding JSON, so that nothing is
-    /// escaped to write them or unescaped to read them back ([`read_segment`]).
+    /// Writes the entry as one line of a segment: a [`DecisionRecord`], its lists (reasons,
+    /// options, rules fired) as JSON values, so that nothing is escaped twice to write them or
+    /// unescaped to read them back ([`read_segment`]).
     fn write_line(&self, out: &mut impl Write) -> std::io::Result<()> {
         match self {
             Entry::Answer { kind, request_id, at, answer } => {
@@ -107,52 +106,16 @@ impl Entry {
                 };
                 serde_json::to_writer(&mut *out, &line)?;
             }
-            Entry::Record(record) => {
-                let record = record.as_ref();
-                let line = Line {
-                    at: record.at,
-                    request_id: &record.request_id,
-                    kind: &record.kind,
-                    sku: &record.sku,
-                    region: &record.region,
-                    qty: record.qty,
-                    decision: &record.decision,
-                    units: record.units,
-                    grade: &record.grade,
-                    reasons: ListedText::of(&record.reasons),
-                    options: ListedText::of(&record.options),
-                    rules_fired: ListedText::of(&record.rules_fired),
-                    rules: &record.rules,
-                    batch_view: &record.batch_view,
-                    model: record.model.as_deref(),
-                    ruleset: record.ruleset.as_deref(),
-                };
-                serde_json::to_writer(&mut *out, &line)?;
-            }
+            Entry::Record(record) => serde_json::to_writer(&mut *out, record)?,
         }
         out.write_all(b"\n")
     }
 }
 
-/// A record's list in a segment's line: its JSON as it is, or text.
+/// An answer's line as written: a [`DecisionRecord`] as it serialises, made from the answer
+/// without copying it.
 #[derive(Serialize)]
-#[serde(untagged)]
-enum ListedText<'a> {
-    Raw(&'a RawValue),
-    Text(&'a str),
-}
-
-impl ListedText<'_> {
-    /// `text`'s JSON; text that is not JSON (never written so) stays text, which the reader
-    /// keeps as it is.
-    fn of(text: &str) -> ListedText<'_> {
-        serde_json::from_str::<&RawValue>(text).map_or(ListedText::Text(text), ListedText::Raw)
-    }
-}
-
-/// A segment's line as written: a [`DecisionRecord`] whose lists are JSON values.
-#[derive(Serialize)]
-struct Line<'a, R: Serialize, O: Serialize, F: Serialize> {
+struct Line<'a> {
     at: Millis,
     request_id: &'a str,
     kind: &'a str,
@@ -162,59 +125,13 @@ struct Line<'a, R: Serialize, O: Serialize, F: Serialize> {
     decision: &'a str,
     units: i64,
     grade: &'a str,
-    reasons: R,
-    options: O,
-    rules_fired: F,
+    reasons: Vec<&'a String>,
+    options: &'a [OptionJson],
+    rules_fired: &'a [RuleFired],
     rules: &'a str,
     batch_view: &'a str,
     model: Option<&'a str>,
     ruleset: Option<&'a str>,
-}
-
-/// A segment's line as read back: the lists as the JSON they were written as, or as text
-/// holding JSON (how segments were written before), either kept as the record's text.
-#[derive(Deserialize)]
-struct StoredLine {
-    at: Millis,
-    request_id: String,
-    kind: String,
-    sku: String,
-    region: String,
-    qty: i64,
-    decision: String,
-    units: i64,
-    grade: String,
-    reasons: Box<RawValue>,
-    options: Box<RawValue>,
-    rules_fired: Box<RawValue>,
-    rules: String,
-    batch_view: String,
-    model: Option<String>,
-    ruleset: Option<String>,
-}
-
-impl StoredLine {
-    fn into_record(self) -> DecisionRecord {
-        let text = |raw: Box<RawValue>| serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_string());
-        DecisionRecord {
-            at: self.at,
-            request_id: self.request_id,
-            kind: self.kind,
-            sku: self.sku,
-            region: self.region,
-            qty: self.qty,
-            decision: self.decision,
-            units: self.units,
-            grade: self.grade,
-            reasons: text(self.reasons),
-            options: text(self.options),
-            rules_fired: text(self.rules_fired),
-            rules: self.rules,
-            batch_view: self.batch_view,
-            model: self.model,
-            ruleset: self.ruleset,
-        }
-    }
 }
 
 /// The log's counters, in the server's metrics.
@@ -407,8 +324,8 @@ impl DecisionLog {
 fn read_segment(path: &Path, torn: &prometheus::IntCounter) -> std::io::Result<Vec<DecisionRecord>> {
     let mut records = Vec::new();
     for line in std::io::BufReader::new(std::fs::File::open(path)?).lines() {
-        match serde_json::from_str::<StoredLine>(&line?) {
-            Ok(line) => records.push(line.into_record()),
+        match serde_json::from_str(&line?) {
+            Ok(record) => records.push(record),
             Err(_) => torn.inc(),
         }
     }
@@ -544,7 +461,11 @@ mod tests {
         let mut file = std::fs::File::create(&path).unwrap();
         Entry::Record(Box::new(now.clone())).write_line(&mut file).unwrap();
         Entry::Record(Box::new(not_json.clone())).write_line(&mut file).unwrap();
-        writeln!(file, "{}", serde_json::to_string(&before).unwrap()).unwrap();
+        let mut as_text = serde_json::to_value(&before).unwrap();
+        for list in ["reasons", "options", "rules_fired"] {
+            as_text[list] = serde_json::Value::String(as_text[list].to_string());
+        }
+        writeln!(file, "{as_text}").unwrap();
         let written = std::fs::read_to_string(&path).unwrap();
         assert!(written.lines().next().unwrap().contains(r#""options":[{"node":"N-1""#), "lists are written as JSON values: {written}");
         let torn = prometheus::IntCounter::new("torn", "torn").unwrap();
