@@ -1,6 +1,6 @@
 //! The Flight SQL server's throughput beside DataFusion in-process, in one run on one lake: each
 //! query's rows/s and MB/s through Flight (a client in this process, the server on loopback) and
-//! through the same session in-process, with the ratio (the protocol's cost). Each query runs
+//! through the same DataFusion context in-process, with the ratio (the protocol's cost). Each query runs
 //! RUNS times each way, the two ways taking turns (so neither gets a warmer cache), and the
 //! median run of each way is printed, with the lowest and highest ratio of a pair of runs. Run by
 //! `benchmarks/scripts/flight.sh`.
