@@ -31,7 +31,8 @@ pub struct Taken {
 /// nothing was taken).
 #[derive(Debug, Clone, PartialEq)]
 pub enum HoldOutcome {
-    Held(Vec<(usize, Vec<Taken>)>),
+    /// Every line taken, held until `expires` (store clock).
+    Held { expires: Millis, lines: Vec<(usize, Vec<Taken>)> },
     Short(Vec<(usize, i64)>),
     /// A confirmation released holds of the SKU since the decision was made: nothing was taken;
     /// decide again.
@@ -46,6 +47,16 @@ pub enum Begun {
     /// A record: the answer given before, or a pending one (another request on it, or one that
     /// died before answering), with its age.
     Found { record: String, pending_ms: Option<Millis> },
+}
+
+/// Until when a hold counts, on the store's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// That long from the store's clock when the hold is taken (the first SKU of a cart: no
+    /// separate read of the clock).
+    After(Millis),
+    /// That instant (the cart's other SKUs, to expire with the first).
+    At(Millis),
 }
 
 /// Per node, the units live holds take of one SKU.
@@ -72,10 +83,10 @@ pub trait HoldStore: Send + Sync {
     /// decision, and given to [`HoldStore::hold`] with it.
     fn confirms<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<u64, ViewError>>;
 
-    /// Takes the lines of one SKU for reservation `id` until `expires` (store clock), all or
-    /// none, if no confirmation of the SKU came after `confirms` (else [`HoldOutcome::Stale`]).
-    /// Idempotent: lines the id holds already are answered as they were taken.
-    fn hold<'a>(&'a self, id: &'a str, sku: &'a str, lines: &'a [HoldLine], expires: Millis, confirms: u64) -> BoxFuture<'a, Result<HoldOutcome, ViewError>>;
+    /// Takes the lines of one SKU for reservation `id` `until` then, all or none, if no
+    /// confirmation of the SKU came after `confirms` (else [`HoldOutcome::Stale`]). Idempotent:
+    /// lines the id holds already are answered as they were taken, with their expiry.
+    fn hold<'a>(&'a self, id: &'a str, sku: &'a str, lines: &'a [HoldLine], until: Until, confirms: u64) -> BoxFuture<'a, Result<HoldOutcome, ViewError>>;
 
     /// Sets the expiry of every live hold of `id` on `sku` to `expires`; how many there were.
     fn extend<'a>(&'a self, id: &'a str, sku: &'a str, expires: Millis) -> BoxFuture<'a, Result<u64, ViewError>>;

@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use sellable_core::holds::{Begun, HoldLine, HoldOutcome, HoldStore, Taken};
+use sellable_core::holds::{Begun, HoldLine, HoldOutcome, HoldStore, Taken, Until};
 use sellable_core::{Event, EventKind, Grade, Millis};
 use serde::{Deserialize, Serialize};
 
@@ -186,10 +186,15 @@ pub async fn create(State(serving): State<Arc<Serving>>, headers: HeaderMap, bod
     let holds = store(&serving)?;
     let id = reservation_id(&key);
     let ttl_s = request.ttl_s.unwrap_or(DEFAULT_TTL_S);
-    // claim the id, or answer as the first request on it did
+    // claim the id, or answer as the first request on it did; the cart is decided while the id
+    // is claimed, and that decision is used when the claim is granted at once
     let started = std::time::Instant::now();
+    let keep = ttl_s * 1000 + RETAIN_MS;
+    let (first, decided) = tokio::join!(holds.begin(&id, keep), decide(&serving, holds, &request));
+    let mut decided = Some(decided);
+    let mut begun = first;
     loop {
-        match holds.begin(&id, ttl_s * 1000 + RETAIN_MS).await.map_err(unavailable)? {
+        match begun.map_err(unavailable)? {
             Begun::Owner => break,
             Begun::Found { record, pending_ms: None } => {
                 let answer: Answer = serde_json::from_str(&record).map_err(|error| ApiError::internal("reading a reservation's record", error))?;
@@ -200,15 +205,20 @@ pub async fn create(State(serving): State<Arc<Serving>>, headers: HeaderMap, bod
             }
             // another request on the key is deciding: wait for its answer; one that died is taken over
             Begun::Found { pending_ms: Some(age), .. } if age < PENDING_MS && started.elapsed().as_millis() < PENDING_MS as u128 => {
+                // the decision made beside the claim is old by the time this one is granted
+                decided = None;
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            Begun::Found { .. } => break,
+            Begun::Found { .. } => {
+                decided = None;
+                break;
+            }
         }
+        begun = holds.begin(&id, keep).await;
     }
-    match reserve(&serving, holds, &id, &key, &request, ttl_s).await {
+    match reserve(&serving, holds, &id, &key, &request, ttl_s, decided).await {
         Ok(answer) => {
             let response = answer.response();
-            let keep = ttl_s * 1000 + RETAIN_MS;
             let record = serde_json::to_string(&answer).map_err(|error| ApiError::internal("writing a reservation's record", error))?;
             holds.record(&id, &record, keep).await.map_err(unavailable)?;
             log_lines(&serving, &headers, &id, &request, &answer);
@@ -217,7 +227,10 @@ pub async fn create(State(serving): State<Arc<Serving>>, headers: HeaderMap, bod
         Err(error) => {
             // not answered: nothing is held, and a retry decides afresh
             let _ = holds.forget(&id).await;
-            Err(error)
+            Err(match error {
+                ApiError::Unavailable(reason) => ApiError::Refused(format!("the speed view is unavailable ({reason}): nothing was reserved")),
+                error => error,
+            })
         }
     }
 }
@@ -265,35 +278,55 @@ fn log_lines(serving: &Serving, headers: &HeaderMap, id: &str, request: &Reserva
 /// Decisions made again, at most, when confirmations keep changing what they were made on.
 const ATTEMPTS: usize = 5;
 
-/// [`attempt`], again while a confirmation changed a SKU between its decision and its hold.
-async fn reserve(serving: &Serving, holds: &Arc<dyn HoldStore>, id: &str, key: &str, request: &ReservationRequest, ttl_s: i64) -> Result<Answer, ApiError> {
+/// A cart's lines decided, by SKU, with the `#confirms` count each SKU's decision was made after.
+struct Decided<'a> {
+    by_sku: BTreeMap<&'a str, Vec<HoldLine>>,
+    confirms: BTreeMap<&'a str, u64>,
+}
+
+/// [`attempt`], again while a confirmation changed a SKU between its decision and its hold;
+/// the first attempt takes `decided` when given.
+async fn reserve<'a>(
+    serving: &Serving,
+    holds: &Arc<dyn HoldStore>,
+    id: &str,
+    key: &str,
+    request: &'a ReservationRequest,
+    ttl_s: i64,
+    mut decided: Option<Result<Decided<'a>, ApiError>>,
+) -> Result<Answer, ApiError> {
     for _ in 0..ATTEMPTS {
-        if let Some(answer) = attempt(serving, holds, id, key, request, ttl_s).await? {
+        let cart = match decided.take() {
+            Some(cart) => cart?,
+            None => decide(serving, holds, request).await?,
+        };
+        if let Some(answer) = attempt(holds, id, key, request, ttl_s, cart).await? {
             return Ok(answer);
         }
     }
     Err(ApiError::Refused(format!("the SKUs of this cart were confirmed by other orders {ATTEMPTS} times while it was decided: nothing was reserved; retry")))
 }
 
-/// Decides every line, takes them SKU by SKU, and releases what was taken if any is short;
-/// `None` when a SKU was confirmed by another order since its decision (nothing is held then).
-async fn attempt(serving: &Serving, holds: &Arc<dyn HoldStore>, id: &str, key: &str, request: &ReservationRequest, ttl_s: i64) -> Result<Option<Answer>, ApiError> {
+/// Decides every line of the cart: per SKU what each node could promise (live holds not
+/// subtracted: the store does that as it takes them). Each SKU's `#confirms` is read before any
+/// decision, so that a confirmation landing after it is seen by the hold script.
+async fn decide<'a>(serving: &Serving, holds: &Arc<dyn HoldStore>, request: &'a ReservationRequest) -> Result<Decided<'a>, ApiError> {
     let now = serving.now();
-    // what each SKU's confirmations had done before its decision (read first)
-    let mut confirms: BTreeMap<&str, u64> = BTreeMap::new();
-    for line in &request.lines {
-        if !confirms.contains_key(line.sku.as_str()) {
-            confirms.insert(&line.sku, holds.confirms(&line.sku).await.map_err(unavailable)?);
-        }
-    }
-    let mut by_sku: BTreeMap<&str, Vec<HoldLine>> = BTreeMap::new();
+    let skus: std::collections::BTreeSet<&str> = request.lines.iter().map(|line| line.sku.as_str()).collect();
+    let counts = futures::future::join_all(skus.iter().map(|sku| holds.confirms(sku))).await;
+    let confirms = skus.into_iter().zip(counts).map(|(sku, count)| Ok((sku, count.map_err(unavailable)?))).collect::<Result<BTreeMap<_, _>, ApiError>>()?;
+    let mut regions = Vec::with_capacity(request.lines.len());
     for (index, line) in request.lines.iter().enumerate() {
-        let region = match (&line.region, &line.node) {
+        regions.push(match (&line.region, &line.node) {
             (Some(region), _) => region.clone(),
             (None, Some(node)) => serving.nodes.get(node).map(|info| info.region.clone()).ok_or_else(|| ApiError::BadRequest(format!("line {index}: unknown node '{node}'")))?,
             (None, None) => unreachable!("validated"),
-        };
-        let (answer, promisable) = serving.decide_sku(&line.sku, &region, line.node.as_deref(), line.qty, None, now, false).await?;
+        });
+    }
+    let answers = futures::future::join_all(request.lines.iter().zip(&regions).map(|(line, region)| serving.decide_sku(&line.sku, region, line.node.as_deref(), line.qty, None, now, false))).await;
+    let mut by_sku: BTreeMap<&str, Vec<HoldLine>> = BTreeMap::new();
+    for (index, (line, answer)) in request.lines.iter().zip(answers).enumerate() {
+        let (answer, promisable) = answer?;
         if matches!(answer.grade, Grade::Conservative | Grade::Unavailable) {
             return Err(ApiError::Refused(format!(
                 "line {index} ({}) cannot be decided safely now ({}): nothing was reserved",
@@ -304,13 +337,21 @@ async fn attempt(serving: &Serving, holds: &Arc<dyn HoldStore>, id: &str, key: &
         let options = promisable.into_iter().filter(|(_, units)| *units > 0).collect();
         by_sku.entry(line.sku.as_str()).or_default().push(HoldLine { line: index, qty: line.qty, split: line.split, options });
     }
-    let created = holds.now().await.map_err(unavailable)?;
-    let expires = created + ttl_s * 1000;
+    Ok(Decided { by_sku, confirms })
+}
+
+/// Takes a decided cart SKU by SKU, and releases what was taken if any is short; `None` when a
+/// SKU was confirmed by another order since its decision (nothing is held then). The first SKU's
+/// hold sets the expiry (the store's clock then, plus the TTL); the others expire with it.
+async fn attempt(holds: &Arc<dyn HoldStore>, id: &str, key: &str, request: &ReservationRequest, ttl_s: i64, cart: Decided<'_>) -> Result<Option<Answer>, ApiError> {
+    let Decided { by_sku, confirms } = cart;
+    let mut expiry: Option<Millis> = None;
     let mut taken: BTreeMap<usize, Vec<Taken>> = BTreeMap::new();
     let mut short = Vec::new();
     let mut touched = Vec::new();
     for (sku, lines) in &by_sku {
-        let outcome = match holds.hold(id, sku, lines, expires, confirms[sku]).await {
+        let until = expiry.map_or(Until::After(ttl_s * 1000), Until::At);
+        let outcome = match holds.hold(id, sku, lines, until, confirms[sku]).await {
             Ok(outcome) => outcome,
             Err(error) => {
                 release_all(holds, id, &touched).await;
@@ -318,7 +359,8 @@ async fn attempt(serving: &Serving, holds: &Arc<dyn HoldStore>, id: &str, key: &
             }
         };
         match outcome {
-            HoldOutcome::Held(lines) => {
+            HoldOutcome::Held { expires, lines } => {
+                expiry.get_or_insert(expires);
                 touched.push(*sku);
                 taken.extend(lines);
             }
@@ -343,7 +385,8 @@ async fn attempt(serving: &Serving, holds: &Arc<dyn HoldStore>, id: &str, key: &
         return Ok(Some(Answer { key: key.to_string(), status: 409, body: serde_json::to_value(body).expect("serialises") }));
     }
     let lines = request.lines.iter().enumerate().map(|(index, line)| LineHeld { request: line.clone(), taken: taken.remove(&index).unwrap_or_default() }).collect();
-    let reservation = Reservation { id: id.to_string(), order_id: request.order_id.clone(), status: Status::Held, created_at: created, expires_at: expires, ttl_s, lines };
+    let expires = expiry.expect("a cart with no short line held its first SKU");
+    let reservation = Reservation { id: id.to_string(), order_id: request.order_id.clone(), status: Status::Held, created_at: expires - ttl_s * 1000, expires_at: expires, ttl_s, lines };
     Ok(Some(Answer { key: key.to_string(), status: 201, body: serde_json::to_value(reservation).expect("serialises") }))
 }
 

@@ -17,7 +17,7 @@
 //! A cart whose lines span SKUs (hence slots) takes them SKU by SKU; serving releases what it
 //! took when a later SKU is short (`docs/consistency.md`).
 
-use sellable_core::holds::{Begun, Held, HoldLine, HoldOutcome, HoldStore, Taken};
+use sellable_core::holds::{Begun, Held, HoldLine, HoldOutcome, HoldStore, Taken, Until};
 use sellable_core::view::BoxFuture;
 use sellable_core::{Millis, ViewError};
 
@@ -40,18 +40,24 @@ return {2, record}
 "#;
 
 /// Takes one SKU's lines of a cart, all or none. KEYS: the SKU's holds. ARGV: the reservation
-/// id, the expiry (ms, server clock), the `#confirms` count the decision was made after, the
-/// line count, then per line its index, qty, split flag
-/// (`1`), option count and per option the node and its promisable units. Live holds of other
-/// reservations are subtracted from each node's units (and a line's take from the next line's);
-/// expired holds are dropped. Reply: `{1, line, node, units, …}` taken (the id's existing holds
-/// if it has any: a replay), `{0, line, available, …}` for the lines that could not be met, or
-/// `{2}` when `#confirms` changed since the decision (nothing taken: decide again).
+/// id, the expiry (ms, server clock; `+<ms>`: that long from the server's clock now), the
+/// `#confirms` count the decision was made after, the line count, then per line its index, qty,
+/// split flag (`1`), option count and per option the node and its promisable units. Live holds of
+/// other reservations are subtracted from each node's units (and a line's take from the next
+/// line's); expired holds are dropped. Reply: `{1, expiry, line, node, units, …}` taken (the id's
+/// existing holds and their expiry if it has any: a replay), `{0, line, available, …}` for the
+/// lines that could not be met, or `{2}` when `#confirms` changed since the decision (nothing
+/// taken: decide again).
 const HOLD_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id, expires = ARGV[1], tonumber(ARGV[2])
-local held, mine, latest = {}, {}, expires
+local id, expires = ARGV[1], ARGV[2]
+if string.sub(expires, 1, 1) == '+' then
+  expires = now + tonumber(string.sub(expires, 2))
+else
+  expires = tonumber(expires)
+end
+local held, mine, mine_ends, latest = {}, {}, 0, expires
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   local owner, line, node = string.match(all[i], '^(.-)/(%d+)/(.*)$')
@@ -62,6 +68,7 @@ for i = 1, #all, 2 do
       redis.call('HDEL', KEYS[1], all[i])
     elseif owner == id then
       table.insert(mine, line); table.insert(mine, node); table.insert(mine, tostring(units))
+      if ends > mine_ends then mine_ends = ends end
     else
       held[node] = (held[node] or 0) + units
       if ends > latest then latest = ends end
@@ -69,6 +76,7 @@ for i = 1, #all, 2 do
   end
 end
 if #mine > 0 then
+  table.insert(mine, 1, tostring(mine_ends))
   table.insert(mine, 1, 1)
   return mine
 end
@@ -115,6 +123,7 @@ for i = 1, #taken, 3 do
   redis.call('HSET', KEYS[1], id .. '/' .. taken[i] .. '/' .. taken[i + 1], taken[i + 2] .. ':' .. expires)
 end
 if redis.call('PEXPIRETIME', KEYS[1]) < latest then redis.call('PEXPIREAT', KEYS[1], latest) end
+table.insert(taken, 1, tostring(expires))
 table.insert(taken, 1, 1)
 return taken
 "#;
@@ -266,12 +275,16 @@ impl HoldStore for RedisHolds {
         })
     }
 
-    fn hold<'a>(&'a self, id: &'a str, sku: &'a str, lines: &'a [HoldLine], expires: Millis, confirms: u64) -> BoxFuture<'a, Result<HoldOutcome, ViewError>> {
+    fn hold<'a>(&'a self, id: &'a str, sku: &'a str, lines: &'a [HoldLine], until: Until, confirms: u64) -> BoxFuture<'a, Result<HoldOutcome, ViewError>> {
         Box::pin(async move {
             let key = self.holds_key(sku);
+            let until = match until {
+                Until::After(ms) => format!("+{ms}"),
+                Until::At(ms) => ms.to_string(),
+            };
             let reply: Vec<redis::Value> = self
                 .run(1, |call| {
-                    call.key(&key).arg(id).arg(expires).arg(confirms).arg(lines.len());
+                    call.key(&key).arg(id).arg(&until).arg(confirms).arg(lines.len());
                     for line in lines {
                         call.arg(line.line).arg(line.qty).arg(u8::from(line.split)).arg(line.options.len());
                         for (node, units) in &line.options {
@@ -292,8 +305,9 @@ impl HoldStore for RedisHolds {
                     .collect();
                 return Ok(HoldOutcome::Short(pairs.ok_or_else(bad)?));
             }
+            let expires: Millis = reply.get(1).and_then(|value| redis::from_redis_value_ref::<String>(value).ok()?.parse().ok()).ok_or_else(bad)?;
             let mut taken: Vec<(usize, Vec<Taken>)> = Vec::new();
-            for (line, node, units) in triples(&reply[1..]).ok_or_else(bad)? {
+            for (line, node, units) in triples(&reply[2..]).ok_or_else(bad)? {
                 let (line, units) = (line.parse::<usize>().map_err(|_| bad())?, units.parse::<i64>().map_err(|_| bad())?);
                 match taken.iter_mut().find(|(index, _)| *index == line) {
                     Some((_, nodes)) => nodes.push(Taken { node, units }),
@@ -301,7 +315,7 @@ impl HoldStore for RedisHolds {
                 }
             }
             taken.sort_by_key(|(line, _)| *line);
-            Ok(HoldOutcome::Held(taken))
+            Ok(HoldOutcome::Held { expires, lines: taken })
         })
     }
 

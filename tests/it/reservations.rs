@@ -377,6 +377,12 @@ async fn a_killed_server_leaves_no_half_reserved_cart_and_retries_get_the_first_
     let mut first = HashMap::new();
     for (index, sent) in sent.into_iter().enumerate() {
         if let Some((status, body)) = sent.await.unwrap() {
+            // a 503 is the server failing closed (the speed view did not answer within its
+            // timeout on a busy machine): nothing taken, nothing recorded, a retry decides afresh
+            if status == 503 {
+                assert!(body["error"] == "unavailable" || body["error"] == "overloaded", "{body}");
+                continue;
+            }
             assert!(status == 201 || status == 409, "{status} {body}");
             first.insert(index, (status, body));
         }
