@@ -8,6 +8,7 @@
 pub mod backtest;
 pub mod decisions;
 pub mod door;
+mod gather;
 pub mod grading;
 pub mod models;
 pub mod openapi;
@@ -64,6 +65,8 @@ pub struct Serving {
     decisions: Option<Arc<decisions::DecisionLog>>,
     /// Oversell budgets by SKU category, for requests that name none.
     budgets: HashMap<String, f64>,
+    /// Concurrent requests' single-SKU reads, sent together.
+    gather: gather::Gather,
 }
 
 /// A batch view and the speed view that holds exactly the events after its cutoff, in one store
@@ -238,6 +241,7 @@ impl Serving {
             metrics: Metrics::new(),
             decisions: None,
             budgets: HashMap::new(),
+            gather: gather::Gather::default(),
         }
     }
 
@@ -439,14 +443,24 @@ impl Serving {
     ) -> Result<(Availability, Vec<(String, i64)>), ApiError> {
         self.known_region(region)?;
         let epoch = self.epoch();
-        let holds = async {
-            match (&self.holds, subtract_holds) {
-                (Some(holds), true) => grading::within(self.limits.speed_timeout, holds.held(sku)).await.map(Some),
-                _ => Ok(None),
+        let distrust = self.speed_distrust();
+        let remembered = distrust.as_ref().and_then(|_| self.hot().get(sku).cloned());
+        let subtract_holds = subtract_holds && self.holds.is_some();
+        let (view, held) = match (distrust, remembered) {
+            // the store is known to be away or incomplete: no need to wait for it
+            (Some(reason), Some(row)) => {
+                let held = match (&self.holds, subtract_holds) {
+                    (Some(holds), true) => grading::within(self.limits.speed_timeout, holds.held(sku)).await,
+                    _ => Ok(Vec::new()),
+                };
+                (SkuView::Row(row, Err(reason)), held)
+            }
+            (distrust, _) => {
+                let got = self.gather.read(self.holds.as_ref(), self.limits.speed_timeout, epoch.clone(), sku, subtract_holds).await;
+                (self.judge(&epoch, sku, distrust, got.read)?, got.held)
             }
         };
-        let (read, held) = tokio::join!(self.read_sku(&epoch, sku), holds);
-        self.decide_read(&epoch, &|node| self.watermark(node), sku, region, only, qty, budget, now, read?, held.map(Option::unwrap_or_default))
+        self.decide_read(&epoch, &|node| self.watermark(node), sku, region, only, qty, budget, now, view, held)
     }
 
     /// Up to [`MAX_BATCH`] answers for a listing page, in order, one per item: the SKUs are read

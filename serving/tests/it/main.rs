@@ -21,6 +21,9 @@ struct FakeSpeed {
     mode: Mode,
     row: Arc<SkuRow>,
     broken: AtomicBool,
+    /// Calls of `sku_reads` so far, and how long each takes.
+    reads: AtomicU64,
+    read_time: Duration,
 }
 
 #[derive(Clone, Copy)]
@@ -46,7 +49,12 @@ impl FakeSpeed {
         let (batch, skus) = test_batch();
         let mut row = batch.rows(&skus).next().unwrap().unwrap();
         row.features = features.into_iter().map(|features| ("WH-1".to_string(), features)).collect();
-        FakeSpeed { mode, row: Arc::new(row), broken: AtomicBool::new(matches!(mode, Mode::OtherCutoff | Mode::RecentDemand)) }
+        FakeSpeed { mode, row: Arc::new(row), broken: AtomicBool::new(matches!(mode, Mode::OtherCutoff | Mode::RecentDemand)), reads: AtomicU64::new(0), read_time: Duration::ZERO }
+    }
+
+    /// The same store, each `sku_reads` call taking `time` (a round trip).
+    fn taking(self, time: Duration) -> FakeSpeed {
+        FakeSpeed { read_time: time, ..self }
     }
 
     fn breaks(&self) {
@@ -89,6 +97,13 @@ impl SpeedSource for FakeSpeed {
                     Ok(SkuRead { row, speed, caught_up: Some(CUTOFF) })
                 }
             }
+        })
+    }
+    fn sku_reads<'a>(&'a self, skus: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<SkuRead>, ViewError>> {
+        Box::pin(async move {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.read_time).await;
+            sellable_core::view::read_each(self, skus).await
         })
     }
     fn batch_meta(&self) -> BoxFuture<'_, Result<Option<BatchMeta>, ViewError>> {
@@ -617,6 +632,31 @@ async fn an_old_batch_view_holds_a_margin_back_and_alone_promises_nothing() {
 
 /// Options are ranked by expected fulfilment (with no model: units, then node), and the plan
 /// serves the order from one node when one can, else split over the ranked options.
+/// Single-SKU answers asked at the same time share their reads of the store: 64 at once, against
+/// a store taking 20 ms a read, make a few reads, and each gets the answer it would get alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_answers_share_their_reads_of_the_store() {
+    let store = Arc::new(FakeSpeed::new(Mode::NothingSinceCutoff, None).taking(Duration::from_millis(20)));
+    let limits = sellable_serving::grading::Limits { speed_timeout: Duration::from_secs(5), ..Default::default() };
+    let serving = Arc::new(serving_over(store.clone(), 60_000, Arc::new(RuleBook::empty(Schema::standard()))).with_clock(Clock::Fixed(CUTOFF)).with_limits(limits));
+    let alone = serving.availability("SKU-1", "DE", 2, CUTOFF).await.unwrap();
+    assert_eq!(store.reads.load(Ordering::SeqCst), 1);
+    let asked: Vec<_> = (0..64)
+        .map(|index| {
+            let serving = serving.clone();
+            tokio::spawn(async move { serving.availability(if index % 8 == 7 { "SKU-404" } else { "SKU-1" }, "DE", 2, CUTOFF).await })
+        })
+        .collect();
+    for (index, answer) in futures::future::join_all(asked).await.into_iter().enumerate() {
+        match answer.unwrap() {
+            Ok(answer) => assert_eq!(serde_json::to_value(answer).unwrap(), serde_json::to_value(&alone).unwrap(), "answer {index}"),
+            Err(error) => assert!(index % 8 == 7 && error.to_string().contains("SKU-404"), "answer {index}: {error}"),
+        }
+    }
+    let reads = store.reads.load(Ordering::SeqCst) - 1;
+    assert!((1..=6).contains(&reads), "64 answers made {reads} reads");
+}
+
 #[tokio::test]
 async fn the_plan_takes_one_node_when_it_can_and_splits_when_none_can() {
     let serving = serving(Arc::new(RuleBook::empty(Schema::standard())), Arc::new(ModelBook::none()));

@@ -1,0 +1,126 @@
+//! Single-SKU reads of concurrent requests, gathered: while [`IN_FLIGHT`] reads are on their way
+//! to the store, the SKUs asked meanwhile wait and then go together, in one call for their rows
+//! and speed states ([`sellable_core::SpeedSource::sku_reads`], one pipeline) and one for their holds
+//! ([`HoldStore::held_many`]). Under load an answer costs a share of two round trips instead of
+//! two of its own (and the catch-up mark and the store's clock are read once per call, not per
+//! answer); an idle server sends each read at once.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use sellable_core::holds::{Held, HoldStore};
+use sellable_core::SkuRead;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::{grading, Epoch};
+
+/// Gathered reads on their way to the store at once, at most.
+const IN_FLIGHT: usize = 2;
+
+/// SKUs in one gathered read, at most.
+const MOST: usize = 256;
+
+/// What a gathered read gave one request: the SKU's read, and its live holds when asked for (or
+/// why not, for either).
+pub(crate) struct Got {
+    pub read: Result<SkuRead, String>,
+    pub held: Result<Held, String>,
+}
+
+struct Ask {
+    epoch: Arc<Epoch>,
+    sku: String,
+    holds: bool,
+    reply: oneshot::Sender<Got>,
+}
+
+/// The gatherer of a server; its task starts with the first read (in the server's runtime) and
+/// ends with the server.
+#[derive(Default)]
+pub(crate) struct Gather {
+    asks: OnceLock<mpsc::UnboundedSender<Ask>>,
+}
+
+impl Gather {
+    /// Reads `sku` from `epoch`'s store (and its holds from `store`, when `holds`), gathered
+    /// with the reads other requests ask for meanwhile, within `timeout` from now.
+    pub(crate) async fn read(&self, store: Option<&Arc<dyn HoldStore>>, timeout: Duration, epoch: Arc<Epoch>, sku: &str, holds: bool) -> Got {
+        let asks = self.asks.get_or_init(|| {
+            let (asks, asked) = mpsc::unbounded_channel();
+            tokio::spawn(run(asked, store.cloned(), timeout));
+            asks
+        });
+        let (reply, answer) = oneshot::channel();
+        let failed = |why: String| Got { read: Err(why.clone()), held: Err(why) };
+        if asks.send(Ask { epoch, sku: sku.to_string(), holds, reply }).is_err() {
+            return failed("the server's reads have stopped".to_string());
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(got)) => got,
+            Ok(Err(_)) => failed("the read was dropped".to_string()),
+            Err(_) => failed(format!("speed view did not answer within {} ms", timeout.as_millis())),
+        }
+    }
+}
+
+/// Takes what was asked since the last read went out, up to [`MOST`], whenever fewer than
+/// [`IN_FLIGHT`] reads are out, and sends it as one read.
+async fn run(mut asked: mpsc::UnboundedReceiver<Ask>, store: Option<Arc<dyn HoldStore>>, timeout: Duration) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = asked.recv().await else { return };
+        let mut asks = vec![first];
+        while asks.len() < MOST {
+            match asked.try_recv() {
+                Ok(ask) => asks.push(ask),
+                Err(_) => break,
+            }
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            answer(asks, store.as_ref(), timeout).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Reads the SKUs of `asks` (per epoch: a cutover may fall between two requests) and answers
+/// each.
+async fn answer(mut asks: Vec<Ask>, store: Option<&Arc<dyn HoldStore>>, timeout: Duration) {
+    while !asks.is_empty() {
+        let epoch = asks[0].epoch.clone();
+        let (these, others): (Vec<Ask>, Vec<Ask>) = asks.into_iter().partition(|ask| Arc::ptr_eq(&ask.epoch, &epoch));
+        asks = others;
+        let mut skus: Vec<&str> = these.iter().map(|ask| ask.sku.as_str()).collect();
+        skus.sort_unstable();
+        skus.dedup();
+        let mut held_skus: Vec<&str> = these.iter().filter(|ask| ask.holds).map(|ask| ask.sku.as_str()).collect();
+        held_skus.sort_unstable();
+        held_skus.dedup();
+        let holds = async {
+            match store {
+                Some(store) if !held_skus.is_empty() => grading::within(timeout, store.held_many(&held_skus)).await,
+                _ => Ok(Vec::new()),
+            }
+        };
+        let (reads, held) = tokio::join!(grading::within(timeout, epoch.speed.sku_reads(&skus)), holds);
+        let got: Vec<Got> = these
+            .iter()
+            .map(|ask| {
+                let index = skus.binary_search(&ask.sku.as_str()).expect("every SKU asked is read");
+                let read = reads.as_ref().map(|reads| reads[index].clone()).map_err(Clone::clone);
+                let held = match (&held, ask.holds) {
+                    (_, false) => Ok(Vec::new()),
+                    (Ok(held), true) => Ok(held_skus.binary_search(&ask.sku.as_str()).map(|index| held[index].clone()).unwrap_or_default()),
+                    (Err(why), true) => Err(why.clone()),
+                };
+                Got { read, held }
+            })
+            .collect();
+        for (ask, got) in these.into_iter().zip(got) {
+            // a request that stopped waiting has gone: nothing to answer
+            let _ = ask.reply.send(got);
+        }
+    }
+}
