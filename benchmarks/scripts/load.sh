@@ -8,11 +8,11 @@
 # FEW connections (the rate they reach at a lower latency). `redis-benchmark` GET with the same connection count on the same
 # Redis is the baseline: every rate is printed with its ratio to it. Each scenario's p50 and p99
 # are also read from the server's own latency histogram, beside the client's.
-# Usage: benchmarks/scripts/load.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 FEW=16 DURATION=15 BATCH=50;
+# Usage: benchmarks/scripts/load.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 FEW=32 DURATION=15 BATCH=50;
 #   PROFILE=release for an optimised build; wrk is installed from Debian's packages if missing)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-skus=${SKUS:-20000}; nodes=${NODES:-200}; connections=${CONNECTIONS:-64}; few=${FEW:-16}; seconds=${DURATION:-15}; batch=${BATCH:-50}
+skus=${SKUS:-20000}; nodes=${NODES:-200}; connections=${CONNECTIONS:-64}; few=${FEW:-32}; seconds=${DURATION:-15}; batch=${BATCH:-50}
 source benchmarks/scripts/common.sh load
 if ! command -v wrk >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
