@@ -44,6 +44,11 @@ use tonic::{Request, Response, Status, Streaming};
 pub const CATALOG: &str = "sellable";
 pub const SCHEMA: &str = "lake";
 
+/// Batches a query may produce ahead of what its client has taken (a bound on what an answer
+/// holds in memory besides the query's own pool): deep enough that the query keeps running while
+/// the encoder and HTTP/2 send, instead of the two taking turns.
+const AHEAD: usize = 16;
+
 /// The Flight SQL server; `[serve.analytics]` of the configuration file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -149,7 +154,7 @@ impl Analytics {
         Ok(())
     }
 
-    /// A session of its own for one query, within the memory limit: the lake's tables, and
+    /// A DataFusion context of its own for one query, within the memory limit: the lake's tables, and
     /// `live` when it is served.
     async fn open(&self) -> Result<(SessionContext, Vec<&'static str>), Status> {
         let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(self.limits.memory_bytes));
@@ -193,7 +198,7 @@ impl Analytics {
     async fn stream(&self, frame: DataFrame) -> Result<FlightStream, Status> {
         let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
         let mut batches = frame.execute_stream().await.map_err(query_status)?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        let (sender, receiver) = tokio::sync::mpsc::channel(AHEAD);
         let query = tokio::spawn(async move {
             while let Some(batch) = batches.next().await {
                 let failed = batch.is_err();
