@@ -5,7 +5,7 @@
 # countries: single availability, batch availability (BATCH items per request; rates per item
 # too), and reservations (one line, random keys, 10 s TTL: 201s while units last, then 409s,
 # both through the hold script; wrk counts the 409s as non-2xx), the reservations again with
-# FEW connections (the rate they reach at a lower latency). `redis-benchmark` GET with the same connection count on the same
+# FEW connections (the rate they reach at a lower latency), with the 201s and 409s apart. `redis-benchmark` GET with the same connection count on the same
 # Redis is the baseline: every rate is printed with its ratio to it. Each scenario's p50 and p99
 # are also read from the server's own latency histogram, beside the client's.
 # Usage: benchmarks/scripts/load.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 FEW=32 DURATION=15 BATCH=50;
@@ -99,6 +99,10 @@ row("reservations (201|409)", reserved)
 row(f"reservations, {few} conns", reserved_few)
 row("single, 2 connections", light)
 print(f"{'redis-benchmark GET':<24} {redis_rate:>10,.0f} {1:>6.2f}x")
+# the reservations that held units (201), apart from those refused for want of them (409)
+for name, line in [("reservations", reserved), (f"reservations, {few} conns", reserved_few)]:
+    requests, duration, *_, status, _ = map(float, line.split())
+    print(f"{name}: {(requests - status) / duration:,.0f}/s held (201), {status / duration:,.0f}/s refused (409 or other non-2xx)")
 
 # the same latencies as the server measured them: the bucket of its histogram
 # (sellable_http_request_duration_seconds) that holds each percentile, from the counts the
