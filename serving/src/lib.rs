@@ -403,7 +403,7 @@ impl Serving {
     /// (`core::features`, the same function the training-set builder calls).
     pub async fn features(&self, sku: &str, node: &str, qty: i64, now: Millis) -> Result<Vec<f64>, ApiError> {
         let epoch = self.epoch();
-        let (row, speed) = match self.read_sku(&epoch, sku).await? {
+        let (row, speed) = match self.read_sku(&epoch, sku, false).await?.0 {
             SkuView::Row(row, Ok(speed)) => (row, speed),
             SkuView::Row(_, Err(reason)) | SkuView::Nothing(reason) => return Err(ApiError::Unavailable(reason)),
         };
@@ -443,23 +443,7 @@ impl Serving {
     ) -> Result<(Availability, Vec<(String, i64)>), ApiError> {
         self.known_region(region)?;
         let epoch = self.epoch();
-        let distrust = self.speed_distrust();
-        let remembered = distrust.as_ref().and_then(|_| self.hot().get(sku).cloned());
-        let subtract_holds = subtract_holds && self.holds.is_some();
-        let (view, held) = match (distrust, remembered) {
-            // the store is known to be away or incomplete: no need to wait for it
-            (Some(reason), Some(row)) => {
-                let held = match (&self.holds, subtract_holds) {
-                    (Some(holds), true) => grading::within(self.limits.speed_timeout, holds.held(sku)).await,
-                    _ => Ok(Vec::new()),
-                };
-                (SkuView::Row(row, Err(reason)), held)
-            }
-            (distrust, _) => {
-                let got = self.gather.read(self.holds.as_ref(), self.limits.speed_timeout, epoch.clone(), sku, subtract_holds).await;
-                (self.judge(&epoch, sku, distrust, got.read)?, got.held)
-            }
-        };
+        let (view, held) = self.read_sku(&epoch, sku, subtract_holds).await?;
         self.decide_read(&epoch, &|node| self.watermark(node), sku, region, only, qty, budget, now, view, held)
     }
 
@@ -470,13 +454,7 @@ impl Serving {
         let epoch = self.epoch();
         let distrust = self.speed_distrust();
         let skus: Vec<&str> = items.iter().map(|(sku, _, _)| sku.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        let holds = async {
-            match &self.holds {
-                Some(holds) => grading::within(self.limits.speed_timeout, holds.held_many(&skus)).await.map(Some),
-                None => Ok(None),
-            }
-        };
-        let (reads, held) = tokio::join!(grading::within(self.limits.speed_timeout, epoch.speed.sku_reads(&skus)), holds);
+        let (reads, held) = gather::read_together(epoch.speed.as_ref(), self.holds.as_ref(), self.limits.speed_timeout, &skus, &skus).await;
         items
             .iter()
             .map(|(sku, region, qty)| {
@@ -484,10 +462,7 @@ impl Serving {
                 let index = skus.binary_search(&sku.as_str()).expect("every item's SKU is read");
                 let read = reads.as_ref().map(|reads| reads[index].clone()).map_err(Clone::clone);
                 let view = self.judge(&epoch, sku, distrust.clone(), read)?;
-                let held = match &held {
-                    Ok(held) => Ok(held.as_ref().map(|held| held[index].clone()).unwrap_or_default()),
-                    Err(problem) => Err(problem.clone()),
-                };
+                let held = held.as_ref().map(|held| held.get(index).cloned().unwrap_or_default()).map_err(Clone::clone);
                 Ok(self.decide_read(&epoch, &|node| self.watermark(node), sku, region, None, *qty, None, now, view, held)?.0)
             })
             .collect()
@@ -685,20 +660,25 @@ impl Serving {
         Ok((answer, promisable))
     }
 
-    /// The SKU's batch row and speed states, read together from the epoch's store. The speed
-    /// states are not used when the view is not trusted (not caught up from this epoch's cutoff,
-    /// an error, no answer within the timeout); the row then comes from the read if it has it,
-    /// else from the rows read lately ([`HOT_ROWS`]). A SKU the complete store has no row for is
-    /// not in the catalog.
-    async fn read_sku(&self, epoch: &Epoch, sku: &str) -> Result<SkuView, ApiError> {
+    /// The SKU's batch row and speed states, read together from the epoch's store (gathered with
+    /// other requests' reads), and with `holds` its live holds. The speed states are not used
+    /// when the view is not trusted (not caught up from this epoch's cutoff, an error, no answer
+    /// within the timeout); the row then comes from the read if it has it, else from the rows
+    /// read lately ([`HOT_ROWS`]). A SKU the complete store has no row for is not in the catalog.
+    async fn read_sku(&self, epoch: &Arc<Epoch>, sku: &str, holds: bool) -> Result<(SkuView, Result<sellable_core::holds::Held, String>), ApiError> {
         let distrust = self.speed_distrust();
-        let remembered = self.hot().get(sku).cloned();
-        let read = match (&distrust, remembered) {
+        let store = self.holds.as_ref().filter(|_| holds);
+        let remembered = distrust.as_ref().and_then(|_| self.hot().get(sku).cloned());
+        if let (Some(reason), Some(row)) = (&distrust, remembered) {
             // the store is known to be away or incomplete: no need to wait for it
-            (Some(reason), Some(row)) => return Ok(SkuView::Row(row, Err(reason.clone()))),
-            _ => grading::within(self.limits.speed_timeout, epoch.speed.sku_read(sku)).await,
-        };
-        self.judge(epoch, sku, distrust, read)
+            let held = match store {
+                Some(store) => grading::within(self.limits.speed_timeout, store.held(sku)).await,
+                None => Ok(Vec::new()),
+            };
+            return Ok((SkuView::Row(row, Err(reason.clone())), held));
+        }
+        let got = self.gather.read(self.holds.as_ref(), self.limits.speed_timeout, epoch.clone(), sku, store.is_some()).await;
+        Ok((self.judge(epoch, sku, distrust, got.read)?, got.held))
     }
 
     /// What a read of the SKU (or its failure) gives an answer to build on ([`Self::read_sku`]).

@@ -190,9 +190,8 @@ pub async fn create(State(serving): State<Arc<Serving>>, headers: HeaderMap, bod
     // is claimed, and that decision is used when the claim is granted at once
     let started = std::time::Instant::now();
     let keep = ttl_s * 1000 + RETAIN_MS;
-    let (first, decided) = tokio::join!(holds.begin(&id, keep), decide(&serving, holds, &request));
+    let (mut begun, decided) = tokio::join!(holds.begin(&id, keep), decide(&serving, holds, &request));
     let mut decided = Some(decided);
-    let mut begun = first;
     loop {
         match begun.map_err(unavailable)? {
             Begun::Owner => break,
