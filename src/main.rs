@@ -121,7 +121,10 @@ fn init_tracing(json: bool, cluster: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("info,lance=warn,datafusion=warn,ballista::extension=warn,ballista_core=warn{quiet}"))
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| OneLine(std::io::stderr()));
+    // colours only for a terminal: a log file or collector gets plain text (and a request's span
+    // costs less to format)
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(|| OneLine(std::io::stderr()));
     if json {
         builder.json().init();
     } else {

@@ -60,7 +60,11 @@ mod listed {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
         let raw = Box::<RawValue>::deserialize(deserializer)?;
-        Ok(serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_string()))
+        // a list (the usual) is kept as its JSON text; only a JSON string is unquoted
+        match raw.get() {
+            text if text.starts_with('"') => Ok(serde_json::from_str::<String>(text).unwrap_or_else(|_| text.to_string())),
+            text => Ok(text.to_string()),
+        }
     }
 }
 

@@ -230,6 +230,15 @@ pub trait SpeedSource: Send + Sync {
         Box::pin(read_each(self, skus))
     }
 
+    /// [`SpeedSource::sku_reads`] by a reader that has some of the SKUs' rows already (an epoch's
+    /// published rows do not change while it is served): where `have[i]`, the store need not
+    /// send `skus[i]`'s row, and the read's `row` is `None` or the row, whichever is cheaper for
+    /// it. The speed states and the catch-up mark are read for every SKU, as always.
+    fn sku_reads_having<'a>(&'a self, skus: &'a [&'a str], have: &'a [bool]) -> BoxFuture<'a, Result<Vec<SkuRead>, ViewError>> {
+        let _ = have;
+        self.sku_reads(skus)
+    }
+
     /// The metadata of the batch view published beside the speed view, if one is.
     fn batch_meta(&self) -> BoxFuture<'_, Result<Option<BatchMeta>, ViewError>>;
 
@@ -264,12 +273,16 @@ pub async fn read_each<S: SpeedSource + ?Sized>(source: &S, skus: &[&str]) -> Re
 pub fn merge_views<'a>(
     batch: impl IntoIterator<Item = (&'a str, &'a NodeState)>,
     speed: &'a [(String, NodeState)],
-) -> BTreeMap<&'a str, NodeState> {
-    let mut merged: BTreeMap<&str, NodeState> =
-        batch.into_iter().map(|(node, state)| (node, state.clone())).collect();
+) -> BTreeMap<&'a str, std::borrow::Cow<'a, NodeState>> {
+    use std::borrow::Cow;
+    // a node only one view has is that view's state, borrowed, not copied
+    let mut merged: BTreeMap<&str, Cow<'a, NodeState>> = batch.into_iter().map(|(node, state)| (node, Cow::Borrowed(state))).collect();
     for (node, state) in speed {
-        let entry = merged.entry(node.as_str()).or_default();
-        *entry = entry.merge(state);
+        let merged_state = match merged.get(node.as_str()) {
+            Some(batch) => batch.merge(state),
+            None => NodeState::default().merge(state),
+        };
+        merged.insert(node.as_str(), Cow::Owned(merged_state));
     }
     merged
 }

@@ -1,6 +1,7 @@
 //! Single-SKU reads of concurrent requests, gathered: while [`IN_FLIGHT`] reads are on their way
-//! to the store, the SKUs asked meanwhile wait and then go together, in one call for their rows
-//! and speed states ([`SpeedSource::sku_reads`], one pipeline) and one for their holds
+//! to the store, the SKUs asked meanwhile wait and then go together, in one call for their speed
+//! states and the rows the epoch has not read yet ([`sellable_core::SpeedSource::sku_reads_having`], one
+//! pipeline) and one for their holds
 //! ([`HoldStore::held_many`]). Under load an answer costs a share of two round trips instead of
 //! two of its own (and the catch-up mark and the store's clock are read once per call, not per
 //! answer); an idle server sends each read at once.
@@ -9,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sellable_core::holds::{Held, HoldStore};
-use sellable_core::{SkuRead, SpeedSource};
+use sellable_core::{SkuRead, SkuRow};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{grading, Epoch};
@@ -98,7 +99,7 @@ async fn answer(mut asks: Vec<Ask>, store: Option<&Arc<dyn HoldStore>>, timeout:
         let mut held_skus: Vec<&str> = these.iter().filter(|ask| ask.holds).map(|ask| ask.sku.as_str()).collect();
         held_skus.sort_unstable();
         held_skus.dedup();
-        let (reads, held) = read_together(epoch.speed.as_ref(), store, timeout, &skus, &held_skus).await;
+        let (reads, held) = read_together(&epoch, store, timeout, &skus, &held_skus).await;
         let got: Vec<Got> = these
             .iter()
             .map(|ask| {
@@ -119,20 +120,31 @@ async fn answer(mut asks: Vec<Ask>, store: Option<&Arc<dyn HoldStore>>, timeout:
     }
 }
 
-/// `skus` read from `speed` in one call and the live holds of `held_skus` from `store` in
-/// another, at the same time, each within `timeout` (no holds without a store or SKUs to ask for).
+/// `skus` read from `epoch`'s store in one call (their rows only where the epoch has not read
+/// them before) and the live holds of `held_skus` from `store` in another, at the same time,
+/// each within `timeout` (no holds without a store or SKUs to ask for).
 pub(crate) async fn read_together(
-    speed: &dyn SpeedSource,
+    epoch: &Epoch,
     store: Option<&Arc<dyn HoldStore>>,
     timeout: Duration,
     skus: &[&str],
     held_skus: &[&str],
 ) -> (Result<Vec<SkuRead>, String>, Result<Vec<Held>, String>) {
+    let known: Vec<Option<Arc<SkuRow>>> = skus.iter().map(|sku| epoch.row(sku)).collect();
+    let have: Vec<bool> = known.iter().map(Option::is_some).collect();
     let holds = async {
         match store {
             Some(store) if !held_skus.is_empty() => grading::within(timeout, store.held_many(held_skus)).await,
             _ => Ok(Vec::new()),
         }
     };
-    tokio::join!(grading::within(timeout, speed.sku_reads(skus)), holds)
+    let (reads, held) = tokio::join!(grading::within(timeout, epoch.speed.sku_reads_having(skus, &have)), holds);
+    let reads = reads.map(|reads| {
+        reads
+            .into_iter()
+            .zip(known)
+            .map(|(read, known)| SkuRead { row: known.or(read.row), ..read })
+            .collect()
+    });
+    (reads, held)
 }

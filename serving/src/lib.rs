@@ -36,15 +36,13 @@ use sellable_models::Model;
 /// underneath as events are folded, and the epoch, the rules and the model, which swap
 /// atomically. What grows with the catalog (each SKU's catalog entry, batch state and features)
 /// is not held here: it is read per request from the epoch's store, beside the speed view, and
-/// only a bounded cache of recently read SKUs is kept ([`HOT_ROWS`]).
+/// only a bounded cache of the epoch's rows read lately is kept ([`HOT_ROWS`]).
 pub struct Serving {
     pub nodes: HashMap<String, NodeInfo>,
     /// The batch view and the speed view merged with it, swapped together at a cutover.
     epoch: std::sync::RwLock<Arc<Epoch>>,
     pub rules: Arc<RuleBook>,
     pub models: Arc<ModelBook>,
-    /// The batch rows read last, per SKU, for answers while the store cannot be read.
-    hot: std::sync::Mutex<HashMap<String, Arc<SkuRow>>>,
     /// Where reservations hold units, if anywhere (none: `POST /v1/reservations` answers 503).
     holds: Option<Arc<dyn sellable_core::holds::HoldStore>>,
     /// Per region and per country, the nodes that serve it (`NodeInfo::serves`), computed once:
@@ -76,11 +74,45 @@ pub struct Serving {
 pub struct Epoch {
     pub batch: BatchMeta,
     pub speed: Arc<dyn SpeedSource>,
+    /// The batch rows read lately, per SKU, up to [`HOT_ROWS`]: an epoch's published rows do not
+    /// change while it is served, so a read asks the store only for the speed states of these
+    /// SKUs, and an answer while the store cannot be read still has them.
+    rows: std::sync::Mutex<HashMap<String, Arc<SkuRow>>>,
+    /// The store as answers name it ([`SpeedSource::describe`], once).
+    described: String,
 }
 
-/// SKUs whose batch rows a server keeps from its last reads (past that it starts again empty):
-/// what it can still answer conservatively for while the epoch's store cannot be read.
-pub const HOT_ROWS: usize = 10_000;
+impl Epoch {
+    pub fn new(batch: BatchMeta, speed: Arc<dyn SpeedSource>) -> Epoch {
+        Epoch { batch, described: speed.describe(), speed, rows: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// The row of `sku` read lately in this epoch, if it was.
+    pub(crate) fn row(&self, sku: &str) -> Option<Arc<SkuRow>> {
+        self.rows().get(sku).cloned()
+    }
+
+    fn rows(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<SkuRow>>> {
+        self.rows.lock().expect("epoch rows lock poisoned; this is a bug")
+    }
+
+    /// Keeps `row` among the rows read lately (past [`HOT_ROWS`] of them, it starts again empty).
+    fn remember(&self, sku: &str, row: &Arc<SkuRow>) {
+        let mut rows = self.rows();
+        if rows.get(sku).is_some_and(|kept| Arc::ptr_eq(kept, row)) {
+            return;
+        }
+        if rows.len() >= HOT_ROWS {
+            rows.clear();
+        }
+        rows.insert(sku.to_string(), row.clone());
+    }
+}
+
+/// SKUs whose batch rows a server keeps per epoch from its reads (past that it starts again
+/// empty): the reads it need not send again, and what it can still answer conservatively for
+/// while the epoch's store cannot be read.
+pub const HOT_ROWS: usize = 50_000;
 
 /// What one read of a SKU gave an answer to build on.
 enum SkuView {
@@ -228,10 +260,9 @@ impl Serving {
         Serving {
             regions,
             nodes: nodes.into_iter().map(|node| (node.node.clone(), node)).collect(),
-            epoch: std::sync::RwLock::new(Arc::new(Epoch { batch, speed })),
+            epoch: std::sync::RwLock::new(Arc::new(Epoch::new(batch, speed))),
             rules,
             models: Arc::new(ModelBook::none()),
-            hot: std::sync::Mutex::new(HashMap::new()),
             holds: None,
             clock: Clock::Wall,
             watermarks: std::sync::RwLock::new(watermarks),
@@ -295,8 +326,7 @@ impl Serving {
     pub fn swap_epoch(&self, batch: BatchMeta, speed: Arc<dyn SpeedSource>) {
         self.raise_watermarks(batch.watermarks.clone());
         let (from, to) = (self.epoch().batch.version.clone(), batch.version.clone());
-        *self.epoch.write().expect("epoch lock poisoned; this is a bug") = Arc::new(Epoch { batch, speed });
-        self.hot().clear();
+        *self.epoch.write().expect("epoch lock poisoned; this is a bug") = Arc::new(Epoch::new(batch, speed));
         self.set_distrust(None);
         tracing::info!(from, to, "cutover: answers now merge the new batch view with its speed view");
     }
@@ -408,7 +438,7 @@ impl Serving {
             SkuView::Row(_, Err(reason)) | SkuView::Nothing(reason) => return Err(ApiError::Unavailable(reason)),
         };
         let merged = merge_views(row.states(), &speed);
-        Ok(sellable_core::features::vector(row.features_of(node), merged.get(node), qty, now))
+        Ok(sellable_core::features::vector(row.features_of(node), merged.get(node).map(|state| &**state), qty, now))
     }
 
     /// Merges both views for `sku`, keeps the nodes serving `region`, and decides; live
@@ -454,7 +484,7 @@ impl Serving {
         let epoch = self.epoch();
         let distrust = self.speed_distrust();
         let skus: Vec<&str> = items.iter().map(|(sku, _, _)| sku.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        let (reads, held) = gather::read_together(epoch.speed.as_ref(), self.holds.as_ref(), self.limits.speed_timeout, &skus, &skus).await;
+        let (reads, held) = gather::read_together(&epoch, self.holds.as_ref(), self.limits.speed_timeout, &skus, &skus).await;
         items
             .iter()
             .map(|(sku, region, qty)| {
@@ -476,7 +506,7 @@ impl Serving {
         let Moment { cutoff, states, speed, features, watermarks } = moment;
         let sku = info.sku.clone();
         let batch = BatchMeta { version: format!("replayed as of {}", sellable_core::event::format_millis(cutoff)), asof: cutoff, watermarks };
-        let epoch = Epoch { batch, speed: self.epoch().speed.clone() };
+        let epoch = Epoch::new(batch, self.epoch().speed.clone());
         let row = Arc::new(SkuRow { info, states, features });
         let marks = |node: &str| epoch.batch.watermarks.get(node).copied();
         Ok(self.decide_read(&epoch, &marks, &sku, region, None, qty, None, now, SkuView::Row(row, Ok(speed)), Ok(Vec::new()))?.0)
@@ -550,7 +580,7 @@ impl Serving {
         let in_region: Vec<(&NodeInfo, &NodeState)> = merged
             .iter()
             .filter(|(node, _)| serving_region.contains(**node) && only.is_none_or(|only| only == **node))
-            .filter_map(|(node, state)| Some((self.nodes.get(*node)?, state)))
+            .filter_map(|(node, state)| Some((self.nodes.get(*node)?, &**state)))
             .collect();
         let newest = in_region.iter().filter_map(|(_, state)| state.last_arrived).max();
 
@@ -652,7 +682,7 @@ impl Serving {
             freshness_ms: newest.map(|t| now - t),
             versions: Versions {
                 batch_view: epoch.batch.version.clone(),
-                speed_view: epoch.speed.describe(),
+                speed_view: epoch.described.clone(),
                 model: model.map(|model| model.version().to_string()),
                 ruleset: ruleset_version,
             },
@@ -668,7 +698,7 @@ impl Serving {
     async fn read_sku(&self, epoch: &Arc<Epoch>, sku: &str, holds: bool) -> Result<(SkuView, Result<sellable_core::holds::Held, String>), ApiError> {
         let distrust = self.speed_distrust();
         let store = self.holds.as_ref().filter(|_| holds);
-        let remembered = distrust.as_ref().and_then(|_| self.hot().get(sku).cloned());
+        let remembered = distrust.as_ref().and_then(|_| epoch.row(sku));
         if let (Some(reason), Some(row)) = (&distrust, remembered) {
             // the store is known to be away or incomplete: no need to wait for it
             let held = match store {
@@ -686,7 +716,7 @@ impl Serving {
         let problem = match read {
             Ok(read) => match (distrust.or_else(|| grading::distrust(read.caught_up, epoch.batch.asof)), read.row) {
                 (None, Some(row)) => {
-                    self.remember(sku, &row);
+                    epoch.remember(sku, &row);
                     return Ok(SkuView::Row(row, Ok(read.speed)));
                 }
                 (None, None) => return Err(ApiError::UnknownSku(sku.to_string())),
@@ -695,27 +725,10 @@ impl Serving {
             },
             Err(reason) => reason,
         };
-        Ok(match self.hot().get(sku) {
-            Some(row) => SkuView::Row(row.clone(), Err(problem)),
+        Ok(match epoch.row(sku) {
+            Some(row) => SkuView::Row(row, Err(problem)),
             None => SkuView::Nothing(problem),
         })
-    }
-
-    fn hot(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<SkuRow>>> {
-        self.hot.lock().expect("hot rows lock poisoned; this is a bug")
-    }
-
-    /// Keeps `row` among the rows read lately.
-    fn remember(&self, sku: &str, row: &Arc<SkuRow>) {
-        let mut hot = self.hot();
-        if let Some(kept) = hot.get_mut(sku) {
-            *kept = row.clone();
-            return;
-        }
-        if hot.len() >= HOT_ROWS {
-            hot.clear();
-        }
-        hot.insert(sku.to_string(), row.clone());
     }
 
     /// Grades the batch view's age; returns the units each node holds back for it.
@@ -879,8 +892,7 @@ impl Serving {
         router
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
             .layer(axum::middleware::from_fn(door::json_errors))
-            .layer(axum::middleware::from_fn_with_state(self, timed))
-            .layer(axum::middleware::from_fn(request_span))
+            .layer(axum::middleware::from_fn_with_state(self, request_span))
     }
 }
 
@@ -890,23 +902,10 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Times a request into `sellable_http_request_duration_seconds{route, method, status}` (the
-/// route as declared, e.g. `/v1/availability/{sku}`; `unmatched` for unknown paths).
-async fn timed(State(serving): State<Arc<Serving>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let started = std::time::Instant::now();
-    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |path| path.as_str()).to_string();
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    serving
-        .metrics
-        .http
-        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
-        .observe(started.elapsed().as_secs_f64());
-    response
-}
-
-/// Runs the request inside its span.
-async fn request_span(mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Runs the request inside its span, and times it into
+/// `sellable_http_request_duration_seconds{route, method, status}` (the route as declared, e.g.
+/// `/v1/availability/{sku}`; `unmatched` for unknown paths).
+async fn request_span(State(serving): State<Arc<Serving>>, mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     use std::sync::atomic::{AtomicU64, Ordering};
     use tracing::Instrument;
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -918,7 +917,15 @@ async fn request_span(mut request: axum::extract::Request, next: axum::middlewar
     request.headers_mut().insert("x-request-id", header.clone());
     // the path as a quoted string: a client's text never forges a log line
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = ?request.uri().path(), key = tracing::field::Empty);
+    let started = std::time::Instant::now();
+    let route = request.extensions().get::<axum::extract::MatchedPath>().cloned();
+    let method = request.method().clone();
     let mut response = next.run(request).instrument(span).await;
+    serving
+        .metrics
+        .http
+        .with_label_values(&[route.as_ref().map_or("unmatched", |path| path.as_str()), method.as_str(), response.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
     response.headers_mut().insert("x-request-id", header);
     response
 }
@@ -1251,7 +1258,8 @@ impl Serving {
                     self.metrics.degraded.inc();
                 }
                 tracing::debug!(sku, region, qty, decision, "answered");
-                let body = serde_json::to_vec(&answer).expect("an answer serialises");
+                let mut body = Vec::with_capacity(1024);
+                serde_json::to_writer(&mut body, &answer).expect("an answer serialises");
                 if let Some(log) = self.decisions.as_ref().filter(|log| log.samples()) {
                     log.record(decisions::Entry::Answer { kind, request_id: request_id.to_string(), at: self.now(), answer: Box::new(answer) });
                 }

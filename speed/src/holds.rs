@@ -190,7 +190,8 @@ impl RedisHolds {
     }
 
     fn holds_key(&self, sku: &str) -> String {
-        format!("{}:holds:{{{sku}}}", self.namespace)
+        // not `format!`: a read of holds makes one key per SKU
+        [self.namespace.as_str(), ":holds:{", sku, "}"].concat()
     }
 
     fn record_key(&self, id: &str) -> String {

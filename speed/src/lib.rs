@@ -422,7 +422,7 @@ impl sellable_core::SpeedSource for SpeedView {
                     speed: store.sku_states(sku),
                     caught_up: *store.caught_up.lock().expect("speed view lock poisoned; this is a bug"),
                 }),
-                SpeedView::Redis(store) => Ok(store.sku_reads(&[sku]).await?.pop().expect("one read per SKU")),
+                SpeedView::Redis(store) => Ok(store.sku_reads(&[sku], &[]).await?.pop().expect("one read per SKU")),
             }
         })
     }
@@ -431,7 +431,16 @@ impl sellable_core::SpeedSource for SpeedView {
         Box::pin(async move {
             match self {
                 SpeedView::Memory(_) => sellable_core::view::read_each(self, skus).await,
-                SpeedView::Redis(store) => Ok(store.sku_reads(skus).await?),
+                SpeedView::Redis(store) => Ok(store.sku_reads(skus, &[]).await?),
+            }
+        })
+    }
+
+    fn sku_reads_having<'a>(&'a self, skus: &'a [&'a str], have: &'a [bool]) -> BoxFuture<'a, Result<Vec<SkuRead>, ViewError>> {
+        Box::pin(async move {
+            match self {
+                SpeedView::Memory(_) => sellable_core::view::read_each(self, skus).await,
+                SpeedView::Redis(store) => Ok(store.sku_reads(skus, have).await?),
             }
         })
     }
@@ -932,6 +941,12 @@ impl RedisStore {
         ["states", "tokens", "seen"].map(|name| format!("{}:{{p{partition}}}:{name}", self.namespace))
     }
 
+    /// The first of [`Self::partition_keys`], alone (a read needs no other; written without
+    /// `format!`, which costs more than the rest of a SKU's read).
+    fn states_key(&self, partition: u64) -> String {
+        [self.namespace.as_str(), ":{p", &partition.to_string(), "}:states"].concat()
+    }
+
     fn corrupt(&self, sku: &str, message: String) -> SpeedError {
         let [states, ..] = self.partition_keys(self.partition(sku));
         SpeedError::Corrupt { key: format!("{states} field {sku}"), message }
@@ -1379,54 +1394,66 @@ impl RedisStore {
         Ok(state.nodes.into_iter().collect())
     }
 
-    /// The published rows of `skus`, their speed states and the catch-up mark, read together:
-    /// one pipeline on one server; on a cluster one pipeline per partition (a SKU's row and states
+    /// The published rows of `skus` (but not of those whose `have[i]`: the reader has them; an
+    /// empty `have` has none), their speed states and the catch-up mark, read together: one
+    /// pipeline on one server; on a cluster one pipeline per partition (a SKU's row and states
     /// share its slot) and the mark, all at once.
-    async fn sku_reads(&self, skus: &[&str]) -> Result<Vec<SkuRead>, SpeedError> {
+    async fn sku_reads(&self, skus: &[&str], have: &[bool]) -> Result<Vec<SkuRead>, SpeedError> {
         type Stored = Option<Vec<u8>>;
         self.layout(false).await?;
         let key = self.caught_up_key();
-        let read = |skus: &[&str]| {
+        let wanted = |index: usize| !have.get(index).copied().unwrap_or(false);
+        // per SKU its states, then its row where wanted
+        let read = |indices: &[usize]| {
             let mut pipe = redis::pipe();
-            for sku in skus {
-                let partition = self.partition(sku);
-                pipe.cmd("HGET").arg(&self.partition_keys(partition)[0]).arg(*sku).cmd("HGET").arg(self.batch_key(partition)).arg(*sku);
+            for index in indices {
+                let (sku, partition) = (skus[*index], self.partition(skus[*index]));
+                pipe.cmd("HGET").arg(self.states_key(partition)).arg(sku);
+                if wanted(*index) {
+                    pipe.cmd("HGET").arg(self.batch_key(partition)).arg(sku);
+                }
             }
             pipe
         };
+        let parse = |indices: &[usize], values: Vec<redis::Value>, stored: &mut [(Stored, Stored)]| -> Result<(), SpeedError> {
+            let mut values = values.into_iter();
+            let mut next = || redis::from_redis_value::<Stored>(values.next().unwrap_or(redis::Value::Nil)).map_err(|e| self.error(e.into()));
+            for index in indices {
+                stored[*index].0 = next()?;
+                if wanted(*index) {
+                    stored[*index].1 = next()?;
+                }
+            }
+            Ok(())
+        };
         let mut connection = self.connection.clone();
-        let (stored, mark): (Vec<(Stored, Stored)>, Option<String>) = if self.connection.is_cluster() {
+        let mut stored: Vec<(Stored, Stored)> = vec![(None, None); skus.len()];
+        let mark: Option<String> = if self.connection.is_cluster() {
             let mut by_partition: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
             for (index, sku) in skus.iter().enumerate() {
                 by_partition.entry(self.partition(sku)).or_default().push(index);
             }
             let reads = by_partition.into_values().map(|indices| {
-                let pipe = read(&indices.iter().map(|index| skus[*index]).collect::<Vec<_>>());
+                let pipe = read(&indices);
                 let mut connection = self.connection.clone();
-                async move { pipe.query_async::<Vec<(Stored, Stored)>>(&mut connection).await.map(|stored| (indices, stored)) }
+                async move { pipe.query_async::<Vec<redis::Value>>(&mut connection).await.map(|values| (indices, values)) }
             });
             let mut read_mark = redis::cmd("GET");
             read_mark.arg(&key);
             let (reads, mark) = tokio::join!(futures::future::join_all(reads), read_mark.query_async(&mut connection));
-            let mut stored = vec![(None, None); skus.len()];
             for read in reads {
                 let (indices, values) = read.map_err(|e| self.error(e))?;
-                for (index, value) in indices.into_iter().zip(values) {
-                    stored[index] = value;
-                }
+                parse(&indices, values, &mut stored)?;
             }
-            (stored, mark.map_err(|e| self.error(e))?)
+            mark.map_err(|e| self.error(e))?
         } else {
-            let mut pipe = read(skus);
+            let indices: Vec<usize> = (0..skus.len()).collect();
+            let mut pipe = read(&indices);
             pipe.cmd("GET").arg(&key);
             let mut values: Vec<redis::Value> = pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?;
             let mark = redis::from_redis_value(values.pop().unwrap_or(redis::Value::Nil)).map_err(|e| self.error(e.into()))?;
-            let stored = values
-                .chunks(2)
-                .map(|pair| Ok((redis::from_redis_value_ref(&pair[0])?, redis::from_redis_value_ref(&pair[1])?)))
-                .collect::<Result<Vec<(Stored, Stored)>, redis::ParsingError>>()
-                .map_err(|e| self.error(e.into()))?;
-            (stored, mark)
+            parse(&indices, values, &mut stored)?;
+            mark
         };
         let caught_up = parse_mark(key, mark)?;
         skus.iter()

@@ -24,6 +24,8 @@ struct FakeSpeed {
     /// Calls of `sku_reads` so far, and how long each takes.
     reads: AtomicU64,
     read_time: Duration,
+    /// Batch rows sent so far (a reader that has a SKU's row is not sent it again).
+    rows_sent: AtomicU64,
 }
 
 #[derive(Clone, Copy)]
@@ -49,7 +51,7 @@ impl FakeSpeed {
         let (batch, skus) = test_batch();
         let mut row = batch.rows(&skus).next().unwrap().unwrap();
         row.features = features.into_iter().map(|features| ("WH-1".to_string(), features)).collect();
-        FakeSpeed { mode, row: Arc::new(row), broken: AtomicBool::new(matches!(mode, Mode::OtherCutoff | Mode::RecentDemand)), reads: AtomicU64::new(0), read_time: Duration::ZERO }
+        FakeSpeed { mode, row: Arc::new(row), broken: AtomicBool::new(matches!(mode, Mode::OtherCutoff | Mode::RecentDemand)), reads: AtomicU64::new(0), read_time: Duration::ZERO, rows_sent: AtomicU64::new(0) }
     }
 
     /// The same store, each `sku_reads` call taking `time` (a round trip).
@@ -104,6 +106,19 @@ impl SpeedSource for FakeSpeed {
             self.reads.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.read_time).await;
             sellable_core::view::read_each(self, skus).await
+        })
+    }
+    fn sku_reads_having<'a>(&'a self, skus: &'a [&'a str], have: &'a [bool]) -> BoxFuture<'a, Result<Vec<SkuRead>, ViewError>> {
+        Box::pin(async move {
+            let mut reads = self.sku_reads(skus).await?;
+            for (read, had) in reads.iter_mut().zip(have) {
+                match (had, &read.row) {
+                    (true, _) => read.row = None,
+                    (false, Some(_)) => drop(self.rows_sent.fetch_add(1, Ordering::SeqCst)),
+                    (false, None) => {}
+                }
+            }
+            Ok(reads)
         })
     }
     fn batch_meta(&self) -> BoxFuture<'_, Result<Option<BatchMeta>, ViewError>> {
@@ -655,6 +670,23 @@ async fn concurrent_answers_share_their_reads_of_the_store() {
     }
     let reads = store.reads.load(Ordering::SeqCst) - 1;
     assert!((1..=6).contains(&reads), "64 answers made {reads} reads");
+}
+
+/// An epoch's published rows do not change while it is served: a SKU's row is read from the
+/// store once, then only its speed states, with the same answers; a new epoch reads it afresh.
+#[tokio::test]
+async fn an_epoch_reads_a_skus_row_once_and_a_new_epoch_again() {
+    let store = Arc::new(FakeSpeed::new(Mode::NothingSinceCutoff, None));
+    let serving = serving_over(store.clone(), 60_000, Arc::new(RuleBook::empty(Schema::standard()))).with_clock(Clock::Fixed(CUTOFF));
+    let json = |answer: Availability| serde_json::to_value(answer).unwrap();
+    let first = json(serving.availability("SKU-1", "DE", 2, CUTOFF).await.unwrap());
+    for _ in 0..3 {
+        assert_eq!(json(serving.availability("SKU-1", "DE", 2, CUTOFF).await.unwrap()), first);
+    }
+    assert_eq!((store.reads.load(Ordering::SeqCst), store.rows_sent.load(Ordering::SeqCst)), (4, 1), "four reads, one row sent");
+    serving.swap_epoch(test_batch().0.meta(), store.clone());
+    assert_eq!(json(serving.availability("SKU-1", "DE", 2, CUTOFF).await.unwrap()), first);
+    assert_eq!(store.rows_sent.load(Ordering::SeqCst), 2, "the new epoch reads the row again");
 }
 
 #[tokio::test]

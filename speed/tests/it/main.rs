@@ -544,6 +544,18 @@ async fn assert_publishes_and_reads_back(view: &SpeedView, events: &[Event]) {
         let alone = view.sku_read(sku).await.unwrap();
         assert_eq!((&read.row, &read.speed, read.caught_up), (&alone.row, &alone.speed, alone.caught_up), "{sku}");
     }
+    // a reader that has every other SKU's row: the same states and mark, and the rows it lacks
+    let have: Vec<bool> = (0..asked.len()).map(|index| index % 2 == 0).collect();
+    let having = view.sku_reads_having(&asked, &have).await.unwrap();
+    assert_eq!(having.len(), asked.len());
+    for ((sku, read), (had, whole)) in asked.iter().zip(&having).zip(have.iter().zip(&reads)) {
+        assert_eq!((&read.speed, read.caught_up), (&whole.speed, whole.caught_up), "{sku}");
+        if !had {
+            assert_eq!(read.row, whole.row, "{sku}: a row the reader lacks is read");
+        } else if matches!(view, SpeedView::Redis(_)) {
+            assert!(read.row.is_none(), "{sku}: Redis does not send a row the reader has");
+        }
+    }
     let asked = [names[0].as_str(), "SKU-UNKNOWN", "SKU-NO-EVENTS"];
     assert_eq!(view.skus_known(&asked).await.unwrap(), vec![true, false, true]);
 }
