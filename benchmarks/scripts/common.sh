@@ -8,7 +8,9 @@ out=${BENCH_DIR:-target/bench-$1}
 scripts/setup.sh
 REDIS_URL=$url scripts/ensure-redis.sh
 cargo build --locked --profile "$profile" --bin sellable
-bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")/sellable
+# BIN: another build of `sellable` to measure instead (an earlier commit's, for a before/after
+# pair on the same machine)
+bin=${BIN:-target/$([ "$profile" = dev ] && echo debug || echo "$profile")/sellable}
 rm -rf "$out" && mkdir -p "$out"
 host=$(echo "${url#redis://}" | cut -d: -f1); port=$(echo "${url#redis://}" | cut -d: -f2 | cut -d/ -f1)
 cli() { redis-cli -h "$host" -p "$port" "$@"; }

@@ -96,16 +96,21 @@ impl Epoch {
         self.rows.lock().expect("epoch rows lock poisoned; this is a bug")
     }
 
-    /// Keeps `row` among the rows read lately (past [`HOT_ROWS`] of them, it starts again empty).
+    /// Keeps `row` among the rows read lately (past [`HOT_ROWS`] of them, it starts again empty:
+    /// the rows let go are freed by a thread of their own, not by the request, nor under the lock
+    /// other requests wait for).
     fn remember(&self, sku: &str, row: &Arc<SkuRow>) {
         let mut rows = self.rows();
         if rows.get(sku).is_some_and(|kept| Arc::ptr_eq(kept, row)) {
             return;
         }
-        if rows.len() >= HOT_ROWS {
-            rows.clear();
-        }
+        let let_go = (rows.len() >= HOT_ROWS).then(|| std::mem::replace(&mut *rows, HashMap::with_capacity(HOT_ROWS)));
         rows.insert(sku.to_string(), row.clone());
+        drop(rows);
+        if let Some(let_go) = let_go {
+            // freeing tens of thousands of rows takes milliseconds
+            std::thread::spawn(move || drop(let_go));
+        }
     }
 }
 
