@@ -1417,7 +1417,10 @@ impl RedisStore {
         };
         let parse = |indices: &[usize], values: Vec<redis::Value>, stored: &mut [(Stored, Stored)]| -> Result<(), SpeedError> {
             let mut values = values.into_iter();
-            let mut next = || redis::from_redis_value::<Stored>(values.next().unwrap_or(redis::Value::Nil)).map_err(|e| self.error(e.into()));
+            let mut next = || match values.next() {
+                Some(value) => redis::from_redis_value::<Stored>(value).map_err(|e| self.error(e.into())),
+                None => Err(SpeedError::Corrupt { key: self.namespace.clone(), message: "fewer replies than SKUs' reads sent".to_string() }),
+            };
             for index in indices {
                 stored[*index].0 = next()?;
                 if wanted(*index) {
