@@ -1462,8 +1462,9 @@ impl RedisStore {
         skus.iter()
             .zip(stored)
             .map(|(sku, (states, row))| {
-                let batch = self.batch_key(self.partition(sku));
-                let row = row.map(|bytes| sku_state::decode_row(&bytes).map_err(|message| SpeedError::Corrupt { key: format!("{batch} field {sku}"), message }));
+                // the row's key is named only when the row does not decode
+                let corrupt = |message| SpeedError::Corrupt { key: format!("{} field {sku}", self.batch_key(self.partition(sku))), message };
+                let row = row.map(|bytes| sku_state::decode_row(&bytes).map_err(corrupt));
                 Ok(SkuRead { row: row.transpose()?.map(Arc::new), speed: self.decode_states(sku, states)?, caught_up })
             })
             .collect()
