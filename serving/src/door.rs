@@ -251,6 +251,9 @@ pub struct Key {
     pub name: String,
     pub scopes: Vec<Scope>,
     digest: [u8; 32],
+    /// The text last presented that matched the digest (kept in memory only): the next request
+    /// with it is compared with it in constant time instead of being hashed again.
+    seen: std::sync::RwLock<Option<Box<[u8]>>>,
 }
 
 /// The configured keys, as digests: what a presented key is checked against (the REST door and
@@ -263,18 +266,35 @@ impl KeyRing {
     /// The keys of `entries` (checked with [`DoorConfig::problems`] first: a digest that is not
     /// SHA-256 is skipped).
     pub fn new(entries: &[KeyEntry]) -> KeyRing {
-        let keys = entries.iter().filter_map(|key| Some(Key { name: key.name.clone(), scopes: key.scopes.clone(), digest: unhex(&key.sha256)? })).collect();
+        let keys = entries
+            .iter()
+            .filter_map(|key| Some(Key { name: key.name.clone(), scopes: key.scopes.clone(), digest: unhex(&key.sha256)?, seen: Default::default() }))
+            .collect();
         KeyRing { keys }
     }
 
-    /// The key `presented` is, compared with every configured digest in constant time.
+    /// The key `presented` is: compared in constant time with every key's text seen before, else
+    /// hashed and compared with every configured digest in constant time.
     pub fn find(&self, presented: &str) -> Option<&Key> {
-        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let presented = presented.as_bytes();
         let mut found = None;
         for key in &self.keys {
-            if bool::from(key.digest.ct_eq(&presented)) {
+            let seen = key.seen.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if seen.as_deref().is_some_and(|seen| bool::from(seen.ct_eq(presented))) {
                 found = Some(key);
             }
+        }
+        if found.is_some() {
+            return found;
+        }
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        for key in &self.keys {
+            if bool::from(key.digest.ct_eq(&digest)) {
+                found = Some(key);
+            }
+        }
+        if let Some(key) = found {
+            *key.seen.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(presented.into());
         }
         found
     }
@@ -569,6 +589,24 @@ mod tests {
         let problems = config.problems();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("\"shop\"") && problems[1].contains("serve.keys[x].sha256") && problems[2].contains("serve.keys[x].scopes"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_key_is_found_again_from_its_text_seen_and_no_other_text_finds_it() {
+        let (shop, shop_entry) = KeyEntry::generate("shop", vec![Scope::Read]);
+        let (admin, admin_entry) = KeyEntry::generate("admin", vec![Scope::Admin]);
+        let ring = KeyRing::new(&[shop_entry, admin_entry]);
+        for _ in 0..2 {
+            assert_eq!(ring.find(&shop).map(|key| key.name.as_str()), Some("shop"));
+            assert_eq!(ring.find(&admin).map(|key| key.name.as_str()), Some("admin"));
+        }
+        // the same length, one character apart; a prefix; a longer text
+        let mut near = shop.clone().into_bytes();
+        *near.last_mut().unwrap() ^= 1;
+        for wrong in [String::from_utf8(near).unwrap(), shop[..shop.len() - 1].to_string(), format!("{shop}0"), String::new()] {
+            assert!(ring.find(&wrong).is_none(), "{wrong:?} is no key");
+        }
+        assert_eq!(ring.find(&shop).map(|key| key.name.as_str()), Some("shop"), "a wrong text does not displace the one seen");
     }
 
     #[test]

@@ -21,6 +21,9 @@ const IN_FLIGHT: usize = 2;
 /// SKUs in one gathered read, at most.
 const MOST: usize = 256;
 
+/// Bounds of the histogram of requests per gathered read (`sellable_gathered_reads`).
+pub(crate) const SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 /// What a gathered read gave one request: the SKU's read, and its live holds when asked for (or
 /// why not, for either).
 pub(crate) struct Got {
@@ -37,18 +40,23 @@ struct Ask {
 
 /// The gatherer of a server; its task starts with the first read (in the server's runtime) and
 /// ends with the server.
-#[derive(Default)]
 pub(crate) struct Gather {
     asks: OnceLock<mpsc::UnboundedSender<Ask>>,
+    /// Requests per gathered read.
+    sizes: prometheus::Histogram,
 }
 
 impl Gather {
+    pub(crate) fn new(sizes: prometheus::Histogram) -> Gather {
+        Gather { asks: OnceLock::new(), sizes }
+    }
+
     /// Reads `sku` from `epoch`'s store (and its holds from `store`, when `holds`), gathered
     /// with the reads other requests ask for meanwhile, within `timeout` from now.
     pub(crate) async fn read(&self, store: Option<&Arc<dyn HoldStore>>, timeout: Duration, epoch: Arc<Epoch>, sku: &str, holds: bool) -> Got {
         let asks = self.asks.get_or_init(|| {
             let (asks, asked) = mpsc::unbounded_channel();
-            tokio::spawn(run(asked, store.cloned(), timeout));
+            tokio::spawn(run(asked, store.cloned(), timeout, self.sizes.clone()));
             asks
         });
         let (reply, answer) = oneshot::channel();
@@ -66,7 +74,7 @@ impl Gather {
 
 /// Takes what was asked since the last read went out, up to [`MOST`], whenever fewer than
 /// [`IN_FLIGHT`] reads are out, and sends it as one read.
-async fn run(mut asked: mpsc::UnboundedReceiver<Ask>, store: Option<Arc<dyn HoldStore>>, timeout: Duration) {
+async fn run(mut asked: mpsc::UnboundedReceiver<Ask>, store: Option<Arc<dyn HoldStore>>, timeout: Duration, sizes: prometheus::Histogram) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -78,6 +86,7 @@ async fn run(mut asked: mpsc::UnboundedReceiver<Ask>, store: Option<Arc<dyn Hold
                 Err(_) => break,
             }
         }
+        sizes.observe(asks.len() as f64);
         let store = store.clone();
         tokio::spawn(async move {
             answer(asks, store.as_ref(), timeout).await;

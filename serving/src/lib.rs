@@ -168,6 +168,8 @@ struct Metrics {
     shadow: prometheus::Histogram,
     /// Request latency per route, method and status.
     http: prometheus::HistogramVec,
+    /// Requests per gathered read of single SKUs ([`gather`]).
+    gathered: prometheus::Histogram,
     /// Requests the door refused, by reason.
     refused: prometheus::IntCounterVec,
     outcomes: prometheus::IntCounterVec,
@@ -240,6 +242,12 @@ impl Metrics {
                 &["route", "method", "status"],
             ),
         );
+        let gathered = registered(
+            &registry,
+            prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new("sellable_gathered_reads", "Requests whose single-SKU reads went to the store together, per read").buckets(gather::SIZE_BUCKETS.to_vec()),
+            ),
+        );
         let refused = counter("sellable_http_refused_total", "Requests the door refused before a handler saw them, by reason", "reason");
         let outcomes = counter(
             "sellable_order_outcomes_total",
@@ -247,7 +255,7 @@ impl Metrics {
             "outcome",
         );
         let target = plain("sellable_model_target_oversell_rate", "The oversell rate among promised orders the live model's threshold was chosen for (0 without a live model)");
-        Metrics { registry, answers, grades, degraded, errors, events, feed_lag, source_lag, batch_age, cutovers, cutover_seconds, archive_lag, shadow, http, refused, outcomes, target }
+        Metrics { registry, answers, grades, degraded, errors, events, feed_lag, source_lag, batch_age, cutovers, cutover_seconds, archive_lag, shadow, http, gathered, refused, outcomes, target }
     }
 }
 
@@ -262,7 +270,9 @@ impl Serving {
                 regions.entry(region.to_string()).or_default().insert(node.node.clone());
             }
         }
+        let metrics = Metrics::new();
         Serving {
+            gather: gather::Gather::new(metrics.gathered.clone()),
             regions,
             nodes: nodes.into_iter().map(|node| (node.node.clone(), node)).collect(),
             epoch: std::sync::RwLock::new(Arc::new(Epoch::new(batch, speed))),
@@ -274,10 +284,9 @@ impl Serving {
             intake: None,
             distrust: std::sync::RwLock::new(None),
             limits: Limits::default(),
-            metrics: Metrics::new(),
+            metrics,
             decisions: None,
             budgets: HashMap::new(),
-            gather: gather::Gather::default(),
         }
     }
 
@@ -448,7 +457,7 @@ impl Serving {
 
     /// Merges both views for `sku`, keeps the nodes serving `region`, and decides; live
     /// reservations' holds are subtracted from what each node can promise.
-    #[tracing::instrument(name = "availability", skip_all, fields(sku = ?sku, region = ?region, qty))]
+    #[tracing::instrument(level = "debug", name = "availability", skip_all, fields(sku = ?sku, region = ?region, qty))]
     pub async fn availability(&self, sku: &str, region: &str, qty: i64, now: Millis) -> Result<Availability, ApiError> {
         self.availability_within(sku, region, qty, None, now).await
     }
@@ -594,7 +603,7 @@ impl Serving {
         let mut rules_fired = Vec::new();
         let mut node_reasons = Vec::new();
         let mut units = Vec::with_capacity(in_region.len());
-        let mut scores = HashMap::with_capacity(in_region.len());
+        let mut scores = HashMap::new();
         for (info, state) in &in_region {
             let _node = tracing::debug_span!("node", node = %info.node).entered();
             // A node whose feed is beyond its SLA may hold phantom stock: promise nothing from it.
@@ -1167,7 +1176,7 @@ struct BatchItem {
 /// answer, or the error body of the item alone).
 #[utoipa::path(post, path = "/v1/availability:batch", tag = "availability", request_body = BatchRequest,
     responses((status = 200, description = "One entry per item, in order: its answer or its error", body = openapi::BatchAnswer)))]
-async fn availability_batch(State(serving): State<Arc<Serving>>, headers: axum::http::HeaderMap, body: String) -> Result<Response, ApiError> {
+async fn availability_batch(State(serving): State<Arc<Serving>>, id: RequestId, body: String) -> Result<Response, ApiError> {
     let request: BatchRequest = serde_json::from_str(&body).map_err(|error| ApiError::BadRequest(format!("the body is not a batch of items: {error}")))?;
     if request.items.is_empty() || request.items.len() > MAX_BATCH {
         return Err(ApiError::BadRequest(format!("a batch has 1 to {MAX_BATCH} items, got {}", request.items.len())));
@@ -1181,15 +1190,15 @@ async fn availability_batch(State(serving): State<Arc<Serving>>, headers: axum::
     }
     let answers = serving.availability_batch(&items, serving.now()).await;
     // each entry written straight to the body's bytes (through a `serde_json::Value` each would be
-    // built as a tree first)
-    let mut body = b"{\"answers\":[".to_vec();
+    // built as a tree first), which have room for answers of a few nodes each
+    let mut body = Vec::with_capacity(16 + 768 * items.len());
+    body.extend_from_slice(b"{\"answers\":[");
     for (index, ((sku, region, qty), answer)) in items.iter().zip(answers).enumerate() {
         if index > 0 {
             body.push(b',');
         }
-        match serving.answered("batch", request_id(&headers), sku, region, *qty, answer) {
-            Ok(answer) => body.extend_from_slice(&answer),
-            Err(error) => serde_json::to_writer(&mut body, &error.body()).expect("an error body serialises"),
+        if let Err(error) = serving.answered("batch", id.as_str(), sku, region, *qty, answer, &mut body) {
+            serde_json::to_writer(&mut body, &error.body()).expect("an error body serialises");
         }
     }
     body.extend_from_slice(b"]}");
@@ -1235,25 +1244,47 @@ fn parse_qty(text: Option<&String>) -> Result<i64, ApiError> {
               (status = 404, description = "The catalog does not know the SKU", body = openapi::ErrorBody)))]
 async fn availability(
     State(serving): State<Arc<Serving>>,
-    headers: axum::http::HeaderMap,
+    id: RequestId,
     Path(sku): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    Query(params): Query<AvailabilityQuery>,
 ) -> Result<Response, ApiError> {
-    let qty = parse_qty(params.get("qty"))?;
+    let qty = parse_qty(params.qty.as_ref())?;
     let region = params
-        .get("region")
+        .region
+        .as_ref()
         .filter(|region| !region.is_empty())
         .ok_or_else(|| ApiError::BadRequest("region is required, e.g. ?region=DE".to_string()))?;
-    let budget = params.get("oversell_budget").map(|text| parse_budget(text)).transpose()?;
+    let budget = params.oversell_budget.as_deref().map(parse_budget).transpose()?;
     let answer = serving.availability_within(&sku, region, qty, budget, serving.now()).await;
-    serving.answered("availability", request_id(&headers), &sku, region, qty, answer).map(json_response)
+    let mut body = Vec::with_capacity(1024);
+    serving.answered("availability", id.as_str(), &sku, region, qty, answer, &mut body)?;
+    Ok(json_response(body))
+}
+
+/// The query of `GET /v1/availability/{sku}`, read as text: each value is checked where it is
+/// used, so that a bad one gets its own message. Parameters it does not name are ignored.
+#[derive(Debug, serde::Deserialize)]
+struct AvailabilityQuery {
+    region: Option<String>,
+    qty: Option<String>,
+    oversell_budget: Option<String>,
 }
 
 impl Serving {
     /// Counts an answer (or its error) in the metrics, logs it, and records it in the decision
-    /// log (`kind`: `availability` or `batch`); the answer's JSON. The answer is encoded first and
-    /// then moved into the log, not copied.
-    fn answered(&self, kind: &'static str, request_id: &str, sku: &str, region: &str, qty: i64, answer: Result<Availability, ApiError>) -> Result<Vec<u8>, ApiError> {
+    /// log (`kind`: `availability` or `batch`); the answer's JSON is appended to `body`. The
+    /// answer is encoded first and then moved into the log, not copied.
+    #[allow(clippy::too_many_arguments)]
+    fn answered(
+        &self,
+        kind: &'static str,
+        request_id: &str,
+        sku: &str,
+        region: &str,
+        qty: i64,
+        answer: Result<Availability, ApiError>,
+        body: &mut Vec<u8>,
+    ) -> Result<(), ApiError> {
         match answer {
             Ok(answer) => {
                 let decision = answer.decision.as_str();
@@ -1263,12 +1294,11 @@ impl Serving {
                     self.metrics.degraded.inc();
                 }
                 tracing::debug!(sku, region, qty, decision, "answered");
-                let mut body = Vec::with_capacity(1024);
-                serde_json::to_writer(&mut body, &answer).expect("an answer serialises");
+                serde_json::to_writer(&mut *body, &answer).expect("an answer serialises");
                 if let Some(log) = self.decisions.as_ref().filter(|log| log.samples()) {
                     log.record(decisions::Entry::Answer { kind, request_id: request_id.to_string(), at: self.now(), answer: Box::new(answer) });
                 }
-                Ok(body)
+                Ok(())
             }
             Err(error) => {
                 self.metrics.errors.with_label_values(&[error.code()]).inc();
@@ -1282,6 +1312,23 @@ impl Serving {
 /// The id `harden` gave the request (its `x-request-id`).
 pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> &str {
     headers.get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or("")
+}
+
+/// The id `harden` gave the request, as an extractor: the one header, not a copy of them all.
+pub(crate) struct RequestId(Option<axum::http::HeaderValue>);
+
+impl RequestId {
+    fn as_str(&self) -> &str {
+        self.0.as_ref().and_then(|value| value.to_str().ok()).unwrap_or("")
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<RequestId, Self::Rejection> {
+        Ok(RequestId(parts.headers.get("x-request-id").cloned()))
+    }
 }
 
 /// What `GET /readyz` says: whether answers can be given now, and at which grade at best.
