@@ -1311,7 +1311,12 @@ impl Serving {
 
 /// The id `harden` gave the request (its `x-request-id`).
 pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> &str {
-    headers.get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or("")
+    id_text(headers.get("x-request-id"))
+}
+
+/// A request id's text; empty when there is none.
+fn id_text(value: Option<&axum::http::HeaderValue>) -> &str {
+    value.and_then(|value| value.to_str().ok()).unwrap_or("")
 }
 
 /// The id `harden` gave the request, as an extractor: the one header, not a copy of them all.
@@ -1319,7 +1324,7 @@ pub(crate) struct RequestId(Option<axum::http::HeaderValue>);
 
 impl RequestId {
     fn as_str(&self) -> &str {
-        self.0.as_ref().and_then(|value| value.to_str().ok()).unwrap_or("")
+        id_text(self.0.as_ref())
     }
 }
 

@@ -938,18 +938,22 @@ impl RedisStore {
     /// write) and hash of folded ids with their prints (used when no dedup window is set; with
     /// one, the ids are kept in each SKU's state, trimmed to it).
     fn partition_keys(&self, partition: u64) -> [String; 3] {
-        ["states", "tokens", "seen"].map(|name| format!("{}:{{p{partition}}}:{name}", self.namespace))
+        ["states", "tokens", "seen"].map(|name| self.partition_key(partition, name))
     }
 
-    /// The first of [`Self::partition_keys`], alone (a read needs no other; written without
-    /// `format!`, which costs more than the rest of a SKU's read).
+    /// The first of [`Self::partition_keys`], alone (a read needs no other).
     fn states_key(&self, partition: u64) -> String {
-        [self.namespace.as_str(), ":{p", &partition.to_string(), "}:states"].concat()
+        self.partition_key(partition, "states")
+    }
+
+    /// The key `name` of a partition, in its slot (written without `format!`, which costs more
+    /// than the rest of a SKU's read).
+    fn partition_key(&self, partition: u64, name: &str) -> String {
+        [self.namespace.as_str(), ":{p", &partition.to_string(), "}:", name].concat()
     }
 
     fn corrupt(&self, sku: &str, message: String) -> SpeedError {
-        let [states, ..] = self.partition_keys(self.partition(sku));
-        SpeedError::Corrupt { key: format!("{states} field {sku}"), message }
+        SpeedError::Corrupt { key: format!("{} field {sku}", self.states_key(self.partition(sku))), message }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, SkuState)>> {
@@ -965,7 +969,7 @@ impl RedisStore {
 
     /// A partition's hash of published batch rows (field: the SKU), in the slot of its states.
     fn batch_key(&self, partition: u64) -> String {
-        format!("{}:{{p{partition}}}:batch", self.namespace)
+        self.partition_key(partition, "batch")
     }
 
     /// The published batch view's metadata, written after its rows.
@@ -1122,8 +1126,7 @@ impl RedisStore {
             let skus: Vec<&str> = stale.iter().copied().collect();
             calls = self.stage(events, ops, &skus, &stale).await?;
         }
-        let [states, ..] = self.partition_keys(self.partition(&refused[0]));
-        Err(SpeedError::Contended { key: format!("{states} field {}", refused[0]), attempts: ATTEMPTS })
+        Err(SpeedError::Contended { key: format!("{} field {}", self.states_key(self.partition(&refused[0])), refused[0]), attempts: ATTEMPTS })
     }
 
     /// Folds `skus`' ops into their states (from the cache, unless `stale`, or read) and caches
@@ -1178,8 +1181,7 @@ impl RedisStore {
             let written = reply.inspect_err(|_| cache.clear())?;
             if written.len() != chunk.len() {
                 cache.clear();
-                let [states, ..] = self.partition_keys(partition);
-                return Err(SpeedError::Corrupt { key: states, message: format!("write script answered {written:?}") });
+                return Err(SpeedError::Corrupt { key: self.states_key(partition), message: format!("write script answered {written:?}") });
             }
             for (write, flag) in chunk.into_iter().zip(written) {
                 if flag == 1 {
