@@ -923,10 +923,12 @@ async fn request_span(State(serving): State<Arc<Serving>>, mut request: axum::ex
     use std::sync::atomic::{AtomicU64, Ordering};
     use tracing::Instrument;
     static NEXT: AtomicU64 = AtomicU64::new(1);
+    // asked of the system once: it is a system call
+    static PROCESS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let given = request.headers().get("x-request-id").and_then(|value| value.to_str().ok()).filter(|id| {
         (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     });
-    let id = given.map(str::to_string).unwrap_or_else(|| format!("{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    let id = given.map(str::to_string).unwrap_or_else(|| format!("{:x}-{}", PROCESS.get_or_init(std::process::id), NEXT.fetch_add(1, Ordering::Relaxed)));
     let header = axum::http::HeaderValue::from_str(&id).expect("the id is ASCII letters, digits, - and _");
     request.headers_mut().insert("x-request-id", header.clone());
     // the path as a quoted string: a client's text never forges a log line

@@ -12,12 +12,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sellable_core::holds::{Begun, HoldLine, HoldOutcome, HoldStore, Taken, Until};
 use sellable_core::{Event, EventKind, Grade, Millis};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::{ApiError, Serving, MAX_QTY};
 
@@ -111,17 +113,55 @@ pub struct Insufficient {
     pub lines: Vec<LineShort>,
 }
 
-/// What the store keeps under an id: the first answer, replayed to a retry.
+/// What the store keeps under an id: the first answer, replayed to a retry. Its body is the
+/// answer's JSON as it was sent, kept and replayed as text.
 #[derive(Debug, Serialize, Deserialize)]
 struct Answer {
     key: String,
     status: u16,
-    body: serde_json::Value,
+    body: Box<RawValue>,
 }
 
 impl Answer {
+    fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK)
+    }
+
     fn response(&self) -> Response {
-        (StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK), Json(self.body.clone())).into_response()
+        (self.status(), [(CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.body.get().to_string()).into_response()
+    }
+
+    /// The record of `body` (encoded once) answered to `key` with `status`.
+    fn of(key: &str, status: StatusCode, body: &impl Serialize) -> Result<Answer, ApiError> {
+        let body = serde_json::value::to_raw_value(body).map_err(|error| ApiError::internal("writing a reservation's answer", error))?;
+        Ok(Answer { key: key.to_string(), status: status.as_u16(), body })
+    }
+
+    /// The record as the store keeps it.
+    fn record(&self) -> Result<String, ApiError> {
+        serde_json::to_string(self).map_err(|error| ApiError::internal("writing a reservation's record", error))
+    }
+}
+
+/// How a cart was decided: every line held, or the lines that could not be met.
+enum Outcome {
+    Held(Reservation),
+    Short(Insufficient),
+}
+
+impl Outcome {
+    fn status(&self) -> StatusCode {
+        match self {
+            Outcome::Held(_) => StatusCode::CREATED,
+            Outcome::Short(_) => StatusCode::CONFLICT,
+        }
+    }
+
+    fn answer(&self, key: &str) -> Result<Answer, ApiError> {
+        match self {
+            Outcome::Held(reservation) => Answer::of(key, self.status(), reservation),
+            Outcome::Short(insufficient) => Answer::of(key, self.status(), insufficient),
+        }
     }
 }
 
@@ -215,13 +255,12 @@ pub async fn create(State(serving): State<Arc<Serving>>, headers: HeaderMap, bod
         }
         begun = holds.begin(&id, keep).await;
     }
-    match reserve(&serving, holds, &id, &key, &request, ttl_s, decided).await {
-        Ok(answer) => {
-            let response = answer.response();
-            let record = serde_json::to_string(&answer).map_err(|error| ApiError::internal("writing a reservation's record", error))?;
-            holds.record(&id, &record, keep).await.map_err(unavailable)?;
-            log_lines(&serving, &headers, &id, &request, &answer);
-            Ok(response)
+    match reserve(&serving, holds, &id, &request, ttl_s, decided).await {
+        Ok(outcome) => {
+            let answer = outcome.answer(&key)?;
+            holds.record(&id, &answer.record()?, keep).await.map_err(unavailable)?;
+            log_lines(&serving, &headers, &id, &request, &outcome);
+            Ok(answer.response())
         }
         Err(error) => {
             // not answered: nothing is held, and a retry decides afresh
@@ -236,22 +275,21 @@ pub async fn create(State(serving): State<Arc<Serving>>, headers: HeaderMap, bod
 
 /// The lines of a reservation's first answer into the decision log: `held` on a 201 (with where
 /// they were taken), else `short` (with the units available) or `not_taken`.
-fn log_lines(serving: &Serving, headers: &HeaderMap, id: &str, request: &ReservationRequest, answer: &Answer) {
+fn log_lines(serving: &Serving, headers: &HeaderMap, id: &str, request: &ReservationRequest, outcome: &Outcome) {
     let Some(log) = serving.decisions() else { return };
     let at = serving.now();
     let request_id = crate::request_id(headers);
     let batch_view = serving.epoch().batch.version.clone();
     let model = serving.models.current().map(|model| model.version().to_string());
     let ruleset = serving.rules.current().map(|rules| format!("{}@{}", rules.name, rules.version));
-    let lines = answer.body["lines"].as_array().cloned().unwrap_or_default();
+    let reasons = serde_json::to_string(&[format!("reservation {id}: {}", outcome.status().as_u16())]).expect("text serialises");
     for (index, line) in request.lines.iter().enumerate() {
-        let (decision, units, options) = if answer.status == 201 {
-            ("held", line.qty, lines.get(index).map(|held| held["taken"].clone()).unwrap_or_default())
-        } else {
-            match lines.iter().find(|short| short["line"].as_u64() == Some(index as u64)) {
-                Some(short) => ("short", 0, serde_json::json!({ "available": short["available"] })),
-                None => ("not_taken", 0, serde_json::Value::Null),
-            }
+        let (decision, units, options) = match outcome {
+            Outcome::Held(reservation) => ("held", line.qty, serde_json::to_string(&reservation.lines[index].taken).expect("holds serialise")),
+            Outcome::Short(insufficient) => match insufficient.lines.iter().find(|short| short.line == index) {
+                Some(short) => ("short", 0, format!("{{\"available\":{}}}", short.available)),
+                None => ("not_taken", 0, "null".to_string()),
+            },
         };
         log.record(crate::decisions::Entry::Record(Box::new(sellable_core::DecisionRecord {
             at,
@@ -263,8 +301,8 @@ fn log_lines(serving: &Serving, headers: &HeaderMap, id: &str, request: &Reserva
             decision: decision.to_string(),
             units,
             grade: String::new(),
-            reasons: serde_json::json!([format!("reservation {id}: {}", answer.status)]).to_string(),
-            options: options.to_string(),
+            reasons: reasons.clone(),
+            options,
             rules_fired: "[]".to_string(),
             rules: String::new(),
             batch_view: batch_view.clone(),
@@ -289,18 +327,17 @@ async fn reserve<'a>(
     serving: &Serving,
     holds: &Arc<dyn HoldStore>,
     id: &str,
-    key: &str,
     request: &'a ReservationRequest,
     ttl_s: i64,
     mut decided: Option<Result<Decided<'a>, ApiError>>,
-) -> Result<Answer, ApiError> {
+) -> Result<Outcome, ApiError> {
     for _ in 0..ATTEMPTS {
         let cart = match decided.take() {
             Some(cart) => cart?,
             None => decide(serving, holds, request).await?,
         };
-        if let Some(answer) = attempt(holds, id, key, request, ttl_s, cart).await? {
-            return Ok(answer);
+        if let Some(outcome) = attempt(holds, id, request, ttl_s, cart).await? {
+            return Ok(outcome);
         }
     }
     Err(ApiError::Refused(format!("the SKUs of this cart were confirmed by other orders {ATTEMPTS} times while it was decided: nothing was reserved; retry")))
@@ -342,7 +379,7 @@ async fn decide<'a>(serving: &Serving, holds: &Arc<dyn HoldStore>, request: &'a 
 /// Takes a decided cart SKU by SKU, and releases what was taken if any is short; `None` when a
 /// SKU was confirmed by another order since its decision (nothing is held then). The first SKU's
 /// hold sets the expiry (the store's clock then, plus the TTL); the others expire with it.
-async fn attempt(holds: &Arc<dyn HoldStore>, id: &str, key: &str, request: &ReservationRequest, ttl_s: i64, cart: Decided<'_>) -> Result<Option<Answer>, ApiError> {
+async fn attempt(holds: &Arc<dyn HoldStore>, id: &str, request: &ReservationRequest, ttl_s: i64, cart: Decided<'_>) -> Result<Option<Outcome>, ApiError> {
     let Decided { by_sku, confirms } = cart;
     let mut expiry: Option<Millis> = None;
     let mut taken: BTreeMap<usize, Vec<Taken>> = BTreeMap::new();
@@ -380,13 +417,12 @@ async fn attempt(holds: &Arc<dyn HoldStore>, id: &str, key: &str, request: &Rese
             })
             .collect();
         let message = lines.iter().map(|line| format!("line {} ({}): {} of {} available", line.line, line.sku, line.available, line.qty)).collect::<Vec<_>>().join("; ");
-        let body = Insufficient { id: id.to_string(), error: "insufficient".into(), message: format!("nothing was reserved: {message}"), lines };
-        return Ok(Some(Answer { key: key.to_string(), status: 409, body: serde_json::to_value(body).expect("serialises") }));
+        return Ok(Some(Outcome::Short(Insufficient { id: id.to_string(), error: "insufficient".into(), message: format!("nothing was reserved: {message}"), lines })));
     }
     let lines = request.lines.iter().enumerate().map(|(index, line)| LineHeld { request: line.clone(), taken: taken.remove(&index).unwrap_or_default() }).collect();
     let expires = expiry.expect("a cart with no short line held its first SKU");
     let reservation = Reservation { id: id.to_string(), order_id: request.order_id.clone(), status: Status::Held, created_at: expires - ttl_s * 1000, expires_at: expires, ttl_s, lines };
-    Ok(Some(Answer { key: key.to_string(), status: 201, body: serde_json::to_value(reservation).expect("serialises") }))
+    Ok(Some(Outcome::Held(reservation)))
 }
 
 /// Drops the holds of `id` on `skus` (best effort: what is not dropped expires).
@@ -403,7 +439,7 @@ async fn load(holds: &Arc<dyn HoldStore>, id: &str) -> Result<(Answer, Reservati
     let record = holds.get(id).await.map_err(unavailable)?.ok_or_else(|| ApiError::UnknownReservation(id.to_string()))?;
     let answer: Answer = serde_json::from_str(&record).map_err(|error| ApiError::internal("reading a reservation's record", error))?;
     let mut reservation: Reservation = match answer.status {
-        201 => serde_json::from_value(answer.body.clone()).map_err(|error| ApiError::internal("reading a reservation", error))?,
+        201 => serde_json::from_str(answer.body.get()).map_err(|error| ApiError::internal("reading a reservation", error))?,
         _ => return Err(ApiError::UnknownReservation(id.to_string())),
     };
     if reservation.status == Status::Held && reservation.expires_at <= holds.now().await.map_err(unavailable)? {
@@ -413,9 +449,9 @@ async fn load(holds: &Arc<dyn HoldStore>, id: &str) -> Result<(Answer, Reservati
 }
 
 async fn save(holds: &Arc<dyn HoldStore>, answer: Answer, reservation: &Reservation) -> Result<Json<Reservation>, ApiError> {
-    let answer = Answer { body: serde_json::to_value(reservation).expect("serialises"), ..answer };
-    let record = serde_json::to_string(&answer).expect("serialises");
-    holds.record(&reservation.id, &record, (reservation.expires_at - holds.now().await.map_err(unavailable)?).max(0) + RETAIN_MS).await.map_err(unavailable)?;
+    // the first answer's key and status stay: a retry of the request gets the reservation as it is now
+    let answer = Answer::of(&answer.key, answer.status(), reservation)?;
+    holds.record(&reservation.id, &answer.record()?, (reservation.expires_at - holds.now().await.map_err(unavailable)?).max(0) + RETAIN_MS).await.map_err(unavailable)?;
     Ok(Json(reservation.clone()))
 }
 
