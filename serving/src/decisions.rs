@@ -20,7 +20,6 @@
 //! - Records older than [`DecisionLogConfig::retention_days`] are dropped from the store every
 //!   hour.
 
-use std::borrow::Cow;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -28,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use sellable_core::{DecisionRecord, DecisionStore, Millis};
 
+use crate::{Availability, OptionJson, RuleFired};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 /// How the decision log keeps what it is given; `[serve.decisions]` of the configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,26 +70,22 @@ impl DecisionLogConfig {
     }
 }
 
-/// What a request hands the log: a record, or an answer the log's thread makes one of: the
-/// answer's JSON as the response carried it, so that it is encoded once.
+/// What a request hands the log: a record, or an answer the log's thread makes one of (its JSON
+/// is encoded there, off the request).
 pub enum Entry {
-    Answer { kind: &'static str, request_id: String, at: Millis, json: String },
+    Answer { kind: &'static str, request_id: String, at: Millis, answer: Box<Availability> },
     Record(Box<DecisionRecord>),
 }
 
 impl Entry {
     /// Writes the entry as one line of a segment: a [`DecisionRecord`], its lists (reasons,
     /// options, rules fired) as JSON values, so that nothing is escaped twice to write them or
-    /// unescaped to read them back ([`read_segment`]). An answer's lists are copied from its JSON
-    /// as they are, not decoded and encoded again.
+    /// unescaped to read them back ([`read_segment`]).
     fn write_line(&self, out: &mut impl Write) -> std::io::Result<()> {
         match self {
-            Entry::Answer { kind, request_id, at, json } => {
-                let invalid = |error: serde_json::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("an answer's JSON: {error}"));
-                let answer: Answered = serde_json::from_str(json).map_err(invalid)?;
-                let fired: Vec<Fired> = serde_json::from_str(answer.rules_fired.get()).map_err(invalid)?;
-                let rules = fired.iter().map(|fired| &*fired.rule).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("|");
-                let reasons = RawValue::from_string(joined(answer.reasons.get(), answer.degraded_reasons.get())).map_err(invalid)?;
+            Entry::Answer { kind, request_id, at, answer } => {
+                let reasons: Vec<&String> = answer.reasons.iter().chain(&answer.degraded_reasons).collect();
+                let rules = answer.rules_fired.iter().map(|fired| fired.rule.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("|");
                 let line = Line {
                     at: *at,
                     request_id,
@@ -98,12 +93,12 @@ impl Entry {
                     sku: &answer.sku,
                     region: &answer.region,
                     qty: answer.qty,
-                    decision: &answer.decision,
+                    decision: answer.decision.as_str(),
                     units: answer.units,
-                    grade: &answer.grade,
-                    reasons: &reasons,
-                    options: answer.options,
-                    rules_fired: answer.rules_fired,
+                    grade: answer.grade.as_str(),
+                    reasons,
+                    options: &answer.options,
+                    rules_fired: &answer.rules_fired,
                     rules: &rules,
                     batch_view: &answer.versions.batch_view,
                     model: answer.versions.model.as_deref(),
@@ -117,62 +112,8 @@ impl Entry {
     }
 }
 
-/// Two JSON arrays' items in one array, from their texts (`[...]` each).
-fn joined(first: &str, second: &str) -> String {
-    let items = |list: &str| list.trim().strip_prefix('[').and_then(|list| list.strip_suffix(']')).unwrap_or(list).trim().to_string();
-    let (first, second) = (items(first), items(second));
-    match (first.is_empty(), second.is_empty()) {
-        (_, true) => format!("[{first}]"),
-        (true, false) => format!("[{second}]"),
-        (false, false) => format!("[{first},{second}]"),
-    }
-}
-
-/// What a decision line takes from an answer's JSON ([`crate::Availability`]), borrowed from it;
-/// its lists as the JSON they are.
-#[derive(Deserialize)]
-struct Answered<'a> {
-    #[serde(borrow)]
-    sku: Cow<'a, str>,
-    #[serde(borrow)]
-    region: Cow<'a, str>,
-    qty: i64,
-    #[serde(borrow)]
-    decision: Cow<'a, str>,
-    units: i64,
-    #[serde(borrow)]
-    grade: Cow<'a, str>,
-    #[serde(borrow)]
-    reasons: &'a RawValue,
-    #[serde(borrow)]
-    degraded_reasons: &'a RawValue,
-    #[serde(borrow)]
-    options: &'a RawValue,
-    #[serde(borrow)]
-    rules_fired: &'a RawValue,
-    #[serde(borrow)]
-    versions: AnsweredVersions<'a>,
-}
-
-#[derive(Deserialize)]
-struct AnsweredVersions<'a> {
-    #[serde(borrow)]
-    batch_view: Cow<'a, str>,
-    #[serde(borrow)]
-    model: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    ruleset: Option<Cow<'a, str>>,
-}
-
-/// The name of a rule that fired, in an answer's `rules_fired`.
-#[derive(Deserialize)]
-struct Fired<'a> {
-    #[serde(borrow)]
-    rule: Cow<'a, str>,
-}
-
-/// An answer's line as written: a [`DecisionRecord`] as it serialises, made from the answer's
-/// JSON without copying its lists.
+/// An answer's line as written: a [`DecisionRecord`] as it serialises, made from the answer
+/// without copying it.
 #[derive(Serialize)]
 struct Line<'a> {
     at: Millis,
@@ -184,9 +125,9 @@ struct Line<'a> {
     decision: &'a str,
     units: i64,
     grade: &'a str,
-    reasons: &'a RawValue,
-    options: &'a RawValue,
-    rules_fired: &'a RawValue,
+    reasons: Vec<&'a String>,
+    options: &'a [OptionJson],
+    rules_fired: &'a [RuleFired],
     rules: &'a str,
     batch_view: &'a str,
     model: Option<&'a str>,
@@ -493,63 +434,6 @@ fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, last: u64, segmen
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_answer_is_logged_from_its_json_as_the_record_it_explains() {
-        let fired = |rule: &str, node: &str| crate::RuleFired { node: node.into(), rule: rule.into(), action: "deny".into(), saw: vec![format!("node.id = \"{node}\"")] };
-        let answer = crate::Availability {
-            sku: "SKU-\"7\"".into(),
-            region: "DE".into(),
-            qty: 3,
-            decision: sellable_core::Verdict::Promise,
-            units: 3,
-            available: 5,
-            options: vec![crate::OptionJson { node: "N-1".into(), units: 5, p_fulfill: Some(0.9) }],
-            plan: vec![sellable_core::holds::Taken { node: "N-1".into(), units: 3 }],
-            reasons: vec!["N-2: held back".into()],
-            rules_fired: vec![fired("no_hazmat", "N-2"), fired("cap", "N-1"), fired("no_hazmat", "N-3")],
-            grade: sellable_core::Grade::BoundedStale,
-            degraded: true,
-            degraded_reasons: vec!["feed of N-3 is 900 s behind".into(), "a \"quoted\" reason".into()],
-            freshness_ms: Some(1_200),
-            versions: crate::Versions { batch_view: "2026-12-01".into(), speed_view: "redis".into(), model: Some("m7".into()), ruleset: None },
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("1.ndjson");
-        let mut file = std::fs::File::create(&path).unwrap();
-        let json = serde_json::to_string(&answer).unwrap();
-        Entry::Answer { kind: "batch", request_id: "req-1".into(), at: 1_700_000_000_000, json }.write_line(&mut file).unwrap();
-        // no reason at all, and reasons only among the degraded ones
-        let bare = crate::Availability { reasons: Vec::new(), degraded_reasons: Vec::new(), rules_fired: Vec::new(), ..answer.clone() };
-        let degraded_only = crate::Availability { reasons: Vec::new(), ..answer.clone() };
-        for other in [&bare, &degraded_only] {
-            Entry::Answer { kind: "availability", request_id: "req-2".into(), at: 1, json: serde_json::to_string(other).unwrap() }.write_line(&mut file).unwrap();
-        }
-        let torn = prometheus::IntCounter::new("torn", "torn").unwrap();
-        let records = read_segment(&path, &torn).unwrap();
-        let expected = DecisionRecord {
-            at: 1_700_000_000_000,
-            request_id: "req-1".into(),
-            kind: "batch".into(),
-            sku: "SKU-\"7\"".into(),
-            region: "DE".into(),
-            qty: 3,
-            decision: "promise".into(),
-            units: 3,
-            grade: "bounded_stale".into(),
-            reasons: r#"["N-2: held back","feed of N-3 is 900 s behind","a \"quoted\" reason"]"#.into(),
-            options: r#"[{"node":"N-1","units":5,"p_fulfill":0.9}]"#.into(),
-            rules_fired: serde_json::to_string(&answer.rules_fired).unwrap(),
-            rules: "cap|no_hazmat".into(),
-            batch_view: "2026-12-01".into(),
-            model: Some("m7".into()),
-            ruleset: None,
-        };
-        assert_eq!(records[0], expected);
-        assert_eq!((records[1].reasons.as_str(), records[1].rules_fired.as_str(), records[1].rules.as_str()), ("[]", "[]", ""));
-        assert_eq!(records[2].reasons, r#"["feed of N-3 is 900 s behind","a \"quoted\" reason"]"#);
-        assert_eq!(torn.get(), 0);
-    }
 
     #[test]
     fn a_segment_reads_back_lines_of_both_ways_of_writing_lists() {

@@ -1274,8 +1274,8 @@ struct AvailabilityQuery {
 
 impl Serving {
     /// Counts an answer (or its error) in the metrics, logs it, and records it in the decision
-    /// log (`kind`: `availability` or `batch`); the answer's JSON is appended to `body`, and the
-    /// log is handed a copy of that JSON (the answer is encoded once).
+    /// log (`kind`: `availability` or `batch`); the answer's JSON is appended to `body`. The
+    /// answer is encoded first and then moved into the log, not copied.
     #[allow(clippy::too_many_arguments)]
     fn answered(
         &self,
@@ -1296,11 +1296,9 @@ impl Serving {
                     self.metrics.degraded.inc();
                 }
                 tracing::debug!(sku, region, qty, decision, "answered");
-                let start = body.len();
                 serde_json::to_writer(&mut *body, &answer).expect("an answer serialises");
                 if let Some(log) = self.decisions.as_ref().filter(|log| log.samples()) {
-                    let json = String::from_utf8(body[start..].to_vec()).expect("JSON is UTF-8");
-                    log.record(decisions::Entry::Answer { kind, request_id: request_id.to_string(), at: self.now(), json });
+                    log.record(decisions::Entry::Answer { kind, request_id: request_id.to_string(), at: self.now(), answer: Box::new(answer) });
                 }
                 Ok(())
             }
