@@ -7,7 +7,9 @@
 # both through the hold script; wrk counts the 409s as non-2xx), the reservations again with
 # FEW connections (the rate they reach at a lower latency), with the 201s and 409s apart. `redis-benchmark` GET with the same connection count on the same
 # Redis is the baseline: every rate is printed with its ratio to it. Each scenario's p50 and p99
-# are also read from the server's own latency histogram, beside the client's.
+# are also read from the server's own latency histogram, beside the client's. Each scenario starts
+# once the decision log has written the one before's decisions to the lake (how long that took is
+# printed too).
 # Usage: benchmarks/scripts/load.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 FEW=32 DURATION=15 BATCH=50;
 #   PROFILE=release for an optimised build; wrk is installed from Debian's packages if missing)
 set -euo pipefail
@@ -95,9 +97,27 @@ request = function()
 end
 LUA
 threads=2
+# waits until every decision logged so far is in the lake (at most 600 s), so that no scenario
+# is measured while the server still writes the one before's decisions to the lake; how many
+# there were and how long it took go to drain-<scenario>
+drain() {
+  local name=$1 started metrics recorded done_
+  started=$(date +%s%N)
+  while :; do
+    metrics=$(curl -sf "http://$listen/metrics")
+    recorded=$(echo "$metrics" | awk '$1 == "sellable_decisions_recorded_total" {print int($2)}')
+    # stored, or lost (a full queue): either way nothing more will reach the lake
+    done_=$(echo "$metrics" | awk '$1 == "sellable_decisions_stored_total" || $1 == "sellable_decisions_lost_total" {sum += $2} END {print int(sum)}')
+    { [ -z "$recorded" ] || [ "$done_" -ge "$recorded" ]; } && break
+    [ $(( ($(date +%s%N) - started) / 1000000000 )) -ge 600 ] && break
+    sleep 0.5
+  done
+  echo "${recorded:-0} ${done_:-0} $(( ($(date +%s%N) - started) / 1000000 ))" >"$out/drain-$name"
+}
 # each scenario between two reads of the server's latency histogram (metrics-<scenario>-{0,1})
 run() {
   local name=$1 script=$2 conns=$3
+  drain "$name"
   curl -sf "http://$listen/metrics" >"$out/metrics-$name-0"
   COMMON="$out/common.lua" wrk -t$threads -c"$conns" -d"${seconds}s" -s "$out/$script.lua" "http://$listen" | grep '^RESULT' | cut -d' ' -f2-
   curl -sf "http://$listen/metrics" >"$out/metrics-$name-1"
@@ -128,6 +148,15 @@ print(f"{'redis-benchmark GET':<24} {redis_rate:>10,.0f} {1:>6.2f}x")
 for name, line in [("reservations", reserved), (f"reservations, {few} conns", reserved_few)]:
     requests, duration, *_, status, _ = map(float, line.split())
     print(f"{name}: {(requests - status) / duration:,.0f}/s held (201), {status / duration:,.0f}/s refused (409 or other non-2xx)")
+
+# the decision log's writing to the lake, waited for before each scenario: the decisions the
+# scenario before logged, and how long after it they were all in the lake (segments close every
+# 5 s, so at least that)
+order = [("single", "single availability"), ("batch", "batch"), ("reserve", "reservations"), ("reserve-few", f"reservations, {few} conns"), ("light", None)]
+drains = [tuple(map(int, open(f"{out}/drain-{scenario}").read().split())) for scenario, _ in order]
+for (_, name), (before, _, _), (recorded, written, ms) in zip(order, drains, drains[1:]):
+    left = "" if written >= recorded else f" (gave up waiting: {recorded - written:,} not written)"
+    print(f"decision log after {name}: {recorded - before:,} decisions, in the lake {ms / 1000:.1f} s after it{left}")
 
 # how many single-SKU reads went to Redis together, on average (sellable_gathered_reads)
 def metric(path, name):
