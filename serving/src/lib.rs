@@ -1208,7 +1208,7 @@ async fn availability_batch(State(serving): State<Arc<Serving>>, id: RequestId, 
 }
 
 /// A 200 answer of JSON bytes.
-fn json_response(body: Vec<u8>) -> Response {
+pub(crate) fn json_response(body: Vec<u8>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"))], body).into_response()
 }
 

@@ -12,8 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sellable_core::holds::{Begun, HoldLine, HoldOutcome, HoldStore, Taken, Until};
@@ -128,7 +127,7 @@ impl Answer {
     }
 
     fn response(&self) -> Response {
-        (self.status(), [(CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.body.get().to_string()).into_response()
+        (self.status(), crate::json_response(self.body.get().as_bytes().to_vec())).into_response()
     }
 
     /// The record of `body` (encoded once) answered to `key` with `status`.
