@@ -26,8 +26,20 @@ now=$(date +%s)000
 "$bin" gen --out "$out/gen" --skus "$skus" --nodes "$nodes" --days 2 --start $(( now - 2 * 86400000 )) 2>"$out/gen.log"
 "$bin" lake import --lake "$out/lake" --from "$out/gen" 2>"$out/import.log"
 "$bin" batch --lake "$out/lake" 2>"$out/batch.log"
+# the live model, as the demo has one: trained on a marketplace of the demo's size (its default
+# 1,000 SKUs, 40 nodes, a week), so that every answer scores its nodes as in production; MODEL=0
+# serves without one (every answer then holds back the static safety stock, degraded)
+models=$out/models
+if [ "${MODEL:-1}" != 0 ]; then
+  "$bin" gen --out "$out/train-gen" 2>"$out/train.log"
+  "$bin" lake import --lake "$out/train-lake" --from "$out/train-gen" 2>>"$out/train.log"
+  "$bin" batch --lake "$out/train-lake" --every-day 2026-01-02..2026-01-07 2>>"$out/train.log"
+  "$bin" trainset --lake "$out/train-lake" --from 2026-01-02T00:00:00Z --to 2026-01-07T00:00:00Z 2>>"$out/train.log"
+  printf 'validation_days = 1\ntest_days = 1\nablation = false\n' >"$out/train.toml"
+  "$bin" train --lake "$out/train-lake" --models "$models" --config "$out/train.toml" --promote 2>>"$out/train.log"
+fi
 listen=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin" serve --lake "$out/lake" --redis "$url" --namespace "$namespace" --listen "$listen" 2>"$out/serve.log" & pid=$!
+"$bin" serve --lake "$out/lake" --models "$models" --redis "$url" --namespace "$namespace" --listen "$listen" 2>"$out/serve.log" & pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do
   curl -sf "http://$listen/readyz" | grep -qE '"grade":"(fresh|bounded_stale)"' && break; sleep 0.5

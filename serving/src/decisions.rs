@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use sellable_core::{DecisionRecord, DecisionStore, Millis};
 
-use crate::{Availability, OptionJson, RuleFired};
+use crate::Availability;
 use serde::{Deserialize, Serialize};
 
 /// How the decision log keeps what it is given; `[serve.decisions]` of the configuration file.
@@ -78,60 +78,16 @@ pub enum Entry {
 }
 
 impl Entry {
-    /// Writes the entry as one line of a segment: a [`DecisionRecord`], its lists (reasons,
-    /// options, rules fired) as JSON values, so that nothing is escaped twice to write them or
-    /// unescaped to read them back ([`read_segment`]).
-    fn write_line(&self, out: &mut impl Write) -> std::io::Result<()> {
+    /// Appends the entry to `out` as one line of a segment: a [`DecisionRecord`], its lists
+    /// (reasons, options, rules fired) as JSON values, so that nothing is escaped twice to write
+    /// them or unescaped to read them back ([`read_segment`]).
+    fn write_line(&self, out: &mut Vec<u8>) {
         match self {
-            Entry::Answer { kind, request_id, at, answer } => {
-                let reasons: Vec<&String> = answer.reasons.iter().chain(&answer.degraded_reasons).collect();
-                let rules = answer.rules_fired.iter().map(|fired| fired.rule.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join("|");
-                let line = Line {
-                    at: *at,
-                    request_id,
-                    kind,
-                    sku: &answer.sku,
-                    region: &answer.region,
-                    qty: answer.qty,
-                    decision: answer.decision.as_str(),
-                    units: answer.units,
-                    grade: answer.grade.as_str(),
-                    reasons,
-                    options: &answer.options,
-                    rules_fired: &answer.rules_fired,
-                    rules: &rules,
-                    batch_view: &answer.versions.batch_view,
-                    model: answer.versions.model.as_deref(),
-                    ruleset: answer.versions.ruleset.as_deref(),
-                };
-                serde_json::to_writer(&mut *out, &line)?;
-            }
-            Entry::Record(record) => serde_json::to_writer(&mut *out, record)?,
+            Entry::Answer { kind, request_id, at, answer } => crate::encode::line(out, *at, request_id, kind, answer),
+            Entry::Record(record) => serde_json::to_writer(&mut *out, record).expect("a decision record serialises"),
         }
-        out.write_all(b"\n")
+        out.push(b'\n');
     }
-}
-
-/// An answer's line as written: a [`DecisionRecord`] as it serialises, made from the answer
-/// without copying it.
-#[derive(Serialize)]
-struct Line<'a> {
-    at: Millis,
-    request_id: &'a str,
-    kind: &'a str,
-    sku: &'a str,
-    region: &'a str,
-    qty: i64,
-    decision: &'a str,
-    units: i64,
-    grade: &'a str,
-    reasons: Vec<&'a String>,
-    options: &'a [OptionJson],
-    rules_fired: &'a [RuleFired],
-    rules: &'a str,
-    batch_view: &'a str,
-    model: Option<&'a str>,
-    ruleset: Option<&'a str>,
 }
 
 /// The log's counters, in the server's metrics.
@@ -394,6 +350,7 @@ fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, last: u64, segmen
         }
     };
     let mut flushed = Instant::now();
+    let mut line = Vec::with_capacity(4096);
     loop {
         let received = receiver.try_recv();
         if current.as_ref().is_some_and(|(_, _, opened)| opened.elapsed() >= segment_ms) {
@@ -412,7 +369,9 @@ fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, last: u64, segmen
                     }
                 }
                 let (_, file, _) = current.as_mut().expect("opened above");
-                if let Err(error) = record.write_line(file) {
+                line.clear();
+                record.write_line(&mut line);
+                if let Err(error) = file.write_all(&line) {
                     tracing::error!(%error, "writing the decision log failed");
                 }
             }
@@ -458,9 +417,11 @@ mod tests {
         // as written now (lists as JSON values), text that is not JSON, and as written before
         // (lists as text holding JSON)
         let (now, not_json, before) = (record("r1", r#"[{"node":"N-1","units":2}]"#), record("r2", "not JSON"), record("r3", r#"[{"node":"N-2","units":1}]"#));
+        let mut lines = Vec::new();
+        Entry::Record(Box::new(now.clone())).write_line(&mut lines);
+        Entry::Record(Box::new(not_json.clone())).write_line(&mut lines);
         let mut file = std::fs::File::create(&path).unwrap();
-        Entry::Record(Box::new(now.clone())).write_line(&mut file).unwrap();
-        Entry::Record(Box::new(not_json.clone())).write_line(&mut file).unwrap();
+        file.write_all(&lines).unwrap();
         let mut as_text = serde_json::to_value(&before).unwrap();
         for list in ["reasons", "options", "rules_fired"] {
             as_text[list] = serde_json::Value::String(as_text[list].to_string());

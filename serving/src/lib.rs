@@ -8,6 +8,7 @@
 pub mod backtest;
 pub mod decisions;
 pub mod door;
+mod encode;
 mod gather;
 pub mod grading;
 pub mod models;
@@ -1296,7 +1297,7 @@ impl Serving {
                     self.metrics.degraded.inc();
                 }
                 tracing::debug!(sku, region, qty, decision, "answered");
-                serde_json::to_writer(&mut *body, &answer).expect("an answer serialises");
+                encode::answer(body, &answer);
                 if let Some(log) = self.decisions.as_ref().filter(|log| log.samples()) {
                     log.record(decisions::Entry::Answer { kind, request_id: request_id.to_string(), at: self.now(), answer: Box::new(answer) });
                 }
