@@ -119,10 +119,7 @@ pub(crate) fn line(out: &mut Vec<u8>, at: Millis, request_id: &str, kind: &str, 
 }
 
 fn option(out: &mut Vec<u8>, option: &OptionJson) {
-    out.extend_from_slice(b"{\"node\":");
-    string(out, &option.node);
-    out.extend_from_slice(b",\"units\":");
-    number(out, option.units);
+    node_units(out, &option.node, option.units);
     out.extend_from_slice(b",\"p_fulfill\":");
     match option.p_fulfill {
         // serde_json's text of a float (and `null` for one that is not finite)
@@ -133,11 +130,16 @@ fn option(out: &mut Vec<u8>, option: &OptionJson) {
 }
 
 fn taken(out: &mut Vec<u8>, taken: &Taken) {
-    out.extend_from_slice(b"{\"node\":");
-    string(out, &taken.node);
-    out.extend_from_slice(b",\"units\":");
-    number(out, taken.units);
+    node_units(out, &taken.node, taken.units);
     out.push(b'}');
+}
+
+/// An object's start: `{"node":…,"units":…` (an option and a plan's entry both begin so).
+fn node_units(out: &mut Vec<u8>, node: &str, units: i64) {
+    out.extend_from_slice(b"{\"node\":");
+    string(out, node);
+    out.extend_from_slice(b",\"units\":");
+    number(out, units);
 }
 
 fn fired(out: &mut Vec<u8>, fired: &RuleFired) {
