@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The REST API under load, beside Redis itself, in one run: a marketplace of SKUS SKUs and NODES
-# nodes whose events end now is generated, imported and batched; `sellable serve --redis` serves
-# it with a live model (MODEL=0: without one); wrk drives CONNECTIONS connections for SECONDS seconds per scenario with random SKUs and
-# countries: single availability, batch availability (BATCH items per request; rates per item
-# too), and reservations (one line, random keys, 10 s TTL: 201s while units last, then 409s,
-# both through the hold script; wrk counts the 409s as non-2xx), the reservations again with
-# FEW connections (the rate they reach at a lower latency), with the 201s and 409s apart. `redis-benchmark` GET with the same connection count on the same
-# Redis is the baseline: every rate is printed with its ratio to it. Each scenario's p50 and p99
-# are also read from the server's own latency histogram, beside the client's. Each scenario starts
-# once the decision log has written the one before's decisions to the lake (how long that took is
-# printed too).
+# nodes whose events end now is generated, imported and batched; `sellable serve --redis` serves it
+# with a live model (MODEL=0: without one); wrk drives CONNECTIONS connections for SECONDS seconds
+# per scenario with random SKUs and countries: single availability, batch availability (BATCH items
+# per request; rates per item too), and reservations (one line, random keys, 10 s TTL: 201s while
+# units last, then 409s, both through the hold script; wrk counts the 409s as non-2xx), the
+# reservations again with FEW connections (the rate they reach at a lower latency), with the 201s
+# and 409s apart. `redis-benchmark` GET with the same connection count on the same Redis is the
+# baseline: every rate is printed with its ratio to it. Each scenario's p50 and p99 are also read
+# from the server's own latency histogram, beside the client's. Each scenario starts once the
+# decision log has written the one before's decisions to the lake (how long that took is printed
+# too).
 # Usage: benchmarks/scripts/load.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 FEW=32 DURATION=15 BATCH=50;
 #   MODEL=1; PROFILE=release for an optimised build; wrk is installed from Debian's packages if missing)
 set -euo pipefail
