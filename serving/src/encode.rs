@@ -95,14 +95,9 @@ pub(crate) fn line(out: &mut Vec<u8>, at: Millis, request_id: &str, kind: &str, 
     number(out, answer.units);
     out.extend_from_slice(b",\"grade\":");
     string(out, answer.grade.as_str());
-    out.extend_from_slice(b",\"reasons\":[");
-    for (index, reason) in answer.reasons.iter().chain(&answer.degraded_reasons).enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
-        string(out, reason);
-    }
-    out.extend_from_slice(b"],\"options\":");
+    out.extend_from_slice(b",\"reasons\":");
+    list(out, answer.reasons.iter().chain(&answer.degraded_reasons), |out, reason| string(out, reason));
+    out.extend_from_slice(b",\"options\":");
     list(out, &answer.options, option);
     out.extend_from_slice(b",\"rules_fired\":");
     list(out, &answer.rules_fired, fired);
@@ -154,9 +149,9 @@ fn fired(out: &mut Vec<u8>, fired: &RuleFired) {
     out.push(b'}');
 }
 
-fn list<T>(out: &mut Vec<u8>, items: &[T], item: impl Fn(&mut Vec<u8>, &T)) {
+fn list<T>(out: &mut Vec<u8>, items: impl IntoIterator<Item = T>, item: impl Fn(&mut Vec<u8>, T)) {
     out.push(b'[');
-    for (index, value) in items.iter().enumerate() {
+    for (index, value) in items.into_iter().enumerate() {
         if index > 0 {
             out.push(b',');
         }
