@@ -61,14 +61,15 @@ auth = "Bearer $SELLABLE_API_KEY"
 local started = 0
 function setup(thread) started = started + 1; thread:set("id", started) end
 local skus = {}
+local function name(i) return string.format("SKU-%06d", i - 1) end
 function init(args)
   math.randomseed(os.time() * 1000 + id)
-  if count <= 100000 then for i = 1, count do skus[i] = string.format("SKU-%06d", i - 1) end end
+  if count <= 100000 then for i = 1, count do skus[i] = name(i) end end
   prepare()
 end
 function sku()
   local i = math.random(count)
-  return skus[i] or string.format("SKU-%06d", i - 1)
+  return skus[i] or name(i)
 end
 function country() return countries[math.random(#countries)] end
 -- the text of a request to path up to its Content-Length's value (the body's length and the
