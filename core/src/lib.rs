@@ -13,6 +13,7 @@ pub mod features;
 pub mod fold;
 pub mod grade;
 pub mod holds;
+pub mod lane;
 pub mod view;
 
 pub use catalog::{NodeInfo, NodeKind, SkuInfo};

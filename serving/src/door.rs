@@ -18,7 +18,8 @@
 //!
 //! Bodies are bounded per route by the router ([`body_limit`]). Under all this,
 //! [`serve_connections`] caps the open connections and closes those that send no complete header
-//! within [`Limits::header_timeout_ms`] (an idle keep-alive connection included).
+//! within [`Limits::header_timeout_ms`] (an idle keep-alive connection included); [`serve_lanes`]
+//! does the same on one thread per core, each with a listening socket of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,6 +183,9 @@ pub struct Limits {
     pub rules_body_bytes: usize,
     /// Largest body of every other route, in bytes.
     pub body_bytes: usize,
+    /// Threads that answer requests ([`sellable_core::lane`]), each with its own listening
+    /// socket and connections to the speed view; 0: one per core.
+    pub lanes: usize,
 }
 
 impl Default for Limits {
@@ -199,6 +203,7 @@ impl Default for Limits {
             events_per_request: 10_000,
             rules_body_bytes: 256 << 10,
             body_bytes: 256 << 10,
+            lanes: 0,
         }
     }
 }
@@ -238,6 +243,9 @@ impl DoorConfig {
             if value == 0 {
                 problems.push(format!("serve.limits.{name} = 0: must be more than 0"));
             }
+        }
+        if limits.lanes >= sellable_core::lane::MOST {
+            problems.push(format!("serve.limits.lanes = {}: at most {} (0: one per core)", limits.lanes, sellable_core::lane::MOST - 1));
         }
         if self.hosts.is_empty() {
             problems.push("serve.hosts is empty: no request could be answered (\"*\" takes any host)".to_string());
@@ -489,9 +497,115 @@ pub async fn serve_connections(
     limits: &Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    accept(listener, router, slots, Duration::from_millis(limits.header_timeout_ms), shutdown).await
+}
+
+/// The lanes [`Limits::lanes`] asks for: one per core when it is 0.
+pub fn lane_count(limits: &Limits) -> usize {
+    match limits.lanes {
+        0 => std::thread::available_parallelism().map_or(1, usize::from).min(sellable_core::lane::MOST - 1),
+        lanes => lanes,
+    }
+}
+
+/// `lanes` listening sockets on `address`, all on one port (`SO_REUSEPORT`: the kernel spreads
+/// new connections among them), for [`serve_lanes`]; port 0 takes a free one for all. Called
+/// within a tokio runtime.
+pub fn bind_lanes(address: std::net::SocketAddr, lanes: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    // a port another process listens on is refused here, as a plain bind refuses it: with
+    // SO_REUSEPORT alone, two servers of one user would share it
+    if address.port() != 0 {
+        drop(std::net::TcpListener::bind(address)?);
+    }
+    let mut address = address;
+    let mut listeners = Vec::with_capacity(lanes);
+    for _ in 0..lanes.max(1) {
+        let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(address)?;
+        address = socket.local_addr()?;
+        // registered with this runtime to listen, then let go of for the lane's runtime
+        listeners.push(socket.listen(1024)?.into_std()?);
+    }
+    Ok(listeners)
+}
+
+/// Serves `router` on `listeners` ([`bind_lanes`]), each in a lane of its own
+/// ([`sellable_core::lane`]): a thread with a single-threaded runtime that accepts its
+/// connections and reads, decides and answers their requests, as [`serve_connections`] does, with
+/// at most [`Limits::max_connections`] connections over all lanes. Returns once `shutdown`
+/// resolves and every lane has finished its requests in flight, or once a lane fails (the others
+/// are stopped first).
+pub async fn serve_lanes(
+    listeners: Vec<std::net::TcpListener>,
+    router: axum::Router,
+    limits: &Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let header_timeout = Duration::from_millis(limits.header_timeout_ms);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (ended, mut ends) = tokio::sync::mpsc::unbounded_channel();
+    let lanes = listeners.len();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (router, slots, mut stopped, ended) = (router.clone(), slots.clone(), stopped.clone(), ended.clone());
+        let lane = index + 1;
+        let started = std::thread::Builder::new().name(format!("lane-{lane}")).stack_size(8 << 20).spawn(move || {
+            sellable_core::lane::enter(lane);
+            let served = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    let stopped = async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    };
+                    accept(listener, router, slots, header_timeout, stopped).await
+                })
+            });
+            let _ = ended.send((lane, served));
+        });
+        if let Err(error) = started {
+            let _ = stop.send(true);
+            return Err(error);
+        }
+    }
+    drop(ended);
+    tokio::pin!(shutdown);
+    let mut result = Ok(());
+    let mut left = lanes;
+    tokio::select! {
+        () = &mut shutdown => {}
+        Some((lane, served)) = ends.recv() => {
+            left -= 1;
+            result = served.map_err(|error| std::io::Error::other(format!("lane {lane}: {error}")));
+        }
+    }
+    let _ = stop.send(true);
+    while left > 0 {
+        match ends.recv().await {
+            Some((lane, served)) => {
+                left -= 1;
+                if let (Ok(()), Err(error)) = (&result, served) {
+                    result = Err(std::io::Error::other(format!("lane {lane}: {error}")));
+                }
+            }
+            None => return Err(std::io::Error::other("a lane ended without saying how (it panicked)")),
+        }
+    }
+    result
+}
+
+/// The connection loop of [`serve_connections`] and of each lane of [`serve_lanes`], taking a
+/// place among `slots` per connection.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    slots: Arc<tokio::sync::Semaphore>,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sellable_core::holds::{Held, HoldStore};
+use sellable_core::lane;
 use sellable_core::{SkuRead, SkuRow};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -38,23 +39,23 @@ struct Ask {
     reply: oneshot::Sender<Got>,
 }
 
-/// The gatherer of a server; its task starts with the first read (in the server's runtime) and
-/// ends with the server.
+/// The gatherers of a server, one per lane ([`sellable_core::lane`]): a lane's task starts with
+/// the lane's first read, in the lane's runtime, and ends with it.
 pub(crate) struct Gather {
-    asks: OnceLock<mpsc::UnboundedSender<Ask>>,
+    asks: [OnceLock<mpsc::UnboundedSender<Ask>>; lane::MOST],
     /// Requests per gathered read.
     sizes: prometheus::Histogram,
 }
 
 impl Gather {
     pub(crate) fn new(sizes: prometheus::Histogram) -> Gather {
-        Gather { asks: OnceLock::new(), sizes }
+        Gather { asks: std::array::from_fn(|_| OnceLock::new()), sizes }
     }
 
     /// Reads `sku` from `epoch`'s store (and its holds from `store`, when `holds`), gathered
     /// with the reads other requests ask for meanwhile, within `timeout` from now.
     pub(crate) async fn read(&self, store: Option<&Arc<dyn HoldStore>>, timeout: Duration, epoch: Arc<Epoch>, sku: &str, holds: bool) -> Got {
-        let asks = self.asks.get_or_init(|| {
+        let asks = self.asks[lane::place()].get_or_init(|| {
             let (asks, asked) = mpsc::unbounded_channel();
             tokio::spawn(run(asked, store.cloned(), timeout, self.sizes.clone()));
             asks

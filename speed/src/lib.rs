@@ -645,6 +645,29 @@ return 1
 pub enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// One server, a connection per lane ([`sellable_core::lane`]), each made at the lane's first
+    /// command, in the lane's runtime: a request's command goes out and its reply comes back on
+    /// the thread that asked.
+    Lanes(Arc<Lanes>),
+}
+
+/// The connections of [`Connection::Lanes`].
+pub struct Lanes {
+    client: redis::Client,
+    config: redis::aio::ConnectionManagerConfig,
+    made: [std::sync::OnceLock<ConnectionManager>; sellable_core::lane::MOST],
+}
+
+impl Lanes {
+    /// This lane's connection (made now if it is the lane's first command).
+    fn here(&self) -> redis::RedisResult<ConnectionManager> {
+        let place = &self.made[sellable_core::lane::place()];
+        if let Some(made) = place.get() {
+            return Ok(made.clone());
+        }
+        let made = ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+        Ok(place.get_or_init(|| made).clone())
+    }
 }
 
 impl Connection {
@@ -659,14 +682,14 @@ impl Connection {
         }
     }
 
-    /// One server, connected at the first command.
+    /// One server, connected at each lane's first command.
     pub(crate) fn open_lazy(url: &str) -> Result<Connection, SpeedError> {
         let error = |source| SpeedError::Redis { url: url.to_string(), source };
         let client = redis::Client::open(url).map_err(error)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
             .set_number_of_retries(1);
-        Ok(Connection::Single(ConnectionManager::new_lazy_with_config(client, config).map_err(error)?))
+        Ok(Connection::Lanes(Arc::new(Lanes { client, config, made: std::array::from_fn(|_| std::sync::OnceLock::new()) })))
     }
 
     fn is_cluster(&self) -> bool {
@@ -702,6 +725,13 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Connection::Single(connection) => connection.req_packed_command(cmd),
             Connection::Cluster(connection) => connection.req_packed_command(cmd),
+            Connection::Lanes(lanes) => {
+                let here = lanes.here();
+                Box::pin(async move {
+                    let mut here = here?;
+                    here.req_packed_command(cmd).await
+                })
+            }
         }
     }
 
@@ -714,6 +744,13 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Connection::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
             Connection::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Connection::Lanes(lanes) => {
+                let here = lanes.here();
+                Box::pin(async move {
+                    let mut here = here?;
+                    here.req_packed_commands(pipeline, offset, count).await
+                })
+            }
         }
     }
 
@@ -721,6 +758,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Connection::Single(connection) => connection.get_db(),
             Connection::Cluster(connection) => connection.get_db(),
+            Connection::Lanes(lanes) => lanes.client.get_connection_info().redis_settings().db(),
         }
     }
 }

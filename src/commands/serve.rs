@@ -192,9 +192,10 @@ pub async fn serve(serving: Arc<Serving>, front: Front) -> Result<()> {
     // Node watermarks (how far behind each feed is) and the trust in the speed view refresh
     // every second.
     serving.clone().spawn_refresh(std::time::Duration::from_secs(1));
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
-    let address = listener.local_addr()?;
-    eprintln!("serve: listening on http://{address} ({})", serving.epoch().batch.version);
+    let lanes = sellable_serving::door::lane_count(door.limits());
+    let listeners = sellable_serving::door::bind_lanes(listen, lanes).with_context(|| format!("listening on {listen}"))?;
+    let address = listeners[0].local_addr()?;
+    eprintln!("serve: listening on http://{address} ({}; {lanes} lanes)", serving.epoch().batch.version);
     if let Some(key) = &made {
         eprintln!("serve: no API keys are configured, so this process made one with every scope, valid until it stops (`sellable keys new` makes lasting ones):\n\n  Authorization: Bearer {key}\n");
     }
@@ -226,7 +227,7 @@ pub async fn serve(serving: Arc<Serving>, front: Front) -> Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("serve: stopping");
     };
-    let served = sellable_serving::door::serve_connections(listener, router, &limits, shutdown).await.context("serving");
+    let served = sellable_serving::door::serve_lanes(listeners, router, &limits, shutdown).await.context("serving");
     let _ = stop_flight.send(true);
     // what the decision log holds goes to the lake, or stays in its spill directory for the next start
     if let Some(log) = serving.decisions() {

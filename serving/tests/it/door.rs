@@ -34,15 +34,45 @@ impl Keys {
     }
 }
 
-/// Serves `serving` behind the door of `config` with the connection loop of `sellable serve`.
+/// Serves `serving` behind the door of `config` with the connection loop of `sellable serve`, in
+/// two lanes.
 async fn serve_guarded(serving: Arc<Serving>, config: &DoorConfig) -> String {
     let door = Arc::new(serving.door(config).unwrap());
     let limits = door.limits().clone();
     let router = serving.guarded(door);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { door::serve_connections(listener, router, &limits, std::future::pending()).await.unwrap() });
+    let listeners = door::bind_lanes("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+    let address = listeners[0].local_addr().unwrap();
+    tokio::spawn(async move { door::serve_lanes(listeners, router, &limits, std::future::pending()).await.unwrap() });
     format!("http://{address}")
+}
+
+/// The lanes of `sellable serve` listen on one port and share its connections: each request is
+/// answered on a lane's thread, and both lanes answer some. Asked to stop, the server ends and
+/// the port is closed. A second server on the port is refused.
+#[tokio::test]
+async fn lanes_share_one_port_and_stop_when_asked() {
+    let router = axum::Router::new().route("/lane", axum::routing::get(|| async { sellable_core::lane::current().to_string() }));
+    let listeners = door::bind_lanes("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+    let address = listeners[0].local_addr().unwrap();
+    assert!(listeners.iter().all(|listener| listener.local_addr().unwrap() == address));
+    assert!(door::bind_lanes(address, 2).is_err(), "a port in use is refused, not shared");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        door::serve_lanes(listeners, router, &Limits::default(), stopped).await
+    });
+    let mut lanes = std::collections::BTreeSet::new();
+    for _ in 0..32 {
+        // a client of its own: a connection of its own
+        let response = reqwest::Client::new().get(format!("http://{address}/lane")).send().await.unwrap();
+        lanes.insert(response.text().await.unwrap());
+    }
+    assert_eq!(lanes.into_iter().collect::<Vec<_>>(), ["1", "2"], "32 connections, two lanes, each answering some");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server).await.expect("the lanes stop").unwrap().unwrap();
+    assert!(tokio::net::TcpStream::connect(address).await.is_err(), "no lane listens after the stop");
 }
 
 fn plain_serving() -> Arc<Serving> {
