@@ -16,10 +16,10 @@
 //! 6. an answer within the route's time ([`Limits::read_timeout_ms`] and the others): 503 with
 //!    `Retry-After` past it, the handler dropped.
 //!
-//! Bodies are bounded per route by the router ([`body_limit`]). Under all this,
-//! [`serve_connections`] caps the open connections and closes those that send no complete header
-//! within [`Limits::header_timeout_ms`] (an idle keep-alive connection included); [`serve_lanes`]
-//! does the same on one thread per core, each with a listening socket of its own.
+//! Bodies are bounded per route by the router ([`body_limit`]). Under all this, [`serve_lanes`]
+//! answers on one thread per core, each with a listening socket of its own, caps the open
+//! connections and closes those that send no complete header within
+//! [`Limits::header_timeout_ms`] (an idle keep-alive connection included).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -486,21 +486,6 @@ pub async fn guard(State(door): State<Arc<Door>>, request: Request, next: Next) 
     }
 }
 
-/// Accepts connections on `listener` and serves `router` on each (HTTP/1.1) until `shutdown`
-/// resolves: at most [`Limits::max_connections`] at once (past it, new ones wait in the listen
-/// backlog), each closed when a request's header is not complete within
-/// [`Limits::header_timeout_ms`] (idle keep-alive connections included). After `shutdown`, the
-/// connections open finish their requests in flight.
-pub async fn serve_connections(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    limits: &Limits,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    accept(listener, router, slots, Duration::from_millis(limits.header_timeout_ms), shutdown).await
-}
-
 /// The lanes [`Limits::lanes`] asks for: one per core when it is 0.
 pub fn lane_count(limits: &Limits) -> usize {
     match limits.lanes {
@@ -532,12 +517,14 @@ pub fn bind_lanes(address: std::net::SocketAddr, lanes: usize) -> std::io::Resul
     Ok(listeners)
 }
 
-/// Serves `router` on `listeners` ([`bind_lanes`]), each in a lane of its own
+/// Serves `router` (HTTP/1.1) on `listeners` ([`bind_lanes`]), each in a lane of its own
 /// ([`sellable_core::lane`]): a thread with a single-threaded runtime that accepts its
-/// connections and reads, decides and answers their requests, as [`serve_connections`] does, with
-/// at most [`Limits::max_connections`] connections over all lanes. Returns once `shutdown`
+/// connections and reads, decides and answers their requests. At most
+/// [`Limits::max_connections`] connections are open over all lanes (past it, new ones wait in the
+/// listen backlog), each closed when a request's header is not complete within
+/// [`Limits::header_timeout_ms`] (idle keep-alive connections included). Returns once `shutdown`
 /// resolves and every lane has finished its requests in flight, or once a lane fails (the others
-/// are stopped first).
+/// are stopped first and finish theirs).
 pub async fn serve_lanes(
     listeners: Vec<std::net::TcpListener>,
     router: axum::Router,
@@ -552,6 +539,7 @@ pub async fn serve_lanes(
     for (index, listener) in listeners.into_iter().enumerate() {
         let (router, slots, mut stopped, ended) = (router.clone(), slots.clone(), stopped.clone(), ended.clone());
         let lane = index + 1;
+        // the stack the main runtime's threads have, which answered requests before lanes did
         let started = std::thread::Builder::new().name(format!("lane-{lane}")).stack_size(8 << 20).spawn(move || {
             sellable_core::lane::enter(lane);
             let served = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
@@ -571,33 +559,28 @@ pub async fn serve_lanes(
         }
     }
     drop(ended);
-    tokio::pin!(shutdown);
-    let mut result = Ok(());
-    let mut left = lanes;
-    tokio::select! {
-        () = &mut shutdown => {}
-        Some((lane, served)) = ends.recv() => {
-            left -= 1;
-            result = served.map_err(|error| std::io::Error::other(format!("lane {lane}: {error}")));
-        }
-    }
+    // a lane that ends before the shutdown stops the others
+    let mut first = tokio::select! {
+        () = shutdown => None,
+        Some(end) = ends.recv() => Some(end),
+    };
     let _ = stop.send(true);
-    while left > 0 {
-        match ends.recv().await {
-            Some((lane, served)) => {
-                left -= 1;
-                if let (Ok(()), Err(error)) = (&result, served) {
-                    result = Err(std::io::Error::other(format!("lane {lane}: {error}")));
-                }
-            }
-            None => return Err(std::io::Error::other("a lane ended without saying how (it panicked)")),
+    let mut result = Ok(());
+    for _ in 0..lanes {
+        let end = match first.take() {
+            Some(end) => Some(end),
+            None => ends.recv().await,
+        };
+        let Some((lane, served)) = end else { return Err(std::io::Error::other("a lane ended without saying how (it panicked)")) };
+        if let (Ok(()), Err(error)) = (&result, served) {
+            result = Err(std::io::Error::other(format!("lane {lane}: {error}")));
         }
     }
     result
 }
 
-/// The connection loop of [`serve_connections`] and of each lane of [`serve_lanes`], taking a
-/// place among `slots` per connection.
+/// The connection loop of each lane of [`serve_lanes`], taking a place among `slots` per
+/// connection.
 async fn accept(
     listener: tokio::net::TcpListener,
     router: axum::Router,
