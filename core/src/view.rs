@@ -272,7 +272,7 @@ pub async fn read_each<S: SpeedSource + ?Sized>(source: &S, skus: &[&str]) -> Re
 /// [`NodeState::merge`]).
 pub fn merge_views<'a>(
     batch: impl IntoIterator<Item = (&'a str, &'a NodeState)>,
-    speed: &'a [(String, NodeState)],
+    speed: impl IntoIterator<Item = &'a (String, NodeState)>,
 ) -> BTreeMap<&'a str, std::borrow::Cow<'a, NodeState>> {
     use std::borrow::Cow;
     // a node only one view has is that view's state, borrowed, not copied

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sellable_core::holds::{Held, HoldStore};
 use sellable_core::lane;
-use sellable_core::{SkuRead, SkuRow};
+use sellable_core::SkuRead;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{grading, Epoch};
@@ -110,11 +110,12 @@ async fn answer(mut asks: Vec<Ask>, store: Option<&Arc<dyn HoldStore>>, timeout:
         held_skus.sort_unstable();
         held_skus.dedup();
         let (reads, held) = read_together(&epoch, store, timeout, &skus, &held_skus).await;
+        let indexes: Vec<usize> = these.iter().map(|ask| skus.binary_search(&ask.sku.as_str()).expect("every SKU asked is read")).collect();
+        let reads = handed_out(reads, &indexes);
         let got: Vec<Got> = these
             .iter()
-            .map(|ask| {
-                let index = skus.binary_search(&ask.sku.as_str()).expect("every SKU asked is read");
-                let read = reads.as_ref().map(|reads| reads[index].clone()).map_err(Clone::clone);
+            .zip(reads)
+            .map(|(ask, read)| {
                 let held = match (&held, ask.holds) {
                     (_, false) => Ok(Vec::new()),
                     (Ok(held), true) => Ok(held_skus.binary_search(&ask.sku.as_str()).map(|index| held[index].clone()).unwrap_or_default()),
@@ -130,6 +131,26 @@ async fn answer(mut asks: Vec<Ask>, store: Option<&Arc<dyn HoldStore>>, timeout:
     }
 }
 
+/// The value of `values` each of `uses` (indexes into it) asks for, in order, or the error
+/// for each: a value is moved at its last use, cloned before it (a SKU asked more than once).
+pub(crate) fn handed_out<T: Clone>(values: Result<Vec<T>, String>, uses: &[usize]) -> Vec<Result<T, String>> {
+    let mut values: Vec<Option<T>> = match values {
+        Ok(values) => values.into_iter().map(Some).collect(),
+        Err(why) => return vec![Err(why); uses.len()],
+    };
+    let mut last = vec![usize::MAX; values.len()];
+    for (at, index) in uses.iter().enumerate() {
+        last[*index] = at;
+    }
+    uses.iter()
+        .enumerate()
+        .map(|(at, index)| {
+            let value = if last[*index] == at { values[*index].take() } else { values[*index].clone() };
+            Ok(value.expect("a value is moved only at its last use"))
+        })
+        .collect()
+}
+
 /// `skus` read from `epoch`'s store in one call (their rows only where the epoch has not read
 /// them before) and the live holds of `held_skus` from `store` in another, at the same time,
 /// each within `timeout` (no holds without a store or SKUs to ask for).
@@ -140,7 +161,7 @@ pub(crate) async fn read_together(
     skus: &[&str],
     held_skus: &[&str],
 ) -> (Result<Vec<SkuRead>, String>, Result<Vec<Held>, String>) {
-    let known: Vec<Option<Arc<SkuRow>>> = skus.iter().map(|sku| epoch.row(sku)).collect();
+    let known = epoch.rows_of(skus);
     let have: Vec<bool> = known.iter().map(Option::is_some).collect();
     let holds = async {
         match store {
@@ -150,6 +171,8 @@ pub(crate) async fn read_together(
     };
     let (reads, held) = tokio::join!(grading::within(timeout, epoch.speed.sku_reads_having(skus, &have)), holds);
     let reads = reads.map(|reads| {
+        // the rows not read before in this epoch are kept for the next reads
+        epoch.remember(skus.iter().zip(&reads).zip(&known).filter(|(_, known)| known.is_none()).filter_map(|((sku, read), _)| Some((*sku, read.row.as_ref()?))));
         reads
             .into_iter()
             .zip(known)
@@ -157,4 +180,17 @@ pub(crate) async fn read_together(
             .collect()
     });
     (reads, held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::handed_out;
+
+    #[test]
+    fn each_use_gets_its_value_in_order_and_an_error_reaches_every_use() {
+        let values = Ok(vec!["a".to_string(), "b".to_string(), "c".to_string()]);
+        assert_eq!(handed_out(values, &[2, 0, 2, 1, 2]), ["c", "a", "c", "b", "c"].map(|v| Ok(v.to_string())));
+        assert_eq!(handed_out(Ok(vec![1, 2]), &[]), Vec::<Result<i32, String>>::new());
+        assert_eq!(handed_out::<i32>(Err("away".to_string()), &[0, 0]), vec![Err("away".to_string()); 2]);
+    }
 }

@@ -97,18 +97,30 @@ impl Epoch {
         self.rows.lock().expect("epoch rows lock poisoned; this is a bug")
     }
 
-    /// Keeps `row` among the rows read lately (past [`HOT_ROWS`] of them, it starts again empty:
-    /// the rows let go are freed by a thread of their own, not by the request, nor under the lock
-    /// other requests wait for).
-    fn remember(&self, sku: &str, row: &Arc<SkuRow>) {
-        let mut rows = self.rows();
-        if rows.get(sku).is_some_and(|kept| Arc::ptr_eq(kept, row)) {
+    /// The rows of `skus` read lately in this epoch (`None` where not), under one lock.
+    pub(crate) fn rows_of(&self, skus: &[&str]) -> Vec<Option<Arc<SkuRow>>> {
+        let rows = self.rows();
+        skus.iter().map(|sku| rows.get(*sku).cloned()).collect()
+    }
+
+    /// Keeps `read`, rows just read from the store, among the rows read lately (past
+    /// [`HOT_ROWS`] of them, it starts again empty: the rows let go are freed by a thread of their
+    /// own, not by the request, nor under the lock other requests wait for).
+    fn remember<'a>(&self, read: impl IntoIterator<Item = (&'a str, &'a Arc<SkuRow>)>) {
+        let mut read = read.into_iter().peekable();
+        if read.peek().is_none() {
             return;
         }
-        let let_go = (rows.len() >= HOT_ROWS).then(|| std::mem::replace(&mut *rows, HashMap::with_capacity(HOT_ROWS)));
-        rows.insert(sku.to_string(), row.clone());
+        let mut rows = self.rows();
+        let mut let_go = Vec::new();
+        for (sku, row) in read {
+            if rows.len() >= HOT_ROWS {
+                let_go.push(std::mem::replace(&mut *rows, HashMap::with_capacity(HOT_ROWS)));
+            }
+            rows.insert(sku.to_string(), row.clone());
+        }
         drop(rows);
-        if let Some(let_go) = let_go {
+        if !let_go.is_empty() {
             // freeing tens of thousands of rows takes milliseconds
             std::thread::spawn(move || drop(let_go));
         }
@@ -500,14 +512,19 @@ impl Serving {
         let distrust = self.speed_distrust();
         let skus: Vec<&str> = items.iter().map(|(sku, _, _)| sku.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         let (reads, held) = gather::read_together(&epoch, self.holds.as_ref(), self.limits.speed_timeout, &skus, &skus).await;
+        let indexes: Vec<usize> = items.iter().map(|(sku, _, _)| skus.binary_search(&sku.as_str()).expect("every item's SKU is read")).collect();
+        // no store of holds: none held
+        let held = held.map(|mut held| {
+            held.resize(skus.len(), Vec::new());
+            held
+        });
         items
             .iter()
-            .map(|(sku, region, qty)| {
+            .zip(gather::handed_out(reads, &indexes))
+            .zip(gather::handed_out(held, &indexes))
+            .map(|(((sku, region, qty), read), held)| {
                 self.known_region(region)?;
-                let index = skus.binary_search(&sku.as_str()).expect("every item's SKU is read");
-                let read = reads.as_ref().map(|reads| reads[index].clone()).map_err(Clone::clone);
                 let view = self.judge(&epoch, sku, distrust.clone(), read)?;
-                let held = held.as_ref().map(|held| held.get(index).cloned().unwrap_or_default()).map_err(Clone::clone);
                 Ok(self.decide_read(&epoch, &|node| self.watermark(node), sku, region, None, *qty, None, now, view, held)?.0)
             })
             .collect()
@@ -591,12 +608,10 @@ impl Serving {
             }
         };
         margin += self.grade_batch_age(&epoch.batch, speed.is_some(), now, &mut grading);
-        let merged = merge_views(row.states(), speed.as_deref().unwrap_or(&[]));
-        let in_region: Vec<(&NodeInfo, &NodeState)> = merged
-            .iter()
-            .filter(|(node, _)| serving_region.contains(**node) && only.is_none_or(|only| only == **node))
-            .filter_map(|(node, state)| Some((self.nodes.get(*node)?, &**state)))
-            .collect();
+        // only the nodes that may serve the order are merged
+        let serves = |node: &str| serving_region.contains(node) && only.is_none_or(|only| only == node);
+        let merged = merge_views(row.states().filter(|(node, _)| serves(node)), speed.as_deref().unwrap_or(&[]).iter().filter(|(node, _)| serves(node)));
+        let in_region: Vec<(&NodeInfo, &NodeState)> = merged.iter().filter_map(|(node, state)| Some((self.nodes.get(*node)?, &**state))).collect();
         let newest = in_region.iter().filter_map(|(_, state)| state.last_arrived).max();
 
         // Per node: the model scores, then the rules run last, on top of the score.
@@ -604,7 +619,9 @@ impl Serving {
         let mut rules_fired = Vec::new();
         let mut node_reasons = Vec::new();
         let mut units = Vec::with_capacity(in_region.len());
-        let mut scores = HashMap::new();
+        // (node, p_fulfill) of the nodes scored: a few per SKU, looked up by a scan
+        let mut scores: Vec<(&str, f64)> = Vec::with_capacity(in_region.len());
+        let score = |scores: &[(&str, f64)], node: &str| scores.iter().find(|(scored, _)| *scored == node).map(|(_, p)| *p);
         for (info, state) in &in_region {
             let _node = tracing::debug_span!("node", node = %info.node).entered();
             // A node whose feed is beyond its SLA may hold phantom stock: promise nothing from it.
@@ -635,7 +652,7 @@ impl Serving {
                 }
             }
             if let Some(p) = facts.p_fulfill {
-                scores.insert(info.node.clone(), p);
+                scores.push((&info.node, p));
             }
             let decision = self.decide_at_node(ruleset.as_deref(), model.as_deref(), Some(&row.info), region, qty, info, &facts);
             node_reasons.extend(decision.reasons);
@@ -644,7 +661,7 @@ impl Serving {
         }
         let mut promisable = units.clone();
         promisable.sort_by(|(a, units_a), (b, units_b)| {
-            let (p_a, p_b) = (scores.get(a).copied().unwrap_or(0.0), scores.get(b).copied().unwrap_or(0.0));
+            let (p_a, p_b) = (score(&scores, a).unwrap_or(0.0), score(&scores, b).unwrap_or(0.0));
             p_b.total_cmp(&p_a).then(units_b.cmp(units_a)).then(a.cmp(b))
         });
         for (node, units) in &mut units {
@@ -660,7 +677,7 @@ impl Serving {
         let mut options: Vec<OptionJson> = decision
             .options
             .into_iter()
-            .map(|option| OptionJson { p_fulfill: scores.get(&option.node).copied(), node: option.node, units: option.units })
+            .map(|option| OptionJson { p_fulfill: score(&scores, &option.node), node: option.node, units: option.units })
             .collect();
         options.sort_by(|a, b| b.p_fulfill.unwrap_or(0.0).total_cmp(&a.p_fulfill.unwrap_or(0.0)).then(b.units.cmp(&a.units)).then(a.node.cmp(&b.node)));
         let plan = match decision.verdict {
@@ -730,10 +747,7 @@ impl Serving {
     fn judge(&self, epoch: &Epoch, sku: &str, distrust: Option<String>, read: Result<sellable_core::SkuRead, String>) -> Result<SkuView, ApiError> {
         let problem = match read {
             Ok(read) => match (distrust.or_else(|| grading::distrust(read.caught_up, epoch.batch.asof)), read.row) {
-                (None, Some(row)) => {
-                    epoch.remember(sku, &row);
-                    return Ok(SkuView::Row(row, Ok(read.speed)));
-                }
+                (None, Some(row)) => return Ok(SkuView::Row(row, Ok(read.speed))),
                 (None, None) => return Err(ApiError::UnknownSku(sku.to_string())),
                 (Some(reason), Some(row)) => return Ok(SkuView::Row(row, Err(reason))),
                 (Some(reason), None) => reason,
