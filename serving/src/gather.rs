@@ -171,8 +171,13 @@ pub(crate) async fn read_together(
     };
     let (reads, held) = tokio::join!(grading::within(timeout, epoch.speed.sku_reads_having(skus, &have)), holds);
     let reads = reads.map(|reads| {
-        // the rows not read before in this epoch are kept for the next reads
-        epoch.remember(skus.iter().zip(&reads).zip(&known).filter(|(_, known)| known.is_none()).filter_map(|((sku, read), _)| Some((*sku, read.row.as_ref()?))));
+        // the rows not read before in this epoch are kept for the next reads, where the store
+        // says it holds this epoch (caught up from its cutoff): a row of another batch view
+        // answers once, conservatively, and is not kept
+        let this_epoch = |read: &SkuRead| grading::distrust(read.caught_up, epoch.batch.asof).is_none();
+        epoch.remember(
+            skus.iter().zip(&reads).zip(&known).filter(|((_, read), known)| known.is_none() && this_epoch(read)).filter_map(|((sku, read), _)| Some((*sku, read.row.as_ref()?))),
+        );
         reads
             .into_iter()
             .zip(known)

@@ -687,6 +687,16 @@ async fn an_epoch_reads_a_skus_row_once_and_a_new_epoch_again() {
     serving.swap_epoch(test_batch().0.meta(), store.clone());
     assert_eq!(json(serving.availability("SKU-1", "DE", 2, CUTOFF).await.unwrap()), first);
     assert_eq!(store.rows_sent.load(Ordering::SeqCst), 2, "the new epoch reads the row again");
+
+    // a store caught up from another cutoff holds another batch view: its row answers, but is
+    // not kept as this epoch's, and each read asks for it again
+    let other = Arc::new(FakeSpeed::new(Mode::OtherCutoff, None));
+    let serving = serving_over(other.clone(), 60_000, Arc::new(RuleBook::empty(Schema::standard()))).with_clock(Clock::Fixed(CUTOFF));
+    for _ in 0..3 {
+        let answer = serving.availability("SKU-1", "DE", 2, CUTOFF).await.unwrap();
+        assert_eq!(answer.grade, sellable_core::Grade::Conservative, "{answer:?}");
+    }
+    assert_eq!(other.rows_sent.load(Ordering::SeqCst), 3, "the row of another batch view is read each time");
 }
 
 #[tokio::test]
