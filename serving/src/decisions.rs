@@ -22,6 +22,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,20 +71,38 @@ impl DecisionLogConfig {
     }
 }
 
-/// What a request hands the log: a record, or an answer the log's thread makes one of (its JSON
-/// is encoded there, off the request).
+/// What a request hands the log: a record, or answers the log's thread makes records of (their
+/// JSON is encoded there, off the request). A batch's answers go as one entry: one hand-over
+/// for the request, not one per item.
 pub enum Entry {
     Answer { kind: &'static str, request_id: String, at: Millis, answer: Box<Availability> },
+    Answers { kind: &'static str, request_id: String, at: Millis, answers: Vec<Availability> },
     Record(Box<DecisionRecord>),
 }
 
 impl Entry {
-    /// Appends the entry to `out` as one line of a segment: a [`DecisionRecord`], its lists
-    /// (reasons, options, rules fired) as JSON values, so that nothing is escaped twice to write
-    /// them or unescaped to read them back ([`read_segment`]).
-    fn write_line(&self, out: &mut Vec<u8>) {
+    /// The records the entry holds.
+    fn records(&self) -> usize {
+        match self {
+            Entry::Answers { answers, .. } => answers.len(),
+            Entry::Answer { .. } | Entry::Record(_) => 1,
+        }
+    }
+
+    /// Appends the entry to `out` as lines of a segment, one per record: a [`DecisionRecord`], its
+    /// lists (reasons, options, rules fired) as JSON values, so that nothing is escaped twice to
+    /// write them or unescaped to read them back ([`read_segment`]).
+    fn write_lines(&self, out: &mut Vec<u8>) {
         match self {
             Entry::Answer { kind, request_id, at, answer } => crate::encode::line(out, *at, request_id, kind, answer),
+            Entry::Answers { kind, request_id, at, answers } => {
+                for (index, answer) in answers.iter().enumerate() {
+                    if index > 0 {
+                        out.push(b'\n');
+                    }
+                    crate::encode::line(out, *at, request_id, kind, answer);
+                }
+            }
             Entry::Record(record) => serde_json::to_writer(&mut *out, record).expect("a decision record serialises"),
         }
         out.push(b'\n');
@@ -124,6 +143,9 @@ impl Counters {
 pub struct DecisionLog {
     config: DecisionLogConfig,
     sender: Mutex<Option<mpsc::SyncSender<Entry>>>,
+    /// Records in the queue: it holds at most [`DecisionLogConfig::queue`] records, however
+    /// they are grouped into entries.
+    queued: Arc<AtomicUsize>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     uploader: Mutex<Option<std::thread::JoinHandle<()>>>,
     stop: tokio::sync::Notify,
@@ -177,14 +199,16 @@ impl DecisionLog {
         let last = segments(dir)?.last().map_or(0, |(number, _, _)| *number);
         let (sender, receiver) = mpsc::sync_channel(config.queue);
         let counters = Counters::new();
+        let queued = Arc::new(AtomicUsize::new(0));
         let writer = {
-            let (dir, segment_ms) = (dir.to_path_buf(), Duration::from_millis(config.segment_ms));
+            let (dir, segment_ms, queued) = (dir.to_path_buf(), Duration::from_millis(config.segment_ms), queued.clone());
             // at the requests' priority: it must keep up with them, or the queue fills
-            std::thread::Builder::new().name("decision-log".into()).spawn(move || write_segments(&dir, receiver, last, segment_ms))?
+            std::thread::Builder::new().name("decision-log".into()).spawn(move || write_segments(&dir, receiver, &queued, last, segment_ms))?
         };
         let log = Arc::new(DecisionLog {
             config,
             sender: Mutex::new(Some(sender)),
+            queued,
             writer: Mutex::new(Some(writer)),
             uploader: Mutex::new(None),
             stop: tokio::sync::Notify::new(),
@@ -217,15 +241,22 @@ impl DecisionLog {
         self.config.sample >= 1.0 || rand::random::<f64>() < self.config.sample
     }
 
-    /// Hands `record` to the log; never waits. Counted as lost if the queue is full or the log
-    /// is closed.
-    pub fn record(&self, record: Entry) {
+    /// Hands `entry` to the log; never waits. Its records are counted as lost if the queue has
+    /// no room for them all or the log is closed.
+    pub fn record(&self, entry: Entry) {
+        let records = entry.records();
+        if records == 0 {
+            return;
+        }
+        let room = self.queued.fetch_add(records, Ordering::Relaxed) + records <= self.config.queue;
         let sender = self.sender.lock().expect("decision log lock poisoned; this is a bug");
-        let kept = sender.as_ref().is_some_and(|sender| sender.try_send(record).is_ok());
+        let kept = room && sender.as_ref().is_some_and(|sender| sender.try_send(entry).is_ok());
+        drop(sender);
         if kept {
-            self.counters.recorded.inc();
+            self.counters.recorded.inc_by(records as u64);
         } else {
-            self.counters.lost.inc();
+            self.queued.fetch_sub(records, Ordering::Relaxed);
+            self.counters.lost.inc_by(records as u64);
         }
     }
 
@@ -336,9 +367,9 @@ async fn upload_loop(log: Arc<DecisionLog>) {
 const WRITER_NAP: Duration = Duration::from_millis(10);
 
 /// The writer thread: records into segment files, flushed every 100 ms, a segment closed every
-/// `segment_ms` (and at the end). Numbers grow from `last` and from the clock, so a segment is
+/// `segment_ms` (and at the end); `queued` counts down the records taken off the queue. Numbers grow from `last` and from the clock, so a segment is
 /// never numbered at or below one the store holds.
-fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, last: u64, segment_ms: Duration) {
+fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, queued: &AtomicUsize, last: u64, segment_ms: Duration) {
     let number = |previous: u64| previous.max(now_millis() as u64 * 1_000) + 1;
     let mut current: Option<(u64, std::io::BufWriter<std::fs::File>, Instant)> = None;
     let mut previous = last;
@@ -358,6 +389,7 @@ fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, last: u64, segmen
         }
         match received {
             Ok(record) => {
+                queued.fetch_sub(record.records(), Ordering::Relaxed);
                 if current.is_none() {
                     previous = number(previous);
                     match std::fs::File::create(segment_path(dir, previous, true)) {
@@ -370,7 +402,7 @@ fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, last: u64, segmen
                 }
                 let (_, file, _) = current.as_mut().expect("opened above");
                 line.clear();
-                record.write_line(&mut line);
+                record.write_lines(&mut line);
                 if let Err(error) = file.write_all(&line) {
                     tracing::error!(%error, "writing the decision log failed");
                 }
@@ -418,8 +450,8 @@ mod tests {
         // (lists as text holding JSON)
         let (now, not_json, before) = (record("r1", r#"[{"node":"N-1","units":2}]"#), record("r2", "not JSON"), record("r3", r#"[{"node":"N-2","units":1}]"#));
         let mut lines = Vec::new();
-        Entry::Record(Box::new(now.clone())).write_line(&mut lines);
-        Entry::Record(Box::new(not_json.clone())).write_line(&mut lines);
+        Entry::Record(Box::new(now.clone())).write_lines(&mut lines);
+        Entry::Record(Box::new(not_json.clone())).write_lines(&mut lines);
         let mut file = std::fs::File::create(&path).unwrap();
         file.write_all(&lines).unwrap();
         let mut as_text = serde_json::to_value(&before).unwrap();

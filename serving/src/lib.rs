@@ -163,8 +163,10 @@ impl Clock {
 /// Prometheus metrics of the server (`GET /metrics`).
 struct Metrics {
     registry: prometheus::Registry,
-    answers: prometheus::IntCounterVec,
-    grades: prometheus::IntCounterVec,
+    /// Answers by decision, in [`Verdict`]'s order, and by grade, in [`Grade`]'s: each label's
+    /// counter resolved once, not looked up per answer.
+    answers: [prometheus::IntCounter; 2],
+    grades: [prometheus::IntCounter; 4],
     degraded: prometheus::IntCounter,
     errors: prometheus::IntCounterVec,
     events: prometheus::IntCounterVec,
@@ -232,7 +234,9 @@ impl Metrics {
             registered(&registry, prometheus::GaugeVec::new(prometheus::Opts::new(name, help), &[label]))
         };
         let answers = counter("sellable_answers_total", "Availability answers, by decision", "decision");
+        let answers = [Verdict::Promise, Verdict::Deny].map(|verdict| answers.with_label_values(&[verdict.as_str()]));
         let grades = counter("sellable_answers_by_grade_total", "Availability answers, by grade", "grade");
+        let grades = [Grade::Fresh, Grade::BoundedStale, Grade::Conservative, Grade::Unavailable].map(|grade| grades.with_label_values(&[grade.as_str()]));
         let errors = counter("sellable_request_errors_total", "Requests refused, by error", "error");
         let events = counter("sellable_posted_events_total", "Events posted to /v1/events, by outcome", "outcome");
         let degraded = registered(&registry, prometheus::IntCounter::new("sellable_degraded_answers_total", "Answers marked degraded"));
@@ -1210,15 +1214,25 @@ async fn availability_batch(State(serving): State<Arc<Serving>>, id: RequestId, 
     // built as a tree first), which have room for answers of a few nodes each
     let mut body = Vec::with_capacity(16 + 768 * items.len());
     body.extend_from_slice(b"{\"answers\":[");
+    // the sampled answers go to the decision log together, once their JSON is written
+    let mut logged = Vec::with_capacity(if serving.decisions.is_some() { items.len() } else { 0 });
     for (index, ((sku, region, qty), answer)) in items.iter().zip(answers).enumerate() {
         if index > 0 {
             body.push(b',');
         }
-        if let Err(error) = serving.answered("batch", id.as_str(), sku, region, *qty, answer, &mut body) {
-            serde_json::to_writer(&mut body, &error.body()).expect("an error body serialises");
+        match serving.answered(sku, region, *qty, answer, &mut body) {
+            Ok(answer) => {
+                if serving.sampled().is_some() {
+                    logged.push(answer);
+                }
+            }
+            Err(error) => serde_json::to_writer(&mut body, &error.body()).expect("an error body serialises"),
         }
     }
     body.extend_from_slice(b"]}");
+    if let Some(log) = serving.decisions.as_deref() {
+        log.record(decisions::Entry::Answers { kind: "batch", request_id: id.as_str().to_string(), at: serving.now(), answers: logged });
+    }
     Ok(json_response(body))
 }
 
@@ -1274,7 +1288,11 @@ async fn availability(
     let budget = params.oversell_budget.as_deref().map(parse_budget).transpose()?;
     let answer = serving.availability_within(&sku, region, qty, budget, serving.now()).await;
     let mut body = Vec::with_capacity(1024);
-    serving.answered("availability", id.as_str(), &sku, region, qty, answer, &mut body)?;
+    let answer = serving.answered(&sku, region, qty, answer, &mut body)?;
+    if let Some(log) = serving.sampled() {
+        // encoded first, then moved into the log, not copied
+        log.record(decisions::Entry::Answer { kind: "availability", request_id: id.as_str().to_string(), at: serving.now(), answer: Box::new(answer) });
+    }
     Ok(json_response(body))
 }
 
@@ -1288,34 +1306,20 @@ struct AvailabilityQuery {
 }
 
 impl Serving {
-    /// Counts an answer (or its error) in the metrics, logs it, and records it in the decision
-    /// log (`kind`: `availability` or `batch`); the answer's JSON is appended to `body`. The
-    /// answer is encoded first and then moved into the log, not copied.
-    #[allow(clippy::too_many_arguments)]
-    fn answered(
-        &self,
-        kind: &'static str,
-        request_id: &str,
-        sku: &str,
-        region: &str,
-        qty: i64,
-        answer: Result<Availability, ApiError>,
-        body: &mut Vec<u8>,
-    ) -> Result<(), ApiError> {
+    /// Counts an answer (or its error) in the metrics and appends the answer's JSON to `body`;
+    /// gives the answer back, for the decision log.
+    fn answered(&self, sku: &str, region: &str, qty: i64, answer: Result<Availability, ApiError>, body: &mut Vec<u8>) -> Result<Availability, ApiError> {
         match answer {
             Ok(answer) => {
                 let decision = answer.decision.as_str();
-                self.metrics.answers.with_label_values(&[decision]).inc();
-                self.metrics.grades.with_label_values(&[answer.grade.as_str()]).inc();
+                self.metrics.answers[answer.decision as usize].inc();
+                self.metrics.grades[answer.grade as usize].inc();
                 if answer.degraded {
                     self.metrics.degraded.inc();
                 }
                 tracing::debug!(sku, region, qty, decision, "answered");
                 encode::answer(body, &answer);
-                if let Some(log) = self.decisions.as_ref().filter(|log| log.samples()) {
-                    log.record(decisions::Entry::Answer { kind, request_id: request_id.to_string(), at: self.now(), answer: Box::new(answer) });
-                }
-                Ok(())
+                Ok(answer)
             }
             Err(error) => {
                 self.metrics.errors.with_label_values(&[error.code()]).inc();
@@ -1323,6 +1327,11 @@ impl Serving {
                 Err(error)
             }
         }
+    }
+
+    /// The decision log, when it takes this availability answer (its sample).
+    fn sampled(&self) -> Option<&decisions::DecisionLog> {
+        self.decisions.as_deref().filter(|log| log.samples())
     }
 }
 

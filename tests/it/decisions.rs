@@ -9,7 +9,7 @@ use arrow_array::{Array, Int64Array, StringArray};
 use sellable_batch::Lake;
 use sellable_core::view::BoxFuture;
 use sellable_core::{DecisionRecord, DecisionStore, Millis, ViewError};
-use sellable_serving::decisions::{DecisionLog, DecisionLogConfig};
+use sellable_serving::decisions::{DecisionLog, DecisionLogConfig, Entry};
 
 use crate::reservations::{live_marketplace, serve_process};
 use crate::{forget, free_port, redis_names};
@@ -65,7 +65,7 @@ async fn a_slow_lake_loses_no_decision() {
     let now = chrono::Utc::now().timestamp_millis();
     let started = std::time::Instant::now();
     for index in 0..100_000 {
-        log.record(sellable_serving::decisions::Entry::Record(Box::new(record(now, index))));
+        log.record(Entry::Record(Box::new(record(now, index))));
     }
     let handing = started.elapsed();
     assert_eq!(log.lost(), 0);
@@ -85,6 +85,32 @@ async fn a_slow_lake_loses_no_decision() {
     let second = DecisionLog::start(&dir.path().join("spill2"), lake.clone(), config);
     assert!(second.err().unwrap().to_string().contains("another process keeps its decision log"));
     first.close(Duration::from_secs(5)).await;
+}
+
+/// The queue holds records, however they are grouped: a batch's answers that would overfill it
+/// are counted lost together, and a batch that fits is kept, a record per answer.
+#[tokio::test]
+async fn a_batch_is_queued_whole_or_counted_lost_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Arc::new(Lake::open(&dir.path().join("lake")).unwrap());
+    let config = DecisionLogConfig { queue: 3, ..DecisionLogConfig::default() };
+    let log = DecisionLog::start(&dir.path().join("spill"), lake.clone(), config).unwrap();
+    let answer: sellable_serving::Availability = serde_json::from_value(serde_json::json!({
+        "sku": "SKU-1", "region": "EU", "qty": 1, "decision": "promise", "units": 1, "available": 3,
+        "options": [{"node": "N-1", "units": 3, "p_fulfill": 0.97}], "plan": [{"node": "N-1", "units": 1}],
+        "reasons": ["N-1: 3 unit(s)"], "rules_fired": [], "grade": "fresh", "degraded": false, "degraded_reasons": [],
+        "freshness_ms": 12, "versions": {"batch_view": "b1", "speed_view": "s1", "model": "m1", "ruleset": null}
+    }))
+    .unwrap();
+    let batch = |id: &str, items: usize| Entry::Answers { kind: "batch", request_id: id.into(), at: chrono::Utc::now().timestamp_millis(), answers: vec![answer.clone(); items] };
+    log.record(batch("too-many", 4));
+    assert_eq!(log.lost(), 4, "four answers do not fit a queue of three records");
+    log.record(batch("fits", 3));
+    log.record(batch("none", 0));
+    assert_eq!(log.lost(), 4);
+    log.close(Duration::from_secs(30)).await;
+    let ids = ids_in_lake(&lake).await;
+    assert_eq!(ids, [("fits".to_string(), 3)].into(), "one record per answer of the batch that fitted, none of the others");
 }
 
 /// What a crashed run left: a segment the lake already holds (the crash fell between the commit
@@ -138,6 +164,11 @@ async fn a_killed_server_loses_no_decision_it_wrote() {
         let answer: serde_json::Value = response.json().await.unwrap();
         answers.insert(id, answer);
     }
+    // a batch's answers are logged one record each, under its request id; an unknown SKU's
+    // error entry is not an answer
+    let items: Vec<serde_json::Value> = skus.iter().take(4).map(|sku| serde_json::json!({"sku": sku.sku, "region": "EU", "qty": 1})).chain([serde_json::json!({"sku": "SKU-UNKNOWN", "region": "EU", "qty": 1})]).collect();
+    let response = client.post(format!("http://127.0.0.1:{port}/v1/availability:batch")).header("x-request-id", "kill-batch").json(&serde_json::json!({"items": items})).send().await.unwrap();
+    assert_eq!(response.status(), 200);
     // written to the spill file within 100 ms; then killed before any segment is closed
     tokio::time::sleep(Duration::from_millis(400)).await;
     server.0.kill().unwrap();
@@ -146,7 +177,7 @@ async fn a_killed_server_loses_no_decision_it_wrote() {
     let mut held = std::collections::HashMap::new();
     for _ in 0..100 {
         held = ids_in_lake(&lake).await;
-        if answers.keys().all(|id| held.contains_key(id)) {
+        if answers.keys().all(|id| held.contains_key(id)) && held.contains_key("kill-batch") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -154,6 +185,7 @@ async fn a_killed_server_loses_no_decision_it_wrote() {
     for id in answers.keys() {
         assert_eq!(held.get(id), Some(&1), "{id}: {held:?}");
     }
+    assert_eq!(held.get("kill-batch"), Some(&4), "{held:?}");
     // each record says what the answer said
     for batch in lake.load_decisions().await.unwrap() {
         let text = |name: &str| batch.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap().clone();
