@@ -367,8 +367,9 @@ async fn upload_loop(log: Arc<DecisionLog>) {
 const WRITER_NAP: Duration = Duration::from_millis(10);
 
 /// The writer thread: records into segment files, flushed every 100 ms, a segment closed every
-/// `segment_ms` (and at the end); `queued` counts down the records taken off the queue. Numbers grow from `last` and from the clock, so a segment is
-/// never numbered at or below one the store holds.
+/// `segment_ms` (and at the end); `queued` counts down the records taken off the queue. Numbers
+/// grow from `last` and from the clock, so a segment is never numbered at or below one the store
+/// holds.
 fn write_segments(dir: &Path, receiver: mpsc::Receiver<Entry>, queued: &AtomicUsize, last: u64, segment_ms: Duration) {
     let number = |previous: u64| previous.max(now_millis() as u64 * 1_000) + 1;
     let mut current: Option<(u64, std::io::BufWriter<std::fs::File>, Instant)> = None;
