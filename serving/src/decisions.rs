@@ -71,11 +71,10 @@ impl DecisionLogConfig {
     }
 }
 
-/// What a request hands the log: a record, or answers the log's thread makes records of (their
-/// JSON is encoded there, off the request). A batch's answers go as one entry: one hand-over
-/// for the request, not one per item.
+/// What a request hands the log: a record, or a request's answers the log's thread makes records
+/// of (their JSON is encoded there, off the request): a batch's answers go as one entry, one
+/// hand-over for the request, not one per item.
 pub enum Entry {
-    Answer { kind: &'static str, request_id: String, at: Millis, answer: Box<Availability> },
     Answers { kind: &'static str, request_id: String, at: Millis, answers: Vec<Availability> },
     Record(Box<DecisionRecord>),
 }
@@ -85,7 +84,7 @@ impl Entry {
     fn records(&self) -> usize {
         match self {
             Entry::Answers { answers, .. } => answers.len(),
-            Entry::Answer { .. } | Entry::Record(_) => 1,
+            Entry::Record(_) => 1,
         }
     }
 
@@ -94,18 +93,17 @@ impl Entry {
     /// write them or unescaped to read them back ([`read_segment`]).
     fn write_lines(&self, out: &mut Vec<u8>) {
         match self {
-            Entry::Answer { kind, request_id, at, answer } => crate::encode::line(out, *at, request_id, kind, answer),
             Entry::Answers { kind, request_id, at, answers } => {
-                for (index, answer) in answers.iter().enumerate() {
-                    if index > 0 {
-                        out.push(b'\n');
-                    }
+                for answer in answers {
                     crate::encode::line(out, *at, request_id, kind, answer);
+                    out.push(b'\n');
                 }
             }
-            Entry::Record(record) => serde_json::to_writer(&mut *out, record).expect("a decision record serialises"),
+            Entry::Record(record) => {
+                serde_json::to_writer(&mut *out, record).expect("a decision record serialises");
+                out.push(b'\n');
+            }
         }
-        out.push(b'\n');
     }
 }
 

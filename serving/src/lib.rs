@@ -1291,7 +1291,7 @@ async fn availability(
     let answer = serving.answered(&sku, region, qty, answer, &mut body)?;
     if let Some(log) = serving.sampled() {
         // encoded first, then moved into the log, not copied
-        log.record(decisions::Entry::Answer { kind: "availability", request_id: id.as_str().to_string(), at: serving.now(), answer: Box::new(answer) });
+        log.record(decisions::Entry::Answers { kind: "availability", request_id: id.as_str().to_string(), at: serving.now(), answers: vec![answer] });
     }
     Ok(json_response(body))
 }
