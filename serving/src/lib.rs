@@ -78,58 +78,73 @@ pub struct Epoch {
     /// The batch rows read lately, per SKU, up to [`HOT_ROWS`]: an epoch's published rows do not
     /// change while it is served, so a read asks the store only for the speed states of these
     /// SKUs, and an answer while the store cannot be read still has them.
-    rows: std::sync::Mutex<HashMap<String, Arc<SkuRow>>>,
+    rows: std::sync::Mutex<HotRows>,
     /// The store as answers name it ([`SpeedSource::describe`], once).
     described: String,
 }
 
 impl Epoch {
     pub fn new(batch: BatchMeta, speed: Arc<dyn SpeedSource>) -> Epoch {
-        Epoch { batch, described: speed.describe(), speed, rows: std::sync::Mutex::new(HashMap::new()) }
+        Epoch { batch, described: speed.describe(), speed, rows: std::sync::Mutex::new(HotRows::default()) }
     }
 
     /// The row of `sku` read lately in this epoch, if it was.
     pub(crate) fn row(&self, sku: &str) -> Option<Arc<SkuRow>> {
-        self.rows().get(sku).cloned()
+        self.rows().rows.get(sku).cloned()
     }
 
-    fn rows(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<SkuRow>>> {
+    fn rows(&self) -> std::sync::MutexGuard<'_, HotRows> {
         self.rows.lock().expect("epoch rows lock poisoned; this is a bug")
     }
 
     /// The rows of `skus` read lately in this epoch (`None` where not), under one lock.
     pub(crate) fn rows_of(&self, skus: &[&str]) -> Vec<Option<Arc<SkuRow>>> {
-        let rows = self.rows();
-        skus.iter().map(|sku| rows.get(*sku).cloned()).collect()
+        let hot = self.rows();
+        skus.iter().map(|sku| hot.rows.get(*sku).cloned()).collect()
     }
 
-    /// Keeps `read`, rows just read from the store, among the rows read lately (past
-    /// [`HOT_ROWS`] of them, it starts again empty: the rows let go are freed by a thread of their
-    /// own, not by the request, nor under the lock other requests wait for).
+    /// Keeps `read`, rows just read from the store, among the rows read lately; past
+    /// [`HOT_ROWS`] of them, each row kept lets the oldest go. The rows let go are freed by the
+    /// request, after the lock other requests wait for: one per row kept, so no request frees
+    /// many at once.
     fn remember<'a>(&self, read: impl IntoIterator<Item = (&'a str, &'a Arc<SkuRow>)>) {
         let mut read = read.into_iter().peekable();
         if read.peek().is_none() {
             return;
         }
-        let mut rows = self.rows();
-        let mut let_go = Vec::new();
-        for (sku, row) in read {
-            if rows.len() >= HOT_ROWS {
-                let_go.push(std::mem::replace(&mut *rows, HashMap::with_capacity(HOT_ROWS)));
-            }
-            rows.insert(sku.to_string(), row.clone());
-        }
-        drop(rows);
-        if !let_go.is_empty() {
-            // freeing tens of thousands of rows takes milliseconds
-            std::thread::spawn(move || drop(let_go));
-        }
+        let mut hot = self.rows();
+        let let_go: Vec<Arc<SkuRow>> = read.filter_map(|(sku, row)| hot.keep(sku, row, HOT_ROWS)).collect();
+        drop(hot);
+        drop(let_go);
     }
 }
 
-/// SKUs whose batch rows a server keeps per epoch from its reads (past that it starts again
-/// empty): the reads it need not send again, and what it can still answer conservatively for
-/// while the epoch's store cannot be read.
+/// The batch rows an epoch read lately ([`Epoch::remember`]), by SKU, and their SKUs from the
+/// oldest kept to the newest.
+#[derive(Default)]
+struct HotRows {
+    rows: HashMap<Arc<str>, Arc<SkuRow>>,
+    order: std::collections::VecDeque<Arc<str>>,
+}
+
+impl HotRows {
+    /// Keeps `row` as the row of `sku` unless one is kept already; past `most` rows, the oldest
+    /// kept goes, and is returned to be freed.
+    fn keep(&mut self, sku: &str, row: &Arc<SkuRow>, most: usize) -> Option<Arc<SkuRow>> {
+        if self.rows.contains_key(sku) {
+            return None;
+        }
+        let oldest = if self.order.len() >= most { self.order.pop_front().and_then(|oldest| self.rows.remove(&oldest)) } else { None };
+        let sku: Arc<str> = Arc::from(sku);
+        self.order.push_back(sku.clone());
+        self.rows.insert(sku, row.clone());
+        oldest
+    }
+}
+
+/// SKUs whose batch rows a server keeps per epoch from its reads (past that, the oldest kept
+/// goes first): the reads it need not send again, and what it can still answer conservatively
+/// for while the epoch's store cannot be read.
 pub const HOT_ROWS: usize = 50_000;
 
 /// What one read of a SKU gave an answer to build on.
@@ -1813,6 +1828,35 @@ impl Throttled {
             let answers = self.since.swap(0, Relaxed);
             tracing::warn!(%problem, answers, "{message}");
         }
+    }
+}
+
+#[cfg(test)]
+mod hot_rows_tests {
+    use std::sync::Arc;
+
+    use sellable_core::{SkuInfo, SkuRow};
+
+    fn row(sku: &str) -> Arc<SkuRow> {
+        Arc::new(SkuRow { info: SkuInfo { sku: sku.to_string(), ..Default::default() }, ..Default::default() })
+    }
+
+    #[test]
+    fn past_the_bound_each_row_kept_lets_the_oldest_go_and_a_row_kept_already_stays() {
+        let mut hot = super::HotRows::default();
+        for n in 0..3 {
+            assert!(hot.keep(&format!("SKU-{n}"), &row(&format!("SKU-{n}")), 3).is_none());
+        }
+        // kept already: nothing is replaced or let go
+        assert!(hot.keep("SKU-1", &row("another"), 3).is_none());
+        assert_eq!(hot.rows["SKU-1"].info.sku, "SKU-1");
+        let let_go = hot.keep("SKU-3", &row("SKU-3"), 3).expect("the oldest goes");
+        assert_eq!(let_go.info.sku, "SKU-0");
+        assert_eq!(hot.keep("SKU-4", &row("SKU-4"), 3).map(|row| row.info.sku.clone()).as_deref(), Some("SKU-1"));
+        let mut kept: Vec<&str> = hot.rows.keys().map(|sku| &**sku).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["SKU-2", "SKU-3", "SKU-4"]);
+        assert_eq!(hot.order.len(), 3);
     }
 }
 

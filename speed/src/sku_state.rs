@@ -178,8 +178,10 @@ pub fn decode_row(bytes: &[u8]) -> Result<SkuRow, String> {
     let mut features = Vec::new();
     for _ in 0..reader.unsigned()? {
         let node = reader.string()?;
-        let count = reader.unsigned()?;
-        let values = (0..count).map(|_| reader.f64()).collect::<Result<Vec<f64>, String>>()?;
+        let at = reader.at;
+        let bytes = usize::try_from(reader.unsigned()?).ok().and_then(|count| count.checked_mul(8)).ok_or_else(|| format!("feature count at byte {at}"))?;
+        // all of a node's features at once: one allocation of the right size
+        let values = reader.take(bytes)?.chunks_exact(8).map(|value| f64::from_le_bytes(value.try_into().expect("8 bytes"))).collect();
         features.push((node, values));
     }
     if reader.at != bytes.len() {
