@@ -15,3 +15,14 @@ rm -rf "$out" && mkdir -p "$out"
 host=$(echo "${url#redis://}" | cut -d: -f1); port=$(echo "${url#redis://}" | cut -d: -f2 | cut -d/ -f1)
 cli() { redis-cli -h "$host" -p "$port" "$@"; }
 source benchmarks/scripts/key.sh
+# Waits until the server at $1 is ready (`/readyz` grade fresh or bounded_stale), for 300 s at
+# most; else stops the run, with the end of its log ($2): figures of a server that answers
+# conservatively would measure another path.
+wait_ready() {
+  for _ in $(seq 1 600); do
+    curl -sf "http://$1/readyz" | grep -qE '"grade":"(fresh|bounded_stale)"' && return 0; sleep 0.5
+  done
+  echo "the server at $1 was not ready after 300 s; the end of $2:" >&2
+  tail -n 5 "$2" >&2
+  exit 1
+}

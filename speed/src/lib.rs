@@ -838,6 +838,9 @@ async fn take_rows(rows: Rows, count: usize) -> Result<(Rows, Vec<SkuRow>), Spee
 /// Ids per command when recording ids folded into the batch view.
 const IDS_PER_COMMAND: usize = 2_000;
 
+/// Commands of a bulk write (a batch view published, ids remembered) on their way at once.
+const COMMANDS_IN_FLIGHT: usize = 8;
+
 /// SKUs whose stored state the cache keeps; past that it starts again empty.
 const CACHE_SKUS: usize = 500_000;
 
@@ -1367,22 +1370,21 @@ impl RedisStore {
         for (sku, event_id) in ids {
             by_partition.entry(self.partition(sku)).or_default().push(id_member(sku, event_id));
         }
+        // a few commands at once, not all: a catch-up at a cutoff of now remembers millions of
+        // ids, and with every command sent at once the last ones would wait for all the others
+        // past the connection's response timeout (and each retry would queue them all again)
         let adds = by_partition.iter().flat_map(|(partition, members)| {
             members.chunks(IDS_PER_COMMAND).map(move |chunk| {
                 let [_, _, ids_key] = self.partition_keys(*partition);
-                let mut connection = self.connection.clone();
                 let mut command = redis::cmd("HSET");
                 command.arg(ids_key);
                 for member in chunk {
                     command.arg(member).arg(UNKNOWN_PRINT);
                 }
-                async move { command.query_async::<i64>(&mut connection).await }
+                command
             })
         });
-        for added in futures::future::join_all(adds).await {
-            added.map_err(|e| self.error(e))?;
-        }
-        Ok(())
+        self.send_few_at_once(adds.collect()).await
     }
 
     async fn sku_states(&self, sku: &str) -> Result<Vec<(String, NodeState)>, SpeedError> {
@@ -1535,7 +1537,6 @@ impl RedisStore {
     }
 
     async fn publish_chunk(&self, by_partition: BTreeMap<u64, Vec<(String, Vec<u8>)>>) -> Result<(), SpeedError> {
-        use futures::StreamExt;
         let commands = by_partition.into_iter().flat_map(|(partition, fields)| {
             let key = self.batch_key(partition);
             let chunks: Vec<Vec<(String, Vec<u8>)>> = fields.chunks(SKUS_PER_CALL).map(<[_]>::to_vec).collect();
@@ -1548,12 +1549,19 @@ impl RedisStore {
                 command
             })
         });
+        self.send_few_at_once(commands.collect()).await
+    }
+
+    /// Sends `commands` (each answered by an integer), [`COMMANDS_IN_FLIGHT`] at a time: each is
+    /// answered within the connection's response timeout however many there are.
+    async fn send_few_at_once(&self, commands: Vec<redis::Cmd>) -> Result<(), SpeedError> {
+        use futures::StreamExt;
         let mut sent = futures::stream::iter(commands)
             .map(|command| {
                 let mut connection = self.connection.clone();
                 async move { command.query_async::<i64>(&mut connection).await }
             })
-            .buffer_unordered(8);
+            .buffer_unordered(COMMANDS_IN_FLIGHT);
         while let Some(done) = sent.next().await {
             done.map_err(|e| self.error(e))?;
         }
