@@ -1360,11 +1360,15 @@ impl RedisStore {
     async fn remember(&self, ids: &[(String, String)], arrival: Millis) -> Result<(), SpeedError> {
         self.layout(true).await?;
         if self.config.dedup_window_ms.is_some() {
-            let mut ops: Ops = BTreeMap::new();
-            for (sku, event_id) in ids {
-                ops.entry(sku.clone()).or_default().push((0, Op::Remember(event_id, arrival)));
+            // a fold's chunk at a time, as events are folded, for the same reason as below
+            for chunk in ids.chunks(FOLD_CHUNK) {
+                let mut ops: Ops = BTreeMap::new();
+                for (sku, event_id) in chunk {
+                    ops.entry(sku.clone()).or_default().push((0, Op::Remember(event_id, arrival)));
+                }
+                self.update(&ops).await?;
             }
-            return self.update(&ops).await;
+            return Ok(());
         }
         let mut by_partition: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (sku, event_id) in ids {

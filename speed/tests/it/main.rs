@@ -454,18 +454,21 @@ async fn a_reused_event_id_with_other_content_is_a_conflict_in_redis_too() {
 /// A catch-up at a cutoff of now remembers every id that arrived within the allowed lateness
 /// before it: millions on a large marketplace. They are all remembered, each command answered
 /// within the connection's response timeout (sent all at once, the last ones waited for all the
-/// others past it, and the catch-up failed and started again, for ever).
+/// others past it, and the catch-up failed and started again, for ever). With a dedup window the
+/// ids go into the SKUs' states, a fold's chunk at a time.
 #[tokio::test]
 async fn millions_of_ids_are_remembered_in_one_call() {
     use sellable_core::SpeedSource;
-    let view = redis_view("remember-many").await;
-    let ids: Vec<(String, String)> = (0..2_000_000).map(|n| (format!("SKU-{}", n % 100_000), format!("e-{n}"))).collect();
-    view.remember(&ids, 1_000).await.unwrap();
     let template = simulated_events(5).remove(0);
-    let event = |sku: &str, id: &str| Event { sku: sku.into(), event_id: id.into(), ..template.clone() };
-    let asked = [event("SKU-0", "e-0"), event("SKU-99999", "e-1999999"), event("SKU-7", "e-1000007"), event("SKU-7", "e-2000007")];
-    assert_eq!(SpeedSource::known(&view, &asked).await.unwrap(), [true, true, true, false]);
-    view.clear().await.unwrap();
+    let event = |sku: String, id: String| Event { sku, event_id: id, ..template.clone() };
+    for (name, window, count, skus) in [("remember-set", None, 2_000_000, 100_000), ("remember-window", Some(7 * 86_400_000), 200_000, 20_000)] {
+        let view = redis_view_with(name, FoldConfig { dedup_window_ms: window, ..FoldConfig::default() }).await;
+        let ids: Vec<(String, String)> = (0..count).map(|n| (format!("SKU-{}", n % skus), format!("e-{n}"))).collect();
+        view.remember(&ids, template.arrival()).await.unwrap();
+        let asked = [(0, 0), (skus - 1, count - 1), (7, count / 2 + 7), (7, count + 7)].map(|(sku, n)| event(format!("SKU-{sku}"), format!("e-{n}")));
+        assert_eq!(SpeedSource::known(&view, &asked).await.unwrap(), [true, true, true, false], "{name}");
+        view.clear().await.unwrap();
+    }
 }
 
 /// What the view knows of events it folded (or remembered), with and without a dedup window:
