@@ -1377,18 +1377,19 @@ impl RedisStore {
         // a few commands at once, not all: a catch-up at a cutoff of now remembers millions of
         // ids, and with every command sent at once the last ones would wait for all the others
         // past the connection's response timeout (and each retry would queue them all again)
-        let adds = by_partition.iter().flat_map(|(partition, members)| {
-            members.chunks(IDS_PER_COMMAND).map(move |chunk| {
-                let [_, _, ids_key] = self.partition_keys(*partition);
+        let mut adds = Vec::new();
+        for (partition, members) in &by_partition {
+            let [_, _, ids_key] = self.partition_keys(*partition);
+            for chunk in members.chunks(IDS_PER_COMMAND) {
                 let mut command = redis::cmd("HSET");
-                command.arg(ids_key);
+                command.arg(&ids_key);
                 for member in chunk {
                     command.arg(member).arg(UNKNOWN_PRINT);
                 }
-                command
-            })
-        });
-        self.send_few_at_once(adds.collect()).await
+                adds.push(command);
+            }
+        }
+        self.send_few_at_once(adds).await
     }
 
     async fn sku_states(&self, sku: &str) -> Result<Vec<(String, NodeState)>, SpeedError> {
@@ -1541,19 +1542,22 @@ impl RedisStore {
     }
 
     async fn publish_chunk(&self, by_partition: BTreeMap<u64, Vec<(String, Vec<u8>)>>) -> Result<(), SpeedError> {
-        let commands = by_partition.into_iter().flat_map(|(partition, fields)| {
-            let key = self.batch_key(partition);
-            let chunks: Vec<Vec<(String, Vec<u8>)>> = fields.chunks(SKUS_PER_CALL).map(<[_]>::to_vec).collect();
-            chunks.into_iter().map(move |chunk| {
+        // the commands are made before any is sent, so they take the rows' bytes from `fields`
+        // as they are, with no copy of each chunk to own
+        let mut commands = Vec::new();
+        for (partition, fields) in &by_partition {
+            let key = self.batch_key(*partition);
+            for chunk in fields.chunks(SKUS_PER_CALL) {
                 let mut command = redis::cmd("HSET");
                 command.arg(&key);
                 for (sku, row) in chunk {
                     command.arg(sku).arg(row);
                 }
-                command
-            })
-        });
-        self.send_few_at_once(commands.collect()).await
+                commands.push(command);
+            }
+        }
+        drop(by_partition);
+        self.send_few_at_once(commands).await
     }
 
     /// Sends `commands` (each answered by an integer), [`COMMANDS_IN_FLIGHT`] at a time: each is
