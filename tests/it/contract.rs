@@ -46,7 +46,8 @@ fn rss_mb(pid: u32) -> f64 {
 /// of junk events at the size limit, eight at a time, round after round; events naming thousands
 /// of made-up nodes. The process stays within [`JUNK_GROWTH_MB`] of its size, answers list the
 /// first rejected items and count the rest, the metrics gain no series, and `/healthz` and a
-/// normal client keep answering throughout.
+/// normal client keep answering throughout: answers reach it while the junk is in flight, not
+/// only once the flood is over. How long they take is a benchmark's business, not this test's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_bodies_and_made_up_nodes_grow_nothing() {
     let (_dir, lake) = live_marketplace().await;
@@ -66,8 +67,9 @@ async fn junk_bodies_and_made_up_nodes_grow_nothing() {
     let before = rss_mb(server.0.id());
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let normal = {
-        let (stop, client, ask, base) = (stop.clone(), client.clone(), ask.clone(), base.clone());
+        let (stop, answered, client, ask, base) = (stop.clone(), answered.clone(), client.clone(), ask.clone(), base.clone());
         tokio::spawn(async move {
             let mut slowest = std::time::Duration::ZERO;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -80,6 +82,7 @@ async fn junk_bodies_and_made_up_nodes_grow_nothing() {
                     // with other tests), never anything else
                     assert!(status == 200 || (status == 503 && body.contains("the speed view is unavailable")), "{url}: {status} {body}");
                     slowest = slowest.max(started.elapsed());
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
@@ -89,6 +92,7 @@ async fn junk_bodies_and_made_up_nodes_grow_nothing() {
     // 10,000 junk lines of about 400 bytes each: the count and the size at their limits
     let junk: String = (0..10_000).map(|i| format!("{{\"event_id\":\"junk-{i}\",\"note\":\"{}\"}}\n", "x".repeat(380))).collect();
     assert!(junk.len() < 4 << 20);
+    let answered_before_the_flood = answered.load(std::sync::atomic::Ordering::Relaxed);
     for _round in 0..3 {
         let posts: Vec<_> = (0..8)
             .map(|_| {
@@ -132,6 +136,7 @@ async fn junk_bodies_and_made_up_nodes_grow_nothing() {
         assert_eq!(status, 202, "{text}");
         break serde_json::from_str(&text).unwrap();
     };
+    let answered_during_the_flood = answered.load(std::sync::atomic::Ordering::Relaxed) - answered_before_the_flood;
     assert_eq!(body["rejected_total"], 5_000);
     assert!(body["rejected"][0]["error"].as_str().unwrap().contains("NODE-MADE-UP-0"), "{body}");
     let metrics_after = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
@@ -145,8 +150,8 @@ async fn junk_bodies_and_made_up_nodes_grow_nothing() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let slowest = normal.await.unwrap();
     assert!(grown < JUNK_GROWTH_MB, "the server grew by {grown:.0} MB");
-    assert!(slowest < std::time::Duration::from_secs(2), "a normal request took {slowest:?}");
-    eprintln!("junk: the server grew by {grown:.0} MB; the slowest normal request took {slowest:?}");
+    assert!(answered_during_the_flood > 0, "the normal client got no answer while the junk was in flight");
+    eprintln!("junk: the server grew by {grown:.0} MB; {answered_during_the_flood} normal answers during the flood, the slowest in {slowest:?}");
     forget(&url, &stream, &namespace).await;
 }
 
