@@ -1,7 +1,7 @@
 # Sourced by the Redis benchmarks, with the name of their output directory: sets up the machine,
 # starts Redis at REDIS_URL if none answers, builds `sellable` in PROFILE (default dev) and sets
 # profile, url, out (target/bench-<name> or BENCH_DIR, emptied), bin, host, port and `cli`, and an
-# API key for the servers it starts (key.sh).
+# API key for the servers it starts (key.sh); defines `wait_ready` and `marketplace_ending_now`.
 profile=${PROFILE:-dev}
 url=${REDIS_URL:-redis://127.0.0.1:6379}
 out=${BENCH_DIR:-target/bench-$1}
@@ -25,4 +25,15 @@ wait_ready() {
   echo "the server at $1 was not ready after 300 s; the end of $2:" >&2
   tail -n 5 "$2" >&2
   exit 1
+}
+# Generates a marketplace of $skus SKUs and $nodes nodes whose two days of events end now, imports
+# it into the lake $1 and builds its batch view as of now, as the nightly job of `sellable run`
+# dates it: the generator lets a few events arrive after its end (late past any lateness), and
+# the latest arrival, the default cutoff, would date the view days ahead of the clock. Logs under
+# $out.
+marketplace_ending_now() {
+  local now; now=$(date +%s)000
+  "$bin" gen --out "$out/gen" --skus "$skus" --nodes "$nodes" --days 2 --start $(( now - 2 * 86400000 )) 2>"$out/gen.log"
+  "$bin" lake import --lake "$1" --from "$out/gen" 2>"$out/import.log"
+  "$bin" batch --lake "$1" --asof "$now" 2>"$out/batch.log"
 }

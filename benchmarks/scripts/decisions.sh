@@ -30,13 +30,7 @@ export AWS_ENDPOINT=http://127.0.0.1:$s3_port AWS_ACCESS_KEY_ID=bench AWS_SECRET
 lake=s3://sellable-bench/lake
 command -v wrk >/dev/null || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo; $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null; }
 namespace="sellable-bench-decisions"
-now=$(date +%s)000
-"$bin" gen --out "$out/gen" --skus "$skus" --nodes "$nodes" --days 2 --start $(( now - 2 * 86400000 )) 2>"$out/gen.log"
-"$bin" lake import --lake "$lake" --from "$out/gen" 2>"$out/import.log"
-# the batch view as of now, as the nightly job of `sellable run` dates it: the generator lets a
-# few events arrive after its end (late past any lateness), and the latest arrival, the
-# default cutoff, would date the view days ahead of the clock
-"$bin" batch --lake "$lake" --asof "$now" 2>"$out/batch.log"
+marketplace_ending_now "$lake"
 cat >"$out/batch.lua" <<LUA
 local skus, countries = $skus, {"DE", "FR", "IT", "ES", "NL", "US"}
 -- each wrk thread its own random sequence

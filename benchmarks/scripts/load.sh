@@ -23,13 +23,7 @@ if ! command -v wrk >/dev/null; then
 fi
 namespace="sellable-bench-load"
 cli --scan --pattern "$namespace*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null
-now=$(date +%s)000
-"$bin" gen --out "$out/gen" --skus "$skus" --nodes "$nodes" --days 2 --start $(( now - 2 * 86400000 )) 2>"$out/gen.log"
-"$bin" lake import --lake "$out/lake" --from "$out/gen" 2>"$out/import.log"
-# the batch view as of now, as the nightly job of `sellable run` dates it: the generator lets a
-# few events arrive after its end (late past any lateness), and the latest arrival, the
-# default cutoff, would date the view days ahead of the clock
-"$bin" batch --lake "$out/lake" --asof "$now" 2>"$out/batch.log"
+marketplace_ending_now "$out/lake"
 # the live model, as the demo has one: trained on a marketplace of the demo's size (its default
 # 1,000 SKUs, 40 nodes, a week), so that every answer scores its nodes as in production; MODEL=0
 # serves without one (every answer then holds back the static safety stock, degraded)
