@@ -12,7 +12,9 @@
 //!   events of a confirmation whose holds are gone): serving decides again. A confirmation keeps
 //!   the hash for ten minutes at least, so the count never silently restarts under a decision.
 //! - `<ns>:reservation:{<id>}` string: the reservation's record (its answer, to replay for a
-//!   retry), `pending:<ms>` while the request that claimed the id has not answered yet.
+//!   retry), `pending:<keep ms>` while the request that claimed the id has not answered yet (it
+//!   expires after that long; its age is that less its `PTTL`). A claim is one plain `SET NX`; the
+//!   script that also reads what is there runs only when that finds the id taken.
 //!
 //! A cart whose lines span SKUs (hence slots) takes them SKU by SKU; serving releases what it
 //! took when a later SKU is short (`docs/consistency.md`).
@@ -23,18 +25,17 @@ use sellable_core::{Millis, ViewError};
 
 use crate::{Connection, SpeedError};
 
-/// Claims an id: `SET NX` of `pending:<now>`; else what is there (a pending record with its age).
-/// KEYS: the record. ARGV: how long to keep it (ms). Reply: `{0}` claimed, `{1, age}` pending,
-/// `{2, record}`.
+/// Claims an id when the plain `SET NX` of [`HoldStore::begin`] found it taken: the same `SET NX`
+/// again, else what is there (a pending record with its age: the time it was kept for, which the
+/// record names, less what is left of it). KEYS: the record. ARGV: how long to keep it (ms).
+/// Reply: `{0}` claimed, `{1, age}` pending, `{2, record}`.
 const BEGIN_SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('SET', KEYS[1], 'pending:' .. now, 'NX', 'PX', ARGV[1]) then
+if redis.call('SET', KEYS[1], 'pending:' .. ARGV[1], 'NX', 'PX', ARGV[1]) then
   return {0}
 end
 local record = redis.call('GET', KEYS[1])
 if string.sub(record, 1, 8) == 'pending:' then
-  return {1, tostring(now - tonumber(string.sub(record, 9)))}
+  return {1, tostring((tonumber(string.sub(record, 9)) or 0) - redis.call('PTTL', KEYS[1]))}
 end
 return {2, record}
 "#;
@@ -228,6 +229,12 @@ impl HoldStore for RedisHolds {
     fn begin<'a>(&'a self, id: &'a str, keep_ms: Millis) -> BoxFuture<'a, Result<Begun, ViewError>> {
         Box::pin(async move {
             let key = self.record_key(id);
+            let mut connection = self.connection.clone();
+            let pending = format!("pending:{keep_ms}");
+            let claimed: Option<String> = redis::cmd("SET").arg(&key).arg(&pending).arg("NX").arg("PX").arg(keep_ms).query_async(&mut connection).await.map_err(|e| self.error(e))?;
+            if claimed.is_some() {
+                return Ok(Begun::Owner);
+            }
             let reply: Vec<redis::Value> = self.run(0, |call| {
                 call.key(&key).arg(keep_ms);
             })
