@@ -24,12 +24,12 @@ s3_port=$(free_port)
 # the uploads) would count against the server's latency as if logging cost it
 nice -n 19 .deps/venv/bin/moto_server -H 127.0.0.1 -p "$s3_port" >"$out/moto.log" 2>&1 & moto=$!
 pid=""
-trap 'kill -CONT $moto 2>/dev/null; kill $moto $pid 2>/dev/null || true' EXIT
+namespace="sellable-bench-decisions"
+trap 'set +e; kill -CONT $moto 2>/dev/null; kill $moto $pid 2>/dev/null; [ -z "$pid" ] || wait $pid 2>/dev/null; forget_namespace "$namespace"' EXIT
 until curl -sf -X PUT "http://127.0.0.1:$s3_port/sellable-bench" >/dev/null; do sleep 0.2; done
 export AWS_ENDPOINT=http://127.0.0.1:$s3_port AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
 lake=s3://sellable-bench/lake
 command -v wrk >/dev/null || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo; $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null; }
-namespace="sellable-bench-decisions"
 marketplace_ending_now "$lake"
 cat >"$out/batch.lua" <<LUA
 local skus, countries = $skus, {"DE", "FR", "IT", "ES", "NL", "US"}
@@ -51,7 +51,7 @@ LUA
 metric() { curl -sf "http://$listen/metrics" | awk -v name="$1" '$1 == name {print $2}'; }
 # run NAME DECISIONS_CONFIG: one serve process, one wrk run; prints wrk's RESULT line
 run() {
-  cli --scan --pattern "$namespace*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null
+  forget_namespace "$namespace"
   listen=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   SELLABLE__SERVE__DECISIONS="$2" "$bin" serve --lake "$lake" --redis "$url" --namespace "$namespace" --listen "$listen" 2>"$out/serve-$1.log" & pid=$!
   wait_ready "$listen" "$out/serve-$1.log"

@@ -22,7 +22,7 @@ if ! command -v wrk >/dev/null; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
 fi
 namespace="sellable-bench-load"
-cli --scan --pattern "$namespace*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null
+forget_namespace "$namespace"
 marketplace_ending_now "$out/lake"
 # the live model, as the demo has one: trained on a marketplace of the demo's size (its default
 # 1,000 SKUs, 40 nodes, a week), so that every answer scores its nodes as in production; MODEL=0
@@ -38,7 +38,7 @@ if [ "${MODEL:-1}" != 0 ]; then
 fi
 listen=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$bin" serve --lake "$out/lake" --models "$models" --redis "$url" --namespace "$namespace" --listen "$listen" 2>"$out/serve.log" & pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
+trap 'set +e; kill $pid 2>/dev/null; wait $pid 2>/dev/null; forget_namespace "$namespace"' EXIT
 wait_ready "$listen" "$out/serve.log"
 
 # the request mix of each scenario, and latency percentiles (µs) and counts at the end. wrk shares

@@ -38,7 +38,7 @@ for skus in "${sizes[@]}"; do
   namespace="sellable-bench-scale-$skus"; roles=(--lake "$dir/lake" --redis "$url" --namespace "$namespace" --stream "$namespace-events")
   # UNLINK frees in the background: wait until Redis has freed it all, or "before" counts it
   clear_namespace() {
-    cli --scan --pattern "$namespace*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null
+    forget_namespace "$namespace"
     until [ "$(cli info memory | awk -F: '/^lazyfree_pending_objects:/ {print $2}' | tr -d '\r')" = 0 ]; do sleep 0.5; done
   }
   clear_namespace
