@@ -15,8 +15,8 @@ use sellable_speed::holds::RedisHolds;
 use super::*;
 
 /// The marketplace served as of an hour after its cutoff (embedded speed view), with its
-/// reservations in Redis at `url` under a namespace of this run.
-async fn shop(market: &Marketplace, url: &str) -> (String, Arc<Serving>, Arc<SpeedView>, Arc<RedisHolds>) {
+/// reservations in Redis at `url` under a namespace of this run (the last value).
+async fn shop(market: &Marketplace, url: &str) -> (String, Arc<Serving>, Arc<SpeedView>, Arc<RedisHolds>, String) {
     let speed = Arc::new(SpeedView::memory(FoldConfig::default()));
     catch_up(&market.lake, &speed, market.cutoff, CatchUpSource::Log, None).await.unwrap();
     let nodes = market.lake.load_nodes().await.unwrap();
@@ -31,7 +31,7 @@ async fn shop(market: &Marketplace, url: &str) -> (String, Arc<Serving>, Arc<Spe
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = serving.clone().router();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (base, serving, speed, holds)
+    (base, serving, speed, holds, namespace)
 }
 
 /// SKUs with a few promisable units in a country: (sku, country) → units per node, as answered
@@ -70,7 +70,7 @@ async fn post(client: &reqwest::Client, url: String, body: serde_json::Value, ke
 /// view, and once the TTLs have passed nothing is held.
 async fn no_oversell(url: &str) {
     let market = marketplace().await;
-    let (base, serving, speed, holds) = shop(&market, url).await;
+    let (base, serving, speed, holds, namespace) = shop(&market, url).await;
     let promisable = Arc::new(scarce(&serving, &market, 12).await);
     let mut reserved_before: HashMap<(String, String), i64> = HashMap::new();
     for ((sku, _), nodes) in promisable.iter() {
@@ -192,6 +192,10 @@ async fn no_oversell(url: &str) {
     for (sku, _) in promisable.keys() {
         assert_eq!(holds.held(sku).await.unwrap(), vec![], "{sku}");
     }
+    // the records are kept a day: gone with the cluster, deleted from a server that stays
+    if !url.contains(',') {
+        forget(url, "none", &namespace).await;
+    }
 }
 
 async fn speed_reserved(speed: &SpeedView, sku: &str, node: &str) -> i64 {
@@ -217,7 +221,7 @@ async fn concurrent_carts_spanning_slots_never_oversell_on_a_cluster() {
 async fn reservations_answer_as_documented() {
     let market = marketplace().await;
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let (base, serving, _, holds) = shop(&market, &url).await;
+    let (base, serving, _, holds, namespace) = shop(&market, &url).await;
     let scarce = scarce(&serving, &market, 1).await;
     let ((sku, country), nodes) = scarce.iter().next().unwrap();
     let total: i64 = nodes.values().sum();
@@ -309,6 +313,7 @@ async fn reservations_answer_as_documented() {
     assert_eq!((status, answer["error"].as_str()), (503, Some("unavailable")), "{answer}");
     assert!(answer["message"].as_str().unwrap().contains("cannot be decided safely"), "{answer}");
     assert_eq!(holds.held(sku).await.unwrap(), vec![]);
+    forget(&url, "none", &namespace).await;
 }
 
 /// A marketplace whose events end now (answers by the wall clock find fresh feeds), batched an
