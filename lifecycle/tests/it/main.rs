@@ -231,7 +231,7 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
     assert!(in_lake == all, "the lake holds the accepted events");
     fold_role_task.abort();
     epoch.close(&config).await.unwrap();
-    let _: i64 = redis::cmd("DEL").arg(&config.stream).query_async(&mut connection).await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&config.stream).arg(format!("{}:dead", config.namespace)).query_async(&mut connection).await.unwrap();
 }
 
 /// Posts `events` to `POST /v1/events` of `server` (run on a port of its own) as NDJSON, in

@@ -448,6 +448,7 @@ async fn a_reused_event_id_with_other_content_is_a_conflict_in_redis_too() {
         let other = SpeedView::redis(&redis_url(), &namespace(name), config).await.unwrap();
         assert_eq!(other.fold(std::slice::from_ref(&forged), "test").await.unwrap(), vec![Outcome::Conflict], "{name}");
         assert_eq!(view.sku_states(&first.sku).await.unwrap(), before, "{name}");
+        view.clear().await.unwrap();
     }
 }
 
