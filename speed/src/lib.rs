@@ -1629,26 +1629,23 @@ impl RedisStore {
             }
             return Ok(());
         }
-        let pattern = format!("{}:*", self.namespace);
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| self.error(e))?;
-            for key in keys {
-                let _: i64 = redis::cmd("UNLINK").arg(key).query_async(&mut connection).await.map_err(|e| self.error(e))?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
+        unlink_matching(&mut connection, &format!("{}:*", self.namespace)).await.map_err(|e| self.error(e))
+    }
+}
+
+/// Unlinks every key of one Redis server that matches `pattern`, a page of `SCAN` at a time (not
+/// one `KEYS`, which would block every other client of a large Redis meanwhile).
+pub async fn unlink_matching(connection: &mut impl redis::aio::ConnectionLike, pattern: &str) -> redis::RedisResult<()> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query_async(connection).await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK").arg(keys).query_async::<i64>(connection).await?;
         }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
     }
 }
 

@@ -1323,18 +1323,7 @@ async fn forget(url: &str, stream: &str, namespace: &str) {
     let client = redis::Client::open(url).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let _: i64 = redis::cmd("DEL").arg(stream).query_async(&mut connection).await.unwrap();
-    // SCAN in pages, not KEYS: one KEYS over a large Redis blocks every other client meanwhile
-    let mut cursor = 0_u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(format!("{namespace}*")).arg("COUNT").arg(1_000).query_async(&mut connection).await.unwrap();
-        if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut connection).await.unwrap();
-        }
-        if next == 0 {
-            return;
-        }
-        cursor = next;
-    }
+    sellable_speed::unlink_matching(&mut connection, &format!("{namespace}*")).await.unwrap();
 }
 
 /// A child process killed when the test ends, passed or failed.
