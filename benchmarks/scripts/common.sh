@@ -2,7 +2,8 @@
 # starts Redis at REDIS_URL if none answers, builds `sellable` in PROFILE (default dev) and sets
 # profile, url, out (target/bench-<name> or BENCH_DIR, emptied), bin, host, port and `cli`, and an
 # API key for the servers it starts (key.sh); defines `wait_ready`, `marketplace_ending_now` and
-# `forget_namespace`.
+# `forget_namespace`. The scripts that write to Redis delete what they wrote as they end, stopped
+# early or not.
 profile=${PROFILE:-dev}
 url=${REDIS_URL:-redis://127.0.0.1:6379}
 out=${BENCH_DIR:-target/bench-$1}
@@ -19,7 +20,10 @@ source benchmarks/scripts/key.sh
 # Deletes every key of the namespace $1 from the Redis at $url. The scripts that serve clear
 # theirs as they start and as they end: a run's reservation records are kept a day, and a Redis
 # left holding a run's hundreds of thousands of keys slows whatever uses it next.
-forget_namespace() { cli --scan --pattern "$1*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null; }
+forget_namespace() {
+  [ -n "$1" ] || { echo "forget_namespace: no namespace given" >&2; return 1; }
+  cli --scan --pattern "$1*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null
+}
 # Waits until the server at $1 is ready (`/readyz` grade fresh or bounded_stale), for 300 s at
 # most; else stops the run, with the end of its log ($2): figures of a server that answers
 # conservatively would measure another path.

@@ -20,8 +20,12 @@ rm -rf "$out" && mkdir -p "$out"
 source benchmarks/scripts/key.sh
 host=$(echo "${url#redis://}" | cut -d: -f1); redis_port=$(echo "${url#redis://}" | cut -d: -f2 | cut -d/ -f1)
 namespace=sellable-fresh; stream=sellable-fresh-stream
-redis-cli -h "$host" -p "$redis_port" del "$stream" "$stream:dead" >/dev/null
-redis-cli -h "$host" -p "$redis_port" --scan --pattern "$namespace:*" | xargs -r -n 1000 redis-cli -h "$host" -p "$redis_port" unlink >/dev/null
+# the namespace and the stream, deleted as the run starts and as it ends
+forget() {
+  redis-cli -h "$host" -p "$redis_port" del "$stream" "$stream:dead" >/dev/null
+  redis-cli -h "$host" -p "$redis_port" --scan --pattern "$namespace:*" | xargs -r -n 1000 redis-cli -h "$host" -p "$redis_port" unlink >/dev/null
+}
+forget
 
 start=$(( $(date +%s) * 1000 - 7 * 86400000 ))
 "$dir/sellable" gen --out "$out/gen" --skus 2000 --nodes 100 --days 7 --start "$start" 2>/dev/null
@@ -31,7 +35,7 @@ start=$(( $(date +%s) * 1000 - 7 * 86400000 ))
 serve=$!
 "$dir/sellable" fold --redis "$url" --namespace "$namespace" --stream "$stream" --workers 2 2>"$out/fold.log" &
 fold=$!
-trap 'kill $serve $fold 2>/dev/null || true' EXIT
+trap 'set +e; kill $serve $fold 2>/dev/null; wait $serve $fold 2>/dev/null; forget' EXIT
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
 echo "profile $profile"
 "$dir/freshness" "$out/gen" "$url" "$stream" "http://127.0.0.1:$port" "$rate" "$seconds"

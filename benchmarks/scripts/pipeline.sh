@@ -24,8 +24,11 @@ asof=$("$bin" batch --lake "$out/lake" 2>&1 | tee "$out/batch.log" | grep -o 'as
 tail -1 "$out/batch.log"
 # an empty batch view (cutoff before the first event) makes the speed layer fold every event
 "$bin" batch --lake "$out/lake" --asof 0 >/dev/null 2>&1
+# the fold's namespace, deleted after it (and as the script ends, stopped early or not)
+forget() { redis-cli -u "$url" --scan --pattern 'sellable-bench:*' | xargs -r -n 1000 redis-cli -u "$url" unlink >/dev/null; }
+trap 'set +e; forget' EXIT
 "$bin" fold --lake "$out/lake" --redis "$url" --namespace sellable-bench 2>&1 | tail -1 | tee "$out/fold.log"
-redis-cli -u "$url" --scan --pattern 'sellable-bench:*' | xargs -r -n 1000 redis-cli -u "$url" unlink >/dev/null
+forget
 host=$(echo "${url#redis://}" | cut -d: -f1); port=$(echo "${url#redis://}" | cut -d: -f2 | cut -d/ -f1)
 baseline=$(redis-benchmark -h "$host" -p "$port" -q -n 1000000 -P 512 -t set 2>/dev/null | grep -o '[0-9.]* requests per second' | cut -d' ' -f1)
 fold_rate=$(grep -o '([0-9]* events/s)' "$out/fold.log" | tr -dc '0-9')

@@ -20,6 +20,9 @@ rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 used() { cli info memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r'; }
 
 results="$out/results.tsv"
+# a run stopped early stops the roles it started and deletes the size's namespace
+namespace=""; pid=""; batch_pid=""
+trap 'set +e; kill $pid $batch_pid 2>/dev/null; [ -z "$namespace" ] || forget_namespace "$namespace"' EXIT
 for skus in "${sizes[@]}"; do
   dir="$out/$skus"; nodes=$(( skus / 100 > 40 ? skus / 100 : 40 ))
   # each step's log is kept in $dir; a failed step stops the run with its log

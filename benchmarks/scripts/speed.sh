@@ -17,6 +17,8 @@ rate=${2:-20000}
 seconds=${3:-10}
 source benchmarks/scripts/common.sh speed
 
+# what the folds and the baselines wrote, deleted as the script ends (each fold's also after it)
+trap 'set +e; for name in this baseline; do for workers in 1 2; do forget_namespace "sellable-bench-$name-$workers"; forget_namespace "sellable-bench-stream-$name-$workers"; done; done; cli del sellable-bench-xadd >/dev/null' EXIT
 "$bin" gen --out "$out/gen" --skus $((events / 85 + 1)) --nodes 200 --days 7 2>/dev/null
 rate() { grep -o '([0-9]* entries/s)' "$1" | tr -dc '0-9'; }
 # fold BINARY LABEL WORKERS: the stream folded into a fresh namespace; the last line of its log kept
@@ -26,7 +28,7 @@ fold() {
   "$bin" publish --redis "$url" --stream "$stream" --from "$out/gen/events.parquet" 2>/dev/null
   "$binary" fold --redis "$url" --namespace "$namespace" --stream "$stream" --workers "$workers" --until-idle 1 2>&1 | tail -1 | tee "$out/fold-$label-$workers.log"
   cli del "$stream" "$stream:dead" >/dev/null
-  cli --scan --pattern "$namespace:*" | xargs -r -n 1000 redis-cli -h "$host" -p "$port" unlink >/dev/null
+  forget_namespace "$namespace:"
 }
 for workers in 1 2; do
   fold "$bin" this "$workers"
@@ -35,7 +37,6 @@ done
 sha=$(cli script load "return 1")
 evalsha=$(redis-benchmark -h "$host" -p "$port" -q -n 200000 -P 64 evalsha "$sha" 0 2>/dev/null | grep -o '[0-9.]* requests per second' | cut -d' ' -f1)
 xadd=$(redis-benchmark -h "$host" -p "$port" -q -n 200000 -P 64 xadd sellable-bench-xadd '*' f v 2>/dev/null | grep -o '[0-9.]* requests per second' | cut -d' ' -f1)
-cli del sellable-bench-xadd >/dev/null
 baseline_rate() { [ -n "${BASELINE:-}" ] && rate "$out/fold-baseline-$1.log" || echo 0; }
 python3 - "$(rate "$out/fold-this-1.log")" "$(rate "$out/fold-this-2.log")" "$evalsha" "$xadd" "$profile" "$(baseline_rate 1)" "$(baseline_rate 2)" <<'PY'
 import sys
