@@ -299,7 +299,7 @@ async fn slow_answers_time_out_and_past_the_limit_requests_are_shed() {
     let waits = sellable_serving::grading::Limits { speed_timeout: Duration::from_secs(30), ..Default::default() };
     let serving = serving_over(speed, 60_000, Arc::new(RuleBook::empty(Schema::standard()))).with_limits(waits);
     let serving = Arc::new(serving.with_clock(sellable_serving::Clock::Fixed(CUTOFF)));
-    let keys = keys(Limits { read_timeout_ms: 300, max_in_flight: 2, ..Limits::default() });
+    let keys = keys(Limits { read_timeout_ms: 2_000, max_in_flight: 2, ..Limits::default() });
     let base = serve_guarded(serving, &keys.config).await;
     let key = keys.of(Scope::Read).to_string();
     let hanging: Vec<_> = (0..2)
@@ -314,18 +314,17 @@ async fn slow_answers_time_out_and_past_the_limit_requests_are_shed() {
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let client = reqwest::Client::new();
-    let started = Instant::now();
     let response = client.get(format!("{base}/v1/model")).bearer_auth(&key).send().await.unwrap();
     assert_eq!(response.status(), 503, "shed while two requests are in flight");
     assert!(response.headers().contains_key("retry-after"));
-    assert!(started.elapsed() < Duration::from_millis(250), "shed at once, not queued: {:?}", started.elapsed());
+    assert!(hanging.iter().all(|task| !task.is_finished()), "shed at once, not queued behind the requests in flight");
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "overloaded", "{body}");
     assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
     for task in hanging {
         let (status, retry, took) = task.await.unwrap();
         assert_eq!((status, retry), (503, true));
-        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+        assert!(took >= Duration::from_millis(2_000) && took < Duration::from_secs(10), "{took:?}");
     }
     assert_eq!(client.get(format!("{base}/v1/model")).bearer_auth(&key).send().await.unwrap().status(), 200, "places free again");
 }
