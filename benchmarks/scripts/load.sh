@@ -7,12 +7,16 @@
 # units last, then 409s, both through the hold script; wrk counts the 409s as non-2xx), the
 # reservations again with FEW connections (the rate they reach at a lower latency), with the 201s
 # and 409s apart. `redis-benchmark` GET with the same connection count on the same Redis is the
-# baseline: every rate is printed with its ratio to it. Each scenario's p50 and p99 are also read
-# from the server's own latency histogram, beside the client's. Each scenario starts once the
-# decision log has written the one before's decisions to the lake (how long that took is printed
-# too).
+# baseline: every rate is printed with its ratio to it. Then each target is offered at its fixed
+# rate, open loop (wrk's `delay`: every request at its slot of a schedule, whatever the answers
+# before it took): single availability at the GET rate, batch availability at 5 times it in
+# items, reservations at each of RESERVE_RATES (10,000/s), each kept or not (at least 97% of the rate
+# answered, at most 1% of the requests sent late), with its latencies. Each scenario's p50 and
+# p99 are also read from the server's own latency histogram, beside the client's. Each scenario
+# starts once the decision log has written the one before's decisions to the lake (how long that
+# took is printed too).
 # Usage: benchmarks/scripts/load.sh   (SKUS=20000 NODES=200 CONNECTIONS=64 FEW=32 DURATION=15 BATCH=50;
-#   MODEL=1; PROFILE=release for an optimised build; wrk is installed from Debian's packages if missing)
+#   MODEL=1; PACED=1 RESERVE_RATES="10000"; PROFILE=release for an optimised build; wrk is installed from Debian's packages if missing)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 skus=${SKUS:-20000}; nodes=${NODES:-200}; connections=${CONNECTIONS:-64}; few=${FEW:-32}; seconds=${DURATION:-15}; batch=${BATCH:-50}
@@ -53,8 +57,8 @@ local count, countries = $skus, {"DE", "FR", "IT", "ES", "NL", "US"}
 auth = "Bearer $SELLABLE_API_KEY"
 -- each wrk thread its own number, random sequence and order ids (seeded alike, two threads would
 -- send the same keys, and the second of each pair would wait for the first's answer)
-local started = 0
-function setup(thread) started = started + 1; thread:set("id", started) end
+local started, all = 0, {}
+function setup(thread) started = started + 1; thread:set("id", started); all[started] = thread end
 local skus = {}
 local function name(i) return string.format("SKU-%06d", i - 1) end
 function init(args)
@@ -74,10 +78,33 @@ function post(path)
   local head = text:sub(1, text:find("\r\n\r\n", 1, true) - 1):gsub("\r\nContent%-Length: %d+", "")
   return head .. "\r\nContent-Length: "
 end
+-- at a fixed rate (RATE requests/s over the run's THREADS threads, open loop): each request waits
+-- for the next free slot of its thread's schedule, whatever the answers before it took; a slot
+-- that finds no connection free until more than 2 ms after its time is late (the rate was not
+-- kept: the latencies of the run then leave out the waits of the late requests)
+local rate, threads = tonumber(os.getenv("RATE") or ""), tonumber(os.getenv("THREADS") or "1")
+late = 0
+if rate then
+  local ffi = require("ffi")
+  ffi.cdef("typedef struct { long sec; long nsec; } load_time; int clock_gettime(int, load_time *);")
+  local clock = ffi.new("load_time")
+  local function now() ffi.C.clock_gettime(1, clock); return tonumber(clock.sec) * 1000 + tonumber(clock.nsec) / 1e6 end
+  local interval, slot = 1000 * threads / rate, nil
+  function delay()
+    local at = now()
+    slot = slot or at
+    local wait = slot - at
+    if wait < -2 then late = late + 1 end
+    slot = slot + interval
+    return math.max(0, math.floor(wait + 0.5))
+  end
+end
 function done(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
-  io.write(string.format("RESULT %d %.1f %d %d %d %d %d\n", summary.requests, summary.duration / 1e6,
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), summary.errors.status, errors))
+  local behind = 0
+  for _, thread in ipairs(all) do behind = behind + thread:get("late") end
+  io.write(string.format("RESULT %d %.1f %d %d %d %d %d %d\n", summary.requests, summary.duration / 1e6,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), summary.errors.status, errors, behind))
 end
 LUA
 cat >"$out/single.lua" <<'LUA'
@@ -130,26 +157,40 @@ drain() {
   echo "${recorded:-0} ${done_:-0} $(( ($(date +%s%N) - started) / 1000000 ))" >"$out/drain-$name"
 }
 # each scenario between two reads of the server's latency histogram (metrics-<scenario>-{0,1})
+# (at the fixed rate $4 when given: RATE)
 run() {
   local name=$1 script=$2 conns=$3
   drain "$name"
   curl -sf "http://$listen/metrics" >"$out/metrics-$name-0"
-  COMMON="$out/common.lua" wrk -t$threads -c"$conns" -d"${seconds}s" -s "$out/$script.lua" "http://$listen" | grep '^RESULT' | cut -d' ' -f2-
+  RATE=${4:-} THREADS=$threads COMMON="$out/common.lua" wrk -t$threads -c"$conns" -d"${seconds}s" -s "$out/$script.lua" "http://$listen" | grep '^RESULT' | cut -d' ' -f2-
   curl -sf "http://$listen/metrics" >"$out/metrics-$name-1"
 }
+redis_rate=$(redis-benchmark -h "$host" -p "$port" -c "$connections" -n 400000 -t get -q | tr '\r' '\n' | awk '/requests per second/ {print $2}' | tail -1)
 single=$(run single single "$connections"); batched=$(run batch batch "$connections"); reserved=$(run reserve reserve "$connections")
 reserved_few=$(run reserve-few reserve "$few")
 # light load (2 connections): the server's own latency, with no queue in front of it
 light=$(run light single 2)
-redis_rate=$(redis-benchmark -h "$host" -p "$port" -c "$connections" -n 400000 -t get -q | tr '\r' '\n' | awk '/requests per second/ {print $2}' | tail -1)
-python3 - "$single" "$batched" "$reserved" "$redis_rate" "$batch" "$profile" "$skus" "$nodes" "$connections" "$out" "$light" "$reserved_few" "$few" <<'PY'
+# each target offered at its fixed rate (PACED=0: not): single availability at the GET rate,
+# batch availability at 5 times it in items, reservations at each of RESERVE_RATES; one line per
+# run: its name, the rate offered, whether per item, then wrk's result
+paced=""
+if [ "${PACED:-1}" != 0 ]; then
+  single_rate=$(python3 -c "print(round($redis_rate))"); batch_rate=$(python3 -c "print(round($redis_rate * 5 / $batch))")
+  paced="paced-single $single_rate 1 $(run paced-single single "$connections" "$single_rate")"
+  paced+=$'\n'"paced-batch $batch_rate $batch $(run paced-batch batch "$connections" "$batch_rate")"
+  for reserve_rate in ${RESERVE_RATES:-10000}; do
+    paced+=$'\n'"paced-reserve-$reserve_rate $reserve_rate 1 $(run "paced-reserve-$reserve_rate" reserve "$connections" "$reserve_rate")"
+  done
+fi
+python3 - "$single" "$batched" "$reserved" "$redis_rate" "$batch" "$profile" "$skus" "$nodes" "$connections" "$out" "$light" "$reserved_few" "$few" "$paced" <<'PY'
 import re, sys
-single, batched, reserved, redis_rate, batch, profile, skus, nodes, connections, out, light, reserved_few, few = sys.argv[1:]
+single, batched, reserved, redis_rate, batch, profile, skus, nodes, connections, out, light, reserved_few, few, paced = sys.argv[1:]
+paced = [line.split(" ", 3) for line in paced.split("\n") if line]
 redis_rate, batch = float(redis_rate), int(batch)
 print(f"profile {profile}; {skus} SKUs, {nodes} nodes, {connections} connections; ratios against redis-benchmark GET ({redis_rate:,.0f}/s)")
 print(f"{'scenario':<24} {'rate/s':>10} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8} {'errors':>7}")
 def row(name, line, per=1):
-    requests, duration, p50, p99, p999, status, errors = map(float, line.split())
+    requests, duration, p50, p99, p999, status, errors, _ = map(float, line.split())
     rate = requests / duration * per
     print(f"{name:<24} {rate:>10,.0f} {rate / redis_rate:>6.2f}x {p50 / 1000:>8.2f} {p99 / 1000:>8.2f} {p999 / 1000:>9.2f} {status:>8.0f} {errors:>7.0f}")
 row("single availability", single)
@@ -159,15 +200,31 @@ row("reservations (201|409)", reserved)
 row(f"reservations, {few} conns", reserved_few)
 row("single, 2 connections", light)
 print(f"{'redis-benchmark GET':<24} {redis_rate:>10,.0f} {1:>6.2f}x")
+# the targets offered at fixed rates: kept when at least 97% of the offered rate was answered, at
+# most 1% of the requests went out late (their latencies then leave out how late) and the p99 is
+# within the target's (single availability 2 ms, reservations 10 ms)
+if paced:
+    print(f"\nat fixed rates (open loop, {connections} connections): each target offered at its rate")
+    print(f"{'scenario':<24} {'offered/s':>10} {'answered/s':>10} {'late':>6} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8}  verdict")
+    targets = {"paced-single": ("single availability", "1.0x GET, p99 under 2 ms", 2_000), "paced-batch": (f"batch ({batch} items), items", "5x GET in items", None)}
+    for scenario, offered, per, line in paced:
+        name, target, most = targets.get(scenario, ("reservations (201|409)", "p99 under 10 ms", 10_000))
+        requests, duration, p50, p99, p999, status, errors, late = map(float, line.split())
+        offered, answered = float(offered) * float(per), requests / duration * float(per)
+        kept = answered >= 0.97 * offered and late <= 0.01 * requests and (most is None or p99 < most)
+        print(f"{name:<24} {offered:>10,.0f} {answered:>10,.0f} {late / max(requests, 1):>6.1%} {p50 / 1000:>8.2f} {p99 / 1000:>8.2f} {p999 / 1000:>9.2f} {status:>8.0f}  {'kept' if kept else 'not kept'} ({target})")
 # the reservations that held units (201), apart from those refused for want of them (409)
 for name, line in [("reservations", reserved), (f"reservations, {few} conns", reserved_few)]:
-    requests, duration, *_, status, _ = map(float, line.split())
+    requests, duration, _, _, _, status, *_ = map(float, line.split())
     print(f"{name}: {(requests - status) / duration:,.0f}/s held (201), {status / duration:,.0f}/s refused (409 or other non-2xx)")
 
 # the decision log's writing to the lake, waited for before each scenario: the decisions the
 # scenario before logged, and how long after it they were all in the lake (segments close every
 # 5 s, so at least that)
 order = [("single", "single availability"), ("batch", "batch"), ("reserve", "reservations"), ("reserve-few", f"reservations, {few} conns"), ("light", None)]
+if paced:
+    order[-1:] = [("light", "single, 2 connections")] + [(scenario, f"{scenario.removeprefix('paced-')} at {offered}/s") for scenario, offered, _, _ in paced]
+    order[-1] = (order[-1][0], None)
 drains = [tuple(map(int, open(f"{out}/drain-{scenario}").read().split())) for scenario, _ in order]
 for (_, name), (before, _, _), (recorded, written, ms) in zip(order, drains, drains[1:]):
     left = "" if written >= recorded else f" (gave up waiting: {recorded - written:,} not written)"
