@@ -1401,20 +1401,24 @@ impl RedisStore {
     }
 
     /// Whether each event's id was folded (or remembered) for its SKU: in the SKUs' states with a
-    /// dedup window, in the partitions' id sets without.
+    /// dedup window, in the partitions' id sets without. The reads go out at once (one per SKU,
+    /// or per partition and [`IDS_PER_COMMAND`] ids), not one after another.
     async fn known(&self, events: &[Event]) -> Result<Vec<bool>, SpeedError> {
         self.layout(false).await?;
-        let mut connection = self.connection.clone();
         let mut known = vec![false; events.len()];
         if self.config.dedup_window_ms.is_some() {
-            let mut states: HashMap<&str, SkuState> = HashMap::new();
+            let skus: Vec<&str> = events.iter().map(|event| event.sku.as_str()).collect::<HashSet<_>>().into_iter().collect();
+            let reads = skus.iter().map(|sku| {
+                let mut connection = self.connection.clone();
+                let key = self.states_key(self.partition(sku));
+                async move { redis::cmd("HGET").arg(key).arg(*sku).query_async::<Option<Vec<u8>>>(&mut connection).await }
+            });
+            let mut states: HashMap<&str, SkuState> = HashMap::with_capacity(skus.len());
+            for (sku, stored) in skus.iter().zip(futures::future::join_all(reads).await) {
+                let stored = stored.map_err(|e| self.error(e))?;
+                states.insert(sku, SkuState::decode(&stored.unwrap_or_default()).map_err(|message| self.corrupt(sku, message))?);
+            }
             for (index, event) in events.iter().enumerate() {
-                if !states.contains_key(event.sku.as_str()) {
-                    let [key, ..] = self.partition_keys(self.partition(&event.sku));
-                    let stored: Option<Vec<u8>> = redis::cmd("HGET").arg(key).arg(&event.sku).query_async(&mut connection).await.map_err(|e| self.error(e))?;
-                    let state = SkuState::decode(&stored.unwrap_or_default()).map_err(|message| self.corrupt(&event.sku, message))?;
-                    states.insert(event.sku.as_str(), state);
-                }
                 known[index] = states[event.sku.as_str()].seen.ids.contains_key(&event.event_id);
             }
             return Ok(known);
@@ -1423,14 +1427,16 @@ impl RedisStore {
         for (index, event) in events.iter().enumerate() {
             by_partition.entry(self.partition(&event.sku)).or_default().push(index);
         }
-        for (partition, indices) in by_partition {
-            let [_, _, ids_key] = self.partition_keys(partition);
-            for chunk in indices.chunks(IDS_PER_COMMAND) {
-                let members: Vec<String> = chunk.iter().map(|index| id_member(&events[*index].sku, &events[*index].event_id)).collect();
-                let found: Vec<Option<u32>> = redis::cmd("HMGET").arg(&ids_key).arg(members).query_async(&mut connection).await.map_err(|e| self.error(e))?;
-                for (index, found) in chunk.iter().zip(found) {
-                    known[*index] = found.is_some();
-                }
+        let chunks: Vec<(u64, &[usize])> = by_partition.iter().flat_map(|(partition, indices)| indices.chunks(IDS_PER_COMMAND).map(|chunk| (*partition, chunk))).collect();
+        let reads = chunks.iter().map(|(partition, chunk)| {
+            let mut connection = self.connection.clone();
+            let [_, _, ids_key] = self.partition_keys(*partition);
+            let members: Vec<String> = chunk.iter().map(|index| id_member(&events[*index].sku, &events[*index].event_id)).collect();
+            async move { redis::cmd("HMGET").arg(ids_key).arg(members).query_async::<Vec<Option<u32>>>(&mut connection).await }
+        });
+        for ((_, chunk), found) in chunks.iter().zip(futures::future::join_all(reads).await) {
+            for (index, found) in chunk.iter().zip(found.map_err(|e| self.error(e))?) {
+                known[*index] = found.is_some();
             }
         }
         Ok(known)

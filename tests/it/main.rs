@@ -1169,6 +1169,29 @@ async fn posted_events_reach_the_lake_through_the_ingestion_stream() {
     assert_eq!((retried.accepted, retried.duplicates), (0, 1));
     let length: i64 = redis::cmd("XLEN").arg(&stream).query_async(&mut connection).await.unwrap();
     assert_eq!(length, 1);
+    // the events of many SKUs (many partitions), then the same body with as many new ones: the
+    // reads of what the view knows, sent at once, tell the new from the retried
+    let many: Vec<Event> = market.after_cutoff[..60]
+        .iter()
+        .enumerate()
+        .map(|(index, event)| Event { event_id: format!("posted-many-{index}"), kind: sellable_core::EventKind::Receipt, qty: 1, ts: now - 1_000, arrived: Some(1), ..event.clone() })
+        .collect();
+    let skus: std::collections::HashSet<&str> = many.iter().map(|event| event.sku.as_str()).collect();
+    assert!(skus.len() > 10, "{} SKUs", skus.len());
+    let post_many = |events: &[Event]| {
+        let body = events.iter().map(encode_json).collect::<Vec<_>>().join("\n");
+        reqwest::Client::new().post(format!("{base}/v1/events")).header("content-type", "application/x-ndjson").body(body).send()
+    };
+    let first: sellable_serving::EventsAccepted = post_many(&many[..30]).await.unwrap().json().await.unwrap();
+    assert_eq!((first.accepted, first.duplicates), (30, 0));
+    let again: sellable_serving::EventsAccepted = post_many(&many).await.unwrap().json().await.unwrap();
+    assert_eq!((again.accepted, again.duplicates), (30, 30));
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut connection).await.unwrap();
+    let mut appended: Vec<String> = entries.iter().map(|(_, fields)| sellable_core::event::decode_json(&fields[0].1).unwrap().event_id).collect();
+    appended.sort();
+    let mut expected: Vec<String> = many.iter().map(|event| event.event_id.clone()).chain([posted.event_id.clone()]).collect();
+    expected.sort();
+    assert_eq!(appended, expected, "each event appended once");
 
     let archived = std::process::Command::new(env!("CARGO_BIN_EXE_sellable"))
         .args(["archive", "--redis", &url, "--stream", &stream, "--until-idle", "0.5", "--lake"])
@@ -1182,7 +1205,7 @@ async fn posted_events_reach_the_lake_through_the_ingestion_stream() {
     let mut workers = sellable_speed::stream::Workers::new(sellable_speed::stream::StreamConfig::new(&stream, "fold", "one"), 1);
     workers.idle_limit = Some(std::time::Duration::ZERO);
     let folded = sellable_speed::stream::run_workers(&url, speed.clone(), workers, std::future::pending()).await.unwrap();
-    assert_eq!((folded.stats.fold.applied, folded.stats.fold.duplicates), (0, 1));
+    assert_eq!((folded.stats.fold.applied, folded.stats.fold.duplicates), (0, 61));
     forget(&url, &stream, &namespace).await;
 }
 
