@@ -178,7 +178,7 @@ impl Clock {
 /// Prometheus metrics of the server (`GET /metrics`).
 struct Metrics {
     registry: prometheus::Registry,
-    /// Answers by decision, in [`Verdict`]'s order, and by grade, in [`Grade`]'s: each label's
+    /// Answers by decision and by grade, at [`decision_index`] and [`grade_index`]: each label's
     /// counter resolved once, not looked up per answer.
     answers: [prometheus::IntCounter; 2],
     grades: [prometheus::IntCounter; 4],
@@ -239,6 +239,25 @@ pub const HTTP_BUCKETS: [f64; 23] = [
     0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0,
 ];
 
+/// Where a decision's counter is in [`Metrics`]' `answers`: a match, so that a new decision
+/// cannot count under another's label.
+fn decision_index(decision: Verdict) -> usize {
+    match decision {
+        Verdict::Promise => 0,
+        Verdict::Deny => 1,
+    }
+}
+
+/// Where a grade's counter is in [`Metrics`]' `grades` (as [`decision_index`]).
+fn grade_index(grade: Grade) -> usize {
+    match grade {
+        Grade::Fresh => 0,
+        Grade::BoundedStale => 1,
+        Grade::Conservative => 2,
+        Grade::Unavailable => 3,
+    }
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let registry = prometheus::Registry::new();
@@ -249,9 +268,13 @@ impl Metrics {
             registered(&registry, prometheus::GaugeVec::new(prometheus::Opts::new(name, help), &[label]))
         };
         let answers = counter("sellable_answers_total", "Availability answers, by decision", "decision");
-        let answers = [Verdict::Promise, Verdict::Deny].map(|verdict| answers.with_label_values(&[verdict.as_str()]));
+        let verdicts = [Verdict::Promise, Verdict::Deny];
+        let answers = verdicts.map(|verdict| answers.with_label_values(&[verdict.as_str()]));
         let grades = counter("sellable_answers_by_grade_total", "Availability answers, by grade", "grade");
-        let grades = [Grade::Fresh, Grade::BoundedStale, Grade::Conservative, Grade::Unavailable].map(|grade| grades.with_label_values(&[grade.as_str()]));
+        let ranks = [Grade::Fresh, Grade::BoundedStale, Grade::Conservative, Grade::Unavailable];
+        let grades = ranks.map(|grade| grades.with_label_values(&[grade.as_str()]));
+        debug_assert!(verdicts.iter().enumerate().all(|(index, verdict)| decision_index(*verdict) == index));
+        debug_assert!(ranks.iter().enumerate().all(|(index, grade)| grade_index(*grade) == index));
         let errors = counter("sellable_request_errors_total", "Requests refused, by error", "error");
         let events = counter("sellable_posted_events_total", "Events posted to /v1/events, by outcome", "outcome");
         let degraded = registered(&registry, prometheus::IntCounter::new("sellable_degraded_answers_total", "Answers marked degraded"));
@@ -1327,8 +1350,8 @@ impl Serving {
         match answer {
             Ok(answer) => {
                 let decision = answer.decision.as_str();
-                self.metrics.answers[answer.decision as usize].inc();
-                self.metrics.grades[answer.grade as usize].inc();
+                self.metrics.answers[decision_index(answer.decision)].inc();
+                self.metrics.grades[grade_index(answer.grade)].inc();
                 if answer.degraded {
                     self.metrics.degraded.inc();
                 }
