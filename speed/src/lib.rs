@@ -1430,7 +1430,7 @@ impl RedisStore {
         let chunks: Vec<(u64, &[usize])> = by_partition.iter().flat_map(|(partition, indices)| indices.chunks(IDS_PER_COMMAND).map(|chunk| (*partition, chunk))).collect();
         let reads = chunks.iter().map(|(partition, chunk)| {
             let mut connection = self.connection.clone();
-            let [_, _, ids_key] = self.partition_keys(*partition);
+            let ids_key = self.partition_key(*partition, "seen");
             let members: Vec<String> = chunk.iter().map(|index| id_member(&events[*index].sku, &events[*index].event_id)).collect();
             async move { redis::cmd("HMGET").arg(ids_key).arg(members).query_async::<Vec<Option<u32>>>(&mut connection).await }
         });
