@@ -83,7 +83,7 @@ print(f"{times[len(times) // 2] * 1000:.2f} {times[int(len(times) * 0.99)] * 100
 PY
 )
   rss_end=$(rss_mb "$pid")
-  kill "$pid" "$batch_pid"; wait "$pid" "$batch_pid" 2>/dev/null || true
+  kill "$pid" "$batch_pid"; wait "$pid" "$batch_pid" 2>/dev/null || true; pid=""; batch_pid=""
   clear_namespace
   before=$(used)
   step empty-batch "$bin" batch --lake "$dir/lake" --asof 0
