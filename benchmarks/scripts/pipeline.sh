@@ -24,8 +24,12 @@ asof=$("$bin" batch --lake "$out/lake" 2>&1 | tee "$out/batch.log" | grep -o 'as
 tail -1 "$out/batch.log"
 # an empty batch view (cutoff before the first event) makes the speed layer fold every event
 "$bin" batch --lake "$out/lake" --asof 0 >/dev/null 2>&1
-# the fold's namespace, deleted after it (and as the script ends, stopped early or not)
-forget() { redis-cli -u "$url" --scan --pattern 'sellable-bench:*' | xargs -r -n 1000 redis-cli -u "$url" unlink >/dev/null; }
+# the fold's namespace, deleted after it, and the baseline's key (redis-benchmark's SET writes
+# key:__rand_int__), as the script ends, stopped early or not
+forget() {
+  redis-cli -u "$url" --scan --pattern 'sellable-bench:*' | xargs -r -n 1000 redis-cli -u "$url" unlink >/dev/null
+  redis-cli -u "$url" del 'key:__rand_int__' >/dev/null
+}
 trap 'set +e; forget' EXIT
 "$bin" fold --lake "$out/lake" --redis "$url" --namespace sellable-bench 2>&1 | tail -1 | tee "$out/fold.log"
 forget
