@@ -7,35 +7,24 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 rate=${1:-20000}
 seconds=${2:-10}
-profile=${PROFILE:-dev}
-url=${REDIS_URL:-redis://127.0.0.1:6379}
-port=${PORT:-18188}
-out=${BENCH_DIR:-target/bench-freshness}
-scripts/setup.sh
-REDIS_URL=$url scripts/ensure-redis.sh
-cargo build --locked --profile "$profile" --bin sellable
+http_port=${PORT:-18188}
+source benchmarks/scripts/common.sh freshness
 cargo build --locked --profile "$profile" -p sellable-bench --features load --bin freshness
 dir=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
-rm -rf "$out" && mkdir -p "$out"
-source benchmarks/scripts/key.sh
-host=$(echo "${url#redis://}" | cut -d: -f1); redis_port=$(echo "${url#redis://}" | cut -d: -f2 | cut -d/ -f1)
 namespace=sellable-fresh; stream=sellable-fresh-stream
 # the namespace and the stream, deleted as the run starts and as it ends
-forget() {
-  redis-cli -h "$host" -p "$redis_port" del "$stream" "$stream:dead" >/dev/null
-  redis-cli -h "$host" -p "$redis_port" --scan --pattern "$namespace:*" | xargs -r -n 1000 redis-cli -h "$host" -p "$redis_port" unlink >/dev/null
-}
+forget() { cli del "$stream" "$stream:dead" >/dev/null; forget_namespace "$namespace:"; }
 forget
 
 start=$(( $(date +%s) * 1000 - 7 * 86400000 ))
-"$dir/sellable" gen --out "$out/gen" --skus 2000 --nodes 100 --days 7 --start "$start" 2>/dev/null
-"$dir/sellable" lake import --lake "$out/lake" --from "$out/gen" 2>/dev/null
-"$dir/sellable" batch --lake "$out/lake" 2>/dev/null
-"$dir/sellable" serve --lake "$out/lake" --redis "$url" --namespace "$namespace" --listen "127.0.0.1:$port" 2>"$out/serve.log" &
+"$bin" gen --out "$out/gen" --skus 2000 --nodes 100 --days 7 --start "$start" 2>/dev/null
+"$bin" lake import --lake "$out/lake" --from "$out/gen" 2>/dev/null
+"$bin" batch --lake "$out/lake" 2>/dev/null
+"$bin" serve --lake "$out/lake" --redis "$url" --namespace "$namespace" --listen "127.0.0.1:$http_port" 2>"$out/serve.log" &
 serve=$!
-"$dir/sellable" fold --redis "$url" --namespace "$namespace" --stream "$stream" --workers 2 2>"$out/fold.log" &
+"$bin" fold --redis "$url" --namespace "$namespace" --stream "$stream" --workers 2 2>"$out/fold.log" &
 fold=$!
 trap 'set +e; kill $serve $fold 2>/dev/null; wait $serve $fold 2>/dev/null; forget' EXIT
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$http_port/healthz" >/dev/null && break; sleep 0.2; done
 echo "profile $profile"
-"$dir/freshness" "$out/gen" "$url" "$stream" "http://127.0.0.1:$port" "$rate" "$seconds"
+"$dir/freshness" "$out/gen" "$url" "$stream" "http://127.0.0.1:$http_port" "$rate" "$seconds"

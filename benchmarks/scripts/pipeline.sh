@@ -7,14 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 skus=${1:-10000}
 days=${2:-7}
-profile=${PROFILE:-dev}
-out=${BENCH_DIR:-target/bench-pipeline}
-url=${REDIS_URL:-redis://127.0.0.1:6379}
-scripts/setup.sh
-REDIS_URL=$url scripts/ensure-redis.sh
-cargo build --locked --profile "$profile" --bin sellable
-bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")/sellable
-rm -rf "$out" && mkdir -p "$out"
+source benchmarks/scripts/common.sh pipeline
 
 seconds() { python3 -c "import time; print(time.time())"; }
 t0=$(seconds); "$bin" gen --out "$out/gen" --skus "$skus" --nodes $((skus / 25 + 10)) --days "$days" 2>"$out/gen.log"; t1=$(seconds)
@@ -26,14 +19,10 @@ tail -1 "$out/batch.log"
 "$bin" batch --lake "$out/lake" --asof 0 >/dev/null 2>&1
 # the fold's namespace, deleted after it, and the baseline's key (redis-benchmark's SET writes
 # key:__rand_int__), as the script ends, stopped early or not
-forget() {
-  redis-cli -u "$url" --scan --pattern 'sellable-bench:*' | xargs -r -n 1000 redis-cli -u "$url" unlink >/dev/null
-  redis-cli -u "$url" del 'key:__rand_int__' >/dev/null
-}
+forget() { forget_namespace sellable-bench:; cli del 'key:__rand_int__' >/dev/null; }
 trap 'set +e; forget' EXIT
 "$bin" fold --lake "$out/lake" --redis "$url" --namespace sellable-bench 2>&1 | tail -1 | tee "$out/fold.log"
 forget
-host=$(echo "${url#redis://}" | cut -d: -f1); port=$(echo "${url#redis://}" | cut -d: -f2 | cut -d/ -f1)
 baseline=$(redis-benchmark -h "$host" -p "$port" -q -n 1000000 -P 512 -t set 2>/dev/null | grep -o '[0-9.]* requests per second' | cut -d' ' -f1)
 fold_rate=$(grep -o '([0-9]* events/s)' "$out/fold.log" | tr -dc '0-9')
 events=$(grep -o '^gen: [0-9]*' "$out/gen.log" | tr -dc '0-9')
