@@ -1346,6 +1346,13 @@ async fn forget(url: &str, stream: &str, namespace: &str) {
     let client = redis::Client::open(url).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let _: i64 = redis::cmd("DEL").arg(stream).query_async(&mut connection).await.unwrap();
+    forget_namespace(url, namespace).await;
+}
+
+/// Deletes every key of a test's namespace.
+async fn forget_namespace(url: &str, namespace: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     sellable_speed::unlink_matching(&mut connection, &format!("{namespace}*")).await.unwrap();
 }
 

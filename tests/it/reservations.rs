@@ -194,7 +194,7 @@ async fn no_oversell(url: &str) {
     }
     // the records are kept a day: gone with the cluster, deleted from a server that stays
     if !url.contains(',') {
-        forget(url, "none", &namespace).await;
+        forget_namespace(url, &namespace).await;
     }
 }
 
@@ -313,7 +313,7 @@ async fn reservations_answer_as_documented() {
     assert_eq!((status, answer["error"].as_str()), (503, Some("unavailable")), "{answer}");
     assert!(answer["message"].as_str().unwrap().contains("cannot be decided safely"), "{answer}");
     assert_eq!(holds.held(sku).await.unwrap(), vec![]);
-    forget(&url, "none", &namespace).await;
+    forget_namespace(&url, &namespace).await;
 }
 
 /// A marketplace whose events end now (answers by the wall clock find fresh feeds), batched an
@@ -410,5 +410,5 @@ async fn a_killed_server_leaves_no_half_reserved_cart_and_retries_get_the_first_
     for sku in &skus {
         assert_eq!(holds.held(sku).await.unwrap(), vec![], "{sku}");
     }
-    forget(&url, "none", &namespace).await;
+    forget_namespace(&url, &namespace).await;
 }
