@@ -221,10 +221,9 @@ for name, line in [("reservations", reserved), (f"reservations, {few} conns", re
 # the decision log's writing to the lake, waited for before each scenario: the decisions the
 # scenario before logged, and how long after it they were all in the lake (segments close every
 # 5 s, so at least that)
-order = [("single", "single availability"), ("batch", "batch"), ("reserve", "reservations"), ("reserve-few", f"reservations, {few} conns"), ("light", None)]
-if paced:
-    order[-1:] = [("light", "single, 2 connections")] + [(scenario, f"{scenario.removeprefix('paced-')} at {offered}/s") for scenario, offered, _, _ in paced]
-    order[-1] = (order[-1][0], None)
+# (the last scenario has no drain after it: its decisions are not reported)
+order = [("single", "single availability"), ("batch", "batch"), ("reserve", "reservations"), ("reserve-few", f"reservations, {few} conns"), ("light", "single, 2 connections")]
+order += [(scenario, f"{scenario.removeprefix('paced-')} at {offered}/s") for scenario, offered, _, _ in paced]
 drains = [tuple(map(int, open(f"{out}/drain-{scenario}").read().split())) for scenario, _ in order]
 for (_, name), (before, _, _), (recorded, written, ms) in zip(order, drains, drains[1:]):
     left = "" if written >= recorded else f" (gave up waiting: {recorded - written:,} not written)"
