@@ -5,7 +5,7 @@
 //! clock, without a sweeper.
 
 use crate::event::Millis;
-use crate::view::{BoxFuture, ViewError};
+use crate::view::{Ahead, BoxFuture, ViewError};
 
 /// One line of a cart as the store takes it: `qty` units of the SKU from the nodes of `options`
 /// (in preference order, each with the units serving would promise there now, live holds not
@@ -82,6 +82,15 @@ pub trait HoldStore: Send + Sync {
     /// How many confirmations have turned holds of `sku` into events so far: read before a
     /// decision, and given to [`HoldStore::hold`] with it.
     fn confirms<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<u64, ViewError>>;
+
+    /// Where the [`HoldStore::confirms`] counts of `skus` can be read by another client in the
+    /// same round trip as the SKUs' speed states (a single Redis server): `None` when they
+    /// cannot (read them with [`HoldStore::confirms`], before the states). A value read there
+    /// is the count as a number; none is 0.
+    fn confirms_ahead(&self, skus: &[&str]) -> Option<Ahead> {
+        let _ = skus;
+        None
+    }
 
     /// Takes the lines of one SKU for reservation `id` `until` then, all or none, if no
     /// confirmation of the SKU came after `confirms` (else [`HoldOutcome::Stale`]). Idempotent:

@@ -23,4 +23,4 @@ pub use door::{Door, KnownIds, Refusal};
 pub use event::{DecodeError, Event, EventKind, Millis};
 pub use grade::Grade;
 pub use fold::{fold, known_at, Fold, FoldConfig, FoldStats, NodeState, Outcome, SeenIds};
-pub use view::{merge_views, BatchMeta, BatchView, Moment, DeadLetter, EventArchive, EventIntake, EventLog, SkuRead, SkuRow, SpeedSource, ViewError, Watermarks};
+pub use view::{merge_views, Ahead, BatchMeta, BatchView, Moment, DeadLetter, EventArchive, EventIntake, EventLog, SkuRead, SkuRow, SpeedSource, ViewError, Watermarks};

@@ -190,6 +190,20 @@ pub trait EventLog: Send + Sync {
 /// the next rows are read, so async callers take rows off their runtime (`spawn_blocking`).
 pub type Rows = Box<dyn Iterator<Item = Result<SkuRow, ViewError>> + Send>;
 
+/// Hash fields another store keeps on a single Redis server (`server`, its URL), to be read
+/// ahead of a [`SpeedSource`]'s SKUs in one ordered round trip when the speed view is on that
+/// server too ([`SpeedSource::sku_reads_after`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ahead {
+    pub server: String,
+    /// `(key, field)` of each hash field.
+    pub fields: Vec<(String, String)>,
+}
+
+/// What [`SpeedSource::sku_reads_after`] read: the values of the fields read ahead, then the SKUs'
+/// reads.
+pub type ReadsAfter = (Vec<Option<String>>, Vec<SkuRead>);
+
 /// What serving reads of one SKU in one round trip: its row of the epoch's batch view (`None`:
 /// not published, an unknown SKU when the view is complete), the speed view's states (by node)
 /// and the cutoff the view was caught up from, if known.
@@ -237,6 +251,22 @@ pub trait SpeedSource: Send + Sync {
     fn sku_reads_having<'a>(&'a self, skus: &'a [&'a str], have: &'a [bool]) -> BoxFuture<'a, Result<Vec<SkuRead>, ViewError>> {
         let _ = have;
         self.sku_reads(skus)
+    }
+
+    /// The one Redis server it is on (its URL), if it is on one server: fields another store
+    /// keeps there can be read ahead of its SKUs in one round trip ([`SpeedSource::sku_reads_after`]).
+    fn server(&self) -> Option<&str> {
+        None
+    }
+
+    /// [`SpeedSource::sku_reads_having`], with `ahead`'s fields read first in the same round
+    /// trip, so that every value of `ahead` is from before the SKUs were read (the `Vec` of
+    /// values, in order, `None` for a field not set). `None` when the store cannot keep that
+    /// order: it is not the one server `ahead` names ([`SpeedSource::server`]); the caller then
+    /// reads the fields itself, before the SKUs.
+    fn sku_reads_after<'a>(&'a self, ahead: &'a Ahead, skus: &'a [&'a str], have: &'a [bool]) -> BoxFuture<'a, Result<Option<ReadsAfter>, ViewError>> {
+        let _ = (ahead, skus, have);
+        Box::pin(async { Ok(None) })
     }
 
     /// The metadata of the batch view published beside the speed view, if one is.

@@ -27,6 +27,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use sellable_core::{decide, merge_views, BatchMeta, Event, EventKind, Grade, Millis, Moment, NodeInfo, NodeState, SkuInfo, SkuRow, SpeedSource, Verdict, ViewError};
 use grading::{Grading, Limits};
+use gather::Also;
 use sellable_dsl::{Facts, RuleSet, Schema, Value};
 
 pub use models::{ModelBook, ModelBookError, ModelStatus};
@@ -502,7 +503,7 @@ impl Serving {
     /// (`core::features`, the same function the training-set builder calls).
     pub async fn features(&self, sku: &str, node: &str, qty: i64, now: Millis) -> Result<Vec<f64>, ApiError> {
         let epoch = self.epoch();
-        let (row, speed) = match self.read_sku(&epoch, sku, false).await?.0 {
+        let (row, speed) = match self.read_sku(&epoch, sku, Also::Nothing).await?.0 {
             SkuView::Row(row, Ok(speed)) => (row, speed),
             SkuView::Row(_, Err(reason)) | SkuView::Nothing(reason) => return Err(ApiError::Unavailable(reason)),
         };
@@ -522,13 +523,14 @@ impl Serving {
     /// the oversell rate among promised orders within it on the live model's validation days,
     /// instead of the model's own threshold.
     pub async fn availability_within(&self, sku: &str, region: &str, qty: i64, budget: Option<f64>, now: Millis) -> Result<Availability, ApiError> {
-        Ok(self.decide_sku(sku, region, None, qty, budget, now, true).await?.0)
+        Ok(self.decide_sku(sku, region, None, qty, budget, now, Also::Held).await?.0)
     }
 
-    /// The answer for `qty` units of `sku` in `region` (at `only` that node, if given), and per
-    /// node the units it can promise before live holds are subtracted (the model's gate and the
-    /// rules applied), ranked by `p_fulfill`, then units, then node. With `subtract_holds`, the
-    /// answer subtracts the live holds; a reservation leaves that to the store, atomically.
+    /// The answer for `qty` units of `sku` in `region` (at `only` that node, if given), per node
+    /// the units it can promise before live holds are subtracted (the model's gate and the rules
+    /// applied), ranked by `p_fulfill`, then units, then node, and the count of confirmations
+    /// read before the SKU when `also` asks for it. With [`Also::Held`], the answer subtracts the
+    /// live holds; a reservation ([`Also::Confirms`]) leaves that to the store, atomically.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn decide_sku(
         &self,
@@ -538,12 +540,13 @@ impl Serving {
         qty: i64,
         budget: Option<f64>,
         now: Millis,
-        subtract_holds: bool,
-    ) -> Result<(Availability, Vec<(String, i64)>), ApiError> {
+        also: Also,
+    ) -> Result<(Availability, Vec<(String, i64)>, Option<Result<u64, String>>), ApiError> {
         self.known_region(region)?;
         let epoch = self.epoch();
-        let (view, held) = self.read_sku(&epoch, sku, subtract_holds).await?;
-        self.decide_read(&epoch, &|node| self.watermark(node), sku, region, only, qty, budget, now, view, held)
+        let (view, held, confirms) = self.read_sku(&epoch, sku, also).await?;
+        let (answer, promisable) = self.decide_read(&epoch, &|node| self.watermark(node), sku, region, only, qty, budget, now, view, held)?;
+        Ok((answer, promisable, confirms))
     }
 
     /// Up to [`MAX_BATCH`] answers for a listing page, in order, one per item: the SKUs are read
@@ -553,7 +556,7 @@ impl Serving {
         let epoch = self.epoch();
         let distrust = self.speed_distrust();
         let skus: Vec<&str> = items.iter().map(|(sku, _, _)| sku.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        let (reads, held) = gather::read_together(&epoch, self.holds.as_ref(), self.limits.speed_timeout, &skus, &skus).await;
+        let (reads, held, _) = gather::read_together(&epoch, self.holds.as_ref(), self.limits.speed_timeout, &skus, &skus, &[]).await;
         let indexes: Vec<usize> = items.iter().map(|(sku, _, _)| skus.binary_search(&sku.as_str()).expect("every item's SKU is read")).collect();
         // no store of holds: none held
         let held = held.map(|mut held| {
@@ -765,24 +768,26 @@ impl Serving {
     }
 
     /// The SKU's batch row and speed states, read together from the epoch's store (gathered with
-    /// other requests' reads), and with `holds` its live holds. The speed states are not used
-    /// when the view is not trusted (not caught up from this epoch's cutoff, an error, no answer
-    /// within the timeout); the row then comes from the read if it has it, else from the rows
-    /// read lately ([`HOT_ROWS`]). A SKU the complete store has no row for is not in the catalog.
-    async fn read_sku(&self, epoch: &Arc<Epoch>, sku: &str, holds: bool) -> Result<(SkuView, Result<sellable_core::holds::Held, String>), ApiError> {
+    /// other requests' reads), and what `also` asks of the hold store. The speed states are not
+    /// used when the view is not trusted (not caught up from this epoch's cutoff, an error, no
+    /// answer within the timeout); the row then comes from the read if it has it, else from the
+    /// rows read lately ([`HOT_ROWS`]). A SKU the complete store has no row for is not in the
+    /// catalog.
+    async fn read_sku(&self, epoch: &Arc<Epoch>, sku: &str, also: Also) -> Result<(SkuView, Result<sellable_core::holds::Held, String>, Option<Result<u64, String>>), ApiError> {
         let distrust = self.speed_distrust();
-        let store = self.holds.as_ref().filter(|_| holds);
         let remembered = distrust.as_ref().and_then(|_| epoch.row(sku));
         if let (Some(reason), Some(row)) = (&distrust, remembered) {
-            // the store is known to be away or incomplete: no need to wait for it
-            let held = match store {
+            // the store is known to be away or incomplete: no need to wait for it (nor to count
+            // confirmations: such an answer is not reserved against)
+            let held = match self.holds.as_ref().filter(|_| also == Also::Held) {
                 Some(store) => grading::within(self.limits.speed_timeout, store.held(sku)).await,
                 None => Ok(Vec::new()),
             };
-            return Ok((SkuView::Row(row, Err(reason.clone())), held));
+            let confirms = (also == Also::Confirms).then(|| Err(reason.clone()));
+            return Ok((SkuView::Row(row, Err(reason.clone())), held, confirms));
         }
-        let got = self.gather.read(self.holds.as_ref(), self.limits.speed_timeout, epoch.clone(), sku, store.is_some()).await;
-        Ok((self.judge(epoch, sku, distrust, got.read)?, got.held))
+        let got = self.gather.read(self.holds.as_ref(), self.limits.speed_timeout, epoch.clone(), sku, also).await;
+        Ok((self.judge(epoch, sku, distrust, got.read)?, got.held, got.confirms))
     }
 
     /// What a read of the SKU (or its failure) gives an answer to build on ([`Self::read_sku`]).

@@ -20,6 +20,7 @@ use sellable_core::{Event, EventKind, Grade, Millis};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::gather::Also;
 use crate::{ApiError, Serving, MAX_QTY};
 
 /// TTL of a reservation when the request names none, and the bounds of one it names (seconds).
@@ -343,13 +344,19 @@ async fn reserve<'a>(
 }
 
 /// Decides every line of the cart: per SKU what each node could promise (live holds not
-/// subtracted: the store does that as it takes them). Each SKU's `#confirms` is read before any
-/// decision, so that a confirmation landing after it is seen by the hold script.
+/// subtracted: the store does that as it takes them). Each line's SKU is read after its
+/// `#confirms` count, so that a confirmation landing after the read is seen by the hold script:
+/// in the same round trip where the hold store is on the speed view's server (a SKU of several
+/// lines keeps the lowest count its reads came after), else in a round trip before.
 async fn decide<'a>(serving: &Serving, holds: &Arc<dyn HoldStore>, request: &'a ReservationRequest) -> Result<Decided<'a>, ApiError> {
     let now = serving.now();
-    let skus: std::collections::BTreeSet<&str> = request.lines.iter().map(|line| line.sku.as_str()).collect();
-    let counts = futures::future::join_all(skus.iter().map(|sku| holds.confirms(sku))).await;
-    let confirms = skus.into_iter().zip(counts).map(|(sku, count)| Ok((sku, count.map_err(unavailable)?))).collect::<Result<BTreeMap<_, _>, ApiError>>()?;
+    let (also, mut confirms) = if crate::gather::confirms_ahead(holds.as_ref(), serving.epoch().speed.as_ref()) {
+        (Also::Confirms, BTreeMap::new())
+    } else {
+        let skus: std::collections::BTreeSet<&str> = request.lines.iter().map(|line| line.sku.as_str()).collect();
+        let counts = futures::future::join_all(skus.iter().map(|sku| holds.confirms(sku))).await;
+        (Also::Nothing, skus.into_iter().zip(counts).map(|(sku, count)| Ok((sku, count.map_err(unavailable)?))).collect::<Result<BTreeMap<_, _>, ApiError>>()?)
+    };
     let mut regions = Vec::with_capacity(request.lines.len());
     for (index, line) in request.lines.iter().enumerate() {
         regions.push(match (&line.region, &line.node) {
@@ -358,16 +365,22 @@ async fn decide<'a>(serving: &Serving, holds: &Arc<dyn HoldStore>, request: &'a 
             (None, None) => unreachable!("validated"),
         });
     }
-    let answers = futures::future::join_all(request.lines.iter().zip(&regions).map(|(line, region)| serving.decide_sku(&line.sku, region, line.node.as_deref(), line.qty, None, now, false))).await;
+    let answers = futures::future::join_all(request.lines.iter().zip(&regions).map(|(line, region)| serving.decide_sku(&line.sku, region, line.node.as_deref(), line.qty, None, now, also))).await;
     let mut by_sku: BTreeMap<&str, Vec<HoldLine>> = BTreeMap::new();
     for (index, (line, answer)) in request.lines.iter().zip(answers).enumerate() {
-        let (answer, promisable) = answer?;
+        let (answer, promisable, count) = answer?;
         if matches!(answer.grade, Grade::Conservative | Grade::Unavailable) {
             return Err(ApiError::Refused(format!(
                 "line {index} ({}) cannot be decided safely now ({}): nothing was reserved",
                 line.sku,
                 answer.degraded_reasons.join("; ")
             )));
+        }
+        if also == Also::Confirms {
+            let count = count.unwrap_or_else(|| Err("not read".to_string())).map_err(|why| {
+                ApiError::Refused(format!("line {index} ({}): the reservations' count of confirmations could not be read ({why}): nothing was reserved", line.sku))
+            })?;
+            confirms.entry(line.sku.as_str()).and_modify(|lowest| *lowest = (*lowest).min(count)).or_insert(count);
         }
         let options = promisable.into_iter().filter(|(_, units)| *units > 0).collect();
         by_sku.entry(line.sku.as_str()).or_default().push(HoldLine { line: index, qty: line.qty, split: line.split, options });

@@ -21,7 +21,7 @@
 
 use sellable_core::holds::{Begun, Held, HoldLine, HoldOutcome, HoldStore, Taken, Until};
 use sellable_core::view::BoxFuture;
-use sellable_core::{Millis, ViewError};
+use sellable_core::{Ahead, Millis, ViewError};
 
 use crate::{Connection, SpeedError};
 
@@ -168,6 +168,9 @@ end
 return 0
 "#;
 
+/// The field of a SKU's holds hash that counts its confirmations.
+const CONFIRMS: &str = "#confirms";
+
 /// Reservations in Redis, under `namespace`.
 pub struct RedisHolds {
     url: String,
@@ -278,9 +281,13 @@ impl HoldStore for RedisHolds {
     fn confirms<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<u64, ViewError>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
-            let count: Option<u64> = redis::cmd("HGET").arg(self.holds_key(sku)).arg("#confirms").query_async(&mut connection).await.map_err(|e| self.error(e))?;
+            let count: Option<u64> = redis::cmd("HGET").arg(self.holds_key(sku)).arg(CONFIRMS).query_async(&mut connection).await.map_err(|e| self.error(e))?;
             Ok(count.unwrap_or(0))
         })
+    }
+
+    fn confirms_ahead(&self, skus: &[&str]) -> Option<Ahead> {
+        (!self.connection.is_cluster()).then(|| Ahead { server: self.url.clone(), fields: skus.iter().map(|sku| (self.holds_key(sku), CONFIRMS.to_string())).collect() })
     }
 
     fn hold<'a>(&'a self, id: &'a str, sku: &'a str, lines: &'a [HoldLine], until: Until, confirms: u64) -> BoxFuture<'a, Result<HoldOutcome, ViewError>> {

@@ -52,7 +52,7 @@ use sellable_core::fold::watermarks;
 use sellable_core::view::{BoxFuture, Rows};
 use sku_state::SkuState;
 use sellable_core::fold::UNKNOWN_PRINT;
-use sellable_core::{known_at, BatchMeta, DeadLetter, Event, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome, SeenIds, SkuRead, SkuRow, ViewError, Watermarks};
+use sellable_core::{known_at, Ahead, BatchMeta, DeadLetter, Event, Fold, FoldConfig, FoldStats, Millis, NodeState, Outcome, SeenIds, SkuRead, SkuRow, ViewError, Watermarks};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -441,6 +441,22 @@ impl sellable_core::SpeedSource for SpeedView {
             match self {
                 SpeedView::Memory(_) => sellable_core::view::read_each(self, skus).await,
                 SpeedView::Redis(store) => Ok(store.sku_reads(skus, have).await?),
+            }
+        })
+    }
+
+    fn server(&self) -> Option<&str> {
+        match self {
+            SpeedView::Redis(store) if !store.connection.is_cluster() => Some(&store.url),
+            _ => None,
+        }
+    }
+
+    fn sku_reads_after<'a>(&'a self, ahead: &'a Ahead, skus: &'a [&'a str], have: &'a [bool]) -> BoxFuture<'a, Result<Option<sellable_core::view::ReadsAfter>, ViewError>> {
+        Box::pin(async move {
+            match self {
+                SpeedView::Redis(store) if self.server() == Some(ahead.server.as_str()) => Ok(Some(store.sku_reads_after(&ahead.fields, skus, have).await?)),
+                _ => Ok(None),
             }
         })
     }
@@ -1452,13 +1468,21 @@ impl RedisStore {
     /// pipeline on one server; on a cluster one pipeline per partition (a SKU's row and states
     /// share its slot) and the mark, all at once.
     async fn sku_reads(&self, skus: &[&str], have: &[bool]) -> Result<Vec<SkuRead>, SpeedError> {
+        Ok(self.sku_reads_after(&[], skus, have).await?.1)
+    }
+
+    /// [`RedisStore::sku_reads`], with the hash fields `ahead` (`(key, field)`) read first in the
+    /// same pipeline: one server only (a cluster's pipelines go to several), which runs one
+    /// connection's commands in the order sent, so every value of `ahead` is from before the
+    /// SKUs' reads.
+    async fn sku_reads_after(&self, ahead: &[(String, String)], skus: &[&str], have: &[bool]) -> Result<sellable_core::view::ReadsAfter, SpeedError> {
         type Stored = Option<Vec<u8>>;
+        assert!(ahead.is_empty() || !self.connection.is_cluster(), "fields are read ahead of SKUs on one server only");
         self.layout(false).await?;
         let key = self.caught_up_key();
         let wanted = |index: usize| !have.get(index).copied().unwrap_or(false);
         // per SKU its states, then its row where wanted
-        let read = |indices: &[usize]| {
-            let mut pipe = redis::pipe();
+        let read = |pipe: &mut redis::Pipeline, indices: &[usize]| {
             for index in indices {
                 let (sku, partition) = (skus[*index], self.partition(skus[*index]));
                 pipe.cmd("HGET").arg(self.states_key(partition)).arg(sku);
@@ -1466,7 +1490,6 @@ impl RedisStore {
                     pipe.cmd("HGET").arg(self.batch_key(partition)).arg(sku);
                 }
             }
-            pipe
         };
         let parse = |indices: &[usize], values: Vec<redis::Value>, stored: &mut [(Stored, Stored)]| -> Result<(), SpeedError> {
             let mut values = values.into_iter();
@@ -1484,13 +1507,15 @@ impl RedisStore {
         };
         let mut connection = self.connection.clone();
         let mut stored: Vec<(Stored, Stored)> = vec![(None, None); skus.len()];
+        let mut values_ahead = Vec::with_capacity(ahead.len());
         let mark: Option<String> = if self.connection.is_cluster() {
             let mut by_partition: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
             for (index, sku) in skus.iter().enumerate() {
                 by_partition.entry(self.partition(sku)).or_default().push(index);
             }
             let reads = by_partition.into_values().map(|indices| {
-                let pipe = read(&indices);
+                let mut pipe = redis::pipe();
+                read(&mut pipe, &indices);
                 let mut connection = self.connection.clone();
                 async move { pipe.query_async::<Vec<redis::Value>>(&mut connection).await.map(|values| (indices, values)) }
             });
@@ -1504,15 +1529,27 @@ impl RedisStore {
             mark.map_err(|e| self.error(e))?
         } else {
             let indices: Vec<usize> = (0..skus.len()).collect();
-            let mut pipe = read(&indices);
+            let mut pipe = redis::pipe();
+            for (hash, field) in ahead {
+                pipe.cmd("HGET").arg(hash).arg(field);
+            }
+            read(&mut pipe, &indices);
             pipe.cmd("GET").arg(&key);
             let mut values: Vec<redis::Value> = pipe.query_async(&mut connection).await.map_err(|e| self.error(e))?;
             let mark = redis::from_redis_value(values.pop().unwrap_or(redis::Value::Nil)).map_err(|e| self.error(e.into()))?;
-            parse(&indices, values, &mut stored)?;
+            if values.len() < ahead.len() {
+                return Err(SpeedError::Corrupt { key: self.namespace.clone(), message: "fewer replies than fields' reads sent".to_string() });
+            }
+            let values_of_skus = values.split_off(ahead.len());
+            for value in values {
+                values_ahead.push(redis::from_redis_value::<Option<String>>(value).map_err(|e| self.error(e.into()))?);
+            }
+            parse(&indices, values_of_skus, &mut stored)?;
             mark
         };
         let caught_up = parse_mark(key, mark)?;
-        skus.iter()
+        let reads = skus
+            .iter()
             .zip(stored)
             .map(|(sku, (states, row))| {
                 // the row's key is named only when the row does not decode
@@ -1520,7 +1557,8 @@ impl RedisStore {
                 let row = row.map(|bytes| sku_state::decode_row(&bytes).map_err(corrupt));
                 Ok(SkuRead { row: row.transpose()?.map(Arc::new), speed: self.decode_states(sku, states)?, caught_up })
             })
-            .collect()
+            .collect::<Result<_, SpeedError>>()?;
+        Ok((values_ahead, reads))
     }
 
     /// Writes the rows [`PUBLISH_CHUNK`] at a time (per partition, [`SKUS_PER_CALL`] per

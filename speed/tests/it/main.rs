@@ -580,3 +580,56 @@ async fn assert_publishes_and_reads_back(view: &SpeedView, events: &[Event]) {
     let asked = [names[0].as_str(), "SKU-UNKNOWN", "SKU-NO-EVENTS"];
     assert_eq!(view.skus_known(&asked).await.unwrap(), vec![true, false, true]);
 }
+
+/// A reservation's counts of confirmations are read ahead of its SKUs in the same round trip
+/// when the hold store is on the view's server: the counts come back with the same reads as
+/// without them, and the server ran every count's read before any SKU's (MONITOR lists the
+/// commands in the order it ran them). A view on another server does not offer it.
+#[tokio::test]
+async fn counts_of_confirmations_are_read_before_the_skus_in_the_same_round_trip() {
+    use futures::StreamExt;
+    use sellable_core::holds::HoldStore;
+    use sellable_core::SpeedSource;
+    let events = simulated_events(11);
+    let view = redis_view("ahead").await;
+    view.fold(&events, "test").await.unwrap();
+    let skus: Vec<&str> = events.iter().map(|event| event.sku.as_str()).collect::<BTreeSet<_>>().into_iter().take(3).collect();
+    let holds = sellable_speed::holds::RedisHolds::connect(&redis_url(), &namespace("ahead")).await.unwrap();
+    holds.release("r-any", skus[1], true).await.unwrap();
+    holds.release("r-any", skus[1], true).await.unwrap();
+    let ahead = holds.confirms_ahead(&skus).expect("a single server offers its counts ahead");
+    assert_eq!(view.server(), Some(ahead.server.as_str()), "the view is on the hold store's server");
+
+    let mut monitor = redis::Client::open(redis_url()).unwrap().get_async_monitor().await.unwrap();
+    let (counts, reads) = view.sku_reads_after(&ahead, &skus, &[]).await.unwrap().expect("the view is on the hold store's server");
+    assert_eq!(counts, [None, Some("2".to_string()), None]);
+    let plain = view.sku_reads(&skus).await.unwrap();
+    for ((sku, read), plain) in skus.iter().zip(&reads).zip(&plain) {
+        assert!(!read.speed.is_empty(), "{sku} has speed states");
+        assert_eq!(read.speed, plain.speed, "{sku}");
+        assert_eq!(read.caught_up, plain.caught_up, "{sku}");
+    }
+
+    // the first round trip's commands, as the server ran them: the counts' HGETs, then the SKUs'
+    let ns = namespace("ahead");
+    let holds_prefix = format!("\"{ns}:holds:");
+    let of_states = |line: &String| line.contains(&format!("\"{ns}:{{p")) && line.contains("}:states\"");
+    let mut ran = Vec::new();
+    let mut lines = monitor.on_message::<String>();
+    while ran.iter().filter(|line| of_states(line)).count() < skus.len() {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(5), lines.next()).await.expect("MONITOR shows the reads").expect("MONITOR goes on");
+        if line.contains(&holds_prefix) || of_states(&line) {
+            ran.push(line);
+        }
+    }
+    let first_sku = ran.iter().position(of_states).unwrap();
+    assert_eq!(first_sku, skus.len(), "every count is read before any SKU: {ran:#?}");
+    assert!(ran[..first_sku].iter().all(|line| line.contains("\"HGET\"") && line.contains("\"#confirms\"")), "{ran:#?}");
+
+    let elsewhere = sellable_core::Ahead { server: "redis://127.0.0.2:6379".to_string(), ..ahead.clone() };
+    assert!(view.sku_reads_after(&elsewhere, &skus, &[]).await.unwrap().is_none(), "another server's fields cannot be ordered with this view's reads");
+    let memory = SpeedView::memory(FoldConfig::default());
+    assert_eq!(memory.server(), None);
+    assert!(memory.sku_reads_after(&ahead, &skus, &[]).await.unwrap().is_none());
+    view.clear().await.unwrap();
+}
