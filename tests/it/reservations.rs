@@ -229,17 +229,24 @@ async fn no_oversell(url: &str, in_redis: bool) {
 /// ran meanwhile, in the order it ran them (as MONITOR lists them: time, `[db client]`, command).
 async fn monitored<T>(url: &str, namespace: &str, during: impl std::future::Future<Output = T>) -> (T, Vec<String>) {
     use futures::StreamExt;
-    let mut monitor = redis::Client::open(url).unwrap().get_async_monitor().await.unwrap();
+    let client = redis::Client::open(url).unwrap();
+    let mut monitor = client.get_async_monitor().await.unwrap();
     let value = during.await;
-    // a command run before `during` ended is listed within moments
+    // a read run after `during`: every command before it is listed ahead of it
+    let marker = format!("\"{namespace}:monitored\"");
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET").arg(marker.trim_matches('"')).query_async::<Option<String>>(&mut connection).await.unwrap();
     let mut lines = monitor.on_message::<String>();
     let mut ran = Vec::new();
-    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(300), lines.next()).await {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next()).await.expect("MONITOR lists the marker").expect("MONITOR goes on");
+        if line.contains(&marker) {
+            return (value, ran);
+        }
         if line.contains(&format!("\"{namespace}")) {
             ran.push(line);
         }
     }
-    (value, ran)
 }
 
 async fn speed_reserved(speed: &SpeedView, sku: &str, node: &str) -> i64 {
