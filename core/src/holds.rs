@@ -83,8 +83,14 @@ pub trait HoldStore: Send + Sync {
     /// decision, and given to [`HoldStore::hold`] with it.
     fn confirms<'a>(&'a self, sku: &'a str) -> BoxFuture<'a, Result<u64, ViewError>>;
 
+    /// The one Redis server it is on (its URL), if it is on one server: a speed view on the same
+    /// server can read its counts of confirmations ahead of SKUs ([`HoldStore::confirms_ahead`]).
+    fn server(&self) -> Option<&str> {
+        None
+    }
+
     /// Where the [`HoldStore::confirms`] counts of `skus` can be read by another client in the
-    /// same round trip as the SKUs' speed states (a single Redis server): `None` when they
+    /// same round trip as the SKUs' speed states (on [`HoldStore::server`]): `None` when they
     /// cannot (read them with [`HoldStore::confirms`], before the states). A value read there
     /// is the count as a number; none is 0.
     fn confirms_ahead(&self, skus: &[&str]) -> Option<Ahead> {

@@ -214,7 +214,7 @@ pub(crate) async fn read_together(
 /// Whether the counts of confirmations in `store` can be read ahead of SKUs in `speed`, in one
 /// round trip: both are on the same single Redis server.
 pub(crate) fn confirms_ahead(store: &dyn HoldStore, speed: &dyn sellable_core::SpeedSource) -> bool {
-    store.confirms_ahead(&[]).is_some_and(|ahead| speed.server() == Some(ahead.server.as_str()))
+    store.server().is_some_and(|server| speed.server() == Some(server))
 }
 
 /// `skus` read from `epoch`'s store, after the counts of confirmations of `confirm_skus` were

@@ -286,8 +286,13 @@ impl HoldStore for RedisHolds {
         })
     }
 
+    fn server(&self) -> Option<&str> {
+        (!self.connection.is_cluster()).then_some(self.url.as_str())
+    }
+
     fn confirms_ahead(&self, skus: &[&str]) -> Option<Ahead> {
-        (!self.connection.is_cluster()).then(|| Ahead { server: self.url.clone(), fields: skus.iter().map(|sku| (self.holds_key(sku), CONFIRMS.to_string())).collect() })
+        let server = self.server()?.to_string();
+        Some(Ahead { server, fields: skus.iter().map(|sku| (self.holds_key(sku), CONFIRMS.to_string())).collect() })
     }
 
     fn hold<'a>(&'a self, id: &'a str, sku: &'a str, lines: &'a [HoldLine], until: Until, confirms: u64) -> BoxFuture<'a, Result<HoldOutcome, ViewError>> {
