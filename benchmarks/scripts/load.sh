@@ -6,8 +6,10 @@
 # per request; rates per item too), and reservations (one line, random keys, 10 s TTL: 201s while
 # units last, then 409s, both through the hold script; wrk counts the 409s as non-2xx), the
 # reservations again with FEW connections (the rate they reach at a lower latency), with the 201s
-# and 409s apart. `redis-benchmark` GET with the same connection count on the same Redis is the
-# baseline: every rate is printed with its ratio to it. Then each target is offered at its fixed
+# and 409s apart, single availability at 2 connections, and `GET /healthz`: the server answering
+# with no work, the ceiling of any answer beside wrk on these cores. `redis-benchmark` GET with
+# the same connection count on the same Redis is the baseline: every rate is printed with its
+# ratio to it. Then each target is offered at its fixed
 # rate, open loop (wrk's `delay`: every request at its slot of a schedule, whatever the answers
 # before it took): single availability at the GET rate, batch availability at 5 times it in
 # items, reservations at each of RESERVE_RATES (10,000/s), each kept or not (at least 97% of the rate
@@ -117,6 +119,15 @@ function prepare()
 end
 request = function() return head .. sku() .. middle .. country() .. tail end
 LUA
+# the server answering with no work: GET /healthz (no key, no Redis, no decision), the same
+# headers as single availability's, through the same lanes, HTTP stack and middleware: the most
+# any answer of this server can reach beside wrk on these cores
+cat >"$out/ceiling.lua" <<'LUA'
+dofile(os.getenv("COMMON"))
+local text
+function prepare() text = wrk.format("GET", "/healthz", {["Authorization"] = auth}) end
+request = function() return text end
+LUA
 cat >"$out/batch.lua" <<LUA
 dofile(os.getenv("COMMON"))
 local head
@@ -170,6 +181,7 @@ single=$(run single single "$connections"); batched=$(run batch batch "$connecti
 reserved_few=$(run reserve-few reserve "$few")
 # light load (2 connections): the server's own latency, with no queue in front of it
 light=$(run light single 2)
+ceiling=$(run ceiling ceiling "$connections")
 # each target offered at its fixed rate (PACED=0: not): single availability at the GET rate,
 # batch availability at 5 times it in items, reservations at each of RESERVE_RATES; one line per
 # run: its name, the rate offered, whether per item, then wrk's result
@@ -182,9 +194,9 @@ if [ "${PACED:-1}" != 0 ]; then
     paced+=$'\n'"paced-reserve-$reserve_rate $reserve_rate 1 $(run "paced-reserve-$reserve_rate" reserve "$connections" "$reserve_rate")"
   done
 fi
-python3 - "$single" "$batched" "$reserved" "$redis_rate" "$batch" "$profile" "$skus" "$nodes" "$connections" "$out" "$light" "$reserved_few" "$few" "$paced" <<'PY'
+python3 - "$single" "$batched" "$reserved" "$redis_rate" "$batch" "$profile" "$skus" "$nodes" "$connections" "$out" "$light" "$reserved_few" "$few" "$paced" "$ceiling" <<'PY'
 import re, sys
-single, batched, reserved, redis_rate, batch, profile, skus, nodes, connections, out, light, reserved_few, few, paced = sys.argv[1:]
+single, batched, reserved, redis_rate, batch, profile, skus, nodes, connections, out, light, reserved_few, few, paced, ceiling = sys.argv[1:]
 paced = [line.split(" ", 3) for line in paced.split("\n") if line]
 redis_rate, batch = float(redis_rate), int(batch)
 print(f"profile {profile}; {skus} SKUs, {nodes} nodes, {connections} connections; ratios against redis-benchmark GET ({redis_rate:,.0f}/s)")
@@ -199,7 +211,11 @@ row(f"batch, items", batched, batch)
 row("reservations (201|409)", reserved)
 row(f"reservations, {few} conns", reserved_few)
 row("single, 2 connections", light)
+row("ceiling (/healthz)", ceiling)
 print(f"{'redis-benchmark GET':<24} {redis_rate:>10,.0f} {1:>6.2f}x")
+# single availability against the ceiling: the share of the HTTP-only rate left after its own work
+rate = lambda line: float(line.split()[0]) / float(line.split()[1])
+print(f"single availability at {rate(single) / rate(ceiling):.2f}x the ceiling; the ceiling at {rate(ceiling) / redis_rate:.2f}x GET")
 # the targets offered at fixed rates: kept when at least 97% of the offered rate was answered, at
 # most 1% of the requests went out late (their latencies then leave out how late) and the p99 is
 # within the target's (single availability 2 ms, reservations 10 ms)
@@ -222,7 +238,7 @@ for name, line in [("reservations", reserved), (f"reservations, {few} conns", re
 # scenario before logged, and how long after it they were all in the lake (segments close every
 # 5 s, so at least that)
 # (the last scenario has no drain after it: its decisions are not reported)
-order = [("single", "single availability"), ("batch", "batch"), ("reserve", "reservations"), ("reserve-few", f"reservations, {few} conns"), ("light", "single, 2 connections")]
+order = [("single", "single availability"), ("batch", "batch"), ("reserve", "reservations"), ("reserve-few", f"reservations, {few} conns"), ("light", "single, 2 connections"), ("ceiling", "ceiling")]
 order += [(scenario, f"{scenario.removeprefix('paced-')} at {offered}/s") for scenario, offered, _, _ in paced]
 drains = [tuple(map(int, open(f"{out}/drain-{scenario}").read().split())) for scenario, _ in order]
 for (_, name), (before, _, _), (recorded, written, ms) in zip(order, drains, drains[1:]):
@@ -235,6 +251,21 @@ def metric(path, name):
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+# requests the door refused (rate, load shedding, timeouts: sellable_http_refused_total by
+# reason), which wrk counts as non-2xx answers; a scenario with any measured some refusals
+def refused(scenario):
+    def counts(path):
+        found = {}
+        for line in open(path):
+            match = re.match(r'sellable_http_refused_total\{reason="([^"]+)"\} (\S+)', line)
+            if match:
+                found[match.group(1)] = float(match.group(2))
+        return found
+    before, after = counts(f"{out}/metrics-{scenario}-0"), counts(f"{out}/metrics-{scenario}-1")
+    return {reason: after[reason] - before.get(reason, 0) for reason in after if after[reason] > before.get(reason, 0)}
+for scenario, _ in order:
+    if refusals := refused(scenario):
+        print(f"WARNING {scenario}: the door refused " + ", ".join(f"{count:,.0f} ({reason})" for reason, count in sorted(refusals.items())))
 for name, scenario, line in [("single availability", "single", single), ("single, 2 connections", "light", light)]:
     before, after = f"{out}/metrics-{scenario}-0", f"{out}/metrics-{scenario}-1"
     reads = metric(after, "sellable_gathered_reads_count") - metric(before, "sellable_gathered_reads_count")
