@@ -508,7 +508,7 @@ impl Serving {
             SkuView::Row(_, Err(reason)) | SkuView::Nothing(reason) => return Err(ApiError::Unavailable(reason)),
         };
         let merged = merge_views(row.states(), &speed);
-        Ok(sellable_core::features::vector(row.features_of(node), merged.get(node).map(|state| &**state), qty, now))
+        Ok(sellable_core::features::vector(row.features_of(node), merged.binary_search_by(|(at, _)| (*at).cmp(node)).ok().map(|at| &*merged[at].1), qty, now))
     }
 
     /// Merges both views for `sku`, keeps the nodes serving `region`, and decides; live
