@@ -19,6 +19,10 @@
 //!    (`Serving::swap_epoch`: a request sees one epoch or the other, never a mix);
 //! 5. the old epoch's workers stop, its group and its namespace are dropped.
 //!
+//! A process stopped in the middle of it leaves nothing in Redis for good: an epoch is named in
+//! the registry from before its namespace is first written until it is dropped, and [`start`]
+//! retires every epoch the registry names but the lake's current one.
+//!
 //! An epoch's fold workers run in the process that opened it (`LifecycleConfig::workers`), in
 //! processes of their own that follow the registry of open epochs ([`fold_role`],
 //! `sellable run --role fold`), or both: they are consumers of one group.
@@ -26,6 +30,7 @@
 //! Tests: `tests/it/` (events streamed across two cutovers, every answer checked against `core`'s
 //! fold of the events accepted so far, and the lake against the stream).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,6 +163,9 @@ impl EpochSpeed {
         let (batch, rows) = lake.load_published().await?;
         let cutoff = batch.asof;
         let (namespace, group) = config.epoch_names(cutoff);
+        // named before its namespace is written: a stop before it is open leaves it to retire
+        let registry = Registry::connect(&config.url, &config.registry_key()).await?;
+        registry.opening(cutoff).await?;
         let speed = Arc::new(SpeedView::redis(&config.url, &namespace, config.fold).await?);
         speed.clear().await?;
         speed.set_partitions(config.epoch_partitions()).await?;
@@ -170,7 +178,6 @@ impl EpochSpeed {
         tracing::info!(cutoff, events = caught.read, position, "epoch caught up from the lake; folding the stream after the archived position");
         let stream = config.stream_config(cutoff, position, "lifecycle");
         sellable_speed::stream::ensure_group(&config.url, &stream).await?;
-        let registry = Registry::connect(&config.url, &config.registry_key()).await?;
         registry.open(cutoff, position).await?;
         let local = (config.workers > 0).then(|| Folding::spawn(config, speed.clone(), stream, config.workers));
         Ok(EpochSpeed { cutoff, batch, namespace, group, speed, local, registry })
@@ -204,18 +211,20 @@ impl EpochSpeed {
             local.stop(self.cutoff).await;
         }
         tokio::time::sleep(4 * FOLLOW_EVERY).await;
-        retire(config, self.cutoff, &self.speed).await
+        retire(config, &self.registry, self.cutoff, &self.speed).await
     }
 }
 
 /// How often fold roles read the registry of open epochs.
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
-/// Drops the group and the namespace of the epoch of `cutoff`.
-async fn retire(config: &LifecycleConfig, cutoff: Millis, speed: &SpeedView) -> Result<(), LifecycleError> {
+/// Drops the group and the namespace of the epoch of `cutoff`, closed in `registry`; then forgets
+/// it there (a namespace that could not be cleared stays named, for the next start to retire).
+async fn retire(config: &LifecycleConfig, registry: &Registry, cutoff: Millis, speed: &SpeedView) -> Result<(), LifecycleError> {
     sellable_speed::stream::destroy_group(&config.url, &config.stream, &config.epoch_names(cutoff).1).await?;
-    if let Err(error) = speed.clear().await {
-        tracing::warn!(%error, cutoff, "could not clear the retired epoch's namespace");
+    match speed.clear().await {
+        Ok(()) => registry.retired(cutoff).await?,
+        Err(error) => tracing::warn!(%error, cutoff, "could not clear the retired epoch's namespace"),
     }
     Ok(())
 }
@@ -239,11 +248,20 @@ pub async fn start(lake: &Lake, config: &LifecycleConfig) -> Result<EpochSpeed, 
     let (pinned, position) = pin(lake, &config.stream, lake.batch_view_events_version().await?).await?;
     let epoch = EpochSpeed::open(&pinned, config, &position).await?;
     let cutoff = epoch.cutoff;
-    // epochs a stopped process left open (a cutover it did not finish) are closed
-    for stale in epoch.registry.list().await?.into_keys().filter(|stale| *stale != cutoff) {
+    // epochs a stopped process left open, half opened or not yet retired (a cutover it did not
+    // finish) are closed, and retired once fold roles have had the time to stop their workers
+    let mut stale: BTreeSet<Millis> = epoch.registry.list().await?.into_keys().collect();
+    stale.extend(epoch.registry.pending().await?);
+    stale.remove(&cutoff);
+    for &stale in &stale {
         epoch.registry.close(stale).await?;
-        tracing::info!(stale, "closing an epoch left open by an earlier run");
-        retire(config, stale, &*epoch_speed(config, stale).await?).await?;
+        tracing::info!(stale, "closing an epoch an earlier run left open or not retired");
+    }
+    if !stale.is_empty() {
+        tokio::time::sleep(4 * FOLLOW_EVERY).await;
+    }
+    for stale in stale {
+        retire(config, &epoch.registry, stale, &*epoch_speed(config, stale).await?).await?;
     }
     epoch.wait_caught_up(config).await?;
     Ok(epoch)

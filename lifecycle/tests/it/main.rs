@@ -232,6 +232,19 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
     fold_role_task.abort();
     epoch.close(&config).await.unwrap();
     let _: i64 = redis::cmd("DEL").arg(&config.stream).arg(format!("{}:dead", config.namespace)).query_async(&mut connection).await.unwrap();
+    // every epoch retired, those of the cutover the crash stopped included: none of the
+    // namespace's keys is left
+    let (mut cursor, mut left) = (0_u64, Vec::new());
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(format!("{}:*", config.namespace)).arg("COUNT").arg(1000).query_async(&mut connection).await.unwrap();
+        left.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert!(left.is_empty(), "keys left in Redis: {left:?}");
 }
 
 /// Posts `events` to `POST /v1/events` of `server` (run on a port of its own) as NDJSON, in
