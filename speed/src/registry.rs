@@ -33,6 +33,7 @@ impl Registry {
         format!("{}:pending", self.key)
     }
 
+    /// `HSET key cutoff value` or `HDEL key cutoff`.
     async fn command(&self, command: &str, key: String, cutoff: Millis, value: Option<&str>) -> Result<(), SpeedError> {
         let mut connection = self.connection.clone();
         let mut command = redis::cmd(command);
