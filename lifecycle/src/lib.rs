@@ -165,20 +165,34 @@ impl EpochSpeed {
         let (namespace, group) = config.epoch_names(cutoff);
         // named before its namespace is written: a stop before it is open leaves it to retire
         let registry = Registry::connect(&config.url, &config.registry_key()).await?;
-        registry.opening(cutoff).await?;
         let speed = Arc::new(SpeedView::redis(&config.url, &namespace, config.fold).await?);
-        speed.clear().await?;
-        speed.set_partitions(config.epoch_partitions()).await?;
-        let published = speed.publish(&batch, rows).await?;
-        tracing::info!(cutoff, skus = published, "batch view published into the epoch's namespace");
-        sellable_speed::stream::destroy_group(&config.url, &config.stream, &group).await?;
-        let caught = catch_up(lake, &speed, cutoff, CatchUpSource::Log, None).await?;
-        // complete only once the stream after `position` is folded too ([`EpochSpeed::wait_caught_up`])
-        speed.unmark_caught_up().await?;
-        tracing::info!(cutoff, events = caught.read, position, "epoch caught up from the lake; folding the stream after the archived position");
-        let stream = config.stream_config(cutoff, position, "lifecycle");
-        sellable_speed::stream::ensure_group(&config.url, &stream).await?;
-        registry.open(cutoff, position).await?;
+        registry.opening(cutoff).await?;
+        let opened = async {
+            speed.clear().await?;
+            speed.set_partitions(config.epoch_partitions()).await?;
+            let published = speed.publish(&batch, rows).await?;
+            tracing::info!(cutoff, skus = published, "batch view published into the epoch's namespace");
+            sellable_speed::stream::destroy_group(&config.url, &config.stream, &group).await?;
+            let caught = catch_up(lake, &speed, cutoff, CatchUpSource::Log, None).await?;
+            // complete only once the stream after `position` is folded too ([`EpochSpeed::wait_caught_up`])
+            speed.unmark_caught_up().await?;
+            tracing::info!(cutoff, events = caught.read, position, "epoch caught up from the lake; folding the stream after the archived position");
+            let stream = config.stream_config(cutoff, position, "lifecycle");
+            sellable_speed::stream::ensure_group(&config.url, &stream).await?;
+            registry.open(cutoff, position).await?;
+            Ok::<_, LifecycleError>(stream)
+        };
+        let stream = match opened.await {
+            Ok(stream) => stream,
+            Err(error) => {
+                // what it wrote is dropped now; if that fails too, the registry keeps it named for
+                // the next start to retire
+                if let Err(dropped) = retire(config, &registry, cutoff, &speed).await {
+                    tracing::warn!(error = %dropped, cutoff, "could not drop the epoch that failed to open");
+                }
+                return Err(error);
+            }
+        };
         let local = (config.workers > 0).then(|| Folding::spawn(config, speed.clone(), stream, config.workers));
         Ok(EpochSpeed { cutoff, batch, namespace, group, speed, local, registry })
     }

@@ -388,13 +388,14 @@ pub async fn ensure_group(url: &str, config: &StreamConfig) -> Result<(), SpeedE
     create_group(&mut connection, config).await.map_err(|source| SpeedError::Redis { url: url.to_string(), source })
 }
 
-/// Removes `group` from `stream` (a retired epoch's fold workers); a missing stream or group is
-/// not an error.
+/// Removes `group` from `stream` (a retired epoch's fold workers); a missing stream or group, or
+/// a key that is not a stream (it holds no group), is not an error.
 pub async fn destroy_group(url: &str, stream: &str, group: &str) -> Result<(), SpeedError> {
     let mut connection = Connection::open(url).await?;
     let destroyed: Result<i64, RedisError> = redis::cmd("XGROUP").arg("DESTROY").arg(stream).arg(group).query_async(&mut connection).await;
     match destroyed {
-        Err(error) if error.to_string().contains("requires the key to exist") => Ok(()),
+        // no stream, or a key that is not one: no group to destroy
+        Err(error) if error.to_string().contains("requires the key to exist") || error.to_string().contains("WRONGTYPE") => Ok(()),
         other => other.map(|_| ()).map_err(|source| SpeedError::Redis { url: url.to_string(), source }),
     }
 }

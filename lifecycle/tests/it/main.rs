@@ -247,6 +247,38 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
     assert!(left.is_empty(), "keys left in Redis: {left:?}");
 }
 
+/// An epoch that fails to open after its batch view is published (the stream's key holds a
+/// string, so its group cannot be made) is refused with the error, and leaves nothing in Redis:
+/// neither its namespace's keys nor its name in the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_that_fails_to_open_leaves_no_keys() {
+    let market = market(SimConfig { seed: 5, skus: 40, nodes: 6, days: 2.0, ..SimConfig::default() }).await;
+    let name = format!("sellable-test-lifecycle-failed-{}", std::process::id());
+    let config = LifecycleConfig {
+        url: redis_url(),
+        stream: format!("{name}-stream"),
+        namespace: name.clone(),
+        fold: FoldConfig::default(),
+        workers: 1,
+        known: None,
+        partitions: 4,
+        catch_up_timeout: Duration::from_secs(60),
+        retire_after: Duration::ZERO,
+        incremental: false,
+    };
+    let client = redis::Client::open(config.url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("SET").arg(&config.stream).arg("not a stream").query_async(&mut connection).await.unwrap();
+    let error = match start(&market.lake, &config).await {
+        Ok(_) => panic!("an epoch opened on a stream key that holds a string"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("WRONGTYPE"), "{error}");
+    let left: Vec<String> = redis::cmd("KEYS").arg(format!("{name}:*")).query_async(&mut connection).await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&config.stream).query_async(&mut connection).await.unwrap();
+    assert!(left.is_empty(), "keys left in Redis: {left:?}");
+}
+
 /// Posts `events` to `POST /v1/events` of `server` (run on a port of its own) as NDJSON, in
 /// bodies of 500, and checks every one was taken: applied, a duplicate (a fold worker folded its
 /// stream copy first) or too late by the server's clock. Returns them.
