@@ -185,9 +185,13 @@ impl EpochSpeed {
         let stream = match opened.await {
             Ok(stream) => stream,
             Err(error) => {
-                // what it wrote is dropped now; if that fails too, the registry keeps it named for
-                // the next start to retire
-                if let Err(dropped) = retire(config, &registry, cutoff, &speed).await {
+                // what it wrote is dropped now (no longer open, should it have been recorded so);
+                // if that fails too, the registry keeps it named for the next start to retire
+                let dropped = async {
+                    registry.close(cutoff).await?;
+                    retire(config, &registry, cutoff, &speed).await
+                };
+                if let Err(dropped) = dropped.await {
                     tracing::warn!(error = %dropped, cutoff, "could not drop the epoch that failed to open");
                 }
                 return Err(error);
