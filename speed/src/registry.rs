@@ -73,10 +73,8 @@ impl Registry {
     pub async fn pending(&self) -> Result<Vec<Millis>, SpeedError> {
         let mut connection = self.connection.clone();
         let fields: Vec<String> = redis::cmd("HKEYS").arg(self.pending_key()).query_async(&mut connection).await.map_err(|e| self.error(e))?;
-        fields
-            .into_iter()
-            .map(|cutoff| cutoff.parse().map_err(|_| SpeedError::Corrupt { key: self.pending_key(), message: format!("field '{cutoff}' is not a cutoff in milliseconds") }))
-            .collect()
+        let key = self.pending_key();
+        fields.iter().map(|cutoff| self.cutoff(&key, cutoff)).collect()
     }
 
     /// The open epochs: cutoff → where their group starts. A field that is not a cutoff is an
@@ -84,12 +82,11 @@ impl Registry {
     pub async fn list(&self) -> Result<BTreeMap<Millis, String>, SpeedError> {
         let mut connection = self.connection.clone();
         let fields: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&self.key).query_async(&mut connection).await.map_err(|e| self.error(e))?;
-        fields
-            .into_iter()
-            .map(|(cutoff, start)| match cutoff.parse() {
-                Ok(cutoff) => Ok((cutoff, start)),
-                Err(_) => Err(SpeedError::Corrupt { key: self.key.clone(), message: format!("field '{cutoff}' is not a cutoff in milliseconds") }),
-            })
-            .collect()
+        fields.into_iter().map(|(cutoff, start)| Ok((self.cutoff(&self.key, &cutoff)?, start))).collect()
+    }
+
+    /// A field of `key` read as a cutoff; a field that is not one is an error naming it.
+    fn cutoff(&self, key: &str, field: &str) -> Result<Millis, SpeedError> {
+        field.parse().map_err(|_| SpeedError::Corrupt { key: key.to_string(), message: format!("field '{field}' is not a cutoff in milliseconds") })
     }
 }

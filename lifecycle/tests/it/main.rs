@@ -65,6 +65,36 @@ async fn check(serving: &Serving, accepted: &[Event], nodes: &[NodeInfo], sample
     compared
 }
 
+/// The lifecycle's settings for a test: `url`, the stream and namespace named, one local worker,
+/// 4 partitions, full nights, old epochs retired at once.
+fn test_config(url: String, stream: String, namespace: String) -> LifecycleConfig {
+    LifecycleConfig {
+        url,
+        stream,
+        namespace,
+        fold: FoldConfig::default(),
+        workers: 1,
+        known: None,
+        partitions: 4,
+        catch_up_timeout: Duration::from_secs(60),
+        retire_after: Duration::ZERO,
+        incremental: false,
+    }
+}
+
+/// The keys of `pattern` Redis holds, by SCAN.
+async fn keys_matching(connection: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let (mut cursor, mut found) = (0_u64, Vec::new());
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query_async(connection).await.unwrap();
+        found.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            return found;
+        }
+    }
+}
+
 /// A generated marketplace in a lake: its first day imported and batched as of one day after the
 /// start, the rest of its events (`streamed`) to come.
 struct Market {
@@ -100,17 +130,10 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
 
     let id = std::process::id();
     let mut config = LifecycleConfig {
-        url: redis_url(),
-        stream: format!("sellable-test-lifecycle-{id}"),
-        namespace: format!("sellable-test-lifecycle-{id}"),
-        fold: FoldConfig::default(),
         workers: 2,
-        known: None,
-        partitions: 4,
-        catch_up_timeout: Duration::from_secs(60),
-        retire_after: Duration::ZERO,
         // the two cutovers are a day apart: the second folds its night from the first's state
         incremental: true,
+        ..test_config(redis_url(), format!("sellable-test-lifecycle-{id}"), format!("sellable-test-lifecycle-{id}"))
     };
     let client = redis::Client::open(config.url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
@@ -234,16 +257,7 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
     let _: i64 = redis::cmd("DEL").arg(&config.stream).arg(format!("{}:dead", config.namespace)).query_async(&mut connection).await.unwrap();
     // every epoch retired, those of the cutover the crash stopped included: none of the
     // namespace's keys is left
-    let (mut cursor, mut left) = (0_u64, Vec::new());
-    loop {
-        let (next, keys): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(format!("{}:*", config.namespace)).arg("COUNT").arg(1000).query_async(&mut connection).await.unwrap();
-        left.extend(keys);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
+    let left = keys_matching(&mut connection, &format!("{}:*", config.namespace)).await;
     assert!(left.is_empty(), "keys left in Redis: {left:?}");
 }
 
@@ -254,18 +268,7 @@ async fn answers_equal_the_fold_of_every_accepted_event_across_two_cutovers() {
 async fn an_epoch_that_fails_to_open_leaves_no_keys() {
     let market = market(SimConfig { seed: 5, skus: 40, nodes: 6, days: 2.0, ..SimConfig::default() }).await;
     let name = format!("sellable-test-lifecycle-failed-{}", std::process::id());
-    let config = LifecycleConfig {
-        url: redis_url(),
-        stream: format!("{name}-stream"),
-        namespace: name.clone(),
-        fold: FoldConfig::default(),
-        workers: 1,
-        known: None,
-        partitions: 4,
-        catch_up_timeout: Duration::from_secs(60),
-        retire_after: Duration::ZERO,
-        incremental: false,
-    };
+    let config = test_config(redis_url(), format!("{name}-stream"), name.clone());
     let client = redis::Client::open(config.url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("SET").arg(&config.stream).arg("not a stream").query_async(&mut connection).await.unwrap();
@@ -274,7 +277,7 @@ async fn an_epoch_that_fails_to_open_leaves_no_keys() {
         Err(error) => error.to_string(),
     };
     assert!(error.contains("WRONGTYPE"), "{error}");
-    let left: Vec<String> = redis::cmd("KEYS").arg(format!("{name}:*")).query_async(&mut connection).await.unwrap();
+    let left = keys_matching(&mut connection, &format!("{name}:*")).await;
     let _: i64 = redis::cmd("DEL").arg(&config.stream).query_async(&mut connection).await.unwrap();
     assert!(left.is_empty(), "keys left in Redis: {left:?}");
 }
@@ -311,16 +314,9 @@ async fn the_loop_runs_on_a_redis_cluster() {
         market(SimConfig { seed: 29, skus: 60, nodes: 8, days: 3.0, ..SimConfig::default() }).await;
 
     let config = LifecycleConfig {
-        url: cluster.url(),
-        stream: "inventory".to_string(),
-        namespace: "cluster".to_string(),
-        fold: FoldConfig::default(),
-        workers: 1,
         known: Some(Arc::new(sellable_core::KnownIds::of(&skus, &nodes))),
         partitions: 0,
-        catch_up_timeout: Duration::from_secs(60),
-        retire_after: Duration::ZERO,
-        incremental: false,
+        ..test_config(cluster.url(), "inventory".to_string(), "cluster".to_string())
     };
     let mut epoch = start(&lake, &config).await.unwrap();
     assert_eq!(epoch.speed.partitions().await.unwrap(), Some(sellable_speed::partitions_for(skus.len())));
