@@ -71,9 +71,8 @@ impl Registry {
 
     /// The epochs being opened or closed and not retired: a process stopped meanwhile left them.
     pub async fn pending(&self) -> Result<Vec<Millis>, SpeedError> {
-        let mut connection = self.connection.clone();
-        let fields: Vec<String> = redis::cmd("HKEYS").arg(self.pending_key()).query_async(&mut connection).await.map_err(|e| self.error(e))?;
-        let key = self.pending_key();
+        let (mut connection, key) = (self.connection.clone(), self.pending_key());
+        let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query_async(&mut connection).await.map_err(|e| self.error(e))?;
         fields.iter().map(|cutoff| self.cutoff(&key, cutoff)).collect()
     }
 
